@@ -1,0 +1,1 @@
+//! Slab arena + name index: the file map. (Being written.)

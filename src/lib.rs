@@ -1,0 +1,20 @@
+//! raftfs: a replicated, versioned file store.
+//!
+//! Module map (see DESIGN.md):
+//! - `limits`: every bound, units last.
+//! - `error`: error enums for environmental failures.
+//! - `raft`: the sans-IO Raft core.
+//! - `fsm`: the file map and deterministic apply.
+//! - `storage`: the WAL.
+//! - `net`: protocol framing, connections, peers, the reactor.
+//! - `sim`: the deterministic simulator.
+//! - `lincheck`: the linearizability checker for client histories.
+
+pub mod error;
+pub mod fsm;
+pub mod limits;
+pub mod lincheck;
+pub mod net;
+pub mod raft;
+pub mod sim;
+pub mod storage;

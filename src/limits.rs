@@ -1,0 +1,57 @@
+//! Every bound in raftfs, in one place, with units last.
+//!
+//! Invariants: every queue and buffer in the node is bounded by a constant here
+//! (or by a config value checked against one); the `const` asserts at the end
+//! pin how the limits relate, so changing one cannot silently break another.
+
+/// Longest command line a client may send, not counting its `\r\n` (SPEC §2).
+pub const LINE_BYTES_MAX: usize = 500;
+/// Longest file name (SPEC §2).
+pub const NAME_BYTES_MAX: usize = 250;
+/// Default for `max_file_bytes` (SPEC §1).
+pub const FILE_BYTES_MAX_DEFAULT: usize = 1 << 20;
+/// Hard ceiling for the configurable `max_file_bytes`.
+pub const FILE_BYTES_MAX_CEILING: usize = 64 << 20;
+
+/// One reactor tick; Raft timeouts are counted in ticks of this length.
+pub const TICK_MS: u64 = 10;
+/// No client command waits longer than this for its answer (SPEC §3).
+pub const COMMAND_TIMEOUT_MS: u64 = 5_000;
+
+/// A client connection stops being read while this many reply bytes wait to be
+/// written to it (write backpressure).
+pub const CONN_WRITE_QUEUE_BYTES_MAX: usize = 4 << 20;
+/// A client connection stops being read while this many of its commands wait
+/// for an answer.
+pub const CONN_PENDING_COMMANDS_MAX: usize = 4_096;
+/// Bytes read from one socket in one turn before the loop moves on (fairness).
+pub const CONN_READ_BYTES_PER_TURN_MAX: usize = 256 << 10;
+
+/// Most AppendEntries messages in flight to one follower (pipelining window).
+pub const INFLIGHT_APPENDS_MAX: usize = 16;
+/// Soft limit on the entry bytes in one AppendEntries; a single larger entry
+/// is still sent alone.
+pub const APPEND_BYTES_MAX: usize = 1 << 20;
+/// Soft limit on the command bytes batched into one log entry.
+pub const ENTRY_BYTES_MAX: usize = 256 << 10;
+/// Commands proposed in one reactor turn before the turn is cut short.
+pub const PROPOSAL_COMMANDS_PER_TURN_MAX: usize = 16_384;
+
+/// Bytes queued for one peer before the link is considered too slow and its
+/// queue is dropped (the Raft core retransmits by probing).
+pub const PEER_QUEUE_BYTES_MAX: usize = 64 << 20;
+/// Largest peer frame accepted from the network.
+pub const PEER_FRAME_BYTES_MAX: usize = 256 << 20;
+/// Reconnect backoff bounds for peer links.
+pub const PEER_RECONNECT_MIN_MS: u64 = 20;
+pub const PEER_RECONNECT_MAX_MS: u64 = 1_000;
+
+/// Size at which the WAL rolls over to a new segment file.
+pub const WAL_SEGMENT_BYTES_MAX: u64 = 64 << 20;
+
+const _: () = assert!(NAME_BYTES_MAX < LINE_BYTES_MAX);
+const _: () = assert!(FILE_BYTES_MAX_DEFAULT <= FILE_BYTES_MAX_CEILING);
+const _: () = assert!(APPEND_BYTES_MAX >= ENTRY_BYTES_MAX);
+const _: () = assert!(PEER_FRAME_BYTES_MAX > FILE_BYTES_MAX_CEILING + APPEND_BYTES_MAX);
+const _: () = assert!(PEER_QUEUE_BYTES_MAX >= 2 * APPEND_BYTES_MAX);
+const _: () = assert!(COMMAND_TIMEOUT_MS > 10 * TICK_MS);

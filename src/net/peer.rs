@@ -1,0 +1,1 @@
+//! Peer links. (Being written.)

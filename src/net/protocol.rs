@@ -1,0 +1,1 @@
+//! Client protocol framing. (Being written.)

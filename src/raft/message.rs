@@ -1,0 +1,85 @@
+//! What Raft nodes say to each other, and what they keep durable.
+//!
+//! `Envelope` is the unit of the peer wire protocol (bincode, length-prefixed
+//! by `net::peer`). Every envelope names its sender's data-dir incarnation so
+//! a node that lost its disk is recognised (SPEC §3). `Entry::data` is opaque
+//! to Raft; an empty `data` is the leader's no-op.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub type NodeId = u64;
+pub type Term = u64;
+pub type Index = u64;
+
+/// One log entry. `data` is the state machine's encoded batch; empty = no-op.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub term: Term,
+    pub index: Index,
+    pub data: Bytes,
+}
+
+impl Entry {
+    /// Bytes this entry counts against message and batch limits.
+    pub fn size_bytes(&self) -> usize {
+        self.data.len() + 16
+    }
+}
+
+/// State that must be durable before any message that depends on it leaves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    pub term: Term,
+    /// Who this node voted for in `term`, if anyone.
+    pub vote: Option<NodeId>,
+    /// The data-dir incarnation first seen from each member; messages from any
+    /// other incarnation of that member are refused.
+    pub incarnations: BTreeMap<NodeId, u64>,
+}
+
+/// A message with its routing and term.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub from: NodeId,
+    pub to: NodeId,
+    /// The sender's current term.
+    pub term: Term,
+    /// The sender's data-dir incarnation.
+    pub incarnation: u64,
+    pub message: Message,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// PreVote (thesis §9.6): `term` in the envelope is the term the candidate
+    /// would campaign in; granting it changes nothing durable.
+    PreVote { last_log_index: Index, last_log_term: Term },
+    PreVoteResponse { granted: bool },
+    /// `leadership_transfer` is set when campaigning after TimeoutNow, so
+    /// followers skip their leader-lease check (thesis §3.10).
+    RequestVote { last_log_index: Index, last_log_term: Term, leadership_transfer: bool },
+    RequestVoteResponse { granted: bool },
+    AppendEntries {
+        prev_log_index: Index,
+        prev_log_term: Term,
+        entries: Vec<Entry>,
+        leader_commit: Index,
+    },
+    /// On success `match_index` is the last index now known to match the
+    /// leader. On failure, `conflict_index`/`conflict_term` are the fast
+    /// backtracking hint.
+    AppendEntriesResponse {
+        success: bool,
+        match_index: Index,
+        conflict_index: Index,
+        conflict_term: Option<Term>,
+    },
+    /// Leader liveness plus a ReadIndex round number (`read_round`): one round
+    /// confirms leadership for every read that arrived before it was sent.
+    Heartbeat { leader_commit: Index, read_round: u64 },
+    HeartbeatResponse { read_round: u64 },
+    /// Start an election now, ignoring the election timeout (leadership transfer).
+    TimeoutNow,
+}
