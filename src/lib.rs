@@ -10,6 +10,7 @@
 //! - `sim`: the deterministic simulator.
 //! - `lincheck`: the linearizability checker for client histories.
 
+pub mod config;
 pub mod error;
 pub mod fsm;
 pub mod limits;
