@@ -10,6 +10,7 @@
 //! - `sim`: the deterministic simulator.
 //! - `lincheck`: the linearizability checker for client histories.
 
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fsm;
@@ -17,5 +18,8 @@ pub mod limits;
 pub mod lincheck;
 pub mod net;
 pub mod raft;
+pub mod replica;
+pub mod server;
+pub mod status;
 pub mod sim;
 pub mod storage;

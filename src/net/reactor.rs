@@ -1,0 +1,347 @@
+//! The node's single-threaded mio reactor: client sockets, peer links, the
+//! tick timer and the stop signal on one `Poll`.
+//!
+//! One turn: wait for readiness (at most until the next tick) → read every
+//! ready socket to `WouldBlock` and frame its commands → tick if due → one
+//! `Replica::end_turn` (one proposal, one fsync) → hand replies to their
+//! connections and flush → flush peer links. Events are never handled one by
+//! one against the log: the turn batches them.
+//!
+//! Invariants (mio's rules): tokens come from a slab; spurious events are
+//! harmless (every handler tolerates `WouldBlock`); a broken connection is
+//! closed and the loop goes on; nothing in the loop blocks except `poll` and
+//! the WAL's group-commit fsync.
+
+use crate::error::{Error, Result};
+use crate::limits;
+use crate::net::conn::{Connection, ReadStatus};
+use crate::net::peer::{PeerEvent, Peers};
+use crate::net::protocol::{encode_reply, parse_next, Parsed, Reply};
+use crate::replica::{ClientRef, Replica, Status};
+use bytes::{Bytes, BytesMut};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+/// Tokens from here on belong to the peer component.
+pub const PEER_TOKEN_BASE: usize = 16;
+/// Tokens from here on are client connections (slab key + base).
+const CONNECTION_TOKEN_BASE: usize = 1 << 20;
+/// Most ticks caught up in one turn after a stall.
+const TICKS_PER_TURN_MAX: u32 = 10;
+
+/// Asks a running reactor to stop (gracefully: a leader hands over first).
+#[derive(Clone)]
+pub struct StopHandle {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            log::warn!("could not wake the reactor to stop it: {e}");
+        }
+    }
+}
+
+pub struct Reactor {
+    poll: Poll,
+    listener: TcpListener,
+    connections: Slab<Connection>,
+    next_connection_id: u64,
+    peers: Peers,
+    replica: Replica,
+    stop_flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    status: Arc<Mutex<Status>>,
+    max_file_bytes: usize,
+    /// Connections that may have input to frame without a new event.
+    resume: Vec<usize>,
+    /// Connections that got replies this turn.
+    touched: Vec<usize>,
+    /// How long a stopping leader waits for the handover and its answers.
+    stop_grace: Duration,
+    static_replies: StaticReplies,
+}
+
+/// Encoded once: the answers the reactor gives without the replica.
+struct StaticReplies {
+    command_error: Bytes,
+}
+
+impl Reactor {
+    pub fn new(
+        poll: Poll,
+        listener: TcpListener,
+        peers: Peers,
+        replica: Replica,
+        max_file_bytes: usize,
+        stop_grace: Duration,
+    ) -> io::Result<Reactor> {
+        let mut listener = listener;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut buffer = BytesMut::new();
+        encode_reply(&Reply::CmdErr, &mut buffer);
+        let status = Arc::new(Mutex::new(replica.status()));
+        Ok(Reactor {
+            poll,
+            listener,
+            connections: Slab::new(),
+            next_connection_id: 1,
+            peers,
+            replica,
+            stop_flag: Arc::new(AtomicBool::new(false)),
+            waker,
+            status,
+            max_file_bytes,
+            resume: Vec::new(),
+            touched: Vec::new(),
+            stop_grace,
+            static_replies: StaticReplies { command_error: buffer.freeze() },
+        })
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle { flag: self.stop_flag.clone(), waker: self.waker.clone() }
+    }
+
+    /// Shared view of the node's state, refreshed every turn.
+    pub fn status_handle(&self) -> Arc<Mutex<Status>> {
+        self.status.clone()
+    }
+
+    /// Run until stopped (Ok) or until the node must stop on an error.
+    pub fn run(&mut self) -> Result<()> {
+        let tick = Duration::from_millis(limits::TICK_MS);
+        let mut events = Events::with_capacity(1024);
+        let mut next_tick = Instant::now() + tick;
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let timeout = next_tick.saturating_duration_since(now);
+            let timeout = if self.resume.is_empty() { timeout } else { Duration::ZERO };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(Error::io("poll", e));
+                }
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_clients(),
+                    WAKER => {}
+                    token if token.0 >= CONNECTION_TOKEN_BASE => {
+                        let key = token.0 - CONNECTION_TOKEN_BASE;
+                        self.service_connection(key, now);
+                    }
+                    token if self.peers.owns(token) => self.handle_peer_event(event, now)?,
+                    _ => {}
+                }
+            }
+            for key in std::mem::take(&mut self.resume) {
+                self.service_connection(key, now);
+            }
+            let mut ticks = 0;
+            while now >= next_tick && ticks < TICKS_PER_TURN_MAX {
+                self.replica.tick(now);
+                self.peers.tick(self.poll.registry(), now);
+                next_tick += tick;
+                ticks += 1;
+            }
+            if now >= next_tick {
+                next_tick = now + tick;
+            }
+            if self.stop_flag.load(Ordering::SeqCst) && stop_deadline.is_none() {
+                stop_deadline = Some(now + self.stop_grace);
+                match self.replica.transfer_leadership() {
+                    Some(target) => log::info!("stopping: handing leadership to node {target}"),
+                    None => log::info!("stopping"),
+                }
+            }
+            self.replica.end_turn(now)?;
+            self.deliver();
+            self.refresh_status();
+            if let Some(deadline) = stop_deadline {
+                let leading = self.replica.status().role == Some(crate::raft::Role::Leader);
+                if (!leading && !self.replica.has_waiting()) || now >= deadline {
+                    self.flush_all_connections();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn handle_peer_event(&mut self, event: &mio::event::Event, now: Instant) -> Result<()> {
+        let mut peer_events = Vec::new();
+        let replica = &mut self.replica;
+        self.peers.handle_event(
+            self.poll.registry(),
+            event,
+            now,
+            &mut |from, incarnation| replica.accept_peer(from, incarnation),
+            &mut peer_events,
+        );
+        for peer_event in peer_events {
+            match peer_event {
+                PeerEvent::Message(envelope) => self.replica.step(envelope),
+                PeerEvent::Refused { by, reason } => {
+                    return Err(Error::Refused(format!("node {by} refused this node: {reason}")));
+                }
+                PeerEvent::LinkUp(id) => log::info!("peer {id} link up"),
+                PeerEvent::LinkDown(id) => log::info!("peer {id} link down"),
+            }
+        }
+        Ok(())
+    }
+
+    fn accept_clients(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        log::debug!("set_nodelay: {e}");
+                    }
+                    let entry = self.connections.vacant_entry();
+                    let key = entry.key();
+                    let id = self.next_connection_id;
+                    self.next_connection_id += 1;
+                    let mut connection = Connection::new(stream, id);
+                    let token = Token(CONNECTION_TOKEN_BASE + key);
+                    match self.poll.registry().register(
+                        &mut connection.stream,
+                        token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        Ok(()) => {
+                            entry.insert(connection);
+                            self.resume.push(key);
+                        }
+                        Err(e) => log::warn!("could not register a client connection: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: stop accepting this turn, keep serving.
+                    log::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Read, frame and submit what a connection has; flush its replies.
+    fn service_connection(&mut self, key: usize, now: Instant) {
+        let Some(connection) = self.connections.get_mut(key) else { return };
+        connection.paused = !connection.wants_read();
+        if connection.wants_read() && !connection.input_closed {
+            if let Err(e) = connection.read_available() {
+                log::debug!("client connection {} read error: {e}", connection.id);
+                self.close_connection(key);
+                return;
+            }
+        }
+        self.frame_commands(key, now);
+        let Some(connection) = self.connections.get_mut(key) else { return };
+        if let Err(e) = connection.flush() {
+            log::debug!("client connection {} write error: {e}", connection.id);
+            self.close_connection(key);
+            return;
+        }
+        if connection.is_finished() {
+            self.close_connection(key);
+        }
+    }
+
+    fn frame_commands(&mut self, key: usize, now: Instant) {
+        let Some(connection) = self.connections.get_mut(key) else { return };
+        while connection.wants_read() {
+            let Some(parsed) = parse_next(&mut connection.read_buffer, self.max_file_bytes) else { break };
+            let seq = connection.take_slot();
+            let client = ClientRef { key, conn_id: connection.id, seq };
+            match parsed {
+                Parsed::Request(request) => self.replica.submit(client, request, now),
+                Parsed::Malformed { close } => {
+                    connection.fill(seq, self.static_replies.command_error.clone());
+                    if close {
+                        connection.closing = true;
+                        connection.read_buffer.clear();
+                    }
+                }
+            }
+        }
+        if !connection.wants_read() {
+            connection.paused = true;
+        }
+        if connection.input_closed && connection.wants_read() {
+            // A partial command can never complete now.
+            connection.read_buffer.clear();
+        }
+    }
+
+    fn close_connection(&mut self, key: usize) {
+        if let Some(mut connection) = self.connections.try_remove(key) {
+            if let Err(e) = self.poll.registry().deregister(&mut connection.stream) {
+                log::debug!("deregister: {e}");
+            }
+            self.replica.connection_closed(connection.id);
+        }
+    }
+
+    /// Hand this turn's replies and messages to their sockets.
+    fn deliver(&mut self) {
+        for envelope in self.replica.messages.drain(..) {
+            self.peers.send(&envelope);
+        }
+        self.peers.flush(self.poll.registry());
+        for (client, reply) in self.replica.replies.drain(..) {
+            if let Some(connection) = self.connections.get_mut(client.key) {
+                if connection.id == client.conn_id {
+                    connection.fill(client.seq, reply);
+                    self.touched.push(client.key);
+                }
+            }
+        }
+        self.touched.sort_unstable();
+        self.touched.dedup();
+        for key in std::mem::take(&mut self.touched) {
+            let Some(connection) = self.connections.get_mut(key) else { continue };
+            if let Err(e) = connection.flush() {
+                log::debug!("client connection {} write error: {e}", connection.id);
+                self.close_connection(key);
+                continue;
+            }
+            if connection.is_finished() {
+                self.close_connection(key);
+                continue;
+            }
+            // A connection that was paused and has room again must be read
+            // without waiting for an event (edge-triggered readiness).
+            if connection.paused && !connection.closing && connection.wants_read() {
+                connection.paused = false;
+                self.resume.push(key);
+            }
+        }
+    }
+
+    fn flush_all_connections(&mut self) {
+        for (_, connection) in self.connections.iter_mut() {
+            let _ = connection.flush();
+        }
+    }
+
+    fn refresh_status(&self) {
+        if let Ok(mut status) = self.status.lock() {
+            *status = self.replica.status();
+        }
+    }
+}

@@ -1,0 +1,665 @@
+//! One raftfs node minus its sockets: the Raft core, the file map, the WAL and
+//! the table of client commands waiting for an answer.
+//!
+//! The reactor feeds it client requests (`submit`), peer messages (`step`)
+//! and ticks, then calls `end_turn` once per loop turn. A turn:
+//! 1. routes the turn's requests: not leader → `ERR_REDIRECT` (or held up to
+//!    one election timeout while no leader is known); leader → writes join the
+//!    turn's batch, reads get a position in the log;
+//! 2. proposes the batch as one entry (a few if large) stamped with cluster
+//!    time, and registers one ReadIndex round for reads that need one;
+//! 3. runs the core's actions in order: persists go to the WAL, one fsync for
+//!    the whole turn (group commit), then the core hears `persisted`; sends
+//!    are released only after that fsync; applies run the file map and answer
+//!    the waiting commands.
+//!
+//! Reads (SPEC §3: linearizable, and in per-connection order). A read is
+//! answered from the state at one log position `p`, computed exactly at `p`:
+//! - if the turn already batched a write, or this connection has a write or
+//!   read still anchored at an unapplied entry, `p` is a position inside this
+//!   leader's own entry (after the commands that precede the read); the answer
+//!   is computed while that entry is applied and its commit proves leadership;
+//! - otherwise `p` is the applied index now (once this term's first entry has
+//!   been applied, so every acknowledged write is included), and the answer is
+//!   released only after a ReadIndex heartbeat round confirms leadership.
+//!
+//! Reads judge expiry at the cluster time of their position: the entry's
+//! stamp, or the leader's cluster time capped by the stamp of the next entry.
+//!
+//! Cluster time (SPEC §2): a new leader starts from the largest stamp seen in
+//! its log (the wall clock only if there is none) and advances it with its
+//! monotonic clock; proposals carry it as their stamp.
+
+use crate::error::{Error, Result};
+use crate::fsm::command::{batch_stamp_ms, decode_batch, encode_batch};
+use crate::fsm::{Command, Fsm, Outcome};
+use crate::limits;
+use crate::net::protocol::{encode_reply, Reply, Request};
+use crate::raft::{self, Action, Entry, Envelope, Index, NodeId, Role, Term};
+use crate::storage::wal::Wal;
+use bytes::{Bytes, BytesMut};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Who is waiting for an answer: a connection's slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientRef {
+    /// The connection's slab key in the reactor.
+    pub key: usize,
+    /// The connection's unique id (slab keys are reused).
+    pub conn_id: u64,
+    /// The command's sequence number on its connection.
+    pub seq: u64,
+}
+
+pub struct ReplicaConfig {
+    pub raft: raft::Config,
+    /// Advertised client address of every member, for ERR_REDIRECT.
+    pub client_addresses: BTreeMap<NodeId, String>,
+    /// How long a command is held while no leader is known.
+    pub hold_while_leaderless: Duration,
+}
+
+/// Observable state, for status, metrics and the demo's leader line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: Option<Role>,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit_index: Index,
+    pub applied_index: Index,
+    pub last_index: Index,
+    pub files: usize,
+}
+
+struct Pending {
+    client: ClientRef,
+    request: Request,
+    arrived: Instant,
+}
+
+/// A read answered from the state at position `offset` inside an entry.
+struct AnchoredRead {
+    offset: usize,
+    client: ClientRef,
+    name: Bytes,
+}
+
+/// One entry this leader proposed and whose commands wait for their fate.
+struct Waiting {
+    index: Index,
+    term: Term,
+    /// The entry's cluster-time stamp.
+    stamp_ms: u64,
+    /// One client per command, in command order.
+    clients: Vec<ClientRef>,
+    /// Sorted by offset.
+    reads: Vec<AnchoredRead>,
+    deadline: Instant,
+}
+
+/// The batch being built in this turn (one entry).
+#[derive(Default)]
+struct TurnBatch {
+    commands: Vec<Command>,
+    clients: Vec<ClientRef>,
+    reads: Vec<AnchoredRead>,
+    size_bytes: usize,
+    deadline: Option<Instant>,
+}
+
+/// Reads answered at the applied index, waiting for a ReadIndex round.
+struct ReadGroup {
+    id: u64,
+    answers: Vec<(ClientRef, Bytes)>,
+    deadline: Instant,
+}
+
+pub struct Replica {
+    raft: raft::Node,
+    fsm: Fsm,
+    wal: Wal,
+    config: ReplicaConfig,
+    actions: Vec<Action>,
+    incoming: Vec<Pending>,
+    held: VecDeque<Pending>,
+    batches: Vec<TurnBatch>,
+    turn_reads: Vec<(ClientRef, Bytes)>,
+    waiting: VecDeque<Waiting>,
+    read_groups: VecDeque<ReadGroup>,
+    next_read_id: u64,
+    /// Per connection: the latest unapplied log position one of its commands
+    /// is anchored at; its later reads must not be answered from before it.
+    connection_floor: HashMap<u64, (Index, usize)>,
+    applied_index: Index,
+    applied_term: Term,
+    /// Largest cluster-time stamp seen in the log (appended or applied).
+    max_stamp_ms: u64,
+    /// (cluster time at the start of leadership, the monotonic instant then).
+    leader_clock: Option<(u64, Instant, Term)>,
+    last_proposed_stamp_ms: u64,
+    reply_buffer: BytesMut,
+    /// Answers ready for the reactor to hand to connections.
+    pub replies: Vec<(ClientRef, Bytes)>,
+    /// Messages to send (released after this turn's fsync).
+    pub messages: Vec<Envelope>,
+    persisted_pending: Option<(Index, Term)>,
+    needs_sync: bool,
+}
+
+impl Replica {
+    pub fn new(config: ReplicaConfig, wal: Wal, restored: raft::Restored) -> Replica {
+        let max_stamp_ms =
+            restored.entries.iter().rev().find_map(|e| batch_stamp_ms(&e.data)).unwrap_or(0);
+        let raft = raft::Node::new(config.raft.clone(), restored);
+        Replica {
+            raft,
+            fsm: Fsm::new(),
+            wal,
+            config,
+            actions: Vec::new(),
+            incoming: Vec::new(),
+            held: VecDeque::new(),
+            batches: Vec::new(),
+            turn_reads: Vec::new(),
+            waiting: VecDeque::new(),
+            read_groups: VecDeque::new(),
+            next_read_id: 1,
+            connection_floor: HashMap::new(),
+            applied_index: 0,
+            applied_term: 0,
+            max_stamp_ms,
+            leader_clock: None,
+            last_proposed_stamp_ms: 0,
+            reply_buffer: BytesMut::new(),
+            replies: Vec::new(),
+            messages: Vec::new(),
+            persisted_pending: None,
+            needs_sync: false,
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.raft.id()
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.raft.id(),
+            role: Some(self.raft.role()),
+            term: self.raft.term(),
+            leader: self.raft.leader_id(),
+            commit_index: self.raft.commit_index(),
+            applied_index: self.applied_index,
+            last_index: self.raft.last_index(),
+            files: self.fsm.len(),
+        }
+    }
+
+    pub fn fsm(&self) -> &Fsm {
+        &self.fsm
+    }
+
+    /// A client request, answered in a later `end_turn`.
+    pub fn submit(&mut self, client: ClientRef, request: Request, now: Instant) {
+        self.incoming.push(Pending { client, request, arrived: now });
+    }
+
+    /// Answer a client at once (e.g. ERR_CMD_ERR from framing).
+    pub fn answer(&mut self, client: ClientRef, reply: Reply<'_>) {
+        encode_reply(&reply, &mut self.reply_buffer);
+        let bytes = self.reply_buffer.split().freeze();
+        self.replies.push((client, bytes));
+    }
+
+    pub fn connection_closed(&mut self, conn_id: u64) {
+        self.connection_floor.remove(&conn_id);
+    }
+
+    /// Accept a peer's incarnation at handshake, or say why not.
+    pub fn accept_peer(&mut self, from: NodeId, incarnation: u64) -> std::result::Result<(), String> {
+        self.raft.observe_incarnation(from, incarnation).map_err(|e| describe_step_error(&e))
+    }
+
+    /// A message from a peer. Refused messages are logged and dropped.
+    pub fn step(&mut self, envelope: Envelope) {
+        if let Err(error) = self.raft.step(envelope) {
+            log::warn!("dropped a peer message: {}", describe_step_error(&error));
+        }
+    }
+
+    pub fn tick(&mut self, now: Instant) {
+        self.raft.tick();
+        self.expire_waiting(now);
+    }
+
+    /// Start handing leadership away (graceful stop). Returns the target.
+    pub fn transfer_leadership(&mut self) -> Option<NodeId> {
+        self.raft.transfer_leadership(None).ok()
+    }
+
+    /// Whether commands are still waiting for an answer.
+    pub fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty() || !self.read_groups.is_empty() || !self.held.is_empty()
+    }
+
+    /// Run one turn: route requests, propose, persist + fsync, release sends,
+    /// apply, answer. An error means the node must stop (I/O or corruption).
+    pub fn end_turn(&mut self, now: Instant) -> Result<()> {
+        self.update_leader_clock(now);
+        self.route_requests(now);
+        self.propose_batches(now);
+        self.register_turn_reads(now);
+        self.run_actions(now)
+    }
+
+    fn is_ready_leader(&self) -> bool {
+        self.raft.role() == Role::Leader
+    }
+
+    /// Reads need this term's first entry applied: only then has the applied
+    /// state every write acknowledged by any earlier leader.
+    fn is_ready_for_reads(&self) -> bool {
+        self.is_ready_leader() && self.applied_term == self.raft.term()
+    }
+
+    fn update_leader_clock(&mut self, now: Instant) {
+        let term = self.raft.term();
+        match (self.raft.role(), self.leader_clock) {
+            (Role::Leader, Some((_, _, clock_term))) if clock_term == term => {}
+            (Role::Leader, _) => {
+                let base_ms = self.max_stamp_ms.max(self.fsm.cluster_time_ms());
+                let base_ms = if base_ms == 0 { wall_clock_ms() } else { base_ms };
+                self.leader_clock = Some((base_ms, now, term));
+            }
+            _ => self.leader_clock = None,
+        }
+    }
+
+    /// The leader's cluster time now; never below a stamp already proposed.
+    fn cluster_time_ms(&self, now: Instant) -> u64 {
+        match self.leader_clock {
+            Some((base_ms, since, _)) => {
+                let elapsed_ms = now.saturating_duration_since(since).as_millis() as u64;
+                base_ms.saturating_add(elapsed_ms).max(self.last_proposed_stamp_ms)
+            }
+            None => self.max_stamp_ms.max(self.fsm.cluster_time_ms()),
+        }
+    }
+
+    fn route_requests(&mut self, now: Instant) {
+        let mut queue = std::mem::take(&mut self.held);
+        queue.extend(self.incoming.drain(..));
+        // Connections with a command held this turn: their later commands
+        // wait behind it, so per-connection order is kept.
+        let mut blocked: Vec<u64> = Vec::new();
+        for pending in queue {
+            if blocked.contains(&pending.client.conn_id) {
+                self.held.push_back(pending);
+                continue;
+            }
+            let is_read = matches!(pending.request, Request::Read { .. });
+            if self.is_ready_leader() && (!is_read || self.is_ready_for_reads()) {
+                self.route_as_leader(pending, now);
+            } else if let Some(leader) = self.raft.leader_id().filter(|&l| l != self.raft.id()) {
+                self.answer_redirect(pending.client, Some(leader));
+            } else if now.saturating_duration_since(pending.arrived) >= self.config.hold_while_leaderless {
+                self.answer(pending.client, Reply::Internal);
+            } else {
+                blocked.push(pending.client.conn_id);
+                self.held.push_back(pending);
+            }
+        }
+    }
+
+    fn answer_redirect(&mut self, client: ClientRef, leader: Option<NodeId>) {
+        let address = leader.and_then(|l| self.config.client_addresses.get(&l)).cloned();
+        match address {
+            Some(address) if leader != Some(self.raft.id()) => {
+                self.answer(client, Reply::Redirect(&address))
+            }
+            _ => self.answer(client, Reply::Internal),
+        }
+    }
+
+    fn route_as_leader(&mut self, pending: Pending, now: Instant) {
+        match pending.request {
+            Request::Command(command) => {
+                let size_bytes = command_size_bytes(&command);
+                let needs_new_batch = match self.batches.last() {
+                    None => true,
+                    Some(batch) => {
+                        batch.size_bytes + size_bytes > limits::ENTRY_BYTES_MAX && !batch.commands.is_empty()
+                    }
+                };
+                if needs_new_batch {
+                    self.batches.push(TurnBatch::default());
+                }
+                let deadline = pending.arrived + Duration::from_millis(limits::COMMAND_TIMEOUT_MS);
+                if let Some(batch) = self.batches.last_mut() {
+                    batch.commands.push(command);
+                    batch.clients.push(pending.client);
+                    batch.size_bytes += size_bytes;
+                    batch.deadline = Some(batch.deadline.map_or(deadline, |d| d.min(deadline)));
+                }
+            }
+            Request::Read { name } => {
+                let client = pending.client;
+                if let Some(batch) = self.batches.last_mut() {
+                    let offset = batch.commands.len();
+                    batch.reads.push(AnchoredRead { offset, client, name });
+                    return;
+                }
+                let floor = self.connection_floor.get(&client.conn_id).copied();
+                if let Some((index, offset)) = floor.filter(|&(index, _)| index > self.applied_index) {
+                    if let Some(waiting) = self.waiting_mut(index) {
+                        waiting.reads.push(AnchoredRead { offset, client, name });
+                        return;
+                    }
+                }
+                let time_ms = self.read_time_ms(now);
+                let mut buffer = std::mem::take(&mut self.reply_buffer);
+                encode_read(&self.fsm, &name, time_ms, &mut buffer);
+                let bytes = buffer.split().freeze();
+                self.reply_buffer = buffer;
+                self.turn_reads.push((client, bytes));
+            }
+        }
+    }
+
+    /// Cluster time for a read at the applied index: the leader's clock, but
+    /// not past the stamp of the next entry (so a later command in the log
+    /// never sees a file alive that this read saw expired).
+    fn read_time_ms(&self, now: Instant) -> u64 {
+        let now_ms = self.cluster_time_ms(now);
+        self.waiting.front().map_or(now_ms, |next| now_ms.min(next.stamp_ms))
+    }
+
+    fn waiting_mut(&mut self, index: Index) -> Option<&mut Waiting> {
+        let position = self.waiting.binary_search_by_key(&index, |w| w.index).ok()?;
+        self.waiting.get_mut(position)
+    }
+
+    fn propose_batches(&mut self, now: Instant) {
+        let batches = std::mem::take(&mut self.batches);
+        for batch in batches {
+            if batch.commands.is_empty() {
+                // Only reads: they were anchored to a batch that no longer
+                // gets commands; answer them like reads at the applied index.
+                for read in batch.reads {
+                    let time_ms = self.read_time_ms(now);
+                    let mut buffer = std::mem::take(&mut self.reply_buffer);
+                    encode_read(&self.fsm, &read.name, time_ms, &mut buffer);
+                    let bytes = buffer.split().freeze();
+                    self.reply_buffer = buffer;
+                    self.turn_reads.push((read.client, bytes));
+                }
+                continue;
+            }
+            let stamp_ms = self.cluster_time_ms(now);
+            let data = encode_batch(stamp_ms, &batch.commands);
+            match self.raft.propose(data) {
+                Ok(index) => {
+                    self.last_proposed_stamp_ms = stamp_ms;
+                    for (offset, client) in batch.clients.iter().enumerate() {
+                        self.connection_floor.insert(client.conn_id, (index, offset + 1));
+                    }
+                    for read in &batch.reads {
+                        self.connection_floor.insert(read.client.conn_id, (index, read.offset));
+                    }
+                    self.waiting.push_back(Waiting {
+                        index,
+                        term: self.raft.term(),
+                        stamp_ms,
+                        clients: batch.clients,
+                        reads: batch.reads,
+                        deadline: batch.deadline.unwrap_or(now),
+                    });
+                }
+                Err(not_leader) => {
+                    for client in batch.clients {
+                        self.answer_redirect(client, not_leader.leader);
+                    }
+                    for read in batch.reads {
+                        self.answer_redirect(read.client, not_leader.leader);
+                    }
+                }
+            }
+        }
+    }
+
+    fn register_turn_reads(&mut self, now: Instant) {
+        if self.turn_reads.is_empty() {
+            return;
+        }
+        let answers = std::mem::take(&mut self.turn_reads);
+        let id = self.next_read_id;
+        self.next_read_id += 1;
+        match self.raft.read_index(id) {
+            Ok(()) => self.read_groups.push_back(ReadGroup {
+                id,
+                answers,
+                deadline: now + Duration::from_millis(limits::COMMAND_TIMEOUT_MS),
+            }),
+            Err(not_leader) => {
+                for (client, _) in answers {
+                    self.answer_redirect(client, not_leader.leader);
+                }
+            }
+        }
+    }
+
+    /// Execute the core's actions until it has nothing more to say.
+    fn run_actions(&mut self, now: Instant) -> Result<()> {
+        loop {
+            self.raft.drain_actions(&mut self.actions);
+            if self.actions.is_empty() {
+                if self.needs_sync {
+                    self.wal.sync()?;
+                    self.needs_sync = false;
+                    if let Some((index, term)) = self.persisted_pending.take() {
+                        self.raft.persisted(index, term);
+                        continue;
+                    }
+                }
+                return Ok(());
+            }
+            let actions = std::mem::take(&mut self.actions);
+            for action in &actions {
+                self.execute(action, now)?;
+            }
+            self.actions = actions;
+            self.actions.clear();
+        }
+    }
+
+    fn execute(&mut self, action: &Action, now: Instant) -> Result<()> {
+        match action {
+            Action::PersistHardState(hard_state) => {
+                self.wal.save_hard_state(hard_state)?;
+                self.needs_sync = true;
+            }
+            Action::PersistEntries(entries) => {
+                let Some(first) = entries.first() else { return Ok(()) };
+                if first.index <= self.wal.last_index() {
+                    self.fail_truncated_from(first.index);
+                }
+                self.wal.append(entries)?;
+                self.needs_sync = true;
+                if let Some(last) = entries.last() {
+                    self.persisted_pending = Some((last.index, last.term));
+                }
+                if let Some(stamp_ms) = entries.iter().rev().find_map(|e| batch_stamp_ms(&e.data)) {
+                    self.max_stamp_ms = self.max_stamp_ms.max(stamp_ms);
+                }
+            }
+            Action::Send(envelope) => self.messages.push(envelope.clone()),
+            Action::Apply(entries) => {
+                for entry in entries {
+                    self.apply(entry)?;
+                }
+            }
+            Action::ReadReady { id, .. } => {
+                while let Some(group) = self.read_groups.front() {
+                    if group.id > *id {
+                        break;
+                    }
+                    if let Some(group) = self.read_groups.pop_front() {
+                        self.replies.extend(group.answers);
+                    }
+                }
+            }
+            Action::ReadFailed { id } => {
+                if let Some(position) = self.read_groups.iter().position(|g| g.id == *id) {
+                    if let Some(group) = self.read_groups.remove(position) {
+                        let leader = self.raft.leader_id();
+                        for (client, _) in group.answers {
+                            self.answer_redirect(client, leader);
+                        }
+                    }
+                }
+            }
+        }
+        let _ = now;
+        Ok(())
+    }
+
+    /// Entries from `index` on are being replaced: commands waiting on them
+    /// were never committed here (SPEC §3: ERR_REDIRECT).
+    fn fail_truncated_from(&mut self, index: Index) {
+        let leader = self.raft.leader_id();
+        while self.waiting.back().is_some_and(|w| w.index >= index) {
+            if let Some(waiting) = self.waiting.pop_back() {
+                self.fail_waiting(waiting, leader);
+            }
+        }
+    }
+
+    fn fail_waiting(&mut self, waiting: Waiting, leader: Option<NodeId>) {
+        for client in waiting.clients {
+            self.answer_redirect(client, leader);
+        }
+        for read in waiting.reads {
+            self.answer_redirect(read.client, leader);
+        }
+    }
+
+    fn apply(&mut self, entry: &Entry) -> Result<()> {
+        debug_assert_eq!(entry.index, self.applied_index + 1, "entries apply in order, once");
+        self.applied_index = entry.index;
+        self.applied_term = entry.term;
+        // Waiting entries before this one can no longer be ours.
+        while self.waiting.front().is_some_and(|w| w.index < entry.index) {
+            if let Some(stale) = self.waiting.pop_front() {
+                self.fail_waiting(stale, self.raft.leader_id());
+            }
+        }
+        let mine = match self.waiting.front() {
+            Some(w) if w.index == entry.index && w.term == entry.term => self.waiting.pop_front(),
+            Some(w) if w.index == entry.index => {
+                if let Some(replaced) = self.waiting.pop_front() {
+                    self.fail_waiting(replaced, self.raft.leader_id());
+                }
+                None
+            }
+            _ => None,
+        };
+        if entry.data.is_empty() {
+            return Ok(());
+        }
+        let batch = decode_batch(&entry.data).map_err(|e| {
+            Error::Corrupt(format!("committed entry {} does not decode: {e:?}", entry.index))
+        })?;
+        self.max_stamp_ms = self.max_stamp_ms.max(batch.stamp_ms);
+        let mut reads = mine.as_ref().map(|w| w.reads.iter().peekable());
+        let mut buffer = std::mem::take(&mut self.reply_buffer);
+        for (offset, command) in batch.commands.iter().enumerate() {
+            if let (Some(reads), Some(waiting)) = (reads.as_mut(), mine.as_ref()) {
+                while let Some(read) = reads.next_if(|r| r.offset <= offset) {
+                    encode_read(&self.fsm, &read.name, batch.stamp_ms, &mut buffer);
+                    self.replies.push((read.client, buffer.split().freeze()));
+                }
+                let outcome = self.fsm.apply_command(batch.stamp_ms, command);
+                if let Some(&client) = waiting.clients.get(offset) {
+                    encode_outcome(outcome, &mut buffer);
+                    self.replies.push((client, buffer.split().freeze()));
+                }
+            } else {
+                self.fsm.apply_command(batch.stamp_ms, command);
+            }
+        }
+        if let Some(reads) = reads.as_mut() {
+            for read in reads {
+                encode_read(&self.fsm, &read.name, batch.stamp_ms, &mut buffer);
+                self.replies.push((read.client, buffer.split().freeze()));
+            }
+        }
+        self.reply_buffer = buffer;
+        Ok(())
+    }
+
+    fn expire_waiting(&mut self, now: Instant) {
+        while self.waiting.front().is_some_and(|w| w.deadline <= now) {
+            if let Some(waiting) = self.waiting.pop_front() {
+                for client in waiting.clients {
+                    self.answer(client, Reply::Internal);
+                }
+                for read in waiting.reads {
+                    self.answer(read.client, Reply::Internal);
+                }
+            }
+        }
+        while self.read_groups.front().is_some_and(|g| g.deadline <= now) {
+            if let Some(group) = self.read_groups.pop_front() {
+                for (client, _) in group.answers {
+                    self.answer(client, Reply::Internal);
+                }
+            }
+        }
+    }
+}
+
+fn encode_read(fsm: &Fsm, name: &[u8], time_ms: u64, out: &mut BytesMut) {
+    match fsm.read(name, time_ms) {
+        Some(file) => encode_reply(
+            &Reply::Contents { version: file.version, content: file.content, expires_in_s: file.expires_in_s },
+            out,
+        ),
+        None => encode_reply(&Reply::NotFound, out),
+    }
+}
+
+fn encode_outcome(outcome: Outcome, out: &mut BytesMut) {
+    let reply = match outcome {
+        Outcome::Written { version } => Reply::Written { version },
+        Outcome::Deleted => Reply::Deleted,
+        Outcome::NotFound => Reply::NotFound,
+        Outcome::VersionMismatch { current } => Reply::VersionMismatch { current },
+    };
+    encode_reply(&reply, out);
+}
+
+fn command_size_bytes(command: &Command) -> usize {
+    match command {
+        Command::Write { name, content, .. } | Command::Cas { name, content, .. } => {
+            name.len() + content.len() + 32
+        }
+        Command::Delete { name } => name.len() + 16,
+    }
+}
+
+fn wall_clock_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn describe_step_error(error: &raft::StepError) -> String {
+    match error {
+        raft::StepError::WrongIncarnation { from, recorded, got } => format!(
+            "node {from} came back with data-dir incarnation {got:016x}, but this cluster knows it as \
+             {recorded:016x}: its data dir was lost or replaced, so it may not rejoin under its old id \
+             (replacing a lost host needs membership change)"
+        ),
+        raft::StepError::NotForUs => "message not addressed to this node or from a non-member".into(),
+    }
+}
