@@ -1,1 +1,461 @@
-//! Slab arena + name index: the file map. (Being written.)
+//! The file map: a slab arena of files, a name index, the version counter and
+//! the expiry queue. Pure storage: which command does what is decided by
+//! `Fsm::apply` (mod.rs); this module only keeps the three structures in step.
+//!
+//! Storage. Each file's name and content are copied once, at apply, into
+//! boxed slices owned by the arena: a `Bytes` slice of the entry would pin a
+//! whole network read buffer (or log entry) for as long as the file lives.
+//!
+//! Name index without a second copy of the name. `std::collections::HashMap`
+//! cannot look a key up through the arena, so instead of `HashMap<name, slot>`
+//! (every name stored twice) the index maps a 64-bit keyed SipHash of the name
+//! to the slot, and the arena holds the only copy, which confirms every hit.
+//! Two different names with the same hash (about 2^-64 per pair, and the key
+//! is random per process so no client can aim for it) are still handled: the
+//! first keeps the `index` slot, the rest wait in `collisions`.
+//!
+//! Expiry queue. An ordered set of `(deadline_ms, slot)` with exactly one
+//! entry per live file that has a deadline: a rewrite or delete takes the old
+//! entry out (O(log n)) instead of leaving a stale one behind, so the queue
+//! cannot grow past the number of files, and nothing stale can ever expire a
+//! newer file in the same slot. `expire_through(now_ms)` pops only due entries:
+//! no scan of the files.
+//!
+//! Invariants (checked by `check_invariants` in tests):
+//! - every arena slot is reachable from exactly one index place under its name's
+//!   hash, and the index holds nothing else;
+//! - the expiry queue holds `(deadline, slot)` iff that slot's file has that
+//!   deadline;
+//! - names are unique in the arena.
+//!
+//! Left out: judging expiry (a file here may already be past its deadline until
+//! the next `expire_through`; readers must check `File::is_live`), and giving
+//! back arena capacity: a freed slot is reused by the next file, so the arena's
+//! slot vector stays at the peak file count (the files' bytes are freed at once).
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::num::NonZeroU64;
+
+use slab::Slab;
+
+/// One stored file.
+#[derive(Debug)]
+pub struct File {
+    name: Box<[u8]>,
+    content: Box<[u8]>,
+    version: u64,
+    deadline_ms: Option<NonZeroU64>,
+}
+
+impl File {
+    pub fn name(&self) -> &[u8] {
+        &self.name
+    }
+
+    pub fn content(&self) -> &[u8] {
+        &self.content
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Cluster time at which the file expires; `None` = never.
+    pub fn deadline_ms(&self) -> Option<u64> {
+        self.deadline_ms.map(NonZeroU64::get)
+    }
+
+    /// Whether the file still exists at cluster time `now_ms` (SPEC §2: expired
+    /// iff `now_ms >= deadline`).
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.deadline_ms()
+            .is_none_or(|deadline_ms| now_ms < deadline_ms)
+    }
+}
+
+/// Hashes names into index keys.
+#[derive(Debug)]
+enum NameHasher {
+    /// Keyed SipHash, random per process: only the layout depends on the key,
+    /// never what a replica answers.
+    Keyed(RandomState),
+    /// Every name hashes alike, to exercise the collision path.
+    #[cfg(test)]
+    Constant,
+}
+
+impl NameHasher {
+    fn hash(&self, name: &[u8]) -> u64 {
+        match self {
+            NameHasher::Keyed(state) => state.hash_one(name),
+            #[cfg(test)]
+            NameHasher::Constant => 7,
+        }
+    }
+}
+
+/// The index keys are SipHash outputs already: hash them no further.
+#[derive(Default)]
+struct PassThroughHasher(u64);
+
+impl Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+type PassThrough = BuildHasherDefault<PassThroughHasher>;
+
+/// The file map. See the module doc for its invariants.
+#[derive(Debug)]
+pub struct Files {
+    arena: Slab<File>,
+    /// Name hash → the slot of the first file with that hash.
+    index: HashMap<u64, usize, PassThrough>,
+    /// Name hash → the slots of further files with that hash (almost always empty).
+    collisions: HashMap<u64, Vec<usize>, PassThrough>,
+    name_hasher: NameHasher,
+    /// `(deadline_ms, slot)` for every file with a deadline.
+    expiry: BTreeSet<(u64, usize)>,
+    /// The last version handed out; 0 on a fresh map.
+    version_counter: u64,
+}
+
+impl Default for Files {
+    fn default() -> Self {
+        Files::new()
+    }
+}
+
+impl Files {
+    pub fn new() -> Files {
+        Files::with_name_hasher(NameHasher::Keyed(RandomState::new()))
+    }
+
+    fn with_name_hasher(name_hasher: NameHasher) -> Files {
+        Files {
+            arena: Slab::new(),
+            index: HashMap::default(),
+            collisions: HashMap::default(),
+            name_hasher,
+            expiry: BTreeSet::new(),
+            version_counter: 0,
+        }
+    }
+
+    /// A map whose names all share one hash (tests of the collision path).
+    #[cfg(test)]
+    fn colliding() -> Files {
+        Files::with_name_hasher(NameHasher::Constant)
+    }
+
+    pub fn len(&self) -> usize {
+        self.arena.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.arena.is_empty()
+    }
+
+    pub fn version_counter(&self) -> u64 {
+        self.version_counter
+    }
+
+    /// Sets the counter (snapshot restore). It never moves backwards.
+    pub fn set_version_counter(&mut self, version_counter: u64) {
+        debug_assert!(version_counter >= self.version_counter);
+        self.version_counter = version_counter;
+    }
+
+    /// Takes the next version: counter + 1 (the first is 1).
+    pub fn next_version(&mut self) -> u64 {
+        // 2^64 successful writes cannot happen (584 years at 10^9 per second);
+        // saturating keeps even that case from wrapping onto old versions.
+        self.version_counter = self.version_counter.saturating_add(1);
+        self.version_counter
+    }
+
+    /// The slot of the file named `name`, live or not.
+    pub fn find(&self, name: &[u8]) -> Option<usize> {
+        let hash = self.name_hasher.hash(name);
+        let first = *self.index.get(&hash)?;
+        if *self.arena[first].name == *name {
+            return Some(first);
+        }
+        let others = self.collisions.get(&hash)?;
+        others
+            .iter()
+            .copied()
+            .find(|&slot| *self.arena[slot].name == *name)
+    }
+
+    pub fn get(&self, slot: usize) -> Option<&File> {
+        self.arena.get(slot)
+    }
+
+    /// Every stored file, live or not, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = &File> + '_ {
+        self.arena.iter().map(|(_, file)| file)
+    }
+
+    /// Stores a new file (copying name and content) and returns its slot.
+    /// Precondition: no file named `name` exists.
+    pub fn insert(
+        &mut self,
+        name: &[u8],
+        content: &[u8],
+        version: u64,
+        deadline_ms: Option<u64>,
+    ) -> usize {
+        debug_assert!(self.find(name).is_none(), "insert of an existing name");
+        let deadline_ms = deadline_ms.and_then(NonZeroU64::new);
+        let slot = self.arena.insert(File {
+            name: name.into(),
+            content: content.into(),
+            version,
+            deadline_ms,
+        });
+        let hash = self.name_hasher.hash(name);
+        match self.index.entry(hash) {
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                vacant.insert(slot);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collisions.entry(hash).or_default().push(slot);
+            }
+        }
+        if let Some(deadline_ms) = deadline_ms {
+            self.expiry.insert((deadline_ms.get(), slot));
+        }
+        slot
+    }
+
+    /// Replaces the content, version and deadline of the file in `slot`.
+    pub fn replace(&mut self, slot: usize, content: &[u8], version: u64, deadline_ms: Option<u64>) {
+        let deadline_ms = deadline_ms.and_then(NonZeroU64::new);
+        let file = &mut self.arena[slot];
+        if file.content.len() == content.len() {
+            // Same size (the common rewrite): reuse the allocation.
+            file.content.copy_from_slice(content);
+        } else {
+            file.content = content.into();
+        }
+        file.version = version;
+        if file.deadline_ms != deadline_ms {
+            if let Some(old) = file.deadline_ms {
+                self.expiry.remove(&(old.get(), slot));
+            }
+            if let Some(new) = deadline_ms {
+                self.expiry.insert((new.get(), slot));
+            }
+            file.deadline_ms = deadline_ms;
+        }
+    }
+
+    /// Removes the file in `slot` from the arena, the index and the queue,
+    /// freeing its bytes.
+    pub fn remove(&mut self, slot: usize) -> File {
+        let file = self.arena.remove(slot);
+        if let Some(deadline_ms) = file.deadline_ms {
+            self.expiry.remove(&(deadline_ms.get(), slot));
+        }
+        let hash = self.name_hasher.hash(&file.name);
+        if self.index.get(&hash) == Some(&slot) {
+            match self.collisions.get_mut(&hash) {
+                Some(others) => {
+                    // Promote another file with this hash into the index.
+                    let promoted = others.pop();
+                    if others.is_empty() {
+                        self.collisions.remove(&hash);
+                    }
+                    if let Some(promoted) = promoted {
+                        self.index.insert(hash, promoted);
+                    }
+                }
+                None => {
+                    self.index.remove(&hash);
+                }
+            }
+        } else if let Some(others) = self.collisions.get_mut(&hash) {
+            others.retain(|&other| other != slot);
+            if others.is_empty() {
+                self.collisions.remove(&hash);
+            }
+        }
+        file
+    }
+
+    /// Removes every file whose deadline is at or before `now_ms`; returns how
+    /// many. Costs O(log n) per removed file, nothing per live one.
+    pub fn expire_through(&mut self, now_ms: u64) -> usize {
+        let mut expired = 0;
+        while let Some(&(deadline_ms, slot)) = self.expiry.first() {
+            if deadline_ms > now_ms {
+                break;
+            }
+            self.remove(slot);
+            expired += 1;
+        }
+        expired
+    }
+
+    /// The earliest deadline in the queue.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.expiry.first().map(|&(deadline_ms, _)| deadline_ms)
+    }
+
+    /// Panics if the arena, index and queue disagree (tests and debug checks).
+    pub fn check_invariants(&self) {
+        let mut indexed = 0;
+        for (&hash, &slot) in &self.index {
+            let file = self.arena.get(slot).expect("index points at a free slot");
+            assert_eq!(
+                self.name_hasher.hash(&file.name),
+                hash,
+                "index slot under a wrong hash"
+            );
+            indexed += 1;
+        }
+        for (&hash, others) in &self.collisions {
+            assert!(!others.is_empty(), "empty collision list kept");
+            assert!(
+                self.index.contains_key(&hash),
+                "collision list without an index entry"
+            );
+            for &slot in others {
+                let file = self
+                    .arena
+                    .get(slot)
+                    .expect("collision list points at a free slot");
+                assert_eq!(self.name_hasher.hash(&file.name), hash);
+                indexed += 1;
+            }
+        }
+        assert_eq!(indexed, self.arena.len(), "index and arena sizes differ");
+        for (slot, file) in &self.arena {
+            assert_eq!(
+                self.find(&file.name),
+                Some(slot),
+                "name not found at its own slot"
+            );
+        }
+        let with_deadline = self
+            .arena
+            .iter()
+            .filter(|(_, file)| file.deadline_ms.is_some())
+            .count();
+        assert_eq!(
+            self.expiry.len(),
+            with_deadline,
+            "expiry queue size differs"
+        );
+        for &(deadline_ms, slot) in &self.expiry {
+            let file = self.arena.get(slot).expect("expiry entry for a free slot");
+            assert_eq!(
+                file.deadline_ms(),
+                Some(deadline_ms),
+                "expiry entry with a stale deadline"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_count_from_one() {
+        let mut files = Files::new();
+        assert_eq!(files.version_counter(), 0);
+        assert_eq!(files.next_version(), 1);
+        assert_eq!(files.next_version(), 2);
+        assert_eq!(files.version_counter(), 2);
+    }
+
+    #[test]
+    fn insert_find_replace_remove() {
+        let mut files = Files::new();
+        let slot = files.insert(b"a", b"one", 1, None);
+        assert_eq!(files.find(b"a"), Some(slot));
+        assert_eq!(files.find(b"b"), None);
+        files.replace(slot, b"two", 2, Some(5_000));
+        let file = files.get(slot).expect("stored");
+        assert_eq!(
+            (file.content(), file.version(), file.deadline_ms()),
+            (&b"two"[..], 2, Some(5_000))
+        );
+        files.replace(slot, b"three!", 3, None);
+        assert_eq!(files.get(slot).map(File::content), Some(&b"three!"[..]));
+        files.check_invariants();
+        let removed = files.remove(slot);
+        assert_eq!(removed.name(), b"a");
+        assert_eq!(files.find(b"a"), None);
+        assert!(files.is_empty());
+        files.check_invariants();
+    }
+
+    #[test]
+    fn colliding_names_stay_apart_through_every_removal_order() {
+        for order in [[0, 1, 2], [1, 0, 2], [2, 1, 0], [0, 2, 1]] {
+            let mut files = Files::colliding();
+            let names: [&[u8]; 3] = [b"x", b"y", b"z"];
+            let slots: Vec<usize> = names
+                .iter()
+                .map(|name| files.insert(name, name, 1, None))
+                .collect();
+            files.check_invariants();
+            for (position, &which) in order.iter().enumerate() {
+                files.remove(slots[which]);
+                files.check_invariants();
+                assert_eq!(files.find(names[which]), None);
+                for &still in &order[position + 1..] {
+                    let slot = files.find(names[still]).expect("other name still there");
+                    assert_eq!(files.get(slot).map(File::content), Some(names[still]));
+                }
+            }
+            assert!(files.index.is_empty() && files.collisions.is_empty());
+        }
+    }
+
+    #[test]
+    fn expiry_pops_only_due_files_and_follows_replacement() {
+        let mut files = Files::new();
+        let a = files.insert(b"a", b"", 1, Some(1_000));
+        let b = files.insert(b"b", b"", 2, Some(2_000));
+        files.insert(b"c", b"", 3, None);
+        // The later write moves a's deadline: the old queue entry must go.
+        files.replace(a, b"", 4, Some(3_000));
+        files.check_invariants();
+        assert_eq!(files.next_deadline_ms(), Some(2_000));
+        assert_eq!(files.expire_through(1_999), 0);
+        assert_eq!(files.expire_through(2_000), 1);
+        assert!(files.get(b).is_none());
+        assert_eq!(files.find(b"a"), Some(a));
+        files.replace(a, b"", 5, None);
+        assert_eq!(files.expire_through(u64::MAX), 0);
+        assert_eq!(files.len(), 2);
+        files.check_invariants();
+    }
+
+    #[test]
+    fn is_live_is_strictly_before_the_deadline() {
+        let mut files = Files::new();
+        let slot = files.insert(b"a", b"", 1, Some(1_000));
+        let file = files.get(slot).expect("stored");
+        assert!(file.is_live(999));
+        assert!(!file.is_live(1_000));
+    }
+}
