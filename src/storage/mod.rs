@@ -56,7 +56,13 @@ pub struct Recovered {
 /// 64-bit incarnation file on first creation (fsynced, dir fsynced) and the
 /// WAL, and replays it.
 pub fn open(dir: &Path, fsync: bool) -> Result<(Wal, Recovered)> {
-    open_with(dir, WalOptions { fsync, ..WalOptions::default() })
+    open_with(
+        dir,
+        WalOptions {
+            fsync,
+            ..WalOptions::default()
+        },
+    )
 }
 
 /// `open` with every Wal option given (tests use small segments).
@@ -82,7 +88,14 @@ pub fn open_with(dir: &Path, options: WalOptions) -> Result<(Wal, Recovered)> {
         hard_state: replayed.hard_state.clone().unwrap_or_default(),
         entries: replayed.entries,
     };
-    let wal = Wal::resume(dir.to_path_buf(), options, newest, last_index, replayed.hard_state, lock);
+    let wal = Wal::resume(
+        dir.to_path_buf(),
+        options,
+        newest,
+        last_index,
+        replayed.hard_state,
+        lock,
+    );
     Ok((wal, recovered))
 }
 
@@ -115,7 +128,13 @@ fn lock_dir(dir: &Path) -> Result<File> {
         .truncate(false)
         .open(&path)
         .map_err(|e| {
-            Error::io(format!("opening lock file {} (is the data dir writable?)", path.display()), e)
+            Error::io(
+                format!(
+                    "opening lock file {} (is the data dir writable?)",
+                    path.display()
+                ),
+                e,
+            )
         })?;
     // SAFETY: flock on a descriptor this function owns; no memory involved.
     let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -138,7 +157,11 @@ fn remove_temporary_files(dir: &Path) -> Result<()> {
         std::fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
     for item in listing {
         let item = item.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
-        if item.file_name().to_str().is_some_and(|name| name.ends_with(".tmp")) {
+        if item
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.ends_with(".tmp"))
+        {
             let path = item.path();
             std::fs::remove_file(&path)
                 .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
@@ -152,7 +175,10 @@ fn load_or_create_incarnation(dir: &Path, has_segments: bool) -> Result<u64> {
     let path = dir.join(INCARNATION_FILE_NAME);
     match std::fs::read(&path) {
         Ok(bytes) => parse_incarnation(&bytes).ok_or_else(|| {
-            Error::Corrupt(format!("{}: not an incarnation id (16 hex digits)", path.display()))
+            Error::Corrupt(format!(
+                "{}: not an incarnation id (16 hex digits)",
+                path.display()
+            ))
         }),
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
             if has_segments {
@@ -193,7 +219,11 @@ fn new_incarnation() -> u64 {
 
 fn write_incarnation(dir: &Path, incarnation: u64) -> io::Result<()> {
     let temporary = dir.join(format!("{INCARNATION_FILE_NAME}.tmp"));
-    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&temporary)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temporary)?;
     file.write_all(format!("{incarnation:016x}\n").as_bytes())?;
     file.sync_all()?;
     std::fs::rename(&temporary, dir.join(INCARNATION_FILE_NAME))?;

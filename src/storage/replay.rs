@@ -58,7 +58,11 @@ pub(super) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 /// Replays every segment; cuts a torn tail off the newest one (and fsyncs
 /// that) and opens it for appending.
 pub(super) fn replay(segments: &[(u64, PathBuf)]) -> Result<Replayed> {
-    let mut replayed = Replayed { hard_state: None, entries: Vec::new(), newest: None };
+    let mut replayed = Replayed {
+        hard_state: None,
+        entries: Vec::new(),
+        newest: None,
+    };
     for (position, (sequence, path)) in segments.iter().enumerate() {
         let is_newest = position + 1 == segments.len();
         let good_bytes = replay_segment(*sequence, path, is_newest, &mut replayed)?;
@@ -112,7 +116,11 @@ fn replay_segment(
                 return Err(Error::Corrupt(format!(
                     "{} at offset {offset}: {reason}{}",
                     path.display(),
-                    if is_newest { "" } else { " (not the newest segment: refusing to start)" }
+                    if is_newest {
+                        ""
+                    } else {
+                        " (not the newest segment: refusing to start)"
+                    }
                 )));
             }
         }
@@ -156,5 +164,10 @@ fn open_newest(sequence: u64, path: &Path, good_bytes: u64) -> Result<OpenSegmen
             .and_then(|()| file.sync_all())
             .map_err(|e| Error::io(format!("cutting the torn tail off {}", path.display()), e))?;
     }
-    Ok(OpenSegment { sequence, path: path.to_path_buf(), file, file_bytes: good_bytes })
+    Ok(OpenSegment {
+        sequence,
+        path: path.to_path_buf(),
+        file,
+        file_bytes: good_bytes,
+    })
 }

@@ -64,7 +64,10 @@ pub fn encode_header(sequence: u64) -> [u8; HEADER_BYTES] {
 /// Checks a segment's header and returns the sequence number it names.
 pub fn decode_header(bytes: &[u8]) -> Result<u64, String> {
     if bytes.len() < HEADER_BYTES {
-        return Err(format!("header is {} bytes, expected {HEADER_BYTES}", bytes.len()));
+        return Err(format!(
+            "header is {} bytes, expected {HEADER_BYTES}",
+            bytes.len()
+        ));
     }
     if &bytes[0..8] != SEGMENT_MAGIC {
         return Err("bad magic (not a raftfs WAL segment)".to_string());
@@ -127,7 +130,10 @@ pub fn encode_hard_state(buffer: &mut Vec<u8>, payload: &[u8]) {
     let start = buffer.len();
     frame_payload(buffer, payload);
     debug_assert!(
-        matches!(decode_record(&buffer[start..], 0), Ok(Some((Record::HardState(_), _)))),
+        matches!(
+            decode_record(&buffer[start..], 0),
+            Ok(Some((Record::HardState(_), _)))
+        ),
         "pair check: a hard state record must decode"
     );
 }
@@ -158,11 +164,15 @@ pub fn decode_record(bytes: &[u8], offset: usize) -> Result<Option<(Record, usiz
         return Ok(None);
     }
     if remaining < FRAME_BYTES {
-        return Err(Damage::Torn(format!("{remaining} bytes, too few for a record frame")));
+        return Err(Damage::Torn(format!(
+            "{remaining} bytes, too few for a record frame"
+        )));
     }
     let payload_bytes = read_u32(bytes, offset) as usize;
     if payload_bytes == 0 || payload_bytes > WAL_RECORD_BYTES_MAX {
-        return Err(Damage::Torn(format!("impossible record length {payload_bytes}")));
+        return Err(Damage::Torn(format!(
+            "impossible record length {payload_bytes}"
+        )));
     }
     if payload_bytes > remaining - FRAME_BYTES {
         return Err(Damage::Torn(format!(
@@ -222,7 +232,11 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn entry(index: u64, data: &'static [u8]) -> Entry {
-        Entry { term: 3, index, data: Bytes::from_static(data) }
+        Entry {
+            term: 3,
+            index,
+            data: Bytes::from_static(data),
+        }
     }
 
     #[test]
@@ -232,7 +246,10 @@ mod tests {
         for byte in 0..HEADER_BYTES {
             let mut damaged = header;
             damaged[byte] ^= 0x10;
-            assert!(decode_header(&damaged).is_err(), "flip in byte {byte} went unseen");
+            assert!(
+                decode_header(&damaged).is_err(),
+                "flip in byte {byte} went unseen"
+            );
         }
         assert!(decode_header(&header[..10]).is_err());
     }
@@ -262,13 +279,19 @@ mod tests {
         let mut buffer = Vec::new();
         encode_entry(&mut buffer, &entry(7, b"some data"));
         for cut in 1..buffer.len() {
-            assert!(matches!(decode_record(&buffer[..cut], 0), Err(Damage::Torn(_))));
+            assert!(matches!(
+                decode_record(&buffer[..cut], 0),
+                Err(Damage::Torn(_))
+            ));
         }
         for byte in 0..buffer.len() {
             for bit in 0..8 {
                 let mut damaged = buffer.clone();
                 damaged[byte] ^= 1 << bit;
-                assert!(decode_record(&damaged, 0).is_err(), "flip {byte}:{bit} went unseen");
+                assert!(
+                    decode_record(&damaged, 0).is_err(),
+                    "flip {byte}:{bit} went unseen"
+                );
             }
         }
     }
@@ -277,9 +300,15 @@ mod tests {
     fn valid_crc_on_a_bad_payload_is_undecodable() {
         let mut buffer = Vec::new();
         frame_payload(&mut buffer, &[99, 1, 2, 3]);
-        assert!(matches!(decode_record(&buffer, 0), Err(Damage::Undecodable(_))));
+        assert!(matches!(
+            decode_record(&buffer, 0),
+            Err(Damage::Undecodable(_))
+        ));
         let mut short_entry = Vec::new();
         frame_payload(&mut short_entry, &[KIND_ENTRY, 1, 2]);
-        assert!(matches!(decode_record(&short_entry, 0), Err(Damage::Undecodable(_))));
+        assert!(matches!(
+            decode_record(&short_entry, 0),
+            Err(Damage::Undecodable(_))
+        ));
     }
 }

@@ -41,7 +41,10 @@ pub struct WalOptions {
 
 impl Default for WalOptions {
     fn default() -> Self {
-        WalOptions { fsync: true, segment_bytes_max: WAL_SEGMENT_BYTES_MAX }
+        WalOptions {
+            fsync: true,
+            segment_bytes_max: WAL_SEGMENT_BYTES_MAX,
+        }
     }
 }
 
@@ -125,7 +128,9 @@ impl Wal {
     /// Usually only buffers; writes when the buffer or the segment is full.
     pub fn append(&mut self, entries: &[Entry]) -> Result<()> {
         self.check_usable()?;
-        let Some(first) = entries.first() else { return Ok(()) };
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
         if first.index == 0 || first.index > self.last_index + 1 {
             return Err(Error::Refused(format!(
                 "WAL append at index {} would leave a gap after last index {}",
@@ -140,7 +145,10 @@ impl Wal {
                 )));
             }
         }
-        if let Some(entry) = entries.iter().find(|e| e.data.len() > segment::ENTRY_DATA_BYTES_MAX) {
+        if let Some(entry) = entries
+            .iter()
+            .find(|e| e.data.len() > segment::ENTRY_DATA_BYTES_MAX)
+        {
             return Err(Error::Refused(format!(
                 "entry {} of {} bytes is larger than a WAL record may be",
                 entry.index,
@@ -186,7 +194,10 @@ impl Wal {
         match &self.poisoned {
             None => Ok(()),
             Some(reason) => Err(Error::io(
-                format!("WAL in {} refuses: an earlier failure stopped it", self.dir.display()),
+                format!(
+                    "WAL in {} refuses: an earlier failure stopped it",
+                    self.dir.display()
+                ),
                 io::Error::other(reason.clone()),
             )),
         }
@@ -205,7 +216,8 @@ impl Wal {
     fn make_room(&mut self, record_bytes: usize) -> Result<()> {
         let segment_bytes = self.segment.file_bytes + self.buffer.len() as u64;
         let segment_has_records = segment_bytes > HEADER_BYTES as u64;
-        if segment_has_records && segment_bytes + record_bytes as u64 > self.options.segment_bytes_max
+        if segment_has_records
+            && segment_bytes + record_bytes as u64 > self.options.segment_bytes_max
         {
             self.roll_over()?;
         } else if self.buffer.len() + record_bytes > WAL_BUFFER_BYTES_MAX && !self.buffer.is_empty()
@@ -300,8 +312,11 @@ pub(super) fn create_segment(dir: &Path, sequence: u64, fsync: bool) -> Result<O
     let path = dir.join(segment_file_name(sequence));
     let temporary = dir.join(format!("{}.tmp", segment_file_name(sequence)));
     let created = (|| -> io::Result<File> {
-        let mut file =
-            OpenOptions::new().write(true).create(true).truncate(true).open(&temporary)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temporary)?;
         file.write_all(&segment::encode_header(sequence))?;
         if fsync {
             file.sync_all()?;
@@ -314,8 +329,16 @@ pub(super) fn create_segment(dir: &Path, sequence: u64, fsync: bool) -> Result<O
         OpenOptions::new().append(true).open(&path)
     })();
     match created {
-        Ok(file) => Ok(OpenSegment { sequence, path, file, file_bytes: HEADER_BYTES as u64 }),
-        Err(source) => Err(Error::io(format!("creating WAL segment {}", path.display()), source)),
+        Ok(file) => Ok(OpenSegment {
+            sequence,
+            path,
+            file,
+            file_bytes: HEADER_BYTES as u64,
+        }),
+        Err(source) => Err(Error::io(
+            format!("creating WAL segment {}", path.display()),
+            source,
+        )),
     }
 }
 
@@ -327,9 +350,15 @@ mod tests {
     fn segment_names_sort_by_sequence_and_parse_back() {
         assert_eq!(segment_file_name(7), "00000000000000000007.wal");
         assert!(segment_file_name(9) < segment_file_name(10));
-        assert_eq!(parse_segment_file_name(&segment_file_name(u64::MAX)), Some(u64::MAX));
+        assert_eq!(
+            parse_segment_file_name(&segment_file_name(u64::MAX)),
+            Some(u64::MAX)
+        );
         assert_eq!(parse_segment_file_name("7.wal"), None);
         assert_eq!(parse_segment_file_name("0000000000000000000a.wal"), None);
-        assert_eq!(parse_segment_file_name("00000000000000000007.wal.tmp"), None);
+        assert_eq!(
+            parse_segment_file_name("00000000000000000007.wal.tmp"),
+            None
+        );
     }
 }
