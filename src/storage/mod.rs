@@ -72,7 +72,7 @@ pub fn open_with(dir: &Path, options: WalOptions) -> Result<(Wal, Recovered)> {
     remove_temporary_files(dir)?;
     let segments = replay::list_segments(dir)?;
     let incarnation = load_or_create_incarnation(dir, !segments.is_empty())?;
-    let replayed = replay::replay(&segments)?;
+    let replayed = replay::replay(dir, &segments, options.fsync)?;
     let newest = match replayed.newest {
         Some(newest) => newest,
         None => wal::create_segment(dir, 1, options.fsync)?,

@@ -57,7 +57,7 @@ pub(super) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 
 /// Replays every segment; cuts a torn tail off the newest one (and fsyncs
 /// that) and opens it for appending.
-pub(super) fn replay(segments: &[(u64, PathBuf)]) -> Result<Replayed> {
+pub(super) fn replay(dir: &Path, segments: &[(u64, PathBuf)], fsync: bool) -> Result<Replayed> {
     let mut replayed = Replayed {
         hard_state: None,
         entries: Vec::new(),
@@ -65,12 +65,35 @@ pub(super) fn replay(segments: &[(u64, PathBuf)]) -> Result<Replayed> {
     };
     for (position, (sequence, path)) in segments.iter().enumerate() {
         let is_newest = position + 1 == segments.len();
+        if is_newest && has_unfinished_header(path)? {
+            // Only possible with fsync off (the header is fsynced before the
+            // segment gets its name otherwise), and it holds no record.
+            log::warn!(
+                "{}: recreating a segment whose header never reached the disk",
+                path.display()
+            );
+            replayed.newest = Some(wal::create_segment(dir, *sequence, fsync)?);
+            break;
+        }
         let good_bytes = replay_segment(*sequence, path, is_newest, &mut replayed)?;
         if is_newest {
             replayed.newest = Some(open_newest(*sequence, path, good_bytes)?);
         }
     }
     Ok(replayed)
+}
+
+/// Whether the segment is no longer than a header and has no valid one.
+fn has_unfinished_header(path: &Path) -> Result<bool> {
+    let file_bytes = std::fs::metadata(path)
+        .map_err(|e| Error::io(format!("reading the size of {}", path.display()), e))?
+        .len();
+    if file_bytes > HEADER_BYTES as u64 {
+        return Ok(false);
+    }
+    let bytes =
+        std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    Ok(segment::decode_header(&bytes).is_err())
 }
 
 /// Applies one segment's records to `replayed`; returns how many bytes of the

@@ -84,6 +84,18 @@ pub struct Wal {
     _lock: File,
 }
 
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .field("segment_sequence", &self.segment.sequence)
+            .field("last_index", &self.last_index)
+            .field("buffered_bytes", &self.buffer.len())
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
 impl Wal {
     pub(super) fn resume(
         dir: PathBuf,
