@@ -48,10 +48,20 @@ pub const PEER_RECONNECT_MAX_MS: u64 = 1_000;
 
 /// Size at which the WAL rolls over to a new segment file.
 pub const WAL_SEGMENT_BYTES_MAX: u64 = 64 << 20;
+/// Largest payload of one WAL record (one entry, or the hard state). Anything
+/// that fits in a peer frame fits in a record, so no replicated entry is too
+/// big to persist.
+pub const WAL_RECORD_BYTES_MAX: usize = PEER_FRAME_BYTES_MAX;
+/// Buffered WAL bytes after which they are written out before the next sync
+/// (the write buffer's bound; normally one turn's records are far fewer).
+pub const WAL_BUFFER_BYTES_MAX: usize = 8 << 20;
 
 const _: () = assert!(NAME_BYTES_MAX < LINE_BYTES_MAX);
 const _: () = assert!(FILE_BYTES_MAX_DEFAULT <= FILE_BYTES_MAX_CEILING);
 const _: () = assert!(APPEND_BYTES_MAX >= ENTRY_BYTES_MAX);
 const _: () = assert!(PEER_FRAME_BYTES_MAX > FILE_BYTES_MAX_CEILING + APPEND_BYTES_MAX);
 const _: () = assert!(PEER_QUEUE_BYTES_MAX >= 2 * APPEND_BYTES_MAX);
+const _: () = assert!(WAL_RECORD_BYTES_MAX >= FILE_BYTES_MAX_CEILING + APPEND_BYTES_MAX);
+const _: () = assert!(WAL_RECORD_BYTES_MAX < u32::MAX as usize);
+const _: () = assert!((WAL_BUFFER_BYTES_MAX as u64) < WAL_SEGMENT_BYTES_MAX);
 const _: () = assert!(COMMAND_TIMEOUT_MS > 10 * TICK_MS);

@@ -1,1 +1,376 @@
-//! The write-ahead log. (Being written.)
+//! The write-ahead log: appends entries and hard states to the newest segment
+//! file, and makes them durable with one write and one fdatasync per `sync`
+//! (group commit: every record since the last sync shares that fsync).
+//!
+//! Invariants:
+//! - Records reach the file only in the order they were appended, and nothing
+//!   appended is durable before `sync` returns `Ok`.
+//! - Every segment but the newest is complete and was fsynced before the next
+//!   one was created, so after a crash only the newest can have a torn tail.
+//! - Each new segment starts with the latest hard state, so the hard state
+//!   never depends on an older segment (and old segments can one day be
+//!   deleted by log compaction).
+//! - After any failed write or fsync the Wal is poisoned: every later call
+//!   returns an error, so the node can never acknowledge past an I/O error
+//!   (after a failed fsync the kernel may have dropped the dirty pages, and a
+//!   retry would "succeed" without them).
+//! - Memory: the write buffer (bounded by `WAL_BUFFER_BYTES_MAX` between
+//!   syncs), the latest hard state and a few numbers. The log itself lives in
+//!   the Raft core, not here.
+//!
+//! Left out: reading the log back (that is `open`'s replay), deleting old
+//! segments (needs snapshots), and a WAL thread (the caller decides).
+
+use super::segment::{self, HEADER_BYTES};
+use crate::error::{Error, Result};
+use crate::limits::{WAL_BUFFER_BYTES_MAX, WAL_SEGMENT_BYTES_MAX};
+use crate::raft::message::{Entry, HardState, Index};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// How a Wal behaves; `Default` is what production uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalOptions {
+    /// `false` skips every fdatasync of the log: fast, but a machine crash can
+    /// lose acknowledged writes (SPEC `fsync = false`).
+    pub fsync: bool,
+    /// Size at which the log rolls over to a new segment file.
+    pub segment_bytes_max: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            fsync: true,
+            segment_bytes_max: WAL_SEGMENT_BYTES_MAX,
+        }
+    }
+}
+
+/// A failure the next write or fsync will report instead of doing the I/O,
+/// so tests can see what a full or failing disk does to the Wal.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectedFailure {
+    Write,
+    Sync,
+}
+
+/// The newest segment, the one being appended to.
+pub(super) struct OpenSegment {
+    pub sequence: u64,
+    pub path: PathBuf,
+    pub file: File,
+    /// Bytes in the file (header included), after any torn tail was cut off.
+    pub file_bytes: u64,
+}
+
+pub struct Wal {
+    dir: PathBuf,
+    options: WalOptions,
+    segment: OpenSegment,
+    /// Records appended since they were last written to the file.
+    buffer: Vec<u8>,
+    /// Something was written to `segment.file` and not yet fdatasynced.
+    unsynced: bool,
+    last_index: Index,
+    /// The latest hard state, written again at the head of every new segment.
+    hard_state: Option<HardState>,
+    /// Why the Wal refuses to go on, once something failed.
+    poisoned: Option<String>,
+    injected_failure: Option<InjectedFailure>,
+    /// Holds the data dir's lock for as long as the Wal lives.
+    _lock: File,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .field("segment_sequence", &self.segment.sequence)
+            .field("last_index", &self.last_index)
+            .field("buffered_bytes", &self.buffer.len())
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+impl Wal {
+    pub(super) fn resume(
+        dir: PathBuf,
+        options: WalOptions,
+        segment: OpenSegment,
+        last_index: Index,
+        hard_state: Option<HardState>,
+        lock: File,
+    ) -> Wal {
+        Wal {
+            dir,
+            options,
+            segment,
+            buffer: Vec::new(),
+            unsynced: false,
+            last_index,
+            hard_state,
+            poisoned: None,
+            injected_failure: None,
+            _lock: lock,
+        }
+    }
+
+    /// Index of the last entry appended (durable or not); 0 for an empty log.
+    pub fn last_index(&self) -> Index {
+        self.last_index
+    }
+
+    /// Sequence number of the segment being appended to.
+    pub fn segment_sequence(&self) -> u64 {
+        self.segment.sequence
+    }
+
+    /// Whether an earlier failure has stopped this Wal.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
+    /// Queues `entries` (contiguous, the first at most `last_index() + 1`) for
+    /// the next `sync`. An entry at an index the log already holds replaces
+    /// the stored suffix from there, as `Action::PersistEntries` requires.
+    /// Usually only buffers; writes when the buffer or the segment is full.
+    pub fn append(&mut self, entries: &[Entry]) -> Result<()> {
+        self.check_usable()?;
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        if first.index == 0 || first.index > self.last_index + 1 {
+            return Err(Error::Refused(format!(
+                "WAL append at index {} would leave a gap after last index {}",
+                first.index, self.last_index
+            )));
+        }
+        for (previous, next) in entries.iter().zip(entries.iter().skip(1)) {
+            if next.index != previous.index + 1 {
+                return Err(Error::Refused(format!(
+                    "WAL append of non-contiguous entries: {} then {}",
+                    previous.index, next.index
+                )));
+            }
+        }
+        if let Some(entry) = entries
+            .iter()
+            .find(|e| e.data.len() > segment::ENTRY_DATA_BYTES_MAX)
+        {
+            return Err(Error::Refused(format!(
+                "entry {} of {} bytes is larger than a WAL record may be",
+                entry.index,
+                entry.data.len()
+            )));
+        }
+        for entry in entries {
+            self.make_room(segment::entry_record_bytes(entry))?;
+            segment::encode_entry(&mut self.buffer, entry);
+        }
+        self.last_index = entries[entries.len() - 1].index;
+        Ok(())
+    }
+
+    /// Queues `hard_state` for the next `sync`; after a restart the last hard
+    /// state saved wins.
+    pub fn save_hard_state(&mut self, hard_state: &HardState) -> Result<()> {
+        self.check_usable()?;
+        let payload = segment::hard_state_payload(hard_state);
+        self.make_room(segment::FRAME_BYTES + payload.len())?;
+        segment::encode_hard_state(&mut self.buffer, &payload);
+        self.hard_state = Some(hard_state.clone());
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable: one write of the buffer and
+    /// one fdatasync (none when `fsync` is off). On `Ok`, every entry up to
+    /// `last_index()` and the latest hard state survive a crash.
+    pub fn sync(&mut self) -> Result<()> {
+        self.check_usable()?;
+        self.write_buffer()?;
+        self.sync_file()
+    }
+
+    /// Makes the next write or fsync fail with an I/O error, as a full or
+    /// broken disk would. For tests only.
+    #[doc(hidden)]
+    pub fn inject_failure(&mut self, failure: InjectedFailure) {
+        self.injected_failure = Some(failure);
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        match &self.poisoned {
+            None => Ok(()),
+            Some(reason) => Err(Error::io(
+                format!(
+                    "WAL in {} refuses: an earlier failure stopped it",
+                    self.dir.display()
+                ),
+                io::Error::other(reason.clone()),
+            )),
+        }
+    }
+
+    /// Records the error so that every later call refuses, and returns it.
+    fn poison(&mut self, error: Error) -> Error {
+        log::error!("WAL in {} stopped: {error}", self.dir.display());
+        self.poisoned = Some(error.to_string());
+        error
+    }
+
+    /// Called before `record_bytes` more bytes go into the buffer: rolls over
+    /// to a new segment if they would overfill this one, and writes the
+    /// buffer out if it is full.
+    fn make_room(&mut self, record_bytes: usize) -> Result<()> {
+        let segment_bytes = self.segment.file_bytes + self.buffer.len() as u64;
+        let segment_has_records = segment_bytes > HEADER_BYTES as u64;
+        if segment_has_records
+            && segment_bytes + record_bytes as u64 > self.options.segment_bytes_max
+        {
+            self.roll_over()?;
+        } else if self.buffer.len() + record_bytes > WAL_BUFFER_BYTES_MAX && !self.buffer.is_empty()
+        {
+            self.write_buffer()?;
+        }
+        Ok(())
+    }
+
+    /// Finishes the current segment (written and fsynced, so that only the
+    /// newest segment can ever have a torn tail) and starts the next one.
+    fn roll_over(&mut self) -> Result<()> {
+        self.write_buffer()?;
+        self.sync_file()?;
+        let sequence = self.segment.sequence + 1;
+        let segment = match create_segment(&self.dir, sequence, self.options.fsync) {
+            Ok(segment) => segment,
+            Err(error) => return Err(self.poison(error)),
+        };
+        log::debug!("WAL rolled over to {}", segment.path.display());
+        self.segment = segment;
+        if let Some(hard_state) = &self.hard_state {
+            let payload = segment::hard_state_payload(hard_state);
+            segment::encode_hard_state(&mut self.buffer, &payload);
+        }
+        Ok(())
+    }
+
+    /// Writes the buffer to the current segment in one write call.
+    fn write_buffer(&mut self) -> Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let result = if self.injected_failure == Some(InjectedFailure::Write) {
+            self.injected_failure = None;
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        } else {
+            self.segment.file.write_all(&self.buffer)
+        };
+        if let Err(source) = result {
+            let context = format!("writing WAL segment {}", self.segment.path.display());
+            return Err(self.poison(Error::io(context, source)));
+        }
+        self.segment.file_bytes += self.buffer.len() as u64;
+        self.unsynced = true;
+        self.buffer.clear();
+        if self.buffer.capacity() > WAL_BUFFER_BYTES_MAX {
+            self.buffer.shrink_to(WAL_BUFFER_BYTES_MAX);
+        }
+        Ok(())
+    }
+
+    fn sync_file(&mut self) -> Result<()> {
+        if !self.unsynced || !self.options.fsync {
+            self.unsynced = false;
+            return Ok(());
+        }
+        let result = if self.injected_failure == Some(InjectedFailure::Sync) {
+            self.injected_failure = None;
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        } else {
+            self.segment.file.sync_data()
+        };
+        if let Err(source) = result {
+            let context = format!("fsyncing WAL segment {}", self.segment.path.display());
+            return Err(self.poison(Error::io(context, source)));
+        }
+        self.unsynced = false;
+        Ok(())
+    }
+}
+
+/// The file name of the segment with this sequence number: zero-padded so
+/// that name order is sequence order.
+pub(super) fn segment_file_name(sequence: u64) -> String {
+    format!("{sequence:020}.wal")
+}
+
+/// The sequence number a segment file name stands for, if it is one.
+pub(super) fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".wal")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Creates segment `sequence` holding just its header. The header is written
+/// to a temporary file, fsynced and renamed into place, and the directory is
+/// fsynced, so a segment file never exists without a whole header.
+pub(super) fn create_segment(dir: &Path, sequence: u64, fsync: bool) -> Result<OpenSegment> {
+    let path = dir.join(segment_file_name(sequence));
+    let temporary = dir.join(format!("{}.tmp", segment_file_name(sequence)));
+    let created = (|| -> io::Result<File> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temporary)?;
+        file.write_all(&segment::encode_header(sequence))?;
+        if fsync {
+            file.sync_all()?;
+        }
+        std::fs::rename(&temporary, &path)?;
+        if fsync {
+            super::sync_dir(dir)?;
+        }
+        // Reopen in append mode so every write lands at the end.
+        OpenOptions::new().append(true).open(&path)
+    })();
+    match created {
+        Ok(file) => Ok(OpenSegment {
+            sequence,
+            path,
+            file,
+            file_bytes: HEADER_BYTES as u64,
+        }),
+        Err(source) => Err(Error::io(
+            format!("creating WAL segment {}", path.display()),
+            source,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_sort_by_sequence_and_parse_back() {
+        assert_eq!(segment_file_name(7), "00000000000000000007.wal");
+        assert!(segment_file_name(9) < segment_file_name(10));
+        assert_eq!(
+            parse_segment_file_name(&segment_file_name(u64::MAX)),
+            Some(u64::MAX)
+        );
+        assert_eq!(parse_segment_file_name("7.wal"), None);
+        assert_eq!(parse_segment_file_name("0000000000000000000a.wal"), None);
+        assert_eq!(
+            parse_segment_file_name("00000000000000000007.wal.tmp"),
+            None
+        );
+    }
+}
