@@ -572,26 +572,27 @@ impl Replica {
             Error::Corrupt(format!("committed entry {} does not decode: {e:?}", entry.index))
         })?;
         self.max_stamp_ms = self.max_stamp_ms.max(batch.stamp_ms);
+        let time_ms = self.fsm.begin_batch(batch.stamp_ms);
         let mut reads = mine.as_ref().map(|w| w.reads.iter().peekable());
         let mut buffer = std::mem::take(&mut self.reply_buffer);
         for (offset, command) in batch.commands.iter().enumerate() {
             if let (Some(reads), Some(waiting)) = (reads.as_mut(), mine.as_ref()) {
                 while let Some(read) = reads.next_if(|r| r.offset <= offset) {
-                    encode_read(&self.fsm, &read.name, batch.stamp_ms, &mut buffer);
+                    encode_read(&self.fsm, &read.name, time_ms, &mut buffer);
                     self.replies.push((read.client, buffer.split().freeze()));
                 }
-                let outcome = self.fsm.apply_command(batch.stamp_ms, command);
+                let outcome = self.fsm.apply_command(command, time_ms);
                 if let Some(&client) = waiting.clients.get(offset) {
                     encode_outcome(outcome, &mut buffer);
                     self.replies.push((client, buffer.split().freeze()));
                 }
             } else {
-                self.fsm.apply_command(batch.stamp_ms, command);
+                self.fsm.apply_command(command, time_ms);
             }
         }
         if let Some(reads) = reads.as_mut() {
             for read in reads {
-                encode_read(&self.fsm, &read.name, batch.stamp_ms, &mut buffer);
+                encode_read(&self.fsm, &read.name, time_ms, &mut buffer);
                 self.replies.push((read.client, buffer.split().freeze()));
             }
         }

@@ -97,10 +97,7 @@ impl Fsm {
             return Ok(());
         }
         let batch = decode_batch(data)?;
-        self.cluster_time_ms = self.cluster_time_ms.max(batch.stamp_ms);
-        let now_ms = self.cluster_time_ms;
-        // Every file due by now goes first, so no command below can see one.
-        self.files.expire_through(now_ms);
+        let now_ms = self.begin_batch(batch.stamp_ms);
         outcomes.reserve(batch.commands.len());
         for command in &batch.commands {
             let outcome = self.apply_command(command, now_ms);
@@ -109,7 +106,20 @@ impl Fsm {
         Ok(())
     }
 
-    fn apply_command(&mut self, command: &Command, now_ms: u64) -> Outcome {
+    /// Start applying a batch stamped `stamp_ms`: cluster time advances to
+    /// it (never backwards) and every file due by then is reaped first, so no
+    /// command of the batch can see one. Returns the time the batch's
+    /// commands run at. `apply` is `begin_batch` + `apply_command` for each
+    /// command; the replica calls them itself to answer reads between two
+    /// commands of one entry.
+    pub fn begin_batch(&mut self, stamp_ms: u64) -> u64 {
+        self.cluster_time_ms = self.cluster_time_ms.max(stamp_ms);
+        self.files.expire_through(self.cluster_time_ms);
+        self.cluster_time_ms
+    }
+
+    /// Apply one command of the batch begun at `now_ms` (see `begin_batch`).
+    pub fn apply_command(&mut self, command: &Command, now_ms: u64) -> Outcome {
         match command {
             Command::Write {
                 name,
