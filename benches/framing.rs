@@ -9,6 +9,7 @@
 //! criterion's test mode).
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use raftfs::net::protocol::{encode_reply, Reply};
 use std::hint::black_box;
 
 /// Commands framed or encoded per measured iteration.
@@ -133,6 +134,20 @@ fn bench_encode(criterion: &mut Criterion) {
         bencher.iter(|| {
             out.clear();
             black_box(workload::encode_all(BATCH_COMMANDS, &content, &mut out))
+        })
+    });
+    group.bench_function("written", |bencher| {
+        bencher.iter(|| {
+            out.clear();
+            for version in 0..BATCH_COMMANDS as u64 {
+                encode_reply(
+                    &Reply::Written {
+                        version: black_box(1_000_000 + version),
+                    },
+                    &mut out,
+                );
+            }
+            black_box(out.len())
         })
     });
     group.finish();

@@ -439,6 +439,13 @@ fn numbytes_over_the_limit_closes_without_waiting_for_content() {
         parse_one_with(b"write foo 10\r\n", 10),
         (None, b"write foo 10\r\n".to_vec())
     );
+    // No overflow however large the configured limit.
+    let huge = b"write foo 18446744073709551615\r\nabc";
+    assert_eq!(parse_one_with(huge, usize::MAX), (Some(CLOSE), Vec::new()));
+    assert_eq!(
+        parse_one_with(b"write foo 18446744073709551570\r\nabc", usize::MAX),
+        (None, b"write foo 18446744073709551570\r\nabc".to_vec())
+    );
     // Even a write with a bad name closes when its NUMBYTES is over the limit.
     assert_eq!(
         parse_one_with(b"write \x01 11\r\n", 10),

@@ -5,10 +5,10 @@
 //! pure: no I/O, no clock, no allocation beyond what the buffers themselves do.
 //!
 //! Invariants:
-//! - Zero copy: a request's name and content are `Bytes` slices of the
-//!   connection's buffer (the command's region is split off and frozen once,
-//!   then sliced), so the same memory flows into the proposal, the WAL and every
-//!   AppendEntries.
+//! - Zero copy: a request's name and content are `Bytes` views of the
+//!   connection's buffer (the line and the content are split off the front of
+//!   the `BytesMut` and narrowed in place, one reference count each), so the
+//!   same memory flows into the proposal, the WAL and every AppendEntries.
 //! - Progress: [`parse_next`] either consumes at least one byte and returns
 //!   `Some`, or consumes nothing and returns `None`; it returns `None` only
 //!   while the buffered bytes are a proper prefix of something that can still
@@ -127,8 +127,7 @@ fn parse_name_only(buf: &mut BytesMut, fields: &Fields, verb: Verb, line_end: us
         buf.advance(line_end);
         return Parsed::Malformed { close: false };
     }
-    let frame = buf.split_to(line_end).freeze();
-    let name = frame.slice(name_range);
+    let name = split_field(buf, line_end, name_range);
     Parsed::Request(match verb {
         Verb::Read => Request::Read { name },
         _ => Request::Command(Command::Delete { name }),
@@ -158,8 +157,11 @@ fn parse_with_content(
         Some(len) if len <= max_file_bytes => len,
         _ => return Some(close(buf)),
     };
-    let content_end = line_end + content_len;
-    let total = content_end + 2;
+    // Checked, so even a `max_file_bytes` near `usize::MAX` cannot overflow.
+    let (content_end, total) = match line_end.checked_add(content_len) {
+        Some(content_end) if content_end <= usize::MAX - 2 => (content_end, content_end + 2),
+        _ => return Some(close(buf)),
+    };
     if buf.len() < total {
         // Answer a bad terminator as soon as its first byte is visible.
         if buf.len() > content_end && buf[content_end] != b'\r' {
@@ -193,9 +195,9 @@ fn parse_with_content(
         }
     };
 
-    let frame = buf.split_to(total).freeze();
-    let name = frame.slice(name_range);
-    let content = frame.slice(line_end..content_end);
+    let name = split_field(buf, line_end, name_range);
+    let content = buf.split_to(content_len).freeze();
+    buf.advance(2);
     Some(Parsed::Request(Request::Command(match verb {
         Verb::Cas => Command::Cas {
             name,
@@ -209,6 +211,16 @@ fn parse_with_content(
             exptime_s,
         },
     })))
+}
+
+/// Splits the line (`line_end` bytes with its terminator) off the front of
+/// `buf` and returns the field at `field_range` in it, without copying: the
+/// split-off part is narrowed in place, so no extra reference count is taken.
+fn split_field(buf: &mut BytesMut, line_end: usize, field_range: std::ops::Range<usize>) -> Bytes {
+    let mut line = buf.split_to(line_end);
+    line.truncate(field_range.end);
+    line.advance(field_range.start);
+    line.freeze()
 }
 
 /// Drops everything buffered and asks for the connection to be closed.
