@@ -170,6 +170,20 @@ fn drain(buffer: &mut BytesMut, results: &mut Vec<Parsed>) -> bool {
                 assert_eq!(&buffer[..], &before[..], "None must consume nothing");
                 // Waiting is bounded: a line still short enough, or content.
                 assert!(before.len() < LINE_BYTES_MAX + 2 + MAX_FILE_BYTES + 2);
+                // ... and only while the buffer can still become a command:
+                // a line not yet ended, or a `write`/`cas` awaiting content.
+                match before.iter().position(|&byte| byte == b'\n') {
+                    None => assert!(before.len() <= LINE_BYTES_MAX + 1),
+                    Some(newline_at) => {
+                        let verb = before[..newline_at]
+                            .split(|&byte| byte == b' ')
+                            .find(|field| !field.is_empty());
+                        assert!(
+                            matches!(verb, Some(b"write") | Some(b"cas")),
+                            "waits only for content"
+                        );
+                    }
+                }
                 return false;
             }
             Some(parsed) => {
