@@ -45,6 +45,23 @@ pub const PEER_FRAME_BYTES_MAX: usize = 256 << 20;
 /// Reconnect backoff bounds for peer links.
 pub const PEER_RECONNECT_MIN_MS: u64 = 20;
 pub const PEER_RECONNECT_MAX_MS: u64 = 1_000;
+/// Outbound peer links one node keeps: one per other member of a cluster of
+/// at most 9 (SPEC §1).
+pub const PEER_LINKS_MAX: usize = 8;
+/// Inbound peer connections held at once (accepted or still in handshake);
+/// more are accepted and closed at once.
+pub const PEER_INBOUND_CONNECTIONS_MAX: usize = 32;
+/// Time a peer connection may take from dial (or accept) to an answered
+/// handshake before it is closed.
+pub const PEER_HANDSHAKE_TIMEOUT_MS: u64 = 2_000;
+/// Largest handshake frame (hello or its answer) accepted from the network.
+pub const PEER_HANDSHAKE_BYTES_MAX: usize = 4 << 10;
+/// Bytes read from one peer connection in one call before the loop moves on
+/// (fairness); larger than a client's share, as one AppendEntries may carry
+/// `APPEND_BYTES_MAX`.
+pub const PEER_READ_BYTES_PER_TURN_MAX: usize = 1 << 20;
+/// Longest refusal reason sent in a handshake answer (longer ones are cut).
+pub const PEER_REFUSE_REASON_BYTES_MAX: usize = 1 << 10;
 
 /// Size at which the WAL rolls over to a new segment file.
 pub const WAL_SEGMENT_BYTES_MAX: u64 = 64 << 20;
@@ -65,3 +82,6 @@ const _: () = assert!(WAL_RECORD_BYTES_MAX >= FILE_BYTES_MAX_CEILING + APPEND_BY
 const _: () = assert!(WAL_RECORD_BYTES_MAX < u32::MAX as usize);
 const _: () = assert!((WAL_BUFFER_BYTES_MAX as u64) < WAL_SEGMENT_BYTES_MAX);
 const _: () = assert!(COMMAND_TIMEOUT_MS > 10 * TICK_MS);
+const _: () = assert!(PEER_RECONNECT_MIN_MS <= PEER_RECONNECT_MAX_MS);
+const _: () = assert!(PEER_REFUSE_REASON_BYTES_MAX + 64 <= PEER_HANDSHAKE_BYTES_MAX);
+const _: () = assert!(PEER_HANDSHAKE_BYTES_MAX < PEER_FRAME_BYTES_MAX);

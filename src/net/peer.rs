@@ -1,1 +1,598 @@
-//! Peer links. (Being written.)
+//! Peer links between raftfs nodes, driven from the node's mio reactor.
+//!
+//! Owns: the peer listener, one outbound link per other member (used only to
+//! send envelopes to it) and the inbound connections other members opened
+//! (used only to receive), plus the handshake that guards them. Wire format:
+//! `wire`; send queues: `queue`; dialing and reconnecting: `link`; receiving:
+//! `inbound`.
+//!
+//! Topology and handshake: every node dials every other member once. The
+//! dialer's hello names the format version, the cluster id (derived by the
+//! caller from the member list, see `cluster_id`), its id and incarnation,
+//! and the member it means to reach. The receiver refuses a mismatch (logged,
+//! answered with the reason); otherwise the caller's `accept_incarnation`
+//! closure decides, in the same turn, so no envelope from an undecided
+//! connection is ever delivered. A refusal reaches the dialer's caller as
+//! `PeerEvent::Refused`. Every received envelope must match its connection's
+//! handshake (`from`, `incarnation`, `to`).
+//!
+//! Tokens: `token_base..token_base + PEER_TOKENS` belong to this component
+//! (listener, links, inbound connections); the reactor routes events in that
+//! range to `handle_event`. Readiness is only a hint: every handler checks
+//! the socket's real state, so spurious and stale events are harmless.
+//!
+//! A reactor turn: `handle_event` for each peer event, `resume_reads` (when
+//! `has_pending_reads`, poll with a zero timeout), then `send` for each
+//! outgoing envelope, then one `flush`; `tick` on every timer tick.
+//!
+//! Invariants: nothing blocks; no input panics; every buffer is bounded — a
+//! send queue by `PeerConfig::queue_bytes_max` (oldest unstarted frames are
+//! dropped first, counted), a read buffer by the largest frame plus one
+//! turn's read budget, inbound connections by `PEER_INBOUND_CONNECTIONS_MAX`.
+//! A dead or slow peer therefore never stalls the loop or grows memory.
+//!
+//! Leaves out: encryption and authentication beyond the handshake checks
+//! (peers run on a trusted network), and membership change.
+
+mod inbound;
+mod link;
+mod queue;
+pub mod wire;
+
+pub use wire::cluster_id;
+
+use crate::limits;
+use crate::raft::{Envelope, NodeId};
+use bytes::BytesMut;
+use inbound::{Inbound, InboundContext, Verdict};
+use link::{Link, LinkContext};
+use mio::event::Event;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use rand::SeedableRng;
+use rand_pcg::Pcg64Mcg;
+use slab::Slab;
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Tokens reserved from `token_base`: the listener, the links, the inbound
+/// connections.
+pub const PEER_TOKENS: usize = 1 + limits::PEER_LINKS_MAX + limits::PEER_INBOUND_CONNECTIONS_MAX;
+
+/// Connections accepted in one call before the loop moves on.
+const ACCEPTS_PER_CALL_MAX: usize = 64;
+/// Bytes one `read` call asks for.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    pub my_id: NodeId,
+    /// This node's data-dir incarnation (SPEC §3).
+    pub my_incarnation: u64,
+    /// Same on every node given the same member list (see `cluster_id`).
+    pub cluster_id: u64,
+    /// Where the peer listener binds (used by `Peers::new`).
+    pub listen: SocketAddr,
+    /// The other members' peer addresses, excluding this node.
+    pub members: BTreeMap<NodeId, SocketAddr>,
+    /// Bound on each link's send queue; at most `PEER_QUEUE_BYTES_MAX`.
+    pub queue_bytes_max: usize,
+}
+
+impl PeerConfig {
+    pub fn new(
+        my_id: NodeId,
+        my_incarnation: u64,
+        cluster_id: u64,
+        listen: SocketAddr,
+        members: BTreeMap<NodeId, SocketAddr>,
+    ) -> Self {
+        PeerConfig {
+            my_id,
+            my_incarnation,
+            cluster_id,
+            listen,
+            members,
+            queue_bytes_max: limits::PEER_QUEUE_BYTES_MAX,
+        }
+    }
+}
+
+/// What the peer links tell the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// An envelope from an accepted connection, checked against its handshake.
+    Message(Envelope),
+    /// Member `by` refused our link (SPEC §3: the node should stop).
+    Refused { by: NodeId, reason: String },
+    /// Our link to this member completed its handshake.
+    LinkUp(NodeId),
+    /// Our link to this member, which was up, is gone (it will be redialed).
+    LinkDown(NodeId),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    Connected,
+    /// Connecting or handshaking.
+    Connecting,
+    /// Waiting for the next reconnect attempt.
+    Down,
+}
+
+/// One outbound link, for status and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkStatus {
+    pub peer: NodeId,
+    pub address: SocketAddr,
+    pub state: LinkState,
+    pub queued_bytes: usize,
+    pub queued_frames: usize,
+    pub frames_sent: u64,
+    pub bytes_sent: u64,
+    /// Frames dropped: queue overflow, queue cleared on disconnect, or sent
+    /// while the link was down.
+    pub frames_dropped: u64,
+    pub connect_attempts: u64,
+}
+
+/// Counters over all peer connections.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    pub frames_received: u64,
+    pub bytes_received: u64,
+    pub connections_accepted: u64,
+    /// Inbound connections closed for oversized or undecodable frames or
+    /// envelopes that did not match their handshake.
+    pub connections_closed_for_errors: u64,
+    /// Hellos this node refused.
+    pub handshakes_refused: u64,
+    /// Envelopes not sent: unknown receiver or not encodable within the
+    /// frame limit.
+    pub envelopes_unsendable: u64,
+}
+
+pub struct Peers {
+    my_id: NodeId,
+    cluster_id: u64,
+    token_base: usize,
+    members: BTreeMap<NodeId, SocketAddr>,
+    hello: wire::Hello,
+    listener: TcpListener,
+    /// The listener stopped at the per-call accept budget.
+    listener_pending: bool,
+    /// Sorted by peer id; link `i` has token `token_base + 1 + i`.
+    links: Vec<Link>,
+    /// Key `k` has token `token_base + 1 + PEER_LINKS_MAX + k`.
+    inbound: Slab<Inbound>,
+    /// Frames are encoded here and split off, sharing its allocation.
+    encode_buffer: BytesMut,
+    rng: Pcg64Mcg,
+    stats: PeerStats,
+}
+
+impl Peers {
+    /// Binds the peer listener on `config.listen` (a port in use is an error)
+    /// and starts dialing every member.
+    pub fn new(registry: &Registry, token_base: usize, config: PeerConfig) -> io::Result<Peers> {
+        let listener = TcpListener::bind(config.listen)?;
+        Self::start(registry, token_base, config, listener)
+    }
+
+    /// As `new`, with a listener the caller bound already (`config.listen`
+    /// is then ignored), e.g. so every socket is bound before anything starts.
+    pub fn with_listener(
+        registry: &Registry,
+        token_base: usize,
+        config: PeerConfig,
+        listener: std::net::TcpListener,
+    ) -> io::Result<Peers> {
+        listener.set_nonblocking(true)?;
+        Self::start(
+            registry,
+            token_base,
+            config,
+            TcpListener::from_std(listener),
+        )
+    }
+
+    fn start(
+        registry: &Registry,
+        token_base: usize,
+        config: PeerConfig,
+        mut listener: TcpListener,
+    ) -> io::Result<Peers> {
+        let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);
+        if config.members.len() > limits::PEER_LINKS_MAX {
+            return Err(invalid(format!(
+                "{} peers exceed the limit of {}",
+                config.members.len(),
+                limits::PEER_LINKS_MAX
+            )));
+        }
+        if config.members.contains_key(&config.my_id) {
+            return Err(invalid(format!(
+                "the peer list includes this node ({})",
+                config.my_id
+            )));
+        }
+        if config.queue_bytes_max == 0 || config.queue_bytes_max > limits::PEER_QUEUE_BYTES_MAX {
+            return Err(invalid(format!(
+                "peer queue bound {} is outside 1..={}",
+                config.queue_bytes_max,
+                limits::PEER_QUEUE_BYTES_MAX
+            )));
+        }
+        if token_base.checked_add(PEER_TOKENS).is_none() {
+            return Err(invalid("peer token range overflows".into()));
+        }
+        registry.register(&mut listener, Token(token_base), Interest::READABLE)?;
+        let now = Instant::now();
+        let links = config
+            .members
+            .iter()
+            .enumerate()
+            .map(|(index, (peer, address))| {
+                Link::new(
+                    *peer,
+                    *address,
+                    Token(token_base + 1 + index),
+                    config.queue_bytes_max,
+                    now,
+                )
+            })
+            .collect();
+        let clock_seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+        let mut peers = Peers {
+            my_id: config.my_id,
+            cluster_id: config.cluster_id,
+            token_base,
+            hello: wire::Hello {
+                cluster_id: config.cluster_id,
+                from: config.my_id,
+                incarnation: config.my_incarnation,
+                to: 0,
+            },
+            members: config.members,
+            listener,
+            listener_pending: false,
+            links,
+            inbound: Slab::with_capacity(limits::PEER_INBOUND_CONNECTIONS_MAX),
+            encode_buffer: BytesMut::new(),
+            rng: Pcg64Mcg::seed_from_u64(
+                config.my_id ^ config.my_incarnation.rotate_left(32) ^ clock_seed,
+            ),
+            stats: PeerStats::default(),
+        };
+        // Dial everyone now; nothing can be reported yet, as no link is up.
+        let mut out = Vec::new();
+        peers.tick(registry, now, &mut out);
+        Ok(peers)
+    }
+
+    /// The listener's address (useful when it was bound to port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Whether `token` is in this component's range.
+    pub fn owns(&self, token: Token) -> bool {
+        token.0 >= self.token_base && token.0 - self.token_base < PEER_TOKENS
+    }
+
+    /// Handles one readiness event for a token in this component's range.
+    /// `accept_incarnation(from, incarnation)` decides inbound handshakes that
+    /// passed the cluster, receiver and membership checks; `Err(reason)` is
+    /// sent to the dialer as the refusal reason.
+    pub fn handle_event(
+        &mut self,
+        registry: &Registry,
+        event: &Event,
+        now: Instant,
+        accept_incarnation: &mut dyn FnMut(NodeId, u64) -> Result<(), String>,
+        out: &mut Vec<PeerEvent>,
+    ) {
+        let Some(offset) = event.token().0.checked_sub(self.token_base) else {
+            return;
+        };
+        if offset == 0 {
+            self.accept_connections(registry, now);
+        } else if offset <= limits::PEER_LINKS_MAX {
+            if let Some(link) = self.links.get_mut(offset - 1) {
+                link.on_ready(&mut LinkContext {
+                    registry,
+                    now,
+                    hello: &self.hello,
+                    rng: &mut self.rng,
+                    out,
+                });
+            }
+        } else if offset < PEER_TOKENS {
+            self.inbound_ready(
+                registry,
+                offset - 1 - limits::PEER_LINKS_MAX,
+                accept_incarnation,
+                out,
+            );
+        }
+    }
+
+    /// True when some connection (or the listener) stopped at its per-call
+    /// budget with work left: the reactor should poll with a zero timeout and
+    /// call `resume_reads`.
+    pub fn has_pending_reads(&self) -> bool {
+        self.listener_pending
+            || self
+                .inbound
+                .iter()
+                .any(|(_, connection)| connection.read_pending)
+    }
+
+    /// Continues the reads `has_pending_reads` reported, one budget each.
+    pub fn resume_reads(
+        &mut self,
+        registry: &Registry,
+        now: Instant,
+        accept_incarnation: &mut dyn FnMut(NodeId, u64) -> Result<(), String>,
+        out: &mut Vec<PeerEvent>,
+    ) {
+        if self.listener_pending {
+            self.accept_connections(registry, now);
+        }
+        let pending: Vec<usize> = self
+            .inbound
+            .iter()
+            .filter(|(_, connection)| connection.read_pending)
+            .map(|(key, _)| key)
+            .collect();
+        for key in pending {
+            self.inbound_ready(registry, key, accept_incarnation, out);
+        }
+    }
+
+    /// Queues `envelope` for `envelope.to`, encoded once into that link's
+    /// bounded queue; it is written by the next `flush`. Dropped (and
+    /// counted) when the link is down or the receiver unknown.
+    pub fn send(&mut self, envelope: &Envelope) {
+        let Ok(index) = self
+            .links
+            .binary_search_by_key(&envelope.to, |link| link.peer)
+        else {
+            log::debug!("no peer link to node {}; envelope dropped", envelope.to);
+            self.stats.envelopes_unsendable += 1;
+            return;
+        };
+        let link = &mut self.links[index];
+        if link.state() == LinkState::Down {
+            link.frames_dropped_down += 1;
+            return;
+        }
+        match wire::encode_frame(
+            envelope,
+            &mut self.encode_buffer,
+            limits::PEER_FRAME_BYTES_MAX,
+        ) {
+            Ok(frame) => link.push(frame),
+            Err(error) => {
+                log::error!("envelope to node {} not sent: {error}", envelope.to);
+                self.stats.envelopes_unsendable += 1;
+            }
+        }
+    }
+
+    /// Writes queued frames on every connected link (vectored writes, until
+    /// the queue is empty or the socket is full). Call once per turn.
+    pub fn flush(&mut self, registry: &Registry, now: Instant, out: &mut Vec<PeerEvent>) {
+        for link in &mut self.links {
+            link.flush(&mut LinkContext {
+                registry,
+                now,
+                hello: &self.hello,
+                rng: &mut self.rng,
+                out,
+            });
+        }
+    }
+
+    /// Reconnects links whose backoff expired and closes connections whose
+    /// handshake ran past `PEER_HANDSHAKE_TIMEOUT_MS`. Call every tick.
+    pub fn tick(&mut self, registry: &Registry, now: Instant, out: &mut Vec<PeerEvent>) {
+        for link in &mut self.links {
+            link.tick(&mut LinkContext {
+                registry,
+                now,
+                hello: &self.hello,
+                rng: &mut self.rng,
+                out,
+            });
+        }
+        let expired: Vec<usize> = self
+            .inbound
+            .iter()
+            .filter(|(_, connection)| connection.expired(now))
+            .map(|(key, _)| key)
+            .collect();
+        for key in expired {
+            log::debug!(
+                "peer connection closed: no handshake within {} ms",
+                limits::PEER_HANDSHAKE_TIMEOUT_MS
+            );
+            self.close_inbound(registry, key);
+        }
+    }
+
+    pub fn link_states(&self) -> Vec<LinkStatus> {
+        self.links
+            .iter()
+            .map(|link| LinkStatus {
+                peer: link.peer,
+                address: link.address,
+                state: link.state(),
+                queued_bytes: link.queue.queued_bytes(),
+                queued_frames: link.queue.queued_frames(),
+                frames_sent: link.frames_sent,
+                bytes_sent: link.bytes_sent,
+                frames_dropped: link.frames_dropped(),
+                connect_attempts: link.connect_attempts,
+            })
+            .collect()
+    }
+
+    pub fn stats(&self) -> PeerStats {
+        self.stats.clone()
+    }
+
+    /// Inbound connections currently open (accepted or in handshake).
+    pub fn inbound_connections(&self) -> usize {
+        self.inbound.len()
+    }
+
+    fn accept_connections(&mut self, registry: &Registry, now: Instant) {
+        self.listener_pending = false;
+        for _ in 0..ACCEPTS_PER_CALL_MAX {
+            let (stream, address) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if is_transient_accept_error(&error) => continue,
+                Err(error) => {
+                    // E.g. out of file descriptors: the backlog keeps the
+                    // connection; try again on the next call.
+                    log::warn!("peer listener cannot accept: {error}");
+                    self.listener_pending = true;
+                    return;
+                }
+            };
+            self.register_inbound(registry, stream, address, now);
+        }
+        self.listener_pending = true;
+    }
+
+    fn register_inbound(
+        &mut self,
+        registry: &Registry,
+        mut stream: TcpStream,
+        address: SocketAddr,
+        now: Instant,
+    ) {
+        if self.inbound.len() >= limits::PEER_INBOUND_CONNECTIONS_MAX {
+            log::warn!(
+                "peer connection from {address} closed: {} already open",
+                self.inbound.len()
+            );
+            return;
+        }
+        let entry = self.inbound.vacant_entry();
+        let token = Token(self.token_base + 1 + limits::PEER_LINKS_MAX + entry.key());
+        if let Err(error) =
+            registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            log::warn!("peer connection from {address} closed: cannot register: {error}");
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let deadline = now + Duration::from_millis(limits::PEER_HANDSHAKE_TIMEOUT_MS);
+        entry.insert(Inbound::new(stream, address, deadline));
+        self.stats.connections_accepted += 1;
+    }
+
+    fn inbound_ready(
+        &mut self,
+        registry: &Registry,
+        key: usize,
+        accept_incarnation: &mut dyn FnMut(NodeId, u64) -> Result<(), String>,
+        out: &mut Vec<PeerEvent>,
+    ) {
+        let Some(connection) = self.inbound.get_mut(key) else {
+            return;
+        };
+        let verdict = connection.on_ready(&mut InboundContext {
+            my_id: self.my_id,
+            cluster_id: self.cluster_id,
+            members: &self.members,
+            accept_incarnation,
+            out,
+            stats: &mut self.stats,
+        });
+        match verdict {
+            Verdict::Keep => {}
+            Verdict::Close => self.close_inbound(registry, key),
+            Verdict::Accepted(from) => {
+                // A newer connection from the same node replaces older ones
+                // (the dialer keeps one link; an old one is half-dead).
+                let stale: Vec<usize> = self
+                    .inbound
+                    .iter()
+                    .filter(|(other, connection)| {
+                        *other != key && connection.accepted_from() == Some(from)
+                    })
+                    .map(|(other, _)| other)
+                    .collect();
+                for other in stale {
+                    log::debug!("older peer connection from node {from} replaced");
+                    self.close_inbound(registry, other);
+                }
+            }
+        }
+    }
+
+    fn close_inbound(&mut self, registry: &Registry, key: usize) {
+        if let Some(mut connection) = self.inbound.try_remove(key) {
+            let _ = registry.deregister(&mut connection.stream);
+        }
+    }
+}
+
+fn is_transient_accept_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::Interrupted
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// What one `read_into` call did.
+#[derive(Debug, Default)]
+struct ReadOutcome {
+    bytes: usize,
+    /// The peer closed its side (end of stream).
+    closed: bool,
+    /// Stopped at the budget, not at `WouldBlock`: data may be left.
+    budget_exhausted: bool,
+}
+
+/// Reads into `buffer` until `WouldBlock`, end of stream, or `budget_bytes`.
+fn read_into(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    budget_bytes: usize,
+) -> io::Result<ReadOutcome> {
+    let mut outcome = ReadOutcome::default();
+    loop {
+        if outcome.bytes >= budget_bytes {
+            outcome.budget_exhausted = true;
+            return Ok(outcome);
+        }
+        let start = buffer.len();
+        buffer.resize(
+            start + READ_CHUNK_BYTES.min(budget_bytes - outcome.bytes),
+            0,
+        );
+        let result = stream.read(&mut buffer[start..]);
+        buffer.truncate(start + *result.as_ref().unwrap_or(&0));
+        match result {
+            Ok(0) => {
+                outcome.closed = true;
+                return Ok(outcome);
+            }
+            Ok(read) => outcome.bytes += read,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(outcome),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+}

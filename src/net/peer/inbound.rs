@@ -1,0 +1,342 @@
+//! One inbound peer connection: the receiving end of another node's link.
+//!
+//! Owns: the accepted socket, its read buffer, and the handshake decision's
+//! mechanics. The first frame must be a hello of at most
+//! `PEER_HANDSHAKE_BYTES_MAX` bytes; it is checked here (format version,
+//! cluster id, intended receiver, known member) and then by the caller's
+//! incarnation closure, in the same turn, so no envelope of an undecided
+//! connection is ever delivered. A refusal is logged, answered with its
+//! reason, and followed by a lingering close (write side shut, input read and
+//! discarded until the dialer hangs up or the handshake deadline passes) so
+//! the answer is not lost to a reset.
+//!
+//! Invariants: after Accept, every frame must decode as an `Envelope` whose
+//! `from`, `incarnation` and `to` match the handshake; anything else (an
+//! oversized frame, bytes that do not decode, a mismatched envelope) closes
+//! this connection with a log line and never panics. At most
+//! `PEER_READ_BYTES_PER_TURN_MAX` bytes are read per call (fairness); the
+//! connection is then marked `read_pending` so the owner resumes it.
+//!
+//! Leaves out: the listener and token bookkeeping (`net::peer`).
+
+use super::wire::{self, HelloReply, WireError};
+use super::{read_into, PeerEvent, PeerStats};
+use crate::limits;
+use crate::raft::NodeId;
+use bytes::{Bytes, BytesMut};
+use mio::net::TcpStream;
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::Instant;
+
+enum Phase {
+    AwaitingHello {
+        deadline: Instant,
+    },
+    Accepted {
+        from: NodeId,
+        incarnation: u64,
+    },
+    /// Refused: the answer is being written, then the dialer's close awaited.
+    Closing {
+        deadline: Instant,
+        write_shut: bool,
+    },
+}
+
+/// What the connection needs from its owner for one call.
+pub(super) struct InboundContext<'a> {
+    pub my_id: NodeId,
+    pub cluster_id: u64,
+    pub members: &'a BTreeMap<NodeId, SocketAddr>,
+    pub accept_incarnation: &'a mut dyn FnMut(NodeId, u64) -> Result<(), String>,
+    pub out: &'a mut Vec<PeerEvent>,
+    pub stats: &'a mut PeerStats,
+}
+
+/// The owner's next step for this connection.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    Keep,
+    /// Keep, and this call accepted a hello from that node.
+    Accepted(NodeId),
+    Close,
+}
+
+pub(super) struct Inbound {
+    pub stream: TcpStream,
+    address: SocketAddr,
+    phase: Phase,
+    read_buffer: BytesMut,
+    reply: Bytes,
+    reply_written_bytes: usize,
+    /// The last read stopped at the per-turn budget with data maybe left.
+    pub read_pending: bool,
+}
+
+impl Inbound {
+    pub fn new(stream: TcpStream, address: SocketAddr, deadline: Instant) -> Self {
+        Inbound {
+            stream,
+            address,
+            phase: Phase::AwaitingHello { deadline },
+            read_buffer: BytesMut::new(),
+            reply: Bytes::new(),
+            reply_written_bytes: 0,
+            read_pending: false,
+        }
+    }
+
+    /// The accepted sender, if the handshake succeeded.
+    pub fn accepted_from(&self) -> Option<NodeId> {
+        match self.phase {
+            Phase::Accepted { from, .. } => Some(from),
+            _ => None,
+        }
+    }
+
+    /// True once an undecided or refused connection ran past its deadline.
+    pub fn expired(&self, now: Instant) -> bool {
+        match self.phase {
+            Phase::AwaitingHello { deadline } | Phase::Closing { deadline, .. } => now >= deadline,
+            Phase::Accepted { .. } => false,
+        }
+    }
+
+    /// Handles readiness (or a resumed read): writes any pending answer,
+    /// reads up to the turn's budget, and acts on every whole frame.
+    pub fn on_ready(&mut self, context: &mut InboundContext<'_>) -> Verdict {
+        if let Err(error) = self.write_reply() {
+            log::debug!(
+                "peer connection from {}: write failed: {error}",
+                self.address
+            );
+            return Verdict::Close;
+        }
+        if let Phase::Closing { .. } = self.phase {
+            return self.linger();
+        }
+        let outcome = match read_into(
+            &mut self.stream,
+            &mut self.read_buffer,
+            limits::PEER_READ_BYTES_PER_TURN_MAX,
+        ) {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                log::debug!(
+                    "peer connection from {}: read failed: {error}",
+                    self.address
+                );
+                return Verdict::Close;
+            }
+        };
+        self.read_pending = outcome.budget_exhausted;
+        context.stats.bytes_received += outcome.bytes as u64;
+        let verdict = self.process_frames(context);
+        if verdict == Verdict::Close {
+            context.stats.connections_closed_for_errors += 1;
+            return Verdict::Close;
+        }
+        if let Phase::Closing { .. } = self.phase {
+            return self.linger();
+        }
+        if outcome.closed {
+            log::debug!("peer connection from {} closed by the sender", self.address);
+            return Verdict::Close;
+        }
+        verdict
+    }
+
+    fn process_frames(&mut self, context: &mut InboundContext<'_>) -> Verdict {
+        let mut verdict = Verdict::Keep;
+        loop {
+            let max_bytes = match self.phase {
+                Phase::AwaitingHello { .. } => limits::PEER_HANDSHAKE_BYTES_MAX,
+                Phase::Accepted { .. } => limits::PEER_FRAME_BYTES_MAX,
+                Phase::Closing { .. } => return verdict,
+            };
+            let payload = match wire::next_frame(&mut self.read_buffer, max_bytes) {
+                Ok(Some(payload)) => payload,
+                Ok(None) => return verdict,
+                Err(error) => return self.protocol_error(&error.to_string()),
+            };
+            match self.phase {
+                Phase::AwaitingHello { deadline } => {
+                    match self.handshake(&payload, deadline, context) {
+                        Verdict::Close => return Verdict::Close,
+                        Verdict::Accepted(from) => verdict = Verdict::Accepted(from),
+                        Verdict::Keep => {}
+                    }
+                }
+                Phase::Accepted { from, incarnation } => {
+                    let envelope = match wire::decode_envelope(&payload) {
+                        Ok(envelope) => envelope,
+                        Err(error) => {
+                            return self.protocol_error(&format!("from node {from}: {error}"))
+                        }
+                    };
+                    if envelope.from != from
+                        || envelope.incarnation != incarnation
+                        || envelope.to != context.my_id
+                    {
+                        return self.protocol_error(&format!(
+                            "envelope from node {} (incarnation {:#x}) to node {} on the link of node {from} \
+                             (incarnation {incarnation:#x})",
+                            envelope.from, envelope.incarnation, envelope.to
+                        ));
+                    }
+                    context.stats.frames_received += 1;
+                    context.out.push(PeerEvent::Message(envelope));
+                }
+                Phase::Closing { .. } => return verdict,
+            }
+        }
+    }
+
+    /// Checks a hello and answers it. Returns `Close` only for bytes that are
+    /// not a hello at all; a refused hello is answered, not just dropped.
+    fn handshake(
+        &mut self,
+        payload: &[u8],
+        deadline: Instant,
+        context: &mut InboundContext<'_>,
+    ) -> Verdict {
+        let hello = match wire::decode_hello(payload) {
+            Ok(hello) => hello,
+            Err(WireError::FormatVersion(version)) => {
+                self.refuse(
+                    deadline,
+                    context,
+                    None,
+                    format!(
+                        "peer format version {version} is not {}",
+                        wire::FORMAT_VERSION
+                    ),
+                );
+                return Verdict::Keep;
+            }
+            Err(error) => return self.protocol_error(&format!("bad hello: {error}")),
+        };
+        let decision = if hello.cluster_id != context.cluster_id {
+            Err(format!(
+                "cluster id {:#018x} differs from {:#018x} (the member lists differ)",
+                hello.cluster_id, context.cluster_id
+            ))
+        } else if hello.to != context.my_id {
+            Err(format!(
+                "this is node {}, not node {}",
+                context.my_id, hello.to
+            ))
+        } else if !context.members.contains_key(&hello.from) {
+            Err(format!(
+                "node {} is not a member of this cluster",
+                hello.from
+            ))
+        } else {
+            (context.accept_incarnation)(hello.from, hello.incarnation)
+        };
+        match decision {
+            Ok(()) => {
+                self.phase = Phase::Accepted {
+                    from: hello.from,
+                    incarnation: hello.incarnation,
+                };
+                self.set_reply(&HelloReply::Accept);
+                log::info!(
+                    "peer connection from node {} at {} accepted",
+                    hello.from,
+                    self.address
+                );
+                Verdict::Accepted(hello.from)
+            }
+            Err(reason) => {
+                self.refuse(deadline, context, Some(hello.from), reason);
+                Verdict::Keep
+            }
+        }
+    }
+
+    fn refuse(
+        &mut self,
+        deadline: Instant,
+        context: &mut InboundContext<'_>,
+        from: Option<NodeId>,
+        reason: String,
+    ) {
+        match from {
+            Some(from) => log::warn!(
+                "refused peer connection from {} claiming node {from}: {reason}",
+                self.address
+            ),
+            None => log::warn!("refused peer connection from {}: {reason}", self.address),
+        }
+        context.stats.handshakes_refused += 1;
+        self.set_reply(&HelloReply::Refuse { reason });
+        self.phase = Phase::Closing {
+            deadline,
+            write_shut: false,
+        };
+        self.read_pending = false;
+        self.read_buffer = BytesMut::new();
+    }
+
+    fn set_reply(&mut self, reply: &HelloReply) {
+        match wire::encode_reply(reply) {
+            Ok(frame) => {
+                self.reply = frame;
+                self.reply_written_bytes = 0;
+            }
+            // The reply types always encode; without an answer the dialer
+            // simply sees the connection close and retries.
+            Err(error) => log::error!("cannot encode a handshake answer: {error}"),
+        }
+    }
+
+    fn write_reply(&mut self) -> io::Result<()> {
+        while self.reply_written_bytes < self.reply.len() {
+            match self.stream.write(&self.reply[self.reply_written_bytes..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => self.reply_written_bytes += written,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// After a refusal: once the answer is out, shut the write side and
+    /// discard input until the dialer closes.
+    fn linger(&mut self) -> Verdict {
+        let Phase::Closing { write_shut, .. } = &mut self.phase else {
+            return Verdict::Keep;
+        };
+        if self.reply_written_bytes < self.reply.len() {
+            return Verdict::Keep;
+        }
+        if !*write_shut {
+            *write_shut = true;
+            if self.stream.shutdown(Shutdown::Write).is_err() {
+                return Verdict::Close;
+            }
+        }
+        let mut discard = [0u8; 4096];
+        for _ in 0..64 {
+            match self.stream.read(&mut discard) {
+                Ok(0) => return Verdict::Close,
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Verdict::Keep,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Verdict::Close,
+            }
+        }
+        // A dialer that keeps sending after a refusal is cut off at once.
+        Verdict::Close
+    }
+
+    fn protocol_error(&self, reason: &str) -> Verdict {
+        log::warn!("closing peer connection from {}: {reason}", self.address);
+        Verdict::Close
+    }
+}

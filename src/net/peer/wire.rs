@@ -1,0 +1,417 @@
+//! The peer wire format: frames, the handshake, and the cluster id.
+//!
+//! Owns: how bytes on a peer connection are cut into frames and what the
+//! frames mean. Every frame is a `u32` little-endian payload length followed
+//! by the payload. The dialer's first frame is a hello: the 4 magic bytes
+//! `RFSP`, the format version as a `u32` little endian, then the bincode body
+//! (cluster id, sender id and incarnation, intended receiver). The magic and
+//! version sit outside bincode so that a node of another format version is
+//! still told why it is refused instead of failing to decode. The receiver
+//! answers with one `HelloReply` frame; after `Accept` the dialer sends only
+//! `Envelope` frames and the receiver sends nothing more.
+//!
+//! Invariants: decoding never panics and never allocates more than the frame
+//! it was given (bincode runs with a byte limit over a slice); a frame longer
+//! than the caller's maximum is an error as soon as its header is seen, before
+//! its bytes are buffered. Encoding writes straight into a `BytesMut`.
+//!
+//! Leaves out: sockets, buffering policy and the incarnation decision
+//! (`net::peer` and the caller).
+
+use crate::limits;
+use crate::raft::{Envelope, NodeId};
+use bincode::Options;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Bytes of the length prefix in front of every frame.
+pub const FRAME_HEADER_BYTES: usize = 4;
+/// First bytes of every hello: tells a peer connection from a stray client.
+pub const HELLO_MAGIC: [u8; 4] = *b"RFSP";
+/// Bumped whenever a frame's meaning changes; peers of another version are
+/// refused with a reason.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The bincode configuration of every payload: varint integers (indexes and
+/// terms are mostly small), little endian, trailing bytes rejected, and a size
+/// limit so a hostile length inside a payload cannot make decoding allocate.
+fn options() -> impl Options {
+    bincode::DefaultOptions::new().with_limit(limits::PEER_FRAME_BYTES_MAX as u64)
+}
+
+/// What a dialer says about itself before sending any envelope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Derived by each node from the member list (see `cluster_id`).
+    pub cluster_id: u64,
+    pub from: NodeId,
+    /// The sender's data-dir incarnation (SPEC §3).
+    pub incarnation: u64,
+    /// The node the sender means to reach at this address.
+    pub to: NodeId,
+}
+
+/// The receiver's answer to a hello.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloReply {
+    Accept,
+    Refuse { reason: String },
+}
+
+/// Why bytes could not be taken as a frame or a payload.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WireError {
+    /// The length prefix announces more than the connection allows.
+    FrameTooLarge {
+        length_bytes: usize,
+        max_bytes: usize,
+    },
+    /// The first frame does not start with `HELLO_MAGIC`.
+    NotPeerProtocol,
+    /// A hello of another format version.
+    FormatVersion(u32),
+    /// The payload does not decode as what was expected.
+    Malformed(String),
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::FrameTooLarge {
+                length_bytes,
+                max_bytes,
+            } => {
+                write!(
+                    f,
+                    "frame of {length_bytes} bytes exceeds the limit of {max_bytes}"
+                )
+            }
+            WireError::NotPeerProtocol => write!(f, "not the raftfs peer protocol (bad magic)"),
+            WireError::FormatVersion(version) => {
+                write!(
+                    f,
+                    "peer format version {version}, this node speaks {FORMAT_VERSION}"
+                )
+            }
+            WireError::Malformed(message) => write!(f, "undecodable frame: {message}"),
+        }
+    }
+}
+
+/// Why a value could not be encoded as a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EncodeError {
+    FrameTooLarge { length_bytes: u64, max_bytes: usize },
+    Serialize(String),
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::FrameTooLarge {
+                length_bytes,
+                max_bytes,
+            } => {
+                write!(
+                    f,
+                    "frame of {length_bytes} bytes exceeds the limit of {max_bytes}"
+                )
+            }
+            EncodeError::Serialize(message) => write!(f, "cannot encode: {message}"),
+        }
+    }
+}
+
+/// Takes the next whole frame's payload off the front of `buffer`, if one is
+/// there. `Ok(None)` means more bytes are needed. The payload is split off
+/// without a copy.
+pub fn next_frame(buffer: &mut BytesMut, max_bytes: usize) -> Result<Option<BytesMut>, WireError> {
+    let Some(header) = buffer.get(..FRAME_HEADER_BYTES) else {
+        return Ok(None);
+    };
+    let mut length = [0u8; FRAME_HEADER_BYTES];
+    length.copy_from_slice(header);
+    let length_bytes = u32::from_le_bytes(length) as usize;
+    if length_bytes > max_bytes {
+        return Err(WireError::FrameTooLarge {
+            length_bytes,
+            max_bytes,
+        });
+    }
+    if buffer.len() < FRAME_HEADER_BYTES + length_bytes {
+        return Ok(None);
+    }
+    buffer.advance(FRAME_HEADER_BYTES);
+    Ok(Some(buffer.split_to(length_bytes)))
+}
+
+/// Encodes `value` as one frame at the end of `buffer` (which the caller keeps
+/// empty between frames, so its allocation is reused) and returns the frame.
+pub fn encode_frame<T: Serialize>(
+    value: &T,
+    buffer: &mut BytesMut,
+    max_bytes: usize,
+) -> Result<Bytes, EncodeError> {
+    let payload_bytes = options()
+        .serialized_size(value)
+        .map_err(|error| EncodeError::Serialize(error.to_string()))?;
+    if payload_bytes > max_bytes as u64 || payload_bytes > u64::from(u32::MAX) {
+        return Err(EncodeError::FrameTooLarge {
+            length_bytes: payload_bytes,
+            max_bytes,
+        });
+    }
+    // Frames share one allocation until it is used up; the minimum keeps small
+    // frames from allocating one by one.
+    buffer.reserve((FRAME_HEADER_BYTES + payload_bytes as usize).max(64 << 10));
+    buffer.put_u32_le(payload_bytes as u32);
+    if let Err(error) = options().serialize_into(&mut (&mut *buffer).writer(), value) {
+        buffer.clear();
+        return Err(EncodeError::Serialize(error.to_string()));
+    }
+    debug_assert_eq!(buffer.len(), FRAME_HEADER_BYTES + payload_bytes as usize);
+    Ok(buffer.split().freeze())
+}
+
+/// Encodes a hello frame (magic and version in front of the bincode body).
+pub fn encode_hello(hello: &Hello) -> Result<Bytes, EncodeError> {
+    let body = options()
+        .serialize(hello)
+        .map_err(|error| EncodeError::Serialize(error.to_string()))?;
+    let payload_bytes = HELLO_MAGIC.len() + 4 + body.len();
+    let mut frame = BytesMut::with_capacity(FRAME_HEADER_BYTES + payload_bytes);
+    frame.put_u32_le(payload_bytes as u32);
+    frame.put_slice(&HELLO_MAGIC);
+    frame.put_u32_le(FORMAT_VERSION);
+    frame.put_slice(&body);
+    Ok(frame.freeze())
+}
+
+/// Decodes a hello payload; the magic and version are checked before the body.
+pub fn decode_hello(payload: &[u8]) -> Result<Hello, WireError> {
+    if payload.get(..HELLO_MAGIC.len()) != Some(&HELLO_MAGIC[..]) {
+        return Err(WireError::NotPeerProtocol);
+    }
+    let mut version = [0u8; 4];
+    match payload.get(HELLO_MAGIC.len()..HELLO_MAGIC.len() + 4) {
+        Some(bytes) => version.copy_from_slice(bytes),
+        None => return Err(WireError::Malformed("hello shorter than its header".into())),
+    }
+    let version = u32::from_le_bytes(version);
+    if version != FORMAT_VERSION {
+        return Err(WireError::FormatVersion(version));
+    }
+    decode(&payload[HELLO_MAGIC.len() + 4..])
+}
+
+/// Encodes a handshake answer; an overlong refusal reason is cut at a char
+/// boundary so the frame stays under `PEER_HANDSHAKE_BYTES_MAX`.
+pub fn encode_reply(reply: &HelloReply) -> Result<Bytes, EncodeError> {
+    let reply = match reply {
+        HelloReply::Refuse { reason } if reason.len() > limits::PEER_REFUSE_REASON_BYTES_MAX => {
+            let mut end = limits::PEER_REFUSE_REASON_BYTES_MAX;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            HelloReply::Refuse {
+                reason: reason[..end].to_string(),
+            }
+        }
+        other => other.clone(),
+    };
+    encode_frame(
+        &reply,
+        &mut BytesMut::new(),
+        limits::PEER_HANDSHAKE_BYTES_MAX,
+    )
+}
+
+pub fn decode_reply(payload: &[u8]) -> Result<HelloReply, WireError> {
+    decode(payload)
+}
+
+pub fn decode_envelope(payload: &[u8]) -> Result<Envelope, WireError> {
+    decode(payload)
+}
+
+fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, WireError> {
+    options()
+        .deserialize(payload)
+        .map_err(|error| WireError::Malformed(error.to_string()))
+}
+
+/// A stable id for a member list: FNV-1a over each member's id and peer
+/// address, in id order. Nodes given different member lists get different
+/// ids and refuse each other's links.
+pub fn cluster_id<'a>(members: impl IntoIterator<Item = (NodeId, &'a SocketAddr)>) -> u64 {
+    let mut sorted: Vec<(NodeId, &SocketAddr)> = members.into_iter().collect();
+    sorted.sort();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for (id, address) in sorted {
+        feed(&id.to_le_bytes());
+        feed(address.to_string().as_bytes());
+        feed(b";");
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{Entry, Message};
+
+    fn envelope(data: &[u8]) -> Envelope {
+        Envelope {
+            from: 1,
+            to: 2,
+            term: 7,
+            incarnation: 99,
+            message: Message::AppendEntries {
+                prev_log_index: 3,
+                prev_log_term: 6,
+                entries: vec![Entry {
+                    term: 7,
+                    index: 4,
+                    data: Bytes::copy_from_slice(data),
+                }],
+                leader_commit: 3,
+            },
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_and_split_at_any_byte() {
+        let mut encode_buffer = BytesMut::new();
+        let first = encode_frame(&envelope(b"one"), &mut encode_buffer, 1 << 20).unwrap();
+        let second = encode_frame(&envelope(b"two"), &mut encode_buffer, 1 << 20).unwrap();
+        assert!(encode_buffer.is_empty());
+        let wire: Vec<u8> = first.iter().chain(second.iter()).copied().collect();
+        for cut in 0..wire.len() {
+            let mut buffer = BytesMut::from(&wire[..cut]);
+            let mut decoded = Vec::new();
+            while let Some(payload) = next_frame(&mut buffer, 1 << 20).unwrap() {
+                decoded.push(decode_envelope(&payload).unwrap());
+            }
+            buffer.extend_from_slice(&wire[cut..]);
+            while let Some(payload) = next_frame(&mut buffer, 1 << 20).unwrap() {
+                decoded.push(decode_envelope(&payload).unwrap());
+            }
+            assert_eq!(
+                decoded,
+                vec![envelope(b"one"), envelope(b"two")],
+                "cut at {cut}"
+            );
+            assert!(buffer.is_empty());
+        }
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_from_the_header() {
+        let mut buffer = BytesMut::from(&(1001u32).to_le_bytes()[..]);
+        assert_eq!(
+            next_frame(&mut buffer, 1000),
+            Err(WireError::FrameTooLarge {
+                length_bytes: 1001,
+                max_bytes: 1000
+            })
+        );
+        let error = encode_frame(&envelope(&[0; 2000]), &mut BytesMut::new(), 1000).unwrap_err();
+        assert!(matches!(error, EncodeError::FrameTooLarge { .. }));
+    }
+
+    #[test]
+    fn hello_checks_magic_and_version_before_the_body() {
+        let hello = Hello {
+            cluster_id: 5,
+            from: 1,
+            incarnation: 77,
+            to: 2,
+        };
+        let mut frame = BytesMut::from(&encode_hello(&hello).unwrap()[..]);
+        let payload = next_frame(&mut frame, 4096).unwrap().unwrap();
+        assert_eq!(decode_hello(&payload), Ok(hello));
+        let mut other_version = payload.to_vec();
+        other_version[4..8].copy_from_slice(&9u32.to_le_bytes());
+        assert_eq!(
+            decode_hello(&other_version),
+            Err(WireError::FormatVersion(9))
+        );
+        assert_eq!(
+            decode_hello(b"GET / HTTP/1.1"),
+            Err(WireError::NotPeerProtocol)
+        );
+        assert!(matches!(
+            decode_hello(b"RFSP\x01"),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn refusal_reasons_are_cut_to_the_limit() {
+        let reason = "é".repeat(limits::PEER_REFUSE_REASON_BYTES_MAX);
+        let mut frame = BytesMut::from(&encode_reply(&HelloReply::Refuse { reason }).unwrap()[..]);
+        let payload = next_frame(&mut frame, limits::PEER_HANDSHAKE_BYTES_MAX)
+            .unwrap()
+            .unwrap();
+        match decode_reply(&payload).unwrap() {
+            HelloReply::Refuse { reason } => {
+                assert!(reason.len() <= limits::PEER_REFUSE_REASON_BYTES_MAX);
+                assert!(reason.len() > limits::PEER_REFUSE_REASON_BYTES_MAX - 2);
+            }
+            HelloReply::Accept => panic!("expected a refusal"),
+        }
+    }
+
+    #[test]
+    fn garbage_payloads_are_errors_not_panics() {
+        let mut state = 0x1234_5678_u64;
+        for length in 0..512 {
+            let bytes: Vec<u8> = (0..length)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (state >> 56) as u8
+                })
+                .collect();
+            let _ = decode_envelope(&bytes);
+            let _ = decode_reply(&bytes);
+            let _ = decode_hello(&bytes);
+        }
+        // Lengths far beyond the payload must fail, not allocate: an
+        // AppendEntries (variant 4) claiming u64::MAX entries, then one whose
+        // single entry claims 2^40 data bytes.
+        let mut hostile = vec![1u8, 2, 7, 9, 4, 0, 0, 253];
+        hostile.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_envelope(&hostile).is_err());
+        let mut hostile = vec![1u8, 2, 7, 9, 4, 0, 0, 1, 7, 4, 253];
+        hostile.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(decode_envelope(&hostile).is_err());
+        let mut valid = vec![1u8, 2, 7, 9, 4, 0, 0, 1, 7, 4, 3];
+        valid.extend_from_slice(b"abc");
+        valid.push(0);
+        assert!(
+            decode_envelope(&valid).is_ok(),
+            "the hostile cases differ from a valid one only in length"
+        );
+    }
+
+    #[test]
+    fn cluster_id_depends_on_members_not_their_order() {
+        let a: SocketAddr = "127.0.0.1:9080".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:9081".parse().unwrap();
+        let c: SocketAddr = "127.0.0.1:9082".parse().unwrap();
+        let id = cluster_id([(1, &a), (2, &b)]);
+        assert_eq!(id, cluster_id([(2, &b), (1, &a)]));
+        assert_ne!(id, cluster_id([(1, &a), (2, &c)]));
+        assert_ne!(id, cluster_id([(1, &a), (3, &b)]));
+    }
+}
