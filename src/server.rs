@@ -37,13 +37,7 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
     let peers = Peers::new(
         poll.registry(),
         PEER_TOKEN_BASE,
-        PeerConfig {
-            my_id: id,
-            my_incarnation: recovered.incarnation,
-            cluster_id: config.cluster_id(),
-            listen: member.listen_peer,
-            members: peer_addresses,
-        },
+        PeerConfig::new(id, recovered.incarnation, config.cluster_id(), member.listen_peer, peer_addresses),
     )
     .map_err(|e| Error::Config(format!("node {id}: cannot listen for peers on {}: {e}", member.listen_peer)))?;
 

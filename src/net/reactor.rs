@@ -14,7 +14,7 @@
 
 use crate::error::{Error, Result};
 use crate::limits;
-use crate::net::conn::{Connection, ReadStatus};
+use crate::net::conn::Connection;
 use crate::net::peer::{PeerEvent, Peers};
 use crate::net::protocol::{encode_reply, parse_next, Parsed, Reply};
 use crate::replica::{ClientRef, Replica, Status};
@@ -128,7 +128,8 @@ impl Reactor {
         loop {
             let now = Instant::now();
             let timeout = next_tick.saturating_duration_since(now);
-            let timeout = if self.resume.is_empty() { timeout } else { Duration::ZERO };
+            let busy = !self.resume.is_empty() || self.peers.has_pending_reads();
+            let timeout = if busy { Duration::ZERO } else { timeout };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(Error::io("poll", e));
@@ -150,10 +151,15 @@ impl Reactor {
             for key in std::mem::take(&mut self.resume) {
                 self.service_connection(key, now);
             }
+            if self.peers.has_pending_reads() {
+                self.resume_peer_reads(now)?;
+            }
             let mut ticks = 0;
             while now >= next_tick && ticks < TICKS_PER_TURN_MAX {
                 self.replica.tick(now);
-                self.peers.tick(self.poll.registry(), now);
+                let mut peer_events = Vec::new();
+                self.peers.tick(self.poll.registry(), now, &mut peer_events);
+                self.process_peer_events(peer_events)?;
                 next_tick += tick;
                 ticks += 1;
             }
@@ -168,7 +174,7 @@ impl Reactor {
                 }
             }
             self.replica.end_turn(now)?;
-            self.deliver();
+            self.deliver(now)?;
             self.refresh_status();
             if let Some(deadline) = stop_deadline {
                 let leading = self.replica.status().role == Some(crate::raft::Role::Leader);
@@ -190,6 +196,22 @@ impl Reactor {
             &mut |from, incarnation| replica.accept_peer(from, incarnation),
             &mut peer_events,
         );
+        self.process_peer_events(peer_events)
+    }
+
+    fn resume_peer_reads(&mut self, now: Instant) -> Result<()> {
+        let mut peer_events = Vec::new();
+        let replica = &mut self.replica;
+        self.peers.resume_reads(
+            self.poll.registry(),
+            now,
+            &mut |from, incarnation| replica.accept_peer(from, incarnation),
+            &mut peer_events,
+        );
+        self.process_peer_events(peer_events)
+    }
+
+    fn process_peer_events(&mut self, peer_events: Vec<PeerEvent>) -> Result<()> {
         for peer_event in peer_events {
             match peer_event {
                 PeerEvent::Message(envelope) => self.replica.step(envelope),
@@ -298,11 +320,13 @@ impl Reactor {
     }
 
     /// Hand this turn's replies and messages to their sockets.
-    fn deliver(&mut self) {
+    fn deliver(&mut self, now: Instant) -> Result<()> {
         for envelope in self.replica.messages.drain(..) {
             self.peers.send(&envelope);
         }
-        self.peers.flush(self.poll.registry());
+        let mut peer_events = Vec::new();
+        self.peers.flush(self.poll.registry(), now, &mut peer_events);
+        self.process_peer_events(peer_events)?;
         for (client, reply) in self.replica.replies.drain(..) {
             if let Some(connection) = self.connections.get_mut(client.key) {
                 if connection.id == client.conn_id {
@@ -331,6 +355,7 @@ impl Reactor {
                 self.resume.push(key);
             }
         }
+        Ok(())
     }
 
     fn flush_all_connections(&mut self) {
