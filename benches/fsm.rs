@@ -44,8 +44,9 @@ fn write_entries(batch: usize, keys: usize) -> Vec<Bytes> {
     let entry_count = keys.div_ceil(batch).max(1);
     (0..entry_count)
         .map(|entry| {
-            let commands: Vec<Command> =
-                (0..batch).map(|offset| write_of(entry * batch + offset, keys)).collect();
+            let commands: Vec<Command> = (0..batch)
+                .map(|offset| write_of(entry * batch + offset, keys))
+                .collect();
             encode_batch(STAMP_MS, &commands)
         })
         .collect()
@@ -74,7 +75,8 @@ fn bench_apply_writes(criterion: &mut Criterion) {
         group.bench_function(format!("batch_{batch}"), |bencher| {
             bencher.iter(|| {
                 outcomes.clear();
-                fsm.apply(&entries[next % entries.len()], &mut outcomes).expect("valid batch");
+                fsm.apply(&entries[next % entries.len()], &mut outcomes)
+                    .expect("valid batch");
                 next += 1;
                 black_box(outcomes.len())
             })
@@ -126,7 +128,9 @@ fn bench_reads(criterion: &mut Criterion) {
             // A stride coprime with the key count, so successive reads do not
             // walk the arena in order.
             next = (next + 7_919) % names.len();
-            let view = fsm.read(&names[next], STAMP_MS).expect("every key is stored");
+            let view = fsm
+                .read(&names[next], STAMP_MS)
+                .expect("every key is stored");
             black_box(view.content.len())
         })
     });
@@ -154,8 +158,17 @@ fn bench_codec(criterion: &mut Criterion) {
         )
     });
     group.finish();
-    assert_eq!(decode_batch(&entry).map(|batch| batch.commands), Ok(commands));
+    assert_eq!(
+        decode_batch(&entry).map(|batch| batch.commands),
+        Ok(commands)
+    );
 }
 
-criterion_group!(benches, bench_apply_writes, bench_create_and_delete, bench_reads, bench_codec);
+criterion_group!(
+    benches,
+    bench_apply_writes,
+    bench_create_and_delete,
+    bench_reads,
+    bench_codec
+);
 criterion_main!(benches);

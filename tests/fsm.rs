@@ -25,13 +25,16 @@ fn cas(name: &str, version: u64, content: &str, exptime_s: u64) -> Command {
 }
 
 fn delete(name: &str) -> Command {
-    Command::Delete { name: Bytes::copy_from_slice(name.as_bytes()) }
+    Command::Delete {
+        name: Bytes::copy_from_slice(name.as_bytes()),
+    }
 }
 
 /// Applies one batch stamped `stamp_ms` and returns its outcomes.
 fn apply(fsm: &mut Fsm, stamp_ms: u64, commands: &[Command]) -> Vec<Outcome> {
     let mut outcomes = Vec::new();
-    fsm.apply(&encode_batch(stamp_ms, commands), &mut outcomes).expect("valid batch");
+    fsm.apply(&encode_batch(stamp_ms, commands), &mut outcomes)
+        .expect("valid batch");
     assert_eq!(outcomes.len(), commands.len(), "one outcome per command");
     fsm.check_invariants();
     outcomes
@@ -46,7 +49,11 @@ fn written(version: u64) -> Outcome {
 }
 
 fn view(version: u64, content: &str, expires_in_s: u64) -> Option<FileView<'_>> {
-    Some(FileView { version, content: content.as_bytes(), expires_in_s })
+    Some(FileView {
+        version,
+        content: content.as_bytes(),
+        expires_in_s,
+    })
 }
 
 // ---- versions (SPEC §2 "Versions", "Versions are consecutive") ----
@@ -62,7 +69,11 @@ fn the_first_write_on_a_fresh_store_is_version_1() {
 #[test]
 fn every_write_takes_the_next_version_from_one_counter_across_files() {
     let mut fsm = Fsm::new();
-    let outcomes = apply(&mut fsm, 1_000, &[write("a", "1", 0), write("b", "2", 0), write("a", "3", 0)]);
+    let outcomes = apply(
+        &mut fsm,
+        1_000,
+        &[write("a", "1", 0), write("b", "2", 0), write("a", "3", 0)],
+    );
     assert_eq!(outcomes, [written(1), written(2), written(3)]);
     assert_eq!(fsm.read(b"a", 1_000), view(3, "3", 0));
     assert_eq!(fsm.read(b"b", 1_000), view(2, "2", 0));
@@ -141,8 +152,14 @@ fn cas_with_another_version_fails_changes_nothing_and_consumes_no_version() {
 #[test]
 fn cas_on_a_missing_file_is_not_found_and_never_creates_it() {
     let mut fsm = Fsm::new();
-    assert_eq!(apply_one(&mut fsm, 0, cas("a", 0, "x", 0)), Outcome::NotFound);
-    assert_eq!(apply_one(&mut fsm, 0, cas("a", 1, "x", 0)), Outcome::NotFound);
+    assert_eq!(
+        apply_one(&mut fsm, 0, cas("a", 0, "x", 0)),
+        Outcome::NotFound
+    );
+    assert_eq!(
+        apply_one(&mut fsm, 0, cas("a", 1, "x", 0)),
+        Outcome::NotFound
+    );
     assert_eq!(fsm.read(b"a", 0), None);
     assert!(fsm.is_empty());
     assert_eq!(fsm.version_counter(), 0);
@@ -152,7 +169,10 @@ fn cas_on_a_missing_file_is_not_found_and_never_creates_it() {
 fn cas_on_a_deleted_file_is_not_found() {
     let mut fsm = Fsm::new();
     apply(&mut fsm, 0, &[write("a", "x", 0), delete("a")]);
-    assert_eq!(apply_one(&mut fsm, 0, cas("a", 1, "y", 0)), Outcome::NotFound);
+    assert_eq!(
+        apply_one(&mut fsm, 0, cas("a", 1, "y", 0)),
+        Outcome::NotFound
+    );
 }
 
 // ---- delete ----
@@ -192,19 +212,48 @@ fn remaining_seconds_are_rounded_up() {
     let mut fsm = Fsm::new();
     apply_one(&mut fsm, 10_000, write("a", "x", 5));
     // Deadline 15 000.
-    assert_eq!(fsm.read(b"a", 10_000).map(|file| file.expires_in_s), Some(5));
-    assert_eq!(fsm.read(b"a", 10_001).map(|file| file.expires_in_s), Some(5));
-    assert_eq!(fsm.read(b"a", 10_999).map(|file| file.expires_in_s), Some(5));
-    assert_eq!(fsm.read(b"a", 11_000).map(|file| file.expires_in_s), Some(4));
-    assert_eq!(fsm.read(b"a", 13_999).map(|file| file.expires_in_s), Some(2));
-    assert_eq!(fsm.read(b"a", 14_000).map(|file| file.expires_in_s), Some(1));
-    assert_eq!(fsm.read(b"a", 14_999).map(|file| file.expires_in_s), Some(1));
+    assert_eq!(
+        fsm.read(b"a", 10_000).map(|file| file.expires_in_s),
+        Some(5)
+    );
+    assert_eq!(
+        fsm.read(b"a", 10_001).map(|file| file.expires_in_s),
+        Some(5)
+    );
+    assert_eq!(
+        fsm.read(b"a", 10_999).map(|file| file.expires_in_s),
+        Some(5)
+    );
+    assert_eq!(
+        fsm.read(b"a", 11_000).map(|file| file.expires_in_s),
+        Some(4)
+    );
+    assert_eq!(
+        fsm.read(b"a", 13_999).map(|file| file.expires_in_s),
+        Some(2)
+    );
+    assert_eq!(
+        fsm.read(b"a", 14_000).map(|file| file.expires_in_s),
+        Some(1)
+    );
+    assert_eq!(
+        fsm.read(b"a", 14_999).map(|file| file.expires_in_s),
+        Some(1)
+    );
 }
 
 #[test]
 fn an_expired_file_is_reaped_when_cluster_time_passes_its_deadline() {
     let mut fsm = Fsm::new();
-    apply(&mut fsm, 1_000, &[write("short", "x", 1), write("long", "y", 100), write("never", "z", 0)]);
+    apply(
+        &mut fsm,
+        1_000,
+        &[
+            write("short", "x", 1),
+            write("long", "y", 100),
+            write("never", "z", 0),
+        ],
+    );
     assert_eq!(fsm.len(), 3);
     // Any later entry carries cluster time forward; an empty batch is enough.
     apply(&mut fsm, 1_999, &[]);
@@ -221,7 +270,10 @@ fn an_expired_file_is_reaped_when_cluster_time_passes_its_deadline() {
 fn cas_and_delete_on_an_expired_file_are_not_found() {
     let mut fsm = Fsm::new();
     apply(&mut fsm, 1_000, &[write("a", "x", 1), write("b", "y", 1)]);
-    assert_eq!(apply_one(&mut fsm, 2_000, cas("a", 1, "z", 0)), Outcome::NotFound);
+    assert_eq!(
+        apply_one(&mut fsm, 2_000, cas("a", 1, "z", 0)),
+        Outcome::NotFound
+    );
     assert_eq!(apply_one(&mut fsm, 2_000, delete("b")), Outcome::NotFound);
     assert!(fsm.is_empty());
     assert_eq!(fsm.version_counter(), 2);
@@ -251,7 +303,11 @@ fn a_later_write_replaces_the_deadline_both_ways() {
     apply_one(&mut fsm, 1_000, write("later", "x", 1));
     apply_one(&mut fsm, 1_000, write("sooner", "x", 100));
     // later: 2 000 → 11 000; sooner: 101 000 → 3 000.
-    apply(&mut fsm, 1_000, &[write("later", "y", 10), write("sooner", "y", 2)]);
+    apply(
+        &mut fsm,
+        1_000,
+        &[write("later", "y", 10), write("sooner", "y", 2)],
+    );
     apply(&mut fsm, 3_000, &[]);
     assert_eq!(fsm.read(b"later", 3_000), view(3, "y", 8));
     assert_eq!(fsm.read(b"sooner", 3_000), None);
@@ -268,7 +324,10 @@ fn a_cas_replaces_the_expiry_too() {
     assert_eq!(fsm.read(b"a", 60_000), view(2, "y", 0));
     assert_eq!(apply_one(&mut fsm, 60_000, cas("a", 2, "z", 3)), written(3));
     assert_eq!(fsm.read(b"a", 60_000), view(3, "z", 3));
-    assert_eq!(apply_one(&mut fsm, 63_000, cas("a", 3, "w", 0)), Outcome::NotFound);
+    assert_eq!(
+        apply_one(&mut fsm, 63_000, cas("a", 3, "w", 0)),
+        Outcome::NotFound
+    );
 }
 
 #[test]
@@ -286,7 +345,14 @@ fn a_failed_cas_keeps_the_old_expiry() {
 #[test]
 fn huge_exptime_saturates_instead_of_overflowing() {
     let mut fsm = Fsm::new();
-    apply(&mut fsm, 1_000, &[write("max", "x", u64::MAX), write("big", "x", u64::MAX / 1_000 + 1)]);
+    apply(
+        &mut fsm,
+        1_000,
+        &[
+            write("max", "x", u64::MAX),
+            write("big", "x", u64::MAX / 1_000 + 1),
+        ],
+    );
     let remaining_s = (u64::MAX - 1_000).div_ceil(1_000);
     assert_eq!(fsm.read(b"max", 1_000), view(1, "x", remaining_s));
     assert_eq!(fsm.read(b"big", 1_000), view(2, "x", remaining_s));
@@ -330,7 +396,15 @@ fn outcomes_are_appended_in_command_order() {
     let mut outcomes = vec![Outcome::NotFound];
     let data = encode_batch(0, &[write("a", "x", 0), delete("b"), delete("a")]);
     fsm.apply(&data, &mut outcomes).expect("valid batch");
-    assert_eq!(outcomes, [Outcome::NotFound, written(1), Outcome::NotFound, Outcome::Deleted]);
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::NotFound,
+            written(1),
+            Outcome::NotFound,
+            Outcome::Deleted
+        ]
+    );
 }
 
 #[test]
@@ -339,11 +413,23 @@ fn later_commands_in_a_batch_see_earlier_ones() {
     let outcomes = apply(
         &mut fsm,
         0,
-        &[write("a", "1", 0), cas("a", 1, "2", 0), cas("a", 1, "3", 0), delete("a"), cas("a", 2, "4", 0)],
+        &[
+            write("a", "1", 0),
+            cas("a", 1, "2", 0),
+            cas("a", 1, "3", 0),
+            delete("a"),
+            cas("a", 2, "4", 0),
+        ],
     );
     assert_eq!(
         outcomes,
-        [written(1), written(2), Outcome::VersionMismatch { current: 2 }, Outcome::Deleted, Outcome::NotFound]
+        [
+            written(1),
+            written(2),
+            Outcome::VersionMismatch { current: 2 },
+            Outcome::Deleted,
+            Outcome::NotFound
+        ]
     );
 }
 
@@ -355,17 +441,30 @@ fn a_corrupt_entry_changes_nothing_and_pushes_nothing() {
     let mut data = encode_batch(9_000, &[delete("a"), write("b", "y", 0)]).to_vec();
     data.push(0);
     let mut outcomes = Vec::new();
-    assert_eq!(fsm.apply(&Bytes::from(data), &mut outcomes), Err(DecodeError::TrailingBytes(1)));
+    assert_eq!(
+        fsm.apply(&Bytes::from(data), &mut outcomes),
+        Err(DecodeError::TrailingBytes(1))
+    );
     assert!(outcomes.is_empty());
     assert_eq!(fsm.checksum(1_000), before);
-    assert_eq!(fsm.cluster_time_ms(), 1_000, "a corrupt entry's stamp is not taken");
+    assert_eq!(
+        fsm.cluster_time_ms(),
+        1_000,
+        "a corrupt entry's stamp is not taken"
+    );
 }
 
 #[test]
 fn replicas_applying_the_same_entries_agree_on_the_checksum() {
     let entries = [
-        encode_batch(1_000, &[write("a", "1", 0), write("b", "2", 3), write("c", "3", 1)]),
-        encode_batch(2_500, &[cas("a", 1, "4", 0), delete("c"), write("d", "", 0)]),
+        encode_batch(
+            1_000,
+            &[write("a", "1", 0), write("b", "2", 3), write("c", "3", 1)],
+        ),
+        encode_batch(
+            2_500,
+            &[cas("a", 1, "4", 0), delete("c"), write("d", "", 0)],
+        ),
         Bytes::new(),
         encode_batch(3_000, &[write("e", "5", 10)]),
     ];
@@ -394,21 +493,44 @@ fn the_checksum_sees_every_field_and_the_counter() {
     apply(&mut renamed, 1_000, &[write("b", "x", 0)]);
     assert_ne!(renamed.checksum(1_000), reference, "name");
     let mut later_version = Fsm::new();
-    apply(&mut later_version, 1_000, &[write("a", "x", 0), write("a", "x", 0)]);
+    apply(
+        &mut later_version,
+        1_000,
+        &[write("a", "x", 0), write("a", "x", 0)],
+    );
     assert_ne!(later_version.checksum(1_000), reference, "version");
     let mut same_files_higher_counter = Fsm::new();
-    apply(&mut same_files_higher_counter, 1_000, &[write("b", "", 0), delete("b"), write("a", "x", 0)]);
+    apply(
+        &mut same_files_higher_counter,
+        1_000,
+        &[write("b", "", 0), delete("b"), write("a", "x", 0)],
+    );
     let mut same_files = Fsm::new();
-    apply(&mut same_files, 1_000, &[write("z", "", 0), write("a", "x", 0), delete("z")]);
-    assert_eq!(same_files.checksum(1_000), same_files_higher_counter.checksum(1_000));
+    apply(
+        &mut same_files,
+        1_000,
+        &[write("z", "", 0), write("a", "x", 0), delete("z")],
+    );
+    assert_eq!(
+        same_files.checksum(1_000),
+        same_files_higher_counter.checksum(1_000)
+    );
 }
 
 #[test]
 fn the_checksum_ignores_files_expired_at_its_time() {
     let mut lagging = Fsm::new();
-    apply(&mut lagging, 1_000, &[write("a", "x", 0), write("b", "y", 1)]);
+    apply(
+        &mut lagging,
+        1_000,
+        &[write("a", "x", 0), write("b", "y", 1)],
+    );
     let mut reaped = Fsm::new();
-    apply(&mut reaped, 1_000, &[write("a", "x", 0), write("b", "y", 1)]);
+    apply(
+        &mut reaped,
+        1_000,
+        &[write("a", "x", 0), write("b", "y", 1)],
+    );
     apply(&mut reaped, 2_000, &[]);
     assert_eq!(lagging.len(), 2);
     assert_eq!(reaped.len(), 1);
@@ -419,7 +541,16 @@ fn the_checksum_ignores_files_expired_at_its_time() {
 #[test]
 fn a_snapshot_restores_files_versions_and_cluster_time() {
     let mut fsm = Fsm::new();
-    apply(&mut fsm, 1_000, &[write("a", "1", 0), write("b", "2", 5), write("c", "3", 0), delete("c")]);
+    apply(
+        &mut fsm,
+        1_000,
+        &[
+            write("a", "1", 0),
+            write("b", "2", 5),
+            write("c", "3", 0),
+            delete("c"),
+        ],
+    );
     let restored = Fsm::from_snapshot(&fsm.snapshot()).expect("own snapshot");
     restored.check_invariants();
     assert_eq!(restored.checksum(1_000), fsm.checksum(1_000));
@@ -427,7 +558,10 @@ fn a_snapshot_restores_files_versions_and_cluster_time() {
     assert_eq!(restored.read(b"b", 1_000), view(2, "2", 5));
     let mut restored = restored;
     // Versions go on from the counter, not from the highest live version.
-    assert_eq!(apply_one(&mut restored, 1_000, write("c", "4", 0)), written(4));
+    assert_eq!(
+        apply_one(&mut restored, 1_000, write("c", "4", 0)),
+        written(4)
+    );
     apply(&mut restored, 6_000, &[]);
     assert_eq!(restored.read(b"b", 6_000), None);
 }
@@ -439,14 +573,23 @@ fn a_bad_snapshot_is_refused() {
     let good = fsm.snapshot().to_vec();
     let mut duplicate = good.clone();
     // Rename the second file to the first one's name (both one-byte names).
-    let second_name_at = duplicate.iter().rposition(|&byte| byte == b'b').expect("name b");
+    let second_name_at = duplicate
+        .iter()
+        .rposition(|&byte| byte == b'b')
+        .expect("name b");
     duplicate[second_name_at] = b'a';
-    assert_eq!(Fsm::from_snapshot(&Bytes::from(duplicate)).err(), Some(DecodeError::DuplicateName));
+    assert_eq!(
+        Fsm::from_snapshot(&Bytes::from(duplicate)).err(),
+        Some(DecodeError::DuplicateName)
+    );
     let mut low_counter = good.clone();
     low_counter[1..9].copy_from_slice(&1u64.to_le_bytes());
     assert!(matches!(
         Fsm::from_snapshot(&Bytes::from(low_counter)),
-        Err(DecodeError::VersionAboveCounter { version: 2, version_counter: 1 })
+        Err(DecodeError::VersionAboveCounter {
+            version: 2,
+            version_counter: 1
+        })
     ));
     for len in 0..good.len() {
         assert!(Fsm::from_snapshot(&Bytes::copy_from_slice(&good[..len])).is_err());

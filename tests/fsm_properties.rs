@@ -7,7 +7,10 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use raftfs::fsm::{batch_stamp_ms, decode_batch, encode_batch, Batch, Command, FileView, Fsm, Outcome};
+use raftfs::fsm::{
+    batch_stamp_ms, decode_batch, decode_batch_ref, encode_batch, Batch, Command, FileView, Fsm,
+    Outcome,
+};
 use raftfs::limits::NAME_BYTES_MAX;
 
 fn any_name() -> impl Strategy<Value = Bytes> {
@@ -20,10 +23,20 @@ fn any_content() -> impl Strategy<Value = Bytes> {
 
 fn any_command() -> impl Strategy<Value = Command> {
     prop_oneof![
-        (any_name(), any_content(), any::<u64>())
-            .prop_map(|(name, content, exptime_s)| Command::Write { name, content, exptime_s }),
+        (any_name(), any_content(), any::<u64>()).prop_map(|(name, content, exptime_s)| {
+            Command::Write {
+                name,
+                content,
+                exptime_s,
+            }
+        }),
         (any_name(), any::<u64>(), any_content(), any::<u64>()).prop_map(
-            |(name, version, content, exptime_s)| Command::Cas { name, version, content, exptime_s }
+            |(name, version, content, exptime_s)| Command::Cas {
+                name,
+                version,
+                content,
+                exptime_s
+            }
         ),
         any_name().prop_map(|name| Command::Delete { name }),
     ]
@@ -42,7 +55,7 @@ proptest! {
     #[test]
     fn decoding_random_bytes_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200)) {
         let data = Bytes::from(data);
-        let _ = decode_batch(&data);
+        prop_assert_eq!(decode_batch(&data).err(), decode_batch_ref(&data).err());
         let _ = batch_stamp_ms(&data);
         let _ = Fsm::from_snapshot(&data);
         let mut fsm = Fsm::new();
@@ -83,11 +96,16 @@ struct Model {
 
 impl Model {
     fn live(&self, name: &Bytes) -> Option<&(Bytes, u64, Option<u64>)> {
-        self.files.get(name).filter(|(_, _, deadline)| deadline.is_none_or(|d| self.cluster_time_ms < d))
+        self.files
+            .get(name)
+            .filter(|(_, _, deadline)| deadline.is_none_or(|d| self.cluster_time_ms < d))
     }
 
     fn deadline(&self, exptime_s: u64) -> Option<u64> {
-        (exptime_s != 0).then(|| self.cluster_time_ms.saturating_add(exptime_s.saturating_mul(1_000)))
+        (exptime_s != 0).then(|| {
+            self.cluster_time_ms
+                .saturating_add(exptime_s.saturating_mul(1_000))
+        })
     }
 
     fn apply(&mut self, stamp_ms: u64, commands: &[Command]) -> Vec<Outcome> {
@@ -95,20 +113,43 @@ impl Model {
         commands
             .iter()
             .map(|command| match command {
-                Command::Write { name, content, exptime_s } => {
+                Command::Write {
+                    name,
+                    content,
+                    exptime_s,
+                } => {
                     self.version_counter += 1;
-                    let entry = (content.clone(), self.version_counter, self.deadline(*exptime_s));
+                    let entry = (
+                        content.clone(),
+                        self.version_counter,
+                        self.deadline(*exptime_s),
+                    );
                     self.files.insert(name.clone(), entry);
-                    Outcome::Written { version: self.version_counter }
+                    Outcome::Written {
+                        version: self.version_counter,
+                    }
                 }
-                Command::Cas { name, version, content, exptime_s } => match self.live(name) {
+                Command::Cas {
+                    name,
+                    version,
+                    content,
+                    exptime_s,
+                } => match self.live(name) {
                     None => Outcome::NotFound,
-                    Some(&(_, current, _)) if current != *version => Outcome::VersionMismatch { current },
+                    Some(&(_, current, _)) if current != *version => {
+                        Outcome::VersionMismatch { current }
+                    }
                     Some(_) => {
                         self.version_counter += 1;
-                        let entry = (content.clone(), self.version_counter, self.deadline(*exptime_s));
+                        let entry = (
+                            content.clone(),
+                            self.version_counter,
+                            self.deadline(*exptime_s),
+                        );
                         self.files.insert(name.clone(), entry);
-                        Outcome::Written { version: self.version_counter }
+                        Outcome::Written {
+                            version: self.version_counter,
+                        }
                     }
                 },
                 Command::Delete { name } => match self.live(name) {
@@ -126,10 +167,16 @@ impl Model {
         let (content, version, deadline) = self.files.get(name)?;
         match deadline {
             Some(deadline) if now_ms >= *deadline => None,
-            Some(deadline) => {
-                Some(FileView { version: *version, content, expires_in_s: (deadline - now_ms).div_ceil(1_000) })
-            }
-            None => Some(FileView { version: *version, content, expires_in_s: 0 }),
+            Some(deadline) => Some(FileView {
+                version: *version,
+                content,
+                expires_in_s: (deadline - now_ms).div_ceil(1_000),
+            }),
+            None => Some(FileView {
+                version: *version,
+                content,
+                expires_in_s: 0,
+            }),
         }
     }
 }
@@ -144,11 +191,23 @@ fn small_command() -> impl Strategy<Value = Command> {
     let content = (0u8..4).prop_map(|byte| Bytes::from(vec![b'0' + byte; byte as usize]));
     let exptime_s = prop_oneof![Just(0u64), 1u64..4, Just(u64::MAX)];
     prop_oneof![
-        (small_name(), content.clone(), exptime_s.clone())
-            .prop_map(|(name, content, exptime_s)| Command::Write { name, content, exptime_s }),
-        (small_name(), 0u64..12, content, exptime_s).prop_map(|(name, version, content, exptime_s)| {
-            Command::Cas { name, version, content, exptime_s }
-        }),
+        (small_name(), content.clone(), exptime_s.clone()).prop_map(
+            |(name, content, exptime_s)| Command::Write {
+                name,
+                content,
+                exptime_s
+            }
+        ),
+        (small_name(), 0u64..12, content, exptime_s).prop_map(
+            |(name, version, content, exptime_s)| {
+                Command::Cas {
+                    name,
+                    version,
+                    content,
+                    exptime_s,
+                }
+            }
+        ),
         small_name().prop_map(|name| Command::Delete { name }),
     ]
 }
@@ -156,7 +215,13 @@ fn small_command() -> impl Strategy<Value = Command> {
 /// A history: batches with the cluster-time step (ms) taken before each; an
 /// empty command list stands for the Raft no-op entry.
 fn history() -> impl Strategy<Value = Vec<(u64, Vec<Command>)>> {
-    proptest::collection::vec((0u64..2_500, proptest::collection::vec(small_command(), 0..5)), 1..40)
+    proptest::collection::vec(
+        (
+            0u64..2_500,
+            proptest::collection::vec(small_command(), 0..5),
+        ),
+        1..40,
+    )
 }
 
 proptest! {

@@ -40,7 +40,8 @@ use std::hash::{Hash, Hasher};
 use bytes::Bytes;
 
 pub use command::{
-    batch_stamp_ms, decode_batch, encode_batch, encode_batch_into, Batch, Command, DecodeError,
+    batch_stamp_ms, decode_batch, decode_batch_ref, encode_batch, encode_batch_into, Batch,
+    BatchRef, Command, CommandRef, DecodeError,
 };
 use files::Files;
 
@@ -96,37 +97,39 @@ impl Fsm {
         if data.is_empty() {
             return Ok(());
         }
-        let batch = decode_batch(data)?;
+        let batch = decode_batch_ref(data)?;
         self.cluster_time_ms = self.cluster_time_ms.max(batch.stamp_ms);
         let now_ms = self.cluster_time_ms;
         // Every file due by now goes first, so no command below can see one.
         self.files.expire_through(now_ms);
         outcomes.reserve(batch.commands.len());
-        for command in &batch.commands {
+        for &command in &batch.commands {
             let outcome = self.apply_command(command, now_ms);
             outcomes.push(outcome);
         }
         Ok(())
     }
 
-    fn apply_command(&mut self, command: &Command, now_ms: u64) -> Outcome {
+    fn apply_command(&mut self, command: CommandRef<'_>, now_ms: u64) -> Outcome {
         match command {
-            Command::Write {
+            CommandRef::Write {
                 name,
                 content,
                 exptime_s,
             } => {
                 let version = self.files.next_version();
-                let deadline_ms = deadline_ms(now_ms, *exptime_s);
-                match self.files.find(name) {
+                let deadline_ms = deadline_ms(now_ms, exptime_s);
+                let hash = self.files.hash_name(name);
+                match self.files.find_hashed(hash, name) {
                     Some(slot) => self.files.replace(slot, content, version, deadline_ms),
                     None => {
-                        self.files.insert(name, content, version, deadline_ms);
+                        self.files
+                            .insert_hashed(hash, name, content, version, deadline_ms);
                     }
                 }
                 Outcome::Written { version }
             }
-            Command::Cas {
+            CommandRef::Cas {
                 name,
                 version: expected,
                 content,
@@ -136,15 +139,15 @@ impl Fsm {
                     return Outcome::NotFound;
                 };
                 let current = self.live_version(slot, now_ms);
-                if current != *expected {
+                if current != expected {
                     return Outcome::VersionMismatch { current };
                 }
                 let version = self.files.next_version();
-                let deadline_ms = deadline_ms(now_ms, *exptime_s);
+                let deadline_ms = deadline_ms(now_ms, exptime_s);
                 self.files.replace(slot, content, version, deadline_ms);
                 Outcome::Written { version }
             }
-            Command::Delete { name } => match self.files.find(name) {
+            CommandRef::Delete { name } => match self.files.find(name) {
                 Some(slot) => {
                     self.files.remove(slot);
                     Outcome::Deleted
