@@ -595,3 +595,15 @@ fn a_bad_snapshot_is_refused() {
         assert!(Fsm::from_snapshot(&Bytes::copy_from_slice(&good[..len])).is_err());
     }
 }
+
+#[test]
+fn the_state_machine_can_move_to_another_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Fsm>();
+    let mut fsm = Fsm::new();
+    apply_one(&mut fsm, 0, write("a", "x", 0));
+    let moved = std::thread::spawn(move || fsm.read(b"a", 0).map(|file| file.version))
+        .join()
+        .expect("thread");
+    assert_eq!(moved, Some(1));
+}

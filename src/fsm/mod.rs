@@ -26,6 +26,10 @@
 //! before the first command runs), and `apply` returns the error: the node must
 //! stop rather than diverge from replicas that might have applied it.
 //!
+//! Submodules: `command` (the batch codec inside log entries), `files` (the
+//! slab arena, name index, version counter and expiry queue), `snapshot` (the
+//! whole state as bytes, for log compaction and InstallSnapshot).
+//!
 //! Left out: name validation and size limits (the protocol layer checks them
 //! before proposing; the codec bounds lengths again), reads' linearizability
 //! (the replica decides at which log position a read runs; `read` answers at
@@ -135,10 +139,15 @@ impl Fsm {
                 content,
                 exptime_s,
             } => {
-                let Some(slot) = self.files.find(name) else {
+                let found = self
+                    .files
+                    .find(name)
+                    .and_then(|slot| Some((slot, self.files.get(slot)?)));
+                let Some((slot, file)) = found else {
                     return Outcome::NotFound;
                 };
-                let current = self.live_version(slot, now_ms);
+                debug_assert!(file.is_live(now_ms), "apply met a file past its deadline");
+                let current = file.version();
                 if current != expected {
                     return Outcome::VersionMismatch { current };
                 }
@@ -154,17 +163,6 @@ impl Fsm {
                 }
                 None => Outcome::NotFound,
             },
-        }
-    }
-
-    /// The version of the file in `slot`, which apply has already found live.
-    fn live_version(&self, slot: usize, now_ms: u64) -> u64 {
-        match self.files.get(slot) {
-            Some(file) => {
-                debug_assert!(file.is_live(now_ms), "apply met a file past its deadline");
-                file.version()
-            }
-            None => unreachable!("find returned a free slot"),
         }
     }
 
