@@ -31,7 +31,7 @@
 //! monotonic clock; proposals carry it as their stamp.
 
 use crate::error::{Error, Result};
-use crate::fsm::command::{batch_stamp_ms, decode_batch, encode_batch};
+use crate::fsm::command::{batch_stamp_ms, decode_batch_ref, encode_batch};
 use crate::fsm::{Command, Fsm, Outcome};
 use crate::limits;
 use crate::net::protocol::{encode_reply, Reply, Request};
@@ -568,14 +568,14 @@ impl Replica {
         if entry.data.is_empty() {
             return Ok(());
         }
-        let batch = decode_batch(&entry.data).map_err(|e| {
+        let batch = decode_batch_ref(&entry.data).map_err(|e| {
             Error::Corrupt(format!("committed entry {} does not decode: {e:?}", entry.index))
         })?;
         self.max_stamp_ms = self.max_stamp_ms.max(batch.stamp_ms);
         let time_ms = self.fsm.begin_batch(batch.stamp_ms);
         let mut reads = mine.as_ref().map(|w| w.reads.iter().peekable());
         let mut buffer = std::mem::take(&mut self.reply_buffer);
-        for (offset, command) in batch.commands.iter().enumerate() {
+        for (offset, command) in batch.commands.into_iter().enumerate() {
             if let (Some(reads), Some(waiting)) = (reads.as_mut(), mine.as_ref()) {
                 while let Some(read) = reads.next_if(|r| r.offset <= offset) {
                     encode_read(&self.fsm, &read.name, time_ms, &mut buffer);

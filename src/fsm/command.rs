@@ -236,6 +236,73 @@ pub fn batch_stamp_ms(data: &[u8]) -> Option<u64> {
 /// `data`. Never panics; the command vector is sized by what the data can hold,
 /// not by the count it claims.
 pub fn decode_batch(data: &Bytes) -> Result<Batch, DecodeError> {
+    let borrowed = decode_batch_ref(data)?;
+    let commands = borrowed
+        .commands
+        .iter()
+        .map(|command| match *command {
+            CommandRef::Write {
+                name,
+                content,
+                exptime_s,
+            } => Command::Write {
+                name: data.slice_ref(name),
+                content: data.slice_ref(content),
+                exptime_s,
+            },
+            CommandRef::Cas {
+                name,
+                version,
+                content,
+                exptime_s,
+            } => Command::Cas {
+                name: data.slice_ref(name),
+                version,
+                content: data.slice_ref(content),
+                exptime_s,
+            },
+            CommandRef::Delete { name } => Command::Delete {
+                name: data.slice_ref(name),
+            },
+        })
+        .collect();
+    Ok(Batch {
+        stamp_ms: borrowed.stamp_ms,
+        commands,
+    })
+}
+
+/// A command borrowed from entry data: what apply reads, with no reference
+/// counting per name and content (see `decode_batch_ref`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandRef<'a> {
+    Write {
+        name: &'a [u8],
+        content: &'a [u8],
+        exptime_s: u64,
+    },
+    Cas {
+        name: &'a [u8],
+        version: u64,
+        content: &'a [u8],
+        exptime_s: u64,
+    },
+    Delete {
+        name: &'a [u8],
+    },
+}
+
+/// A batch borrowed from entry data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchRef<'a> {
+    pub stamp_ms: u64,
+    pub commands: Vec<CommandRef<'a>>,
+}
+
+/// Decodes one log entry's data into borrowed commands. The same checks as
+/// [`decode_batch`] (which is built on it); apply uses this one because
+/// every `Bytes::slice` costs an atomic reference count up and down.
+pub fn decode_batch_ref(data: &[u8]) -> Result<BatchRef<'_>, DecodeError> {
     let mut reader = Reader::new(data);
     let format = reader.u8()?;
     if format != BATCH_FORMAT {
@@ -253,7 +320,7 @@ pub fn decode_batch(data: &Bytes) -> Result<Batch, DecodeError> {
                 let name = reader.name()?;
                 let exptime_s = reader.u64()?;
                 let content = reader.content()?;
-                Command::Write {
+                CommandRef::Write {
                     name,
                     content,
                     exptime_s,
@@ -264,14 +331,14 @@ pub fn decode_batch(data: &Bytes) -> Result<Batch, DecodeError> {
                 let version = reader.u64()?;
                 let exptime_s = reader.u64()?;
                 let content = reader.content()?;
-                Command::Cas {
+                CommandRef::Cas {
                     name,
                     version,
                     content,
                     exptime_s,
                 }
             }
-            TAG_DELETE => Command::Delete {
+            TAG_DELETE => CommandRef::Delete {
                 name: reader.name()?,
             },
             tag => return Err(DecodeError::UnknownCommand(tag)),
@@ -281,17 +348,17 @@ pub fn decode_batch(data: &Bytes) -> Result<Batch, DecodeError> {
     if reader.remaining() != 0 {
         return Err(DecodeError::TrailingBytes(reader.remaining()));
     }
-    Ok(Batch { stamp_ms, commands })
+    Ok(BatchRef { stamp_ms, commands })
 }
 
 /// A bounds-checked cursor over entry (or snapshot) data.
 pub(super) struct Reader<'a> {
-    data: &'a Bytes,
+    data: &'a [u8],
     position: usize,
 }
 
 impl<'a> Reader<'a> {
-    pub(super) fn new(data: &'a Bytes) -> Reader<'a> {
+    pub(super) fn new(data: &'a [u8]) -> Reader<'a> {
         Reader { data, position: 0 }
     }
 
@@ -299,20 +366,11 @@ impl<'a> Reader<'a> {
         self.data.len() - self.position
     }
 
-    fn take(&mut self, len: usize) -> Result<&[u8], DecodeError> {
+    fn take(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
         if len > self.remaining() {
             return Err(DecodeError::Truncated);
         }
         let bytes = &self.data[self.position..self.position + len];
-        self.position += len;
-        Ok(bytes)
-    }
-
-    fn slice(&mut self, len: usize) -> Result<Bytes, DecodeError> {
-        if len > self.remaining() {
-            return Err(DecodeError::Truncated);
-        }
-        let bytes = self.data.slice(self.position..self.position + len);
         self.position += len;
         Ok(bytes)
     }
@@ -329,20 +387,20 @@ impl<'a> Reader<'a> {
         Ok(self.take(8)?.get_u64_le())
     }
 
-    pub(super) fn name(&mut self) -> Result<Bytes, DecodeError> {
+    pub(super) fn name(&mut self) -> Result<&'a [u8], DecodeError> {
         let len = self.u8()? as usize;
         if !(1..=NAME_BYTES_MAX).contains(&len) {
             return Err(DecodeError::BadNameLength(len));
         }
-        self.slice(len)
+        self.take(len)
     }
 
-    pub(super) fn content(&mut self) -> Result<Bytes, DecodeError> {
+    pub(super) fn content(&mut self) -> Result<&'a [u8], DecodeError> {
         let len = self.u32()? as usize;
         if len > FILE_BYTES_MAX_CEILING {
             return Err(DecodeError::ContentTooLong(len));
         }
-        self.slice(len)
+        self.take(len)
     }
 }
 

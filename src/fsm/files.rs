@@ -189,7 +189,18 @@ impl Files {
 
     /// The slot of the file named `name`, live or not.
     pub fn find(&self, name: &[u8]) -> Option<usize> {
-        let hash = self.name_hasher.hash(name);
+        self.find_hashed(self.hash_name(name), name)
+    }
+
+    /// The index key of `name`: computed once by callers that look a name up
+    /// and may then insert it (`find_hashed`, `insert_hashed`).
+    pub fn hash_name(&self, name: &[u8]) -> u64 {
+        self.name_hasher.hash(name)
+    }
+
+    /// As `find`, with `hash == hash_name(name)`.
+    pub fn find_hashed(&self, hash: u64, name: &[u8]) -> Option<usize> {
+        debug_assert_eq!(hash, self.hash_name(name));
         let first = *self.index.get(&hash)?;
         if *self.arena[first].name == *name {
             return Some(first);
@@ -219,6 +230,18 @@ impl Files {
         version: u64,
         deadline_ms: Option<u64>,
     ) -> usize {
+        self.insert_hashed(self.hash_name(name), name, content, version, deadline_ms)
+    }
+
+    /// As `insert`, with `hash == hash_name(name)`.
+    pub fn insert_hashed(
+        &mut self,
+        hash: u64,
+        name: &[u8],
+        content: &[u8],
+        version: u64,
+        deadline_ms: Option<u64>,
+    ) -> usize {
         debug_assert!(self.find(name).is_none(), "insert of an existing name");
         let deadline_ms = deadline_ms.and_then(NonZeroU64::new);
         let slot = self.arena.insert(File {
@@ -227,7 +250,6 @@ impl Files {
             version,
             deadline_ms,
         });
-        let hash = self.name_hasher.hash(name);
         match self.index.entry(hash) {
             std::collections::hash_map::Entry::Vacant(vacant) => {
                 vacant.insert(slot);

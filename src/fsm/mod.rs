@@ -26,6 +26,10 @@
 //! before the first command runs), and `apply` returns the error: the node must
 //! stop rather than diverge from replicas that might have applied it.
 //!
+//! Submodules: `command` (the batch codec inside log entries), `files` (the
+//! slab arena, name index, version counter and expiry queue), `snapshot` (the
+//! whole state as bytes, for log compaction and InstallSnapshot).
+//!
 //! Left out: name validation and size limits (the protocol layer checks them
 //! before proposing; the codec bounds lengths again), reads' linearizability
 //! (the replica decides at which log position a read runs; `read` answers at
@@ -40,7 +44,8 @@ use std::hash::{Hash, Hasher};
 use bytes::Bytes;
 
 pub use command::{
-    batch_stamp_ms, decode_batch, encode_batch, encode_batch_into, Batch, Command, DecodeError,
+    batch_stamp_ms, decode_batch, decode_batch_ref, encode_batch, encode_batch_into, Batch,
+    BatchRef, Command, CommandRef, DecodeError,
 };
 use files::Files;
 
@@ -96,10 +101,10 @@ impl Fsm {
         if data.is_empty() {
             return Ok(());
         }
-        let batch = decode_batch(data)?;
+        let batch = decode_batch_ref(data)?;
         let now_ms = self.begin_batch(batch.stamp_ms);
         outcomes.reserve(batch.commands.len());
-        for command in &batch.commands {
+        for &command in &batch.commands {
             let outcome = self.apply_command(command, now_ms);
             outcomes.push(outcome);
         }
@@ -119,59 +124,55 @@ impl Fsm {
     }
 
     /// Apply one command of the batch begun at `now_ms` (see `begin_batch`).
-    pub fn apply_command(&mut self, command: &Command, now_ms: u64) -> Outcome {
+    pub fn apply_command(&mut self, command: CommandRef<'_>, now_ms: u64) -> Outcome {
         match command {
-            Command::Write {
+            CommandRef::Write {
                 name,
                 content,
                 exptime_s,
             } => {
                 let version = self.files.next_version();
-                let deadline_ms = deadline_ms(now_ms, *exptime_s);
-                match self.files.find(name) {
+                let deadline_ms = deadline_ms(now_ms, exptime_s);
+                let hash = self.files.hash_name(name);
+                match self.files.find_hashed(hash, name) {
                     Some(slot) => self.files.replace(slot, content, version, deadline_ms),
                     None => {
-                        self.files.insert(name, content, version, deadline_ms);
+                        self.files
+                            .insert_hashed(hash, name, content, version, deadline_ms);
                     }
                 }
                 Outcome::Written { version }
             }
-            Command::Cas {
+            CommandRef::Cas {
                 name,
                 version: expected,
                 content,
                 exptime_s,
             } => {
-                let Some(slot) = self.files.find(name) else {
+                let found = self
+                    .files
+                    .find(name)
+                    .and_then(|slot| Some((slot, self.files.get(slot)?)));
+                let Some((slot, file)) = found else {
                     return Outcome::NotFound;
                 };
-                let current = self.live_version(slot, now_ms);
-                if current != *expected {
+                debug_assert!(file.is_live(now_ms), "apply met a file past its deadline");
+                let current = file.version();
+                if current != expected {
                     return Outcome::VersionMismatch { current };
                 }
                 let version = self.files.next_version();
-                let deadline_ms = deadline_ms(now_ms, *exptime_s);
+                let deadline_ms = deadline_ms(now_ms, exptime_s);
                 self.files.replace(slot, content, version, deadline_ms);
                 Outcome::Written { version }
             }
-            Command::Delete { name } => match self.files.find(name) {
+            CommandRef::Delete { name } => match self.files.find(name) {
                 Some(slot) => {
                     self.files.remove(slot);
                     Outcome::Deleted
                 }
                 None => Outcome::NotFound,
             },
-        }
-    }
-
-    /// The version of the file in `slot`, which apply has already found live.
-    fn live_version(&self, slot: usize, now_ms: u64) -> u64 {
-        match self.files.get(slot) {
-            Some(file) => {
-                debug_assert!(file.is_live(now_ms), "apply met a file past its deadline");
-                file.version()
-            }
-            None => unreachable!("find returned a free slot"),
         }
     }
 

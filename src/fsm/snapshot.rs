@@ -59,7 +59,7 @@ impl Fsm {
     }
 
     /// Rebuilds a state machine from `snapshot()` bytes.
-    pub fn from_snapshot(data: &Bytes) -> Result<Fsm, DecodeError> {
+    pub fn from_snapshot(data: &[u8]) -> Result<Fsm, DecodeError> {
         let mut reader = Reader::new(data);
         let format = reader.u8()?;
         if format != SNAPSHOT_FORMAT {
@@ -85,11 +85,11 @@ impl Fsm {
                     version_counter,
                 });
             }
-            if fsm.files.find(&name).is_some() {
+            if fsm.files.find(name).is_some() {
                 return Err(DecodeError::DuplicateName);
             }
             let deadline_ms = (deadline_ms != 0).then_some(deadline_ms);
-            fsm.files.insert(&name, &content, version, deadline_ms);
+            fsm.files.insert(name, content, version, deadline_ms);
         }
         if reader.remaining() != 0 {
             return Err(DecodeError::TrailingBytes(reader.remaining()));
