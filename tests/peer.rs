@@ -670,3 +670,79 @@ fn one_link_carries_many_envelopes_per_second() {
         COUNT as f64 / elapsed.as_secs_f64()
     );
 }
+
+#[test]
+fn one_link_carries_large_append_entries() {
+    let mut nodes = start_mesh(2);
+    let [a, b] = &mut nodes[..] else {
+        unreachable!()
+    };
+    drive(&mut [a, b], Duration::from_secs(5), all_links_up);
+    const COUNT: u64 = 1_000;
+    const DATA_BYTES: usize = 256 << 10;
+    let start = Instant::now();
+    let mut sent = 0;
+    let mut resumed_turns = 0;
+    while (b.received.len() as u64) < COUNT {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "only {} delivered",
+            b.received.len()
+        );
+        if sent < COUNT && a.peers.link_states()[0].queued_bytes < 8 << 20 {
+            let envelope = a.envelope(2, sent, DATA_BYTES);
+            a.peers.send(&envelope);
+            sent += 1;
+        }
+        a.turn(Duration::ZERO);
+        resumed_turns += usize::from(b.peers.has_pending_reads());
+        b.turn(Duration::ZERO);
+    }
+    let elapsed = start.elapsed();
+    assert!(b
+        .received
+        .iter()
+        .enumerate()
+        .all(|(index, envelope)| envelope.term == index as u64));
+    assert_eq!(a.peers.link_states()[0].frames_dropped, 0);
+    // Reads stop at the per-turn budget and resume, rather than draining a
+    // busy link in one go.
+    assert!(resumed_turns > 0);
+    let megabytes = (COUNT as usize * DATA_BYTES) as f64 / (1 << 20) as f64;
+    eprintln!(
+        "one link: {COUNT} AppendEntries of {} KiB in {elapsed:?} = {:.0} MiB/s",
+        DATA_BYTES >> 10,
+        megabytes / elapsed.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_peer_port_in_use_is_an_error_from_new() {
+    let (_holder, address) = listener();
+    let config = PeerConfig::new(1, 1001, CLUSTER, address, BTreeMap::new());
+    let poll = Poll::new().unwrap();
+    let error = Peers::new(poll.registry(), TOKEN_BASE, config)
+        .err()
+        .unwrap();
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+}
+
+#[test]
+fn bad_configs_are_refused_at_start() {
+    let (_, address) = listener();
+    let poll = Poll::new().unwrap();
+    let including_me = PeerConfig::new(1, 1001, CLUSTER, address, BTreeMap::from([(1, address)]));
+    assert!(Peers::new(poll.registry(), TOKEN_BASE, including_me).is_err());
+    let too_many: BTreeMap<NodeId, SocketAddr> = (2..=10).map(|id| (id, address)).collect();
+    let config = PeerConfig::new(1, 1001, CLUSTER, "127.0.0.1:0".parse().unwrap(), too_many);
+    assert!(Peers::new(poll.registry(), TOKEN_BASE, config).is_err());
+    let mut unbounded = PeerConfig::new(
+        1,
+        1001,
+        CLUSTER,
+        "127.0.0.1:0".parse().unwrap(),
+        BTreeMap::new(),
+    );
+    unbounded.queue_bytes_max = limits::PEER_QUEUE_BYTES_MAX + 1;
+    assert!(Peers::new(poll.registry(), TOKEN_BASE, unbounded).is_err());
+}
