@@ -17,6 +17,9 @@
 //! `PEER_RECONNECT_MIN_MS` and `PEER_RECONNECT_MAX_MS`; a refusal waits the
 //! maximum. The receiver never sends after Accept, so any byte read on an
 //! `Up` link is a protocol error and end of stream means the peer is gone.
+//! An `Up` link whose socket takes no byte for the write stall timeout is
+//! closed and redialed: a host that vanished without a reset is noticed
+//! without waiting for TCP's own retransmission timeout.
 //!
 //! Leaves out: the listener and inbound connections (`inbound`), encoding.
 
