@@ -54,6 +54,10 @@ pub const PEER_INBOUND_CONNECTIONS_MAX: usize = 32;
 /// Time a peer connection may take from dial (or accept) to an answered
 /// handshake before it is closed.
 pub const PEER_HANDSHAKE_TIMEOUT_MS: u64 = 2_000;
+/// A connected link whose socket took no byte for this long while frames
+/// waited is closed and redialed (a peer host that vanished without a reset
+/// is noticed; a peer that is only slow loses nothing Raft cannot resend).
+pub const PEER_WRITE_STALL_TIMEOUT_MS: u64 = 5_000;
 /// Largest handshake frame (hello or its answer) accepted from the network.
 pub const PEER_HANDSHAKE_BYTES_MAX: usize = 4 << 10;
 /// Bytes read from one peer connection in one call before the loop moves on

@@ -63,7 +63,7 @@ pub const PEER_TOKENS: usize = 1 + limits::PEER_LINKS_MAX + limits::PEER_INBOUND
 
 /// Connections accepted in one call before the loop moves on.
 const ACCEPTS_PER_CALL_MAX: usize = 64;
-/// Bytes one `read` call asks for.
+/// Bytes one `read` call on an inbound connection asks for.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
 #[derive(Clone, Debug)]
@@ -79,6 +79,8 @@ pub struct PeerConfig {
     pub members: BTreeMap<NodeId, SocketAddr>,
     /// Bound on each link's send queue; at most `PEER_QUEUE_BYTES_MAX`.
     pub queue_bytes_max: usize,
+    /// See `PEER_WRITE_STALL_TIMEOUT_MS` (the default); at least one tick.
+    pub write_stall_timeout_ms: u64,
 }
 
 impl PeerConfig {
@@ -96,6 +98,7 @@ impl PeerConfig {
             listen,
             members,
             queue_bytes_max: limits::PEER_QUEUE_BYTES_MAX,
+            write_stall_timeout_ms: limits::PEER_WRITE_STALL_TIMEOUT_MS,
         }
     }
 }
@@ -169,6 +172,8 @@ pub struct Peers {
     inbound: Slab<Inbound>,
     /// Frames are encoded here and split off, sharing its allocation.
     encode_buffer: BytesMut,
+    /// Where inbound reads land before they are appended to a read buffer.
+    read_scratch: Box<[u8]>,
     rng: Pcg64Mcg,
     stats: PeerStats,
 }
@@ -225,6 +230,12 @@ impl Peers {
                 limits::PEER_QUEUE_BYTES_MAX
             )));
         }
+        if config.write_stall_timeout_ms < limits::TICK_MS {
+            return Err(invalid(format!(
+                "peer write stall timeout of {} ms is under one tick",
+                config.write_stall_timeout_ms
+            )));
+        }
         if token_base.checked_add(PEER_TOKENS).is_none() {
             return Err(invalid("peer token range overflows".into()));
         }
@@ -240,6 +251,7 @@ impl Peers {
                     *address,
                     Token(token_base + 1 + index),
                     config.queue_bytes_max,
+                    Duration::from_millis(config.write_stall_timeout_ms),
                     now,
                 )
             })
@@ -263,6 +275,7 @@ impl Peers {
             links,
             inbound: Slab::with_capacity(limits::PEER_INBOUND_CONNECTIONS_MAX),
             encode_buffer: BytesMut::new(),
+            read_scratch: vec![0u8; READ_CHUNK_BYTES].into_boxed_slice(),
             rng: Pcg64Mcg::seed_from_u64(
                 config.my_id ^ config.my_incarnation.rotate_left(32) ^ clock_seed,
             ),
@@ -516,6 +529,7 @@ impl Peers {
             accept_incarnation,
             out,
             stats: &mut self.stats,
+            read_scratch: &mut self.read_scratch,
         });
         match verdict {
             Verdict::Keep => {}
@@ -566,10 +580,13 @@ struct ReadOutcome {
 }
 
 /// Reads into `buffer` until `WouldBlock`, end of stream, or `budget_bytes`.
+/// Bytes land in `scratch` first and are appended from there, so only the
+/// bytes read are copied and no per-call buffer is zero-filled.
 fn read_into(
     stream: &mut TcpStream,
     buffer: &mut BytesMut,
     budget_bytes: usize,
+    scratch: &mut [u8],
 ) -> io::Result<ReadOutcome> {
     let mut outcome = ReadOutcome::default();
     loop {
@@ -577,19 +594,16 @@ fn read_into(
             outcome.budget_exhausted = true;
             return Ok(outcome);
         }
-        let start = buffer.len();
-        buffer.resize(
-            start + READ_CHUNK_BYTES.min(budget_bytes - outcome.bytes),
-            0,
-        );
-        let result = stream.read(&mut buffer[start..]);
-        buffer.truncate(start + *result.as_ref().unwrap_or(&0));
-        match result {
+        let chunk_bytes = scratch.len().min(budget_bytes - outcome.bytes);
+        match stream.read(&mut scratch[..chunk_bytes]) {
             Ok(0) => {
                 outcome.closed = true;
                 return Ok(outcome);
             }
-            Ok(read) => outcome.bytes += read,
+            Ok(read) => {
+                buffer.extend_from_slice(&scratch[..read]);
+                outcome.bytes += read;
+            }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(outcome),
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => return Err(error),

@@ -53,6 +53,7 @@ pub(super) struct InboundContext<'a> {
     pub accept_incarnation: &'a mut dyn FnMut(NodeId, u64) -> Result<(), String>,
     pub out: &'a mut Vec<PeerEvent>,
     pub stats: &'a mut PeerStats,
+    pub read_scratch: &'a mut [u8],
 }
 
 /// The owner's next step for this connection.
@@ -121,6 +122,7 @@ impl Inbound {
             &mut self.stream,
             &mut self.read_buffer,
             limits::PEER_READ_BYTES_PER_TURN_MAX,
+            context.read_scratch,
         ) {
             Ok(outcome) => outcome,
             Err(error) => {
@@ -136,6 +138,13 @@ impl Inbound {
         let verdict = self.process_frames(context);
         if verdict == Verdict::Close {
             context.stats.connections_closed_for_errors += 1;
+            return Verdict::Close;
+        }
+        if let Err(error) = self.write_reply() {
+            log::debug!(
+                "peer connection from {}: write failed: {error}",
+                self.address
+            );
             return Verdict::Close;
         }
         if let Phase::Closing { .. } = self.phase {

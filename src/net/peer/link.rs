@@ -17,6 +17,9 @@
 //! `PEER_RECONNECT_MIN_MS` and `PEER_RECONNECT_MAX_MS`; a refusal waits the
 //! maximum. The receiver never sends after Accept, so any byte read on an
 //! `Up` link is a protocol error and end of stream means the peer is gone.
+//! An `Up` link whose socket takes no byte for the write stall timeout is
+//! closed and redialed: a host that vanished without a reset is noticed
+//! without waiting for TCP's own retransmission timeout.
 //!
 //! Leaves out: the listener and inbound connections (`inbound`), encoding.
 
@@ -49,9 +52,11 @@ enum Phase {
         hello_written_bytes: usize,
         reply: BytesMut,
     },
+    /// `blocked_since`: when the last write stopped at `WouldBlock`.
     Up {
         stream: TcpStream,
         write_blocked: bool,
+        blocked_since: Instant,
     },
 }
 
@@ -81,6 +86,7 @@ pub(super) struct Link {
     phase: Phase,
     pub queue: SendQueue,
     backoff_ms: u64,
+    write_stall_timeout: Duration,
     pub connect_attempts: u64,
     pub frames_sent: u64,
     pub bytes_sent: u64,
@@ -94,6 +100,7 @@ impl Link {
         address: SocketAddr,
         token: Token,
         queue_bytes_max: usize,
+        write_stall_timeout: Duration,
         now: Instant,
     ) -> Self {
         Link {
@@ -103,6 +110,7 @@ impl Link {
             phase: Phase::Down { retry_at: now },
             queue: SendQueue::new(queue_bytes_max),
             backoff_ms: limits::PEER_RECONNECT_MIN_MS,
+            write_stall_timeout,
             connect_attempts: 0,
             frames_sent: 0,
             bytes_sent: 0,
@@ -132,7 +140,8 @@ impl Link {
     }
 
     /// Starts the connect when the retry time has come; closes a connect or
-    /// handshake that ran past its deadline.
+    /// handshake that ran past its deadline, or a connection whose socket
+    /// took nothing for the write stall timeout.
     pub fn tick(&mut self, context: &mut LinkContext<'_>) {
         match &self.phase {
             Phase::Down { retry_at } if context.now >= *retry_at => self.connect(context),
@@ -140,6 +149,17 @@ impl Link {
                 if context.now >= *deadline =>
             {
                 self.close(context, "connect or handshake timed out", Retry::Backoff)
+            }
+            Phase::Up {
+                write_blocked: true,
+                blocked_since,
+                ..
+            } if context.now.duration_since(*blocked_since) >= self.write_stall_timeout => {
+                let reason = format!(
+                    "the peer took no byte for {} ms",
+                    self.write_stall_timeout.as_millis()
+                );
+                self.close(context, &reason, Retry::Backoff)
             }
             _ => {}
         }
@@ -224,6 +244,7 @@ impl Link {
                     self.phase = Phase::Up {
                         stream,
                         write_blocked: false,
+                        blocked_since: context.now,
                     };
                     self.backoff_ms = limits::PEER_RECONNECT_MIN_MS;
                     log::info!("peer link to node {} at {} is up", self.peer, self.address);
@@ -253,6 +274,7 @@ impl Link {
         if let Phase::Up {
             stream,
             write_blocked,
+            ..
         } = &mut self.phase
         {
             *write_blocked = false;
@@ -286,7 +308,7 @@ impl Link {
         }
         let budget_bytes =
             wire::FRAME_HEADER_BYTES + limits::PEER_HANDSHAKE_BYTES_MAX + 1 - reply.len();
-        let outcome = read_into(stream, reply, budget_bytes)?;
+        let outcome = read_into(stream, reply, budget_bytes, &mut [0u8; 1024])?;
         let frame =
             wire::next_frame(reply, limits::PEER_HANDSHAKE_BYTES_MAX).map_err(invalid_data)?;
         match frame {
@@ -309,6 +331,7 @@ impl Link {
         let Phase::Up {
             stream,
             write_blocked,
+            blocked_since,
         } = &mut self.phase
         else {
             return;
@@ -319,6 +342,9 @@ impl Link {
         match self.queue.write_to(stream) {
             Ok(progress) => {
                 *write_blocked = progress.blocked;
+                if progress.blocked {
+                    *blocked_since = context.now;
+                }
                 self.frames_sent += progress.frames as u64;
                 self.bytes_sent += progress.bytes as u64;
             }
