@@ -24,7 +24,11 @@ enum Event {
 pub fn run_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -> Result<()> {
     let reactor = start_node(config, id, data_dir)?;
     let member = config.member(id)?;
-    log::info!("node {id} serving clients on {} and peers on {}", member.listen_client, member.listen_peer);
+    log::info!(
+        "node {id} serving clients on {} and peers on {}",
+        member.listen_client,
+        member.listen_peer
+    );
     run_reactors(vec![(id, reactor)], |_| {})
 }
 
@@ -34,11 +38,22 @@ pub fn run(config: &ClusterConfig) -> Result<()> {
     for member in &config.members {
         reactors.push((member.id, start_node(config, member.id, None)?));
     }
-    println!("raftfs: local cluster of {} nodes (data in {})", config.members.len(), config.data_dir.display());
+    println!(
+        "raftfs: local cluster of {} nodes (data in {})",
+        config.members.len(),
+        config.data_dir.display()
+    );
     for member in &config.members {
-        println!("  node {}: clients {}  peers {}", member.id, member.client, member.peer);
+        println!(
+            "  node {}: clients {}  peers {}",
+            member.id, member.client, member.peer
+        );
     }
-    let clients: Vec<(NodeId, String)> = config.members.iter().map(|m| (m.id, m.client.clone())).collect();
+    let clients: Vec<(NodeId, String)> = config
+        .members
+        .iter()
+        .map(|m| (m.id, m.client.clone()))
+        .collect();
     let mut last_leader: Option<(NodeId, u64)> = None;
     run_reactors(reactors, move |statuses| {
         let leader = statuses
@@ -48,8 +63,15 @@ pub fn run(config: &ClusterConfig) -> Result<()> {
             .map(|s| (s.id, s.term));
         if leader.is_some() && leader != last_leader {
             if let Some((id, term)) = leader {
-                let address = clients.iter().find(|(i, _)| *i == id).map(|(_, a)| a.as_str()).unwrap_or("?");
-                println!("raftfs: node {id} leads (term {term}); connect with: telnet {}", address.replace(':', " "));
+                let address = clients
+                    .iter()
+                    .find(|(i, _)| *i == id)
+                    .map(|(_, a)| a.as_str())
+                    .unwrap_or("?");
+                println!(
+                    "raftfs: node {id} leads (term {term}); connect with: telnet {}",
+                    address.replace(':', " ")
+                );
             }
             last_leader = leader;
         }
@@ -121,8 +143,10 @@ fn run_reactors(
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        let snapshot: Vec<Status> =
-            statuses.iter().filter_map(|s| s.lock().ok().map(|s| s.clone())).collect();
+        let snapshot: Vec<Status> = statuses
+            .iter()
+            .filter_map(|s| s.lock().ok().map(|s| s.clone()))
+            .collect();
         on_status(&snapshot);
     }
     for thread in threads {

@@ -142,7 +142,9 @@ impl ClusterConfig {
         let mut members = Vec::with_capacity(raw.node.len());
         for node in raw.node {
             if node.id == 0 {
-                return Err(Error::Config("node id 0 is not allowed (ids start at 1)".into()));
+                return Err(Error::Config(
+                    "node id 0 is not allowed (ids start at 1)".into(),
+                ));
             }
             if !ids.insert(node.id) {
                 return Err(Error::Config(format!("duplicate node id {}", node.id)));
@@ -150,12 +152,26 @@ impl ClusterConfig {
             let id = node.id;
             let client = resolve(id, "client", &node.client)?;
             let peer = resolve(id, "peer", &node.peer)?;
-            let metrics = node.metrics.as_deref().map(|a| resolve(id, "metrics", a)).transpose()?;
-            let listen_client =
-                node.listen_client.as_deref().map(|a| resolve(id, "listen_client", a)).transpose()?;
-            let listen_peer =
-                node.listen_peer.as_deref().map(|a| resolve(id, "listen_peer", a)).transpose()?;
-            for (what, address) in [("client", Some(client)), ("peer", Some(peer)), ("metrics", metrics)] {
+            let metrics = node
+                .metrics
+                .as_deref()
+                .map(|a| resolve(id, "metrics", a))
+                .transpose()?;
+            let listen_client = node
+                .listen_client
+                .as_deref()
+                .map(|a| resolve(id, "listen_client", a))
+                .transpose()?;
+            let listen_peer = node
+                .listen_peer
+                .as_deref()
+                .map(|a| resolve(id, "listen_peer", a))
+                .transpose()?;
+            for (what, address) in [
+                ("client", Some(client)),
+                ("peer", Some(peer)),
+                ("metrics", metrics),
+            ] {
                 if let Some(address) = address {
                     if !addresses.insert(address) {
                         return Err(Error::Config(format!(
@@ -188,7 +204,10 @@ impl ClusterConfig {
     pub fn member(&self, id: NodeId) -> Result<&Member> {
         self.members.iter().find(|m| m.id == id).ok_or_else(|| {
             let known: Vec<String> = self.members.iter().map(|m| m.id.to_string()).collect();
-            Error::Config(format!("--id {id} is not a member of the cluster (members: {})", known.join(", ")))
+            Error::Config(format!(
+                "--id {id} is not a member of the cluster (members: {})",
+                known.join(", ")
+            ))
         })
     }
 
@@ -211,7 +230,10 @@ impl ClusterConfig {
     }
 
     pub fn election_timeout_ticks(&self) -> (u64, u64) {
-        (ticks(self.election_timeout_ms.0), ticks(self.election_timeout_ms.1).max(ticks(self.election_timeout_ms.0) + 1))
+        (
+            ticks(self.election_timeout_ms.0),
+            ticks(self.election_timeout_ms.1).max(ticks(self.election_timeout_ms.0) + 1),
+        )
     }
 
     pub fn heartbeat_ticks(&self) -> u64 {
@@ -219,9 +241,16 @@ impl ClusterConfig {
     }
 
     /// A local cluster of `nodes` members on 127.0.0.1 (`raftfs cluster`).
-    pub fn local(nodes: usize, base_port: u16, data_dir: PathBuf, fsync: bool) -> Result<ClusterConfig> {
+    pub fn local(
+        nodes: usize,
+        base_port: u16,
+        data_dir: PathBuf,
+        fsync: bool,
+    ) -> Result<ClusterConfig> {
         if !MEMBERS_ALLOWED.contains(&nodes) {
-            return Err(Error::Config(format!("--nodes {nodes}: must be odd, one of 1, 3, 5, 7, 9")));
+            return Err(Error::Config(format!(
+                "--nodes {nodes}: must be odd, one of 1, 3, 5, 7, 9"
+            )));
         }
         if base_port as u32 + 1000 + nodes as u32 > 65_535 || base_port == 0 {
             return Err(Error::Config(format!(
@@ -229,7 +258,10 @@ impl ClusterConfig {
                 base_port as u32 + 1000
             )));
         }
-        let mut text = format!("fsync = {fsync}\ndata_dir = {:?}\n", data_dir.display().to_string());
+        let mut text = format!(
+            "fsync = {fsync}\ndata_dir = {:?}\n",
+            data_dir.display().to_string()
+        );
         for i in 0..nodes as u16 {
             text.push_str(&format!(
                 "[[node]]\nid = {}\nclient = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\n",
@@ -247,8 +279,16 @@ fn ticks(ms: u64) -> u64 {
 }
 
 fn resolve(id: NodeId, what: &str, address: &str) -> Result<SocketAddr> {
-    let bad = || Error::Config(format!("node {id}: {what} address {address:?} is not a HOST:PORT address"));
-    address.to_socket_addrs().map_err(|_| bad())?.next().ok_or_else(bad)
+    let bad = || {
+        Error::Config(format!(
+            "node {id}: {what} address {address:?} is not a HOST:PORT address"
+        ))
+    };
+    address
+        .to_socket_addrs()
+        .map_err(|_| bad())?
+        .next()
+        .ok_or_else(bad)
 }
 
 fn span_hint(error: &toml::de::Error, text: &str) -> String {
@@ -283,26 +323,45 @@ mod tests {
         assert_eq!(config.snapshot_entries, 100_000);
         assert_eq!(config.members.len(), 3);
         assert_eq!(config.election_timeout_ticks(), (15, 30));
-        assert_eq!(config.node_data_dir(2, None), PathBuf::from("raftfs-data/2"));
+        assert_eq!(
+            config.node_data_dir(2, None),
+            PathBuf::from("raftfs-data/2")
+        );
     }
 
     #[test]
     fn refuses_bad_configs_with_one_line() {
         let cases = [
             (three("").replace("id = 3", "id = 2"), "duplicate node id 2"),
-            (three("").replace("127.0.0.1:8082", "nonsense"), "not a HOST:PORT"),
-            (three("").replace("127.0.0.1:8082", "127.0.0.1:8081"), "used twice"),
-            (three("election_timeout_ms = [300, 150]"), "election_timeout_ms"),
+            (
+                three("").replace("127.0.0.1:8082", "nonsense"),
+                "not a HOST:PORT",
+            ),
+            (
+                three("").replace("127.0.0.1:8082", "127.0.0.1:8081"),
+                "used twice",
+            ),
+            (
+                three("election_timeout_ms = [300, 150]"),
+                "election_timeout_ms",
+            ),
             (three("heartbeat_ms = 500"), "heartbeat_ms"),
             (three("bogus = 1"), "unknown field"),
             (three("max_file_bytes = 999999999999"), "max_file_bytes"),
         ];
         for (text, expected) in cases {
             let error = ClusterConfig::parse(&text).unwrap_err().to_string();
-            assert!(error.contains(expected), "{error:?} should mention {expected:?}");
+            assert!(
+                error.contains(expected),
+                "{error:?} should mention {expected:?}"
+            );
             assert!(!error.contains('\n'), "one line: {error:?}");
         }
-        let two = three("").split("[[node]]").take(3).collect::<Vec<_>>().join("[[node]]");
+        let two = three("")
+            .split("[[node]]")
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("[[node]]");
         let error = ClusterConfig::parse(&two).unwrap_err().to_string();
         assert!(error.contains("odd number"), "{error}");
     }

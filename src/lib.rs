@@ -20,6 +20,6 @@ pub mod net;
 pub mod raft;
 pub mod replica;
 pub mod server;
-pub mod status;
 pub mod sim;
+pub mod status;
 pub mod storage;

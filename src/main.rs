@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "raftfs", version, about = "A replicated, versioned file store: the fs telnet protocol over Raft")]
+#[command(
+    name = "raftfs",
+    version,
+    about = "A replicated, versioned file store: the fs telnet protocol over Raft"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -61,12 +65,19 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Cluster { nodes, base_port, data_dir, no_fsync } => {
-            ClusterConfig::local(nodes, base_port, data_dir, !no_fsync).and_then(|c| raftfs::cluster::run(&c))
-        }
-        Command::Node { config, id, data_dir } => {
-            ClusterConfig::load(&config).and_then(|c| raftfs::cluster::run_node(&c, id, data_dir.as_deref()))
-        }
+        Command::Cluster {
+            nodes,
+            base_port,
+            data_dir,
+            no_fsync,
+        } => ClusterConfig::local(nodes, base_port, data_dir, !no_fsync)
+            .and_then(|c| raftfs::cluster::run(&c)),
+        Command::Node {
+            config,
+            id,
+            data_dir,
+        } => ClusterConfig::load(&config)
+            .and_then(|c| raftfs::cluster::run_node(&c, id, data_dir.as_deref())),
         Command::Status { config, json } => {
             ClusterConfig::load(&config).and_then(|c| raftfs::status::run(&c, json))
         }

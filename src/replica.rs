@@ -150,8 +150,12 @@ pub struct Replica {
 
 impl Replica {
     pub fn new(config: ReplicaConfig, wal: Wal, restored: raft::Restored) -> Replica {
-        let max_stamp_ms =
-            restored.entries.iter().rev().find_map(|e| batch_stamp_ms(&e.data)).unwrap_or(0);
+        let max_stamp_ms = restored
+            .entries
+            .iter()
+            .rev()
+            .find_map(|e| batch_stamp_ms(&e.data))
+            .unwrap_or(0);
         let raft = raft::Node::new(config.raft.clone(), restored);
         Replica {
             raft,
@@ -203,7 +207,11 @@ impl Replica {
 
     /// A client request, answered in a later `end_turn`.
     pub fn submit(&mut self, client: ClientRef, request: Request, now: Instant) {
-        self.incoming.push(Pending { client, request, arrived: now });
+        self.incoming.push(Pending {
+            client,
+            request,
+            arrived: now,
+        });
     }
 
     /// Answer a client at once (e.g. ERR_CMD_ERR from framing).
@@ -218,8 +226,14 @@ impl Replica {
     }
 
     /// Accept a peer's incarnation at handshake, or say why not.
-    pub fn accept_peer(&mut self, from: NodeId, incarnation: u64) -> std::result::Result<(), String> {
-        self.raft.observe_incarnation(from, incarnation).map_err(|e| describe_step_error(&e))
+    pub fn accept_peer(
+        &mut self,
+        from: NodeId,
+        incarnation: u64,
+    ) -> std::result::Result<(), String> {
+        self.raft
+            .observe_incarnation(from, incarnation)
+            .map_err(|e| describe_step_error(&e))
     }
 
     /// A message from a peer. Refused messages are logged and dropped.
@@ -270,7 +284,11 @@ impl Replica {
             (Role::Leader, Some((_, _, clock_term))) if clock_term == term => {}
             (Role::Leader, _) => {
                 let base_ms = self.max_stamp_ms.max(self.fsm.cluster_time_ms());
-                let base_ms = if base_ms == 0 { wall_clock_ms() } else { base_ms };
+                let base_ms = if base_ms == 0 {
+                    wall_clock_ms()
+                } else {
+                    base_ms
+                };
                 self.leader_clock = Some((base_ms, now, term));
             }
             _ => self.leader_clock = None,
@@ -282,7 +300,9 @@ impl Replica {
         match self.leader_clock {
             Some((base_ms, since, _)) => {
                 let elapsed_ms = now.saturating_duration_since(since).as_millis() as u64;
-                base_ms.saturating_add(elapsed_ms).max(self.last_proposed_stamp_ms)
+                base_ms
+                    .saturating_add(elapsed_ms)
+                    .max(self.last_proposed_stamp_ms)
             }
             None => self.max_stamp_ms.max(self.fsm.cluster_time_ms()),
         }
@@ -304,7 +324,9 @@ impl Replica {
                 self.route_as_leader(pending, now);
             } else if let Some(leader) = self.raft.leader_id().filter(|&l| l != self.raft.id()) {
                 self.answer_redirect(pending.client, Some(leader));
-            } else if now.saturating_duration_since(pending.arrived) >= self.config.hold_while_leaderless {
+            } else if now.saturating_duration_since(pending.arrived)
+                >= self.config.hold_while_leaderless
+            {
                 self.answer(pending.client, Reply::Internal);
             } else {
                 blocked.push(pending.client.conn_id);
@@ -314,7 +336,9 @@ impl Replica {
     }
 
     fn answer_redirect(&mut self, client: ClientRef, leader: Option<NodeId>) {
-        let address = leader.and_then(|l| self.config.client_addresses.get(&l)).cloned();
+        let address = leader
+            .and_then(|l| self.config.client_addresses.get(&l))
+            .cloned();
         match address {
             Some(address) if leader != Some(self.raft.id()) => {
                 self.answer(client, Reply::Redirect(&address))
@@ -330,7 +354,8 @@ impl Replica {
                 let needs_new_batch = match self.batches.last() {
                     None => true,
                     Some(batch) => {
-                        batch.size_bytes + size_bytes > limits::ENTRY_BYTES_MAX && !batch.commands.is_empty()
+                        batch.size_bytes + size_bytes > limits::ENTRY_BYTES_MAX
+                            && !batch.commands.is_empty()
                     }
                 };
                 if needs_new_batch {
@@ -348,13 +373,23 @@ impl Replica {
                 let client = pending.client;
                 if let Some(batch) = self.batches.last_mut() {
                     let offset = batch.commands.len();
-                    batch.reads.push(AnchoredRead { offset, client, name });
+                    batch.reads.push(AnchoredRead {
+                        offset,
+                        client,
+                        name,
+                    });
                     return;
                 }
                 let floor = self.connection_floor.get(&client.conn_id).copied();
-                if let Some((index, offset)) = floor.filter(|&(index, _)| index > self.applied_index) {
+                if let Some((index, offset)) =
+                    floor.filter(|&(index, _)| index > self.applied_index)
+                {
                     if let Some(waiting) = self.waiting_mut(index) {
-                        waiting.reads.push(AnchoredRead { offset, client, name });
+                        waiting.reads.push(AnchoredRead {
+                            offset,
+                            client,
+                            name,
+                        });
                         return;
                     }
                 }
@@ -373,11 +408,16 @@ impl Replica {
     /// never sees a file alive that this read saw expired).
     fn read_time_ms(&self, now: Instant) -> u64 {
         let now_ms = self.cluster_time_ms(now);
-        self.waiting.front().map_or(now_ms, |next| now_ms.min(next.stamp_ms))
+        self.waiting
+            .front()
+            .map_or(now_ms, |next| now_ms.min(next.stamp_ms))
     }
 
     fn waiting_mut(&mut self, index: Index) -> Option<&mut Waiting> {
-        let position = self.waiting.binary_search_by_key(&index, |w| w.index).ok()?;
+        let position = self
+            .waiting
+            .binary_search_by_key(&index, |w| w.index)
+            .ok()?;
         self.waiting.get_mut(position)
     }
 
@@ -403,10 +443,12 @@ impl Replica {
                 Ok(index) => {
                     self.last_proposed_stamp_ms = stamp_ms;
                     for (offset, client) in batch.clients.iter().enumerate() {
-                        self.connection_floor.insert(client.conn_id, (index, offset + 1));
+                        self.connection_floor
+                            .insert(client.conn_id, (index, offset + 1));
                     }
                     for read in &batch.reads {
-                        self.connection_floor.insert(read.client.conn_id, (index, read.offset));
+                        self.connection_floor
+                            .insert(read.client.conn_id, (index, read.offset));
                     }
                     self.waiting.push_back(Waiting {
                         index,
@@ -481,7 +523,9 @@ impl Replica {
                 self.needs_sync = true;
             }
             Action::PersistEntries(entries) => {
-                let Some(first) = entries.first() else { return Ok(()) };
+                let Some(first) = entries.first() else {
+                    return Ok(());
+                };
                 if first.index <= self.wal.last_index() {
                     self.fail_truncated_from(first.index);
                 }
@@ -546,7 +590,11 @@ impl Replica {
     }
 
     fn apply(&mut self, entry: &Entry) -> Result<()> {
-        debug_assert_eq!(entry.index, self.applied_index + 1, "entries apply in order, once");
+        debug_assert_eq!(
+            entry.index,
+            self.applied_index + 1,
+            "entries apply in order, once"
+        );
         self.applied_index = entry.index;
         self.applied_term = entry.term;
         // Waiting entries before this one can no longer be ours.
@@ -569,7 +617,10 @@ impl Replica {
             return Ok(());
         }
         let batch = decode_batch_ref(&entry.data).map_err(|e| {
-            Error::Corrupt(format!("committed entry {} does not decode: {e:?}", entry.index))
+            Error::Corrupt(format!(
+                "committed entry {} does not decode: {e:?}",
+                entry.index
+            ))
         })?;
         self.max_stamp_ms = self.max_stamp_ms.max(batch.stamp_ms);
         let time_ms = self.fsm.begin_batch(batch.stamp_ms);
@@ -624,7 +675,11 @@ impl Replica {
 fn encode_read(fsm: &Fsm, name: &[u8], time_ms: u64, out: &mut BytesMut) {
     match fsm.read(name, time_ms) {
         Some(file) => encode_reply(
-            &Reply::Contents { version: file.version, content: file.content, expires_in_s: file.expires_in_s },
+            &Reply::Contents {
+                version: file.version,
+                content: file.content,
+                expires_in_s: file.expires_in_s,
+            },
             out,
         ),
         None => encode_reply(&Reply::NotFound, out),
@@ -651,7 +706,10 @@ fn command_size_bytes(command: &Command) -> usize {
 }
 
 fn wall_clock_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn describe_step_error(error: &raft::StepError) -> String {

@@ -30,16 +30,34 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
     );
     let poll = Poll::new().map_err(|e| Error::io("creating the poller", e))?;
     let listener = TcpListener::bind(member.listen_client).map_err(|e| {
-        Error::Config(format!("node {id}: cannot listen for clients on {}: {e}", member.listen_client))
+        Error::Config(format!(
+            "node {id}: cannot listen for clients on {}: {e}",
+            member.listen_client
+        ))
     })?;
-    let peer_addresses: BTreeMap<NodeId, std::net::SocketAddr> =
-        config.members.iter().filter(|m| m.id != id).map(|m| (m.id, m.peer)).collect();
+    let peer_addresses: BTreeMap<NodeId, std::net::SocketAddr> = config
+        .members
+        .iter()
+        .filter(|m| m.id != id)
+        .map(|m| (m.id, m.peer))
+        .collect();
     let peers = Peers::new(
         poll.registry(),
         PEER_TOKEN_BASE,
-        PeerConfig::new(id, recovered.incarnation, config.cluster_id(), member.listen_peer, peer_addresses),
+        PeerConfig::new(
+            id,
+            recovered.incarnation,
+            config.cluster_id(),
+            member.listen_peer,
+            peer_addresses,
+        ),
     )
-    .map_err(|e| Error::Config(format!("node {id}: cannot listen for peers on {}: {e}", member.listen_peer)))?;
+    .map_err(|e| {
+        Error::Config(format!(
+            "node {id}: cannot listen for peers on {}: {e}",
+            member.listen_peer
+        ))
+    })?;
 
     let raft_config = raft::Config {
         id,
@@ -55,12 +73,26 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
     };
     let replica_config = ReplicaConfig {
         raft: raft_config,
-        client_addresses: config.members.iter().map(|m| (m.id, m.client.clone())).collect(),
+        client_addresses: config
+            .members
+            .iter()
+            .map(|m| (m.id, m.client.clone()))
+            .collect(),
         hold_while_leaderless: Duration::from_millis(config.election_timeout_ms.1),
     };
-    let restored = raft::Restored { hard_state: recovered.hard_state, entries: recovered.entries };
+    let restored = raft::Restored {
+        hard_state: recovered.hard_state,
+        entries: recovered.entries,
+    };
     let replica = Replica::new(replica_config, wal, restored);
     let stop_grace = Duration::from_millis(config.election_timeout_ms.1 * 2);
-    Reactor::new(poll, listener, peers, replica, config.max_file_bytes, stop_grace)
-        .map_err(|e| Error::io("starting the reactor", e))
+    Reactor::new(
+        poll,
+        listener,
+        peers,
+        replica,
+        config.max_file_bytes,
+        stop_grace,
+    )
+    .map_err(|e| Error::io("starting the reactor", e))
 }

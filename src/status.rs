@@ -1,1 +1,3 @@
-pub fn run(_c: &crate::config::ClusterConfig, _j: bool) -> crate::error::Result<()> { Err(crate::error::Error::Config("status: not built yet".into())) }
+pub fn run(_c: &crate::config::ClusterConfig, _j: bool) -> crate::error::Result<()> {
+    Err(crate::error::Error::Config("status: not built yet".into()))
+}

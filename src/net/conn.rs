@@ -149,14 +149,20 @@ impl Connection {
     /// Write queued replies until done or the socket would block.
     pub fn flush(&mut self) -> io::Result<()> {
         while !self.output.is_empty() {
-            let slices: Vec<IoSlice<'_>> =
-                self.output.iter().take(WRITE_SLICES_MAX).map(|b| IoSlice::new(b)).collect();
+            let slices: Vec<IoSlice<'_>> = self
+                .output
+                .iter()
+                .take(WRITE_SLICES_MAX)
+                .map(|b| IoSlice::new(b))
+                .collect();
             match self.stream.write_vectored(&slices) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(mut written) => {
                     self.output_bytes -= written;
                     while written > 0 {
-                        let Some(front) = self.output.front_mut() else { break };
+                        let Some(front) = self.output.front_mut() else {
+                            break;
+                        };
                         if written >= front.len() {
                             written -= front.len();
                             self.output.pop_front();

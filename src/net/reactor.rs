@@ -87,7 +87,8 @@ impl Reactor {
         stop_grace: Duration,
     ) -> io::Result<Reactor> {
         let mut listener = listener;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut buffer = BytesMut::new();
         encode_reply(&Reply::CmdErr, &mut buffer);
@@ -106,12 +107,17 @@ impl Reactor {
             resume: Vec::new(),
             touched: Vec::new(),
             stop_grace,
-            static_replies: StaticReplies { command_error: buffer.freeze() },
+            static_replies: StaticReplies {
+                command_error: buffer.freeze(),
+            },
         })
     }
 
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle { flag: self.stop_flag.clone(), waker: self.waker.clone() }
+        StopHandle {
+            flag: self.stop_flag.clone(),
+            waker: self.waker.clone(),
+        }
     }
 
     /// Shared view of the node's state, refreshed every turn.
@@ -216,7 +222,9 @@ impl Reactor {
             match peer_event {
                 PeerEvent::Message(envelope) => self.replica.step(envelope),
                 PeerEvent::Refused { by, reason } => {
-                    return Err(Error::Refused(format!("node {by} refused this node: {reason}")));
+                    return Err(Error::Refused(format!(
+                        "node {by} refused this node: {reason}"
+                    )));
                 }
                 PeerEvent::LinkUp(id) => log::info!("peer {id} link up"),
                 PeerEvent::LinkDown(id) => log::info!("peer {id} link down"),
@@ -263,7 +271,9 @@ impl Reactor {
 
     /// Read, frame and submit what a connection has; flush its replies.
     fn service_connection(&mut self, key: usize, now: Instant) {
-        let Some(connection) = self.connections.get_mut(key) else { return };
+        let Some(connection) = self.connections.get_mut(key) else {
+            return;
+        };
         connection.paused = !connection.wants_read();
         if connection.wants_read() && !connection.input_closed {
             if let Err(e) = connection.read_available() {
@@ -273,7 +283,9 @@ impl Reactor {
             }
         }
         self.frame_commands(key, now);
-        let Some(connection) = self.connections.get_mut(key) else { return };
+        let Some(connection) = self.connections.get_mut(key) else {
+            return;
+        };
         if let Err(e) = connection.flush() {
             log::debug!("client connection {} write error: {e}", connection.id);
             self.close_connection(key);
@@ -285,11 +297,19 @@ impl Reactor {
     }
 
     fn frame_commands(&mut self, key: usize, now: Instant) {
-        let Some(connection) = self.connections.get_mut(key) else { return };
+        let Some(connection) = self.connections.get_mut(key) else {
+            return;
+        };
         while connection.wants_read() {
-            let Some(parsed) = parse_next(&mut connection.read_buffer, self.max_file_bytes) else { break };
+            let Some(parsed) = parse_next(&mut connection.read_buffer, self.max_file_bytes) else {
+                break;
+            };
             let seq = connection.take_slot();
-            let client = ClientRef { key, conn_id: connection.id, seq };
+            let client = ClientRef {
+                key,
+                conn_id: connection.id,
+                seq,
+            };
             match parsed {
                 Parsed::Request(request) => self.replica.submit(client, request, now),
                 Parsed::Malformed { close } => {
@@ -325,7 +345,8 @@ impl Reactor {
             self.peers.send(&envelope);
         }
         let mut peer_events = Vec::new();
-        self.peers.flush(self.poll.registry(), now, &mut peer_events);
+        self.peers
+            .flush(self.poll.registry(), now, &mut peer_events);
         self.process_peer_events(peer_events)?;
         for (client, reply) in self.replica.replies.drain(..) {
             if let Some(connection) = self.connections.get_mut(client.key) {
@@ -338,7 +359,9 @@ impl Reactor {
         self.touched.sort_unstable();
         self.touched.dedup();
         for key in std::mem::take(&mut self.touched) {
-            let Some(connection) = self.connections.get_mut(key) else { continue };
+            let Some(connection) = self.connections.get_mut(key) else {
+                continue;
+            };
             if let Err(e) = connection.flush() {
                 log::debug!("client connection {} write error: {e}", connection.id);
                 self.close_connection(key);
