@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::model::{step, FileOp, RegisterState};
+use super::model::{step, Action, FileOp, RegisterState};
 use super::{CheckStats, MEMO_BYTES_MAX};
 
 /// Steps between two looks at the clock.
@@ -139,7 +139,10 @@ struct MemoEntry {
     indeterminate: Bits,
 }
 
-/// Memo table: visited configurations bucketed by hash.
+/// Memo table: visited configurations, bucketed by a hash of the completed
+/// operations linearized, the content and the mode (whether the last
+/// operation placed was indeterminate: see `search`), so that entries whose
+/// states differ only in version bound share a bucket.
 struct Memo {
     buckets: HashMap<u64, Vec<MemoEntry>>,
     bytes: usize,
@@ -147,8 +150,9 @@ struct Memo {
 }
 
 impl Memo {
-    /// Records the configuration; false if it (or one dominating it) was
-    /// already explored.
+    /// Records the configuration; false if it, or one that dominates it
+    /// (same completed operations, a dominating state, a subset of the
+    /// indeterminate ones spent, same mode), was already explored.
     fn admit(
         &mut self,
         hash: u64,
@@ -158,7 +162,7 @@ impl Memo {
     ) -> bool {
         let bucket = self.buckets.entry(hash).or_default();
         let seen = bucket.iter().any(|entry| {
-            entry.state == state
+            entry.state.dominates(&state)
                 && entry.completed == *completed
                 && entry.indeterminate.is_subset_of(indeterminate)
         });
@@ -185,9 +189,10 @@ fn mix(mut value: u64) -> u64 {
     value ^ (value >> 31)
 }
 
-fn state_hash(state: &RegisterState) -> u64 {
+/// Hash of what a dominating state must share: the content, and the mode.
+fn state_hash(state: &RegisterState, after_indeterminate: bool) -> u64 {
     let content = state.content.map_or(0, |id| u64::from(id) + 1);
-    mix(state.latest_version ^ mix(content ^ (u64::from(state.latest_exact) << 40)))
+    mix(content ^ (u64::from(after_indeterminate) << 40))
 }
 
 enum Frame {
@@ -258,6 +263,27 @@ pub(crate) fn search(ops: &[FileOp], deadline: Instant, stats: &mut CheckStats) 
     for (position, &index) in order.iter().enumerate() {
         side_node[index] = position + 1;
     }
+    // Indeterminate operations with the same action are interchangeable
+    // once available (the frontier only grows along a path, so an available
+    // one stays available): only the earliest unspent one of each class is
+    // tried, so the spent ones of a class are always its earliest.
+    let mut classes: HashMap<Action, usize> = HashMap::new();
+    let mut class_of = vec![0; indeterminate.len()];
+    let mut rank_in_class = vec![0; indeterminate.len()];
+    let mut class_sizes: Vec<usize> = Vec::new();
+    for &index in &order {
+        let next_class = classes.len();
+        let class = *classes
+            .entry(indeterminate[index].action)
+            .or_insert(next_class);
+        if class == class_sizes.len() {
+            class_sizes.push(0);
+        }
+        class_of[index] = class;
+        rank_in_class[index] = class_sizes[class];
+        class_sizes[class] += 1;
+    }
+    let mut class_spent = vec![0usize; class_sizes.len()];
     let zobrist: Vec<u64> = (0..completed.len())
         .map(|index| mix(index as u64 ^ 0x5eed))
         .collect();
@@ -306,7 +332,7 @@ pub(crate) fn search(ops: &[FileOp], deadline: Instant, stats: &mut CheckStats) 
                     if let Ok(next) = step(state, completed[index]) {
                         linearized.set(index);
                         let hash = completed_hash ^ zobrist[index];
-                        if memo.admit(hash ^ state_hash(&next), &linearized, next, &spent) {
+                        if memo.admit(hash ^ state_hash(&next, false), &linearized, next, &spent) {
                             stack.push(Frame::Completed {
                                 index,
                                 previous: state,
@@ -347,10 +373,17 @@ pub(crate) fn search(ops: &[FileOp], deadline: Instant, stats: &mut CheckStats) 
                         node: side[node].next,
                         frontier_ns,
                     };
-                    if let Ok(next) = step(state, indeterminate[index]) {
+                    // An indeterminate write or delete straight after another
+                    // indeterminate operation is never needed: dropping the
+                    // earlier one leaves a dominating state.
+                    let after_indeterminate =
+                        matches!(stack.last(), Some(Frame::Indeterminate { .. }));
+                    let useless = (after_indeterminate && indeterminate[index].overwrites())
+                        || rank_in_class[index] != class_spent[class_of[index]];
+                    if let (false, Ok(next)) = (useless, step(state, indeterminate[index])) {
                         spent.set(index);
                         if memo.admit(
-                            completed_hash ^ state_hash(&next),
+                            completed_hash ^ state_hash(&next, true),
                             &linearized,
                             next,
                             &spent,
@@ -361,6 +394,7 @@ pub(crate) fn search(ops: &[FileOp], deadline: Instant, stats: &mut CheckStats) 
                                 frontier_ns,
                             });
                             state = next;
+                            class_spent[class_of[index]] += 1;
                             unlink(&mut side, side_node[index]);
                             cursor = Cursor::Main(main[0].next);
                         } else {
@@ -389,6 +423,7 @@ pub(crate) fn search(ops: &[FileOp], deadline: Instant, stats: &mut CheckStats) 
                 }) => {
                     state = previous;
                     spent.clear(index);
+                    class_spent[class_of[index]] -= 1;
                     relink(&mut side, side_node[index]);
                     cursor = Cursor::Indeterminate {
                         node: side[side_node[index]].next,
