@@ -592,8 +592,10 @@ fn five_clients_two_thousand_ops_three_files_are_checked_quickly() {
         let elapsed = started.elapsed();
         eprintln!("{indeterminate_percent}% indeterminate: {verdict:?} in {elapsed:?}: {stats:?}");
         assert_eq!(verdict, Verdict::Linearizable);
-        assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+        assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
 
+        // Proving a history invalid is costlier with many indeterminate
+        // operations pending (see the module doc): mutants up to 2%.
         if indeterminate_percent > 2 {
             continue;
         }

@@ -10,11 +10,20 @@
 //!
 //! Indeterminate operations have no return entry; they live in a second list
 //! and are tried after the completed candidates, only for their effect (not
-//! taking effect is the same as taking effect at the very end). Memo entries
-//! are keyed by the completed operations linearized and the state; one that
-//! used a subset of the indeterminate operations another used dominates it
-//! (anything reachable with fewer of them spent is reachable with more left),
-//! so trying them last lets the cheaper configuration prune the others.
+//! taking effect is the same as taking effect at the very end). Pruning, all
+//! of it exact (it never hides a valid order):
+//! - dominance in the memo: a configuration is skipped when one with the
+//!   same completed operations, a dominating state (`RegisterState::
+//!   dominates`) and a subset of the indeterminate operations spent was
+//!   explored in the same mode; trying indeterminate operations last lets
+//!   the cheaper configuration come first and prune the others;
+//! - symmetry: indeterminate operations with the same action (all deletes;
+//!   all writes of content nobody read) are interchangeable once invoked,
+//!   so only the earliest unspent one of each class is tried;
+//! - an indeterminate write or delete right after another indeterminate
+//!   operation is never tried: without the earlier one the state dominates.
+//!   The mode (last placed operation indeterminate or not) is part of the
+//!   memo key, since such configurations are explored with that restriction.
 //!
 //! Invariants: lift/unlift happen in stack order (dancing links); the search
 //! succeeds exactly when every completed operation is linearized.
