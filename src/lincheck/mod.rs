@@ -40,13 +40,17 @@
 //!
 //! Bounds: the search stops with [`Verdict::Unknown`] when the time budget
 //! runs out or its memo table passes [`MEMO_BYTES_MAX`]; it never hangs.
+//! Cost: valid histories check in near-linear time at moderate concurrency;
+//! proving a history invalid explores every configuration up to the
+//! violation, which grows quickly with the number of indeterminate
+//! operations pending at once (each may or may not have taken effect).
 
 mod global;
 mod model;
 mod render;
 mod search;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use model::{Action, Answer, FileOp};
@@ -55,7 +59,7 @@ use search::SearchResult;
 /// Most bytes the memo table of one file's search may hold before the check
 /// gives up with `Unknown` (kept here rather than in `limits` because it
 /// bounds a test tool, not the node).
-pub const MEMO_BYTES_MAX: usize = 2 << 30;
+pub const MEMO_BYTES_MAX: usize = 1 << 30;
 
 /// One client command, as sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -261,6 +265,15 @@ fn check_inner(history: &History, deadline: Instant, stats: &mut CheckStats) -> 
     if let Some(violation) = global::check_versions(records) {
         return violation;
     }
+    // Versions determinate writes took, on any file (see `model`).
+    let taken: HashSet<u64> = records
+        .iter()
+        .filter(|record| !record.discarded)
+        .filter_map(|record| match record.completion {
+            Some((Outcome::Written { version }, _)) => Some(version),
+            _ => None,
+        })
+        .collect();
     let mut by_file: BTreeMap<&[u8], Vec<usize>> = BTreeMap::new();
     for (index, record) in records.iter().enumerate() {
         if !record.discarded {
@@ -270,7 +283,7 @@ fn check_inner(history: &History, deadline: Instant, stats: &mut CheckStats) -> 
     stats.files = by_file.len();
     let mut unknown: Option<String> = None;
     for (name, indexes) in by_file {
-        let ops = build_file_ops(records, &indexes);
+        let ops = build_file_ops(records, &indexes, &taken);
         stats.operations += ops.len();
         stats.indeterminate_operations += ops.iter().filter(|op| op.return_ns.is_none()).count();
         match search::search(&ops, deadline, stats) {
@@ -294,25 +307,39 @@ fn check_inner(history: &History, deadline: Instant, stats: &mut CheckStats) -> 
     }
 }
 
-/// Turns one file's records into the search's compact form: contents
-/// interned (content a read returns that no write sent gets an id of its
-/// own, which no state ever holds), indeterminate reads dropped.
-fn build_file_ops(records: &[Record], indexes: &[usize]) -> Vec<FileOp> {
-    let mut contents: std::collections::HashMap<&[u8], u32> = std::collections::HashMap::new();
+/// Turns one file's records into the search's compact form. Contents are
+/// interned; content that no determinate read returned is only ever told
+/// apart by reads, so all of it shares one id (`model::UNSEEN_CONTENT`),
+/// which makes indeterminate writes of unseen content interchangeable for
+/// the search. Content a read returns that no write sent gets an id that no
+/// state holds. Indeterminate reads are dropped.
+fn build_file_ops(records: &[Record], indexes: &[usize], taken: &HashSet<u64>) -> Vec<FileOp> {
+    let mut written: HashMap<&[u8], u32> = HashMap::new();
     for &index in indexes {
         if let Op::Write { content, .. } | Op::Cas { content, .. } = &records[index].op {
-            let next_id = contents.len() as u32;
-            contents.entry(content.as_slice()).or_insert(next_id);
+            let next_id = written.len() as u32;
+            written.entry(content.as_slice()).or_insert(next_id);
         }
     }
-    let mut unwritten_id = contents.len() as u32;
+    let mut seen: HashSet<u32> = HashSet::new();
+    for &index in indexes {
+        if let Some((Outcome::Contents { content, .. }, _)) = &records[index].completion {
+            if let Some(&id) = written.get(content.as_slice()) {
+                seen.insert(id);
+            }
+        }
+    }
+    let sent_id = |content: &Vec<u8>| match written.get(content.as_slice()) {
+        Some(id) if seen.contains(id) => *id,
+        _ => model::UNSEEN_CONTENT,
+    };
+    let unwritten_id = written.len() as u32;
     let mut ops = Vec::with_capacity(indexes.len());
     for &index in indexes {
         let record = &records[index];
-        let return_ns = record.definite_completion_ns();
         let action = match &record.op {
             Op::Write { content, .. } => Action::Write {
-                content: contents[content.as_slice()],
+                content: sent_id(content),
             },
             Op::Cas {
                 expected_version,
@@ -320,7 +347,7 @@ fn build_file_ops(records: &[Record], indexes: &[usize]) -> Vec<FileOp> {
                 ..
             } => Action::Cas {
                 expected: *expected_version,
-                content: contents[content.as_slice()],
+                content: sent_id(content),
             },
             Op::Delete { .. } => Action::Delete,
             Op::Read { .. } => Action::Read,
@@ -331,29 +358,26 @@ fn build_file_ops(records: &[Record], indexes: &[usize]) -> Vec<FileOp> {
             Some((Outcome::VersionMismatch { current }, _)) => Answer::Mismatch(*current),
             Some((Outcome::Deleted, _)) => Answer::Deleted,
             Some((Outcome::NotFound, _)) => Answer::NotFound,
-            Some((Outcome::Contents { version, content }, _)) => {
-                let content = match contents.get(content.as_slice()) {
-                    Some(id) => *id,
-                    None => {
-                        unwritten_id += 1;
-                        unwritten_id
-                    }
-                };
-                Answer::Contents {
-                    version: *version,
-                    content,
-                }
-            }
+            Some((Outcome::Contents { version, content }, _)) => Answer::Contents {
+                version: *version,
+                content: written
+                    .get(content.as_slice())
+                    .copied()
+                    .unwrap_or(unwritten_id),
+            },
         };
         if matches!((action, answer), (Action::Read, Answer::Unknown)) {
             continue;
         }
+        let pins_taken = FileOp::pinned_version(&action, &answer)
+            .is_some_and(|version| taken.contains(&version));
         ops.push(FileOp {
             action,
             answer,
             call_ns: record.invoked_ns,
-            return_ns,
+            return_ns: record.definite_completion_ns(),
             record: index,
+            pins_taken,
         });
     }
     ops

@@ -11,6 +11,10 @@
 //! per-file rules: a write answered `OK v` after an unknown version u, with
 //! u at least b, is possible iff some u in [b, v) exists, i.e. iff v > b.
 //!
+//! An unknown version is never pinned to a version a determinate write or
+//! cas (on any file) was answered with: that number is taken, and versions
+//! are never reused. Each operation carries that fact (`pins_taken`).
+//!
 //! Invariant: when the file is present, its version is the latest version
 //! (every write/cas that takes a version also makes the file present).
 
@@ -18,6 +22,9 @@ use super::{Op, Outcome};
 
 /// Interned content of one file (ids of contents no write sent never match).
 pub(crate) type ContentId = u32;
+
+/// The one id of every content no determinate read returned.
+pub(crate) const UNSEEN_CONTENT: ContentId = ContentId::MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Action {
@@ -51,6 +58,30 @@ pub(crate) struct FileOp {
     pub return_ns: Option<u64>,
     /// Index of the operation in the history.
     pub record: usize,
+    /// The version this operation shows or expects (read, `ERR_VERSION`,
+    /// cas) is one a determinate write/cas was answered with.
+    pub pins_taken: bool,
+}
+
+impl FileOp {
+    /// The version the operation shows or expects of a present file.
+    pub fn pinned_version(action: &Action, answer: &Answer) -> Option<u64> {
+        match (action, answer) {
+            (Action::Cas { .. }, Answer::Mismatch(current)) => Some(*current),
+            (Action::Cas { expected, .. }, _) => Some(*expected),
+            (Action::Read, Answer::Contents { version, .. }) => Some(*version),
+            _ => None,
+        }
+    }
+}
+
+impl FileOp {
+    /// Whether taking effect replaces the file whatever it was (write,
+    /// delete), so that an earlier effect right before it is invisible
+    /// except for a higher version bound.
+    pub fn overwrites(&self) -> bool {
+        matches!(self.action, Action::Write { .. } | Action::Delete)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,13 +98,36 @@ impl RegisterState {
         content: None,
     };
 
-    /// Whether the present file's version can be `version`.
-    fn version_can_be(&self, version: u64) -> bool {
+    /// Whether the present file's version can be `version`, which `op`
+    /// shows or expects.
+    fn version_can_be(&self, version: u64, op: &FileOp) -> bool {
         if self.latest_exact {
             self.latest_version == version
         } else {
-            version >= self.latest_version
+            version >= self.latest_version && !op.pins_taken
         }
+    }
+
+    /// Whether every sequence of steps that succeeds from `other` also
+    /// succeeds from `self`, ending in a state that again dominates: same
+    /// content, and a latest version that is a lower bound at most
+    /// `other`'s (for an absent file only the bound matters; a present
+    /// file's exact version is matched by an unknown one at or below it).
+    pub fn dominates(&self, other: &RegisterState) -> bool {
+        if self.content != other.content {
+            return false;
+        }
+        if self.content.is_none() {
+            return self.latest_version <= other.latest_version;
+        }
+        // An unknown version cannot take a version a determinate write
+        // took, which an exact one may have: no dominance across exactness.
+        self.latest_exact == other.latest_exact
+            && if self.latest_exact {
+                self.latest_version == other.latest_version
+            } else {
+                self.latest_version <= other.latest_version
+            }
     }
 
     fn with_version(self, version: u64) -> RegisterState {
@@ -130,7 +184,7 @@ pub(crate) fn step(state: RegisterState, op: &FileOp) -> Result<RegisterState, R
             if !present {
                 return Err(Reject::Absent);
             }
-            if !state.version_can_be(expected) {
+            if !state.version_can_be(expected, op) {
                 return Err(Reject::CasExpectedOther);
             }
             if version <= expected {
@@ -143,7 +197,7 @@ pub(crate) fn step(state: RegisterState, op: &FileOp) -> Result<RegisterState, R
             })
         }
         (Action::Cas { expected, content }, Answer::Unknown) => {
-            if !present || !state.version_can_be(expected) {
+            if !present || !state.version_can_be(expected, op) {
                 return Err(Reject::NoEffect);
             }
             Ok(RegisterState {
@@ -159,7 +213,7 @@ pub(crate) fn step(state: RegisterState, op: &FileOp) -> Result<RegisterState, R
             if current == expected {
                 return Err(Reject::MismatchNamesExpected);
             }
-            if !state.version_can_be(current) {
+            if !state.version_can_be(current, op) {
                 return Err(Reject::VersionDiffers { shown: current });
             }
             Ok(state.with_version(current))
@@ -192,7 +246,7 @@ pub(crate) fn step(state: RegisterState, op: &FileOp) -> Result<RegisterState, R
             let Some(current) = state.content else {
                 return Err(Reject::Absent);
             };
-            if !state.version_can_be(version) {
+            if !state.version_can_be(version, op) {
                 return Err(Reject::VersionDiffers { shown: version });
             }
             if current != content {
@@ -235,6 +289,7 @@ mod tests {
             call_ns: 0,
             return_ns: Some(1),
             record: 0,
+            pins_taken: false,
         }
     }
 
@@ -283,6 +338,43 @@ mod tests {
             &op(Action::Write { content: 1 }, Answer::Written(2))
         )
         .is_ok());
+    }
+
+    #[test]
+    fn dominance() {
+        let exact = RegisterState {
+            latest_version: 5,
+            latest_exact: true,
+            content: Some(0),
+        };
+        let unknown = RegisterState {
+            latest_version: 4,
+            latest_exact: false,
+            content: Some(0),
+        };
+        assert!(!unknown.dominates(&exact) && !exact.dominates(&unknown));
+        let higher_unknown = RegisterState {
+            latest_version: 9,
+            ..unknown
+        };
+        assert!(unknown.dominates(&higher_unknown) && !higher_unknown.dominates(&unknown));
+        let absent = RegisterState {
+            latest_version: 3,
+            latest_exact: true,
+            content: None,
+        };
+        let absent_unknown = RegisterState {
+            latest_version: 6,
+            latest_exact: false,
+            content: None,
+        };
+        assert!(absent.dominates(&absent_unknown) && !absent_unknown.dominates(&absent));
+        assert!(!absent.dominates(&exact));
+        let other_content = RegisterState {
+            content: Some(1),
+            ..unknown
+        };
+        assert!(!unknown.dominates(&other_content));
     }
 
     #[test]

@@ -149,27 +149,44 @@ pub(crate) fn explain_failure(
         .min()
         .unwrap_or(u64::MAX);
     text.push_str("None of the operations that could come next fits:\n");
-    let candidates = ops
+    let candidates: Vec<&FileOp> = ops
         .iter()
         .enumerate()
-        .filter(|(index, op)| !failure.linearized.get(*index) && op.call_ns <= frontier_ns);
-    for (shown, (_, op)) in candidates.enumerate() {
-        if shown == CANDIDATES_SHOWN_MAX {
-            text.push_str("  ...\n");
-            break;
-        }
+        .filter(|(index, op)| !failure.linearized.get(*index) && op.call_ns <= frontier_ns)
+        .map(|(_, op)| op)
+        .collect();
+    let mut shown = 0;
+    let mut without_effect = 0;
+    // Answered operations first: the culprit is among them.
+    for op in candidates
+        .iter()
+        .filter(|op| op.return_ns.is_some())
+        .chain(candidates.iter().filter(|op| op.return_ns.is_none()))
+    {
         let why = match step(failure.state, op) {
-            Err(Reject::NoEffect) if op.return_ns.is_none() => {
-                "indeterminate; taking effect there changes nothing".to_string()
+            Err(Reject::NoEffect) => {
+                without_effect += 1;
+                continue;
             }
             Err(reject) => describe_reject(reject),
             Ok(_) => "fits there, but then the others cannot all be placed".to_string(),
         };
+        if shown == CANDIDATES_SHOWN_MAX {
+            text.push_str("  ...\n");
+            break;
+        }
+        shown += 1;
         let _ = writeln!(
             text,
             "  {}: {}",
             describe_record(OpId(op.record), &records[op.record]),
             why
+        );
+    }
+    if without_effect > 0 {
+        let _ = writeln!(
+            text,
+            "  (and {without_effect} indeterminate operations that would change nothing there)"
         );
     }
     text

@@ -10,11 +10,20 @@
 //!
 //! Indeterminate operations have no return entry; they live in a second list
 //! and are tried after the completed candidates, only for their effect (not
-//! taking effect is the same as taking effect at the very end). Memo entries
-//! are keyed by the completed operations linearized and the state; one that
-//! used a subset of the indeterminate operations another used dominates it
-//! (anything reachable with fewer of them spent is reachable with more left),
-//! so trying them last lets the cheaper configuration prune the others.
+//! taking effect is the same as taking effect at the very end). Pruning, all
+//! of it exact (it never hides a valid order):
+//! - dominance in the memo: a configuration is skipped when one with the
+//!   same completed operations, a dominating state (`RegisterState::
+//!   dominates`) and a subset of the indeterminate operations spent was
+//!   explored in the same mode; trying indeterminate operations last lets
+//!   the cheaper configuration come first and prune the others;
+//! - symmetry: indeterminate operations with the same action (all deletes;
+//!   all writes of content nobody read) are interchangeable once invoked,
+//!   so only the earliest unspent one of each class is tried;
+//! - an indeterminate write or delete right after another indeterminate
+//!   operation is never tried: without the earlier one the state dominates.
+//!   The mode (last placed operation indeterminate or not) is part of the
+//!   memo key, since such configurations are explored with that restriction.
 //!
 //! Invariants: lift/unlift happen in stack order (dancing links); the search
 //! succeeds exactly when every completed operation is linearized.
@@ -22,7 +31,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::model::{step, FileOp, RegisterState};
+use super::model::{step, Action, FileOp, RegisterState};
 use super::{CheckStats, MEMO_BYTES_MAX};
 
 /// Steps between two looks at the clock.
@@ -139,7 +148,10 @@ struct MemoEntry {
     indeterminate: Bits,
 }
 
-/// Memo table: visited configurations bucketed by hash.
+/// Memo table: visited configurations, bucketed by a hash of the completed
+/// operations linearized, the content and the mode (whether the last
+/// operation placed was indeterminate: see `search`), so that entries whose
+/// states differ only in version bound share a bucket.
 struct Memo {
     buckets: HashMap<u64, Vec<MemoEntry>>,
     bytes: usize,
@@ -147,8 +159,9 @@ struct Memo {
 }
 
 impl Memo {
-    /// Records the configuration; false if it (or one dominating it) was
-    /// already explored.
+    /// Records the configuration; false if it, or one that dominates it
+    /// (same completed operations, a dominating state, a subset of the
+    /// indeterminate ones spent, same mode), was already explored.
     fn admit(
         &mut self,
         hash: u64,
@@ -158,7 +171,7 @@ impl Memo {
     ) -> bool {
         let bucket = self.buckets.entry(hash).or_default();
         let seen = bucket.iter().any(|entry| {
-            entry.state == state
+            entry.state.dominates(&state)
                 && entry.completed == *completed
                 && entry.indeterminate.is_subset_of(indeterminate)
         });
@@ -185,9 +198,10 @@ fn mix(mut value: u64) -> u64 {
     value ^ (value >> 31)
 }
 
-fn state_hash(state: &RegisterState) -> u64 {
+/// Hash of what a dominating state must share: the content, and the mode.
+fn state_hash(state: &RegisterState, after_indeterminate: bool) -> u64 {
     let content = state.content.map_or(0, |id| u64::from(id) + 1);
-    mix(state.latest_version ^ mix(content ^ (u64::from(state.latest_exact) << 40)))
+    mix(content ^ (u64::from(after_indeterminate) << 40))
 }
 
 enum Frame {
@@ -258,6 +272,27 @@ pub(crate) fn search(ops: &[FileOp], deadline: Instant, stats: &mut CheckStats) 
     for (position, &index) in order.iter().enumerate() {
         side_node[index] = position + 1;
     }
+    // Indeterminate operations with the same action are interchangeable
+    // once available (the frontier only grows along a path, so an available
+    // one stays available): only the earliest unspent one of each class is
+    // tried, so the spent ones of a class are always its earliest.
+    let mut classes: HashMap<Action, usize> = HashMap::new();
+    let mut class_of = vec![0; indeterminate.len()];
+    let mut rank_in_class = vec![0; indeterminate.len()];
+    let mut class_sizes: Vec<usize> = Vec::new();
+    for &index in &order {
+        let next_class = classes.len();
+        let class = *classes
+            .entry(indeterminate[index].action)
+            .or_insert(next_class);
+        if class == class_sizes.len() {
+            class_sizes.push(0);
+        }
+        class_of[index] = class;
+        rank_in_class[index] = class_sizes[class];
+        class_sizes[class] += 1;
+    }
+    let mut class_spent = vec![0usize; class_sizes.len()];
     let zobrist: Vec<u64> = (0..completed.len())
         .map(|index| mix(index as u64 ^ 0x5eed))
         .collect();
@@ -306,7 +341,7 @@ pub(crate) fn search(ops: &[FileOp], deadline: Instant, stats: &mut CheckStats) 
                     if let Ok(next) = step(state, completed[index]) {
                         linearized.set(index);
                         let hash = completed_hash ^ zobrist[index];
-                        if memo.admit(hash ^ state_hash(&next), &linearized, next, &spent) {
+                        if memo.admit(hash ^ state_hash(&next, false), &linearized, next, &spent) {
                             stack.push(Frame::Completed {
                                 index,
                                 previous: state,
@@ -347,10 +382,17 @@ pub(crate) fn search(ops: &[FileOp], deadline: Instant, stats: &mut CheckStats) 
                         node: side[node].next,
                         frontier_ns,
                     };
-                    if let Ok(next) = step(state, indeterminate[index]) {
+                    // An indeterminate write or delete straight after another
+                    // indeterminate operation is never needed: dropping the
+                    // earlier one leaves a dominating state.
+                    let after_indeterminate =
+                        matches!(stack.last(), Some(Frame::Indeterminate { .. }));
+                    let useless = (after_indeterminate && indeterminate[index].overwrites())
+                        || rank_in_class[index] != class_spent[class_of[index]];
+                    if let (false, Ok(next)) = (useless, step(state, indeterminate[index])) {
                         spent.set(index);
                         if memo.admit(
-                            completed_hash ^ state_hash(&next),
+                            completed_hash ^ state_hash(&next, true),
                             &linearized,
                             next,
                             &spent,
@@ -361,6 +403,7 @@ pub(crate) fn search(ops: &[FileOp], deadline: Instant, stats: &mut CheckStats) 
                                 frontier_ns,
                             });
                             state = next;
+                            class_spent[class_of[index]] += 1;
                             unlink(&mut side, side_node[index]);
                             cursor = Cursor::Main(main[0].next);
                         } else {
@@ -389,6 +432,7 @@ pub(crate) fn search(ops: &[FileOp], deadline: Instant, stats: &mut CheckStats) 
                 }) => {
                     state = previous;
                     spent.clear(index);
+                    class_spent[class_of[index]] -= 1;
                     relink(&mut side, side_node[index]);
                     cursor = Cursor::Indeterminate {
                         node: side[side_node[index]].next,
