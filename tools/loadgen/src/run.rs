@@ -14,7 +14,7 @@ use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Barrier, Mutex};
+use std::sync::{Barrier, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,8 @@ struct Shared<'a> {
     content: Vec<u8>,
     progress: Vec<Progress>,
     barrier: Barrier,
+    /// Start of the measured phase: set by whichever thread leaves the barrier first.
+    start: OnceLock<Instant>,
     connected_clients: AtomicUsize,
     problems: Mutex<Vec<String>>,
 }
@@ -88,6 +90,7 @@ pub fn run(config: &Config, progress_output: &mut dyn Write) -> Result<Report, R
         content: content_pattern(config.size_bytes),
         progress: (0..threads).map(|_| Progress::default()).collect(),
         barrier: Barrier::new(threads + 1),
+        start: OnceLock::new(),
         connected_clients: AtomicUsize::new(0),
         problems: Mutex::new(Vec::new()),
     };
@@ -104,7 +107,7 @@ pub fn run(config: &Config, progress_output: &mut dyn Write) -> Result<Report, R
         }
         drop(sender);
         shared.barrier.wait();
-        let start = Instant::now();
+        let start = *shared.start.get_or_init(Instant::now);
         let prefill_duration = start.saturating_duration_since(run_start);
         let connected = shared.connected_clients.load(Ordering::SeqCst) > 0;
         let outcomes = collect(&shared, &receiver, start, connected, progress_output);
@@ -201,7 +204,8 @@ fn worker_main(shared: &Shared<'_>, worker_index: usize, sender: mpsc::Sender<Wo
     if let Some(worker) = worker.as_mut() {
         let stall = PhaseLimit::Stall(config.timeout());
         worker.run_phase(&mut Source::Nothing, &mut prefill, stall, progress);
-        if config.prefill() {
+        // A worker none of whose clients could connect has nobody to prefill with.
+        if config.prefill() && prefill.connections_opened > 0 {
             let mut source = Source::prefill(worker_index, shared.threads, config.keys);
             worker.run_phase(&mut source, &mut prefill, stall, progress);
         }
@@ -213,7 +217,7 @@ fn worker_main(shared: &Shared<'_>, worker_index: usize, sender: mpsc::Sender<Wo
         }
     }
     shared.barrier.wait();
-    let start = Instant::now();
+    let start = *shared.start.get_or_init(Instant::now);
     let mut measured = Stats::new();
     if let Some(worker) = worker.as_mut() {
         if shared.connected_clients.load(Ordering::SeqCst) > 0 {

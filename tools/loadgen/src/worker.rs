@@ -119,8 +119,27 @@ impl<'a> Worker<'a> {
             last_connect_error: None,
         };
         let mut last_tick: Option<Instant> = None;
+        // The first poll does not wait: events already pending (a peer that
+        // closed an idle connection, say) are handled before anything is sent.
+        let mut wait = Duration::ZERO;
         loop {
+            if let Err(error) = poll.poll(events, Some(wait)) {
+                if error.kind() != io::ErrorKind::Interrupted {
+                    // A broken poll cannot drive anything: end the phase like a stall.
+                    let now = Instant::now();
+                    for client in clients.iter_mut() {
+                        client.fail_all(&mut context, ErrorKind::Timeout);
+                        client.drop_link(context.registry, now);
+                    }
+                    break;
+                }
+            }
             let now = Instant::now();
+            for event in events.iter() {
+                if let Some(client) = clients.get_mut(event.token().0) {
+                    client.on_event(&mut context, now);
+                }
+            }
             let exhausted = context.source.is_exhausted(now);
             let want_connection = !measured || !exhausted;
             let tick_due = last_tick.is_none_or(|last| now.saturating_duration_since(last) >= tick);
@@ -131,9 +150,7 @@ impl<'a> Worker<'a> {
                 }
                 publish(progress, context.stats);
             }
-            if exhausted
-                && clients.iter().all(|client| client.is_idle() && !client.is_connecting())
-            {
+            if exhausted && clients.iter().all(|client| client.is_idle() && !client.is_connecting()) {
                 break;
             }
             let give_up = match limit {
@@ -149,24 +166,13 @@ impl<'a> Worker<'a> {
                 }
                 break;
             }
-            let mut wait = tick.saturating_sub(now.saturating_duration_since(last_tick.unwrap_or(now)));
+            wait = tick.saturating_sub(now.saturating_duration_since(last_tick.unwrap_or(now)));
             if let PhaseLimit::Deadline(deadline) = limit {
                 wait = wait.min(deadline.saturating_duration_since(now));
             }
-            if let Err(error) = poll.poll(events, Some(wait)) {
-                if error.kind() != io::ErrorKind::Interrupted {
-                    // A broken poll cannot drive anything: end the phase like a stall.
-                    for client in clients.iter_mut() {
-                        client.fail_all(&mut context, ErrorKind::Timeout);
-                        client.drop_link(context.registry, now);
-                    }
-                    break;
-                }
-            }
-            let now = Instant::now();
-            for event in events.iter() {
-                if let Some(client) = clients.get_mut(event.token().0) {
-                    client.on_event(&mut context, now);
+            if !exhausted {
+                if let Source::Mix { deadline, .. } = context.source {
+                    wait = wait.min(deadline.saturating_duration_since(now));
                 }
             }
         }
