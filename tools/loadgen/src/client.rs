@@ -24,7 +24,8 @@ use mio::{Interest, Registry, Token};
 use crate::command::Operation;
 use crate::config::Kind;
 use crate::limits::{
-    MAX_RECONNECT_BACKOFF_MS, MAX_REDIRECT_HOPS, MIN_RECONNECT_BACKOFF_MS, OUTPUT_HIGH_WATER_BYTES, READ_CHUNK_BYTES,
+    MAX_RECONNECT_BACKOFF_MS, MAX_REDIRECT_HOPS, MIN_RECONNECT_BACKOFF_MS, OUTPUT_HIGH_WATER_BYTES,
+    READ_CHUNK_BYTES,
 };
 use crate::reply::{Reply, ReplyParser};
 use crate::source::{Source, Versions};
@@ -89,7 +90,12 @@ pub struct Client {
 
 impl Client {
     /// A client that will connect to `addresses[address_index]` when first serviced.
-    pub fn new(token: Token, address_index: usize, addresses: &[SocketAddr], now: Instant) -> Client {
+    pub fn new(
+        token: Token,
+        address_index: usize,
+        addresses: &[SocketAddr],
+        now: Instant,
+    ) -> Client {
         let address_index = address_index % addresses.len().max(1);
         Client {
             token,
@@ -129,7 +135,11 @@ impl Client {
     /// Timers: command timeouts, connect timeouts, due reconnects (only when
     /// `want_connection` or commands wait to be re-sent).
     pub fn check_timers(&mut self, context: &mut Context<'_>, now: Instant, want_connection: bool) {
-        let oldest = self.in_flight.front().or(self.to_resend.front()).map(|command| command.sent_at);
+        let oldest = self
+            .in_flight
+            .front()
+            .or(self.to_resend.front())
+            .map(|command| command.sent_at);
         if oldest.is_some_and(|sent_at| now.saturating_duration_since(sent_at) >= context.timeout) {
             self.fail_all(context, ErrorKind::Timeout);
             self.drop_link(context.registry, now);
@@ -139,11 +149,15 @@ impl Client {
             return;
         }
         match &self.link {
-            Link::Connecting { since, .. } if now.saturating_duration_since(*since) >= context.timeout => {
+            Link::Connecting { since, .. }
+                if now.saturating_duration_since(*since) >= context.timeout =>
+            {
                 context.last_connect_error = Some(format!("connect to {} timed out", self.address));
                 self.connect_failed(context, now);
             }
-            Link::Down { retry_at } if *retry_at <= now && (want_connection || !self.to_resend.is_empty()) => {
+            Link::Down { retry_at }
+                if *retry_at <= now && (want_connection || !self.to_resend.is_empty()) =>
+            {
                 self.connect(context, now);
             }
             Link::Up { .. } if want_connection && self.in_flight.len() < context.pipeline => {
@@ -176,28 +190,36 @@ impl Client {
 
     fn connect(&mut self, context: &mut Context<'_>, now: Instant) {
         let registered = TcpStream::connect(self.address).and_then(|mut stream| {
-            context
-                .registry
-                .register(&mut stream, self.token, Interest::READABLE | Interest::WRITABLE)?;
+            context.registry.register(
+                &mut stream,
+                self.token,
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
             Ok(stream)
         });
         match registered {
             Ok(stream) => self.link = Link::Connecting { stream, since: now },
             Err(error) => {
-                context.last_connect_error = Some(format!("cannot connect to {}: {error}", self.address));
+                context.last_connect_error =
+                    Some(format!("cannot connect to {}: {error}", self.address));
                 self.connect_failed(context, now);
             }
         }
     }
 
     fn next_backoff(&mut self) -> Duration {
-        self.backoff_ms = (self.backoff_ms * 2).clamp(MIN_RECONNECT_BACKOFF_MS, MAX_RECONNECT_BACKOFF_MS);
+        self.backoff_ms =
+            (self.backoff_ms * 2).clamp(MIN_RECONNECT_BACKOFF_MS, MAX_RECONNECT_BACKOFF_MS);
         Duration::from_millis(self.backoff_ms)
     }
 
     fn connect_failed(&mut self, context: &mut Context<'_>, now: Instant) {
         context.stats.connect_failures += 1;
-        let error = if self.via_redirect { ErrorKind::Redirect } else { ErrorKind::Closed };
+        let error = if self.via_redirect {
+            ErrorKind::Redirect
+        } else {
+            ErrorKind::Closed
+        };
         self.fail_all(context, error);
         // Try the next configured address: the one that failed may be a dead node.
         self.via_redirect = false;
@@ -232,7 +254,8 @@ impl Client {
             match stream.take_error() {
                 Ok(None) => {}
                 Ok(Some(error)) | Err(error) => {
-                    context.last_connect_error = Some(format!("cannot connect to {}: {error}", self.address));
+                    context.last_connect_error =
+                        Some(format!("cannot connect to {}: {error}", self.address));
                     return self.connect_failed(context, now);
                 }
             }
@@ -240,7 +263,8 @@ impl Client {
                 Ok(_) => self.connected(context, now),
                 Err(error) if error.kind() == io::ErrorKind::NotConnected => return,
                 Err(error) => {
-                    context.last_connect_error = Some(format!("cannot connect to {}: {error}", self.address));
+                    context.last_connect_error =
+                        Some(format!("cannot connect to {}: {error}", self.address));
                     return self.connect_failed(context, now);
                 }
             }
@@ -255,7 +279,9 @@ impl Client {
     }
 
     fn connected(&mut self, context: &mut Context<'_>, now: Instant) {
-        let Link::Connecting { stream, .. } = std::mem::replace(&mut self.link, Link::Down { retry_at: now }) else {
+        let Link::Connecting { stream, .. } =
+            std::mem::replace(&mut self.link, Link::Down { retry_at: now })
+        else {
             return;
         };
         // Latency matters more than packet count for a load generator.
@@ -264,7 +290,9 @@ impl Client {
         context.stats.connections_opened += 1;
         context.last_progress = now;
         for command in std::mem::take(&mut self.to_resend) {
-            command.operation.encode(context.content, context.expiry_s, &mut self.output);
+            command
+                .operation
+                .encode(context.content, context.expiry_s, &mut self.output);
             self.in_flight.push_back(command);
         }
     }
@@ -364,7 +392,9 @@ impl Client {
                 Err(_) => {
                     // The stream cannot be matched to commands any more.
                     if let Some(command) = self.in_flight.pop_front() {
-                        context.stats.record_error(command.operation.kind, ErrorKind::Protocol);
+                        context
+                            .stats
+                            .record_error(command.operation.kind, ErrorKind::Protocol);
                     }
                     self.fail_all(context, ErrorKind::Closed);
                     let retry_at = now + self.next_backoff();
@@ -386,9 +416,11 @@ impl Client {
         self.answered_on_link += 1;
         context.last_progress = now;
         let operation = command.operation;
-        let latency_us = u64::try_from(now.saturating_duration_since(command.sent_at).as_micros()).unwrap_or(u64::MAX);
+        let latency_us = u64::try_from(now.saturating_duration_since(command.sent_at).as_micros())
+            .unwrap_or(u64::MAX);
         let answer = match (&reply, operation.kind) {
-            (Reply::Contents { version, .. }, Kind::Read) | (Reply::OkVersion(version), Kind::Write | Kind::Cas) => {
+            (Reply::Contents { version, .. }, Kind::Read)
+            | (Reply::OkVersion(version), Kind::Write | Kind::Cas) => {
                 context.versions.note(operation.key, *version);
                 Ok(Answer::Success)
             }
@@ -400,23 +432,37 @@ impl Client {
             }
             (Reply::CommandError, _) => Err(ErrorKind::CommandError),
             (Reply::Internal, _) => Err(ErrorKind::Internal),
-            (Reply::Redirect(target), _) => return self.follow_redirect(context, command, target, now),
+            (Reply::Redirect(target), _) => {
+                return self.follow_redirect(context, command, target, now)
+            }
             _ => Err(ErrorKind::Protocol),
         };
         match answer {
-            Ok(answer) => context.stats.record_answer(operation.kind, answer, latency_us),
+            Ok(answer) => context
+                .stats
+                .record_answer(operation.kind, answer, latency_us),
             Err(error) => context.stats.record_error(operation.kind, error),
         }
         Flow::Continue
     }
 
-    fn follow_redirect(&mut self, context: &mut Context<'_>, command: InFlight, target: &str, now: Instant) -> Flow {
-        let resolved = target
-            .parse::<SocketAddr>()
-            .ok()
-            .or_else(|| target.to_socket_addrs().ok().and_then(|mut addresses| addresses.next()));
+    fn follow_redirect(
+        &mut self,
+        context: &mut Context<'_>,
+        command: InFlight,
+        target: &str,
+        now: Instant,
+    ) -> Flow {
+        let resolved = target.parse::<SocketAddr>().ok().or_else(|| {
+            target
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut addresses| addresses.next())
+        });
         let Some(address) = resolved.filter(|_| command.redirect_hops < MAX_REDIRECT_HOPS) else {
-            context.stats.record_error(command.operation.kind, ErrorKind::Redirect);
+            context
+                .stats
+                .record_error(command.operation.kind, ErrorKind::Redirect);
             return Flow::Continue;
         };
         // The redirected command and everything sent after it go, in order, to the new address.

@@ -87,9 +87,18 @@ mod tests {
     fn commands_are_byte_exact() {
         assert_eq!(encoded(Kind::Read, 0, 0, b"", 0), b"read key-0\r\n");
         assert_eq!(encoded(Kind::Delete, 12, 0, b"", 0), b"delete key-12\r\n");
-        assert_eq!(encoded(Kind::Write, 7, 0, b"a\r\n", 0), b"write key-7 3\r\na\r\n\r\n");
-        assert_eq!(encoded(Kind::Write, 7, 0, b"", 30), b"write key-7 0 30\r\n\r\n");
-        assert_eq!(encoded(Kind::Cas, 1, 18446744073709551615, b"xy", 0), b"cas key-1 18446744073709551615 2\r\nxy\r\n");
+        assert_eq!(
+            encoded(Kind::Write, 7, 0, b"a\r\n", 0),
+            b"write key-7 3\r\na\r\n\r\n"
+        );
+        assert_eq!(
+            encoded(Kind::Write, 7, 0, b"", 30),
+            b"write key-7 0 30\r\n\r\n"
+        );
+        assert_eq!(
+            encoded(Kind::Cas, 1, 18446744073709551615, b"xy", 0),
+            b"cas key-1 18446744073709551615 2\r\nxy\r\n"
+        );
     }
 
     #[test]

@@ -120,24 +120,37 @@ impl fmt::Display for Mix {
 /// Parses `write=W,read=R,cas=X,delete=D` (any subset, any order; missing kinds weigh 0).
 pub fn parse_mix(text: &str) -> Result<Mix, String> {
     let mut weights: [Option<u32>; 4] = [None; 4];
-    for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+    for part in text
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+    {
         let (name, value) = part
             .split_once('=')
             .ok_or_else(|| format!("`{part}` is not KIND=WEIGHT"))?;
         let kind = Kind::ALL
             .into_iter()
             .find(|kind| kind.name() == name.trim())
-            .ok_or_else(|| format!("unknown kind `{}` (use write, read, cas, delete)", name.trim()))?;
-        let weight: u32 = value
-            .trim()
-            .parse()
-            .map_err(|_| format!("weight `{}` of {} is not a whole number", value.trim(), kind.name()))?;
+            .ok_or_else(|| {
+                format!(
+                    "unknown kind `{}` (use write, read, cas, delete)",
+                    name.trim()
+                )
+            })?;
+        let weight: u32 = value.trim().parse().map_err(|_| {
+            format!(
+                "weight `{}` of {} is not a whole number",
+                value.trim(),
+                kind.name()
+            )
+        })?;
         if weights[kind.index()].replace(weight).is_some() {
             return Err(format!("{} is given twice", kind.name()));
         }
     }
     let [write, read, cas, delete] = weights.map(|weight| weight.unwrap_or(0));
-    Mix::new(write, read, cas, delete).ok_or_else(|| "the mix needs at least one positive weight".to_string())
+    Mix::new(write, read, cas, delete)
+        .ok_or_else(|| "the mix needs at least one positive weight".to_string())
 }
 
 fn parse_address(text: &str) -> Result<SocketAddr, String> {
@@ -145,20 +158,28 @@ fn parse_address(text: &str) -> Result<SocketAddr, String> {
         .trim()
         .to_socket_addrs()
         .map_err(|error| format!("cannot resolve `{text}`: {error}"))?;
-    addresses.next().ok_or_else(|| format!("`{text}` resolves to no address"))
+    addresses
+        .next()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
 }
 
 fn parse_duration_s(text: &str) -> Result<f64, String> {
-    let seconds: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
     if seconds.is_finite() && seconds > 0.0 && seconds <= 1.0e7 {
         Ok(seconds)
     } else {
-        Err(format!("duration must be positive and finite, got `{text}`"))
+        Err(format!(
+            "duration must be positive and finite, got `{text}`"
+        ))
     }
 }
 
 fn parse_bounded(text: &str, low: usize, high: usize) -> Result<usize, String> {
-    let value: usize = text.parse().map_err(|_| format!("`{text}` is not a whole number"))?;
+    let value: usize = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number"))?;
     if (low..=high).contains(&value) {
         Ok(value)
     } else {
@@ -183,16 +204,23 @@ fn parse_size(text: &str) -> Result<usize, String> {
 }
 
 fn parse_keys(text: &str) -> Result<u64, String> {
-    let value: u64 = text.parse().map_err(|_| format!("`{text}` is not a whole number"))?;
+    let value: u64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number"))?;
     if (1..=limits::MAX_KEYS).contains(&value) {
         Ok(value)
     } else {
-        Err(format!("must be between 1 and {}, got {value}", limits::MAX_KEYS))
+        Err(format!(
+            "must be between 1 and {}, got {value}",
+            limits::MAX_KEYS
+        ))
     }
 }
 
 fn parse_timeout_ms(text: &str) -> Result<u64, String> {
-    let value: u64 = text.parse().map_err(|_| format!("`{text}` is not a whole number"))?;
+    let value: u64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number"))?;
     if (1..=3_600_000).contains(&value) {
         Ok(value)
     } else {

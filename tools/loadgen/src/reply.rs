@@ -54,7 +54,10 @@ pub enum ReplyError {
 impl fmt::Display for ReplyError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ReplyError::LineTooLong => write!(formatter, "reply line longer than {MAX_REPLY_LINE_BYTES} bytes"),
+            ReplyError::LineTooLong => write!(
+                formatter,
+                "reply line longer than {MAX_REPLY_LINE_BYTES} bytes"
+            ),
             ReplyError::Unknown(line) => write!(formatter, "unknown reply `{line}`"),
             ReplyError::BadContentTerminator => write!(formatter, "content not followed by \\r\\n"),
         }
@@ -70,7 +73,10 @@ enum State {
     /// Counting off content bytes of a `CONTENTS` reply.
     Content { remaining_bytes: u64, reply: Reply },
     /// Expecting the `\r\n` after content; `seen_carriage_return` once the `\r` came.
-    Terminator { seen_carriage_return: bool, reply: Reply },
+    Terminator {
+        seen_carriage_return: bool,
+        reply: Reply,
+    },
 }
 
 /// Streaming reply parser; one per connection, reset when the connection is.
@@ -136,7 +142,10 @@ impl ReplyParser {
                         return Ok((consumed, Some(reply)));
                     }
                 }
-                State::Content { remaining_bytes, reply } => {
+                State::Content {
+                    remaining_bytes,
+                    reply,
+                } => {
                     let available = rest.len() as u64;
                     if available < *remaining_bytes {
                         *remaining_bytes -= available;
@@ -192,7 +201,9 @@ fn parse_number(field: &[u8]) -> Option<u64> {
 }
 
 fn parse_line(line: &[u8]) -> Result<Reply, ReplyError> {
-    let mut fields = line.split(|&byte| byte == b' ').filter(|field| !field.is_empty());
+    let mut fields = line
+        .split(|&byte| byte == b' ')
+        .filter(|field| !field.is_empty());
     let Some(head) = fields.next() else {
         return Err(unknown(line));
     };
@@ -256,11 +267,23 @@ mod tests {
 
     #[test]
     fn bad_replies_are_errors() {
-        assert!(matches!(parse_all(b"HELLO\r\n"), Err(ReplyError::Unknown(_))));
-        assert!(matches!(parse_all(b"OK 1 2\r\n"), Err(ReplyError::Unknown(_))));
+        assert!(matches!(
+            parse_all(b"HELLO\r\n"),
+            Err(ReplyError::Unknown(_))
+        ));
+        assert!(matches!(
+            parse_all(b"OK 1 2\r\n"),
+            Err(ReplyError::Unknown(_))
+        ));
         assert!(matches!(parse_all(b"\r\n"), Err(ReplyError::Unknown(_))));
-        assert!(matches!(parse_all(b"ERR_VERSION x\r\n"), Err(ReplyError::Unknown(_))));
-        assert_eq!(parse_all(b"CONTENTS 1 2 0\r\nabXY"), Err(ReplyError::BadContentTerminator));
+        assert!(matches!(
+            parse_all(b"ERR_VERSION x\r\n"),
+            Err(ReplyError::Unknown(_))
+        ));
+        assert_eq!(
+            parse_all(b"CONTENTS 1 2 0\r\nabXY"),
+            Err(ReplyError::BadContentTerminator)
+        );
         assert_eq!(parse_all(&[b'O'; 2000]), Err(ReplyError::LineTooLong));
     }
 

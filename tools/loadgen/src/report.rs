@@ -127,11 +127,21 @@ impl Report {
             );
         }
         let _ = writeln!(text, "duration   {:.3} s", self.duration_s);
-        let _ = writeln!(text, "ops        {} ({:.1} ops/s)", self.ops(), self.throughput());
+        let _ = writeln!(
+            text,
+            "ops        {} ({:.1} ops/s)",
+            self.ops(),
+            self.throughput()
+        );
         let _ = writeln!(
             text,
             "latency us p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {:.1})",
-            latency.p50_us, latency.p90_us, latency.p99_us, latency.p999_us, latency.max_us, latency.mean_us
+            latency.p50_us,
+            latency.p90_us,
+            latency.p99_us,
+            latency.p999_us,
+            latency.max_us,
+            latency.mean_us
         );
         for kind in Kind::ALL {
             let kind_stats = &self.stats.kinds[kind.index()];
@@ -157,11 +167,18 @@ impl Report {
             .iter()
             .map(|&error| format!("{} {}", error.name(), self.stats.error_count(error)))
             .collect();
-        let _ = writeln!(text, "errors     {} ({})", self.errors(), by_kind.join(", "));
         let _ = writeln!(
             text,
-            "connections opened {}, connect failures {}, redirects followed {}",
-            self.stats.connections_opened, self.stats.connect_failures, self.stats.redirects_followed
+            "errors     {} ({})",
+            self.errors(),
+            by_kind.join(", ")
+        );
+        let _ = writeln!(
+            text,
+            "connections opened {}, connect failures {}, redirects followed {} (whole run)",
+            self.stats.connections_opened,
+            self.stats.connect_failures,
+            self.stats.redirects_followed
         );
         text
     }
@@ -172,7 +189,10 @@ impl Report {
         let config = &self.config;
         let mut errors_by_kind = Map::new();
         for error in ErrorKind::ALL {
-            errors_by_kind.insert(error.name().to_string(), json!(self.stats.error_count(error)));
+            errors_by_kind.insert(
+                error.name().to_string(),
+                json!(self.stats.error_count(error)),
+            );
         }
         let mut mix = Map::new();
         let mut kinds = Map::new();
@@ -244,14 +264,22 @@ fn sub_bucket_count() -> u64 {
 
 /// `outputPercentileDistribution` of HdrHistogram (5 ticks per half distance, unit scale 1).
 pub fn write_hgrm(histogram: &Histogram<u64>, output: &mut dyn Write) -> io::Result<()> {
-    writeln!(output, "{:>12} {:>14} {:>10} {:>14}\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)")?;
+    writeln!(
+        output,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    )?;
     let mut total = 0u64;
     for step in histogram.iter_quantiles(5) {
         total += step.count_since_last_iteration();
         let quantile = step.quantile_iterated_to();
         let value = step.value_iterated_to() as f64;
         if quantile < 1.0 {
-            writeln!(output, "{value:>12.3} {quantile:>2.12} {total:>10} {:>14.2}", 1.0 / (1.0 - quantile))?;
+            writeln!(
+                output,
+                "{value:>12.3} {quantile:>2.12} {total:>10} {:>14.2}",
+                1.0 / (1.0 - quantile)
+            )?;
         } else {
             writeln!(output, "{value:>12.3} {quantile:>2.12} {total:>10}")?;
         }
@@ -261,7 +289,10 @@ pub fn write_hgrm(histogram: &Histogram<u64>, output: &mut dyn Write) -> io::Res
     } else {
         (histogram.mean(), histogram.stdev())
     };
-    writeln!(output, "#[Mean    = {mean:>12.3}, StdDeviation   = {deviation:>12.3}]")?;
+    writeln!(
+        output,
+        "#[Mean    = {mean:>12.3}, StdDeviation   = {deviation:>12.3}]"
+    )?;
     writeln!(
         output,
         "#[Max     = {:>12.3}, Total count    = {:>12}]",
@@ -294,7 +325,10 @@ mod tests {
         assert!(lines[0].contains("Percentile") && lines[0].contains("1/(1-Percentile)"));
         assert!(lines.iter().any(|line| line.contains("0.500000000000")));
         let last_row = lines[lines.len() - 4];
-        assert!(last_row.contains("1.000000000000") && last_row.trim_end().ends_with("1000"), "{last_row}");
+        assert!(
+            last_row.contains("1.000000000000") && last_row.trim_end().ends_with("1000"),
+            "{last_row}"
+        );
         assert!(text.contains("Total count    =         1000]"));
         assert!(text.contains("SubBuckets     =         2048]"));
     }

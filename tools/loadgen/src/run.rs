@@ -37,7 +37,9 @@ pub enum RunError {
 impl fmt::Display for RunError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RunError::CannotConnect(reason) => write!(formatter, "no client could connect: {reason}"),
+            RunError::CannotConnect(reason) => {
+                write!(formatter, "no client could connect: {reason}")
+            }
             RunError::Worker(reason) => write!(formatter, "worker failed to start: {reason}"),
         }
     }
@@ -96,7 +98,11 @@ pub fn run(config: &Config, progress_output: &mut dyn Write) -> Result<Report, R
     };
     let run_start = Instant::now();
     if config.prefill() {
-        let _ = writeln!(progress_output, "loadgen: prefill: writing {} keys (not measured)", config.keys);
+        let _ = writeln!(
+            progress_output,
+            "loadgen: prefill: writing {} keys (not measured)",
+            config.keys
+        );
     }
     let (sender, receiver) = mpsc::channel::<WorkerOutcome>();
     thread::scope(|scope| {
@@ -111,13 +117,19 @@ pub fn run(config: &Config, progress_output: &mut dyn Write) -> Result<Report, R
         let prefill_duration = start.saturating_duration_since(run_start);
         let connected = shared.connected_clients.load(Ordering::SeqCst) > 0;
         let outcomes = collect(&shared, &receiver, start, connected, progress_output);
-        let end = outcomes.last().map_or(start, |(_, finished_at)| *finished_at);
+        let end = outcomes
+            .last()
+            .map_or(start, |(_, finished_at)| *finished_at);
         let mut prefill = Stats::new();
         let mut measured = Stats::new();
         for (outcome, _) in &outcomes {
             prefill.merge(&outcome.prefill);
             measured.merge(&outcome.measured);
         }
+        // Connection counters cover the whole run (most connections open before measuring).
+        measured.connections_opened += prefill.connections_opened;
+        measured.connect_failures += prefill.connect_failures;
+        measured.redirects_followed += prefill.redirects_followed;
         if outcomes.len() < threads {
             return Err(RunError::Worker(shared.last_problem()));
         }
@@ -163,7 +175,11 @@ fn collect(
         match receiver.recv_timeout(wait) {
             Ok(outcome) => outcomes.push((outcome, Instant::now())),
             Err(RecvTimeoutError::Timeout) => {
-                let ops: u64 = shared.progress.iter().map(|progress| progress.ops.load(Ordering::Relaxed)).sum();
+                let ops: u64 = shared
+                    .progress
+                    .iter()
+                    .map(|progress| progress.ops.load(Ordering::Relaxed))
+                    .sum();
                 let errors: u64 = shared
                     .progress
                     .iter()
@@ -222,7 +238,8 @@ fn worker_main(shared: &Shared<'_>, worker_index: usize, sender: mpsc::Sender<Wo
     if let Some(worker) = worker.as_mut() {
         if shared.connected_clients.load(Ordering::SeqCst) > 0 {
             let deadline = start + config.duration();
-            let mut source = Source::mix(config.seed, worker_index, config.mix, config.keys, deadline);
+            let mut source =
+                Source::mix(config.seed, worker_index, config.mix, config.keys, deadline);
             worker.run_phase(
                 &mut source,
                 &mut measured,

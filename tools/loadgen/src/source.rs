@@ -40,7 +40,10 @@ impl Versions {
 
     /// Notes that `key` had `version`; versions only grow in the cluster, so the larger one is kept.
     pub fn note(&self, key: u64, version: u64) {
-        if let Some(slot) = usize::try_from(key).ok().and_then(|index| self.by_key.get(index)) {
+        if let Some(slot) = usize::try_from(key)
+            .ok()
+            .and_then(|index| self.by_key.get(index))
+        {
             slot.fetch_max(version, Ordering::Relaxed);
         }
     }
@@ -74,7 +77,8 @@ impl Source {
     /// The measured mix of one worker.
     pub fn mix(seed: u64, worker: usize, mix: Mix, keys: u64, deadline: Instant) -> Source {
         // Distinct streams per worker from one seed.
-        let state = u128::from(seed) << 64 | (worker as u128 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let state =
+            u128::from(seed) << 64 | (worker as u128 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         Source::Mix {
             rng: Pcg64Mcg::new(state | 1),
             mix,
@@ -95,7 +99,11 @@ impl Source {
     /// The next command to send, or `None` when exhausted.
     pub fn next(&mut self, now: Instant, versions: &Versions) -> Option<Operation> {
         match self {
-            Source::Prefill { next_key, step, keys } => {
+            Source::Prefill {
+                next_key,
+                step,
+                keys,
+            } => {
                 if next_key >= keys {
                     return None;
                 }
@@ -118,7 +126,11 @@ impl Source {
                 }
                 let kind = mix.pick(rng.gen_range(0..mix.total()));
                 let key = rng.gen_range(0..*keys);
-                let expected_version = if kind == Kind::Cas { versions.get(key) } else { 0 };
+                let expected_version = if kind == Kind::Cas {
+                    versions.get(key)
+                } else {
+                    0
+                };
                 Some(Operation {
                     kind,
                     key,
@@ -161,7 +173,12 @@ mod tests {
         let mix = Mix::new(0, 0, 1, 0).expect("positive");
         let mut source = Source::mix(5, 0, mix, 1, now + Duration::from_secs(60));
         let operation = source.next(now, &versions).expect("before the deadline");
-        assert_eq!((operation.kind, operation.key, operation.expected_version), (Kind::Cas, 0, 7));
-        assert!(source.next(now + Duration::from_secs(61), &versions).is_none());
+        assert_eq!(
+            (operation.kind, operation.key, operation.expected_version),
+            (Kind::Cas, 0, 7)
+        );
+        assert!(source
+            .next(now + Duration::from_secs(61), &versions)
+            .is_none());
     }
 }

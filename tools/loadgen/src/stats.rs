@@ -122,7 +122,8 @@ pub struct Stats {
     pub kinds: [KindStats; 4],
     /// Indexed by `ErrorKind::index`.
     pub errors: [u64; 6],
-    /// Redirects followed (one per reconnect caused by `ERR_REDIRECT`).
+    /// Redirects followed (one per reconnect caused by `ERR_REDIRECT`). In a
+    /// `Report` this and the two connection counters cover the whole run.
     pub redirects_followed: u64,
     /// Connections established (the first of each client included).
     pub connections_opened: u64,
@@ -141,7 +142,12 @@ impl Stats {
     pub fn new() -> Stats {
         Stats {
             latency_us: new_latency_histogram(),
-            kinds: [KindStats::new(), KindStats::new(), KindStats::new(), KindStats::new()],
+            kinds: [
+                KindStats::new(),
+                KindStats::new(),
+                KindStats::new(),
+                KindStats::new(),
+            ],
             errors: [0; 6],
             redirects_followed: 0,
             connections_opened: 0,

@@ -90,7 +90,13 @@ impl<'a> Worker<'a> {
     }
 
     /// Runs one phase: commands from `source`, counted in `stats`, bounded by `limit`.
-    pub fn run_phase(&mut self, source: &mut Source, stats: &mut Stats, limit: PhaseLimit, progress: &Progress) {
+    pub fn run_phase(
+        &mut self,
+        source: &mut Source,
+        stats: &mut Stats,
+        limit: PhaseLimit,
+        progress: &Progress,
+    ) {
         let tick = Duration::from_millis(POLL_TICK_MS);
         let measured = matches!(limit, PhaseLimit::Deadline(_));
         let Worker {
@@ -150,12 +156,18 @@ impl<'a> Worker<'a> {
                 }
                 publish(progress, context.stats);
             }
-            if exhausted && clients.iter().all(|client| client.is_idle() && !client.is_connecting()) {
+            if exhausted
+                && clients
+                    .iter()
+                    .all(|client| client.is_idle() && !client.is_connecting())
+            {
                 break;
             }
             let give_up = match limit {
                 PhaseLimit::Deadline(deadline) => now >= deadline,
-                PhaseLimit::Stall(stall) => now.saturating_duration_since(context.last_progress) >= stall,
+                PhaseLimit::Stall(stall) => {
+                    now.saturating_duration_since(context.last_progress) >= stall
+                }
             };
             if give_up {
                 // Outstanding commands are timeouts; their connections are closed,
@@ -193,5 +205,7 @@ impl<'a> Worker<'a> {
 
 fn publish(progress: &Progress, stats: &Stats) {
     progress.ops.store(stats.ops(), Ordering::Relaxed);
-    progress.errors.store(stats.error_total(), Ordering::Relaxed);
+    progress
+        .errors
+        .store(stats.error_total(), Ordering::Relaxed);
 }

@@ -16,8 +16,22 @@ fn full_mix_against_a_store_parses_every_answer() {
     let server = FakeServer::start(Mode::Store);
     let address = server.address.to_string();
     let report = run(&[
-        "--addr", &address, "--clients", "4", "--pipeline", "8", "--duration", "0.4",
-        "--mix", "write=2,read=4,cas=2,delete=1", "--size", "300", "--keys", "20", "--threads", "2",
+        "--addr",
+        &address,
+        "--clients",
+        "4",
+        "--pipeline",
+        "8",
+        "--duration",
+        "0.4",
+        "--mix",
+        "write=2,read=4,cas=2,delete=1",
+        "--size",
+        "300",
+        "--keys",
+        "20",
+        "--threads",
+        "2",
     ]);
     assert_accounted(&report);
     assert_eq!(report.errors(), 0, "{}", report.text());
@@ -47,13 +61,28 @@ fn cas_mostly_succeeds_with_versions_seen() {
     let address = server.address.to_string();
     // One client: every cas names the version it last saw, so every cas succeeds.
     let report = run(&[
-        "--addr", &address, "--clients", "1", "--pipeline", "1", "--duration", "0.2", "--mix", "cas=1",
-        "--keys", "5",
+        "--addr",
+        &address,
+        "--clients",
+        "1",
+        "--pipeline",
+        "1",
+        "--duration",
+        "0.2",
+        "--mix",
+        "cas=1",
+        "--keys",
+        "5",
     ]);
     assert_accounted(&report);
     let cas = &report.stats.kinds[Kind::Cas.index()];
     assert!(cas.success > 10, "{}", report.text());
-    assert_eq!(cas.version_mismatch + cas.not_found + cas.errors, 0, "{}", report.text());
+    assert_eq!(
+        cas.version_mismatch + cas.not_found + cas.errors,
+        0,
+        "{}",
+        report.text()
+    );
 }
 
 #[test]
@@ -67,7 +96,16 @@ fn pipeline_depth_is_reached_and_never_exceeded() {
     );
     let address = server.address.to_string();
     let report = run(&[
-        "--addr", &address, "--clients", "3", "--pipeline", "7", "--duration", "0.3", "--mix", "write=1,delete=1",
+        "--addr",
+        &address,
+        "--clients",
+        "3",
+        "--pipeline",
+        "7",
+        "--duration",
+        "0.3",
+        "--mix",
+        "write=1,delete=1",
     ]);
     assert_accounted(&report);
     assert_eq!(report.errors(), 0, "{}", report.text());
@@ -80,17 +118,36 @@ fn redirects_are_followed_with_commands_resent_in_order() {
     let follower = FakeServer::start(Mode::Redirect(leader.address.to_string()));
     let address = follower.address.to_string();
     let report = run(&[
-        "--addr", &address, "--clients", "4", "--pipeline", "4", "--duration", "0.3", "--mix", "write=1,read=1",
-        "--keys", "10",
+        "--addr",
+        &address,
+        "--clients",
+        "4",
+        "--pipeline",
+        "4",
+        "--duration",
+        "0.3",
+        "--mix",
+        "write=1,read=1",
+        "--keys",
+        "10",
     ]);
     assert_accounted(&report);
     assert_eq!(report.errors(), 0, "{}", report.text());
     assert!(report.ops() > 50);
-    // Each client was redirected once (during the prefill) and then stayed on the leader.
-    assert!(report.prefill.as_ref().is_some_and(|prefill| prefill.written == 10));
+    assert!(report
+        .prefill
+        .as_ref()
+        .is_some_and(|prefill| prefill.written == 10));
     assert!(follower.stats.commands.load(Ordering::SeqCst) >= 1);
     assert!(leader.stats.commands.load(Ordering::SeqCst) >= report.ops());
-    assert_eq!(report.stats.redirects_followed, 0, "measured phase ran on the leader");
+    assert_eq!(
+        report.stats.redirects_followed, 4,
+        "one redirect per client, then it stays on the leader"
+    );
+    assert_eq!(
+        report.stats.connections_opened, 8,
+        "each client connected to the follower, then the leader"
+    );
     assert_eq!(leader.stats.bad_content.load(Ordering::SeqCst), 0);
 }
 
@@ -98,33 +155,78 @@ fn redirects_are_followed_with_commands_resent_in_order() {
 fn redirect_loops_and_unreachable_targets_are_errors() {
     let first = fake::bind();
     let second = fake::bind();
-    let (first_address, second_address) = (first.local_addr().expect("addr"), second.local_addr().expect("addr"));
-    let _first = FakeServer::start_on(first, Mode::Redirect(second_address.to_string()), Options::default());
-    let _second = FakeServer::start_on(second, Mode::Redirect(first_address.to_string()), Options::default());
+    let (first_address, second_address) = (
+        first.local_addr().expect("addr"),
+        second.local_addr().expect("addr"),
+    );
+    let _first = FakeServer::start_on(
+        first,
+        Mode::Redirect(second_address.to_string()),
+        Options::default(),
+    );
+    let _second = FakeServer::start_on(
+        second,
+        Mode::Redirect(first_address.to_string()),
+        Options::default(),
+    );
     let report = run(&[
-        "--addr", &first_address.to_string(), "--clients", "2", "--pipeline", "2", "--duration", "0.3", "--mix",
+        "--addr",
+        &first_address.to_string(),
+        "--clients",
+        "2",
+        "--pipeline",
+        "2",
+        "--duration",
+        "0.3",
+        "--mix",
         "write=1",
     ]);
     assert_accounted(&report);
     assert_eq!(report.ops(), 0);
-    assert!(report.stats.error_count(ErrorKind::Redirect) > 0, "{}", report.text());
+    assert!(
+        report.stats.error_count(ErrorKind::Redirect) > 0,
+        "{}",
+        report.text()
+    );
     assert!(report.stats.redirects_followed > 0);
 
     let nowhere = FakeServer::start(Mode::Redirect(fake::closed_address().to_string()));
     let report = run(&[
-        "--addr", &nowhere.address.to_string(), "--clients", "2", "--duration", "0.3", "--mix", "delete=1",
+        "--addr",
+        &nowhere.address.to_string(),
+        "--clients",
+        "2",
+        "--duration",
+        "0.3",
+        "--mix",
+        "delete=1",
     ]);
     assert_accounted(&report);
     assert_eq!(report.ops(), 0);
-    assert!(report.stats.error_count(ErrorKind::Redirect) > 0, "{}", report.text());
+    assert!(
+        report.stats.error_count(ErrorKind::Redirect) > 0,
+        "{}",
+        report.text()
+    );
     assert!(report.stats.connect_failures > 0);
 
     let unresolvable = FakeServer::start(Mode::Redirect("no-port-here".to_string()));
     let report = run(&[
-        "--addr", &unresolvable.address.to_string(), "--clients", "1", "--duration", "0.2", "--mix", "delete=1",
+        "--addr",
+        &unresolvable.address.to_string(),
+        "--clients",
+        "1",
+        "--duration",
+        "0.2",
+        "--mix",
+        "delete=1",
     ]);
     assert_accounted(&report);
-    assert!(report.stats.error_count(ErrorKind::Redirect) > 0, "{}", report.text());
+    assert!(
+        report.stats.error_count(ErrorKind::Redirect) > 0,
+        "{}",
+        report.text()
+    );
 }
 
 #[test]
@@ -137,18 +239,38 @@ fn error_replies_are_counted_by_kind() {
     ] {
         let server = FakeServer::start(Mode::Fixed(reply.to_vec()));
         let report = run(&[
-            "--addr", &server.address.to_string(), "--clients", "2", "--pipeline", "3", "--duration", "0.2",
-            "--mix", "write=1",
+            "--addr",
+            &server.address.to_string(),
+            "--clients",
+            "2",
+            "--pipeline",
+            "3",
+            "--duration",
+            "0.2",
+            "--mix",
+            "write=1",
         ]);
         assert_accounted(&report);
         assert_eq!(report.ops(), 0);
         assert!(report.errors() > 10, "{}", report.text());
-        assert_eq!(report.stats.error_count(kind), report.errors(), "{}", report.text());
+        assert_eq!(
+            report.stats.error_count(kind),
+            report.errors(),
+            "{}",
+            report.text()
+        );
     }
     // Not-found and version mismatches are answers, not errors.
     let server = FakeServer::start(Mode::Fixed(b"ERR_VERSION 3\r\n".to_vec()));
     let report = run(&[
-        "--addr", &server.address.to_string(), "--clients", "1", "--duration", "0.2", "--mix", "cas=1",
+        "--addr",
+        &server.address.to_string(),
+        "--clients",
+        "1",
+        "--duration",
+        "0.2",
+        "--mix",
+        "cas=1",
         "--no-prefill",
     ]);
     assert_eq!(report.errors(), 0, "{}", report.text());
@@ -159,26 +281,57 @@ fn error_replies_are_counted_by_kind() {
 fn garbage_replies_drop_the_connection() {
     let server = FakeServer::start(Mode::Fixed(b"HELLO\r\n".to_vec()));
     let report = run(&[
-        "--addr", &server.address.to_string(), "--clients", "1", "--pipeline", "4", "--duration", "0.2", "--mix",
-        "read=1", "--no-prefill",
+        "--addr",
+        &server.address.to_string(),
+        "--clients",
+        "1",
+        "--pipeline",
+        "4",
+        "--duration",
+        "0.2",
+        "--mix",
+        "read=1",
+        "--no-prefill",
     ]);
     assert_accounted(&report);
     assert_eq!(report.ops(), 0);
-    assert!(report.stats.error_count(ErrorKind::Protocol) > 0, "{}", report.text());
-    assert!(report.stats.connections_opened > 1, "reconnected after dropping the connection");
+    assert!(
+        report.stats.error_count(ErrorKind::Protocol) > 0,
+        "{}",
+        report.text()
+    );
+    assert!(
+        report.stats.connections_opened > 1,
+        "reconnected after dropping the connection"
+    );
 }
 
 #[test]
 fn closed_connections_fail_their_outstanding_commands_and_reconnect() {
     let server = FakeServer::start(Mode::CloseOnCommand);
     let report = run(&[
-        "--addr", &server.address.to_string(), "--clients", "2", "--pipeline", "5", "--duration", "0.3", "--mix",
+        "--addr",
+        &server.address.to_string(),
+        "--clients",
+        "2",
+        "--pipeline",
+        "5",
+        "--duration",
+        "0.3",
+        "--mix",
         "delete=1",
     ]);
     assert_accounted(&report);
     assert_eq!(report.ops(), 0);
-    assert!(report.stats.error_count(ErrorKind::Closed) >= 10, "{}", report.text());
-    assert!(server.stats.connections.load(Ordering::SeqCst) > 2, "clients reconnected");
+    assert!(
+        report.stats.error_count(ErrorKind::Closed) >= 10,
+        "{}",
+        report.text()
+    );
+    assert!(
+        server.stats.connections.load(Ordering::SeqCst) > 2,
+        "clients reconnected"
+    );
 
     let server = FakeServer::start_with(
         Mode::Store,
@@ -188,7 +341,15 @@ fn closed_connections_fail_their_outstanding_commands_and_reconnect() {
         },
     );
     let report = run(&[
-        "--addr", &server.address.to_string(), "--clients", "2", "--pipeline", "4", "--duration", "0.3", "--mix",
+        "--addr",
+        &server.address.to_string(),
+        "--clients",
+        "2",
+        "--pipeline",
+        "4",
+        "--duration",
+        "0.3",
+        "--mix",
         "write=1",
     ]);
     assert_accounted(&report);
@@ -199,13 +360,25 @@ fn closed_connections_fail_their_outstanding_commands_and_reconnect() {
 #[test]
 fn an_idle_connection_closed_by_the_server_is_reopened_without_error() {
     let server = FakeServer::start(Mode::Store);
-    let config = config(&["--addr", &server.address.to_string(), "--clients", "3", "--timeout-ms", "2000"]);
+    let config = config(&[
+        "--addr",
+        &server.address.to_string(),
+        "--clients",
+        "3",
+        "--timeout-ms",
+        "2000",
+    ]);
     let versions = Versions::new(config.keys);
     let content = loadgen::command::content_pattern(config.size_bytes);
     let progress = Progress::default();
     let mut worker = Worker::new(&config, &versions, &content, 0..3).expect("worker");
     let mut setup = Stats::new();
-    worker.run_phase(&mut Source::Nothing, &mut setup, PhaseLimit::Stall(config.timeout()), &progress);
+    worker.run_phase(
+        &mut Source::Nothing,
+        &mut setup,
+        PhaseLimit::Stall(config.timeout()),
+        &progress,
+    );
     assert_eq!(worker.connected_clients(), 3);
     server.wait_for_connections(3);
     server.close_all_connections();
@@ -214,10 +387,19 @@ fn an_idle_connection_closed_by_the_server_is_reopened_without_error() {
     let deadline = Instant::now() + Duration::from_millis(300);
     let mix = Mix::new(1, 0, 0, 0).expect("positive");
     let mut source = Source::mix(1, 0, mix, config.keys, deadline);
-    worker.run_phase(&mut source, &mut measured, PhaseLimit::Deadline(deadline + config.timeout()), &progress);
+    worker.run_phase(
+        &mut source,
+        &mut measured,
+        PhaseLimit::Deadline(deadline + config.timeout()),
+        &progress,
+    );
     assert_eq!(measured.error_total(), 0);
     assert!(measured.ops() > 10);
-    assert_eq!(measured.connections_opened, 3, "each client reopened its connection once");
+    assert_eq!(
+        measured.connections_opened, 3,
+        "each client reopened its connection once"
+    );
+    assert_eq!(server.stats.connections.load(Ordering::SeqCst), 6);
 }
 
 #[test]
@@ -225,17 +407,33 @@ fn a_hanging_server_cannot_stretch_the_run() {
     let server = FakeServer::start(Mode::Hang);
     let started = Instant::now();
     let report = run(&[
-        "--addr", &server.address.to_string(), "--clients", "3", "--pipeline", "2", "--duration", "0.5",
-        "--timeout-ms", "300", "--mix", "read=1,write=1",
+        "--addr",
+        &server.address.to_string(),
+        "--clients",
+        "3",
+        "--pipeline",
+        "2",
+        "--duration",
+        "0.5",
+        "--timeout-ms",
+        "300",
+        "--mix",
+        "read=1,write=1",
     ]);
     let elapsed = started.elapsed();
     assert_accounted(&report);
     // Prefill gives up after one timeout of no progress; the measured phase ends by duration + timeout.
-    assert!(elapsed < Duration::from_millis(300 + 500 + 300 + 400), "took {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(300 + 500 + 300 + 400),
+        "took {elapsed:?}"
+    );
     assert!(report.duration_s < 0.5 + 0.3 + 0.1, "{}", report.duration_s);
     assert_eq!(report.ops(), 0);
     assert!(report.stats.error_count(ErrorKind::Timeout) > 0);
-    assert_eq!(report.stats.error_count(ErrorKind::Timeout), report.errors());
+    assert_eq!(
+        report.stats.error_count(ErrorKind::Timeout),
+        report.errors()
+    );
     let prefill = report.prefill.clone().expect("prefill ran");
     assert_eq!(prefill.written, 0);
     assert!(prefill.errors > 0);
@@ -246,12 +444,24 @@ fn a_healthy_run_ends_right_after_its_duration() {
     let server = FakeServer::start(Mode::Fixed(b"OK\r\n".to_vec()));
     let started = Instant::now();
     let report = run(&[
-        "--addr", &server.address.to_string(), "--clients", "4", "--pipeline", "16", "--duration", "0.3",
-        "--mix", "delete=1",
+        "--addr",
+        &server.address.to_string(),
+        "--clients",
+        "4",
+        "--pipeline",
+        "16",
+        "--duration",
+        "0.3",
+        "--mix",
+        "delete=1",
     ]);
     assert_accounted(&report);
     assert_eq!(report.errors(), 0);
-    assert!(report.duration_s >= 0.3 && report.duration_s < 0.45, "{}", report.duration_s);
+    assert!(
+        report.duration_s >= 0.3 && report.duration_s < 0.45,
+        "{}",
+        report.duration_s
+    );
     assert!(started.elapsed() < Duration::from_millis(800));
 }
 
@@ -260,7 +470,16 @@ fn several_addresses_spread_the_clients() {
     let first = FakeServer::start(Mode::Fixed(b"OK\r\n".to_vec()));
     let second = FakeServer::start(Mode::Fixed(b"OK\r\n".to_vec()));
     let addresses = format!("{},{}", first.address, second.address);
-    let report = run(&["--addr", &addresses, "--clients", "4", "--duration", "0.2", "--mix", "delete=1"]);
+    let report = run(&[
+        "--addr",
+        &addresses,
+        "--clients",
+        "4",
+        "--duration",
+        "0.2",
+        "--mix",
+        "delete=1",
+    ]);
     assert_eq!(report.errors(), 0);
     assert_eq!(first.stats.connections.load(Ordering::SeqCst), 2);
     assert_eq!(second.stats.connections.load(Ordering::SeqCst), 2);
@@ -269,8 +488,14 @@ fn several_addresses_spread_the_clients() {
 #[test]
 fn nothing_listening_is_a_clear_error() {
     let address = fake::closed_address().to_string();
-    let error = loadgen::run(&config(&["--addr", &address, "--duration", "0.2"]), &mut std::io::sink())
-        .expect_err("nothing listens");
+    let error = loadgen::run(
+        &config(&["--addr", &address, "--duration", "0.2"]),
+        &mut std::io::sink(),
+    )
+    .expect_err("nothing listens");
     let message = error.to_string();
-    assert!(message.contains("no client could connect") && message.contains(&address), "{message}");
+    assert!(
+        message.contains("no client could connect") && message.contains(&address),
+        "{message}"
+    );
 }

@@ -113,7 +113,8 @@ impl FakeServer {
                 if let Ok(clone) = stream.try_clone() {
                     streams.lock().expect("streams").push(clone);
                 }
-                let (mode, options, stats, store) = (mode.clone(), options.clone(), stats.clone(), store.clone());
+                let (mode, options, stats, store) =
+                    (mode.clone(), options.clone(), stats.clone(), store.clone());
                 thread::spawn(move || serve(stream, mode, options, stats, store));
             }
         });
@@ -123,7 +124,9 @@ impl FakeServer {
     /// Waits (up to 5 s) until `count` connections have been accepted.
     pub fn wait_for_connections(&self, count: usize) {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while self.streams.lock().expect("streams").len() < count && std::time::Instant::now() < deadline {
+        while self.streams.lock().expect("streams").len() < count
+            && std::time::Instant::now() < deadline
+        {
             thread::sleep(Duration::from_millis(1));
         }
     }
@@ -159,8 +162,13 @@ fn parse_command(input: &[u8]) -> Result<Option<(Command<'_>, usize)>, ()> {
     let Some(newline) = memchr::memchr(b'\n', input) else {
         return Ok(None);
     };
-    let line = input[..newline].strip_suffix(b"\r").unwrap_or(&input[..newline]);
-    let fields: Vec<&[u8]> = line.split(|&byte| byte == b' ').filter(|field| !field.is_empty()).collect();
+    let line = input[..newline]
+        .strip_suffix(b"\r")
+        .unwrap_or(&input[..newline]);
+    let fields: Vec<&[u8]> = line
+        .split(|&byte| byte == b' ')
+        .filter(|field| !field.is_empty())
+        .collect();
     let after_line = newline + 1;
     let with_content = |length: u64| -> Result<Option<(&[u8], usize)>, ()> {
         let length = usize::try_from(length).map_err(|_| ())?;
@@ -183,13 +191,20 @@ fn parse_command(input: &[u8]) -> Result<Option<(Command<'_>, usize)>, ()> {
         [b"cas", name, version, length, ..] => {
             let version = number(version).ok_or(())?;
             let length = number(length).ok_or(())?;
-            Ok(with_content(length)?.map(|(content, used)| (Command::Cas(name, version, content), used)))
+            Ok(with_content(length)?
+                .map(|(content, used)| (Command::Cas(name, version, content), used)))
         }
         _ => Err(()),
     }
 }
 
-fn answer(command: Command<'_>, mode: &Mode, store: &Mutex<Store>, stats: &FakeStats, output: &mut Vec<u8>) {
+fn answer(
+    command: Command<'_>,
+    mode: &Mode,
+    store: &Mutex<Store>,
+    stats: &FakeStats,
+    output: &mut Vec<u8>,
+) {
     match mode {
         Mode::Fixed(reply) => output.extend_from_slice(reply),
         Mode::Redirect(target) => {
@@ -200,11 +215,16 @@ fn answer(command: Command<'_>, mode: &Mode, store: &Mutex<Store>, stats: &FakeS
         Mode::CloseOnCommand | Mode::Hang => {}
         Mode::Store => {
             let mut store = store.lock().expect("store");
-            let Store { next_version, files } = &mut *store;
+            let Store {
+                next_version,
+                files,
+            } = &mut *store;
             match command {
                 Command::Read(name) => match files.get(name) {
                     Some((version, content)) => {
-                        output.extend_from_slice(format!("CONTENTS {} {} 0\r\n", version, content.len()).as_bytes());
+                        output.extend_from_slice(
+                            format!("CONTENTS {} {} 0\r\n", version, content.len()).as_bytes(),
+                        );
                         output.extend_from_slice(content);
                         output.extend_from_slice(b"\r\n");
                     }
@@ -222,7 +242,8 @@ fn answer(command: Command<'_>, mode: &Mode, store: &Mutex<Store>, stats: &FakeS
                     match files.get_mut(name) {
                         None => output.extend_from_slice(b"ERR_FILE_NOT_FOUND\r\n"),
                         Some((version, _)) if *version != expected_version => {
-                            output.extend_from_slice(format!("ERR_VERSION {version}\r\n").as_bytes());
+                            output
+                                .extend_from_slice(format!("ERR_VERSION {version}\r\n").as_bytes());
                         }
                         Some(file) => {
                             let version = *next_version;
@@ -247,14 +268,22 @@ fn check_content(content: &[u8], stats: &FakeStats) {
     }
 }
 
-fn serve(mut stream: TcpStream, mode: Mode, options: Options, stats: Arc<FakeStats>, store: Arc<Mutex<Store>>) {
+fn serve(
+    mut stream: TcpStream,
+    mode: Mode,
+    options: Options,
+    stats: Arc<FakeStats>,
+    store: Arc<Mutex<Store>>,
+) {
     let _ = stream.set_nodelay(true);
     let mut input: Vec<u8> = Vec::with_capacity(256 * 1024);
     let mut output: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 256 * 1024];
     let mut answered = 0u64;
     loop {
-        let Ok(read) = stream.read(&mut chunk) else { return };
+        let Ok(read) = stream.read(&mut chunk) else {
+            return;
+        };
         if read == 0 {
             return;
         }
@@ -296,7 +325,10 @@ fn serve(mut stream: TcpStream, mode: Mode, options: Options, stats: Arc<FakeSta
                     batch += 1;
                     answer(command, &mode, &store, &stats, &mut output);
                     answered += 1;
-                    if options.close_after_answers.is_some_and(|limit| answered >= limit) {
+                    if options
+                        .close_after_answers
+                        .is_some_and(|limit| answered >= limit)
+                    {
                         close = true;
                         break;
                     }

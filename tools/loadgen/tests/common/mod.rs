@@ -1,5 +1,7 @@
 //! Helpers shared by loadgen's integration tests.
 
+#![allow(dead_code)]
+
 pub mod fake;
 
 use loadgen::{Config, Report};
@@ -13,11 +15,17 @@ pub fn config(flags: &[&str]) -> Config {
 
 /// Runs loadgen quietly.
 pub fn run(flags: &[&str]) -> Report {
-    loadgen::run(&config(flags), &mut std::io::sink()).unwrap_or_else(|error| panic!("run {flags:?}: {error}"))
+    loadgen::run(&config(flags), &mut std::io::sink())
+        .unwrap_or_else(|error| panic!("run {flags:?}: {error}"))
 }
 
 /// Every generated command is counted exactly once, as an answer or an error.
 pub fn assert_accounted(report: &Report) {
     let sent: u64 = report.stats.kinds.iter().map(|kind| kind.sent).sum();
-    assert_eq!(sent, report.ops() + report.errors(), "sent = answered + failed\n{}", report.text());
+    assert_eq!(
+        sent,
+        report.ops() + report.errors(),
+        "sent = answered + failed\n{}",
+        report.text()
+    );
 }
