@@ -14,25 +14,11 @@ use loadgen::{ErrorKind, Kind, Mix, Stats};
 #[test]
 fn full_mix_against_a_store_parses_every_answer() {
     let server = FakeServer::start(Mode::Store);
-    let address = server.address.to_string();
-    let report = run(&[
-        "--addr",
-        &address,
-        "--clients",
-        "4",
-        "--pipeline",
-        "8",
-        "--duration",
-        "0.4",
-        "--mix",
-        "write=2,read=4,cas=2,delete=1",
-        "--size",
-        "300",
-        "--keys",
-        "20",
-        "--threads",
-        "2",
-    ]);
+    let report = run(&format!(
+        "--addr {} --clients 4 --pipeline 8 --duration 0.4 --mix write=2,read=4,cas=2,delete=1 \
+         --size 300 --keys 20 --threads 2",
+        server.address
+    ));
     assert_accounted(&report);
     assert_eq!(report.errors(), 0, "{}", report.text());
     assert!(report.ops() > 100, "{}", report.text());
@@ -58,22 +44,11 @@ fn full_mix_against_a_store_parses_every_answer() {
 #[test]
 fn cas_mostly_succeeds_with_versions_seen() {
     let server = FakeServer::start(Mode::Store);
-    let address = server.address.to_string();
     // One client: every cas names the version it last saw, so every cas succeeds.
-    let report = run(&[
-        "--addr",
-        &address,
-        "--clients",
-        "1",
-        "--pipeline",
-        "1",
-        "--duration",
-        "0.2",
-        "--mix",
-        "cas=1",
-        "--keys",
-        "5",
-    ]);
+    let report = run(&format!(
+        "--addr {} --clients 1 --pipeline 1 --duration 0.2 --mix cas=1 --keys 5",
+        server.address
+    ));
     assert_accounted(&report);
     let cas = &report.stats.kinds[Kind::Cas.index()];
     assert!(cas.success > 10, "{}", report.text());
@@ -87,26 +62,15 @@ fn cas_mostly_succeeds_with_versions_seen() {
 
 #[test]
 fn pipeline_depth_is_reached_and_never_exceeded() {
-    let server = FakeServer::start_with(
-        Mode::Store,
-        Options {
-            hold_ms: Some(20),
-            ..Options::default()
-        },
-    );
-    let address = server.address.to_string();
-    let report = run(&[
-        "--addr",
-        &address,
-        "--clients",
-        "3",
-        "--pipeline",
-        "7",
-        "--duration",
-        "0.3",
-        "--mix",
-        "write=1,delete=1",
-    ]);
+    let options = Options {
+        hold_ms: Some(20),
+        ..Options::default()
+    };
+    let server = FakeServer::start_with(Mode::Store, options);
+    let report = run(&format!(
+        "--addr {} --clients 3 --pipeline 7 --duration 0.3 --mix write=1,delete=1",
+        server.address
+    ));
     assert_accounted(&report);
     assert_eq!(report.errors(), 0, "{}", report.text());
     assert_eq!(server.stats.max_batch.load(Ordering::SeqCst), 7);
@@ -116,21 +80,10 @@ fn pipeline_depth_is_reached_and_never_exceeded() {
 fn redirects_are_followed_with_commands_resent_in_order() {
     let leader = FakeServer::start(Mode::Store);
     let follower = FakeServer::start(Mode::Redirect(leader.address.to_string()));
-    let address = follower.address.to_string();
-    let report = run(&[
-        "--addr",
-        &address,
-        "--clients",
-        "4",
-        "--pipeline",
-        "4",
-        "--duration",
-        "0.3",
-        "--mix",
-        "write=1,read=1",
-        "--keys",
-        "10",
-    ]);
+    let report = run(&format!(
+        "--addr {} --clients 4 --pipeline 4 --duration 0.3 --mix write=1,read=1 --keys 10",
+        follower.address
+    ));
     assert_accounted(&report);
     assert_eq!(report.errors(), 0, "{}", report.text());
     assert!(report.ops() > 50);
@@ -169,18 +122,9 @@ fn redirect_loops_and_unreachable_targets_are_errors() {
         Mode::Redirect(first_address.to_string()),
         Options::default(),
     );
-    let report = run(&[
-        "--addr",
-        &first_address.to_string(),
-        "--clients",
-        "2",
-        "--pipeline",
-        "2",
-        "--duration",
-        "0.3",
-        "--mix",
-        "write=1",
-    ]);
+    let report = run(&format!(
+        "--addr {first_address} --clients 2 --pipeline 2 --duration 0.3 --mix write=1"
+    ));
     assert_accounted(&report);
     assert_eq!(report.ops(), 0);
     assert!(
@@ -191,16 +135,10 @@ fn redirect_loops_and_unreachable_targets_are_errors() {
     assert!(report.stats.redirects_followed > 0);
 
     let nowhere = FakeServer::start(Mode::Redirect(fake::closed_address().to_string()));
-    let report = run(&[
-        "--addr",
-        &nowhere.address.to_string(),
-        "--clients",
-        "2",
-        "--duration",
-        "0.3",
-        "--mix",
-        "delete=1",
-    ]);
+    let report = run(&format!(
+        "--addr {} --clients 2 --duration 0.3 --mix delete=1",
+        nowhere.address
+    ));
     assert_accounted(&report);
     assert_eq!(report.ops(), 0);
     assert!(
@@ -210,17 +148,11 @@ fn redirect_loops_and_unreachable_targets_are_errors() {
     );
     assert!(report.stats.connect_failures > 0);
 
-    let unresolvable = FakeServer::start(Mode::Redirect("no-port-here".to_string()));
-    let report = run(&[
-        "--addr",
-        &unresolvable.address.to_string(),
-        "--clients",
-        "1",
-        "--duration",
-        "0.2",
-        "--mix",
-        "delete=1",
-    ]);
+    let unparsable = FakeServer::start(Mode::Redirect("no-port-here".to_string()));
+    let report = run(&format!(
+        "--addr {} --clients 1 --duration 0.2 --mix delete=1",
+        unparsable.address
+    ));
     assert_accounted(&report);
     assert!(
         report.stats.error_count(ErrorKind::Redirect) > 0,
@@ -238,18 +170,10 @@ fn error_replies_are_counted_by_kind() {
         (&b"OK\r\n"[..], ErrorKind::Protocol),
     ] {
         let server = FakeServer::start(Mode::Fixed(reply.to_vec()));
-        let report = run(&[
-            "--addr",
-            &server.address.to_string(),
-            "--clients",
-            "2",
-            "--pipeline",
-            "3",
-            "--duration",
-            "0.2",
-            "--mix",
-            "write=1",
-        ]);
+        let report = run(&format!(
+            "--addr {} --clients 2 --pipeline 3 --duration 0.2 --mix write=1",
+            server.address
+        ));
         assert_accounted(&report);
         assert_eq!(report.ops(), 0);
         assert!(report.errors() > 10, "{}", report.text());
@@ -262,17 +186,10 @@ fn error_replies_are_counted_by_kind() {
     }
     // Not-found and version mismatches are answers, not errors.
     let server = FakeServer::start(Mode::Fixed(b"ERR_VERSION 3\r\n".to_vec()));
-    let report = run(&[
-        "--addr",
-        &server.address.to_string(),
-        "--clients",
-        "1",
-        "--duration",
-        "0.2",
-        "--mix",
-        "cas=1",
-        "--no-prefill",
-    ]);
+    let report = run(&format!(
+        "--addr {} --clients 1 --duration 0.2 --mix cas=1 --no-prefill",
+        server.address
+    ));
     assert_eq!(report.errors(), 0, "{}", report.text());
     assert!(report.stats.kinds[Kind::Cas.index()].version_mismatch > 0);
 }
@@ -280,19 +197,10 @@ fn error_replies_are_counted_by_kind() {
 #[test]
 fn garbage_replies_drop_the_connection() {
     let server = FakeServer::start(Mode::Fixed(b"HELLO\r\n".to_vec()));
-    let report = run(&[
-        "--addr",
-        &server.address.to_string(),
-        "--clients",
-        "1",
-        "--pipeline",
-        "4",
-        "--duration",
-        "0.2",
-        "--mix",
-        "read=1",
-        "--no-prefill",
-    ]);
+    let report = run(&format!(
+        "--addr {} --clients 1 --pipeline 4 --duration 0.2 --mix read=1 --no-prefill",
+        server.address
+    ));
     assert_accounted(&report);
     assert_eq!(report.ops(), 0);
     assert!(
@@ -309,18 +217,10 @@ fn garbage_replies_drop_the_connection() {
 #[test]
 fn closed_connections_fail_their_outstanding_commands_and_reconnect() {
     let server = FakeServer::start(Mode::CloseOnCommand);
-    let report = run(&[
-        "--addr",
-        &server.address.to_string(),
-        "--clients",
-        "2",
-        "--pipeline",
-        "5",
-        "--duration",
-        "0.3",
-        "--mix",
-        "delete=1",
-    ]);
+    let report = run(&format!(
+        "--addr {} --clients 2 --pipeline 5 --duration 0.3 --mix delete=1",
+        server.address
+    ));
     assert_accounted(&report);
     assert_eq!(report.ops(), 0);
     assert!(
@@ -333,25 +233,15 @@ fn closed_connections_fail_their_outstanding_commands_and_reconnect() {
         "clients reconnected"
     );
 
-    let server = FakeServer::start_with(
-        Mode::Store,
-        Options {
-            close_after_answers: Some(25),
-            ..Options::default()
-        },
-    );
-    let report = run(&[
-        "--addr",
-        &server.address.to_string(),
-        "--clients",
-        "2",
-        "--pipeline",
-        "4",
-        "--duration",
-        "0.3",
-        "--mix",
-        "write=1",
-    ]);
+    let options = Options {
+        close_after_answers: Some(25),
+        ..Options::default()
+    };
+    let server = FakeServer::start_with(Mode::Store, options);
+    let report = run(&format!(
+        "--addr {} --clients 2 --pipeline 4 --duration 0.3 --mix write=1",
+        server.address
+    ));
     assert_accounted(&report);
     assert!(report.ops() >= 100, "{}", report.text());
     assert!(report.stats.connections_opened > 4, "{}", report.text());
@@ -360,14 +250,10 @@ fn closed_connections_fail_their_outstanding_commands_and_reconnect() {
 #[test]
 fn an_idle_connection_closed_by_the_server_is_reopened_without_error() {
     let server = FakeServer::start(Mode::Store);
-    let config = config(&[
-        "--addr",
-        &server.address.to_string(),
-        "--clients",
-        "3",
-        "--timeout-ms",
-        "2000",
-    ]);
+    let config = config(&format!(
+        "--addr {} --clients 3 --timeout-ms 2000",
+        server.address
+    ));
     let versions = Versions::new(config.keys);
     let content = loadgen::command::content_pattern(config.size_bytes);
     let progress = Progress::default();
@@ -406,28 +292,20 @@ fn an_idle_connection_closed_by_the_server_is_reopened_without_error() {
 fn a_hanging_server_cannot_stretch_the_run() {
     let server = FakeServer::start(Mode::Hang);
     let started = Instant::now();
-    let report = run(&[
-        "--addr",
-        &server.address.to_string(),
-        "--clients",
-        "3",
-        "--pipeline",
-        "2",
-        "--duration",
-        "0.5",
-        "--timeout-ms",
-        "300",
-        "--mix",
-        "read=1,write=1",
-    ]);
+    let report = run(&format!(
+        "--addr {} --clients 3 --pipeline 2 --duration 0.5 --timeout-ms 300 --mix read=1,write=1",
+        server.address
+    ));
     let elapsed = started.elapsed();
     assert_accounted(&report);
-    // Prefill gives up after one timeout of no progress; the measured phase ends by duration + timeout.
+    // The prefill gives up after one timeout without progress; the measured
+    // phase ends by duration + timeout (generous slack for a loaded machine).
     assert!(
-        elapsed < Duration::from_millis(300 + 500 + 300 + 400),
+        elapsed < Duration::from_millis(300 + 500 + 300 + 1000),
         "took {elapsed:?}"
     );
-    assert!(report.duration_s < 0.5 + 0.3 + 0.1, "{}", report.duration_s);
+    assert!(report.duration_s < 0.5 + 0.3 + 0.2, "{}", report.duration_s);
+    assert!(report.duration_s >= 0.5, "{}", report.duration_s);
     assert_eq!(report.ops(), 0);
     assert!(report.stats.error_count(ErrorKind::Timeout) > 0);
     assert_eq!(
@@ -443,44 +321,32 @@ fn a_hanging_server_cannot_stretch_the_run() {
 fn a_healthy_run_ends_right_after_its_duration() {
     let server = FakeServer::start(Mode::Fixed(b"OK\r\n".to_vec()));
     let started = Instant::now();
-    let report = run(&[
-        "--addr",
-        &server.address.to_string(),
-        "--clients",
-        "4",
-        "--pipeline",
-        "16",
-        "--duration",
-        "0.3",
-        "--mix",
-        "delete=1",
-    ]);
+    let report = run(&format!(
+        "--addr {} --clients 4 --pipeline 16 --duration 0.3 --mix delete=1",
+        server.address
+    ));
     assert_accounted(&report);
     assert_eq!(report.errors(), 0);
+    // Far below duration + the default 5 s timeout: the drain ends with the last answer.
     assert!(
-        report.duration_s >= 0.3 && report.duration_s < 0.45,
+        report.duration_s >= 0.3 && report.duration_s < 0.8,
         "{}",
         report.duration_s
     );
-    assert!(started.elapsed() < Duration::from_millis(800));
+    assert!(started.elapsed() < Duration::from_millis(1500));
 }
 
 #[test]
 fn several_addresses_spread_the_clients() {
     let first = FakeServer::start(Mode::Fixed(b"OK\r\n".to_vec()));
     let second = FakeServer::start(Mode::Fixed(b"OK\r\n".to_vec()));
-    let addresses = format!("{},{}", first.address, second.address);
-    let report = run(&[
-        "--addr",
-        &addresses,
-        "--clients",
-        "4",
-        "--duration",
-        "0.2",
-        "--mix",
-        "delete=1",
-    ]);
+    let report = run(&format!(
+        "--addr {},{} --clients 4 --duration 0.2 --mix delete=1",
+        first.address, second.address
+    ));
     assert_eq!(report.errors(), 0);
+    first.wait_for_connections(2);
+    second.wait_for_connections(2);
     assert_eq!(first.stats.connections.load(Ordering::SeqCst), 2);
     assert_eq!(second.stats.connections.load(Ordering::SeqCst), 2);
 }
@@ -489,7 +355,7 @@ fn several_addresses_spread_the_clients() {
 fn nothing_listening_is_a_clear_error() {
     let address = fake::closed_address().to_string();
     let error = loadgen::run(
-        &config(&["--addr", &address, "--duration", "0.2"]),
+        &config(&format!("--addr {address} --duration 0.2")),
         &mut std::io::sink(),
     )
     .expect_err("nothing listens");

@@ -6,17 +6,17 @@ pub mod fake;
 
 use loadgen::{Config, Report};
 
-/// Parses loadgen flags (program name added) or fails the test.
-pub fn config(flags: &[&str]) -> Config {
-    let mut args = vec!["loadgen"];
-    args.extend_from_slice(flags);
-    Config::try_from_args(args).unwrap_or_else(|error| panic!("flags {flags:?}: {error}"))
+/// Parses a loadgen command line (flags separated by spaces, program name
+/// added) or fails the test.
+pub fn config(flags: &str) -> Config {
+    let args = std::iter::once("loadgen").chain(flags.split_whitespace());
+    Config::try_from_args(args).unwrap_or_else(|error| panic!("flags `{flags}`: {error}"))
 }
 
 /// Runs loadgen quietly.
-pub fn run(flags: &[&str]) -> Report {
+pub fn run(flags: &str) -> Report {
     loadgen::run(&config(flags), &mut std::io::sink())
-        .unwrap_or_else(|error| panic!("run {flags:?}: {error}"))
+        .unwrap_or_else(|error| panic!("run `{flags}`: {error}"))
 }
 
 /// Every generated command is counted exactly once, as an answer or an error.
