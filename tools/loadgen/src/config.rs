@@ -237,7 +237,7 @@ fn parse_timeout_ms(text: &str) -> Result<u64, String> {
 )]
 pub struct Config {
     /// Server client addresses, HOST:PORT[,HOST:PORT...]; client i starts on address i mod N.
-    #[arg(long = "addr", value_delimiter = ',', required = true, value_parser = parse_address)]
+    #[arg(long = "addr", value_name = "HOST:PORT[,HOST:PORT...]", value_delimiter = ',', required = true, value_parser = parse_address)]
     pub addresses: Vec<SocketAddr>,
 
     /// Number of connections (clients) in total.
@@ -249,15 +249,15 @@ pub struct Config {
     pub pipeline: usize,
 
     /// Measured run time in seconds (fractions allowed).
-    #[arg(long = "duration", default_value = "10", value_parser = parse_duration_s)]
+    #[arg(long = "duration", value_name = "SECS", default_value = "10", value_parser = parse_duration_s)]
     pub duration_s: f64,
 
     /// Relative weights, e.g. write=1,read=9 (missing kinds weigh 0).
-    #[arg(long, default_value = "write=1,read=1", value_parser = parse_mix)]
+    #[arg(long, value_name = "write=W,read=R,cas=X,delete=D", default_value = "write=1,read=1", value_parser = parse_mix)]
     pub mix: Mix,
 
     /// Bytes of content per write / cas.
-    #[arg(long = "size", default_value = "100", value_parser = parse_size)]
+    #[arg(long = "size", value_name = "BYTES", default_value = "100", value_parser = parse_size)]
     pub size_bytes: usize,
 
     /// Number of distinct files, named key-0 .. key-(K-1).
@@ -281,7 +281,7 @@ pub struct Config {
     pub threads: usize,
 
     /// Write the latency distribution (microseconds) to FILE in HdrHistogram's .hgrm text format.
-    #[arg(long = "hgrm")]
+    #[arg(long = "hgrm", value_name = "FILE")]
     pub hgrm_path: Option<PathBuf>,
 
     /// Do not write every key before a mix with reads or cas.
@@ -289,7 +289,7 @@ pub struct Config {
     pub no_prefill: bool,
 
     /// EXPTIME sent with write and cas, in seconds (0 = never expires, not sent).
-    #[arg(long = "expiry", default_value = "0")]
+    #[arg(long = "expiry", value_name = "SECS", default_value = "0")]
     pub expiry_s: u64,
 }
 
