@@ -35,7 +35,7 @@ use crate::fsm::command::{batch_stamp_ms, decode_batch_ref, encode_batch};
 use crate::fsm::{Command, Fsm, Outcome};
 use crate::limits;
 use crate::net::protocol::{encode_reply, Reply, Request};
-use crate::raft::{self, Action, Entry, Envelope, Index, NodeId, Role, Term};
+use crate::raft::{self, Action, Entry, Envelope, Index, Message, NodeId, Role, Term};
 use crate::storage::wal::Wal;
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -144,6 +144,10 @@ pub struct Replica {
     pub replies: Vec<(ClientRef, Bytes)>,
     /// Messages to send (released after this turn's fsync).
     pub messages: Vec<Envelope>,
+    /// A leader's appends and heartbeats, sent before this turn's fsync.
+    early_messages: Vec<Envelope>,
+    /// A new term or vote was persisted but is not yet fsynced.
+    hard_state_unsynced: bool,
     persisted_pending: Option<(Index, Term)>,
     needs_sync: bool,
 }
@@ -179,6 +183,8 @@ impl Replica {
             reply_buffer: BytesMut::new(),
             replies: Vec::new(),
             messages: Vec::new(),
+            early_messages: Vec::new(),
+            hard_state_unsynced: false,
             persisted_pending: None,
             needs_sync: false,
         }
@@ -260,12 +266,20 @@ impl Replica {
 
     /// Run one turn: route requests, propose, persist + fsync, release sends,
     /// apply, answer. An error means the node must stop (I/O or corruption).
-    pub fn end_turn(&mut self, now: Instant) -> Result<()> {
+    ///
+    /// `send_now` takes messages that may leave before this turn's fsync
+    /// (the reactor sends and flushes them at once); the rest wait in
+    /// `messages` until `end_turn` returns.
+    pub fn end_turn(
+        &mut self,
+        now: Instant,
+        send_now: &mut dyn FnMut(&mut Vec<Envelope>),
+    ) -> Result<()> {
         self.update_leader_clock(now);
         self.route_requests(now);
         self.propose_batches(now);
         self.register_turn_reads(now);
-        self.run_actions(now)
+        self.run_actions(send_now)
     }
 
     fn is_ready_leader(&self) -> bool {
@@ -493,34 +507,41 @@ impl Replica {
     }
 
     /// Execute the core's actions until it has nothing more to say.
-    fn run_actions(&mut self, now: Instant) -> Result<()> {
+    fn run_actions(&mut self, send_now: &mut dyn FnMut(&mut Vec<Envelope>)) -> Result<()> {
         loop {
             self.raft.drain_actions(&mut self.actions);
             if self.actions.is_empty() {
                 if self.needs_sync {
+                    // The leader's appends go out before its own fsync
+                    // (thesis §10.2.1): its disk and the followers' work in
+                    // parallel; the core counts the leader only after
+                    // `persisted`.
+                    send_now(&mut self.early_messages);
                     self.wal.sync()?;
                     self.needs_sync = false;
+                    self.hard_state_unsynced = false;
                     if let Some((index, term)) = self.persisted_pending.take() {
                         self.raft.persisted(index, term);
                         continue;
                     }
                 }
+                send_now(&mut self.early_messages);
                 return Ok(());
             }
-            let actions = std::mem::take(&mut self.actions);
-            for action in &actions {
-                self.execute(action, now)?;
+            let mut actions = std::mem::take(&mut self.actions);
+            for action in actions.drain(..) {
+                self.execute(action)?;
             }
             self.actions = actions;
-            self.actions.clear();
         }
     }
 
-    fn execute(&mut self, action: &Action, now: Instant) -> Result<()> {
+    fn execute(&mut self, action: Action) -> Result<()> {
         match action {
             Action::PersistHardState(hard_state) => {
-                self.wal.save_hard_state(hard_state)?;
+                self.wal.save_hard_state(&hard_state)?;
                 self.needs_sync = true;
+                self.hard_state_unsynced = true;
             }
             Action::PersistEntries(entries) => {
                 let Some(first) = entries.first() else {
@@ -529,7 +550,7 @@ impl Replica {
                 if first.index <= self.wal.last_index() {
                     self.fail_truncated_from(first.index);
                 }
-                self.wal.append(entries)?;
+                self.wal.append(&entries)?;
                 self.needs_sync = true;
                 if let Some(last) = entries.last() {
                     self.persisted_pending = Some((last.index, last.term));
@@ -538,15 +559,28 @@ impl Replica {
                     self.max_stamp_ms = self.max_stamp_ms.max(stamp_ms);
                 }
             }
-            Action::Send(envelope) => self.messages.push(envelope.clone()),
+            Action::Send(envelope) => {
+                // Only a leader's appends and heartbeats promise nothing
+                // durable; everything else waits for this turn's fsync, and
+                // so does everything while a new term or vote is unsynced.
+                let promises_nothing = matches!(
+                    envelope.message,
+                    Message::AppendEntries { .. } | Message::Heartbeat { .. }
+                );
+                if promises_nothing && !self.hard_state_unsynced {
+                    self.early_messages.push(envelope);
+                } else {
+                    self.messages.push(envelope);
+                }
+            }
             Action::Apply(entries) => {
-                for entry in entries {
+                for entry in &entries {
                     self.apply(entry)?;
                 }
             }
             Action::ReadReady { id, .. } => {
                 while let Some(group) = self.read_groups.front() {
-                    if group.id > *id {
+                    if group.id > id {
                         break;
                     }
                     if let Some(group) = self.read_groups.pop_front() {
@@ -555,7 +589,7 @@ impl Replica {
                 }
             }
             Action::ReadFailed { id } => {
-                if let Some(position) = self.read_groups.iter().position(|g| g.id == *id) {
+                if let Some(position) = self.read_groups.iter().position(|g| g.id == id) {
                     if let Some(group) = self.read_groups.remove(position) {
                         let leader = self.raft.leader_id();
                         for (client, _) in group.answers {
@@ -565,7 +599,6 @@ impl Replica {
                 }
             }
         }
-        let _ = now;
         Ok(())
     }
 

@@ -179,7 +179,19 @@ impl Reactor {
                     None => log::info!("stopping"),
                 }
             }
-            self.replica.end_turn(now)?;
+            let mut peer_events = Vec::new();
+            let peers = &mut self.peers;
+            let registry = self.poll.registry();
+            self.replica.end_turn(now, &mut |messages| {
+                if messages.is_empty() {
+                    return;
+                }
+                for envelope in messages.drain(..) {
+                    peers.send(&envelope);
+                }
+                peers.flush(registry, now, &mut peer_events);
+            })?;
+            self.process_peer_events(peer_events)?;
             self.deliver(now)?;
             self.refresh_status();
             if let Some(deadline) = stop_deadline {
