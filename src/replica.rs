@@ -150,6 +150,10 @@ pub struct Replica {
     hard_state_unsynced: bool,
     persisted_pending: Option<(Index, Term)>,
     needs_sync: bool,
+    /// The instant the current turn started (for cluster time during apply).
+    turn_now: Instant,
+    /// A stamp-only entry proposed to advance cluster time past a deadline.
+    time_entry_index: Option<Index>,
 }
 
 impl Replica {
@@ -187,6 +191,8 @@ impl Replica {
             hard_state_unsynced: false,
             persisted_pending: None,
             needs_sync: false,
+            turn_now: Instant::now(),
+            time_entry_index: None,
         }
     }
 
@@ -252,6 +258,40 @@ impl Replica {
     pub fn tick(&mut self, now: Instant) {
         self.raft.tick();
         self.expire_waiting(now);
+        self.maybe_propose_time_entry(now);
+    }
+
+    /// Expiry becomes visible only when an entry stamped at or past a
+    /// file's deadline is applied (reads judge liveness at the applied
+    /// cluster time). When the next deadline has passed on the leader's
+    /// clock and no proposal is carrying time forward, propose an entry
+    /// with no commands, just a stamp.
+    fn maybe_propose_time_entry(&mut self, now: Instant) {
+        if self
+            .time_entry_index
+            .is_some_and(|index| index > self.applied_index)
+        {
+            return;
+        }
+        self.time_entry_index = None;
+        if self.raft.role() != Role::Leader || self.leader_clock.is_none() {
+            return;
+        }
+        let Some(deadline_ms) = self.fsm.next_deadline_ms() else {
+            return;
+        };
+        let now_ms = self.cluster_time_ms(now);
+        let carried = self
+            .waiting
+            .back()
+            .is_some_and(|w| w.stamp_ms >= deadline_ms);
+        if deadline_ms > now_ms || self.fsm.cluster_time_ms() >= deadline_ms || carried {
+            return;
+        }
+        if let Ok(index) = self.raft.propose(encode_batch(now_ms, &[])) {
+            self.last_proposed_stamp_ms = now_ms;
+            self.time_entry_index = Some(index);
+        }
     }
 
     /// Start handing leadership away (graceful stop). Returns the target.
@@ -275,6 +315,7 @@ impl Replica {
         now: Instant,
         send_now: &mut dyn FnMut(&mut Vec<Envelope>),
     ) -> Result<()> {
+        self.turn_now = now;
         self.update_leader_clock(now);
         self.route_requests(now);
         self.propose_batches(now);
@@ -407,24 +448,20 @@ impl Replica {
                         return;
                     }
                 }
-                let time_ms = self.read_time_ms(now);
+                let display_ms = self.cluster_time_ms(now);
                 let mut buffer = std::mem::take(&mut self.reply_buffer);
-                encode_read(&self.fsm, &name, time_ms, &mut buffer);
+                encode_read(
+                    &self.fsm,
+                    &name,
+                    self.fsm.cluster_time_ms(),
+                    display_ms,
+                    &mut buffer,
+                );
                 let bytes = buffer.split().freeze();
                 self.reply_buffer = buffer;
                 self.turn_reads.push((client, bytes));
             }
         }
-    }
-
-    /// Cluster time for a read at the applied index: the leader's clock, but
-    /// not past the stamp of the next entry (so a later command in the log
-    /// never sees a file alive that this read saw expired).
-    fn read_time_ms(&self, now: Instant) -> u64 {
-        let now_ms = self.cluster_time_ms(now);
-        self.waiting
-            .front()
-            .map_or(now_ms, |next| now_ms.min(next.stamp_ms))
     }
 
     fn waiting_mut(&mut self, index: Index) -> Option<&mut Waiting> {
@@ -442,9 +479,10 @@ impl Replica {
                 // Only reads: they were anchored to a batch that no longer
                 // gets commands; answer them like reads at the applied index.
                 for read in batch.reads {
-                    let time_ms = self.read_time_ms(now);
+                    let display_ms = self.cluster_time_ms(now);
                     let mut buffer = std::mem::take(&mut self.reply_buffer);
-                    encode_read(&self.fsm, &read.name, time_ms, &mut buffer);
+                    let live_ms = self.fsm.cluster_time_ms();
+                    encode_read(&self.fsm, &read.name, live_ms, display_ms, &mut buffer);
                     let bytes = buffer.split().freeze();
                     self.reply_buffer = buffer;
                     self.turn_reads.push((read.client, bytes));
@@ -657,12 +695,19 @@ impl Replica {
         })?;
         self.max_stamp_ms = self.max_stamp_ms.max(batch.stamp_ms);
         let time_ms = self.fsm.begin_batch(batch.stamp_ms);
+        let display_ms = self.cluster_time_ms(self.turn_now);
         let mut reads = mine.as_ref().map(|w| w.reads.iter().peekable());
         let mut buffer = std::mem::take(&mut self.reply_buffer);
         for (offset, command) in batch.commands.into_iter().enumerate() {
             if let (Some(reads), Some(waiting)) = (reads.as_mut(), mine.as_ref()) {
                 while let Some(read) = reads.next_if(|r| r.offset <= offset) {
-                    encode_read(&self.fsm, &read.name, time_ms, &mut buffer);
+                    encode_read(
+                        &self.fsm,
+                        &read.name,
+                        time_ms,
+                        display_ms.max(time_ms),
+                        &mut buffer,
+                    );
                     self.replies.push((read.client, buffer.split().freeze()));
                 }
                 let outcome = self.fsm.apply_command(command, time_ms);
@@ -676,7 +721,13 @@ impl Replica {
         }
         if let Some(reads) = reads.as_mut() {
             for read in reads {
-                encode_read(&self.fsm, &read.name, time_ms, &mut buffer);
+                encode_read(
+                    &self.fsm,
+                    &read.name,
+                    time_ms,
+                    display_ms.max(time_ms),
+                    &mut buffer,
+                );
                 self.replies.push((read.client, buffer.split().freeze()));
             }
         }
@@ -705,16 +756,30 @@ impl Replica {
     }
 }
 
-fn encode_read(fsm: &Fsm, name: &[u8], time_ms: u64, out: &mut BytesMut) {
-    match fsm.read(name, time_ms) {
-        Some(file) => encode_reply(
-            &Reply::Contents {
-                version: file.version,
-                content: file.content,
-                expires_in_s: file.expires_in_s,
-            },
-            out,
-        ),
+/// Encode the answer to `read NAME`. Whether the file is alive is judged at
+/// `live_ms`, the cluster time of the applied state the read sees (so a file
+/// never comes back: a later leader starts from at least that time); the
+/// seconds left are shown against `display_ms`, the leader's cluster time
+/// now (at least 1 while the file is alive: it may expire late, never early).
+fn encode_read(fsm: &Fsm, name: &[u8], live_ms: u64, display_ms: u64, out: &mut BytesMut) {
+    match fsm.read(name, live_ms) {
+        Some(file) => {
+            let expires_in_s = match file.deadline_ms {
+                Some(deadline_ms) => deadline_ms
+                    .saturating_sub(display_ms)
+                    .div_ceil(1_000)
+                    .max(1),
+                None => 0,
+            };
+            encode_reply(
+                &Reply::Contents {
+                    version: file.version,
+                    content: file.content,
+                    expires_in_s,
+                },
+                out,
+            )
+        }
         None => encode_reply(&Reply::NotFound, out),
     }
 }
