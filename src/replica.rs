@@ -323,8 +323,10 @@ impl Replica {
         self.run_actions(send_now)
     }
 
+    /// Leader and not handing leadership away (during a transfer commands
+    /// are held, then redirected to the new leader).
     fn is_ready_leader(&self) -> bool {
-        self.raft.role() == Role::Leader
+        self.raft.role() == Role::Leader && self.raft.transfer_target().is_none()
     }
 
     /// Reads need this term's first entry applied: only then has the applied

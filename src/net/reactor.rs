@@ -33,6 +33,8 @@ const WAKER: Token = Token(1);
 pub const PEER_TOKEN_BASE: usize = 16;
 /// Tokens from here on are client connections (slab key + base).
 const CONNECTION_TOKEN_BASE: usize = 1 << 20;
+/// A stopping node waits this long after the last client command it read.
+const STOP_QUIET: Duration = Duration::from_millis(50);
 /// Most ticks caught up in one turn after a stall.
 const TICKS_PER_TURN_MAX: u32 = 10;
 
@@ -70,6 +72,8 @@ pub struct Reactor {
     /// How long a stopping leader waits for the handover and its answers.
     stop_grace: Duration,
     static_replies: StaticReplies,
+    /// When the last client command was read (a stopping node waits for quiet).
+    last_command_at: Instant,
 }
 
 /// Encoded once: the answers the reactor gives without the replica.
@@ -107,6 +111,7 @@ impl Reactor {
             resume: Vec::new(),
             touched: Vec::new(),
             stop_grace,
+            last_command_at: Instant::now(),
             static_replies: StaticReplies {
                 command_error: buffer.freeze(),
             },
@@ -175,7 +180,10 @@ impl Reactor {
             if self.stop_flag.load(Ordering::SeqCst) && stop_deadline.is_none() {
                 stop_deadline = Some(now + self.stop_grace);
                 match self.replica.transfer_leadership() {
-                    Some(target) => log::info!("stopping: handing leadership to node {target}"),
+                    Some(target) if target != self.replica.id() => {
+                        log::info!("stopping: handing leadership to node {target}")
+                    }
+                    Some(_) => log::info!("stopping (single member: no one to hand over to)"),
                     None => log::info!("stopping"),
                 }
             }
@@ -195,8 +203,12 @@ impl Reactor {
             self.deliver(now)?;
             self.refresh_status();
             if let Some(deadline) = stop_deadline {
+                // Stop once leadership is gone, every command read has its
+                // answer, and clients have had a moment to follow their
+                // redirects (so a rolling restart fails no request).
                 let leading = self.replica.status().role == Some(crate::raft::Role::Leader);
-                if (!leading && !self.replica.has_waiting()) || now >= deadline {
+                let quiet = now.saturating_duration_since(self.last_command_at) >= STOP_QUIET;
+                if (!leading && !self.replica.has_waiting() && quiet) || now >= deadline {
                     self.flush_all_connections();
                     return Ok(());
                 }
@@ -317,6 +329,7 @@ impl Reactor {
                 break;
             };
             let seq = connection.take_slot();
+            self.last_command_at = now;
             let client = ClientRef {
                 key,
                 conn_id: connection.id,
