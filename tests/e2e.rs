@@ -80,7 +80,7 @@ fn others(cluster: &Cluster, but: &[u64]) -> Vec<u64> {
     cluster.ids().filter(|id| !but.contains(id)).collect()
 }
 
-/// 1. A leader within 2 s (3 s with slack); followers redirect to it; the
+/// (1) A leader within 2 s (3 s with slack); followers redirect to it; the
 /// seed session byte for byte.
 #[test]
 fn leader_elected_followers_redirect_and_seed_session() {
@@ -117,7 +117,7 @@ fn leader_elected_followers_redirect_and_seed_session() {
     );
 }
 
-/// 2. kill -9 the leader: a new leader within 3 s, every acknowledged write
+/// (2) kill -9 the leader: a new leader within 3 s, every acknowledged write
 /// still readable.
 #[test]
 fn killing_the_leader_elects_a_new_one_and_keeps_acknowledged_writes() {
@@ -139,7 +139,7 @@ fn killing_the_leader_elects_a_new_one_and_keeps_acknowledged_writes() {
     assert!(more.iter().all(|(_, _, version)| *version > files[49].2));
 }
 
-/// 3. Two of five down: still serving. Three down: no write is acknowledged
+/// (3) Two of five down: still serving. Three down: no write is acknowledged
 /// (ERR_INTERNAL or ERR_REDIRECT within 5 s, never OK). One back: serving.
 #[test]
 fn a_minority_down_serves_a_majority_down_acknowledges_nothing() {
@@ -186,6 +186,10 @@ fn a_minority_down_serves_a_majority_down_acknowledges_nothing() {
                 "node {id} answered {reply:?} without a majority"
             );
             assert!(sent.elapsed() <= COMMAND_TIMEOUT);
+            eprintln!(
+                "no majority: node {id} answered {reply:?} in {:?}",
+                sent.elapsed()
+            );
         }
     }
 
@@ -206,7 +210,7 @@ fn a_minority_down_serves_a_majority_down_acknowledges_nothing() {
     assert_files(&mut client, &files);
 }
 
-/// 4. kill -9 every node, restart them all: every acknowledged write is there.
+/// (4) kill -9 every node, restart them all: every acknowledged write is there.
 #[test]
 fn killing_every_node_loses_no_acknowledged_write() {
     let _serial = serial();
@@ -245,7 +249,7 @@ fn killing_every_node_loses_no_acknowledged_write() {
     assert!(ok_version(&reply).is_some_and(|v| v > swapped), "{reply}");
 }
 
-/// 5. SIGSTOP the leader for 3 s, then SIGCONT: no stale read anywhere, no
+/// (5) SIGSTOP the leader for 3 s, then SIGCONT: no stale read anywhere, no
 /// acknowledged write lost.
 #[test]
 fn a_paused_leader_serves_no_stale_read() {
@@ -284,6 +288,7 @@ fn a_paused_leader_serves_no_stale_read() {
     let reply = stale_reader
         .reply()
         .expect("the old leader answers within 6 s");
+    eprintln!("resumed old leader: read sent during the pause -> {reply:?}");
     assert!(
         reply == current || reply.starts_with("ERR_REDIRECT ") || reply == "ERR_INTERNAL",
         "stale read from the resumed old leader: {reply:?} (current: {current:?})"
@@ -294,6 +299,9 @@ fn a_paused_leader_serves_no_stale_read() {
         "stale read from the resumed old leader: {fresh:?}"
     );
     let stale_write = stale_writer.reply().expect("an answer within 6 s");
+    eprintln!(
+        "resumed old leader: read after -> {fresh:?}, write during the pause -> {stale_write:?}"
+    );
     assert!(
         stale_write.starts_with("OK ")
             || stale_write.starts_with("ERR_REDIRECT ")
@@ -355,6 +363,7 @@ fn assert_refused(what: &str, (code, stderr): (Option<i32>, String), names: &[&s
         "{what}: exit code {code:?}, stderr: {stderr}"
     );
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    eprintln!("{what}: exit {code:?}: {stderr}");
     assert_eq!(lines.len(), 1, "{what}: want one clear line, got: {stderr}");
     for name in names {
         assert!(
@@ -366,7 +375,7 @@ fn assert_refused(what: &str, (code, stderr): (Option<i32>, String), names: &[&s
     assert!(!stderr.contains("panicked"), "{what}: {stderr}");
 }
 
-/// 6. A data dir that cannot be created (its parent is a regular file): the
+/// (6) A data dir that cannot be created (its parent is a regular file): the
 /// node refuses to start with one clear line and a non-zero exit.
 #[test]
 fn an_unwritable_data_dir_is_refused() {
@@ -396,7 +405,7 @@ fn an_unwritable_data_dir_is_refused() {
     assert!(common::port_is_free(cluster.client_port(1)));
 }
 
-/// 7. A node restarted on an emptied data dir (a new incarnation under an old
+/// (7) A node restarted on an emptied data dir (a new incarnation under an old
 /// id) is refused by its peers and stops with one clear line; the others keep
 /// serving.
 #[test]
@@ -422,6 +431,7 @@ fn a_node_with_an_emptied_data_dir_is_refused_by_its_peers() {
         .last()
         .unwrap_or_default()
         .to_string();
+    eprintln!("refused node's last line: {last}");
     assert!(
         last.starts_with("raftfs: ") && last.contains("refused") && last.contains("incarnation"),
         "the last line should say why the node stopped: {last:?}"
@@ -441,7 +451,7 @@ fn a_node_with_an_emptied_data_dir_is_refused_by_its_peers() {
     assert_files(&mut client, &files);
 }
 
-/// 8. Bad configs: one clear stderr line, a non-zero exit, nothing left running.
+/// (8) Bad configs: one clear stderr line, a non-zero exit, nothing left running.
 #[test]
 fn bad_configs_are_refused_with_one_clear_line() {
     let _serial = serial();
@@ -523,7 +533,7 @@ fn bad_configs_are_refused_with_one_clear_line() {
     );
 }
 
-/// 9. `raftfs cluster`: prints every node's client address and the leader,
+/// (9) `raftfs cluster`: prints every node's client address and the leader,
 /// serves, and stops every node on SIGTERM (exit 0, ports free again).
 #[test]
 fn the_cluster_command_prints_the_leader_and_stops_on_sigterm() {
@@ -592,7 +602,13 @@ fn the_cluster_command_prints_the_leader_and_stops_on_sigterm() {
     let mut client =
         Client::connect(&format!("127.0.0.1:{leader_port}")).expect("connect to the leader");
     client.set_timeout(COMMAND_TIMEOUT);
-    let reply = client.write("demo", "hello").expect("write");
+    let mut reply = client.write("demo", "hello").expect("write");
+    if let Some(target) = reply.strip_prefix("ERR_REDIRECT ") {
+        // Leadership moved since the line was printed: follow it once.
+        let mut client = Client::connect(target).expect("connect to the new leader");
+        client.set_timeout(COMMAND_TIMEOUT);
+        reply = client.write("demo", "hello").expect("write");
+    }
     assert!(ok_version(&reply).is_some(), "{reply}");
     drop(client);
 
@@ -621,7 +637,7 @@ fn the_cluster_command_prints_the_leader_and_stops_on_sigterm() {
     }
 }
 
-/// 10. Five clients, a mixed workload on three hot files for ~5 s while the
+/// (10) Five clients, a mixed workload on three hot files for ~5 s while the
 /// leader is killed once and restarted: the history is linearizable.
 #[test]
 fn a_mixed_workload_across_a_leader_crash_is_linearizable() {
