@@ -14,7 +14,7 @@ mod common;
 #[path = "common/workload.rs"]
 mod workload;
 
-use common::{command_anywhere, serial, write_command, Client, Cluster};
+use common::{command_anywhere, ok_version, serial, write_command, Client, Cluster};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,10 +53,6 @@ fn pipelined_writes(client: &mut Client, prefix: &str, count: usize) -> Vec<(Str
             (name, content, version)
         })
         .collect()
-}
-
-fn ok_version(reply: &str) -> Option<u64> {
-    reply.strip_prefix("OK ")?.parse().ok()
 }
 
 /// Reads every file in one pipelined burst and checks version and content.
@@ -697,7 +693,7 @@ fn a_rolling_restart_with_sigterm_fails_no_request() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();
-        std::thread::spawn(move || sequential_writer(&addresses, &stop))
+        std::thread::spawn(move || workload::sequential_writer(&addresses, &stop))
     };
     std::thread::sleep(Duration::from_millis(500));
     // Followers first, the leader last: each restart is a SIGTERM.
@@ -757,82 +753,4 @@ fn a_rolling_restart_with_sigterm_fails_no_request() {
     let mut client = Client::connect(&cluster.client_address(reader)).expect("connect");
     client.set_timeout(COMMAND_TIMEOUT);
     assert_files(&mut client, &outcome.acknowledged);
-}
-
-struct WriterOutcome {
-    acknowledged: Vec<(String, String, u64)>,
-    redirects: usize,
-    dropped: usize,
-    errors: Vec<String>,
-}
-
-/// One client writing `rolling-<n>` one at a time until `stop`, following
-/// redirects and moving on from closed connections.
-fn sequential_writer(addresses: &[String], stop: &std::sync::atomic::AtomicBool) -> WriterOutcome {
-    let mut outcome = WriterOutcome {
-        acknowledged: Vec::new(),
-        redirects: 0,
-        dropped: 0,
-        errors: Vec::new(),
-    };
-    let mut next = 0usize;
-    let mut address = addresses[0].clone();
-    let mut connection: Option<Client> = None;
-    let mut n = 0;
-    let started = Instant::now();
-    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        let client = match connection.as_mut() {
-            Some(client) => client,
-            None => match Client::connect(&address) {
-                Ok(mut client) => {
-                    client.set_timeout(COMMAND_TIMEOUT);
-                    connection.insert(client)
-                }
-                Err(_) => {
-                    next = (next + 1) % addresses.len();
-                    address = addresses[next].clone();
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                }
-            },
-        };
-        let name = format!("rolling-{n}");
-        let content = format!("value {n}");
-        match client.write(&name, &content) {
-            Ok(reply) => {
-                if let Some(version) = ok_version(&reply) {
-                    outcome.acknowledged.push((name, content, version));
-                    n += 1;
-                } else if let Some(target) = reply.strip_prefix("ERR_REDIRECT ") {
-                    outcome.redirects += 1;
-                    address = target.to_string();
-                    connection = None;
-                } else {
-                    outcome.errors.push(format!(
-                        "{name} at {address} after {:?}: {reply}",
-                        started.elapsed()
-                    ));
-                    n += 1;
-                }
-            }
-            Err(error)
-                if error.kind() == std::io::ErrorKind::WouldBlock
-                    || error.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                outcome.errors.push(format!("{name}: no answer within 6 s"));
-                connection = None;
-                n += 1;
-            }
-            Err(_) => {
-                // Closed with the command unanswered: its fate is unknown, so
-                // the name is never reused.
-                outcome.dropped += 1;
-                connection = None;
-                n += 1;
-                next = (next + 1) % addresses.len();
-                address = addresses[next].clone();
-            }
-        }
-    }
-    outcome
 }

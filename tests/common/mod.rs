@@ -473,3 +473,8 @@ pub fn wait_for(path: &Path) -> bool {
     }
     false
 }
+
+/// The version of an `OK VERSION` answer.
+pub fn ok_version(reply: &str) -> Option<u64> {
+    reply.strip_prefix("OK ")?.parse().ok()
+}

@@ -12,8 +12,11 @@
 //!
 //! Contents are unique per operation (`c<client>-<seq>`), so a read names the
 //! write it saw. Expiry is never used (the checker does not model it).
+//!
+//! Also `sequential_writer`: one client writing fresh files one at a time,
+//! following redirects, counting failures (for the rolling-restart test).
 
-use crate::common::{Client, Cluster};
+use crate::common::{ok_version, Client, Cluster};
 use raftfs::lincheck::{History, Op, Outcome};
 use rand::{Rng, SeedableRng};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -318,4 +321,86 @@ fn parse(kind: &Kind, reply: &str) -> Option<Outcome> {
             })
         }
     }
+}
+
+/// What `sequential_writer` saw.
+pub struct WriterOutcome {
+    pub acknowledged: Vec<(String, String, u64)>,
+    pub redirects: usize,
+    pub dropped: usize,
+    pub errors: Vec<String>,
+}
+
+/// One client writing `rolling-<n>` one at a time until `stop`, following
+/// redirects and moving on from closed connections.
+pub fn sequential_writer(
+    addresses: &[String],
+    stop: &std::sync::atomic::AtomicBool,
+) -> WriterOutcome {
+    let mut outcome = WriterOutcome {
+        acknowledged: Vec::new(),
+        redirects: 0,
+        dropped: 0,
+        errors: Vec::new(),
+    };
+    let mut next = 0usize;
+    let mut address = addresses[0].clone();
+    let mut connection: Option<Client> = None;
+    let mut n = 0;
+    let started = Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let client = match connection.as_mut() {
+            Some(client) => client,
+            None => match Client::connect(&address) {
+                Ok(mut client) => {
+                    client.set_timeout(ANSWER_TIMEOUT);
+                    connection.insert(client)
+                }
+                Err(_) => {
+                    next = (next + 1) % addresses.len();
+                    address = addresses[next].clone();
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            },
+        };
+        let name = format!("rolling-{n}");
+        let content = format!("value {n}");
+        match client.write(&name, &content) {
+            Ok(reply) => {
+                if let Some(version) = ok_version(&reply) {
+                    outcome.acknowledged.push((name, content, version));
+                    n += 1;
+                } else if let Some(target) = reply.strip_prefix("ERR_REDIRECT ") {
+                    outcome.redirects += 1;
+                    address = target.to_string();
+                    connection = None;
+                } else {
+                    outcome.errors.push(format!(
+                        "{name} at {address} after {:?}: {reply}",
+                        started.elapsed()
+                    ));
+                    n += 1;
+                }
+            }
+            Err(error)
+                if error.kind() == std::io::ErrorKind::WouldBlock
+                    || error.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                outcome.errors.push(format!("{name}: no answer within 6 s"));
+                connection = None;
+                n += 1;
+            }
+            Err(_) => {
+                // Closed with the command unanswered: its fate is unknown, so
+                // the name is never reused.
+                outcome.dropped += 1;
+                connection = None;
+                n += 1;
+                next = (next + 1) % addresses.len();
+                address = addresses[next].clone();
+            }
+        }
+    }
+    outcome
 }
