@@ -377,11 +377,7 @@ impl Replica {
                 continue;
             }
             let is_read = matches!(pending.request, Request::Read { .. });
-            // During a leadership transfer the core refuses proposals and
-            // reads: hold the command until the transfer ends (then it is
-            // redirected to the new leader, or run here if it was aborted).
-            let transferring = self.raft.transfer_target().is_some();
-            if self.is_ready_leader() && !transferring && (!is_read || self.is_ready_for_reads()) {
+            if self.is_ready_leader() && (!is_read || self.is_ready_for_reads()) {
                 self.route_as_leader(pending, now);
             } else if let Some(leader) = self.raft.leader_id().filter(|&l| l != self.raft.id()) {
                 self.answer_redirect(pending.client, Some(leader));
