@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::limits;
 use crate::net::conn::Connection;
 use crate::net::peer::{PeerEvent, Peers};
-use crate::net::protocol::{encode_reply, parse_next, Parsed, Reply};
+use crate::net::protocol::{encode_reply, parse_next, Parsed, Reply, Request};
 use crate::replica::{ClientRef, Replica, Status};
 use bytes::{Bytes, BytesMut};
 use mio::net::TcpListener;
@@ -304,7 +304,13 @@ impl Reactor {
             let Some(parsed) = parse_next(&mut connection.read_buffer, self.max_file_bytes) else {
                 break;
             };
-            let seq = connection.take_slot();
+            let reserved_bytes = match &parsed {
+                Parsed::Request(Request::Read { .. }) => {
+                    self.max_file_bytes + limits::READ_REPLY_HEADER_BYTES_MAX
+                }
+                _ => 0,
+            };
+            let seq = connection.take_slot(reserved_bytes);
             let client = ClientRef {
                 key,
                 conn_id: connection.id,
