@@ -61,8 +61,12 @@ struct Slot {
 }
 
 pub enum ReadStatus {
-    /// Everything available was read (or the per-turn budget was used).
+    /// Everything available was read.
     Open,
+    /// The per-turn budget was used with input possibly left in the socket:
+    /// read again next turn without waiting for an event (readiness is
+    /// edge-triggered, so no new event comes for bytes already there).
+    More,
     /// The peer closed its writing side.
     Closed,
 }
@@ -128,7 +132,7 @@ impl Connection {
                 }
             }
         }
-        Ok(ReadStatus::Open)
+        Ok(ReadStatus::More)
     }
 
     /// Take a slot for the next command; its answer goes to `fill(seq, ..)`.

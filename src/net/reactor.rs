@@ -14,7 +14,7 @@
 
 use crate::error::{Error, Result};
 use crate::limits;
-use crate::net::conn::Connection;
+use crate::net::conn::{Connection, ReadStatus};
 use crate::net::peer::{PeerEvent, Peers};
 use crate::net::protocol::{encode_reply, parse_next, Parsed, Reply, Request};
 use crate::replica::{ClientRef, Replica, Status};
@@ -276,10 +276,14 @@ impl Reactor {
         };
         connection.paused = !connection.wants_read();
         if connection.wants_read() && !connection.input_closed {
-            if let Err(e) = connection.read_available() {
-                log::debug!("client connection {} read error: {e}", connection.id);
-                self.close_connection(key);
-                return;
+            match connection.read_available() {
+                Ok(ReadStatus::More) => self.resume.push(key),
+                Ok(ReadStatus::Open | ReadStatus::Closed) => {}
+                Err(e) => {
+                    log::debug!("client connection {} read error: {e}", connection.id);
+                    self.close_connection(key);
+                    return;
+                }
             }
         }
         self.frame_commands(key, now);
