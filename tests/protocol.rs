@@ -135,7 +135,7 @@ fn malformed_commands_that_keep_the_connection() {
         b"write keep-victim 3 18446744073709551616\r\nbad\r\n".to_vec(),
         b"write keep-victim 3 0 0\r\nbad\r\n".to_vec(),
         b"write keep-victim 3 0\t\r\nbad\r\n".to_vec(),
-        format!("cas keep-victim x 3\r\nbad\r\n").into_bytes(),
+        b"cas keep-victim x 3\r\nbad\r\n".to_vec(),
         format!("cas keep-victim -{original_version} 3\r\nbad\r\n").into_bytes(),
         format!("cas keep-victim +{original_version} 3\r\nbad\r\n").into_bytes(),
         b"cas keep-victim 18446744073709551616 3\r\nbad\r\n".to_vec(),

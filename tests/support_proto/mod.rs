@@ -250,6 +250,18 @@ impl Client {
         })
     }
 
+    /// Wrap a connected stream (its read timeout becomes `CLIENT_TIMEOUT`).
+    pub fn from_stream(stream: TcpStream) -> Client {
+        stream
+            .set_read_timeout(Some(CLIENT_TIMEOUT))
+            .expect("read timeout");
+        let writer = stream.try_clone().expect("clone the stream");
+        Client {
+            reader: BufReader::with_capacity(64 << 10, stream),
+            writer,
+        }
+    }
+
     pub fn connect(address: SocketAddr) -> Client {
         Client::try_connect(address).expect("connect to the node")
     }
