@@ -14,9 +14,9 @@
 
 use crate::error::{Error, Result};
 use crate::limits;
-use crate::net::conn::Connection;
+use crate::net::conn::{Connection, ReadStatus};
 use crate::net::peer::{PeerEvent, Peers};
-use crate::net::protocol::{encode_reply, parse_next, Parsed, Reply};
+use crate::net::protocol::{encode_reply, parse_next, Parsed, Reply, Request};
 use crate::replica::{ClientRef, Replica, Status};
 use bytes::{Bytes, BytesMut};
 use mio::net::TcpListener;
@@ -300,10 +300,14 @@ impl Reactor {
         };
         connection.paused = !connection.wants_read();
         if connection.wants_read() && !connection.input_closed {
-            if let Err(e) = connection.read_available() {
-                log::debug!("client connection {} read error: {e}", connection.id);
-                self.close_connection(key);
-                return;
+            match connection.read_available() {
+                Ok(ReadStatus::More) => self.resume.push(key),
+                Ok(ReadStatus::Open | ReadStatus::Closed) => {}
+                Err(e) => {
+                    log::debug!("client connection {} read error: {e}", connection.id);
+                    self.close_connection(key);
+                    return;
+                }
             }
         }
         self.frame_commands(key, now);
@@ -328,8 +332,14 @@ impl Reactor {
             let Some(parsed) = parse_next(&mut connection.read_buffer, self.max_file_bytes) else {
                 break;
             };
-            let seq = connection.take_slot();
             self.last_command_at = now;
+            let reserved_bytes = match &parsed {
+                Parsed::Request(Request::Read { .. }) => {
+                    self.max_file_bytes + limits::READ_REPLY_HEADER_BYTES_MAX
+                }
+                _ => 0,
+            };
+            let seq = connection.take_slot(reserved_bytes);
             let client = ClientRef {
                 key,
                 conn_id: connection.id,
