@@ -450,18 +450,9 @@ impl Replica {
                         return;
                     }
                 }
-                let display_ms = self.cluster_time_ms(now);
-                let mut buffer = std::mem::take(&mut self.reply_buffer);
-                encode_read(
-                    &self.fsm,
-                    &name,
-                    self.fsm.cluster_time_ms(),
-                    display_ms,
-                    &mut buffer,
-                );
-                let bytes = buffer.split().freeze();
-                self.reply_buffer = buffer;
-                self.turn_reads.push((client, bytes));
+                let answer =
+                    self.render_read(&name, self.fsm.cluster_time_ms(), self.cluster_time_ms(now));
+                self.turn_reads.push((client, answer));
             }
         }
     }
@@ -481,13 +472,12 @@ impl Replica {
                 // Only reads: they were anchored to a batch that no longer
                 // gets commands; answer them like reads at the applied index.
                 for read in batch.reads {
-                    let display_ms = self.cluster_time_ms(now);
-                    let mut buffer = std::mem::take(&mut self.reply_buffer);
-                    let live_ms = self.fsm.cluster_time_ms();
-                    encode_read(&self.fsm, &read.name, live_ms, display_ms, &mut buffer);
-                    let bytes = buffer.split().freeze();
-                    self.reply_buffer = buffer;
-                    self.turn_reads.push((read.client, bytes));
+                    let answer = self.render_read(
+                        &read.name,
+                        self.fsm.cluster_time_ms(),
+                        self.cluster_time_ms(now),
+                    );
+                    self.turn_reads.push((read.client, answer));
                 }
                 continue;
             }
@@ -698,43 +688,35 @@ impl Replica {
         self.max_stamp_ms = self.max_stamp_ms.max(batch.stamp_ms);
         let time_ms = self.fsm.begin_batch(batch.stamp_ms);
         let display_ms = self.cluster_time_ms(self.turn_now);
-        let mut reads = mine.as_ref().map(|w| w.reads.iter().peekable());
-        let mut buffer = std::mem::take(&mut self.reply_buffer);
+        let display_ms = display_ms.max(time_ms);
+        let (clients, reads) = match mine {
+            Some(waiting) => (waiting.clients, waiting.reads),
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut reads = reads.into_iter().peekable();
         for (offset, command) in batch.commands.into_iter().enumerate() {
-            if let (Some(reads), Some(waiting)) = (reads.as_mut(), mine.as_ref()) {
-                while let Some(read) = reads.next_if(|r| r.offset <= offset) {
-                    encode_read(
-                        &self.fsm,
-                        &read.name,
-                        time_ms,
-                        display_ms.max(time_ms),
-                        &mut buffer,
-                    );
-                    self.replies.push((read.client, buffer.split().freeze()));
-                }
-                let outcome = self.fsm.apply_command(command, time_ms);
-                if let Some(&client) = waiting.clients.get(offset) {
-                    encode_outcome(outcome, &mut buffer);
-                    self.replies.push((client, buffer.split().freeze()));
-                }
-            } else {
-                self.fsm.apply_command(command, time_ms);
+            while let Some(read) = reads.next_if(|r| r.offset <= offset) {
+                let answer = self.render_read(&read.name, time_ms, display_ms);
+                self.replies.push((read.client, answer));
+            }
+            let outcome = self.fsm.apply_command(command, time_ms);
+            if let Some(&client) = clients.get(offset) {
+                encode_outcome(outcome, &mut self.reply_buffer);
+                self.replies
+                    .push((client, self.reply_buffer.split().freeze()));
             }
         }
-        if let Some(reads) = reads.as_mut() {
-            for read in reads {
-                encode_read(
-                    &self.fsm,
-                    &read.name,
-                    time_ms,
-                    display_ms.max(time_ms),
-                    &mut buffer,
-                );
-                self.replies.push((read.client, buffer.split().freeze()));
-            }
+        for read in reads {
+            let answer = self.render_read(&read.name, time_ms, display_ms);
+            self.replies.push((read.client, answer));
         }
-        self.reply_buffer = buffer;
         Ok(())
+    }
+
+    /// The encoded answer to `read NAME` from the state applied so far.
+    fn render_read(&mut self, name: &[u8], live_ms: u64, display_ms: u64) -> Bytes {
+        encode_read(&self.fsm, name, live_ms, display_ms, &mut self.reply_buffer);
+        self.reply_buffer.split().freeze()
     }
 
     fn expire_waiting(&mut self, now: Instant) {
