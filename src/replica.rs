@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::fsm::command::{batch_stamp_ms, decode_batch_ref, encode_batch};
 use crate::fsm::{Command, Fsm, Outcome};
 use crate::limits;
+use crate::metrics::ReplicaMetrics;
 use crate::net::protocol::{encode_reply, Reply, Request};
 use crate::raft::{self, Action, Entry, Envelope, Index, NodeId, Role, Term};
 use crate::storage::wal::Wal;
@@ -97,6 +98,8 @@ struct Waiting {
     /// Sorted by offset.
     reads: Vec<AnchoredRead>,
     deadline: Instant,
+    /// When it was proposed (for the apply latency metric).
+    proposed_at: Instant,
 }
 
 /// The batch being built in this turn (one entry).
@@ -146,6 +149,8 @@ pub struct Replica {
     pub messages: Vec<Envelope>,
     persisted_pending: Option<(Index, Term)>,
     needs_sync: bool,
+    /// Counters and histograms for `GET /metrics` (plain increments).
+    pub metrics: ReplicaMetrics,
 }
 
 impl Replica {
@@ -181,6 +186,7 @@ impl Replica {
             messages: Vec::new(),
             persisted_pending: None,
             needs_sync: false,
+            metrics: ReplicaMetrics::default(),
         }
     }
 
@@ -199,6 +205,11 @@ impl Replica {
             last_index: self.raft.last_index(),
             files: self.fsm.len(),
         }
+    }
+
+    /// The Raft core, for read-only views (metrics, status).
+    pub fn raft(&self) -> &raft::Node {
+        &self.raft
     }
 
     pub fn fsm(&self) -> &Fsm {
@@ -320,7 +331,14 @@ impl Replica {
                 continue;
             }
             let is_read = matches!(pending.request, Request::Read { .. });
-            if self.is_ready_leader() && (!is_read || self.is_ready_for_reads()) {
+            // While handing leadership away the core refuses proposals and
+            // reads: hold them until the new leader is known (then they are
+            // redirected) or the transfer is abandoned (then served here).
+            let transferring = self.raft.transfer_target().is_some();
+            if self.is_ready_leader()
+                && !transferring
+                && (!is_read || self.is_ready_for_reads())
+            {
                 self.route_as_leader(pending, now);
             } else if let Some(leader) = self.raft.leader_id().filter(|&l| l != self.raft.id()) {
                 self.answer_redirect(pending.client, Some(leader));
@@ -441,6 +459,10 @@ impl Replica {
             let data = encode_batch(stamp_ms, &batch.commands);
             match self.raft.propose(data) {
                 Ok(index) => {
+                    self.metrics.proposals += 1;
+                    self.metrics
+                        .batch_commands
+                        .record(batch.commands.len() as f64);
                     self.last_proposed_stamp_ms = stamp_ms;
                     for (offset, client) in batch.clients.iter().enumerate() {
                         self.connection_floor
@@ -457,6 +479,7 @@ impl Replica {
                         clients: batch.clients,
                         reads: batch.reads,
                         deadline: batch.deadline.unwrap_or(now),
+                        proposed_at: now,
                     });
                 }
                 Err(not_leader) => {
@@ -498,7 +521,18 @@ impl Replica {
             self.raft.drain_actions(&mut self.actions);
             if self.actions.is_empty() {
                 if self.needs_sync {
+                    let started = Instant::now();
                     self.wal.sync()?;
+                    let took = started.elapsed();
+                    self.metrics.fsync_seconds.record_duration(took);
+                    if took >= Duration::from_millis(limits::FSYNC_SLOW_MS) {
+                        self.metrics.fsync_slow += 1;
+                        log::warn!(
+                            "slow fsync: {} ms (over {} ms; keep the election timeout well above the disk's sync latency)",
+                            took.as_millis(),
+                            limits::FSYNC_SLOW_MS
+                        );
+                    }
                     self.needs_sync = false;
                     if let Some((index, term)) = self.persisted_pending.take() {
                         self.raft.persisted(index, term);
@@ -613,6 +647,11 @@ impl Replica {
             }
             _ => None,
         };
+        if let Some(waiting) = &mine {
+            self.metrics
+                .apply_latency_seconds
+                .record_duration(waiting.proposed_at.elapsed());
+        }
         if entry.data.is_empty() {
             return Ok(());
         }

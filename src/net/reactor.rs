@@ -7,6 +7,12 @@
 //! connections and flush → flush peer links. Events are never handled one by
 //! one against the log: the turn batches them.
 //!
+//! Operations (additive to the loop): an optional metrics/health HTTP
+//! listener (`serve_metrics`, tokens from `HTTP_TOKEN_BASE`), answered from
+//! a `NodeView` gathered only when a request arrives; status probes on the
+//! peer port answered the same way; `ReactorMetrics` counted with plain
+//! increments; one log line per role, term or leader change.
+//!
 //! Invariants (mio's rules): tokens come from a slab; spurious events are
 //! harmless (every handler tolerates `WouldBlock`); a broken connection is
 //! closed and the loop goes on; nothing in the loop blocks except `poll` and
@@ -14,9 +20,12 @@
 
 use crate::error::{Error, Result};
 use crate::limits;
+use crate::metrics::{self, NodeView, PeerView, ReactorMetrics};
 use crate::net::conn::Connection;
+use crate::net::http::{HttpServer, Response, Route};
 use crate::net::peer::{PeerEvent, Peers};
 use crate::net::protocol::{encode_reply, parse_next, Parsed, Reply};
+use crate::raft::{NodeId, Role, Term};
 use crate::replica::{ClientRef, Replica, Status};
 use bytes::{Bytes, BytesMut};
 use mio::net::TcpListener;
@@ -31,6 +40,8 @@ const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 /// Tokens from here on belong to the peer component.
 pub const PEER_TOKEN_BASE: usize = 16;
+/// Tokens from here on belong to the metrics HTTP listener.
+pub const HTTP_TOKEN_BASE: usize = 1 << 19;
 /// Tokens from here on are client connections (slab key + base).
 const CONNECTION_TOKEN_BASE: usize = 1 << 20;
 /// Most ticks caught up in one turn after a stall.
@@ -70,6 +81,11 @@ pub struct Reactor {
     /// How long a stopping leader waits for the handover and its answers.
     stop_grace: Duration,
     static_replies: StaticReplies,
+    http: Option<HttpServer>,
+    http_requests: Vec<(usize, Route)>,
+    metrics: ReactorMetrics,
+    /// Role, term and leader as last logged.
+    logged: (Option<Role>, Term, Option<NodeId>),
 }
 
 /// Encoded once: the answers the reactor gives without the replica.
@@ -110,7 +126,20 @@ impl Reactor {
             static_replies: StaticReplies {
                 command_error: buffer.freeze(),
             },
+            http: None,
+            http_requests: Vec::new(),
+            metrics: ReactorMetrics::default(),
+            logged: (None, 0, None),
         })
+    }
+
+    /// Serves `GET /metrics` and `GET /health` on `address` from this
+    /// reactor. Returns the bound address (useful with port 0).
+    pub fn serve_metrics(&mut self, address: std::net::SocketAddr) -> io::Result<std::net::SocketAddr> {
+        let server = HttpServer::bind(self.poll.registry(), address, HTTP_TOKEN_BASE)?;
+        let bound = server.local_addr()?;
+        self.http = Some(server);
+        Ok(bound)
     }
 
     pub fn stop_handle(&self) -> StopHandle {
@@ -146,6 +175,16 @@ impl Reactor {
                 match event.token() {
                     LISTENER => self.accept_clients(),
                     WAKER => {}
+                    token if self.http.as_ref().is_some_and(|http| http.owns(token)) => {
+                        if let Some(http) = self.http.as_mut() {
+                            http.handle_event(
+                                self.poll.registry(),
+                                token,
+                                now,
+                                &mut self.http_requests,
+                            );
+                        }
+                    }
                     token if token.0 >= CONNECTION_TOKEN_BASE => {
                         let key = token.0 - CONNECTION_TOKEN_BASE;
                         self.service_connection(key, now);
@@ -160,12 +199,16 @@ impl Reactor {
             if self.peers.has_pending_reads() {
                 self.resume_peer_reads(now)?;
             }
+            self.answer_observers();
             let mut ticks = 0;
             while now >= next_tick && ticks < TICKS_PER_TURN_MAX {
                 self.replica.tick(now);
                 let mut peer_events = Vec::new();
                 self.peers.tick(self.poll.registry(), now, &mut peer_events);
                 self.process_peer_events(peer_events)?;
+                if let Some(http) = self.http.as_mut() {
+                    http.tick(self.poll.registry(), now);
+                }
                 next_tick += tick;
                 ticks += 1;
             }
@@ -182,6 +225,7 @@ impl Reactor {
             self.replica.end_turn(now)?;
             self.deliver(now)?;
             self.refresh_status();
+            self.log_transitions();
             if let Some(deadline) = stop_deadline {
                 let leading = self.replica.status().role == Some(crate::raft::Role::Leader);
                 if (!leading && !self.replica.has_waiting()) || now >= deadline {
@@ -240,6 +284,7 @@ impl Reactor {
                     if let Err(e) = stream.set_nodelay(true) {
                         log::debug!("set_nodelay: {e}");
                     }
+                    self.metrics.connections_accepted += 1;
                     let entry = self.connections.vacant_entry();
                     let key = entry.key();
                     let id = self.next_connection_id;
@@ -311,8 +356,12 @@ impl Reactor {
                 seq,
             };
             match parsed {
-                Parsed::Request(request) => self.replica.submit(client, request, now),
+                Parsed::Request(request) => {
+                    self.metrics.commands[command_kind(&request)] += 1;
+                    self.replica.submit(client, request, now)
+                }
                 Parsed::Malformed { close } => {
+                    self.metrics.commands[4] += 1;
                     connection.fill(seq, self.static_replies.command_error.clone());
                     if close {
                         connection.closing = true;
@@ -349,6 +398,7 @@ impl Reactor {
             .flush(self.poll.registry(), now, &mut peer_events);
         self.process_peer_events(peer_events)?;
         for (client, reply) in self.replica.replies.drain(..) {
+            self.metrics.count_reply(&reply);
             if let Some(connection) = self.connections.get_mut(client.key) {
                 if connection.id == client.conn_id {
                     connection.fill(client.seq, reply);
@@ -387,9 +437,141 @@ impl Reactor {
         }
     }
 
+    /// The node as a scrape, a health check or a status probe sees it.
+    fn node_view(&self) -> NodeView<'_> {
+        let status = self.replica.status();
+        let match_indexes = self.replica.raft().match_indexes();
+        let peers = self
+            .peers
+            .link_states()
+            .into_iter()
+            .map(|link| {
+                let lag_entries = match_indexes
+                    .iter()
+                    .find(|(id, _)| *id == link.peer)
+                    .map(|(_, match_index)| status.last_index.saturating_sub(*match_index));
+                PeerView { link, lag_entries }
+            })
+            .collect();
+        NodeView {
+            known_commit_index: self.replica.raft().known_commit_index(),
+            status,
+            client_connections: self.connections.len(),
+            peers,
+            replica: &self.replica.metrics,
+            reactor: &self.metrics,
+        }
+    }
+
+    /// Answers waiting HTTP requests and status probes.
+    fn answer_observers(&mut self) {
+        if !self.http_requests.is_empty() {
+            let requests = std::mem::take(&mut self.http_requests);
+            self.metrics.http_requests += requests.len() as u64;
+            let view = self.node_view();
+            let responses: Vec<(usize, Response)> = requests
+                .into_iter()
+                .map(|(key, route)| (key, http_response(route, &view)))
+                .collect();
+            if let Some(http) = self.http.as_mut() {
+                for (key, response) in responses {
+                    http.respond(self.poll.registry(), key, &response);
+                }
+            }
+        }
+        if self.peers.status_probes_waiting() {
+            let view = self.node_view();
+            let report = crate::status::StatusReport {
+                id: view.status.id,
+                role: metrics::role_name(view.status.role).to_string(),
+                term: view.status.term,
+                leader: view.status.leader,
+                commit_index: view.status.commit_index,
+                known_commit_index: view.known_commit_index,
+                applied_index: view.status.applied_index,
+                last_index: view.status.last_index,
+                files: view.status.files as u64,
+                unhealthy: metrics::health(&view, crate::limits::HEALTH_APPLY_LAG_ENTRIES_MAX).err(),
+            };
+            match serde_json::to_vec(&report) {
+                Ok(bytes) => self.peers.answer_status_probes(self.poll.registry(), &bytes),
+                Err(error) => log::error!("cannot encode a status report: {error}"),
+            }
+        }
+    }
+
+    /// One info line per change of role, term or known leader.
+    fn log_transitions(&mut self) {
+        let raft = self.replica.raft();
+        let now = (Some(raft.role()), raft.term(), raft.leader_id());
+        if now == self.logged {
+            return;
+        }
+        let (role, term, leader) = now;
+        let id = raft.id();
+        match role {
+            Some(Role::Leader) if self.logged.0 != Some(Role::Leader) => {
+                log::info!("node {id} won the election: leader of term {term}")
+            }
+            Some(Role::Candidate) if self.logged.0 != Some(Role::Candidate) || self.logged.1 != term => {
+                log::info!("node {id} campaigns in term {term}")
+            }
+            _ if self.logged.0 == Some(Role::Leader) => log::info!(
+                "node {id} is no longer leader: term {term}, leader {}",
+                leader.map_or_else(|| "unknown".to_string(), |l| l.to_string())
+            ),
+            _ if self.logged.0 == Some(Role::Candidate) && role != Some(Role::Leader) => log::info!(
+                "node {id} lost the election: term {term}, leader {}",
+                leader.map_or_else(|| "unknown".to_string(), |l| l.to_string())
+            ),
+            _ if leader != self.logged.2 || term != self.logged.1 => {
+                if let Some(leader) = leader {
+                    log::info!("node {id}: term {term}, leader {leader}")
+                } else if term != self.logged.1 {
+                    log::debug!("node {id}: term {term}, no leader known")
+                }
+            }
+            _ => {}
+        }
+        self.logged = now;
+    }
+
     fn refresh_status(&self) {
         if let Ok(mut status) = self.status.lock() {
             *status = self.replica.status();
         }
+    }
+}
+
+fn command_kind(request: &crate::net::protocol::Request) -> usize {
+    use crate::fsm::Command;
+    use crate::net::protocol::Request;
+    match request {
+        Request::Read { .. } => 0,
+        Request::Command(Command::Write { .. }) => 1,
+        Request::Command(Command::Cas { .. }) => 2,
+        Request::Command(Command::Delete { .. }) => 3,
+    }
+}
+
+fn http_response(route: Route, view: &NodeView<'_>) -> Response {
+    let text = |status: u16, body: String| Response {
+        status,
+        content_type: "text/plain; charset=utf-8",
+        body,
+    };
+    match route {
+        Route::Metrics => Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: metrics::render(view),
+        },
+        Route::Health => match metrics::health(view, crate::limits::HEALTH_APPLY_LAG_ENTRIES_MAX) {
+            Ok(()) => text(200, "ok\n".into()),
+            Err(reason) => text(503, format!("{reason}\n")),
+        },
+        Route::NotFound => text(404, "not found: try /metrics or /health\n".into()),
+        Route::MethodNotAllowed => text(405, "only GET is served\n".into()),
+        Route::BadRequest => text(400, "bad request\n".into()),
     }
 }
