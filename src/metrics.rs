@@ -370,9 +370,7 @@ pub fn health(view: &NodeView<'_>, lag_entries_max: u64) -> Result<(), String> {
     let Some(leader) = status.leader else {
         return Err(format!("no leader known (term {})", status.term));
     };
-    let behind = view
-        .known_commit_index
-        .saturating_sub(status.applied_index);
+    let behind = view.known_commit_index.saturating_sub(status.applied_index);
     if behind > lag_entries_max {
         return Err(format!(
             "applied index {} is {behind} entries behind the leader's commit index {} (node {leader} leads)",

@@ -335,10 +335,7 @@ impl Replica {
             // reads: hold them until the new leader is known (then they are
             // redirected) or the transfer is abandoned (then served here).
             let transferring = self.raft.transfer_target().is_some();
-            if self.is_ready_leader()
-                && !transferring
-                && (!is_read || self.is_ready_for_reads())
-            {
+            if self.is_ready_leader() && !transferring && (!is_read || self.is_ready_for_reads()) {
                 self.route_as_leader(pending, now);
             } else if let Some(leader) = self.raft.leader_id().filter(|&l| l != self.raft.id()) {
                 self.answer_redirect(pending.client, Some(leader));

@@ -106,7 +106,10 @@ pub fn probe(peer_address: SocketAddr, timeout: Duration) -> std::io::Result<Sta
 
 /// Probes every member (in parallel) and computes lags.
 pub fn collect(config: &ClusterConfig, timeout: Duration) -> Vec<MemberStatus> {
-    let threads: Vec<(Member, std::thread::JoinHandle<std::io::Result<StatusReport>>)> = config
+    let threads: Vec<(
+        Member,
+        std::thread::JoinHandle<std::io::Result<StatusReport>>,
+    )> = config
         .members
         .iter()
         .map(|member| {

@@ -277,10 +277,16 @@ mod tests {
 
     #[test]
     fn routes_from_request_lines() {
-        assert_eq!(parse_route(b"GET /metrics HTTP/1.1\r\nHost: x"), Route::Metrics);
+        assert_eq!(
+            parse_route(b"GET /metrics HTTP/1.1\r\nHost: x"),
+            Route::Metrics
+        );
         assert_eq!(parse_route(b"GET /health?verbose HTTP/1.0"), Route::Health);
         assert_eq!(parse_route(b"GET /other HTTP/1.1"), Route::NotFound);
-        assert_eq!(parse_route(b"POST /metrics HTTP/1.1"), Route::MethodNotAllowed);
+        assert_eq!(
+            parse_route(b"POST /metrics HTTP/1.1"),
+            Route::MethodNotAllowed
+        );
         assert_eq!(parse_route(b"GET /metrics"), Route::BadRequest);
         assert_eq!(parse_route(b"\xff\xfe"), Route::BadRequest);
         assert_eq!(parse_route(b""), Route::BadRequest);

@@ -135,7 +135,10 @@ impl Reactor {
 
     /// Serves `GET /metrics` and `GET /health` on `address` from this
     /// reactor. Returns the bound address (useful with port 0).
-    pub fn serve_metrics(&mut self, address: std::net::SocketAddr) -> io::Result<std::net::SocketAddr> {
+    pub fn serve_metrics(
+        &mut self,
+        address: std::net::SocketAddr,
+    ) -> io::Result<std::net::SocketAddr> {
         let server = HttpServer::bind(self.poll.registry(), address, HTTP_TOKEN_BASE)?;
         let bound = server.local_addr()?;
         self.http = Some(server);
@@ -362,6 +365,7 @@ impl Reactor {
                 }
                 Parsed::Malformed { close } => {
                     self.metrics.commands[4] += 1;
+                    self.metrics.errors[2] += 1;
                     connection.fill(seq, self.static_replies.command_error.clone());
                     if close {
                         connection.closing = true;
@@ -491,10 +495,13 @@ impl Reactor {
                 applied_index: view.status.applied_index,
                 last_index: view.status.last_index,
                 files: view.status.files as u64,
-                unhealthy: metrics::health(&view, crate::limits::HEALTH_APPLY_LAG_ENTRIES_MAX).err(),
+                unhealthy: metrics::health(&view, crate::limits::HEALTH_APPLY_LAG_ENTRIES_MAX)
+                    .err(),
             };
             match serde_json::to_vec(&report) {
-                Ok(bytes) => self.peers.answer_status_probes(self.poll.registry(), &bytes),
+                Ok(bytes) => self
+                    .peers
+                    .answer_status_probes(self.poll.registry(), &bytes),
                 Err(error) => log::error!("cannot encode a status report: {error}"),
             }
         }
@@ -513,17 +520,21 @@ impl Reactor {
             Some(Role::Leader) if self.logged.0 != Some(Role::Leader) => {
                 log::info!("node {id} won the election: leader of term {term}")
             }
-            Some(Role::Candidate) if self.logged.0 != Some(Role::Candidate) || self.logged.1 != term => {
+            Some(Role::Candidate)
+                if self.logged.0 != Some(Role::Candidate) || self.logged.1 != term =>
+            {
                 log::info!("node {id} campaigns in term {term}")
             }
             _ if self.logged.0 == Some(Role::Leader) => log::info!(
                 "node {id} is no longer leader: term {term}, leader {}",
                 leader.map_or_else(|| "unknown".to_string(), |l| l.to_string())
             ),
-            _ if self.logged.0 == Some(Role::Candidate) && role != Some(Role::Leader) => log::info!(
-                "node {id} lost the election: term {term}, leader {}",
-                leader.map_or_else(|| "unknown".to_string(), |l| l.to_string())
-            ),
+            _ if self.logged.0 == Some(Role::Candidate) && role != Some(Role::Leader) => {
+                log::info!(
+                    "node {id} lost the election: term {term}, leader {}",
+                    leader.map_or_else(|| "unknown".to_string(), |l| l.to_string())
+                )
+            }
             _ if leader != self.logged.2 || term != self.logged.1 => {
                 if let Some(leader) = leader {
                     log::info!("node {id}: term {term}, leader {leader}")
