@@ -11,6 +11,7 @@
 //! - `lincheck`: the linearizability checker for client histories.
 //! - `metrics`: counters, histograms, Prometheus text and the health verdict.
 //! - `status`: `raftfs status` (asks each member over its peer port).
+//! - `restore`: `raftfs restore` (a backup snapshot into a new cluster).
 
 pub mod cluster;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod net;
 pub mod raft;
 pub mod replica;
+pub mod restore;
 pub mod server;
 pub mod sim;
 pub mod status;

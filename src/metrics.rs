@@ -176,6 +176,8 @@ pub struct NodeView<'a> {
     pub peers: Vec<PeerView>,
     pub replica: &'a ReplicaMetrics,
     pub reactor: &'a ReactorMetrics,
+    /// The file map at `status.applied_index` (for `GET /snapshot`).
+    pub fsm: &'a crate::fsm::Fsm,
 }
 
 pub fn role_name(role: Option<Role>) -> &'static str {

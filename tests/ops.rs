@@ -278,3 +278,121 @@ fn rolling_restart_under_load_fails_no_request() {
     assert!(report.ops() > 1000, "{}", report.text());
     assert_eq!(report.errors(), 0, "{}", report.text());
 }
+
+#[test]
+fn backup_snapshot_restores_into_a_new_cluster() {
+    let old = OpsCluster::start(3, |_| true);
+    wait_all_healthy(&old);
+    let leader = wait_leader(&old);
+    let mut client = Client::connect(&old.client_address(leader)).expect("connect");
+    for i in 0..30 {
+        assert!(client
+            .write(&format!("b{i}"), &format!("value-{i}"))
+            .expect("write")
+            .starts_with("OK "));
+    }
+    assert!(client
+        .command(b"write ttl 1 3600\r\nt\r\n")
+        .expect("ttl")
+        .starts_with("OK "));
+    assert_eq!(client.command(b"delete b7\r\n").expect("delete"), "OK\r\n");
+    // Any healthy node serves a consistent backup: take it from a follower.
+    let follower = (1..=3).find(|&id| id != leader).unwrap_or(1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let snapshot = loop {
+        let mut stream =
+            std::net::TcpStream::connect(old.metrics_address(follower)).expect("connect");
+        std::io::Write::write_all(&mut stream, b"GET /snapshot HTTP/1.1\r\n\r\n").expect("send");
+        let mut response = Vec::new();
+        std::io::Read::read_to_end(&mut stream, &mut response).expect("read");
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("head")
+            + 4;
+        let head = String::from_utf8_lossy(&response[..split]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let applied: u64 = head
+            .lines()
+            .find_map(|line| line.strip_prefix("X-Raftfs-Applied-Index: "))
+            .and_then(|value| value.trim().parse().ok())
+            .expect("applied index header");
+        if applied >= 33 {
+            break response[split..].to_vec();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "follower never applied the writes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let path = old.dir.path().join("backup.snap");
+    std::fs::write(&path, &snapshot).expect("save");
+
+    let new = OpsCluster::start(3, |_| true);
+    wait_all_healthy(&new);
+    let new_leader = wait_leader(&new);
+    let entry = (1..=3).find(|&id| id != new_leader).unwrap_or(1);
+    let output = std::process::Command::new(support_ops::binary())
+        .args(["restore", "--snapshot"])
+        .arg(&path)
+        .args(["--addr", &new.client_address(entry)])
+        .output()
+        .expect("raftfs restore");
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("restored 30 files"),
+        "{output:?}"
+    );
+    let mut client = Client::connect(&new.client_address(new_leader)).expect("connect");
+    let mut versions = Vec::new();
+    for i in (0..30).filter(|&i| i != 7) {
+        let answer = client
+            .command(format!("read b{i}\r\n").as_bytes())
+            .expect("read");
+        let expected = format!("value-{i}");
+        assert!(
+            answer.starts_with("CONTENTS ") && answer.ends_with(&format!("{expected}\r\n")),
+            "{answer:?}"
+        );
+        let version: u64 = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .expect("version");
+        versions.push(version);
+    }
+    assert_eq!(
+        client.command(b"read b7\r\n").expect("read"),
+        "ERR_FILE_NOT_FOUND\r\n"
+    );
+    let ttl = client.command(b"read ttl\r\n").expect("read");
+    let remaining: u64 = ttl
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split(' ')
+        .nth(3)
+        .and_then(|v| v.trim().parse().ok())
+        .expect("expiry");
+    assert!((3590..=3600).contains(&remaining), "{ttl:?}");
+    versions.sort_unstable();
+    assert!(
+        versions.iter().all(|&v| (1..=30).contains(&v)),
+        "renumbered: {versions:?}"
+    );
+
+    let garbage = old.dir.path().join("garbage.snap");
+    std::fs::write(&garbage, b"not a snapshot").expect("write");
+    let output = std::process::Command::new(support_ops::binary())
+        .args(["restore", "--snapshot"])
+        .arg(&garbage)
+        .args(["--addr", &new.client_address(new_leader)])
+        .output()
+        .expect("raftfs restore");
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("not a raftfs snapshot"),
+        "{output:?}"
+    );
+}

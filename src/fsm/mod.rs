@@ -195,6 +195,12 @@ impl Fsm {
         })
     }
 
+    /// Every name in the map, live or not yet expired away (for backups:
+    /// judge each with `read`).
+    pub fn names(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.files.iter().map(|file| file.name())
+    }
+
     /// The largest stamp applied so far (0 before the first batch).
     pub fn cluster_time_ms(&self) -> u64 {
         self.cluster_time_ms

@@ -1,5 +1,6 @@
 //! The metrics and health HTTP listener: just enough HTTP/1.1 to answer
-//! `GET /metrics` and `GET /health` from the node's own reactor.
+//! `GET /metrics`, `GET /health` and `GET /snapshot` (a backup of the file
+//! map) from the node's own reactor.
 //!
 //! Owns: the listener and its connections, each of which reads one request
 //! head, gets one answer from the owner and is closed once the answer is
@@ -32,6 +33,8 @@ pub const HTTP_TOKENS: usize = 1 + limits::HTTP_CONNECTIONS_MAX;
 pub enum Route {
     Metrics,
     Health,
+    /// `GET /snapshot`: the file map at the applied index (for backups).
+    Snapshot,
     NotFound,
     MethodNotAllowed,
     BadRequest,
@@ -41,7 +44,9 @@ pub enum Route {
 pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
-    pub body: String,
+    /// Extra header lines, each without its `\r\n`.
+    pub headers: Vec<String>,
+    pub body: Vec<u8>,
 }
 
 struct Connection {
@@ -130,14 +135,20 @@ impl HttpServer {
             503 => "Service Unavailable",
             _ => "Unknown",
         };
-        connection.response = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        let mut head = format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
             response.status,
             response.content_type,
             response.body.len(),
-            response.body
-        )
-        .into_bytes();
+        );
+        for header in &response.headers {
+            head.push_str(header);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&response.body);
+        connection.response = bytes;
         connection.written_bytes = 0;
         if connection.flush().is_err() || connection.is_done() {
             self.close(registry, key);
@@ -267,6 +278,7 @@ pub fn parse_route(head: &[u8]) -> Route {
     match path {
         "/metrics" => Route::Metrics,
         "/health" => Route::Health,
+        "/snapshot" => Route::Snapshot,
         _ => Route::NotFound,
     }
 }

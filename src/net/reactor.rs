@@ -464,6 +464,7 @@ impl Reactor {
             peers,
             replica: &self.replica.metrics,
             reactor: &self.metrics,
+            fsm: self.replica.fsm(),
         }
     }
 
@@ -569,19 +570,43 @@ fn http_response(route: Route, view: &NodeView<'_>) -> Response {
     let text = |status: u16, body: String| Response {
         status,
         content_type: "text/plain; charset=utf-8",
-        body,
+        headers: Vec::new(),
+        body: body.into_bytes(),
     };
     match route {
         Route::Metrics => Response {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: metrics::render(view),
+            headers: Vec::new(),
+            body: metrics::render(view).into_bytes(),
         },
         Route::Health => match metrics::health(view, crate::limits::HEALTH_APPLY_LAG_ENTRIES_MAX) {
             Ok(()) => text(200, "ok\n".into()),
             Err(reason) => text(503, format!("{reason}\n")),
         },
-        Route::NotFound => text(404, "not found: try /metrics or /health\n".into()),
+        Route::NotFound => text(
+            404,
+            "not found: try /metrics, /health or /snapshot\n".into(),
+        ),
+        Route::Snapshot => {
+            // Consistent: the reactor applies whole entries between turns.
+            let status = &view.status;
+            log::info!(
+                "node {}: snapshot of {} files at applied index {} served",
+                status.id,
+                status.files,
+                status.applied_index
+            );
+            Response {
+                status: 200,
+                content_type: "application/octet-stream",
+                headers: vec![
+                    format!("X-Raftfs-Applied-Index: {}", status.applied_index),
+                    format!("X-Raftfs-Term: {}", status.term),
+                ],
+                body: view.fsm.snapshot().to_vec(),
+            }
+        }
         Route::MethodNotAllowed => text(405, "only GET is served\n".into()),
         Route::BadRequest => text(400, "bad request\n".into()),
     }
