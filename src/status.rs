@@ -89,7 +89,7 @@ pub fn probe(peer_address: SocketAddr, timeout: Duration) -> std::io::Result<Sta
             Err(error) => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    error.to_string(),
+                    format!("not a raftfs peer port ({error})"),
                 ))
             }
         }

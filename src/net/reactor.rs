@@ -273,8 +273,9 @@ impl Reactor {
                         "node {by} refused this node: {reason}"
                     )));
                 }
-                PeerEvent::LinkUp(id) => log::info!("peer {id} link up"),
-                PeerEvent::LinkDown(id) => log::info!("peer {id} link down"),
+                // The link logs up (info) and down (warn, with the reason).
+                PeerEvent::LinkUp(id) => log::debug!("peer {id} link up"),
+                PeerEvent::LinkDown(id) => log::debug!("peer {id} link down"),
             }
         }
         Ok(())
