@@ -402,6 +402,46 @@ mod tests {
     }
 
     #[test]
+    fn health_needs_a_leader_and_a_small_apply_lag() {
+        let replica = ReplicaMetrics::default();
+        let reactor = ReactorMetrics::default();
+        let fsm = crate::fsm::Fsm::new();
+        let view = |leader, known_commit_index, applied_index| NodeView {
+            status: Status {
+                id: 2,
+                role: Some(Role::Follower),
+                term: 4,
+                leader,
+                commit_index: applied_index,
+                applied_index,
+                last_index: applied_index,
+                files: 0,
+            },
+            known_commit_index,
+            client_connections: 0,
+            peers: Vec::new(),
+            replica: &replica,
+            reactor: &reactor,
+            fsm: &fsm,
+        };
+        assert_eq!(health(&view(Some(1), 100, 95), 10), Ok(()));
+        let error = health(&view(None, 100, 100), 10).unwrap_err();
+        assert_eq!(error, "no leader known (term 4)");
+        let error = health(&view(Some(1), 100, 50), 10).unwrap_err();
+        assert!(error.contains("50 entries behind"), "{error}");
+        let text = render(&view(Some(1), 100, 95));
+        assert!(
+            text.contains("raftfs_role{role=\"follower\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("raftfs_leader_id 1\n"), "{text}");
+        assert!(
+            text.contains("# TYPE raftfs_fsync_duration_seconds histogram\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn error_answers_are_counted_by_kind() {
         let mut metrics = ReactorMetrics::default();
         metrics.count_reply(b"OK 3\r\n");

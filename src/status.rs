@@ -222,3 +222,53 @@ pub fn run(config: &ClusterConfig, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: NodeId, up: bool, healthy: Option<bool>) -> MemberStatus {
+        MemberStatus {
+            id,
+            address: format!("127.0.0.1:{}", 8000 + id),
+            up,
+            error: (!up).then(|| "Connection refused".to_string()),
+            role: up.then(|| "follower".to_string()),
+            term: up.then_some(3),
+            leader: up.then_some(1),
+            commit_index: up.then_some(10),
+            applied_index: up.then_some(9),
+            lag: up.then_some(1),
+            healthy,
+        }
+    }
+
+    #[test]
+    fn table_has_one_line_per_member_with_its_state() {
+        let table = render_table(&[
+            member(1, true, Some(true)),
+            member(2, true, Some(false)),
+            member(3, false, None),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(lines[1].ends_with(" up"), "{table}");
+        assert!(lines[2].ends_with("up (unhealthy)"), "{table}");
+        assert!(lines[3].contains(" down (Connection refused)"), "{table}");
+        assert!(lines[3].contains(" - "), "{table}");
+        assert!(
+            lines[1].contains("127.0.0.1:8001") && lines[1].contains(" 9 "),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn probing_a_closed_port_fails_quickly() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let started = Instant::now();
+        assert!(probe(address, Duration::from_millis(500)).is_err());
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+}

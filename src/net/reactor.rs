@@ -528,7 +528,12 @@ impl Reactor {
                 log::info!("node {id} campaigns in term {term}")
             }
             _ if self.logged.0 == Some(Role::Leader) => log::info!(
-                "node {id} is no longer leader: term {term}, leader {}",
+                "node {id} stepped down ({}): term {term}, leader {}",
+                if term > self.logged.1 {
+                    "saw a higher term"
+                } else {
+                    "lost its quorum"
+                },
                 leader.map_or_else(|| "unknown".to_string(), |l| l.to_string())
             ),
             _ if self.logged.0 == Some(Role::Candidate) && role != Some(Role::Leader) => {
@@ -541,7 +546,7 @@ impl Reactor {
                 if let Some(leader) = leader {
                     log::info!("node {id}: term {term}, leader {leader}")
                 } else if term != self.logged.1 {
-                    log::debug!("node {id}: term {term}, no leader known")
+                    log::info!("node {id}: term {term}, no leader known")
                 }
             }
             _ => {}

@@ -392,6 +392,29 @@ mod tests {
     }
 
     #[test]
+    fn status_probes_are_told_apart_from_hellos() {
+        let mut frame = BytesMut::from(&encode_status_probe()[..]);
+        let payload = next_frame(&mut frame, limits::PEER_HANDSHAKE_BYTES_MAX)
+            .unwrap()
+            .unwrap();
+        assert!(frame.is_empty());
+        assert!(is_status_probe(&payload));
+        // A node without probes refuses it as not being a hello.
+        assert_eq!(decode_hello(&payload), Err(WireError::NotPeerProtocol));
+        let hello = encode_hello(&Hello {
+            cluster_id: 1,
+            from: 1,
+            incarnation: 1,
+            to: 2,
+        })
+        .unwrap();
+        assert!(!is_status_probe(&hello[FRAME_HEADER_BYTES..]));
+        let report = encode_raw_frame(b"{}").unwrap();
+        assert_eq!(&report[..], b"\x02\x00\x00\x00{}");
+        assert!(encode_raw_frame(&vec![0; limits::PEER_HANDSHAKE_BYTES_MAX + 1]).is_err());
+    }
+
+    #[test]
     fn refusal_reasons_are_cut_to_the_limit() {
         let reason = "é".repeat(limits::PEER_REFUSE_REASON_BYTES_MAX);
         let mut frame = BytesMut::from(&encode_reply(&HelloReply::Refuse { reason }).unwrap()[..]);
