@@ -24,6 +24,17 @@ pub const CONN_WRITE_QUEUE_BYTES_MAX: usize = 4 << 20;
 /// A client connection stops being read while this many of its commands wait
 /// for an answer.
 pub const CONN_PENDING_COMMANDS_MAX: usize = 4_096;
+/// A client connection stops being read while its unanswered reads have
+/// reserved this many bytes (each reserves `max_file_bytes` plus its header
+/// line): with the default 1 MiB files, 32 reads in flight per connection.
+pub const CONN_READ_RESERVED_BYTES_MAX: usize = 32 << 20;
+/// Bytes reserved for the `CONTENTS VERSION NUMBYTES EXPREMAINING\r\n` line
+/// and the content's `\r\n` of one read answer.
+pub const READ_REPLY_HEADER_BYTES_MAX: usize = 96;
+/// Backlog of the client listener: connections the kernel completes before
+/// the node accepts them (capped by the kernel's `somaxconn`). The default of
+/// 128 drops SYNs, and so stalls clients for a second, when many connect at once.
+pub const LISTEN_BACKLOG: i32 = 4_096;
 /// Bytes read from one socket in one turn before the loop moves on (fairness).
 pub const CONN_READ_BYTES_PER_TURN_MAX: usize = 256 << 10;
 
@@ -95,6 +106,8 @@ pub const STATUS_PROBE_TIMEOUT_MS: u64 = 1_000;
 const _: () = assert!(NAME_BYTES_MAX < LINE_BYTES_MAX);
 const _: () = assert!(FILE_BYTES_MAX_DEFAULT <= FILE_BYTES_MAX_CEILING);
 const _: () = assert!(APPEND_BYTES_MAX >= ENTRY_BYTES_MAX);
+const _: () = assert!(CONN_READ_RESERVED_BYTES_MAX >= FILE_BYTES_MAX_DEFAULT);
+const _: () = assert!(READ_REPLY_HEADER_BYTES_MAX >= 9 + 3 * 21 + 2 + 2);
 const _: () = assert!(PEER_FRAME_BYTES_MAX > FILE_BYTES_MAX_CEILING + APPEND_BYTES_MAX);
 const _: () = assert!(PEER_QUEUE_BYTES_MAX >= 2 * APPEND_BYTES_MAX);
 const _: () = assert!(WAL_RECORD_BYTES_MAX >= FILE_BYTES_MAX_CEILING + APPEND_BYTES_MAX);

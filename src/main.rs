@@ -74,6 +74,7 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
     let cli = Cli::parse();
+    raise_open_files_limit();
     let result = match cli.command {
         Command::Cluster {
             nodes,
@@ -104,6 +105,34 @@ fn main() -> ExitCode {
             match error {
                 Error::Config(_) => ExitCode::from(2),
                 _ => ExitCode::from(1),
+            }
+        }
+    }
+}
+
+/// Raise the soft limit on open files to the hard limit: every client is a
+/// descriptor, and the usual soft limit (1024) would refuse the 1025th.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                log::warn!(
+                    "could not raise the open files limit from {}: {}",
+                    limit.rlim_cur,
+                    std::io::Error::last_os_error()
+                );
             }
         }
     }

@@ -36,7 +36,7 @@ use crate::fsm::{Command, Fsm, Outcome};
 use crate::limits;
 use crate::metrics::ReplicaMetrics;
 use crate::net::protocol::{encode_reply, Reply, Request};
-use crate::raft::{self, Action, Entry, Envelope, Index, NodeId, Role, Term};
+use crate::raft::{self, Action, Entry, Envelope, Index, Message, NodeId, Role, Term};
 use crate::storage::wal::Wal;
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -147,10 +147,18 @@ pub struct Replica {
     pub replies: Vec<(ClientRef, Bytes)>,
     /// Messages to send (released after this turn's fsync).
     pub messages: Vec<Envelope>,
+    /// A leader's appends and heartbeats, sent before this turn's fsync.
+    early_messages: Vec<Envelope>,
+    /// A new term or vote was persisted but is not yet fsynced.
+    hard_state_unsynced: bool,
     persisted_pending: Option<(Index, Term)>,
     needs_sync: bool,
     /// Counters and histograms for `GET /metrics` (plain increments).
     pub metrics: ReplicaMetrics,
+    /// The instant the current turn started (for cluster time during apply).
+    turn_now: Instant,
+    /// A stamp-only entry proposed to advance cluster time past a deadline.
+    time_entry_index: Option<Index>,
 }
 
 impl Replica {
@@ -184,9 +192,13 @@ impl Replica {
             reply_buffer: BytesMut::new(),
             replies: Vec::new(),
             messages: Vec::new(),
+            early_messages: Vec::new(),
+            hard_state_unsynced: false,
             persisted_pending: None,
             needs_sync: false,
             metrics: ReplicaMetrics::default(),
+            turn_now: Instant::now(),
+            time_entry_index: None,
         }
     }
 
@@ -257,6 +269,40 @@ impl Replica {
     pub fn tick(&mut self, now: Instant) {
         self.raft.tick();
         self.expire_waiting(now);
+        self.maybe_propose_time_entry(now);
+    }
+
+    /// Expiry becomes visible only when an entry stamped at or past a
+    /// file's deadline is applied (reads judge liveness at the applied
+    /// cluster time). When the next deadline has passed on the leader's
+    /// clock and no proposal is carrying time forward, propose an entry
+    /// with no commands, just a stamp.
+    fn maybe_propose_time_entry(&mut self, now: Instant) {
+        if self
+            .time_entry_index
+            .is_some_and(|index| index > self.applied_index)
+        {
+            return;
+        }
+        self.time_entry_index = None;
+        if self.raft.role() != Role::Leader || self.leader_clock.is_none() {
+            return;
+        }
+        let Some(deadline_ms) = self.fsm.next_deadline_ms() else {
+            return;
+        };
+        let now_ms = self.cluster_time_ms(now);
+        let carried = self
+            .waiting
+            .back()
+            .is_some_and(|w| w.stamp_ms >= deadline_ms);
+        if deadline_ms > now_ms || self.fsm.cluster_time_ms() >= deadline_ms || carried {
+            return;
+        }
+        if let Ok(index) = self.raft.propose(encode_batch(now_ms, &[])) {
+            self.last_proposed_stamp_ms = now_ms;
+            self.time_entry_index = Some(index);
+        }
     }
 
     /// Start handing leadership away (graceful stop). Returns the target.
@@ -271,16 +317,27 @@ impl Replica {
 
     /// Run one turn: route requests, propose, persist + fsync, release sends,
     /// apply, answer. An error means the node must stop (I/O or corruption).
-    pub fn end_turn(&mut self, now: Instant) -> Result<()> {
+    ///
+    /// `send_now` takes messages that may leave before this turn's fsync
+    /// (the reactor sends and flushes them at once); the rest wait in
+    /// `messages` until `end_turn` returns.
+    pub fn end_turn(
+        &mut self,
+        now: Instant,
+        send_now: &mut dyn FnMut(&mut Vec<Envelope>),
+    ) -> Result<()> {
+        self.turn_now = now;
         self.update_leader_clock(now);
         self.route_requests(now);
         self.propose_batches(now);
         self.register_turn_reads(now);
-        self.run_actions(now)
+        self.run_actions(send_now)
     }
 
+    /// Leader and not handing leadership away (during a transfer commands
+    /// are held, then redirected to the new leader).
     fn is_ready_leader(&self) -> bool {
-        self.raft.role() == Role::Leader
+        self.raft.role() == Role::Leader && self.raft.transfer_target().is_none()
     }
 
     /// Reads need this term's first entry applied: only then has the applied
@@ -331,11 +388,7 @@ impl Replica {
                 continue;
             }
             let is_read = matches!(pending.request, Request::Read { .. });
-            // While handing leadership away the core refuses proposals and
-            // reads: hold them until the new leader is known (then they are
-            // redirected) or the transfer is abandoned (then served here).
-            let transferring = self.raft.transfer_target().is_some();
-            if self.is_ready_leader() && !transferring && (!is_read || self.is_ready_for_reads()) {
+            if self.is_ready_leader() && (!is_read || self.is_ready_for_reads()) {
                 self.route_as_leader(pending, now);
             } else if let Some(leader) = self.raft.leader_id().filter(|&l| l != self.raft.id()) {
                 self.answer_redirect(pending.client, Some(leader));
@@ -408,24 +461,20 @@ impl Replica {
                         return;
                     }
                 }
-                let time_ms = self.read_time_ms(now);
+                let display_ms = self.cluster_time_ms(now);
                 let mut buffer = std::mem::take(&mut self.reply_buffer);
-                encode_read(&self.fsm, &name, time_ms, &mut buffer);
+                encode_read(
+                    &self.fsm,
+                    &name,
+                    self.fsm.cluster_time_ms(),
+                    display_ms,
+                    &mut buffer,
+                );
                 let bytes = buffer.split().freeze();
                 self.reply_buffer = buffer;
                 self.turn_reads.push((client, bytes));
             }
         }
-    }
-
-    /// Cluster time for a read at the applied index: the leader's clock, but
-    /// not past the stamp of the next entry (so a later command in the log
-    /// never sees a file alive that this read saw expired).
-    fn read_time_ms(&self, now: Instant) -> u64 {
-        let now_ms = self.cluster_time_ms(now);
-        self.waiting
-            .front()
-            .map_or(now_ms, |next| now_ms.min(next.stamp_ms))
     }
 
     fn waiting_mut(&mut self, index: Index) -> Option<&mut Waiting> {
@@ -443,9 +492,10 @@ impl Replica {
                 // Only reads: they were anchored to a batch that no longer
                 // gets commands; answer them like reads at the applied index.
                 for read in batch.reads {
-                    let time_ms = self.read_time_ms(now);
+                    let display_ms = self.cluster_time_ms(now);
                     let mut buffer = std::mem::take(&mut self.reply_buffer);
-                    encode_read(&self.fsm, &read.name, time_ms, &mut buffer);
+                    let live_ms = self.fsm.cluster_time_ms();
+                    encode_read(&self.fsm, &read.name, live_ms, display_ms, &mut buffer);
                     let bytes = buffer.split().freeze();
                     self.reply_buffer = buffer;
                     self.turn_reads.push((read.client, bytes));
@@ -513,11 +563,16 @@ impl Replica {
     }
 
     /// Execute the core's actions until it has nothing more to say.
-    fn run_actions(&mut self, now: Instant) -> Result<()> {
+    fn run_actions(&mut self, send_now: &mut dyn FnMut(&mut Vec<Envelope>)) -> Result<()> {
         loop {
             self.raft.drain_actions(&mut self.actions);
             if self.actions.is_empty() {
                 if self.needs_sync {
+                    // The leader's appends go out before its own fsync
+                    // (thesis §10.2.1): its disk and the followers' work in
+                    // parallel; the core counts the leader only after
+                    // `persisted`.
+                    send_now(&mut self.early_messages);
                     let started = Instant::now();
                     self.wal.sync()?;
                     let took = started.elapsed();
@@ -531,27 +586,29 @@ impl Replica {
                         );
                     }
                     self.needs_sync = false;
+                    self.hard_state_unsynced = false;
                     if let Some((index, term)) = self.persisted_pending.take() {
                         self.raft.persisted(index, term);
                         continue;
                     }
                 }
+                send_now(&mut self.early_messages);
                 return Ok(());
             }
-            let actions = std::mem::take(&mut self.actions);
-            for action in &actions {
-                self.execute(action, now)?;
+            let mut actions = std::mem::take(&mut self.actions);
+            for action in actions.drain(..) {
+                self.execute(action)?;
             }
             self.actions = actions;
-            self.actions.clear();
         }
     }
 
-    fn execute(&mut self, action: &Action, now: Instant) -> Result<()> {
+    fn execute(&mut self, action: Action) -> Result<()> {
         match action {
             Action::PersistHardState(hard_state) => {
-                self.wal.save_hard_state(hard_state)?;
+                self.wal.save_hard_state(&hard_state)?;
                 self.needs_sync = true;
+                self.hard_state_unsynced = true;
             }
             Action::PersistEntries(entries) => {
                 let Some(first) = entries.first() else {
@@ -560,7 +617,7 @@ impl Replica {
                 if first.index <= self.wal.last_index() {
                     self.fail_truncated_from(first.index);
                 }
-                self.wal.append(entries)?;
+                self.wal.append(&entries)?;
                 self.needs_sync = true;
                 if let Some(last) = entries.last() {
                     self.persisted_pending = Some((last.index, last.term));
@@ -569,15 +626,28 @@ impl Replica {
                     self.max_stamp_ms = self.max_stamp_ms.max(stamp_ms);
                 }
             }
-            Action::Send(envelope) => self.messages.push(envelope.clone()),
+            Action::Send(envelope) => {
+                // Only a leader's appends and heartbeats promise nothing
+                // durable; everything else waits for this turn's fsync, and
+                // so does everything while a new term or vote is unsynced.
+                let promises_nothing = matches!(
+                    envelope.message,
+                    Message::AppendEntries { .. } | Message::Heartbeat { .. }
+                );
+                if promises_nothing && !self.hard_state_unsynced {
+                    self.early_messages.push(envelope);
+                } else {
+                    self.messages.push(envelope);
+                }
+            }
             Action::Apply(entries) => {
-                for entry in entries {
+                for entry in &entries {
                     self.apply(entry)?;
                 }
             }
             Action::ReadReady { id, .. } => {
                 while let Some(group) = self.read_groups.front() {
-                    if group.id > *id {
+                    if group.id > id {
                         break;
                     }
                     if let Some(group) = self.read_groups.pop_front() {
@@ -586,7 +656,7 @@ impl Replica {
                 }
             }
             Action::ReadFailed { id } => {
-                if let Some(position) = self.read_groups.iter().position(|g| g.id == *id) {
+                if let Some(position) = self.read_groups.iter().position(|g| g.id == id) {
                     if let Some(group) = self.read_groups.remove(position) {
                         let leader = self.raft.leader_id();
                         for (client, _) in group.answers {
@@ -596,7 +666,6 @@ impl Replica {
                 }
             }
         }
-        let _ = now;
         Ok(())
     }
 
@@ -660,12 +729,19 @@ impl Replica {
         })?;
         self.max_stamp_ms = self.max_stamp_ms.max(batch.stamp_ms);
         let time_ms = self.fsm.begin_batch(batch.stamp_ms);
+        let display_ms = self.cluster_time_ms(self.turn_now);
         let mut reads = mine.as_ref().map(|w| w.reads.iter().peekable());
         let mut buffer = std::mem::take(&mut self.reply_buffer);
         for (offset, command) in batch.commands.into_iter().enumerate() {
             if let (Some(reads), Some(waiting)) = (reads.as_mut(), mine.as_ref()) {
                 while let Some(read) = reads.next_if(|r| r.offset <= offset) {
-                    encode_read(&self.fsm, &read.name, time_ms, &mut buffer);
+                    encode_read(
+                        &self.fsm,
+                        &read.name,
+                        time_ms,
+                        display_ms.max(time_ms),
+                        &mut buffer,
+                    );
                     self.replies.push((read.client, buffer.split().freeze()));
                 }
                 let outcome = self.fsm.apply_command(command, time_ms);
@@ -679,7 +755,13 @@ impl Replica {
         }
         if let Some(reads) = reads.as_mut() {
             for read in reads {
-                encode_read(&self.fsm, &read.name, time_ms, &mut buffer);
+                encode_read(
+                    &self.fsm,
+                    &read.name,
+                    time_ms,
+                    display_ms.max(time_ms),
+                    &mut buffer,
+                );
                 self.replies.push((read.client, buffer.split().freeze()));
             }
         }
@@ -708,16 +790,30 @@ impl Replica {
     }
 }
 
-fn encode_read(fsm: &Fsm, name: &[u8], time_ms: u64, out: &mut BytesMut) {
-    match fsm.read(name, time_ms) {
-        Some(file) => encode_reply(
-            &Reply::Contents {
-                version: file.version,
-                content: file.content,
-                expires_in_s: file.expires_in_s,
-            },
-            out,
-        ),
+/// Encode the answer to `read NAME`. Whether the file is alive is judged at
+/// `live_ms`, the cluster time of the applied state the read sees (so a file
+/// never comes back: a later leader starts from at least that time); the
+/// seconds left are shown against `display_ms`, the leader's cluster time
+/// now (at least 1 while the file is alive: it may expire late, never early).
+fn encode_read(fsm: &Fsm, name: &[u8], live_ms: u64, display_ms: u64, out: &mut BytesMut) {
+    match fsm.read(name, live_ms) {
+        Some(file) => {
+            let expires_in_s = match file.deadline_ms {
+                Some(deadline_ms) => deadline_ms
+                    .saturating_sub(display_ms)
+                    .div_ceil(1_000)
+                    .max(1),
+                None => 0,
+            };
+            encode_reply(
+                &Reply::Contents {
+                    version: file.version,
+                    content: file.content,
+                    expires_in_s,
+                },
+                out,
+            )
+        }
         None => encode_reply(&Reply::NotFound, out),
     }
 }

@@ -35,6 +35,7 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
             member.listen_client
         ))
     })?;
+    widen_backlog(&listener);
     let peer_addresses: BTreeMap<NodeId, std::net::SocketAddr> = config
         .members
         .iter()
@@ -104,4 +105,20 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
         log::info!("node {id}: metrics and health on http://{address}/metrics and /health");
     }
     Ok(reactor)
+}
+
+/// Raise the client listener's backlog from mio's 128 to `LISTEN_BACKLOG`:
+/// calling `listen` again on a listening socket only updates its backlog.
+/// Failure is harmless (the old backlog stays), so it is only logged.
+fn widen_backlog(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `listen` on a socket descriptor this listener owns; it touches
+    // no memory of ours.
+    let result = unsafe { libc::listen(listener.as_raw_fd(), limits::LISTEN_BACKLOG) };
+    if result != 0 {
+        log::warn!(
+            "could not raise the client listen backlog: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }

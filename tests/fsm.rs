@@ -48,12 +48,13 @@ fn written(version: u64) -> Outcome {
     Outcome::Written { version }
 }
 
-fn view(version: u64, content: &str, expires_in_s: u64) -> Option<FileView<'_>> {
-    Some(FileView {
-        version,
-        content: content.as_bytes(),
-        expires_in_s,
-    })
+/// What a read shows a client: version, content, seconds left.
+fn view(version: u64, content: &str, expires_in_s: u64) -> Option<(u64, &[u8], u64)> {
+    Some((version, content.as_bytes(), expires_in_s))
+}
+
+fn shown(file: Option<FileView<'_>>) -> Option<(u64, &[u8], u64)> {
+    file.map(|f| (f.version, f.content, f.expires_in_s))
 }
 
 // ---- versions (SPEC §2 "Versions", "Versions are consecutive") ----
@@ -75,8 +76,8 @@ fn every_write_takes_the_next_version_from_one_counter_across_files() {
         &[write("a", "1", 0), write("b", "2", 0), write("a", "3", 0)],
     );
     assert_eq!(outcomes, [written(1), written(2), written(3)]);
-    assert_eq!(fsm.read(b"a", 1_000), view(3, "3", 0));
-    assert_eq!(fsm.read(b"b", 1_000), view(2, "2", 0));
+    assert_eq!(shown(fsm.read(b"a", 1_000)), view(3, "3", 0));
+    assert_eq!(shown(fsm.read(b"b", 1_000)), view(2, "2", 0));
     assert_eq!(fsm.len(), 2);
 }
 
@@ -105,22 +106,25 @@ fn read_of_a_missing_file_is_absent() {
 fn read_shows_version_content_and_zero_for_no_expiry() {
     let mut fsm = Fsm::new();
     apply_one(&mut fsm, 5, write("name", "hello world", 0));
-    assert_eq!(fsm.read(b"name", 5), view(1, "hello world", 0));
-    assert_eq!(fsm.read(b"name", u64::MAX), view(1, "hello world", 0));
+    assert_eq!(shown(fsm.read(b"name", 5)), view(1, "hello world", 0));
+    assert_eq!(
+        shown(fsm.read(b"name", u64::MAX)),
+        view(1, "hello world", 0)
+    );
 }
 
 #[test]
 fn empty_content_is_a_file() {
     let mut fsm = Fsm::new();
     apply_one(&mut fsm, 5, write("empty", "", 0));
-    assert_eq!(fsm.read(b"empty", 5), view(1, "", 0));
+    assert_eq!(shown(fsm.read(b"empty", 5)), view(1, "", 0));
 }
 
 #[test]
 fn names_are_bytes_and_utf8_names_work() {
     let mut fsm = Fsm::new();
     apply_one(&mut fsm, 5, write("fïlé-名前", "u", 0));
-    assert_eq!(fsm.read("fïlé-名前".as_bytes(), 5), view(1, "u", 0));
+    assert_eq!(shown(fsm.read("fïlé-名前".as_bytes(), 5)), view(1, "u", 0));
     assert_eq!(fsm.read(b"file", 5), None);
 }
 
@@ -132,7 +136,7 @@ fn cas_with_the_current_version_replaces_and_takes_the_next_version() {
     apply_one(&mut fsm, 0, write("a", "one", 0));
     apply_one(&mut fsm, 0, write("other", "x", 0));
     assert_eq!(apply_one(&mut fsm, 0, cas("a", 1, "two", 0)), written(3));
-    assert_eq!(fsm.read(b"a", 0), view(3, "two", 0));
+    assert_eq!(shown(fsm.read(b"a", 0)), view(3, "two", 0));
 }
 
 #[test]
@@ -202,7 +206,7 @@ fn a_file_expires_exactly_at_its_deadline() {
     let mut fsm = Fsm::new();
     // Written at cluster time 10 000 with EXPTIME 2: deadline 12 000.
     apply_one(&mut fsm, 10_000, write("a", "x", 2));
-    assert_eq!(fsm.read(b"a", 11_999), view(1, "x", 1));
+    assert_eq!(shown(fsm.read(b"a", 11_999)), view(1, "x", 1));
     assert_eq!(fsm.read(b"a", 12_000), None);
     assert_eq!(fsm.read(b"a", 12_001), None);
 }
@@ -263,7 +267,7 @@ fn an_expired_file_is_reaped_when_cluster_time_passes_its_deadline() {
     assert_eq!(fsm.read(b"short", 2_000), None);
     apply(&mut fsm, 500_000, &[]);
     assert_eq!(fsm.len(), 1);
-    assert_eq!(fsm.read(b"never", 500_000), view(3, "z", 0));
+    assert_eq!(shown(fsm.read(b"never", 500_000)), view(3, "z", 0));
 }
 
 #[test]
@@ -284,7 +288,7 @@ fn a_write_on_an_expired_file_creates_it_afresh_with_the_next_version() {
     let mut fsm = Fsm::new();
     apply_one(&mut fsm, 1_000, write("a", "old", 1));
     assert_eq!(apply_one(&mut fsm, 2_000, write("a", "new", 0)), written(2));
-    assert_eq!(fsm.read(b"a", 10_000_000), view(2, "new", 0));
+    assert_eq!(shown(fsm.read(b"a", 10_000_000)), view(2, "new", 0));
 }
 
 #[test]
@@ -293,7 +297,7 @@ fn a_later_write_with_exptime_0_cancels_the_expiry() {
     apply_one(&mut fsm, 1_000, write("a", "x", 1));
     apply_one(&mut fsm, 1_500, write("a", "y", 0));
     apply(&mut fsm, 100_000, &[]);
-    assert_eq!(fsm.read(b"a", 100_000), view(2, "y", 0));
+    assert_eq!(shown(fsm.read(b"a", 100_000)), view(2, "y", 0));
     assert_eq!(fsm.len(), 1);
 }
 
@@ -309,7 +313,7 @@ fn a_later_write_replaces_the_deadline_both_ways() {
         &[write("later", "y", 10), write("sooner", "y", 2)],
     );
     apply(&mut fsm, 3_000, &[]);
-    assert_eq!(fsm.read(b"later", 3_000), view(3, "y", 8));
+    assert_eq!(shown(fsm.read(b"later", 3_000)), view(3, "y", 8));
     assert_eq!(fsm.read(b"sooner", 3_000), None);
     apply(&mut fsm, 11_000, &[]);
     assert!(fsm.is_empty());
@@ -321,9 +325,9 @@ fn a_cas_replaces_the_expiry_too() {
     apply_one(&mut fsm, 1_000, write("a", "x", 1));
     assert_eq!(apply_one(&mut fsm, 1_500, cas("a", 1, "y", 0)), written(2));
     apply(&mut fsm, 60_000, &[]);
-    assert_eq!(fsm.read(b"a", 60_000), view(2, "y", 0));
+    assert_eq!(shown(fsm.read(b"a", 60_000)), view(2, "y", 0));
     assert_eq!(apply_one(&mut fsm, 60_000, cas("a", 2, "z", 3)), written(3));
-    assert_eq!(fsm.read(b"a", 60_000), view(3, "z", 3));
+    assert_eq!(shown(fsm.read(b"a", 60_000)), view(3, "z", 3));
     assert_eq!(
         apply_one(&mut fsm, 63_000, cas("a", 3, "w", 0)),
         Outcome::NotFound
@@ -338,7 +342,7 @@ fn a_failed_cas_keeps_the_old_expiry() {
         apply_one(&mut fsm, 1_000, cas("a", 9, "y", 0)),
         Outcome::VersionMismatch { current: 1 }
     );
-    assert_eq!(fsm.read(b"a", 2_500), view(1, "x", 1));
+    assert_eq!(shown(fsm.read(b"a", 2_500)), view(1, "x", 1));
     assert_eq!(fsm.read(b"a", 3_000), None);
 }
 
@@ -354,12 +358,12 @@ fn huge_exptime_saturates_instead_of_overflowing() {
         ],
     );
     let remaining_s = (u64::MAX - 1_000).div_ceil(1_000);
-    assert_eq!(fsm.read(b"max", 1_000), view(1, "x", remaining_s));
-    assert_eq!(fsm.read(b"big", 1_000), view(2, "x", remaining_s));
+    assert_eq!(shown(fsm.read(b"max", 1_000)), view(1, "x", remaining_s));
+    assert_eq!(shown(fsm.read(b"big", 1_000)), view(2, "x", remaining_s));
     // A stamp near the end of time saturates too.
     let late_ms = u64::MAX - 10;
     apply_one(&mut fsm, late_ms, write("late", "x", 1));
-    assert_eq!(fsm.read(b"late", late_ms), view(3, "x", 1));
+    assert_eq!(shown(fsm.read(b"late", late_ms)), view(3, "x", 1));
     assert_eq!(fsm.read(b"late", u64::MAX), None);
 }
 
@@ -372,7 +376,7 @@ fn expiry_follows_cluster_time_only_and_never_goes_back() {
     // move cluster time back: the write inside is judged at 5 000.
     apply_one(&mut fsm, 1_000, write("b", "y", 1));
     assert_eq!(fsm.cluster_time_ms(), 5_000);
-    assert_eq!(fsm.read(b"b", 5_000), view(2, "y", 1));
+    assert_eq!(shown(fsm.read(b"b", 5_000)), view(2, "y", 1));
     apply(&mut fsm, 6_000, &[]);
     assert!(fsm.is_empty());
 }
@@ -555,7 +559,7 @@ fn a_snapshot_restores_files_versions_and_cluster_time() {
     restored.check_invariants();
     assert_eq!(restored.checksum(1_000), fsm.checksum(1_000));
     assert_eq!(restored.cluster_time_ms(), 1_000);
-    assert_eq!(restored.read(b"b", 1_000), view(2, "2", 5));
+    assert_eq!(shown(restored.read(b"b", 1_000)), view(2, "2", 5));
     let mut restored = restored;
     // Versions go on from the counter, not from the highest live version.
     assert_eq!(

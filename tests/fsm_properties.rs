@@ -171,11 +171,13 @@ impl Model {
                 version: *version,
                 content,
                 expires_in_s: (deadline - now_ms).div_ceil(1_000),
+                deadline_ms: Some(*deadline),
             }),
             None => Some(FileView {
                 version: *version,
                 content,
                 expires_in_s: 0,
+                deadline_ms: None,
             }),
         }
     }

@@ -69,6 +69,8 @@ pub struct FileView<'a> {
     pub content: &'a [u8],
     /// Whole seconds until expiry, rounded up; 0 = the file never expires.
     pub expires_in_s: u64,
+    /// Cluster time at which the file expires; `None` = never.
+    pub deadline_ms: Option<u64>,
 }
 
 /// The file store every replica keeps in step. See the module doc.
@@ -192,6 +194,7 @@ impl Fsm {
             version: file.version(),
             content: file.content(),
             expires_in_s,
+            deadline_ms: file.deadline_ms(),
         })
     }
 
@@ -199,6 +202,11 @@ impl Fsm {
     /// judge each with `read`).
     pub fn names(&self) -> impl Iterator<Item = &[u8]> + '_ {
         self.files.iter().map(|file| file.name())
+    }
+
+    /// The earliest deadline of any stored file, if one has a deadline.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.files.next_deadline_ms()
     }
 
     /// The largest stamp applied so far (0 before the first batch).

@@ -7,10 +7,16 @@
 //!   answer is known (answers may complete out of order) and only the filled
 //!   prefix of the slots moves to the output queue.
 //! - Memory is bounded: the connection is not read (`wants_read` is false)
-//!   while its output queue holds more than `CONN_WRITE_QUEUE_BYTES_MAX` bytes
-//!   or more than `CONN_PENDING_COMMANDS_MAX` answers are outstanding; unread
-//!   input stays in the kernel's socket buffer, which is what pushes back on
-//!   the client.
+//!   while its output queue holds more than `CONN_WRITE_QUEUE_BYTES_MAX` bytes,
+//!   more than `CONN_PENDING_COMMANDS_MAX` answers are outstanding, or its
+//!   unanswered reads have reserved more than `CONN_READ_RESERVED_BYTES_MAX`;
+//!   unread input stays in the kernel's socket buffer, which is what pushes
+//!   back on the client. The read reservation matters because a read's answer
+//!   is a copy of the file made before the output queue is checked: without
+//!   it, thousands of pipelined reads of a large file (from a client that
+//!   reads no answers) would all be copied in one turn.
+//! - An idle connection holds no read buffer: an empty buffer is released
+//!   when a read finds nothing, so 10,000 idle clients cost no buffer memory.
 //! - Reply bytes are `Bytes` handed over without a copy and written with
 //!   vectored writes.
 
@@ -30,8 +36,10 @@ pub struct Connection {
     /// Unique for the life of the process; slab keys are reused, ids never.
     pub id: u64,
     pub read_buffer: BytesMut,
-    /// Answers of commands `head_seq..next_seq`; `None` = not known yet.
-    slots: VecDeque<Option<Bytes>>,
+    /// Answers of commands `head_seq..next_seq`.
+    slots: VecDeque<Slot>,
+    /// Sum of the `reserved_bytes` of the unanswered slots.
+    reserved_bytes: usize,
     head_seq: u64,
     next_seq: u64,
     output: VecDeque<Bytes>,
@@ -44,9 +52,21 @@ pub struct Connection {
     pub paused: bool,
 }
 
+/// One command's place in the reply order.
+struct Slot {
+    /// The answer; `None` = not known yet.
+    reply: Option<Bytes>,
+    /// Answer bytes reserved for it until it is answered (reads only).
+    reserved_bytes: usize,
+}
+
 pub enum ReadStatus {
-    /// Everything available was read (or the per-turn budget was used).
+    /// Everything available was read.
     Open,
+    /// The per-turn budget was used with input possibly left in the socket:
+    /// read again next turn without waiting for an event (readiness is
+    /// edge-triggered, so no new event comes for bytes already there).
+    More,
     /// The peer closed its writing side.
     Closed,
 }
@@ -58,6 +78,7 @@ impl Connection {
             id,
             read_buffer: BytesMut::new(),
             slots: VecDeque::new(),
+            reserved_bytes: 0,
             head_seq: 0,
             next_seq: 0,
             output: VecDeque::new(),
@@ -73,6 +94,7 @@ impl Connection {
         !self.closing
             && self.output_bytes < limits::CONN_WRITE_QUEUE_BYTES_MAX
             && self.slots.len() < limits::CONN_PENDING_COMMANDS_MAX
+            && self.reserved_bytes < limits::CONN_READ_RESERVED_BYTES_MAX
     }
 
     /// Read from the socket until it would block, the per-turn budget is
@@ -95,6 +117,10 @@ impl Connection {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.read_buffer.truncate(old_length);
+                    if self.read_buffer.is_empty() {
+                        // Idle: give the chunk back rather than pin it.
+                        self.read_buffer = BytesMut::new();
+                    }
                     return Ok(ReadStatus::Open);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
@@ -106,14 +132,21 @@ impl Connection {
                 }
             }
         }
-        Ok(ReadStatus::Open)
+        Ok(ReadStatus::More)
     }
 
     /// Take a slot for the next command; its answer goes to `fill(seq, ..)`.
-    pub fn take_slot(&mut self) -> u64 {
+    /// `reserved_bytes` is the most its answer may take (non-zero for reads,
+    /// whose answers carry a file), held against this connection's budget
+    /// until the answer is known.
+    pub fn take_slot(&mut self, reserved_bytes: usize) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.slots.push_back(None);
+        self.reserved_bytes += reserved_bytes;
+        self.slots.push_back(Slot {
+            reply: None,
+            reserved_bytes,
+        });
         seq
     }
 
@@ -125,12 +158,17 @@ impl Connection {
         }
         let position = (seq - self.head_seq) as usize;
         if let Some(slot) = self.slots.get_mut(position) {
-            if slot.is_none() {
-                *slot = Some(reply);
+            if slot.reply.is_none() {
+                slot.reply = Some(reply);
+                self.reserved_bytes -= slot.reserved_bytes;
+                slot.reserved_bytes = 0;
             }
         }
-        while let Some(Some(_)) = self.slots.front() {
-            if let Some(Some(reply)) = self.slots.pop_front() {
+        while self.slots.front().is_some_and(|slot| slot.reply.is_some()) {
+            if let Some(Slot {
+                reply: Some(reply), ..
+            }) = self.slots.pop_front()
+            {
                 self.head_seq += 1;
                 self.output_bytes += reply.len();
                 self.output.push_back(reply);

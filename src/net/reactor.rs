@@ -21,10 +21,10 @@
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::metrics::ReactorMetrics;
-use crate::net::conn::Connection;
+use crate::net::conn::{Connection, ReadStatus};
 use crate::net::http::{HttpServer, Route};
 use crate::net::peer::{PeerEvent, Peers};
-use crate::net::protocol::{encode_reply, parse_next, Parsed, Reply};
+use crate::net::protocol::{encode_reply, parse_next, Parsed, Reply, Request};
 use crate::raft::{NodeId, Role, Term};
 use crate::replica::{ClientRef, Replica, Status};
 use bytes::{Bytes, BytesMut};
@@ -46,6 +46,8 @@ pub const PEER_TOKEN_BASE: usize = 16;
 pub const HTTP_TOKEN_BASE: usize = 1 << 19;
 /// Tokens from here on are client connections (slab key + base).
 const CONNECTION_TOKEN_BASE: usize = 1 << 20;
+/// A stopping node waits this long after the last client command it read.
+const STOP_QUIET: Duration = Duration::from_millis(50);
 /// Most ticks caught up in one turn after a stall.
 const TICKS_PER_TURN_MAX: u32 = 10;
 
@@ -88,6 +90,8 @@ pub struct Reactor {
     metrics: ReactorMetrics,
     /// Role, term and leader as last logged.
     logged: (Option<Role>, Term, Option<NodeId>),
+    /// When the last client command was read (a stopping node waits for quiet).
+    last_command_at: Instant,
 }
 
 /// Encoded once: the answers the reactor gives without the replica.
@@ -125,6 +129,7 @@ impl Reactor {
             resume: Vec::new(),
             touched: Vec::new(),
             stop_grace,
+            last_command_at: Instant::now(),
             static_replies: StaticReplies {
                 command_error: buffer.freeze(),
             },
@@ -223,17 +228,36 @@ impl Reactor {
             if self.stop_flag.load(Ordering::SeqCst) && stop_deadline.is_none() {
                 stop_deadline = Some(now + self.stop_grace);
                 match self.replica.transfer_leadership() {
-                    Some(target) => log::info!("stopping: handing leadership to node {target}"),
+                    Some(target) if target != self.replica.id() => {
+                        log::info!("stopping: handing leadership to node {target}")
+                    }
+                    Some(_) => log::info!("stopping (single member: no one to hand over to)"),
                     None => log::info!("stopping"),
                 }
             }
-            self.replica.end_turn(now)?;
+            let mut peer_events = Vec::new();
+            let peers = &mut self.peers;
+            let registry = self.poll.registry();
+            self.replica.end_turn(now, &mut |messages| {
+                if messages.is_empty() {
+                    return;
+                }
+                for envelope in messages.drain(..) {
+                    peers.send(&envelope);
+                }
+                peers.flush(registry, now, &mut peer_events);
+            })?;
+            self.process_peer_events(peer_events)?;
             self.deliver(now)?;
             self.refresh_status();
             self.log_transitions();
             if let Some(deadline) = stop_deadline {
+                // Stop once leadership is gone, every command read has its
+                // answer, and clients have had a moment to follow their
+                // redirects (so a rolling restart fails no request).
                 let leading = self.replica.status().role == Some(crate::raft::Role::Leader);
-                if (!leading && !self.replica.has_waiting()) || now >= deadline {
+                let quiet = now.saturating_duration_since(self.last_command_at) >= STOP_QUIET;
+                if (!leading && !self.replica.has_waiting() && quiet) || now >= deadline {
                     self.flush_all_connections();
                     return Ok(());
                 }
@@ -327,10 +351,14 @@ impl Reactor {
         };
         connection.paused = !connection.wants_read();
         if connection.wants_read() && !connection.input_closed {
-            if let Err(e) = connection.read_available() {
-                log::debug!("client connection {} read error: {e}", connection.id);
-                self.close_connection(key);
-                return;
+            match connection.read_available() {
+                Ok(ReadStatus::More) => self.resume.push(key),
+                Ok(ReadStatus::Open | ReadStatus::Closed) => {}
+                Err(e) => {
+                    log::debug!("client connection {} read error: {e}", connection.id);
+                    self.close_connection(key);
+                    return;
+                }
             }
         }
         self.frame_commands(key, now);
@@ -355,7 +383,14 @@ impl Reactor {
             let Some(parsed) = parse_next(&mut connection.read_buffer, self.max_file_bytes) else {
                 break;
             };
-            let seq = connection.take_slot();
+            self.last_command_at = now;
+            let reserved_bytes = match &parsed {
+                Parsed::Request(Request::Read { .. }) => {
+                    self.max_file_bytes + limits::READ_REPLY_HEADER_BYTES_MAX
+                }
+                _ => 0,
+            };
+            let seq = connection.take_slot(reserved_bytes);
             let client = ClientRef {
                 key,
                 conn_id: connection.id,
