@@ -396,3 +396,20 @@ fn backup_snapshot_restores_into_a_new_cluster() {
         "{output:?}"
     );
 }
+
+#[test]
+fn deploy_example_config_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/cluster.toml");
+    let config = raftfs::config::ClusterConfig::load(&path).expect("deploy/cluster.toml parses");
+    assert_eq!(config.members.len(), 5);
+    assert!(config.fsync);
+    let first = &config.members[0];
+    assert_eq!(first.client, "10.0.0.11:8080");
+    assert_eq!(first.listen_client.to_string(), "0.0.0.0:8080");
+    assert_eq!(first.peer, first.listen_peer);
+    assert!(config.members.iter().all(|member| member.metrics.is_some()));
+    let unit = std::fs::read_to_string(path.with_file_name("raftfs.service")).expect("unit");
+    assert!(unit.contains(
+        "ExecStart=/usr/local/bin/raftfs node --config /etc/raftfs/cluster.toml --id ${RAFTFS_ID}"
+    ));
+}
