@@ -9,6 +9,9 @@
 //! - `net`: protocol framing, connections, peers, the reactor.
 //! - `sim`: the deterministic simulator.
 //! - `lincheck`: the linearizability checker for client histories.
+//! - `metrics`: counters, histograms, Prometheus text and the health verdict.
+//! - `status`: `raftfs status` (asks each member over its peer port).
+//! - `restore`: `raftfs restore` (a backup snapshot into a new cluster).
 
 pub mod cluster;
 pub mod config;
@@ -16,9 +19,11 @@ pub mod error;
 pub mod fsm;
 pub mod limits;
 pub mod lincheck;
+pub mod metrics;
 pub mod net;
 pub mod raft;
 pub mod replica;
+pub mod restore;
 pub mod server;
 pub mod sim;
 pub mod status;

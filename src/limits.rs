@@ -88,6 +88,21 @@ pub const WAL_RECORD_BYTES_MAX: usize = PEER_FRAME_BYTES_MAX;
 /// (the write buffer's bound; normally one turn's records are far fewer).
 pub const WAL_BUFFER_BYTES_MAX: usize = 8 << 20;
 
+/// A WAL sync slower than this is logged as a warning (and counted): the
+/// election timeout must stay well above the disk's sync latency.
+pub const FSYNC_SLOW_MS: u64 = 100;
+/// `GET /health` answers 503 when the node's applied index is more than this
+/// many entries behind the commit index its leader announced.
+pub const HEALTH_APPLY_LAG_ENTRIES_MAX: u64 = 1_000;
+/// Metrics/health HTTP connections held at once; more are closed at accept.
+pub const HTTP_CONNECTIONS_MAX: usize = 64;
+/// Largest HTTP request head (request line and headers) read.
+pub const HTTP_REQUEST_BYTES_MAX: usize = 8 << 10;
+/// An HTTP connection that has not finished within this time is closed.
+pub const HTTP_CONNECTION_TIMEOUT_MS: u64 = 5_000;
+/// `raftfs status`: time to connect to one member and get its answer.
+pub const STATUS_PROBE_TIMEOUT_MS: u64 = 1_000;
+
 const _: () = assert!(NAME_BYTES_MAX < LINE_BYTES_MAX);
 const _: () = assert!(FILE_BYTES_MAX_DEFAULT <= FILE_BYTES_MAX_CEILING);
 const _: () = assert!(APPEND_BYTES_MAX >= ENTRY_BYTES_MAX);

@@ -1,5 +1,5 @@
 //! The `raftfs` command line: `cluster` (local demo), `node` (one member of a
-//! real deployment) and `status`. Flags and config are validated before
+//! real deployment), `status` and `restore`. Flags and config are validated before
 //! anything starts; a problem is one clear line on stderr and exit code 2.
 
 use clap::{Parser, Subcommand};
@@ -57,6 +57,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load a backup (taken with GET /snapshot on a node's metrics listener)
+    /// into a new, empty, running cluster. Versions are renumbered.
+    Restore {
+        /// The snapshot file.
+        #[arg(long)]
+        snapshot: PathBuf,
+        /// A client address of the new cluster (redirects are followed).
+        #[arg(long)]
+        addr: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,6 +91,11 @@ fn main() -> ExitCode {
             .and_then(|c| raftfs::cluster::run_node(&c, id, data_dir.as_deref())),
         Command::Status { config, json } => {
             ClusterConfig::load(&config).and_then(|c| raftfs::status::run(&c, json))
+        }
+        Command::Restore { snapshot, addr } => {
+            raftfs::restore::run(&snapshot, &addr).map(|files| {
+                println!("raftfs: restored {files} files into the cluster at {addr}");
+            })
         }
     };
     match result {

@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::fsm::command::{batch_stamp_ms, decode_batch_ref, encode_batch};
 use crate::fsm::{Command, Fsm, Outcome};
 use crate::limits;
+use crate::metrics::ReplicaMetrics;
 use crate::net::protocol::{encode_reply, Reply, Request};
 use crate::raft::{self, Action, Entry, Envelope, Index, Message, NodeId, Role, Term};
 use crate::storage::wal::Wal;
@@ -97,6 +98,8 @@ struct Waiting {
     /// Sorted by offset.
     reads: Vec<AnchoredRead>,
     deadline: Instant,
+    /// When it was proposed (for the apply latency metric).
+    proposed_at: Instant,
 }
 
 /// The batch being built in this turn (one entry).
@@ -150,6 +153,8 @@ pub struct Replica {
     hard_state_unsynced: bool,
     persisted_pending: Option<(Index, Term)>,
     needs_sync: bool,
+    /// Counters and histograms for `GET /metrics` (plain increments).
+    pub metrics: ReplicaMetrics,
     /// The instant the current turn started (for cluster time during apply).
     turn_now: Instant,
     /// A stamp-only entry proposed to advance cluster time past a deadline.
@@ -191,6 +196,7 @@ impl Replica {
             hard_state_unsynced: false,
             persisted_pending: None,
             needs_sync: false,
+            metrics: ReplicaMetrics::default(),
             turn_now: Instant::now(),
             time_entry_index: None,
         }
@@ -211,6 +217,11 @@ impl Replica {
             last_index: self.raft.last_index(),
             files: self.fsm.len(),
         }
+    }
+
+    /// The Raft core, for read-only views (metrics, status).
+    pub fn raft(&self) -> &raft::Node {
+        &self.raft
     }
 
     pub fn fsm(&self) -> &Fsm {
@@ -485,6 +496,10 @@ impl Replica {
             let data = encode_batch(stamp_ms, &batch.commands);
             match self.raft.propose(data) {
                 Ok(index) => {
+                    self.metrics.proposals += 1;
+                    self.metrics
+                        .batch_commands
+                        .record(batch.commands.len() as f64);
                     self.last_proposed_stamp_ms = stamp_ms;
                     for (offset, client) in batch.clients.iter().enumerate() {
                         self.connection_floor
@@ -501,6 +516,7 @@ impl Replica {
                         clients: batch.clients,
                         reads: batch.reads,
                         deadline: batch.deadline.unwrap_or(now),
+                        proposed_at: now,
                     });
                 }
                 Err(not_leader) => {
@@ -547,7 +563,18 @@ impl Replica {
                     // parallel; the core counts the leader only after
                     // `persisted`.
                     send_now(&mut self.early_messages);
+                    let started = Instant::now();
                     self.wal.sync()?;
+                    let took = started.elapsed();
+                    self.metrics.fsync_seconds.record_duration(took);
+                    if took >= Duration::from_millis(limits::FSYNC_SLOW_MS) {
+                        self.metrics.fsync_slow += 1;
+                        log::warn!(
+                            "slow fsync: {} ms (over {} ms; keep the election timeout well above the disk's sync latency)",
+                            took.as_millis(),
+                            limits::FSYNC_SLOW_MS
+                        );
+                    }
                     self.needs_sync = false;
                     self.hard_state_unsynced = false;
                     if let Some((index, term)) = self.persisted_pending.take() {
@@ -676,6 +703,11 @@ impl Replica {
             }
             _ => None,
         };
+        if let Some(waiting) = &mine {
+            self.metrics
+                .apply_latency_seconds
+                .record_duration(waiting.proposed_at.elapsed());
+        }
         if entry.data.is_empty() {
             return Ok(());
         }

@@ -87,7 +87,7 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
     };
     let replica = Replica::new(replica_config, wal, restored);
     let stop_grace = Duration::from_millis(config.election_timeout_ms.1 * 2);
-    Reactor::new(
+    let mut reactor = Reactor::new(
         poll,
         listener,
         peers,
@@ -95,7 +95,16 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
         config.max_file_bytes,
         stop_grace,
     )
-    .map_err(|e| Error::io("starting the reactor", e))
+    .map_err(|e| Error::io("starting the reactor", e))?;
+    if let Some(address) = member.metrics {
+        reactor.serve_metrics(address).map_err(|e| {
+            Error::Config(format!(
+                "node {id}: cannot listen for metrics on {address}: {e}"
+            ))
+        })?;
+        log::info!("node {id}: metrics and health on http://{address}/metrics and /health");
+    }
+    Ok(reactor)
 }
 
 /// Raise the client listener's backlog from mio's 128 to `LISTEN_BACKLOG`:

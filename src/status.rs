@@ -1,3 +1,274 @@
-pub fn run(_c: &crate::config::ClusterConfig, _j: bool) -> crate::error::Result<()> {
-    Err(crate::error::Error::Config("status: not built yet".into()))
+//! `raftfs status`: ask every member of a cluster for its state and print one
+//! line per member (or a JSON array with `--json`).
+//!
+//! How a member is asked: over its PEER port, with a status probe (a first
+//! frame of `wire::STATUS_MAGIC` instead of a hello; see `net::peer::wire`).
+//! The node's reactor answers it with one frame holding a `StatusReport` as
+//! JSON and closes. The peer port was chosen over the metrics listener
+//! because every member has one: status works whether or not `metrics` is
+//! configured, and needs no HTTP client. A member that does not answer
+//! within `STATUS_PROBE_TIMEOUT_MS` is shown as down.
+//!
+//! Lag: the largest commit index any member reports (normally the leader's)
+//! minus the member's applied index.
+//!
+//! Leaves out: asking through a proxy, and membership change.
+
+use crate::config::{ClusterConfig, Member};
+use crate::error::{Error, Result};
+use crate::limits;
+use crate::net::peer::wire;
+use crate::raft::{Index, NodeId, Term};
+use bytes::BytesMut;
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// What a node says about itself when probed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub id: NodeId,
+    /// "leader", "follower", "candidate" or "precandidate".
+    pub role: String,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit_index: Index,
+    /// The largest commit index a leader announced to this node.
+    pub known_commit_index: Index,
+    pub applied_index: Index,
+    pub last_index: Index,
+    pub files: u64,
+    /// The node's `GET /health` verdict: None = healthy, else the reason.
+    pub unhealthy: Option<String>,
+}
+
+/// One line of `raftfs status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    /// The member's advertised client address.
+    pub address: String,
+    pub up: bool,
+    /// Why it counts as down (when `up` is false).
+    pub error: Option<String>,
+    pub role: Option<String>,
+    pub term: Option<Term>,
+    pub leader: Option<NodeId>,
+    pub commit_index: Option<Index>,
+    pub applied_index: Option<Index>,
+    /// Entries behind the cluster's commit index (see the module doc).
+    pub lag: Option<Index>,
+    pub healthy: Option<bool>,
+}
+
+/// Asks one node at `peer_address` for its report.
+pub fn probe(peer_address: SocketAddr, timeout: Duration) -> std::io::Result<StatusReport> {
+    let deadline = Instant::now() + timeout;
+    let mut stream = TcpStream::connect_timeout(&peer_address, timeout)?;
+    stream.set_nodelay(true)?;
+    stream.write_all(&wire::encode_status_probe())?;
+    let mut buffer = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(remaining))?;
+        match wire::next_frame(&mut buffer, limits::PEER_HANDSHAKE_BYTES_MAX) {
+            Ok(Some(payload)) => {
+                return serde_json::from_slice(&payload).map_err(|error| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("undecodable status report: {error}"),
+                    )
+                })
+            }
+            Ok(None) => {}
+            Err(error) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("not a raftfs peer port ({error})"),
+                ))
+            }
+        }
+        let read = stream.read(&mut chunk)?;
+        if read == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed without a status report (not a raftfs peer port, or another version)",
+            ));
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// Probes every member (in parallel) and computes lags.
+pub fn collect(config: &ClusterConfig, timeout: Duration) -> Vec<MemberStatus> {
+    let threads: Vec<(
+        Member,
+        std::thread::JoinHandle<std::io::Result<StatusReport>>,
+    )> = config
+        .members
+        .iter()
+        .map(|member| {
+            let address = member.peer;
+            (
+                member.clone(),
+                std::thread::spawn(move || probe(address, timeout)),
+            )
+        })
+        .collect();
+    let results: Vec<(Member, std::result::Result<StatusReport, String>)> = threads
+        .into_iter()
+        .map(|(member, thread)| {
+            let result = match thread.join() {
+                Ok(result) => result.map_err(|error| error.to_string()),
+                Err(_) => Err("probe thread panicked".to_string()),
+            };
+            (member, result)
+        })
+        .collect();
+    let cluster_commit = results
+        .iter()
+        .filter_map(|(_, result)| result.as_ref().ok())
+        .map(|report| report.commit_index.max(report.known_commit_index))
+        .max();
+    results
+        .into_iter()
+        .map(|(member, result)| match result {
+            Ok(report) => MemberStatus {
+                id: member.id,
+                address: member.client.clone(),
+                up: true,
+                error: None,
+                role: Some(report.role),
+                term: Some(report.term),
+                leader: report.leader,
+                commit_index: Some(report.commit_index),
+                applied_index: Some(report.applied_index),
+                lag: cluster_commit.map(|commit| commit.saturating_sub(report.applied_index)),
+                healthy: Some(report.unhealthy.is_none()),
+            },
+            Err(error) => MemberStatus {
+                id: member.id,
+                address: member.client.clone(),
+                up: false,
+                error: Some(error),
+                role: None,
+                term: None,
+                leader: None,
+                commit_index: None,
+                applied_index: None,
+                lag: None,
+                healthy: None,
+            },
+        })
+        .collect()
+}
+
+/// The human table: a header and one line per member.
+pub fn render_table(members: &[MemberStatus]) -> String {
+    let dash = || "-".to_string();
+    let mut out = format!(
+        "{:<4} {:<22} {:<12} {:>6} {:>10} {:>10} {:>6} {:<5}\n",
+        "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "STATE"
+    );
+    for member in members {
+        let state = match (member.up, member.healthy) {
+            (false, _) => "down".to_string(),
+            (true, Some(false)) => "up (unhealthy)".to_string(),
+            (true, _) => "up".to_string(),
+        };
+        out.push_str(&format!(
+            "{:<4} {:<22} {:<12} {:>6} {:>10} {:>10} {:>6} {}",
+            member.id,
+            member.address,
+            member.role.clone().unwrap_or_else(dash),
+            member.term.map_or_else(dash, |v| v.to_string()),
+            member.commit_index.map_or_else(dash, |v| v.to_string()),
+            member.applied_index.map_or_else(dash, |v| v.to_string()),
+            member.lag.map_or_else(dash, |v| v.to_string()),
+            state
+        ));
+        if let Some(error) = &member.error {
+            out.push_str(&format!(" ({error})"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `raftfs status`: prints the table (or JSON). Fails (exit 1) only when no
+/// member answers at all.
+pub fn run(config: &ClusterConfig, json: bool) -> Result<()> {
+    let members = collect(
+        config,
+        Duration::from_millis(limits::STATUS_PROBE_TIMEOUT_MS),
+    );
+    if json {
+        let text = serde_json::to_string_pretty(&members)
+            .map_err(|error| Error::Config(format!("cannot encode the status: {error}")))?;
+        println!("{text}");
+    } else {
+        print!("{}", render_table(&members));
+    }
+    if members.iter().all(|member| !member.up) {
+        return Err(Error::Io {
+            context: "no member answered the status probe".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotConnected, "cluster unreachable"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: NodeId, up: bool, healthy: Option<bool>) -> MemberStatus {
+        MemberStatus {
+            id,
+            address: format!("127.0.0.1:{}", 8000 + id),
+            up,
+            error: (!up).then(|| "Connection refused".to_string()),
+            role: up.then(|| "follower".to_string()),
+            term: up.then_some(3),
+            leader: up.then_some(1),
+            commit_index: up.then_some(10),
+            applied_index: up.then_some(9),
+            lag: up.then_some(1),
+            healthy,
+        }
+    }
+
+    #[test]
+    fn table_has_one_line_per_member_with_its_state() {
+        let table = render_table(&[
+            member(1, true, Some(true)),
+            member(2, true, Some(false)),
+            member(3, false, None),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(lines[1].ends_with(" up"), "{table}");
+        assert!(lines[2].ends_with("up (unhealthy)"), "{table}");
+        assert!(lines[3].contains(" down (Connection refused)"), "{table}");
+        assert!(lines[3].contains(" - "), "{table}");
+        assert!(
+            lines[1].contains("127.0.0.1:8001") && lines[1].contains(" 9 "),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn probing_a_closed_port_fails_quickly() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let started = Instant::now();
+        assert!(probe(address, Duration::from_millis(500)).is_err());
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
 }

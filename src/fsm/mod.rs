@@ -198,6 +198,12 @@ impl Fsm {
         })
     }
 
+    /// Every name in the map, live or not yet expired away (for backups:
+    /// judge each with `read`).
+    pub fn names(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.files.iter().map(|file| file.name())
+    }
+
     /// The earliest deadline of any stored file, if one has a deadline.
     pub fn next_deadline_ms(&self) -> Option<u64> {
         self.files.next_deadline_ms()

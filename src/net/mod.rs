@@ -1,6 +1,8 @@
-//! Sockets: client protocol, client connections, peer links, the reactor.
+//! Sockets: client protocol, client connections, peer links, the metrics
+//! HTTP listener, the reactor.
 
 pub mod conn;
+pub mod http;
 pub mod peer;
 pub mod protocol;
 pub mod reactor;

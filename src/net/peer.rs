@@ -459,6 +459,40 @@ impl Peers {
         self.stats.clone()
     }
 
+    /// Whether a status probe waits for `answer_status_probes`.
+    pub fn status_probes_waiting(&self) -> bool {
+        self.inbound
+            .iter()
+            .any(|(_, connection)| connection.awaits_status())
+    }
+
+    /// Answers every waiting status probe with `report` (one frame) and
+    /// closes each once the answer is written.
+    pub fn answer_status_probes(&mut self, registry: &Registry, report: &[u8]) {
+        let frame = match wire::encode_raw_frame(report) {
+            Ok(frame) => frame,
+            Err(error) => {
+                log::error!("status report not sent: {error}");
+                return;
+            }
+        };
+        let waiting: Vec<usize> = self
+            .inbound
+            .iter()
+            .filter(|(_, connection)| connection.awaits_status())
+            .map(|(key, _)| key)
+            .collect();
+        for key in waiting {
+            let verdict = match self.inbound.get_mut(key) {
+                Some(connection) => connection.answer_status(frame.clone()),
+                None => continue,
+            };
+            if verdict == Verdict::Close {
+                self.close_inbound(registry, key);
+            }
+        }
+    }
+
     /// Inbound connections currently open (accepted or in handshake).
     pub fn inbound_connections(&self) -> usize {
         self.inbound.len()

@@ -7,6 +7,12 @@
 //! connections and flush → flush peer links. Events are never handled one by
 //! one against the log: the turn batches them.
 //!
+//! Operations (additive to the loop): an optional metrics/health HTTP
+//! listener (`serve_metrics`, tokens from `HTTP_TOKEN_BASE`), answered from
+//! a `NodeView` gathered only when a request arrives; status probes on the
+//! peer port answered the same way; `ReactorMetrics` counted with plain
+//! increments; one log line per role, term or leader change.
+//!
 //! Invariants (mio's rules): tokens come from a slab; spurious events are
 //! harmless (every handler tolerates `WouldBlock`); a broken connection is
 //! closed and the loop goes on; nothing in the loop blocks except `poll` and
@@ -14,9 +20,12 @@
 
 use crate::error::{Error, Result};
 use crate::limits;
+use crate::metrics::ReactorMetrics;
 use crate::net::conn::{Connection, ReadStatus};
+use crate::net::http::{HttpServer, Route};
 use crate::net::peer::{PeerEvent, Peers};
 use crate::net::protocol::{encode_reply, parse_next, Parsed, Reply, Request};
+use crate::raft::{NodeId, Role, Term};
 use crate::replica::{ClientRef, Replica, Status};
 use bytes::{Bytes, BytesMut};
 use mio::net::TcpListener;
@@ -27,10 +36,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod observe;
+
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 /// Tokens from here on belong to the peer component.
 pub const PEER_TOKEN_BASE: usize = 16;
+/// Tokens from here on belong to the metrics HTTP listener.
+pub const HTTP_TOKEN_BASE: usize = 1 << 19;
 /// Tokens from here on are client connections (slab key + base).
 const CONNECTION_TOKEN_BASE: usize = 1 << 20;
 /// A stopping node waits this long after the last client command it read.
@@ -72,6 +85,11 @@ pub struct Reactor {
     /// How long a stopping leader waits for the handover and its answers.
     stop_grace: Duration,
     static_replies: StaticReplies,
+    http: Option<HttpServer>,
+    http_requests: Vec<(usize, Route)>,
+    metrics: ReactorMetrics,
+    /// Role, term and leader as last logged.
+    logged: (Option<Role>, Term, Option<NodeId>),
     /// When the last client command was read (a stopping node waits for quiet).
     last_command_at: Instant,
 }
@@ -115,7 +133,23 @@ impl Reactor {
             static_replies: StaticReplies {
                 command_error: buffer.freeze(),
             },
+            http: None,
+            http_requests: Vec::new(),
+            metrics: ReactorMetrics::default(),
+            logged: (None, 0, None),
         })
+    }
+
+    /// Serves `GET /metrics` and `GET /health` on `address` from this
+    /// reactor. Returns the bound address (useful with port 0).
+    pub fn serve_metrics(
+        &mut self,
+        address: std::net::SocketAddr,
+    ) -> io::Result<std::net::SocketAddr> {
+        let server = HttpServer::bind(self.poll.registry(), address, HTTP_TOKEN_BASE)?;
+        let bound = server.local_addr()?;
+        self.http = Some(server);
+        Ok(bound)
     }
 
     pub fn stop_handle(&self) -> StopHandle {
@@ -151,6 +185,16 @@ impl Reactor {
                 match event.token() {
                     LISTENER => self.accept_clients(),
                     WAKER => {}
+                    token if self.http.as_ref().is_some_and(|http| http.owns(token)) => {
+                        if let Some(http) = self.http.as_mut() {
+                            http.handle_event(
+                                self.poll.registry(),
+                                token,
+                                now,
+                                &mut self.http_requests,
+                            );
+                        }
+                    }
                     token if token.0 >= CONNECTION_TOKEN_BASE => {
                         let key = token.0 - CONNECTION_TOKEN_BASE;
                         self.service_connection(key, now);
@@ -165,12 +209,16 @@ impl Reactor {
             if self.peers.has_pending_reads() {
                 self.resume_peer_reads(now)?;
             }
+            self.answer_observers();
             let mut ticks = 0;
             while now >= next_tick && ticks < TICKS_PER_TURN_MAX {
                 self.replica.tick(now);
                 let mut peer_events = Vec::new();
                 self.peers.tick(self.poll.registry(), now, &mut peer_events);
                 self.process_peer_events(peer_events)?;
+                if let Some(http) = self.http.as_mut() {
+                    http.tick(self.poll.registry(), now);
+                }
                 next_tick += tick;
                 ticks += 1;
             }
@@ -202,6 +250,7 @@ impl Reactor {
             self.process_peer_events(peer_events)?;
             self.deliver(now)?;
             self.refresh_status();
+            self.log_transitions();
             if let Some(deadline) = stop_deadline {
                 // Stop once leadership is gone, every command read has its
                 // answer, and clients have had a moment to follow their
@@ -250,8 +299,9 @@ impl Reactor {
                         "node {by} refused this node: {reason}"
                     )));
                 }
-                PeerEvent::LinkUp(id) => log::info!("peer {id} link up"),
-                PeerEvent::LinkDown(id) => log::info!("peer {id} link down"),
+                // The link logs up (info) and down (warn, with the reason).
+                PeerEvent::LinkUp(id) => log::debug!("peer {id} link up"),
+                PeerEvent::LinkDown(id) => log::debug!("peer {id} link down"),
             }
         }
         Ok(())
@@ -264,6 +314,7 @@ impl Reactor {
                     if let Err(e) = stream.set_nodelay(true) {
                         log::debug!("set_nodelay: {e}");
                     }
+                    self.metrics.connections_accepted += 1;
                     let entry = self.connections.vacant_entry();
                     let key = entry.key();
                     let id = self.next_connection_id;
@@ -346,8 +397,13 @@ impl Reactor {
                 seq,
             };
             match parsed {
-                Parsed::Request(request) => self.replica.submit(client, request, now),
+                Parsed::Request(request) => {
+                    self.metrics.commands[observe::command_kind(&request)] += 1;
+                    self.replica.submit(client, request, now)
+                }
                 Parsed::Malformed { close } => {
+                    self.metrics.commands[4] += 1;
+                    self.metrics.errors[2] += 1;
                     connection.fill(seq, self.static_replies.command_error.clone());
                     if close {
                         connection.closing = true;
@@ -384,6 +440,7 @@ impl Reactor {
             .flush(self.poll.registry(), now, &mut peer_events);
         self.process_peer_events(peer_events)?;
         for (client, reply) in self.replica.replies.drain(..) {
+            self.metrics.count_reply(&reply);
             if let Some(connection) = self.connections.get_mut(client.key) {
                 if connection.id == client.conn_id {
                     connection.fill(client.seq, reply);

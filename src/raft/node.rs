@@ -121,6 +121,9 @@ pub struct Node {
     pub(super) role: Role,
     pub(super) leader_id: Option<NodeId>,
     pub(super) commit_index: Index,
+    /// The largest `leader_commit` heard from a leader (for health checks: a
+    /// follower still catching up knows how far behind it is).
+    pub(super) leader_commit_seen: Index,
     /// Last index handed over in `Action::Apply`.
     pub(super) applied_index: Index,
     /// Highest index reported durable by `persisted` (for the current log).
@@ -166,6 +169,7 @@ impl Node {
             role: Role::Follower,
             leader_id: None,
             commit_index: 0,
+            leader_commit_seen: 0,
             applied_index: 0,
             persisted_index,
             election_elapsed_ticks: 0,
@@ -414,6 +418,21 @@ impl Node {
     /// The members, sorted.
     pub fn members(&self) -> &[NodeId] {
         &self.config.members
+    }
+    /// The cluster's commit index as far as this node knows: its own, or the
+    /// largest one a leader announced (which may be ahead while catching up).
+    pub fn known_commit_index(&self) -> Index {
+        self.commit_index.max(self.leader_commit_seen)
+    }
+    /// Leader only: each follower's match index (for lag metrics).
+    pub fn match_indexes(&self) -> Vec<(NodeId, Index)> {
+        self.leader.as_ref().map_or_else(Vec::new, |leader| {
+            leader
+                .progress
+                .iter()
+                .map(|(id, progress)| (*id, progress.match_index))
+                .collect()
+        })
     }
 
     // ---- shared helpers for the sibling modules ----

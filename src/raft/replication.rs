@@ -157,6 +157,7 @@ impl Node {
             self.actions.push(Action::PersistEntries(written));
         }
         let match_index = prev_log_index + entries.len() as Index;
+        self.leader_commit_seen = self.leader_commit_seen.max(leader_commit);
         self.advance_commit(leader_commit.min(match_index));
         self.send(
             from,
@@ -172,6 +173,7 @@ impl Node {
     /// Follower: a heartbeat's `leader_commit` never exceeds what this
     /// follower is known to hold, so it can be adopted directly.
     pub(super) fn handle_heartbeat(&mut self, from: NodeId, leader_commit: Index, read_round: u64) {
+        self.leader_commit_seen = self.leader_commit_seen.max(leader_commit);
         self.advance_commit(leader_commit);
         self.send(from, Message::HeartbeatResponse { read_round });
     }

@@ -38,7 +38,12 @@ enum Phase {
         from: NodeId,
         incarnation: u64,
     },
-    /// Refused: the answer is being written, then the dialer's close awaited.
+    /// A status probe waiting for the owner's report (`answer_status`).
+    AwaitingStatus {
+        deadline: Instant,
+    },
+    /// Refused or answered a probe: the answer is being written, then the
+    /// dialer's close awaited.
     Closing {
         deadline: Instant,
         write_shut: bool,
@@ -100,9 +105,33 @@ impl Inbound {
     /// True once an undecided or refused connection ran past its deadline.
     pub fn expired(&self, now: Instant) -> bool {
         match self.phase {
-            Phase::AwaitingHello { deadline } | Phase::Closing { deadline, .. } => now >= deadline,
+            Phase::AwaitingHello { deadline }
+            | Phase::AwaitingStatus { deadline }
+            | Phase::Closing { deadline, .. } => now >= deadline,
             Phase::Accepted { .. } => false,
         }
+    }
+
+    /// Whether this is a status probe waiting for its report.
+    pub fn awaits_status(&self) -> bool {
+        matches!(self.phase, Phase::AwaitingStatus { .. })
+    }
+
+    /// Answers a status probe with `frame` and closes after it is written.
+    pub fn answer_status(&mut self, frame: Bytes) -> Verdict {
+        let Phase::AwaitingStatus { deadline } = self.phase else {
+            return Verdict::Keep;
+        };
+        self.reply = frame;
+        self.reply_written_bytes = 0;
+        self.phase = Phase::Closing {
+            deadline,
+            write_shut: false,
+        };
+        if self.write_reply().is_err() {
+            return Verdict::Close;
+        }
+        self.linger()
     }
 
     /// Handles readiness (or a resumed read): writes any pending answer,
@@ -163,7 +192,7 @@ impl Inbound {
             let max_bytes = match self.phase {
                 Phase::AwaitingHello { .. } => limits::PEER_HANDSHAKE_BYTES_MAX,
                 Phase::Accepted { .. } => limits::PEER_FRAME_BYTES_MAX,
-                Phase::Closing { .. } => return verdict,
+                Phase::AwaitingStatus { .. } | Phase::Closing { .. } => return verdict,
             };
             let payload = match wire::next_frame(&mut self.read_buffer, max_bytes) {
                 Ok(Some(payload)) => payload,
@@ -171,6 +200,10 @@ impl Inbound {
                 Err(error) => return self.protocol_error(&error.to_string()),
             };
             match self.phase {
+                Phase::AwaitingHello { deadline } if wire::is_status_probe(&payload) => {
+                    self.phase = Phase::AwaitingStatus { deadline };
+                    return verdict;
+                }
                 Phase::AwaitingHello { deadline } => {
                     match self.handshake(&payload, deadline, context) {
                         Verdict::Close => return Verdict::Close,
@@ -198,7 +231,7 @@ impl Inbound {
                     context.stats.frames_received += 1;
                     context.out.push(PeerEvent::Message(envelope));
                 }
-                Phase::Closing { .. } => return verdict,
+                Phase::AwaitingStatus { .. } | Phase::Closing { .. } => return verdict,
             }
         }
     }

@@ -10,6 +10,12 @@
 //! answers with one `HelloReply` frame; after `Accept` the dialer sends only
 //! `Envelope` frames and the receiver sends nothing more.
 //!
+//!
+//! A status probe (`raftfs status`) is a connection whose first frame is the
+//! 4 bytes `STATUS_MAGIC` and the format version: the receiver answers with
+//! one frame holding its status report (its encoding belongs to `status`)
+//! and closes. It needs no cluster id, so an operator's tool can ask any node.
+//!
 //! Invariants: decoding never panics and never allocates more than the frame
 //! it was given (bincode runs with a byte limit over a slice); a frame longer
 //! than the caller's maximum is an error as soon as its header is seen, before
@@ -30,6 +36,8 @@ use std::net::SocketAddr;
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// First bytes of every hello: tells a peer connection from a stray client.
 pub const HELLO_MAGIC: [u8; 4] = *b"RFSP";
+/// First bytes of a status probe's only frame.
+pub const STATUS_MAGIC: [u8; 4] = *b"RFSQ";
 /// Bumped whenever a frame's meaning changes; peers of another version are
 /// refused with a reason.
 pub const FORMAT_VERSION: u32 = 1;
@@ -186,6 +194,35 @@ pub fn encode_hello(hello: &Hello) -> Result<Bytes, EncodeError> {
     frame.put_slice(&HELLO_MAGIC);
     frame.put_u32_le(FORMAT_VERSION);
     frame.put_slice(&body);
+    Ok(frame.freeze())
+}
+
+/// The one frame of a status probe.
+pub fn encode_status_probe() -> Bytes {
+    let mut frame = BytesMut::with_capacity(FRAME_HEADER_BYTES + STATUS_MAGIC.len() + 4);
+    frame.put_u32_le((STATUS_MAGIC.len() + 4) as u32);
+    frame.put_slice(&STATUS_MAGIC);
+    frame.put_u32_le(FORMAT_VERSION);
+    frame.freeze()
+}
+
+/// Whether a first frame is a status probe rather than a hello.
+pub fn is_status_probe(payload: &[u8]) -> bool {
+    payload.get(..STATUS_MAGIC.len()) == Some(&STATUS_MAGIC[..])
+}
+
+/// `payload` as one frame (a status report), or an error if it is too large
+/// for a handshake-sized frame.
+pub fn encode_raw_frame(payload: &[u8]) -> Result<Bytes, EncodeError> {
+    if payload.len() > limits::PEER_HANDSHAKE_BYTES_MAX {
+        return Err(EncodeError::FrameTooLarge {
+            length_bytes: payload.len() as u64,
+            max_bytes: limits::PEER_HANDSHAKE_BYTES_MAX,
+        });
+    }
+    let mut frame = BytesMut::with_capacity(FRAME_HEADER_BYTES + payload.len());
+    frame.put_u32_le(payload.len() as u32);
+    frame.put_slice(payload);
     Ok(frame.freeze())
 }
 
@@ -352,6 +389,29 @@ mod tests {
             decode_hello(b"RFSP\x01"),
             Err(WireError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn status_probes_are_told_apart_from_hellos() {
+        let mut frame = BytesMut::from(&encode_status_probe()[..]);
+        let payload = next_frame(&mut frame, limits::PEER_HANDSHAKE_BYTES_MAX)
+            .unwrap()
+            .unwrap();
+        assert!(frame.is_empty());
+        assert!(is_status_probe(&payload));
+        // A node without probes refuses it as not being a hello.
+        assert_eq!(decode_hello(&payload), Err(WireError::NotPeerProtocol));
+        let hello = encode_hello(&Hello {
+            cluster_id: 1,
+            from: 1,
+            incarnation: 1,
+            to: 2,
+        })
+        .unwrap();
+        assert!(!is_status_probe(&hello[FRAME_HEADER_BYTES..]));
+        let report = encode_raw_frame(b"{}").unwrap();
+        assert_eq!(&report[..], b"\x02\x00\x00\x00{}");
+        assert!(encode_raw_frame(&vec![0; limits::PEER_HANDSHAKE_BYTES_MAX + 1]).is_err());
     }
 
     #[test]

@@ -1,0 +1,145 @@
+//! `raftfs restore`: load a backup (a file-map snapshot taken with
+//! `GET /snapshot` on any node's metrics listener) into a new, running
+//! cluster, through the ordinary client protocol.
+//!
+//! Every file still live at the snapshot's cluster time is written with
+//! `write NAME LEN EXPTIME`, EXPTIME being its remaining whole seconds
+//! (rounded up, so nothing expires early). Writes are pipelined in groups of
+//! `RESTORE_PIPELINE` and must all answer `OK`; an `ERR_REDIRECT` is followed
+//! (the group is resent to the named leader), anything else stops the
+//! restore with the file's name.
+//!
+//! What changes: versions are renumbered 1..N in the new cluster (the version
+//! counter is the new cluster's), so a client holding an old version for
+//! `cas` must read again. Restoring into a cluster that has files overwrites
+//! same-named ones and keeps the rest.
+//!
+//! Leaves out: restoring the old versions (that needs log compaction and
+//! InstallSnapshot, a later release).
+
+use crate::error::{Error, Result};
+use crate::fsm::Fsm;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// Writes sent before their answers are read.
+pub const RESTORE_PIPELINE: usize = 64;
+/// Redirects followed for one group before giving up.
+const REDIRECTS_MAX: usize = 5;
+
+/// Restores the snapshot at `path` through the node at `address`; returns
+/// the number of files written.
+pub fn run(path: &Path, address: &str) -> Result<usize> {
+    let data = std::fs::read(path)
+        .map_err(|error| Error::io(format!("reading {}", path.display()), error))?;
+    let fsm = Fsm::from_snapshot(&data).map_err(|error| {
+        Error::Corrupt(format!(
+            "{} is not a raftfs snapshot: {error:?}",
+            path.display()
+        ))
+    })?;
+    let now_ms = fsm.cluster_time_ms();
+    let mut commands: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for name in fsm.names() {
+        let Some(file) = fsm.read(name, now_ms) else {
+            continue; // expired at the snapshot's cluster time
+        };
+        let mut command = Vec::with_capacity(name.len() + file.content.len() + 48);
+        command.extend_from_slice(b"write ");
+        command.extend_from_slice(name);
+        command.extend_from_slice(
+            format!(" {} {}\r\n", file.content.len(), file.expires_in_s).as_bytes(),
+        );
+        command.extend_from_slice(file.content);
+        command.extend_from_slice(b"\r\n");
+        commands.push((name.to_vec(), command));
+    }
+    let mut target = address.to_string();
+    let mut connection = connect(&target)?;
+    for group in commands.chunks(RESTORE_PIPELINE) {
+        let mut redirects = 0;
+        loop {
+            match send_group(&mut connection, group)? {
+                None => break,
+                Some(leader) if redirects < REDIRECTS_MAX => {
+                    redirects += 1;
+                    target = leader;
+                    connection = connect(&target)?;
+                }
+                Some(leader) => {
+                    return Err(Error::Refused(format!(
+                        "restore: still redirected (to {leader}) after {REDIRECTS_MAX} tries"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(commands.len())
+}
+
+struct Connection {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+fn connect(address: &str) -> Result<Connection> {
+    let stream = TcpStream::connect(address)
+        .map_err(|error| Error::io(format!("connecting to {address}"), error))?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(
+            crate::limits::COMMAND_TIMEOUT_MS * 2,
+        )))
+        .map_err(|error| Error::io("setting a read timeout", error))?;
+    let reader = stream
+        .try_clone()
+        .map_err(|error| Error::io("cloning a socket", error))?;
+    Ok(Connection {
+        writer: stream,
+        reader: BufReader::new(reader),
+    })
+}
+
+/// Sends a group and reads its answers: None when all are OK, the leader's
+/// address on a redirect (the whole group is then resent there; rewriting a
+/// file already written only gives it a newer version).
+fn send_group(connection: &mut Connection, group: &[(Vec<u8>, Vec<u8>)]) -> Result<Option<String>> {
+    let mut bytes = Vec::new();
+    for (_, command) in group {
+        bytes.extend_from_slice(command);
+    }
+    connection
+        .writer
+        .write_all(&bytes)
+        .map_err(|error| Error::io("sending writes", error))?;
+    let mut redirect = None;
+    for (name, _) in group {
+        let mut line = String::new();
+        let read = connection
+            .reader
+            .read_line(&mut line)
+            .map_err(|error| Error::io("reading an answer", error))?;
+        if read == 0 {
+            return Err(Error::Refused(
+                "restore: the node closed the connection".into(),
+            ));
+        }
+        let line = line.trim_end();
+        if line.starts_with("OK ") {
+            continue;
+        }
+        match line.strip_prefix("ERR_REDIRECT ") {
+            Some(leader) => {
+                redirect.get_or_insert_with(|| leader.to_string());
+            }
+            None => {
+                return Err(Error::Refused(format!(
+                    "restore: writing {:?} got {line:?}",
+                    String::from_utf8_lossy(name)
+                )))
+            }
+        }
+    }
+    Ok(redirect)
+}
