@@ -6,6 +6,7 @@
 //! - `raft`: the sans-IO Raft core.
 //! - `fsm`: the file map and deterministic apply.
 //! - `storage`: the WAL.
+//! - `snapshot`: snapshot files, the helper thread that takes them, InstallSnapshot bytes.
 //! - `net`: protocol framing, connections, peers, the reactor.
 //! - `sim`: the deterministic simulator.
 //! - `lincheck`: the linearizability checker for client histories.
@@ -21,5 +22,6 @@ pub mod raft;
 pub mod replica;
 pub mod server;
 pub mod sim;
+pub mod snapshot;
 pub mod status;
 pub mod storage;
