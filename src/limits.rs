@@ -78,7 +78,7 @@ pub const SNAPSHOT_CHUNKS_INFLIGHT_MAX: usize = 4;
 /// A snapshot is also taken once the entries applied since the last one hold
 /// this many bytes, whatever `snapshot_entries` says (bounds the WAL on disk
 /// and the log in memory when entries are large).
-pub const SNAPSHOT_LOG_BYTES_MAX: u64 = 32 << 20;
+pub const SNAPSHOT_LOG_BYTES_MAX: u64 = 16 << 20;
 /// Snapshot files kept in a data dir: the newest, and one to fall back on
 /// if the newest is found damaged at start.
 pub const SNAPSHOTS_KEPT: usize = 2;
