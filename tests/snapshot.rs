@@ -212,3 +212,65 @@ fn lagging_follower_catches_up_by_install_snapshot_and_then_serves() {
         );
     }
 }
+
+/// Benchmark (not CI): `RAFTFS_SNAPSHOT_BENCH=1 cargo test --release --test
+/// snapshot bench -- --nocapture`: 1,000,000 writes of 1 KiB (1 GB of
+/// history) over 100,000 keys with the default `snapshot_entries`, then the
+/// time for a restarted cluster to serve again. Under plain `cargo test` it
+/// runs at a tiny size so it cannot rot.
+#[test]
+fn bench_million_writes_and_restart() {
+    let full = std::env::var_os("RAFTFS_SNAPSHOT_BENCH").is_some();
+    let (writes, keys, value_bytes) = if full {
+        (1_000_000u64, 100_000u64, 1_000usize)
+    } else {
+        (4_000, 400, 100)
+    };
+    let mut cluster = Cluster::start(3, "fsync = false");
+    let leader = cluster
+        .wait_leader(Duration::from_secs(10))
+        .expect("a leader");
+    let address = cluster.client_address(leader);
+    let started = Instant::now();
+    let per_thread = writes / 4;
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let address = address.clone();
+            std::thread::spawn(move || {
+                write_pipelined(&address, t * per_thread, per_thread, keys, 16, move |n| {
+                    format!("{n:08}-{}", "y".repeat(value_bytes))
+                })
+            })
+        })
+        .collect();
+    let acknowledged: u64 = threads.into_iter().map(|t| t.join().expect("writer")).sum();
+    assert_eq!(acknowledged, writes);
+    let elapsed = started.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+    for id in 1..=3 {
+        eprintln!(
+            "node {id}: data dir {:.1} MiB, snapshots {:?}, longest stall {}",
+            dir_bytes(&cluster.data_dir(id)) as f64 / (1 << 20) as f64,
+            files_ending(&cluster.data_dir(id), ".snap"),
+            largest_stall(&cluster, id)
+        );
+    }
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    let restarted = Instant::now();
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    cluster
+        .wait_leader(Duration::from_secs(60))
+        .expect("a leader after restart");
+    let restart = restarted.elapsed();
+    eprintln!(
+        "{writes} writes of {value_bytes} bytes in {elapsed:?} ({:.0}/s); restart to a serving \
+         leader in {restart:?}",
+        writes as f64 / elapsed.as_secs_f64()
+    );
+    let key = format!("key-{}", (writes - 1) % keys);
+    assert!(read_value(&cluster, &key).is_some());
+}

@@ -52,8 +52,11 @@ pub struct Snapshots {
     taking: Option<Index>,
     /// Entry bytes applied since the last snapshot (or its start).
     applied_bytes: u64,
-    /// The longest time one snapshot step held the reactor.
+    /// The longest time one snapshot step held the reactor (wall clock,
+    /// so it includes being descheduled on a busy machine).
     stall_max: Duration,
+    /// The most CPU time one snapshot step took on the reactor thread.
+    stall_cpu_max: Duration,
     /// Snapshots taken and installed since start.
     pub taken: u64,
     pub installed: u64,
@@ -72,6 +75,7 @@ impl Snapshots {
             taking: None,
             applied_bytes: 0,
             stall_max: Duration::ZERO,
+            stall_cpu_max: Duration::ZERO,
             taken: 0,
             installed: 0,
         })
@@ -82,9 +86,16 @@ impl Snapshots {
         self.stall_max
     }
 
-    fn note_stall(&mut self, started: Instant) -> Duration {
-        let stall = started.elapsed();
+    /// The most reactor-thread CPU time one snapshot step took so far.
+    pub fn stall_cpu_max(&self) -> Duration {
+        self.stall_cpu_max
+    }
+
+    fn note_stall(&mut self, started: (Instant, Duration)) -> Duration {
+        let stall = started.0.elapsed();
         self.stall_max = self.stall_max.max(stall);
+        let cpu = thread_cpu_time().saturating_sub(started.1);
+        self.stall_cpu_max = self.stall_cpu_max.max(cpu);
         stall
     }
 
@@ -169,7 +180,7 @@ impl Replica {
         let Some(term) = self.raft.term_at(applied) else {
             return;
         };
-        let started = Instant::now();
+        let started = (Instant::now(), thread_cpu_time());
         let entries = self.raft.entries(base.index + 1, applied).to_vec();
         snapshots.applied_bytes = 0;
         if snapshots.worker.submit(Job::Take {
@@ -185,7 +196,7 @@ impl Replica {
     }
 
     fn finish_snapshot(&mut self, snapshot: SnapshotMeta, elapsed: Duration) {
-        let started = Instant::now();
+        let started = (Instant::now(), thread_cpu_time());
         if !self.raft.compact(snapshot.index, snapshot.size_bytes) {
             log::warn!(
                 "snapshot {} is not past the current one {}; not used",
@@ -207,10 +218,11 @@ impl Replica {
             let stall = snapshots.note_stall(started);
             log::info!(
                 "snapshot {} taken: {} bytes, {elapsed:?} on the helper thread, {stall:?} on the \
-                 reactor (longest stall so far {:?})",
+                 reactor (longest stall so far {:?}, {:?} of it CPU)",
                 snapshot.index,
                 snapshot.size_bytes,
-                snapshots.stall_max
+                snapshots.stall_max,
+                snapshots.stall_cpu_max
             );
         }
     }
@@ -283,7 +295,7 @@ impl Replica {
         let Some(snapshots) = self.snapshots.as_mut() else {
             return Ok(());
         };
-        let started = Instant::now();
+        let started = (Instant::now(), thread_cpu_time());
         let (dir, fsync) = (snapshots.settings.dir.clone(), snapshots.settings.fsync);
         let stored = snapshots
             .assembler
@@ -352,4 +364,21 @@ impl Replica {
             }
         }
     }
+}
+
+/// CPU time the calling thread has used (0 if the clock is unavailable).
+fn thread_cpu_time() -> Duration {
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    let result = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut time) };
+    if result != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        time.tv_sec.max(0) as u64,
+        time.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
