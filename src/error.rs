@@ -13,7 +13,10 @@ pub enum Error {
     /// A bad flag or configuration: the message names the problem.
     Config(String),
     /// A failed read/write/fsync of the data directory.
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     /// Data on disk or from the network that fails its checks.
     Corrupt(String),
     /// Another node or data dir is not who it claims to be (SPEC §3 incarnations).
@@ -22,7 +25,10 @@ pub enum Error {
 
 impl Error {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 

@@ -7,7 +7,18 @@ use bytes::Bytes;
 /// buffer they arrived in (no copy until apply).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    Write { name: Bytes, content: Bytes, exptime_s: u64 },
-    Cas { name: Bytes, version: u64, content: Bytes, exptime_s: u64 },
-    Delete { name: Bytes },
+    Write {
+        name: Bytes,
+        content: Bytes,
+        exptime_s: u64,
+    },
+    Cas {
+        name: Bytes,
+        version: u64,
+        content: Bytes,
+        exptime_s: u64,
+    },
+    Delete {
+        name: Bytes,
+    },
 }

@@ -55,12 +55,23 @@ pub struct Envelope {
 pub enum Message {
     /// PreVote (thesis §9.6): `term` in the envelope is the term the candidate
     /// would campaign in; granting it changes nothing durable.
-    PreVote { last_log_index: Index, last_log_term: Term },
-    PreVoteResponse { granted: bool },
+    PreVote {
+        last_log_index: Index,
+        last_log_term: Term,
+    },
+    PreVoteResponse {
+        granted: bool,
+    },
     /// `leadership_transfer` is set when campaigning after TimeoutNow, so
     /// followers skip their leader-lease check (thesis §3.10).
-    RequestVote { last_log_index: Index, last_log_term: Term, leadership_transfer: bool },
-    RequestVoteResponse { granted: bool },
+    RequestVote {
+        last_log_index: Index,
+        last_log_term: Term,
+        leadership_transfer: bool,
+    },
+    RequestVoteResponse {
+        granted: bool,
+    },
     AppendEntries {
         prev_log_index: Index,
         prev_log_term: Term,
@@ -78,8 +89,13 @@ pub enum Message {
     },
     /// Leader liveness plus a ReadIndex round number (`read_round`): one round
     /// confirms leadership for every read that arrived before it was sent.
-    Heartbeat { leader_commit: Index, read_round: u64 },
-    HeartbeatResponse { read_round: u64 },
+    Heartbeat {
+        leader_commit: Index,
+        read_round: u64,
+    },
+    HeartbeatResponse {
+        read_round: u64,
+    },
     /// Start an election now, ignoring the election timeout (leadership transfer).
     TimeoutNow,
 }

@@ -49,7 +49,11 @@ pub struct NotLeader {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StepError {
     /// The sender's incarnation differs from the one recorded for it.
-    WrongIncarnation { from: NodeId, recorded: u64, got: u64 },
+    WrongIncarnation {
+        from: NodeId,
+        recorded: u64,
+        got: u64,
+    },
     /// The sender is not a member, or the message is not addressed to us.
     NotForUs,
 }
@@ -68,7 +72,11 @@ impl Node {
     pub fn step(&mut self, _envelope: Envelope) -> Result<(), StepError> {
         todo!()
     }
-    pub fn observe_incarnation(&mut self, _from: NodeId, _incarnation: u64) -> Result<(), StepError> {
+    pub fn observe_incarnation(
+        &mut self,
+        _from: NodeId,
+        _incarnation: u64,
+    ) -> Result<(), StepError> {
         todo!()
     }
     pub fn propose(&mut self, _data: Bytes) -> Result<Index, NotLeader> {
