@@ -1,9 +1,26 @@
-//! The Raft node: one flat struct, `Role` enum, `&mut self` everywhere.
-//! (API skeleton: bodies are being written.)
+//! The Raft node: one flat struct, a `Role` enum, `&mut self` everywhere.
+//!
+//! This file owns the node's state, its public inputs and the dispatch of
+//! incoming messages by term (Raft §5.1: a higher term turns anyone into a
+//! follower; a lower-term message is answered with our term or dropped).
+//! The behaviours live in sibling modules that extend `Node`:
+//! `election` (§5.2, PreVote §9.6, CheckQuorum §6.2), `replication` (§5.3,
+//! §5.4, pipelining §10.2), `read` (ReadIndex §6.4, leadership transfer §3.10).
+//!
+//! Invariants (asserted where they change): the term never decreases; the
+//! commit index never decreases and never passes the log's end; a hard state
+//! change is pushed as `PersistHardState` before any `Send` of that term;
+//! committed entries are handed to `Apply` exactly once, in order. Outputs
+//! depend only on inputs and `Config::seed` (BTreeMaps, no clocks).
 
 use super::action::Action;
-use super::message::{Entry, Envelope, HardState, Index, NodeId, Term};
+use super::log::Log;
+use super::message::{Entry, Envelope, HardState, Index, Message, NodeId, Term};
+use super::progress::Progress;
 use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64;
+use std::collections::{BTreeMap, VecDeque};
 
 /// Static configuration of one Raft node. Timeouts are in ticks.
 #[derive(Clone, Debug)]
@@ -58,61 +75,481 @@ pub enum StepError {
     NotForUs,
 }
 
+/// A ReadIndex request waiting for its heartbeat round.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PendingRead {
+    pub id: u64,
+    pub index: Index,
+    /// The heartbeat round a majority must answer (sent after registration).
+    pub round: u64,
+}
+
+/// A leadership transfer in progress (thesis §3.10).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Transfer {
+    pub target: NodeId,
+    pub elapsed_ticks: u64,
+    pub timeout_now_sent: bool,
+}
+
+/// State that exists only while this node leads.
+#[derive(Debug)]
+pub(super) struct Leader {
+    /// One entry per other member.
+    pub progress: BTreeMap<NodeId, Progress>,
+    /// Ticks since this term began; in-flight appends are stamped with it.
+    pub ticks: u64,
+    pub heartbeat_elapsed_ticks: u64,
+    pub check_quorum_elapsed_ticks: u64,
+    /// Index of this term's no-op; reads wait until it commits.
+    pub noop_index: Index,
+    /// The last heartbeat round sent.
+    pub read_round: u64,
+    /// Confirmed-index reads, in registration order (rounds non-decreasing).
+    pub reads: VecDeque<PendingRead>,
+    /// Reads registered before the no-op committed.
+    pub reads_before_noop: Vec<u64>,
+    /// Proposals arrived since the last flush: send appends at drain time so
+    /// one turn's proposals share messages.
+    pub append_pending: bool,
+    pub transfer: Option<Transfer>,
+}
+
 pub struct Node {
-    _todo: (),
+    pub(super) config: Config,
+    pub(super) hard_state: HardState,
+    pub(super) log: Log,
+    pub(super) role: Role,
+    pub(super) leader_id: Option<NodeId>,
+    pub(super) commit_index: Index,
+    /// Last index handed over in `Action::Apply`.
+    pub(super) applied_index: Index,
+    /// Highest index reported durable by `persisted` (for the current log).
+    pub(super) persisted_index: Index,
+    pub(super) rng: Pcg64,
+    pub(super) election_elapsed_ticks: u64,
+    /// This round's randomised election timeout.
+    pub(super) election_timeout_ticks: u64,
+    /// PreVote or vote answers in the current campaign (self included).
+    pub(super) votes: BTreeMap<NodeId, bool>,
+    pub(super) leader: Option<Leader>,
+    pub(super) actions: Vec<Action>,
 }
 
 impl Node {
-    pub fn new(_config: Config, _restored: Restored) -> Node {
-        todo!()
+    /// A node starting as a follower from recovered state. The configuration
+    /// must be valid (checked by `config`): panics on a programming error such
+    /// as `members` not containing `id` or an empty timeout range.
+    pub fn new(mut config: Config, restored: Restored) -> Node {
+        config.members.sort_unstable();
+        config.members.dedup();
+        assert!(
+            config.members.contains(&config.id),
+            "members must include the node's own id"
+        );
+        let (timeout_min, timeout_max) = config.election_timeout_ticks;
+        assert!(
+            timeout_min >= 1 && timeout_min < timeout_max,
+            "election timeout range must be [min, max) with min >= 1"
+        );
+        assert!(
+            config.heartbeat_ticks >= 1 && config.heartbeat_ticks < timeout_min,
+            "heartbeat must be shorter than the election timeout"
+        );
+        assert!(config.inflight_appends_max >= 1 && config.append_bytes_max >= 1);
+        let log = Log::from_entries(restored.entries);
+        let persisted_index = log.last_index();
+        let mut node = Node {
+            rng: Pcg64::seed_from_u64(config.seed),
+            config,
+            hard_state: restored.hard_state,
+            log,
+            role: Role::Follower,
+            leader_id: None,
+            commit_index: 0,
+            applied_index: 0,
+            persisted_index,
+            election_elapsed_ticks: 0,
+            election_timeout_ticks: 0,
+            votes: BTreeMap::new(),
+            leader: None,
+            actions: Vec::new(),
+        };
+        node.reset_election_timer();
+        node
     }
+
+    /// Advance logical time by one tick: election timeouts on followers and
+    /// candidates; heartbeats, CheckQuorum and transfer timeouts on leaders.
     pub fn tick(&mut self) {
-        todo!()
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            Role::Follower | Role::PreCandidate | Role::Candidate => {
+                self.election_elapsed_ticks += 1;
+                if self.election_elapsed_ticks >= self.election_timeout_ticks {
+                    self.campaign(false);
+                }
+            }
+        }
     }
-    pub fn step(&mut self, _envelope: Envelope) -> Result<(), StepError> {
-        todo!()
+
+    /// Handle one message. Refused messages (`Err`) change nothing beyond
+    /// what is documented on `StepError`.
+    pub fn step(&mut self, envelope: Envelope) -> Result<(), StepError> {
+        if envelope.to != self.config.id
+            || envelope.from == self.config.id
+            || !self.is_member(envelope.from)
+        {
+            return Err(StepError::NotForUs);
+        }
+        self.observe_incarnation(envelope.from, envelope.incarnation)?;
+        let Envelope {
+            from,
+            term,
+            message,
+            ..
+        } = envelope;
+        if term > self.hard_state.term {
+            match &message {
+                // A PreVote names a term nobody is in yet; granting one and
+                // counting grants changes no durable state (thesis §9.6).
+                Message::PreVote { .. } | Message::PreVoteResponse { granted: true } => {}
+                Message::RequestVote {
+                    leadership_transfer: false,
+                    ..
+                } if self.in_lease() => {
+                    // A follower that hears from a live leader ignores a
+                    // disruptive candidate (thesis §4.2.3 / §9.6).
+                    self.send(from, Message::RequestVoteResponse { granted: false });
+                    return Ok(());
+                }
+                Message::AppendEntries { .. } | Message::Heartbeat { .. } | Message::TimeoutNow => {
+                    self.become_follower(term, Some(from));
+                }
+                _ => self.become_follower(term, None),
+            }
+        } else if term < self.hard_state.term {
+            // Answer so a stale leader or candidate learns the newer term
+            // (§5.1); anything else from an old term is dropped.
+            match message {
+                Message::AppendEntries { .. } => self.send(
+                    from,
+                    Message::AppendEntriesResponse {
+                        success: false,
+                        match_index: 0,
+                        conflict_index: 0,
+                        conflict_term: None,
+                    },
+                ),
+                Message::Heartbeat { .. } => {
+                    self.send(from, Message::HeartbeatResponse { read_round: 0 })
+                }
+                Message::PreVote { .. } => {
+                    self.send(from, Message::PreVoteResponse { granted: false })
+                }
+                Message::RequestVote { .. } => {
+                    self.send(from, Message::RequestVoteResponse { granted: false })
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
+        match message {
+            Message::PreVote {
+                last_log_index,
+                last_log_term,
+            } => self.handle_pre_vote(from, term, last_log_index, last_log_term),
+            Message::PreVoteResponse { granted } => {
+                self.handle_pre_vote_response(from, term, granted)
+            }
+            Message::RequestVote {
+                last_log_index,
+                last_log_term,
+                ..
+            } => self.handle_request_vote(from, last_log_index, last_log_term),
+            Message::RequestVoteResponse { granted } => self.handle_vote_response(from, granted),
+            Message::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+            } => {
+                if self.accept_leader(from) {
+                    self.handle_append_entries(
+                        from,
+                        prev_log_index,
+                        prev_log_term,
+                        &entries,
+                        leader_commit,
+                    );
+                }
+            }
+            Message::AppendEntriesResponse {
+                success,
+                match_index,
+                conflict_index,
+                conflict_term,
+            } => self.handle_append_response(
+                from,
+                success,
+                match_index,
+                conflict_index,
+                conflict_term,
+            ),
+            Message::Heartbeat {
+                leader_commit,
+                read_round,
+            } => {
+                if self.accept_leader(from) {
+                    self.handle_heartbeat(from, leader_commit, read_round);
+                }
+            }
+            Message::HeartbeatResponse { read_round } => {
+                self.handle_heartbeat_response(from, read_round)
+            }
+            Message::TimeoutNow => {
+                if self.accept_leader(from) {
+                    // thesis §3.10: campaign now, skipping PreVote and the
+                    // voters' lease check.
+                    self.campaign(true);
+                }
+            }
+        }
+        Ok(())
     }
-    pub fn observe_incarnation(
-        &mut self,
-        _from: NodeId,
-        _incarnation: u64,
-    ) -> Result<(), StepError> {
-        todo!()
+
+    /// Record `from`'s data-dir incarnation the first time it is seen
+    /// (durably, via `PersistHardState`); refuse any other one afterwards.
+    pub fn observe_incarnation(&mut self, from: NodeId, incarnation: u64) -> Result<(), StepError> {
+        if !self.is_member(from) {
+            return Err(StepError::NotForUs);
+        }
+        match self.hard_state.incarnations.get(&from) {
+            Some(&recorded) if recorded == incarnation => Ok(()),
+            Some(&recorded) => Err(StepError::WrongIncarnation {
+                from,
+                recorded,
+                got: incarnation,
+            }),
+            None => {
+                self.hard_state.incarnations.insert(from, incarnation);
+                self.persist_hard_state();
+                Ok(())
+            }
+        }
     }
-    pub fn propose(&mut self, _data: Bytes) -> Result<Index, NotLeader> {
-        todo!()
+
+    /// Append `data` as a new entry (leader only; refused during a transfer).
+    /// Returns the entry's index; it is sent to followers at the next drain.
+    pub fn propose(&mut self, data: Bytes) -> Result<Index, NotLeader> {
+        let term = self.hard_state.term;
+        let index = self.log.last_index() + 1;
+        let leader = self.leader_for_request()?;
+        leader.append_pending = true;
+        let entry = Entry { term, index, data };
+        self.log.append(entry.clone());
+        self.actions.push(Action::PersistEntries(vec![entry]));
+        Ok(index)
     }
-    pub fn read_index(&mut self, _id: u64) -> Result<(), NotLeader> {
-        todo!()
+
+    /// The executor made entries through `index` durable, `term` being the
+    /// term of the entry at `index` (a report for a since-replaced entry is
+    /// ignored). The leader counts itself toward commit only from here.
+    pub fn persisted(&mut self, index: Index, term: Term) {
+        if index <= self.persisted_index || !self.log.matches(index, term) {
+            return;
+        }
+        self.persisted_index = index;
+        if self.role == Role::Leader {
+            self.maybe_commit();
+        }
     }
-    pub fn persisted(&mut self, _index: Index, _term: Term) {
-        todo!()
+
+    /// Move every pending action into `out`, in order. Proposals and reads
+    /// registered since the last drain are sent first (one AppendEntries per
+    /// follower window, one heartbeat round for all new reads).
+    pub fn drain_actions(&mut self, out: &mut Vec<Action>) {
+        self.flush();
+        out.append(&mut self.actions);
     }
-    pub fn transfer_leadership(&mut self, _to: Option<NodeId>) -> Result<NodeId, NotLeader> {
-        todo!()
-    }
-    pub fn drain_actions(&mut self, _out: &mut Vec<Action>) {
-        todo!()
-    }
+
     pub fn id(&self) -> NodeId {
-        todo!()
+        self.config.id
     }
     pub fn role(&self) -> Role {
-        todo!()
+        self.role
     }
     pub fn term(&self) -> Term {
-        todo!()
+        self.hard_state.term
     }
     pub fn leader_id(&self) -> Option<NodeId> {
-        todo!()
+        self.leader_id
     }
     pub fn commit_index(&self) -> Index {
-        todo!()
+        self.commit_index
     }
     pub fn last_index(&self) -> Index {
-        todo!()
+        self.log.last_index()
     }
     pub fn hard_state(&self) -> &HardState {
-        todo!()
+        &self.hard_state
+    }
+    /// Last index handed over in `Action::Apply`.
+    pub fn applied_index(&self) -> Index {
+        self.applied_index
+    }
+    /// Highest index reported durable through `persisted`.
+    pub fn persisted_index(&self) -> Index {
+        self.persisted_index
+    }
+    /// The entry at `index`, if the log holds it.
+    pub fn entry(&self, index: Index) -> Option<&Entry> {
+        self.log.entry(index)
+    }
+    /// The target of a leadership transfer in progress, if any.
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        self.leader
+            .as_ref()
+            .and_then(|leader| leader.transfer.map(|transfer| transfer.target))
+    }
+    /// The members, sorted.
+    pub fn members(&self) -> &[NodeId] {
+        &self.config.members
+    }
+
+    // ---- shared helpers for the sibling modules ----
+
+    pub(super) fn is_member(&self, id: NodeId) -> bool {
+        self.config.members.binary_search(&id).is_ok()
+    }
+
+    /// Every member but this node, in id order.
+    pub(super) fn peers(&self) -> Vec<NodeId> {
+        self.config
+            .members
+            .iter()
+            .copied()
+            .filter(|id| *id != self.config.id)
+            .collect()
+    }
+
+    pub(super) fn send(&mut self, to: NodeId, message: Message) {
+        let term = self.hard_state.term;
+        self.send_with_term(to, term, message);
+    }
+
+    pub(super) fn send_with_term(&mut self, to: NodeId, term: Term, message: Message) {
+        self.actions.push(Action::Send(Envelope {
+            from: self.config.id,
+            to,
+            term,
+            incarnation: self.config.incarnation,
+            message,
+        }));
+    }
+
+    pub(super) fn persist_hard_state(&mut self) {
+        self.actions
+            .push(Action::PersistHardState(self.hard_state.clone()));
+    }
+
+    pub(super) fn reset_election_timer(&mut self) {
+        let (timeout_min, timeout_max) = self.config.election_timeout_ticks;
+        self.election_elapsed_ticks = 0;
+        self.election_timeout_ticks = self.rng.gen_range(timeout_min..timeout_max);
+    }
+
+    /// The leader state, or the `NotLeader` answer for a client request
+    /// (no leader is named during a transfer: the client should wait).
+    pub(super) fn leader_for_request(&mut self) -> Result<&mut Leader, NotLeader> {
+        let leader_id = self.leader_id;
+        match self.leader.as_mut() {
+            Some(leader) if leader.transfer.is_none() => Ok(leader),
+            Some(_) => Err(NotLeader { leader: None }),
+            None => Err(NotLeader { leader: leader_id }),
+        }
+    }
+
+    /// Become (or stay) a follower in `term`, following `leader` if known.
+    /// A term change clears the vote and is persisted before anything else
+    /// of the new term can be sent.
+    pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        debug_assert!(term >= self.hard_state.term, "terms never decrease");
+        if term > self.hard_state.term {
+            self.hard_state.term = term;
+            self.hard_state.vote = None;
+            self.persist_hard_state();
+        }
+        if let Some(state) = self.leader.take() {
+            // A deposed leader cannot confirm anything any more.
+            for id in state.reads_before_noop {
+                self.actions.push(Action::ReadFailed { id });
+            }
+            for read in state.reads {
+                self.actions.push(Action::ReadFailed { id: read.id });
+            }
+        }
+        self.role = Role::Follower;
+        self.leader_id = leader;
+        self.votes.clear();
+        self.reset_election_timer();
+    }
+
+    /// An AppendEntries, Heartbeat or TimeoutNow of our own term arrived from
+    /// `from`: it is the term's leader. Returns false if we lead this term
+    /// ourselves, which election safety (§5.2) rules out.
+    fn accept_leader(&mut self, from: NodeId) -> bool {
+        if self.role == Role::Leader {
+            debug_assert!(false, "two leaders in term {}", self.hard_state.term);
+            log::error!(
+                "node {} got a leader message from {from} in its own term",
+                self.config.id
+            );
+            return false;
+        }
+        if self.role != Role::Follower || self.leader_id != Some(from) {
+            self.become_follower(self.hard_state.term, Some(from));
+        }
+        self.election_elapsed_ticks = 0;
+        true
+    }
+
+    /// Advance the commit index to `index` (never backwards) and hand the
+    /// newly committed entries over.
+    pub(super) fn advance_commit(&mut self, index: Index) {
+        let index = index.min(self.log.last_index());
+        if index <= self.commit_index {
+            return;
+        }
+        self.commit_index = index;
+        debug_assert!(self.applied_index < self.commit_index);
+        let entries = self
+            .log
+            .slice(self.applied_index + 1, self.commit_index)
+            .to_vec();
+        self.applied_index = self.commit_index;
+        self.actions.push(Action::Apply(entries));
+        if self.role == Role::Leader {
+            self.on_leader_commit();
+        }
+    }
+
+    fn flush(&mut self) {
+        let Some(leader) = self.leader.as_mut() else {
+            return;
+        };
+        if std::mem::take(&mut leader.append_pending) {
+            self.broadcast_append();
+        }
+        let Some(leader) = self.leader.as_ref() else {
+            return;
+        };
+        if leader
+            .reads
+            .back()
+            .is_some_and(|read| read.round > leader.read_round)
+        {
+            self.broadcast_heartbeat();
+        }
     }
 }

@@ -1,0 +1,253 @@
+//! Leader election (Raft §5.2), PreVote (thesis §9.6) and CheckQuorum
+//! (thesis §6.2), as methods on `Node`.
+//!
+//! - A follower whose randomised election timeout (drawn from the node's
+//!   seeded RNG) expires first runs a PreVote round for `term + 1` without
+//!   changing its term; only a majority of grants starts a real election. A
+//!   node cut off by a partition therefore cannot inflate its term and, when
+//!   it rejoins, depose a healthy leader.
+//! - Voters grant a vote only to a log at least as up to date as theirs
+//!   (§5.4.1), at most one per term (the vote is persisted before the reply
+//!   leaves), and refuse PreVotes and votes while they hear from a leader
+//!   (the lease), unless the candidate runs after a TimeoutNow.
+//! - A leader that has not heard from a majority during an election timeout
+//!   steps down (CheckQuorum), so clients on a minority side are not stuck.
+//! - A new leader appends an empty no-op entry of its term so earlier entries
+//!   can commit (§5.4.2, Figure 8) and reads can be served (§6.4).
+
+use super::message::{Entry, Index, Message, NodeId, Term};
+use super::node::{Leader, Node, Role};
+use super::progress::Progress;
+use super::quorum::{self, VoteResult};
+use super::Action;
+use bytes::Bytes;
+use std::collections::{BTreeMap, VecDeque};
+
+impl Node {
+    /// The election timeout fired (or TimeoutNow arrived, `transfer`).
+    pub(super) fn campaign(&mut self, transfer: bool) {
+        if self.config.pre_vote && !transfer {
+            self.become_pre_candidate();
+        } else {
+            self.become_candidate(transfer);
+        }
+    }
+
+    fn become_pre_candidate(&mut self) {
+        self.role = Role::PreCandidate;
+        self.leader_id = None;
+        self.votes = BTreeMap::from([(self.config.id, true)]);
+        self.reset_election_timer();
+        let campaign_term = self.hard_state.term + 1;
+        let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
+        for peer in self.peers() {
+            self.send_with_term(
+                peer,
+                campaign_term,
+                Message::PreVote {
+                    last_log_index,
+                    last_log_term,
+                },
+            );
+        }
+        self.maybe_finish_campaign();
+    }
+
+    fn become_candidate(&mut self, transfer: bool) {
+        self.hard_state.term += 1;
+        self.hard_state.vote = Some(self.config.id);
+        self.persist_hard_state();
+        self.role = Role::Candidate;
+        self.leader_id = None;
+        self.votes = BTreeMap::from([(self.config.id, true)]);
+        self.reset_election_timer();
+        let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
+        for peer in self.peers() {
+            self.send(
+                peer,
+                Message::RequestVote {
+                    last_log_index,
+                    last_log_term,
+                    leadership_transfer: transfer,
+                },
+            );
+        }
+        self.maybe_finish_campaign();
+    }
+
+    fn maybe_finish_campaign(&mut self) {
+        match (
+            quorum::tally(self.config.members.len(), &self.votes),
+            self.role,
+        ) {
+            (VoteResult::Won, Role::PreCandidate) => self.become_candidate(false),
+            (VoteResult::Won, Role::Candidate) => self.become_leader(),
+            (VoteResult::Lost, Role::PreCandidate | Role::Candidate) => {
+                self.become_follower(self.hard_state.term, None)
+            }
+            _ => {}
+        }
+    }
+
+    /// True while this node should ignore disruptive candidates: a follower
+    /// that heard from its leader within the minimum election timeout, or a
+    /// leader checking its quorum.
+    pub(super) fn in_lease(&self) -> bool {
+        match self.role {
+            Role::Leader => self.config.check_quorum,
+            Role::Follower => {
+                (self.config.pre_vote || self.config.check_quorum)
+                    && self.leader_id.is_some()
+                    && self.election_elapsed_ticks < self.config.election_timeout_ticks.0
+            }
+            Role::PreCandidate | Role::Candidate => false,
+        }
+    }
+
+    /// `campaign_term` is the envelope's term: the term the pre-candidate
+    /// would run in. A grant is answered in that term, a refusal in ours.
+    pub(super) fn handle_pre_vote(
+        &mut self,
+        from: NodeId,
+        campaign_term: Term,
+        last_log_index: Index,
+        last_log_term: Term,
+    ) {
+        let granted = campaign_term > self.hard_state.term
+            && !self.in_lease()
+            && self.log.is_up_to_date(last_log_index, last_log_term);
+        let reply_term = if granted {
+            campaign_term
+        } else {
+            self.hard_state.term
+        };
+        self.send_with_term(from, reply_term, Message::PreVoteResponse { granted });
+    }
+
+    pub(super) fn handle_pre_vote_response(&mut self, from: NodeId, term: Term, granted: bool) {
+        // Grants carry our campaign term, refusals our own term (a higher
+        // refusal already made us a follower).
+        let expected_term = if granted {
+            self.hard_state.term + 1
+        } else {
+            self.hard_state.term
+        };
+        if self.role != Role::PreCandidate || term != expected_term {
+            return;
+        }
+        self.votes.insert(from, granted);
+        self.maybe_finish_campaign();
+    }
+
+    /// The envelope's term equals ours here (a higher one was adopted).
+    pub(super) fn handle_request_vote(
+        &mut self,
+        from: NodeId,
+        last_log_index: Index,
+        last_log_term: Term,
+    ) {
+        let can_vote = match self.hard_state.vote {
+            Some(vote) => vote == from,
+            None => self.leader_id.is_none(),
+        };
+        let granted = can_vote && self.log.is_up_to_date(last_log_index, last_log_term);
+        if granted {
+            if self.hard_state.vote.is_none() {
+                self.hard_state.vote = Some(from);
+                // Durable before the grant leaves (the executor orders it).
+                self.persist_hard_state();
+            }
+            self.election_elapsed_ticks = 0;
+        }
+        self.send(from, Message::RequestVoteResponse { granted });
+    }
+
+    pub(super) fn handle_vote_response(&mut self, from: NodeId, granted: bool) {
+        if self.role != Role::Candidate {
+            return;
+        }
+        self.votes.insert(from, granted);
+        self.maybe_finish_campaign();
+    }
+
+    fn become_leader(&mut self) {
+        debug_assert_eq!(self.role, Role::Candidate);
+        debug_assert_eq!(self.hard_state.vote, Some(self.config.id));
+        let term = self.hard_state.term;
+        let next_index = self.log.last_index() + 1;
+        let progress = self
+            .peers()
+            .into_iter()
+            .map(|peer| (peer, Progress::new(next_index)))
+            .collect();
+        self.role = Role::Leader;
+        self.leader_id = Some(self.config.id);
+        self.votes.clear();
+        let noop = Entry {
+            term,
+            index: next_index,
+            data: Bytes::new(),
+        };
+        self.leader = Some(Leader {
+            progress,
+            ticks: 0,
+            heartbeat_elapsed_ticks: 0,
+            check_quorum_elapsed_ticks: 0,
+            noop_index: noop.index,
+            read_round: 0,
+            reads: VecDeque::new(),
+            reads_before_noop: Vec::new(),
+            append_pending: false,
+            transfer: None,
+        });
+        self.log.append(noop.clone());
+        self.actions.push(Action::PersistEntries(vec![noop]));
+        self.broadcast_append();
+    }
+
+    pub(super) fn tick_leader(&mut self) {
+        let timeout_min = self.config.election_timeout_ticks.0;
+        let heartbeat_ticks = self.config.heartbeat_ticks;
+        let check_quorum = self.config.check_quorum;
+        let members = self.config.members.len();
+        let Some(leader) = self.leader.as_mut() else {
+            return;
+        };
+        leader.ticks += 1;
+        leader.check_quorum_elapsed_ticks += 1;
+        if leader.check_quorum_elapsed_ticks >= timeout_min {
+            leader.check_quorum_elapsed_ticks = 0;
+            let active = 1 + leader
+                .progress
+                .values()
+                .filter(|progress| progress.recent_active)
+                .count();
+            for progress in leader.progress.values_mut() {
+                progress.recent_active = false;
+            }
+            if check_quorum && active < quorum::majority(members) {
+                log::info!(
+                    "node {} steps down: no quorum heard in an election timeout",
+                    self.config.id
+                );
+                self.become_follower(self.hard_state.term, None);
+                return;
+            }
+        }
+        if let Some(transfer) = leader.transfer.as_mut() {
+            transfer.elapsed_ticks += 1;
+            if transfer.elapsed_ticks >= timeout_min {
+                log::info!(
+                    "node {} aborts leadership transfer to {}",
+                    self.config.id,
+                    transfer.target
+                );
+                leader.transfer = None;
+            }
+        }
+        leader.heartbeat_elapsed_ticks += 1;
+        if leader.heartbeat_elapsed_ticks >= heartbeat_ticks {
+            self.broadcast_heartbeat();
+        }
+    }
+}

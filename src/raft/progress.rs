@@ -1,0 +1,203 @@
+//! The leader's view of one follower's replication (Raft §5.3, with the
+//! flow control of etcd/raft-rs and thesis §10.2's pipelining).
+//!
+//! A follower is in one of two states:
+//! - `Probe`: the leader does not know where the follower's log matches; it
+//!   sends one AppendEntries at a time and waits for the answer (or for a
+//!   heartbeat response, which unpauses it: lost messages must not stall).
+//! - `Replicate`: the last answer was a success; the leader streams appends
+//!   optimistically (`next_index` advances as it sends) with at most
+//!   `inflight_appends_max` unacknowledged messages in flight.
+//!
+//! Invariants: `match_index < next_index`; `match_index` never decreases
+//! within a term; the in-flight window holds increasing last indexes, all
+//! above `match_index` once acknowledged ones are freed. A rejection moves the
+//! follower back to `Probe`; a stale rejection (for an index already known to
+//! match, or not the one being probed) is ignored.
+
+use super::message::Index;
+use std::collections::VecDeque;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressState {
+    Probe,
+    Replicate,
+}
+
+/// One AppendEntries in flight: its last entry index and when it left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inflight {
+    pub last_index: Index,
+    pub sent_tick: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub match_index: Index,
+    pub next_index: Index,
+    pub state: ProgressState,
+    /// In `Probe`: one append is outstanding, send no other.
+    pub probe_sent: bool,
+    /// In `Replicate`: appends awaiting an answer, oldest first.
+    pub inflight: VecDeque<Inflight>,
+    /// Heard from this follower since the last CheckQuorum period began.
+    pub recent_active: bool,
+    /// Highest ReadIndex heartbeat round this follower has answered.
+    pub read_round_acked: u64,
+}
+
+impl Progress {
+    pub fn new(next_index: Index) -> Progress {
+        Progress {
+            match_index: 0,
+            next_index: next_index.max(1),
+            state: ProgressState::Probe,
+            probe_sent: false,
+            inflight: VecDeque::new(),
+            recent_active: false,
+            read_round_acked: 0,
+        }
+    }
+
+    /// May another AppendEntries go to this follower now?
+    pub fn can_send(&self, inflight_appends_max: usize) -> bool {
+        match self.state {
+            ProgressState::Probe => !self.probe_sent,
+            ProgressState::Replicate => self.inflight.len() < inflight_appends_max,
+        }
+    }
+
+    /// Record that an append whose entries end at `last_index_sent` left.
+    pub fn on_sent(&mut self, last_index_sent: Index, entry_count: usize, tick: u64) {
+        match self.state {
+            ProgressState::Probe => self.probe_sent = true,
+            ProgressState::Replicate => {
+                if entry_count > 0 {
+                    debug_assert!(last_index_sent >= self.next_index);
+                    self.next_index = last_index_sent + 1;
+                    self.inflight.push_back(Inflight {
+                        last_index: last_index_sent,
+                        sent_tick: tick,
+                    });
+                }
+            }
+        }
+    }
+
+    /// A success saying the follower matches through `match_index`. Returns
+    /// true if `match_index` advanced.
+    pub fn on_success(&mut self, match_index: Index) -> bool {
+        let advanced = match_index > self.match_index;
+        if advanced {
+            self.match_index = match_index;
+        }
+        while self
+            .inflight
+            .front()
+            .is_some_and(|sent| sent.last_index <= self.match_index)
+        {
+            self.inflight.pop_front();
+        }
+        match self.state {
+            ProgressState::Probe => {
+                // Any success proves the logs agree through `match_index`:
+                // stream from there.
+                self.state = ProgressState::Replicate;
+                self.probe_sent = false;
+                self.inflight.clear();
+                self.next_index = self.match_index + 1;
+            }
+            ProgressState::Replicate => self.next_index = self.next_index.max(self.match_index + 1),
+        }
+        debug_assert!(self.match_index < self.next_index);
+        advanced
+    }
+
+    /// A rejection of the append whose `prev_log_index` was `rejected`, with
+    /// the leader's computed `hint_next_index`. Returns false if stale.
+    pub fn on_reject(&mut self, rejected: Index, hint_next_index: Index) -> bool {
+        match self.state {
+            ProgressState::Replicate if rejected <= self.match_index => return false,
+            ProgressState::Probe if rejected + 1 != self.next_index => return false,
+            _ => {}
+        }
+        self.become_probe();
+        // The next probe goes below the rejected index but never below what
+        // is known to match.
+        self.next_index = hint_next_index.min(rejected).max(self.match_index + 1);
+        true
+    }
+
+    /// Back to one-at-a-time probing from just past the known match.
+    pub fn become_probe(&mut self) {
+        self.state = ProgressState::Probe;
+        self.probe_sent = false;
+        self.inflight.clear();
+        self.next_index = self.match_index + 1;
+    }
+
+    /// The tick at which the oldest unanswered append left, if any.
+    pub fn oldest_inflight_tick(&self) -> Option<u64> {
+        self.inflight.front().map(|sent| sent.sent_tick)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_sends_one_then_replicates() {
+        let mut progress = Progress::new(6);
+        assert!(progress.can_send(4));
+        progress.on_sent(6, 1, 0);
+        assert!(!progress.can_send(4));
+        assert!(progress.on_success(6));
+        assert_eq!(progress.state, ProgressState::Replicate);
+        assert_eq!(progress.next_index, 7);
+    }
+
+    #[test]
+    fn replicate_window_is_bounded_and_freed_by_acks() {
+        let mut progress = Progress::new(1);
+        progress.on_success(0);
+        for last in [2, 4, 6] {
+            assert!(progress.can_send(3));
+            progress.on_sent(last, 2, 0);
+        }
+        assert!(!progress.can_send(3));
+        assert_eq!(progress.next_index, 7);
+        progress.on_success(4);
+        assert_eq!(progress.inflight.len(), 1);
+        assert!(progress.can_send(3));
+        assert_eq!(progress.next_index, 7);
+    }
+
+    #[test]
+    fn rejection_falls_back_to_probe_and_stale_ones_are_ignored() {
+        let mut progress = Progress::new(1);
+        progress.on_success(3);
+        progress.on_sent(5, 2, 0);
+        progress.on_sent(7, 2, 0);
+        assert!(!progress.on_reject(2, 1), "below match: stale");
+        assert!(progress.on_reject(5, 4));
+        assert_eq!(progress.state, ProgressState::Probe);
+        assert_eq!(progress.next_index, 4);
+        progress.on_sent(7, 4, 0);
+        assert!(!progress.on_reject(5, 4), "not the probe in flight: stale");
+        assert!(progress.on_reject(3, 1));
+        assert_eq!(progress.next_index, 4, "never below match + 1");
+    }
+
+    #[test]
+    fn hint_is_clamped_between_match_and_rejected() {
+        let mut progress = Progress::new(1);
+        progress.on_success(5);
+        progress.on_sent(9, 4, 0);
+        assert!(progress.on_reject(8, 2));
+        assert_eq!(progress.next_index, 6);
+        progress.on_sent(9, 4, 0);
+        assert!(progress.on_reject(5, 100));
+        assert_eq!(progress.next_index, 6, "never above the rejected index");
+    }
+}
