@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 /// Schedules in the CI set.
 const CI_SCHEDULES: u64 = 2_000;
 /// Steps in each schedule's fault phase.
-const FAULT_STEPS: u64 = 3_000;
+const FAULT_STEPS: u64 = 20_000;
 /// The CI set is seeds `CI_SEED_BASE..CI_SEED_BASE + CI_SCHEDULES`.
 const CI_SEED_BASE: u64 = 0;
 

@@ -82,6 +82,9 @@ pub struct SimConfig {
     /// After the faults stop, a leader must exist and a fresh proposal must be
     /// applied on every node within this many ticks.
     pub liveness_ticks_max: u64,
+    /// ... and the fresh proposal within that plus this many ticks per entry
+    /// of the longest log (the backlog a slow network must ship first).
+    pub catch_up_ticks_per_entry: u64,
     /// Each node's tick period is `TICK_US` ± up to this many per mille.
     pub tick_skew_per_mille: u64,
     /// Mean gap between client operations, microseconds.
@@ -107,6 +110,7 @@ impl SimConfig {
             node_count,
             fault_steps: 0,
             liveness_ticks_max: 300,
+            catch_up_ticks_per_entry: 3,
             tick_skew_per_mille: 0,
             client_gap_us_mean: 0,
             read_probability: 0.0,

@@ -225,6 +225,7 @@ impl Sim {
             }
         }
         let leader = self.leader_position();
+        self.liveness.leader_seen |= leader.is_some();
         if !self.liveness.write_done {
             let stale = match &self.liveness.probe {
                 None => true,
