@@ -4,7 +4,8 @@
 //!   (3- and 5-node) on every core. Modes by environment:
 //!   `RAFTFS_SEED=<seed>` replays that one schedule with a step-by-step trace
 //!   on stderr; `RAFTFS_SOAK=<secs>` runs random seeds for that long and
-//!   prints how many ran. Every failure prints its seed.
+//!   prints how many ran; `RAFTFS_SIM_SCHEDULES=<n>` runs the first `n` CI
+//!   seeds instead of `CI_SCHEDULES`. Every failure prints its seed.
 //! - `same_seed_same_trace`: the simulator is deterministic.
 //! - `checkers_catch_planted_violations`: each invariant function rejects a
 //!   fabricated violation, so none can pass silently.
@@ -162,14 +163,18 @@ fn seeded_schedules() {
         tally.report(&format!("soak from seed {base}"), started.elapsed());
         return;
     }
+    let schedules = std::env::var("RAFTFS_SIM_SCHEDULES")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(CI_SCHEDULES);
     let counter = AtomicU64::new(0);
     let started = Instant::now();
     let tally = run_parallel(&|| {
         let offset = counter.fetch_add(1, Ordering::Relaxed);
-        (offset < CI_SCHEDULES).then_some(CI_SEED_BASE + offset)
+        (offset < schedules).then_some(CI_SEED_BASE + offset)
     });
     tally.report("CI schedules", started.elapsed());
-    assert_eq!(tally.schedules, CI_SCHEDULES);
+    assert_eq!(tally.schedules, schedules);
 }
 
 #[test]

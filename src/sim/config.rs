@@ -35,6 +35,9 @@ pub struct DiskConfig {
     /// A crash may keep a prefix of the unsynced writes (a write-ahead log's
     /// pages can reach the platter before the fsync), not only the synced part.
     pub crash_keeps_unsynced_prefix: bool,
+    /// A leader's AppendEntries leave before its own log write is synced
+    /// (thesis §10.2.1; the leader counts itself only after `persisted`).
+    pub leader_appends_before_sync: bool,
 }
 
 /// Raft options handed to every node (see `raft::Config`).
@@ -128,6 +131,7 @@ impl SimConfig {
                 sync_now_probability: 1.0,
                 sync_delay_us_max: 0,
                 crash_keeps_unsynced_prefix: false,
+                leader_appends_before_sync: false,
             },
             raft: RaftKnobs {
                 election_timeout_ticks: (10, 20),
@@ -182,6 +186,7 @@ impl SimConfig {
             sync_now_probability: [1.0, 0.7, 0.2][rng.gen_range(0..3)],
             sync_delay_us_max: [TICK_US / 10, TICK_US, 3 * TICK_US][rng.gen_range(0..3)],
             crash_keeps_unsynced_prefix: rng.gen_bool(0.5),
+            leader_appends_before_sync: rng.gen_bool(0.5),
         };
         config.raft = RaftKnobs {
             election_timeout_ticks: (10, 20),

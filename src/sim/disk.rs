@@ -119,6 +119,11 @@ impl Disk {
         self.current = self.synced.clone();
     }
 
+    /// The term in the durable hard state.
+    pub fn synced_term(&self) -> Term {
+        self.synced.hard_state.term
+    }
+
     pub fn unsynced_write_count(&self) -> usize {
         self.unsynced.len()
     }

@@ -190,7 +190,14 @@ impl Sim {
                 )?;
             }
         }
-        if self.nodes[index].disk.is_dirty() {
+        // Thesis §10.2.1: a leader's appends may go out before its own write
+        // is durable (they promise nothing about the leader's disk; its term
+        // and vote were synced before it could win).
+        let early_append = self.config.disk.leader_appends_before_sync
+            && matches!(envelope.message, Message::AppendEntries { .. })
+            && self.nodes[index].is_leader()
+            && envelope.term <= self.nodes[index].synced_term();
+        if self.nodes[index].disk.is_dirty() && !early_append {
             self.nodes[index].held_sends.push(envelope);
         } else {
             self.send(envelope);

@@ -129,6 +129,10 @@ impl SimNode {
         self.raft.is_some()
     }
 
+    fn synced_term(&self) -> crate::raft::Term {
+        self.disk.synced_term()
+    }
+
     fn is_leader(&self) -> bool {
         self.raft
             .as_ref()
