@@ -133,6 +133,8 @@ impl Disk {
         Restored {
             hard_state: self.current.hard_state.clone(),
             entries: self.current.entries.clone(),
+            // The simulator does not compact yet: no snapshot on its disks.
+            snapshot: None,
         }
     }
 

@@ -137,6 +137,13 @@ impl Sim {
                 self.serve_reads(index);
             }
             Action::ReadFailed { id: read_id } => self.history.read_failed(self.step, read_id),
+            // The simulator never calls `Node::compact`, so no snapshot can
+            // be sent or received; one appearing is a core bug.
+            Action::SendSnapshotChunk { .. } | Action::SnapshotChunk { .. } => {
+                return Err(format!(
+                    "node {id} moved a snapshot, but the simulator never compacts"
+                ));
+            }
         }
         Ok(())
     }

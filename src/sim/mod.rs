@@ -707,6 +707,8 @@ fn message_code(message: &Message) -> u64 {
         Message::Heartbeat { read_round, .. } => 17 + 100 * read_round,
         Message::HeartbeatResponse { read_round } => 18 + 100 * read_round,
         Message::TimeoutNow => 19,
+        Message::InstallSnapshot { offset, .. } => 20 + 100 * offset,
+        Message::InstallSnapshotResponse { next_offset, .. } => 21 + 100 * next_offset,
     }
 }
 
