@@ -6,6 +6,7 @@
 //! - `raft`: the sans-IO Raft core.
 //! - `fsm`: the file map and deterministic apply.
 //! - `storage`: the WAL.
+//! - `snapshot`: snapshot files, the helper thread that takes them, InstallSnapshot bytes.
 //! - `net`: protocol framing, connections, peers, the reactor.
 //! - `sim`: the deterministic simulator.
 //! - `lincheck`: the linearizability checker for client histories.
@@ -26,5 +27,6 @@ pub mod replica;
 pub mod restore;
 pub mod server;
 pub mod sim;
+pub mod snapshot;
 pub mod status;
 pub mod storage;

@@ -78,8 +78,23 @@ pub const PEER_READ_BYTES_PER_TURN_MAX: usize = 1 << 20;
 /// Longest refusal reason sent in a handshake answer (longer ones are cut).
 pub const PEER_REFUSE_REASON_BYTES_MAX: usize = 1 << 10;
 
-/// Size at which the WAL rolls over to a new segment file.
-pub const WAL_SEGMENT_BYTES_MAX: u64 = 64 << 20;
+/// Size at which the WAL rolls over to a new segment file. Compaction deletes
+/// whole segments, so this is also the granularity of the disk bound.
+pub const WAL_SEGMENT_BYTES_MAX: u64 = 16 << 20;
+
+/// Bytes of one InstallSnapshot chunk.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: u64 = 1 << 20;
+/// Snapshot chunks sent beyond the follower's acknowledgement.
+pub const SNAPSHOT_CHUNKS_INFLIGHT_MAX: usize = 4;
+/// A snapshot is also taken once the entries applied since the last one hold
+/// this many bytes, whatever `snapshot_entries` says (bounds the WAL on disk
+/// and the log in memory when entries are large).
+pub const SNAPSHOT_LOG_BYTES_MAX: u64 = 16 << 20;
+/// Snapshot files kept in a data dir: the newest, and one to fall back on
+/// if the newest is found damaged at start.
+pub const SNAPSHOTS_KEPT: usize = 2;
+/// Largest snapshot accepted from a peer or the disk.
+pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
 /// Largest payload of one WAL record (one entry, or the hard state). Anything
 /// that fits in a peer frame fits in a record, so no replicated entry is too
 /// big to persist.
@@ -114,6 +129,11 @@ const _: () = assert!(WAL_RECORD_BYTES_MAX >= FILE_BYTES_MAX_CEILING + APPEND_BY
 const _: () = assert!(WAL_RECORD_BYTES_MAX < u32::MAX as usize);
 const _: () = assert!((WAL_BUFFER_BYTES_MAX as u64) < WAL_SEGMENT_BYTES_MAX);
 const _: () = assert!(COMMAND_TIMEOUT_MS > 10 * TICK_MS);
+const _: () = assert!(
+    SNAPSHOT_CHUNK_BYTES_MAX as usize * SNAPSHOT_CHUNKS_INFLIGHT_MAX <= PEER_QUEUE_BYTES_MAX / 4
+);
+const _: () = assert!((SNAPSHOT_CHUNK_BYTES_MAX as usize) < PEER_FRAME_BYTES_MAX);
+const _: () = assert!(SNAPSHOTS_KEPT >= 2);
 const _: () = assert!(PEER_RECONNECT_MIN_MS <= PEER_RECONNECT_MAX_MS);
 const _: () = assert!(PEER_REFUSE_REASON_BYTES_MAX + 64 <= PEER_HANDSHAKE_BYTES_MAX);
 const _: () = assert!(PEER_HANDSHAKE_BYTES_MAX < PEER_FRAME_BYTES_MAX);

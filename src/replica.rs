@@ -26,9 +26,15 @@
 //! Reads judge expiry at the cluster time of their position: the entry's
 //! stamp, or the leader's cluster time capped by the stamp of the next entry.
 //!
+//! Snapshots and compaction live in the `snapshot` submodule.
+//!
 //! Cluster time (SPEC §2): a new leader starts from the largest stamp seen in
 //! its log (the wall clock only if there is none) and advances it with its
 //! monotonic clock; proposals carry it as their stamp.
+
+mod snapshot;
+
+pub use snapshot::{SnapshotSettings, Snapshots};
 
 use crate::error::{Error, Result};
 use crate::fsm::command::{batch_stamp_ms, decode_batch_ref, encode_batch};
@@ -159,6 +165,7 @@ pub struct Replica {
     turn_now: Instant,
     /// A stamp-only entry proposed to advance cluster time past a deadline.
     time_entry_index: Option<Index>,
+    snapshots: Option<Snapshots>,
 }
 
 impl Replica {
@@ -199,6 +206,7 @@ impl Replica {
             metrics: ReplicaMetrics::default(),
             turn_now: Instant::now(),
             time_entry_index: None,
+            snapshots: None,
         }
     }
 
@@ -331,7 +339,9 @@ impl Replica {
         self.route_requests(now);
         self.propose_batches(now);
         self.register_turn_reads(now);
-        self.run_actions(send_now)
+        self.run_actions(send_now)?;
+        self.maybe_snapshot();
+        Ok(())
     }
 
     /// Leader and not handing leadership away (during a transfer commands
@@ -645,6 +655,16 @@ impl Replica {
                     }
                 }
             }
+            Action::SendSnapshotChunk {
+                envelope,
+                length_bytes,
+            } => self.send_snapshot_chunk(&envelope, length_bytes),
+            Action::SnapshotChunk {
+                from,
+                snapshot,
+                offset,
+                data,
+            } => self.receive_snapshot_chunk(from, snapshot, offset, &data)?,
             Action::ReadFailed { id } => {
                 if let Some(position) = self.read_groups.iter().position(|g| g.id == id) {
                     if let Some(group) = self.read_groups.remove(position) {
@@ -687,6 +707,7 @@ impl Replica {
         );
         self.applied_index = entry.index;
         self.applied_term = entry.term;
+        self.note_applied_bytes(entry.size_bytes());
         // Waiting entries before this one can no longer be ours.
         while self.waiting.front().is_some_and(|w| w.index < entry.index) {
             if let Some(stale) = self.waiting.pop_front() {

@@ -8,7 +8,8 @@ use crate::limits;
 use crate::net::peer::{PeerConfig, Peers};
 use crate::net::reactor::{Reactor, PEER_TOKEN_BASE};
 use crate::raft::{self, NodeId};
-use crate::replica::{Replica, ReplicaConfig};
+use crate::replica::{Replica, ReplicaConfig, SnapshotSettings};
+use crate::snapshot;
 use crate::storage;
 use mio::net::TcpListener;
 use mio::Poll;
@@ -81,11 +82,22 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
             .collect(),
         hold_while_leaderless: Duration::from_millis(config.election_timeout_ms.1),
     };
+    let restore = snapshot::restore(&node_dir, recovered.entries, recovered.log_start)?;
     let restored = raft::Restored {
         hard_state: recovered.hard_state,
-        entries: recovered.entries,
+        entries: restore.entries,
+        snapshot: restore.snapshot,
     };
-    let replica = Replica::new(replica_config, wal, restored);
+    let mut replica = Replica::new(replica_config, wal, restored);
+    replica.enable_snapshots(
+        SnapshotSettings {
+            dir: node_dir.clone(),
+            fsync: config.fsync,
+            snapshot_entries: config.snapshot_entries,
+        },
+        restore.fsm,
+        restore.kept,
+    )?;
     let stop_grace = Duration::from_millis(config.election_timeout_ms.1 * 2);
     let mut reactor = Reactor::new(
         poll,

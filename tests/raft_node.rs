@@ -186,6 +186,7 @@ fn restart_applies_again_from_the_start() {
         Restored {
             hard_state,
             entries,
+            snapshot: None,
         },
     );
     assert_eq!(

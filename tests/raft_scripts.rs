@@ -22,6 +22,8 @@
 //! - `crash IDS`, `restart IDS`, `wipe ID` (crash + lose the disk + a new
 //!   incarnation)
 //! - `status`, `log ID`
+//! - `compact ID` — snapshot node ID at its applied index and compact its log
+//!   (the harness's snapshot is the applied entry list, bincode-encoded)
 //!
 //! After every command the runner checks election safety (one leader per
 //! term) and state machine safety (applied sequences are prefixes of each
@@ -29,7 +31,8 @@
 
 use bytes::Bytes;
 use raftfs::raft::{
-    Action, Config, Entry, Envelope, HardState, Message, Node, NodeId, Restored, Role, Term,
+    Action, Config, Entry, Envelope, HardState, Installed, Message, Node, NodeId, Restored, Role,
+    SnapshotMeta, Term,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -38,7 +41,18 @@ use std::path::Path;
 #[derive(Default, Clone)]
 struct Disk {
     hard_state: HardState,
+    /// Entries after the snapshot.
     entries: Vec<Entry>,
+    /// The snapshot: its meta and bytes (the applied entries through it).
+    snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+}
+
+fn encode_snapshot(entries: &[Entry]) -> Vec<u8> {
+    bincode::serialize(entries).expect("entries encode")
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Vec<Entry> {
+    bincode::deserialize(bytes).expect("snapshot bytes decode")
 }
 
 struct Harness {
@@ -51,6 +65,8 @@ struct Harness {
     applied: BTreeMap<NodeId, Vec<Entry>>,
     /// PreVote/RequestVote messages sent so far (`campaign` waits for one).
     campaigns: u64,
+    /// Snapshot bytes received so far, per receiving node.
+    receiving: BTreeMap<NodeId, Vec<u8>>,
     out: String,
 }
 
@@ -134,6 +150,24 @@ fn format_envelope(envelope: &Envelope) -> String {
             format!("HeartbeatResponse round={read_round}")
         }
         Message::TimeoutNow => "TimeoutNow".to_string(),
+        Message::InstallSnapshot {
+            snapshot,
+            offset,
+            data,
+        } => format!(
+            "InstallSnapshot {}@{} bytes {offset}..{} of {}",
+            snapshot.index,
+            snapshot.term,
+            offset + data.len() as u64,
+            snapshot.size_bytes
+        ),
+        Message::InstallSnapshotResponse {
+            index,
+            next_offset,
+            installed,
+        } => format!(
+            "InstallSnapshotResponse index={index} next_offset={next_offset} installed={installed}"
+        ),
     };
     format!(
         "{}->{} t{} {body}",
@@ -185,6 +219,7 @@ impl Harness {
             leaders: BTreeMap::new(),
             applied: BTreeMap::new(),
             campaigns: 0,
+            receiving: BTreeMap::new(),
             out: String::new(),
         }
     }
@@ -242,6 +277,8 @@ impl Harness {
             let mut actions = Vec::new();
             self.node(id).drain_actions(&mut actions);
             let mut persisted = None;
+            // Answers to a snapshot chunk are pushed while it is handled.
+            let mut more = false;
             for action in actions {
                 let text = match action {
                     Action::PersistHardState(hard_state) => {
@@ -256,11 +293,12 @@ impl Harness {
                         let text = format!("persist [{}]", format_entries(&entries));
                         let disk = self.disks.entry(id).or_default();
                         if let Some(first) = entries.first() {
-                            assert!(
-                                first.index as usize <= disk.entries.len() + 1,
-                                "gap in persisted log"
+                            let disk_last = disk.entries.last().map_or(
+                                disk.snapshot.as_ref().map_or(0, |(meta, _)| meta.index),
+                                |entry| entry.index,
                             );
-                            disk.entries.truncate(first.index as usize - 1);
+                            assert!(first.index <= disk_last + 1, "gap in persisted log");
+                            disk.entries.retain(|entry| entry.index < first.index);
                             persisted = entries.last().map(|entry| (entry.index, entry.term));
                         }
                         disk.entries.extend(entries);
@@ -286,15 +324,100 @@ impl Harness {
                         format!("read {read} ready at {index}")
                     }
                     Action::ReadFailed { id: read } => format!("read {read} failed"),
+                    Action::SendSnapshotChunk {
+                        mut envelope,
+                        length_bytes,
+                    } => {
+                        let bytes = self.disks[&id]
+                            .snapshot
+                            .as_ref()
+                            .map(|(_, bytes)| bytes.clone())
+                            .expect("a leader sends only a snapshot it has");
+                        if let Message::InstallSnapshot { offset, data, .. } = &mut envelope.message
+                        {
+                            let start = *offset as usize;
+                            *data = Bytes::copy_from_slice(
+                                &bytes[start..start + length_bytes as usize],
+                            );
+                        }
+                        let text = format!("send {}", format_envelope(&envelope));
+                        self.queue.push(envelope);
+                        text
+                    }
+                    Action::SnapshotChunk {
+                        from,
+                        snapshot,
+                        offset,
+                        data,
+                    } => {
+                        more = true;
+                        self.receive_chunk(id, from, snapshot, offset, &data)
+                    }
                 };
                 self.line(format!("{indent}n{id}: {text}"));
             }
             match persisted {
                 Some((index, term)) => self.node(id).persisted(index, term),
+                None if more => {}
                 None => break,
             }
         }
         self.check_invariants();
+    }
+
+    /// The executor's side of a received snapshot chunk (see `Action`).
+    fn receive_chunk(
+        &mut self,
+        id: NodeId,
+        from: NodeId,
+        snapshot: SnapshotMeta,
+        offset: u64,
+        data: &[u8],
+    ) -> String {
+        let received = self.receiving.entry(id).or_default();
+        if offset == 0 {
+            received.clear();
+        }
+        if offset == received.len() as u64 {
+            received.extend_from_slice(data);
+        }
+        let held = received.len() as u64;
+        if held < snapshot.size_bytes {
+            self.node(id).snapshot_chunk_stored(from, snapshot, held);
+            return format!("stored snapshot {} bytes ..{held}", snapshot.index);
+        }
+        let bytes = self.receiving.remove(&id).unwrap_or_default();
+        match self.node(id).install_snapshot(from, snapshot) {
+            Installed::Stale => format!("snapshot {} is stale", snapshot.index),
+            Installed::Installed { log_kept } => {
+                let applied = decode_snapshot(&bytes);
+                self.applied.insert(id, applied);
+                let disk = self.disks.entry(id).or_default();
+                if log_kept {
+                    disk.entries.retain(|entry| entry.index > snapshot.index);
+                } else {
+                    disk.entries.clear();
+                }
+                disk.snapshot = Some((snapshot, bytes));
+                format!("installed snapshot {} log_kept={log_kept}", snapshot.index)
+            }
+        }
+    }
+
+    /// Snapshot node `id` at its applied index and compact its log.
+    fn compact(&mut self, id: NodeId) {
+        let applied = self.applied.get(&id).cloned().unwrap_or_default();
+        let index = self.node(id).applied_index();
+        let bytes = encode_snapshot(&applied[..index as usize]);
+        let size_bytes = bytes.len() as u64;
+        let compacted = self.node(id).compact(index, size_bytes);
+        self.line(format!("n{id}: compact {index} -> {compacted}"));
+        if compacted {
+            let snapshot = self.node(id).snapshot();
+            let disk = self.disks.entry(id).or_default();
+            disk.entries.retain(|entry| entry.index > index);
+            disk.snapshot = Some((snapshot, bytes));
+        }
     }
 
     fn check_invariants(&mut self) {
@@ -347,7 +470,15 @@ impl Harness {
     fn restart(&mut self, id: NodeId) {
         let disk = self.disks.get(&id).cloned().unwrap_or_default();
         let config = self.configs[&id].clone();
-        self.applied.remove(&id);
+        self.receiving.remove(&id);
+        match &disk.snapshot {
+            Some((_, bytes)) => {
+                self.applied.insert(id, decode_snapshot(bytes));
+            }
+            None => {
+                self.applied.remove(&id);
+            }
+        }
         self.nodes.insert(
             id,
             Some(Node::new(
@@ -355,6 +486,7 @@ impl Harness {
                 Restored {
                     hard_state: disk.hard_state,
                     entries: disk.entries,
+                    snapshot: disk.snapshot.map(|(meta, _)| meta),
                 },
             )),
         );
@@ -495,6 +627,11 @@ impl Harness {
                 }
             }
             "heal" => self.blocked.clear(),
+            "compact" => {
+                let id = parse_id(&args[0]);
+                self.compact(id);
+                self.process(id, "");
+            }
             "propose" => {
                 let id = parse_id(&args[0]);
                 let result = self.node(id).propose(Bytes::from(args[1].clone()));
@@ -540,10 +677,16 @@ impl Harness {
             "log" => {
                 let id = parse_id(&args[0]);
                 let node = self.node(id);
+                let snapshot = node.snapshot();
                 let entries: Vec<Entry> = (1..=node.last_index())
                     .filter_map(|i| node.entry(i).cloned())
                     .collect();
-                self.line(format!("n{id} log: [{}]", format_entries(&entries)));
+                let prefix = if snapshot.index > 0 {
+                    format!("snapshot {}@{} + ", snapshot.index, snapshot.term)
+                } else {
+                    String::new()
+                };
+                self.line(format!("n{id} log: {prefix}[{}]", format_entries(&entries)));
             }
             other => panic!("unknown command {other:?}"),
         }

@@ -77,6 +77,8 @@ impl Cluster {
                     Action::PersistHardState(_)
                     | Action::ReadReady { .. }
                     | Action::ReadFailed { .. } => {}
+                    // The bench never compacts, so no snapshot moves.
+                    Action::SendSnapshotChunk { .. } | Action::SnapshotChunk { .. } => {}
                 }
             }
             if let Some((last, term)) = last_persisted {

@@ -1,10 +1,13 @@
 //! The in-memory view of the Raft log (Raft §5.3).
 //!
-//! Owns the entries from index 1 to `last_index()` (no compaction: snapshots
-//! are left out, so the whole log stays in memory and `term_at(i)` is always
-//! known). Invariants, checked by `debug_assert!` and by validation of every
-//! entry list that comes from the network or the disk:
-//! - `entries[i].index == i + 1` (contiguous from 1);
+//! Owns the entries after the last snapshot (Raft §7): `snapshot_index` and
+//! `snapshot_term` name the last entry the snapshot covers, and the entries
+//! run from `snapshot_index + 1` to `last_index()`. `term_at(i)` is known for
+//! `i >= snapshot_index` (and 0 for the empty prefix when there is no
+//! snapshot); below it the entries are gone. Invariants, checked by
+//! `debug_assert!` and by validation of every entry list that comes from the
+//! network or the disk:
+//! - `entries[i].index == snapshot_index + i + 1` (contiguous);
 //! - terms never decrease along the log, which makes term lookups a binary
 //!   search;
 //! - the log matching property (§5.3): an append is accepted only after the
@@ -18,6 +21,10 @@ use super::message::{Entry, Index, Term};
 
 #[derive(Clone, Debug, Default)]
 pub struct Log {
+    /// The last index covered by the snapshot (0: none).
+    snapshot_index: Index,
+    /// The term of the entry at `snapshot_index` (0: none).
+    snapshot_term: Term,
     entries: Vec<Entry>,
 }
 
@@ -55,14 +62,25 @@ pub fn is_well_formed(
 }
 
 impl Log {
-    /// A log from recovered entries. Keeps the longest well-formed prefix
-    /// (contiguous from index 1, terms non-decreasing); storage validates its
-    /// records, so dropping anything here means a storage bug, which is logged.
-    pub fn from_entries(mut entries: Vec<Entry>) -> Log {
+    /// A log from recovered entries, contiguous from index 1.
+    pub fn from_entries(entries: Vec<Entry>) -> Log {
+        Log::from_snapshot(0, 0, entries)
+    }
+
+    /// A log that follows a snapshot through (`snapshot_index`,
+    /// `snapshot_term`), with recovered entries from `snapshot_index + 1`.
+    /// Keeps the longest well-formed prefix (contiguous, terms
+    /// non-decreasing from the snapshot's); storage validates its records, so
+    /// dropping anything here means a storage bug, which is logged.
+    pub fn from_snapshot(
+        snapshot_index: Index,
+        snapshot_term: Term,
+        mut entries: Vec<Entry>,
+    ) -> Log {
         let mut valid = 0;
-        let mut term_floor = 0;
+        let mut term_floor = snapshot_term;
         for (position, entry) in entries.iter().enumerate() {
-            if entry.index != position as Index + 1 || entry.term < term_floor {
+            if entry.index != snapshot_index + position as Index + 1 || entry.term < term_floor {
                 break;
             }
             term_floor = entry.term;
@@ -70,32 +88,87 @@ impl Log {
         }
         if valid < entries.len() {
             log::error!(
-                "restored log is not contiguous at position {valid}; keeping {valid} entries"
+                "restored log is not contiguous at position {valid} after snapshot index \
+                 {snapshot_index}; keeping {valid} entries"
             );
             entries.truncate(valid);
         }
-        Log { entries }
+        Log {
+            snapshot_index,
+            snapshot_term,
+            entries,
+        }
+    }
+
+    /// The last index covered by the snapshot (0 if none).
+    pub fn snapshot_index(&self) -> Index {
+        self.snapshot_index
+    }
+
+    /// The term of the entry at `snapshot_index` (0 if none).
+    pub fn snapshot_term(&self) -> Term {
+        self.snapshot_term
+    }
+
+    /// The first index still held as an entry (`last_index() + 1` if none).
+    pub fn first_index(&self) -> Index {
+        self.snapshot_index + 1
     }
 
     pub fn last_index(&self) -> Index {
-        self.entries.len() as Index
+        self.snapshot_index + self.entries.len() as Index
     }
 
     pub fn last_term(&self) -> Term {
-        self.entries.last().map_or(0, |entry| entry.term)
+        self.entries
+            .last()
+            .map_or(self.snapshot_term, |entry| entry.term)
+    }
+
+    /// Drop the entries through `index` (it must be held, or be the snapshot
+    /// index): a snapshot now covers them. Returns false if there was nothing
+    /// to drop or `index` is not held.
+    pub fn compact(&mut self, index: Index) -> bool {
+        if index <= self.snapshot_index || index > self.last_index() {
+            return false;
+        }
+        let Some(term) = self.term_at(index) else {
+            return false;
+        };
+        let count = (index - self.snapshot_index) as usize;
+        self.entries.drain(..count);
+        self.snapshot_index = index;
+        self.snapshot_term = term;
+        true
+    }
+
+    /// Start the log after a snapshot received from the leader (Raft §7
+    /// receiver rules 6-7): if an entry at `index` has `term`, keep the
+    /// entries after it; otherwise discard the whole log. Returns true if
+    /// the entries after `index` were kept.
+    pub fn install(&mut self, index: Index, term: Term) -> bool {
+        if index > self.snapshot_index && self.matches(index, term) {
+            return self.compact(index);
+        }
+        self.entries.clear();
+        self.snapshot_index = index;
+        self.snapshot_term = term;
+        false
     }
 
     /// The term of the entry at `index`; index 0 is the empty prefix, term 0.
+    /// The term of the entry at `index`; the snapshot's last entry (index 0,
+    /// term 0 without one) is known too, anything before it is not.
     pub fn term_at(&self, index: Index) -> Option<Term> {
-        if index == 0 {
-            return Some(0);
+        if index == self.snapshot_index {
+            return Some(self.snapshot_term);
         }
         self.entry(index).map(|entry| entry.term)
     }
 
     pub fn entry(&self, index: Index) -> Option<&Entry> {
-        let position = usize::try_from(index.checked_sub(1)?).ok()?;
-        self.entries.get(position)
+        let position = index.checked_sub(self.snapshot_index + 1)?;
+        self.entries.get(usize::try_from(position).ok()?)
     }
 
     /// True if the log holds an entry at `index` with `term` (the §5.3 check).
@@ -103,10 +176,14 @@ impl Log {
         self.term_at(index) == Some(term)
     }
 
-    /// The entries in `[from, to]` (inclusive; clamped to the log).
+    /// The entries in `[from, to]` (inclusive; clamped to the entries held).
     pub fn slice(&self, from: Index, to: Index) -> &[Entry] {
-        let start = (from.max(1) as usize - 1).min(self.entries.len());
-        let end = (to.min(self.last_index()) as usize).max(start);
+        let first = self.first_index();
+        let start = (from.max(first) - first).min(self.entries.len() as Index) as usize;
+        let end = (to
+            .min(self.last_index())
+            .saturating_sub(self.snapshot_index) as usize)
+            .max(start);
         &self.entries[start..end]
     }
 
@@ -150,13 +227,15 @@ impl Log {
     /// The last index whose entry has `term`, looking no further than `at_most`.
     pub fn last_index_of_term(&self, term: Term, at_most: Index) -> Option<Index> {
         let count = self.entries.partition_point(|entry| entry.term <= term) as Index;
-        let index = count.min(at_most);
+        let index = (self.snapshot_index + count).min(at_most);
         (index > 0 && self.term_at(index) == Some(term)).then_some(index)
     }
 
     /// The first index whose entry has `term`.
     pub fn first_index_of_term(&self, term: Term) -> Option<Index> {
-        let index = self.entries.partition_point(|entry| entry.term < term) as Index + 1;
+        let index = self.snapshot_index
+            + self.entries.partition_point(|entry| entry.term < term) as Index
+            + 1;
         (self.term_at(index) == Some(term)).then_some(index)
     }
 
@@ -166,6 +245,8 @@ impl Log {
     /// index of that term, so the leader can skip the whole term at once.
     pub fn conflict_hint(&self, prev_log_index: Index) -> (Index, Option<Term>) {
         match self.term_at(prev_log_index) {
+            // Past our end, or (for a stale message) inside our snapshot:
+            // either way the leader should go on from our end.
             None => (self.last_index() + 1, None),
             Some(term) => {
                 let first = self.first_index_of_term(term).unwrap_or(prev_log_index);
@@ -182,6 +263,7 @@ impl Log {
     /// `is_well_formed`.
     pub fn merge(&mut self, prev_log_index: Index, entries: &[Entry]) -> Merged {
         debug_assert!(prev_log_index <= self.last_index());
+        debug_assert!(prev_log_index >= self.snapshot_index);
         let mut merged = Merged {
             first_written: None,
             truncated: false,
@@ -191,7 +273,12 @@ impl Log {
             match self.term_at(entry.index) {
                 Some(term) if term == entry.term => continue,
                 Some(_) => {
-                    self.entries.truncate(entry.index as usize - 1);
+                    debug_assert!(
+                        entry.index > self.snapshot_index,
+                        "snapshot entries are committed"
+                    );
+                    self.entries
+                        .truncate((entry.index - self.snapshot_index - 1) as usize);
                     merged.truncated = true;
                 }
                 None => {}
@@ -338,6 +425,47 @@ mod tests {
             "term above sender"
         );
         assert!(is_well_formed(7, 1, &[], 1));
+    }
+
+    #[test]
+    fn compaction_keeps_lookups_past_the_snapshot() {
+        let mut log = log_of(&[1, 1, 2, 2, 3]);
+        assert!(log.compact(3));
+        assert_eq!(log.snapshot_index(), 3);
+        assert_eq!(log.first_index(), 4);
+        assert_eq!(log.last_index(), 5);
+        assert_eq!(log.term_at(3), Some(2));
+        assert_eq!(log.term_at(2), None);
+        assert_eq!(log.entry(4).map(|e| e.index), Some(4));
+        assert_eq!(log.slice(1, 9).len(), 2);
+        assert_eq!(log.last_index_of_term(2, 9), Some(4));
+        assert_eq!(log.first_index_of_term(3), Some(5));
+        assert_eq!(log.conflict_hint(1), (6, None));
+        assert!(!log.compact(2), "already compacted");
+        assert!(!log.compact(9), "past the end");
+        let merged = log.merge(4, &[entry(5, 4)]);
+        assert!(merged.truncated);
+        assert_eq!(log.last_term(), 4);
+        assert!(log.compact(5));
+        assert_eq!(log.last_index(), 5);
+        assert_eq!(log.last_term(), 4);
+        assert!(log.slice(1, 9).is_empty());
+    }
+
+    #[test]
+    fn install_keeps_a_matching_suffix_or_discards_the_log() {
+        let mut log = log_of(&[1, 1, 2, 2]);
+        assert!(log.install(2, 1));
+        assert_eq!((log.snapshot_index(), log.last_index()), (2, 4));
+        assert!(!log.install(3, 5), "term differs: discard");
+        assert_eq!(
+            (log.snapshot_index(), log.last_index(), log.last_term()),
+            (3, 3, 5)
+        );
+        assert!(!log.install(9, 6), "past the end: discard");
+        assert_eq!(log.last_index(), 9);
+        let restored = Log::from_snapshot(9, 6, vec![entry(10, 6), entry(12, 6)]);
+        assert_eq!(restored.last_index(), 10);
     }
 
     #[test]

@@ -28,6 +28,19 @@ impl Entry {
     }
 }
 
+/// What a snapshot covers and how big it is: the state machine after
+/// applying every entry through `index` (whose term is `term`), stored as
+/// `size_bytes` opaque bytes that the executor owns (Raft §7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// The last log index the snapshot includes.
+    pub index: Index,
+    /// The term of the entry at `index`.
+    pub term: Term,
+    /// Length of the snapshot's byte string, as sent by InstallSnapshot.
+    pub size_bytes: u64,
+}
+
 /// State that must be durable before any message that depends on it leaves.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HardState {
@@ -99,4 +112,21 @@ pub enum Message {
     },
     /// Start an election now, ignoring the election timeout (leadership transfer).
     TimeoutNow,
+    /// One chunk of the leader's snapshot (Raft §7): bytes
+    /// `[offset, offset + data.len())` of the `snapshot.size_bytes` byte
+    /// string. Chunks are sent in order, a bounded window at a time.
+    InstallSnapshot {
+        snapshot: SnapshotMeta,
+        offset: u64,
+        data: Bytes,
+    },
+    /// The follower holds the first `next_offset` bytes of snapshot `index`
+    /// (a restart from 0 if it lost them); `installed` once the snapshot is
+    /// durable and its log and state machine start from it (or it already
+    /// had everything through `index` committed).
+    InstallSnapshotResponse {
+        index: Index,
+        next_offset: u64,
+        installed: bool,
+    },
 }

@@ -24,8 +24,10 @@
 //! `debug_assert!` where state changes, and checked end to end by the
 //! simulator.
 //!
-//! Left out: membership change, log compaction and snapshots (the whole log
-//! stays in memory and is replayed at start), learners.
+//! - §7 log compaction and InstallSnapshot, streamed in chunks (`snapshot`);
+//!   the executor owns the snapshot bytes (contract in `action`).
+//!
+//! Left out: membership change, learners.
 
 pub mod action;
 mod election;
@@ -36,7 +38,8 @@ pub mod progress;
 pub mod quorum;
 mod read;
 mod replication;
+mod snapshot;
 
 pub use action::Action;
-pub use message::{Entry, Envelope, HardState, Index, Message, NodeId, Term};
-pub use node::{Config, Node, NotLeader, Restored, Role, StepError};
+pub use message::{Entry, Envelope, HardState, Index, Message, NodeId, SnapshotMeta, Term};
+pub use node::{Config, Installed, Node, NotLeader, Restored, Role, StepError};

@@ -15,7 +15,7 @@
 
 use super::action::Action;
 use super::log::Log;
-use super::message::{Entry, Envelope, HardState, Index, Message, NodeId, Term};
+use super::message::{Entry, Envelope, HardState, Index, Message, NodeId, SnapshotMeta, Term};
 use super::progress::Progress;
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
@@ -41,12 +41,28 @@ pub struct Config {
     pub seed: u64,
 }
 
-/// What storage recovered at start: the durable hard state and the log.
+/// What storage recovered at start: the durable hard state, the snapshot
+/// the state machine was restored from (if any) and the log after it.
 #[derive(Clone, Debug, Default)]
 pub struct Restored {
     pub hard_state: HardState,
-    /// Contiguous entries starting at index 1.
+    /// Contiguous entries starting right after the snapshot (at index 1
+    /// without one).
     pub entries: Vec<Entry>,
+    /// The snapshot the executor restored its state machine from; its index
+    /// counts as committed and applied.
+    pub snapshot: Option<SnapshotMeta>,
+}
+
+/// What `Node::install_snapshot` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Installed {
+    /// The log now starts after the snapshot; `log_kept` says whether the
+    /// entries after its index were kept (they matched) or all discarded.
+    Installed { log_kept: bool },
+    /// Not needed: everything through the snapshot's index is already
+    /// committed here (or the sender is not our leader). Discard it.
+    Stale,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +134,8 @@ pub struct Node {
     pub(super) config: Config,
     pub(super) hard_state: HardState,
     pub(super) log: Log,
+    /// The newest snapshot (index 0 = none): what a lagging follower gets.
+    pub(super) snapshot: SnapshotMeta,
     pub(super) role: Role,
     pub(super) leader_id: Option<NodeId>,
     pub(super) commit_index: Index,
@@ -159,18 +177,20 @@ impl Node {
             "heartbeat must be shorter than the election timeout"
         );
         assert!(config.inflight_appends_max >= 1 && config.append_bytes_max >= 1);
-        let log = Log::from_entries(restored.entries);
+        let snapshot = restored.snapshot.unwrap_or_default();
+        let log = Log::from_snapshot(snapshot.index, snapshot.term, restored.entries);
         let persisted_index = log.last_index();
         let mut node = Node {
             rng: Pcg64::seed_from_u64(config.seed),
             config,
             hard_state: restored.hard_state,
             log,
+            snapshot,
             role: Role::Follower,
             leader_id: None,
-            commit_index: 0,
-            leader_commit_seen: 0,
-            applied_index: 0,
+            commit_index: snapshot.index,
+            leader_commit_seen: snapshot.index,
+            applied_index: snapshot.index,
             persisted_index,
             election_elapsed_ticks: 0,
             election_timeout_ticks: 0,
@@ -226,7 +246,10 @@ impl Node {
                     self.send(from, Message::RequestVoteResponse { granted: false });
                     return Ok(());
                 }
-                Message::AppendEntries { .. } | Message::Heartbeat { .. } | Message::TimeoutNow => {
+                Message::AppendEntries { .. }
+                | Message::Heartbeat { .. }
+                | Message::TimeoutNow
+                | Message::InstallSnapshot { .. } => {
                     self.become_follower(term, Some(from));
                 }
                 _ => self.become_follower(term, None),
@@ -253,6 +276,14 @@ impl Node {
                 Message::RequestVote { .. } => {
                     self.send(from, Message::RequestVoteResponse { granted: false })
                 }
+                Message::InstallSnapshot { snapshot, .. } => self.send(
+                    from,
+                    Message::InstallSnapshotResponse {
+                        index: snapshot.index,
+                        next_offset: 0,
+                        installed: false,
+                    },
+                ),
                 _ => {}
             }
             return Ok(());
@@ -310,6 +341,20 @@ impl Node {
             Message::HeartbeatResponse { read_round } => {
                 self.handle_heartbeat_response(from, read_round)
             }
+            Message::InstallSnapshot {
+                snapshot,
+                offset,
+                data,
+            } => {
+                if self.accept_leader(from) {
+                    self.handle_install_snapshot(from, snapshot, offset, data);
+                }
+            }
+            Message::InstallSnapshotResponse {
+                index,
+                next_offset,
+                installed,
+            } => self.handle_install_snapshot_response(from, index, next_offset, installed),
             Message::TimeoutNow => {
                 if self.accept_leader(from) {
                     // thesis §3.10: campaign now, skipping PreVote and the
@@ -408,6 +453,22 @@ impl Node {
     /// The entry at `index`, if the log holds it.
     pub fn entry(&self, index: Index) -> Option<&Entry> {
         self.log.entry(index)
+    }
+    /// The entries held in `[from, to]` (clamped to the log).
+    pub fn entries(&self, from: Index, to: Index) -> &[Entry] {
+        self.log.slice(from, to)
+    }
+    /// The term of the entry at `index`, if known (held, or the snapshot's).
+    pub fn term_at(&self, index: Index) -> Option<Term> {
+        self.log.term_at(index)
+    }
+    /// The newest snapshot (index 0 if none).
+    pub fn snapshot(&self) -> SnapshotMeta {
+        self.snapshot
+    }
+    /// The first index still held in the log.
+    pub fn first_index(&self) -> Index {
+        self.log.first_index()
     }
     /// The target of a leadership transfer in progress, if any.
     pub fn transfer_target(&self) -> Option<NodeId> {

@@ -8,6 +8,10 @@
 //! - `Replicate`: the last answer was a success; the leader streams appends
 //!   optimistically (`next_index` advances as it sends) with at most
 //!   `inflight_appends_max` unacknowledged messages in flight.
+//! - `Snapshot`: the follower needs entries the leader has compacted away
+//!   (Raft §7); the leader streams its snapshot in chunks, at most
+//!   `inflight_appends_max` chunks beyond what the follower acknowledged, and
+//!   goes back to `Probe` after `index + 1` once it is installed.
 //!
 //! Invariants: `match_index < next_index`; `match_index` never decreases
 //! within a term; the in-flight window holds increasing last indexes, all
@@ -15,13 +19,26 @@
 //! follower back to `Probe`; a stale rejection (for an index already known to
 //! match, or not the one being probed) is ignored.
 
-use super::message::Index;
+use super::message::{Index, SnapshotMeta};
 use std::collections::VecDeque;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgressState {
     Probe,
     Replicate,
+    Snapshot,
+}
+
+/// A snapshot being streamed to a follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotSending {
+    pub snapshot: SnapshotMeta,
+    /// Bytes the follower says it holds.
+    pub acked_offset: u64,
+    /// Bytes sent so far (`acked_offset..sent_offset` are in flight).
+    pub sent_offset: u64,
+    /// The leader tick of the last chunk sent or acknowledgement heard.
+    pub progress_tick: u64,
 }
 
 /// One AppendEntries in flight: its last entry index and when it left.
@@ -45,6 +62,8 @@ pub struct Progress {
     pub last_heard_tick: u64,
     /// Highest ReadIndex heartbeat round this follower has answered.
     pub read_round_acked: u64,
+    /// In `Snapshot`: the transfer.
+    pub snapshot: Option<SnapshotSending>,
 }
 
 impl Progress {
@@ -57,6 +76,7 @@ impl Progress {
             inflight: VecDeque::new(),
             last_heard_tick: 0,
             read_round_acked: 0,
+            snapshot: None,
         }
     }
 
@@ -65,6 +85,7 @@ impl Progress {
         match self.state {
             ProgressState::Probe => !self.probe_sent,
             ProgressState::Replicate => self.inflight.len() < inflight_appends_max,
+            ProgressState::Snapshot => false,
         }
     }
 
@@ -72,6 +93,7 @@ impl Progress {
     pub fn on_sent(&mut self, last_index_sent: Index, entry_count: usize, tick: u64) {
         match self.state {
             ProgressState::Probe => self.probe_sent = true,
+            ProgressState::Snapshot => {}
             ProgressState::Replicate => {
                 if entry_count > 0 {
                     debug_assert!(last_index_sent >= self.next_index);
@@ -109,6 +131,8 @@ impl Progress {
                 self.next_index = self.match_index + 1;
             }
             ProgressState::Replicate => self.next_index = self.next_index.max(self.match_index + 1),
+            // A stale append answer: the transfer goes on.
+            ProgressState::Snapshot => self.next_index = self.next_index.max(self.match_index + 1),
         }
         debug_assert!(self.match_index < self.next_index);
         advanced
@@ -120,6 +144,7 @@ impl Progress {
         match self.state {
             ProgressState::Replicate if rejected <= self.match_index => return false,
             ProgressState::Probe if rejected + 1 != self.next_index => return false,
+            ProgressState::Snapshot => return false,
             _ => {}
         }
         self.become_probe();
@@ -134,7 +159,83 @@ impl Progress {
         self.state = ProgressState::Probe;
         self.probe_sent = false;
         self.inflight.clear();
+        self.snapshot = None;
         self.next_index = self.match_index + 1;
+    }
+
+    /// Start streaming `snapshot` from its first byte.
+    pub fn become_snapshot(&mut self, snapshot: SnapshotMeta, tick: u64) {
+        self.state = ProgressState::Snapshot;
+        self.probe_sent = false;
+        self.inflight.clear();
+        self.snapshot = Some(SnapshotSending {
+            snapshot,
+            acked_offset: 0,
+            sent_offset: 0,
+            progress_tick: tick,
+        });
+    }
+
+    /// The next chunk to send, `(snapshot, offset, length_bytes)`, if the
+    /// window has room; records it as sent. Snapshots are never empty (the
+    /// node refuses to compact to a zero-byte one).
+    pub fn next_snapshot_chunk(
+        &mut self,
+        chunk_bytes_max: u64,
+        chunks_inflight_max: usize,
+        tick: u64,
+    ) -> Option<(SnapshotMeta, u64, u64)> {
+        let sending = self.snapshot.as_mut()?;
+        let size_bytes = sending.snapshot.size_bytes;
+        let window_bytes = chunk_bytes_max.saturating_mul(chunks_inflight_max as u64);
+        if sending.sent_offset >= size_bytes
+            || sending.sent_offset - sending.acked_offset >= window_bytes
+        {
+            return None;
+        }
+        let offset = sending.sent_offset;
+        let length_bytes = chunk_bytes_max.min(size_bytes - offset);
+        sending.sent_offset = offset + length_bytes;
+        sending.progress_tick = tick;
+        Some((sending.snapshot, offset, length_bytes))
+    }
+
+    /// The follower holds `next_offset` bytes of snapshot `index`. Returns
+    /// false if this is not the transfer in progress.
+    pub fn on_snapshot_ack(&mut self, index: Index, next_offset: u64, tick: u64) -> bool {
+        let Some(sending) = self.snapshot.as_mut() else {
+            return false;
+        };
+        if sending.snapshot.index != index || next_offset > sending.snapshot.size_bytes {
+            return false;
+        }
+        if next_offset < sending.acked_offset || next_offset > sending.sent_offset {
+            // The follower lost bytes (it restarted) or holds more than this
+            // transfer sent: go on from what it holds.
+            sending.sent_offset = next_offset;
+        }
+        sending.acked_offset = next_offset;
+        sending.progress_tick = tick;
+        true
+    }
+
+    /// Resend from the acknowledged offset if chunks are outstanding and
+    /// nothing moved for `ticks` (chunks were lost, or the link dropped).
+    pub fn maybe_restart_snapshot_window(&mut self, tick: u64, ticks: u64) {
+        if let Some(sending) = self.snapshot.as_mut() {
+            if sending.sent_offset > sending.acked_offset
+                && tick.saturating_sub(sending.progress_tick) >= ticks
+            {
+                sending.sent_offset = sending.acked_offset;
+                sending.progress_tick = tick;
+            }
+        }
+    }
+
+    /// The snapshot through `index` is installed: replicate from after it.
+    pub fn on_snapshot_installed(&mut self, index: Index) {
+        self.match_index = self.match_index.max(index);
+        self.become_probe();
     }
 
     /// The tick at which the oldest unanswered append left, if any.
@@ -188,6 +289,53 @@ mod tests {
         assert!(!progress.on_reject(5, 4), "not the probe in flight: stale");
         assert!(progress.on_reject(3, 1));
         assert_eq!(progress.next_index, 4, "never below match + 1");
+    }
+
+    #[test]
+    fn snapshot_chunks_stream_in_a_window_and_resume() {
+        let snapshot = SnapshotMeta {
+            index: 50,
+            term: 3,
+            size_bytes: 250,
+        };
+        let mut progress = Progress::new(1);
+        progress.become_snapshot(snapshot, 0);
+        assert!(!progress.can_send(4), "no appends while a snapshot streams");
+        assert_eq!(
+            progress.next_snapshot_chunk(100, 2, 1),
+            Some((snapshot, 0, 100))
+        );
+        assert_eq!(
+            progress.next_snapshot_chunk(100, 2, 1),
+            Some((snapshot, 100, 100))
+        );
+        assert_eq!(progress.next_snapshot_chunk(100, 2, 1), None, "window full");
+        assert!(progress.on_snapshot_ack(50, 100, 2));
+        assert_eq!(
+            progress.next_snapshot_chunk(100, 2, 2),
+            Some((snapshot, 200, 50))
+        );
+        assert_eq!(progress.next_snapshot_chunk(100, 2, 2), None, "all sent");
+        progress.maybe_restart_snapshot_window(3, 5);
+        assert_eq!(
+            progress.next_snapshot_chunk(100, 2, 3),
+            None,
+            "not stalled yet"
+        );
+        progress.maybe_restart_snapshot_window(9, 5);
+        assert_eq!(
+            progress.next_snapshot_chunk(100, 2, 9),
+            Some((snapshot, 100, 100))
+        );
+        assert!(!progress.on_snapshot_ack(49, 0, 9), "another snapshot");
+        assert!(progress.on_snapshot_ack(50, 0, 9), "the follower restarted");
+        assert_eq!(
+            progress.next_snapshot_chunk(100, 2, 9),
+            Some((snapshot, 0, 100))
+        );
+        progress.on_snapshot_installed(50);
+        assert_eq!(progress.state, ProgressState::Probe);
+        assert_eq!((progress.match_index, progress.next_index), (50, 51));
     }
 
     #[test]

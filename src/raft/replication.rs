@@ -50,12 +50,17 @@ impl Node {
         if !progress.can_send(window) {
             return false;
         }
+        if progress.next_index <= self.log.snapshot_index() {
+            // The entries it needs are compacted away (Raft §7).
+            self.start_snapshot_transfer(to);
+            return false;
+        }
         if progress.state == ProgressState::Replicate && progress.next_index > last_index {
             return false;
         }
         let prev_log_index = progress.next_index - 1;
         let Some(prev_log_term) = self.log.term_at(prev_log_index) else {
-            // Cannot happen without compaction: next_index <= last + 1.
+            // Cannot happen: next_index is past the snapshot and <= last + 1.
             debug_assert!(
                 false,
                 "next_index {} past the log end {last_index}",
@@ -119,6 +124,33 @@ impl Node {
         leader_commit: Index,
     ) {
         debug_assert_eq!(self.role, Role::Follower);
+        let snapshot_index = self.log.snapshot_index();
+        if prev_log_index < snapshot_index {
+            // A stale or overlapping append: entries through our snapshot are
+            // committed, so they match; consider only the ones after it.
+            let skip = (snapshot_index - prev_log_index).min(entries.len() as Index) as usize;
+            let rest = &entries[skip..];
+            if rest.is_empty() {
+                self.send(
+                    from,
+                    Message::AppendEntriesResponse {
+                        success: true,
+                        match_index: snapshot_index.min(self.commit_index),
+                        conflict_index: 0,
+                        conflict_term: None,
+                    },
+                );
+                return;
+            }
+            let snapshot_term = self.log.snapshot_term();
+            return self.handle_append_entries(
+                from,
+                snapshot_index,
+                snapshot_term,
+                rest,
+                leader_commit,
+            );
+        }
         if !is_well_formed(prev_log_index, prev_log_term, entries, self.hard_state.term) {
             log::warn!(
                 "node {} drops a malformed AppendEntries from {from}",
@@ -237,6 +269,11 @@ impl Node {
             // a pipeline whose oldest append has gone unanswered for a whole
             // heartbeat interval (it was most likely lost).
             match progress.state {
+                ProgressState::Snapshot => {
+                    self.maybe_resume_snapshot_transfer(from);
+                    self.maybe_confirm_reads();
+                    return;
+                }
                 ProgressState::Probe => progress.probe_sent = false,
                 ProgressState::Replicate => {
                     if progress

@@ -21,14 +21,19 @@
 //! possibly plus records written but not yet synced (never a damaged one), or
 //! an error that names the file and offset it could not trust.
 //!
-//! Left out: snapshots and deleting old segments (log compaction), and
-//! checking the Raft invariants of what is stored (the core owns those).
+//! Compaction: snapshot files are `crate::snapshot`'s; here finished
+//! segments covered by a snapshot are handed out for deletion
+//! (`Wal::take_obsolete_segments`) and replay accepts a log that starts
+//! after index 1.
+//!
+//! Left out: checking the Raft invariants of what is stored (the core owns
+//! those).
 
 mod replay;
 pub mod segment;
 pub mod wal;
 
-pub use wal::{InjectedFailure, Wal, WalOptions};
+pub use wal::{FinishedSegment, InjectedFailure, Wal, WalOptions};
 
 use crate::error::{Error, Result};
 use crate::raft::message::{Entry, HardState};
@@ -48,8 +53,12 @@ pub struct Recovered {
     pub incarnation: u64,
     /// The last hard state saved (the default one if none ever was).
     pub hard_state: HardState,
-    /// The log, contiguous from index 1.
+    /// The log, contiguous; from index 1 unless compaction deleted older
+    /// segments or a log start record voided what came before.
     pub entries: Vec<Entry>,
+    /// The index just before `entries[0]` (or before the next entry to be
+    /// appended when there is none): 0 unless the log was compacted.
+    pub log_start: u64,
 }
 
 /// Opens (creating if missing) the data dir: creates the dir, a random
@@ -72,12 +81,27 @@ pub fn open_with(dir: &Path, options: WalOptions) -> Result<(Wal, Recovered)> {
     remove_temporary_files(dir)?;
     let segments = replay::list_segments(dir)?;
     let incarnation = load_or_create_incarnation(dir, !segments.is_empty())?;
-    let replayed = replay::replay(dir, &segments, options.fsync)?;
-    let newest = match replayed.newest {
+    let mut replayed = replay::replay(dir, &segments, options.fsync)?;
+    let last_index = replayed.last_index();
+    let newest = match replayed.newest.take() {
         Some(newest) => newest,
         None => wal::create_segment(dir, 1, options.fsync)?,
     };
-    let last_index = replayed.entries.len() as u64;
+    let mut finished: std::collections::VecDeque<FinishedSegment> = replayed
+        .segments
+        .iter()
+        .map(|summary| FinishedSegment {
+            sequence: summary.sequence,
+            path: summary.path.clone(),
+            last_index_max: summary.last_index_max,
+        })
+        .collect();
+    let newest_last_index_max = match finished.back() {
+        Some(last) if last.sequence == newest.sequence => {
+            finished.pop_back().map_or(0, |last| last.last_index_max)
+        }
+        _ => 0,
+    };
     log::info!(
         "opened {}: incarnation {incarnation:016x}, {last_index} entries, segment {}",
         dir.display(),
@@ -86,12 +110,16 @@ pub fn open_with(dir: &Path, options: WalOptions) -> Result<(Wal, Recovered)> {
     let recovered = Recovered {
         incarnation,
         hard_state: replayed.hard_state.clone().unwrap_or_default(),
+        log_start: replayed.base_index.unwrap_or(0),
         entries: replayed.entries,
     };
     let wal = Wal::resume(
         dir.to_path_buf(),
         options,
         newest,
+        newest_last_index_max,
+        finished,
+        replayed.log_start_sequence,
         last_index,
         replayed.hard_state,
         lock,

@@ -2,11 +2,18 @@
 //! order, the last hard state winning and a later entry at an index the log
 //! already holds replacing the suffix from there.
 //!
+//! With compaction the log need not start at index 1: segments wholly
+//! covered by a snapshot are deleted (oldest first), so the first entry
+//! replayed may be anywhere; a log start record (written when a snapshot
+//! from the leader replaced a non-matching log) voids every entry before it.
+//! Which snapshot the entries follow is the caller's business.
+//!
 //! Invariants: the result is exactly what the records say, or an error; a
 //! torn or damaged tail is cut off only in the newest segment (older segments
 //! were complete and fsynced before their successor was created, so damage
 //! there is corruption, and the node refuses to start rather than lose
-//! acknowledged entries); entries come back contiguous from index 1.
+//! acknowledged entries); entries come back contiguous (from index 1 unless
+//! compacted).
 //!
 //! Left out: damage in the middle of the newest segment cannot be told apart
 //! from a torn write (the page cache may persist a later page before an
@@ -25,8 +32,33 @@ use std::path::{Path, PathBuf};
 pub(super) struct Replayed {
     pub hard_state: Option<HardState>,
     pub entries: Vec<Entry>,
+    /// The index just before `entries[0]` (0 for a log from the start); set
+    /// by the first entry or by a log start record.
+    pub base_index: Option<u64>,
+    /// Every segment replayed, with the largest entry index written in it.
+    pub segments: Vec<SegmentSummary>,
+    /// Sequence of the segment holding the last log start record.
+    pub log_start_sequence: Option<u64>,
     /// The newest segment, opened for appending; `None` when there were none.
     pub newest: Option<OpenSegment>,
+}
+
+/// One segment as replay saw it.
+#[derive(Clone, Debug)]
+pub(super) struct SegmentSummary {
+    pub sequence: u64,
+    pub path: PathBuf,
+    /// Largest entry index in the segment (0 if it holds no entry).
+    pub last_index_max: u64,
+}
+
+impl Replayed {
+    /// Index of the last entry (or the log start when there is none).
+    pub fn last_index(&self) -> u64 {
+        self.entries
+            .last()
+            .map_or(self.base_index.unwrap_or(0), |entry| entry.index)
+    }
 }
 
 /// The WAL segment files in `dir`, sorted by sequence, checked to be
@@ -61,6 +93,9 @@ pub(super) fn replay(dir: &Path, segments: &[(u64, PathBuf)], fsync: bool) -> Re
     let mut replayed = Replayed {
         hard_state: None,
         entries: Vec::new(),
+        base_index: None,
+        segments: Vec::new(),
+        log_start_sequence: None,
         newest: None,
     };
     for (position, (sequence, path)) in segments.iter().enumerate() {
@@ -73,8 +108,18 @@ pub(super) fn replay(dir: &Path, segments: &[(u64, PathBuf)], fsync: bool) -> Re
                 path.display()
             );
             replayed.newest = Some(wal::create_segment(dir, *sequence, fsync)?);
+            replayed.segments.push(SegmentSummary {
+                sequence: *sequence,
+                path: path.clone(),
+                last_index_max: 0,
+            });
             break;
         }
+        replayed.segments.push(SegmentSummary {
+            sequence: *sequence,
+            path: path.clone(),
+            last_index_max: 0,
+        });
         let good_bytes = replay_segment(*sequence, path, is_newest, &mut replayed)?;
         if is_newest {
             replayed.newest = Some(open_newest(*sequence, path, good_bytes)?);
@@ -122,6 +167,15 @@ fn replay_segment(
         match segment::decode_record(&bytes, offset) {
             Ok(None) => return Ok(bytes.len() as u64),
             Ok(Some((record, next_offset))) => {
+                match &record {
+                    Record::Entry(entry) => {
+                        if let Some(summary) = replayed.segments.last_mut() {
+                            summary.last_index_max = summary.last_index_max.max(entry.index);
+                        }
+                    }
+                    Record::LogStart { .. } => replayed.log_start_sequence = Some(sequence),
+                    Record::HardState(_) => {}
+                }
                 apply(record, replayed).map_err(|reason| {
                     Error::Corrupt(format!("{} at offset {offset}: {reason}", path.display()))
                 })?;
@@ -153,17 +207,34 @@ fn replay_segment(
 fn apply(record: Record, replayed: &mut Replayed) -> std::result::Result<(), String> {
     match record {
         Record::HardState(hard_state) => replayed.hard_state = Some(hard_state),
+        Record::LogStart { index, .. } => {
+            replayed.entries.clear();
+            replayed.base_index = Some(index);
+        }
         Record::Entry(entry) => {
-            let last_index = replayed.entries.len() as u64;
-            if entry.index == 0 || entry.index > last_index + 1 {
+            if entry.index == 0 {
+                return Err("entry index 0".to_string());
+            }
+            let base_index = *replayed.base_index.get_or_insert(entry.index - 1);
+            let last_index = base_index + replayed.entries.len() as u64;
+            if entry.index > last_index + 1 {
                 return Err(format!(
                     "entry index {} does not follow last index {last_index}",
                     entry.index
                 ));
             }
-            // A replacement at an index already held drops the suffix from
-            // there, as the append that wrote it did.
-            replayed.entries.truncate((entry.index - 1) as usize);
+            if entry.index <= base_index {
+                // A replacement below the first entry kept (only possible if
+                // older segments were compacted away): start over from it.
+                replayed.entries.clear();
+                replayed.base_index = Some(entry.index - 1);
+            } else {
+                // A replacement at an index already held drops the suffix
+                // from there, as the append that wrote it did.
+                replayed
+                    .entries
+                    .truncate((entry.index - 1 - base_index) as usize);
+            }
             replayed.entries.push(entry);
         }
     }

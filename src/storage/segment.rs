@@ -6,6 +6,8 @@
 //! payload:            kind u8 | body
 //!   kind 1, entry:      term u64 | index u64 | data (the rest of the payload)
 //!   kind 2, hard state: bincode(HardState)
+//!   kind 3, log start:  index u64 | term u64 (the log now starts after
+//!                       `index`, covered by a snapshot; earlier entries void)
 //! ```
 //! Integers are little-endian. A record's CRC32C covers its length field and
 //! its payload, so a damaged length is caught as surely as damaged data.
@@ -29,6 +31,11 @@ pub const FRAME_BYTES: usize = 8;
 
 const KIND_ENTRY: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
+const KIND_LOG_START: u8 = 3;
+/// Kind, index and term of a log start record.
+const LOG_START_PAYLOAD_BYTES: usize = 1 + 8 + 8;
+/// Bytes `encode_log_start` adds.
+pub const LOG_START_RECORD_BYTES: usize = FRAME_BYTES + LOG_START_PAYLOAD_BYTES;
 /// Kind, term and index in front of an entry's data.
 const ENTRY_PREFIX_BYTES: usize = 1 + 8 + 8;
 
@@ -37,6 +44,12 @@ const ENTRY_PREFIX_BYTES: usize = 1 + 8 + 8;
 pub enum Record {
     Entry(Entry),
     HardState(HardState),
+    /// Every entry before this record is void; the log continues after
+    /// `index` (a snapshot through `index`, of `term`, was installed).
+    LogStart {
+        index: u64,
+        term: u64,
+    },
 }
 
 /// Why the bytes at an offset are not a record.
@@ -138,6 +151,24 @@ pub fn encode_hard_state(buffer: &mut Vec<u8>, payload: &[u8]) {
     );
 }
 
+/// Appends one framed log start record.
+pub fn encode_log_start(buffer: &mut Vec<u8>, index: u64, term: u64) {
+    let start = buffer.len();
+    let mut payload = [0u8; LOG_START_PAYLOAD_BYTES];
+    payload[0] = KIND_LOG_START;
+    payload[1..9].copy_from_slice(&index.to_le_bytes());
+    payload[9..17].copy_from_slice(&term.to_le_bytes());
+    frame_payload(buffer, &payload);
+    debug_assert_eq!(
+        decode_record(&buffer[start..], 0),
+        Ok(Some((
+            Record::LogStart { index, term },
+            LOG_START_RECORD_BYTES
+        ))),
+        "pair check: a log start record must decode to what it encodes"
+    );
+}
+
 /// Appends `payload` framed with its length and CRC.
 fn frame_payload(buffer: &mut Vec<u8>, payload: &[u8]) {
     let start = buffer.len();
@@ -207,6 +238,18 @@ pub fn decode_record(bytes: &[u8], offset: usize) -> Result<Option<(Record, usiz
                 return Err(Damage::Undecodable(format!("hard state record: {error}")));
             }
         },
+        KIND_LOG_START => {
+            if payload.len() != LOG_START_PAYLOAD_BYTES {
+                return Err(Damage::Undecodable(format!(
+                    "log start record of {} bytes",
+                    payload.len()
+                )));
+            }
+            Record::LogStart {
+                index: read_u64(payload, 1),
+                term: read_u64(payload, 9),
+            }
+        }
         kind => return Err(Damage::Undecodable(format!("unknown record kind {kind}"))),
     };
     Ok(Some((record, end)))

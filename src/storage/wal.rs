@@ -18,16 +18,33 @@
 //!   syncs), the latest hard state and a few numbers. The log itself lives in
 //!   the Raft core, not here.
 //!
-//! Left out: reading the log back (that is `open`'s replay), deleting old
-//! segments (needs snapshots), and a WAL thread (the caller decides).
+//! Compaction: the Wal remembers, for every finished segment, the largest
+//! entry index written in it. `take_obsolete_segments(index)` hands back
+//! (oldest first) the segments holding only entries through `index` — or
+//! only entries a later log start record voided — for the caller to delete
+//! in that order, fsyncing the directory after each, so a crash never
+//! leaves a gap in the sequence. `mark_log_start` records that the log now
+//! starts after an installed snapshot.
+//!
+//! Left out: reading the log back (that is `open`'s replay), deleting files
+//! itself (the caller does, off the reactor thread), and a WAL thread.
 
 use super::segment::{self, HEADER_BYTES};
 use crate::error::{Error, Result};
 use crate::limits::{WAL_BUFFER_BYTES_MAX, WAL_SEGMENT_BYTES_MAX};
 use crate::raft::message::{Entry, HardState, Index};
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+
+/// A finished segment and the largest entry index written in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinishedSegment {
+    pub sequence: u64,
+    pub path: PathBuf,
+    pub last_index_max: Index,
+}
 
 /// How a Wal behaves; `Default` is what production uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +94,13 @@ pub struct Wal {
     last_index: Index,
     /// The latest hard state, written again at the head of every new segment.
     hard_state: Option<HardState>,
+    /// Largest entry index written to the current segment.
+    segment_last_index_max: Index,
+    /// Finished segments not yet handed out for deletion, oldest first.
+    finished: VecDeque<FinishedSegment>,
+    /// Sequence of the segment with the latest log start record: every
+    /// segment before it holds only voided entries.
+    log_start_sequence: Option<u64>,
     /// Why the Wal refuses to go on, once something failed.
     poisoned: Option<String>,
     injected_failure: Option<InjectedFailure>,
@@ -97,10 +121,14 @@ impl std::fmt::Debug for Wal {
 }
 
 impl Wal {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn resume(
         dir: PathBuf,
         options: WalOptions,
         segment: OpenSegment,
+        segment_last_index_max: Index,
+        finished: VecDeque<FinishedSegment>,
+        log_start_sequence: Option<u64>,
         last_index: Index,
         hard_state: Option<HardState>,
         lock: File,
@@ -113,6 +141,9 @@ impl Wal {
             unsynced: false,
             last_index,
             hard_state,
+            segment_last_index_max,
+            finished,
+            log_start_sequence,
             poisoned: None,
             injected_failure: None,
             _lock: lock,
@@ -170,6 +201,7 @@ impl Wal {
         for entry in entries {
             self.make_room(segment::entry_record_bytes(entry))?;
             segment::encode_entry(&mut self.buffer, entry);
+            self.segment_last_index_max = self.segment_last_index_max.max(entry.index);
         }
         self.last_index = entries[entries.len() - 1].index;
         Ok(())
@@ -184,6 +216,45 @@ impl Wal {
         segment::encode_hard_state(&mut self.buffer, &payload);
         self.hard_state = Some(hard_state.clone());
         Ok(())
+    }
+
+    /// Queues a record saying the log now starts after `index` (a snapshot
+    /// through `index`, of `term`, was installed and the old log discarded):
+    /// on replay every entry before it is void. The next append must be at
+    /// `index + 1`. Durable at the next `sync`.
+    pub fn mark_log_start(&mut self, index: Index, term: u64) -> Result<()> {
+        self.check_usable()?;
+        self.make_room(segment::LOG_START_RECORD_BYTES)?;
+        segment::encode_log_start(&mut self.buffer, index, term);
+        self.last_index = index;
+        self.log_start_sequence = Some(self.segment.sequence);
+        Ok(())
+    }
+
+    /// Hands out, oldest first, the finished segments that hold nothing
+    /// needed once a snapshot through `index` is durable: every entry in
+    /// them is at most `index`, or voided by a later log start record. The
+    /// caller deletes them in this order (fsyncing the directory after
+    /// each). The segment being appended to is never handed out.
+    pub fn take_obsolete_segments(&mut self, index: Index) -> Vec<FinishedSegment> {
+        let mut obsolete = Vec::new();
+        while let Some(oldest) = self.finished.front() {
+            let voided = self
+                .log_start_sequence
+                .is_some_and(|sequence| oldest.sequence < sequence);
+            if oldest.last_index_max > index && !voided {
+                break;
+            }
+            if let Some(oldest) = self.finished.pop_front() {
+                obsolete.push(oldest);
+            }
+        }
+        obsolete
+    }
+
+    /// Finished segments still on disk (not handed out), oldest first.
+    pub fn finished_segments(&self) -> impl Iterator<Item = &FinishedSegment> {
+        self.finished.iter()
     }
 
     /// Makes everything appended so far durable: one write of the buffer and
@@ -250,7 +321,12 @@ impl Wal {
             Err(error) => return Err(self.poison(error)),
         };
         log::debug!("WAL rolled over to {}", segment.path.display());
-        self.segment = segment;
+        let finished = std::mem::replace(&mut self.segment, segment);
+        self.finished.push_back(FinishedSegment {
+            sequence: finished.sequence,
+            path: finished.path,
+            last_index_max: std::mem::take(&mut self.segment_last_index_max),
+        });
         if let Some(hard_state) = &self.hard_state {
             let payload = segment::hard_state_payload(hard_state);
             segment::encode_hard_state(&mut self.buffer, &payload);

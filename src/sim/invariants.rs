@@ -1,0 +1,284 @@
+//! The safety properties the simulator checks after every step, one function
+//! each, named after the Raft paper (Ongaro & Ousterhout 2014, Figure 3).
+//!
+//! Each function takes the observations it needs (nothing else) and returns
+//! `Err(description)` on a violation, so tests can feed it fabricated
+//! observations and watch it fail. The simulator keeps the observation state
+//! (`Observations`) and calls these at the right moments; they never look at
+//! a node's private state, only at what it emitted (persists, sends, applies)
+//! and its public accessors.
+//! Left out: liveness (the simulator's liveness phase checks that separately).
+
+use crate::raft::{Entry, HardState, Index, NodeId, Term};
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+
+/// An entry some node has applied, hence committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommittedEntry {
+    pub term: Term,
+    pub data: Bytes,
+    /// The applying node's term when the entry was first applied. The entry
+    /// was committed in this term or an earlier one: a node only learns a
+    /// commit index from the leader of its current term (or is that leader).
+    pub commit_term: Term,
+    pub first_applied_by: NodeId,
+}
+
+/// What a log position held when first seen in any log.
+#[derive(Clone, Debug)]
+pub struct PositionRecord {
+    pub data: Bytes,
+    /// Term of the entry just before it (0 at index 1).
+    pub previous_term: Term,
+    pub node: NodeId,
+}
+
+/// Observation state carried across a schedule.
+#[derive(Debug, Default)]
+pub struct Observations {
+    /// Every `(term, leader)` ever observed.
+    pub leaders: BTreeMap<Term, NodeId>,
+    /// Every `(index, term)` ever written to any log.
+    pub positions: HashMap<(Index, Term), PositionRecord>,
+    /// Every committed index, as first applied.
+    pub committed: BTreeMap<Index, CommittedEntry>,
+}
+
+/// Election Safety (§5.2): at most one leader can be elected in a given term.
+/// `leaders` holds every `(term, leader)` observed so far; returns whether
+/// this pair is new (a fresh election to check Leader Completeness against).
+pub fn election_safety(
+    leaders: &mut BTreeMap<Term, NodeId>,
+    term: Term,
+    node: NodeId,
+) -> Result<bool, String> {
+    match leaders.get(&term) {
+        Some(&leader) if leader == node => Ok(false),
+        Some(&leader) => Err(format!(
+            "Election Safety (§5.2): term {term} has two leaders, node {leader} and node {node}"
+        )),
+        None => {
+            leaders.insert(term, node);
+            Ok(true)
+        }
+    }
+}
+
+/// A server votes for at most one candidate in a given term (§5.2), and its
+/// durable term never goes back (Figure 2: currentTerm, votedFor are
+/// persistent): checked on every hard state a node asks to persist.
+pub fn vote_once_per_term(
+    node: NodeId,
+    previous: &HardState,
+    next: &HardState,
+) -> Result<(), String> {
+    if next.term < previous.term {
+        return Err(format!(
+            "durable term went back on node {node}: {} -> {}",
+            previous.term, next.term
+        ));
+    }
+    if next.term == previous.term && previous.vote.is_some() && next.vote != previous.vote {
+        return Err(format!(
+            "vote once per term (§5.2): node {node} changed its vote in term {} from {:?} to {:?}",
+            next.term, previous.vote, next.vote
+        ));
+    }
+    Ok(())
+}
+
+/// Log Matching (§5.3): if two logs contain an entry with the same index and
+/// term, the logs are identical in all entries up through that index.
+///
+/// Checked incrementally over all time: `(index, term)` names one entry
+/// forever (a leader creates at most one entry per index in its term) with
+/// one fixed predecessor term; by induction on the index that gives Log
+/// Matching for every pair of logs at every moment. `log` is one node's whole
+/// log; positions from `from_index` on were just written.
+pub fn log_matching(
+    positions: &mut HashMap<(Index, Term), PositionRecord>,
+    node: NodeId,
+    log: &[Entry],
+    from_index: Index,
+) -> Result<(), String> {
+    let start = from_index.max(1);
+    for index in start..=log.len() as Index {
+        let entry = &log[(index - 1) as usize];
+        if entry.index != index {
+            return Err(format!(
+                "node {node}'s log holds index {} at position {index}",
+                entry.index
+            ));
+        }
+        let previous_term = if index == 1 {
+            0
+        } else {
+            log[(index - 2) as usize].term
+        };
+        if previous_term > entry.term {
+            return Err(format!(
+                "node {node}'s log terms decrease: index {} has term {previous_term}, index {index} term {}",
+                index - 1,
+                entry.term
+            ));
+        }
+        match positions.get(&(index, entry.term)) {
+            Some(record) if record.data != entry.data || record.previous_term != previous_term => {
+                return Err(format!(
+                    "Log Matching (§5.3): index {index} term {} is {:?} after term {previous_term} on node {node} \
+                     but {:?} after term {} on node {}",
+                    entry.term, entry.data, record.data, record.previous_term, record.node
+                ));
+            }
+            Some(_) => {}
+            None => {
+                positions.insert(
+                    (index, entry.term),
+                    PositionRecord {
+                        data: entry.data.clone(),
+                        previous_term,
+                        node,
+                    },
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Leader Completeness (§5.4): a committed entry is present in the log of
+/// every leader of a later term. `leader_log` is the leader's log; only
+/// entries whose `commit_term <= leader_term` are owed (an entry first applied
+/// in the leader's own term was committed by that very leader).
+pub fn leader_completeness(
+    committed: &BTreeMap<Index, CommittedEntry>,
+    leader: NodeId,
+    leader_term: Term,
+    leader_log: &[Entry],
+) -> Result<(), String> {
+    for (&index, entry) in committed {
+        leader_has_committed_entry(index, entry, leader, leader_term, leader_log)?;
+    }
+    Ok(())
+}
+
+/// The one-entry form of `leader_completeness`, for a newly committed entry.
+pub fn leader_has_committed_entry(
+    index: Index,
+    entry: &CommittedEntry,
+    leader: NodeId,
+    leader_term: Term,
+    leader_log: &[Entry],
+) -> Result<(), String> {
+    if entry.commit_term > leader_term {
+        return Ok(());
+    }
+    let held = index
+        .checked_sub(1)
+        .and_then(|position| leader_log.get(position as usize));
+    match held {
+        Some(held) if held.term == entry.term && held.data == entry.data => Ok(()),
+        _ => Err(format!(
+            "Leader Completeness (§5.4): index {index} (term {}, {:?}) was committed by term {} \
+             but node {leader}, leader of term {leader_term}, holds {:?}",
+            entry.term,
+            entry.data,
+            entry.commit_term,
+            held.map(|held| (held.term, &held.data))
+        )),
+    }
+}
+
+/// State Machine Safety (§5.4.3): if a server has applied a log entry at a
+/// given index, no other server ever applies a different entry at that index.
+/// Also: each node applies every index exactly once, in order
+/// (`applied_count` is how many it has applied in this lifetime). Returns
+/// whether the index is newly committed.
+pub fn state_machine_safety(
+    committed: &mut BTreeMap<Index, CommittedEntry>,
+    node: NodeId,
+    node_term: Term,
+    applied_count: Index,
+    entry: &Entry,
+) -> Result<bool, String> {
+    if entry.index != applied_count + 1 {
+        return Err(format!(
+            "node {node} applied index {} after {applied_count}: entries must be applied once, in order",
+            entry.index
+        ));
+    }
+    match committed.get(&entry.index) {
+        Some(first) if first.term != entry.term || first.data != entry.data => Err(format!(
+            "State Machine Safety: node {node} applied index {} as (term {}, {:?}) but node {} applied (term {}, {:?})",
+            entry.index, entry.term, entry.data, first.first_applied_by, first.term, first.data
+        )),
+        Some(_) => Ok(false),
+        None => {
+            committed.insert(
+                entry.index,
+                CommittedEntry {
+                    term: entry.term,
+                    data: entry.data.clone(),
+                    commit_term: node_term,
+                    first_applied_by: node,
+                },
+            );
+            Ok(true)
+        }
+    }
+}
+
+/// A node applies only entries of its own log, up to its commit index.
+pub fn apply_from_own_log(
+    node: NodeId,
+    entry: &Entry,
+    own_log_entry: Option<&Entry>,
+    commit_index: Index,
+) -> Result<(), String> {
+    if own_log_entry != Some(entry) {
+        return Err(format!(
+            "node {node} applied {:?} but its log holds {:?} at index {}",
+            (entry.term, &entry.data),
+            own_log_entry.map(|held| (held.term, &held.data)),
+            entry.index
+        ));
+    }
+    if entry.index > commit_index {
+        return Err(format!(
+            "node {node} applied index {} beyond its commit index {commit_index}",
+            entry.index
+        ));
+    }
+    Ok(())
+}
+
+/// A node's commit index never decreases during one lifetime (it restarts
+/// from what it relearns after a crash).
+pub fn commit_index_monotonic(node: NodeId, previous: Index, current: Index) -> Result<(), String> {
+    if current < previous {
+        return Err(format!(
+            "node {node}'s commit index went back from {previous} to {current}"
+        ));
+    }
+    Ok(())
+}
+
+/// Read linearizability (ReadIndex, thesis §6.4): a read requested after some
+/// entry was observed committed (applied anywhere) must be served at an index
+/// that includes it. `required_index` is the highest index applied anywhere
+/// when the read was requested; `ready_index` is the index the node answered.
+pub fn read_linearizable(
+    read_id: u64,
+    node: NodeId,
+    required_index: Index,
+    ready_index: Index,
+) -> Result<(), String> {
+    if ready_index < required_index {
+        return Err(format!(
+            "read linearizability: read {read_id} on node {node} was served at index {ready_index}, \
+             but index {required_index} had been committed and applied before it was requested"
+        ));
+    }
+    Ok(())
+}

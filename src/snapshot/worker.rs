@@ -1,0 +1,177 @@
+//! The snapshot helper thread: takes snapshots and deletes obsolete files,
+//! so the reactor never serialises the file map nor waits on an unlink.
+//!
+//! How a snapshot is taken without stalling the reactor: the map is never
+//! cloned or frozen. The reactor hands over the previous snapshot's meta and
+//! the committed entries since (`Bytes` clones: one reference count each);
+//! the helper loads the previous snapshot file, applies those entries with
+//! the same deterministic `Fsm::apply` the replica uses, and writes the
+//! result. Apply is deterministic (SPEC §2: entries carry their cluster
+//! time), so the result is exactly the replica's map at that index. The
+//! reactor's cost is the entry clones; the helper's is one load, one apply
+//! per entry and one serialisation, plus the memory of a second map while
+//! it runs.
+//!
+//! Jobs run one at a time, in submission order (so deletions stay oldest
+//! first). Results come back on a channel the replica polls once per turn.
+
+use super::{delete_in_order, load, write_file};
+use crate::fsm::Fsm;
+use crate::raft::{Entry, Index, SnapshotMeta, Term};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::time::{Duration, Instant};
+
+/// Work for the helper thread.
+pub enum Job {
+    /// Build the snapshot through `index` (of `term`) from the snapshot
+    /// `base` (index 0: the empty map) and `entries` (`base.index + 1` to
+    /// `index`, contiguous).
+    Take {
+        base: SnapshotMeta,
+        entries: Vec<Entry>,
+        index: Index,
+        term: Term,
+    },
+    /// Delete these files, in this order.
+    Delete(Vec<PathBuf>),
+}
+
+/// A finished job.
+#[derive(Debug)]
+pub enum Done {
+    Taken {
+        snapshot: SnapshotMeta,
+        elapsed: Duration,
+    },
+    /// A snapshot could not be taken (the node goes on; it retries later).
+    Failed(String),
+    Deleted,
+}
+
+pub struct Worker {
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Done>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts the helper thread for the data dir `dir`.
+    pub fn start(dir: PathBuf, fsync: bool) -> std::io::Result<Worker> {
+        let (jobs, job_receiver) = mpsc::channel::<Job>();
+        let (done_sender, done) = mpsc::channel::<Done>();
+        let thread = std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || {
+                for job in job_receiver {
+                    let done = run(&dir, fsync, job);
+                    if done_sender.send(done).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Worker {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a job; false if the thread is gone.
+    pub fn submit(&self, job: Job) -> bool {
+        self.jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(job).is_ok())
+    }
+
+    /// A finished job, if any.
+    pub fn try_done(&self) -> Option<Done> {
+        match self.done.try_recv() {
+            Ok(done) => Some(done),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => {
+                Some(Done::Failed("the snapshot helper thread stopped".into()))
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread after its current job.
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(dir: &std::path::Path, fsync: bool, job: Job) -> Done {
+    match job {
+        Job::Take {
+            base,
+            entries,
+            index,
+            term,
+        } => {
+            let started = Instant::now();
+            match take(dir, fsync, base, &entries, index, term) {
+                Ok(snapshot) => Done::Taken {
+                    snapshot,
+                    elapsed: started.elapsed(),
+                },
+                Err(reason) => Done::Failed(reason),
+            }
+        }
+        Job::Delete(paths) => match delete_in_order(dir, &paths, fsync) {
+            Ok(()) => Done::Deleted,
+            Err(error) => {
+                log::warn!("deleting obsolete files: {error}");
+                Done::Deleted
+            }
+        },
+    }
+}
+
+/// Builds and writes one snapshot (see the module doc).
+pub fn take(
+    dir: &std::path::Path,
+    fsync: bool,
+    base: SnapshotMeta,
+    entries: &[Entry],
+    index: Index,
+    term: Term,
+) -> Result<SnapshotMeta, String> {
+    let mut fsm = if base.index == 0 {
+        Fsm::new()
+    } else {
+        let path = dir.join(super::file_name(base.index, base.term));
+        let (meta, fsm) = load(&path).map_err(|e| e.to_string())?;
+        if meta.index != base.index {
+            return Err(format!("{} is not snapshot {}", path.display(), base.index));
+        }
+        fsm
+    };
+    let mut expected = base.index + 1;
+    let mut outcomes = Vec::new();
+    for entry in entries {
+        if entry.index != expected {
+            return Err(format!(
+                "entries for snapshot {index} skip from {expected} to {}",
+                entry.index
+            ));
+        }
+        expected += 1;
+        outcomes.clear();
+        fsm.apply(&entry.data, &mut outcomes)
+            .map_err(|e| format!("committed entry {} does not decode: {e:?}", entry.index))?;
+    }
+    if expected != index + 1 {
+        return Err(format!(
+            "entries for snapshot {index} end at {}",
+            expected - 1
+        ));
+    }
+    let (snapshot, _) = write_file(dir, &fsm, index, term, fsync).map_err(|e| e.to_string())?;
+    Ok(snapshot)
+}
