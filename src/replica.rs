@@ -705,11 +705,23 @@ fn command_size_bytes(command: &Command) -> usize {
     }
 }
 
+/// Test hook: milliseconds added to this node's wall clock (negative moves
+/// it back), so tests can give nodes clocks far apart without touching the
+/// system clock (tests/clock.rs).
+pub const WALL_CLOCK_OFFSET_ENV: &str = "RAFTFS_TEST_WALL_CLOCK_OFFSET_MS";
+
+/// The only wall-clock read in the node: where cluster time starts when the
+/// log holds no stamp yet (SPEC §2). Everything else uses `Instant`.
 fn wall_clock_ms() -> u64 {
-    SystemTime::now()
+    let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let offset_ms: i64 = std::env::var(WALL_CLOCK_OFFSET_ENV)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(0);
+    now_ms.saturating_add_signed(offset_ms).max(1)
 }
 
 fn describe_step_error(error: &raft::StepError) -> String {

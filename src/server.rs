@@ -20,7 +20,14 @@ use std::time::Duration;
 pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -> Result<Reactor> {
     let member = config.member(id)?.clone();
     let node_dir = config.node_data_dir(id, data_dir);
-    let (wal, recovered) = storage::open(&node_dir, config.fsync)?;
+    let (mut wal, recovered) = storage::open(&node_dir, config.fsync)?;
+    if storage::lost_unsynced::enabled_by_environment() {
+        wal.track_synced_position()?;
+        log::warn!(
+            "node {id}: lost-fsync test mode ({}=1): recording the synced WAL position",
+            storage::lost_unsynced::LOSE_UNSYNCED_ENV
+        );
+    }
     log::info!(
         "node {id}: data dir {} (incarnation {:016x}), recovered {} entries, term {}",
         node_dir.display(),
@@ -86,7 +93,7 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
     };
     let replica = Replica::new(replica_config, wal, restored);
     let stop_grace = Duration::from_millis(config.election_timeout_ms.1 * 2);
-    Reactor::new(
+    let mut reactor = Reactor::new(
         poll,
         listener,
         peers,
@@ -94,5 +101,7 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
         config.max_file_bytes,
         stop_grace,
     )
-    .map_err(|e| Error::io("starting the reactor", e))
+    .map_err(|e| Error::io("starting the reactor", e))?;
+    reactor.set_checksum_path(node_dir.join(crate::net::reactor::CHECKSUM_FILE_NAME));
+    Ok(reactor)
 }

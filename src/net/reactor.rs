@@ -7,6 +7,15 @@
 //! connections and flush → flush peer links. Events are never handled one by
 //! one against the log: the turn batches them.
 //!
+//! Convergence checks (tests, operators): a `ChecksumHandle::request` (the
+//! node binary wires it to SIGUSR1) makes the loop write, at the end of its
+//! next turn, one line to `<data dir>/fsm.checksum` (written to a temporary
+//! file and renamed, so a reader never sees half of it): `applied_index`,
+//! `commit_index`, `term`, `cluster_time_ms`, `version_counter`, `files` and
+//! `checksum` (the file map's digest at its own cluster time, see
+//! `Fsm::checksum`). Replicas at the same applied index must show the same
+//! digest. No client command exists for this (SPEC §2 has none).
+//!
 //! Invariants (mio's rules): tokens come from a slab; spurious events are
 //! harmless (every handler tolerates `WouldBlock`); a broken connection is
 //! closed and the loop goes on; nothing in the loop blocks except `poll` and
@@ -23,6 +32,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,6 +45,26 @@ pub const PEER_TOKEN_BASE: usize = 16;
 const CONNECTION_TOKEN_BASE: usize = 1 << 20;
 /// Most ticks caught up in one turn after a stall.
 const TICKS_PER_TURN_MAX: u32 = 10;
+
+/// The file a checksum request writes, inside the node's data dir.
+pub const CHECKSUM_FILE_NAME: &str = "fsm.checksum";
+
+/// Asks a running reactor to write its file map's checksum (see the module
+/// doc).
+#[derive(Clone)]
+pub struct ChecksumHandle {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl ChecksumHandle {
+    pub fn request(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            log::warn!("could not wake the reactor for a checksum: {e}");
+        }
+    }
+}
 
 /// Asks a running reactor to stop (gracefully: a leader hands over first).
 #[derive(Clone)]
@@ -70,6 +100,9 @@ pub struct Reactor {
     /// How long a stopping leader waits for the handover and its answers.
     stop_grace: Duration,
     static_replies: StaticReplies,
+    checksum_flag: Arc<AtomicBool>,
+    /// Where a checksum request writes; `None` = requests are ignored.
+    checksum_path: Option<PathBuf>,
 }
 
 /// Encoded once: the answers the reactor gives without the replica.
@@ -110,7 +143,51 @@ impl Reactor {
             static_replies: StaticReplies {
                 command_error: buffer.freeze(),
             },
+            checksum_flag: Arc::new(AtomicBool::new(false)),
+            checksum_path: None,
         })
+    }
+
+    pub fn checksum_handle(&self) -> ChecksumHandle {
+        ChecksumHandle {
+            flag: self.checksum_flag.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// Where checksum requests write (the node's data dir).
+    pub fn set_checksum_path(&mut self, path: PathBuf) {
+        self.checksum_path = Some(path);
+    }
+
+    /// Writes the checksum line if one was requested; a failure is logged
+    /// (this is a debugging aid, never a reason to stop serving).
+    fn maybe_write_checksum(&mut self) {
+        if !self.checksum_flag.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let Some(path) = &self.checksum_path else {
+            return;
+        };
+        let status = self.replica.status();
+        let fsm = self.replica.fsm();
+        let cluster_time_ms = fsm.cluster_time_ms();
+        let line = format!(
+            "applied_index={} commit_index={} term={} cluster_time_ms={} version_counter={} files={} checksum={:016x}\n",
+            status.applied_index,
+            status.commit_index,
+            status.term,
+            cluster_time_ms,
+            fsm.version_counter(),
+            fsm.len(),
+            fsm.checksum(cluster_time_ms)
+        );
+        let temporary = path.with_extension("checksum.tmp");
+        let written = std::fs::write(&temporary, line.as_bytes())
+            .and_then(|()| std::fs::rename(&temporary, path));
+        if let Err(e) = written {
+            log::warn!("could not write {}: {e}", path.display());
+        }
     }
 
     pub fn stop_handle(&self) -> StopHandle {
@@ -182,6 +259,7 @@ impl Reactor {
             self.replica.end_turn(now)?;
             self.deliver(now)?;
             self.refresh_status();
+            self.maybe_write_checksum();
             if let Some(deadline) = stop_deadline {
                 let leading = self.replica.status().role == Some(crate::raft::Role::Leader);
                 if (!leading && !self.replica.has_waiting()) || now >= deadline {
