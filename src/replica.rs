@@ -28,7 +28,12 @@
 //!
 //! Cluster time (SPEC §2): a new leader starts from the largest stamp seen in
 //! its log (the wall clock only if there is none) and advances it with its
-//! monotonic clock; proposals carry it as their stamp.
+//! monotonic clock; proposals carry it as their stamp. An idle leader
+//! proposes a stamp-only entry (no command) every
+//! `CLUSTER_TIME_STAMP_INTERVAL_MS`, so the log's last stamp never trails
+//! real time by more than that: without it, a leader change after a quiet
+//! spell would restart cluster time from the last write and files would
+//! expire late by the whole quiet spell.
 
 use crate::error::{Error, Result};
 use crate::fsm::command::{batch_stamp_ms, decode_batch_ref, encode_batch};
@@ -263,6 +268,7 @@ impl Replica {
     pub fn end_turn(&mut self, now: Instant) -> Result<()> {
         self.update_leader_clock(now);
         self.route_requests(now);
+        self.maybe_stamp_cluster_time(now);
         self.propose_batches(now);
         self.register_turn_reads(now);
         self.run_actions(now)
@@ -468,6 +474,34 @@ impl Replica {
                     }
                 }
             }
+        }
+    }
+
+    /// An idle leader's stamp-only entry (see the module doc). It waits like
+    /// any proposal, with no client, so reads still never run at a time past
+    /// the stamp of the next entry.
+    fn maybe_stamp_cluster_time(&mut self, now: Instant) {
+        if !self.is_ready_for_reads() || !self.batches.is_empty() {
+            return;
+        }
+        let stamp_ms = self.cluster_time_ms(now);
+        if stamp_ms
+            < self
+                .last_proposed_stamp_ms
+                .saturating_add(limits::CLUSTER_TIME_STAMP_INTERVAL_MS)
+        {
+            return;
+        }
+        if let Ok(index) = self.raft.propose(encode_batch(stamp_ms, &[])) {
+            self.last_proposed_stamp_ms = stamp_ms;
+            self.waiting.push_back(Waiting {
+                index,
+                term: self.raft.term(),
+                stamp_ms,
+                clients: Vec::new(),
+                reads: Vec::new(),
+                deadline: now + Duration::from_millis(limits::COMMAND_TIMEOUT_MS),
+            });
         }
     }
 
