@@ -20,12 +20,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use raftfs::lincheck::{self, History, Op, Verdict};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
-use raftfs::lincheck::{self, History, Op, Verdict};
 use support_nemesis::client::{Worker, WorkerStats};
-use support_nemesis::{Cluster, FaultCounts, Options};
+use support_nemesis::{diagnose, Cluster, FaultCounts, Options};
+
+const WORKERS: u64 = 4;
+/// Operations a schedule records at most (about; see the pacing below).
+const OPERATIONS_PER_RUN_MAX: u64 = 120_000;
 
 /// Fault tests share two cores: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -101,7 +105,9 @@ fn inject(cluster: &mut Cluster, fault: Fault, rng: &mut Pcg64Mcg) {
     match fault {
         Fault::Crash | Fault::CrashLeader => {
             let id = match fault {
-                Fault::CrashLeader => quick_leader(cluster).unwrap_or_else(|| random_node(cluster, rng)),
+                Fault::CrashLeader => {
+                    quick_leader(cluster).unwrap_or_else(|| random_node(cluster, rng))
+                }
                 _ => random_node(cluster, rng),
             };
             cluster.crash(id);
@@ -110,7 +116,9 @@ fn inject(cluster: &mut Cluster, fault: Fault, rng: &mut Pcg64Mcg) {
         }
         Fault::Pause | Fault::PauseLeader => {
             let id = match fault {
-                Fault::PauseLeader => quick_leader(cluster).unwrap_or_else(|| random_node(cluster, rng)),
+                Fault::PauseLeader => {
+                    quick_leader(cluster).unwrap_or_else(|| random_node(cluster, rng))
+                }
                 _ => random_node(cluster, rng),
             };
             cluster.pause(id);
@@ -198,7 +206,13 @@ fn self_exited(cluster: &mut Cluster) -> Vec<String> {
     found
 }
 
-fn run_schedule(name: &str, options: Options, faults: &[Fault], default_secs: u64, seed: u64) -> Report {
+fn run_schedule(
+    name: &str,
+    options: Options,
+    faults: &[Fault],
+    default_secs: u64,
+    seed: u64,
+) -> Report {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let seed = schedule_seed(seed);
@@ -212,9 +226,22 @@ fn run_schedule(name: &str, options: Options, faults: &[Fault], default_secs: u6
     let history = Arc::new(Mutex::new(History::new()));
     let origin = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..4u64)
+    // The checker's memory grows with (operations per file)^2 for valid
+    // histories: pace long runs to about OPERATIONS_PER_RUN_MAX in all.
+    let interval = Duration::from_secs_f64(
+        duration.as_secs_f64() * WORKERS as f64 / OPERATIONS_PER_RUN_MAX as f64,
+    );
+    let workers: Vec<_> = (0..WORKERS)
         .map(|id| {
-            let worker = Worker::new(id, cluster.client_addresses(), files.clone(), history.clone(), origin, seed);
+            let mut worker = Worker::new(
+                id,
+                cluster.client_addresses(),
+                files.clone(),
+                history.clone(),
+                origin,
+                seed,
+            );
+            worker.interval = interval;
             let stop = stop.clone();
             std::thread::spawn(move || worker.run(stop))
         })
@@ -239,15 +266,28 @@ fn run_schedule(name: &str, options: Options, faults: &[Fault], default_secs: u6
         stats.add(&worker.join().expect("worker thread"));
     }
     unexpected_exits.extend(self_exited(&mut cluster));
-    assert!(unexpected_exits.is_empty(), "{name}: nodes died by themselves: {unexpected_exits:#?}");
+    assert!(
+        unexpected_exits.is_empty(),
+        "{name}: nodes died by themselves: {unexpected_exits:#?}"
+    );
 
     let leader = cluster.wait_leader(Duration::from_secs(15));
     assert!(leader.is_some(), "{name}: no leader after healing");
     // Final reads of every hot file, recorded: the end state must fit too.
-    let mut reader = Worker::new(99, cluster.client_addresses(), files.clone(), history.clone(), origin, seed);
+    let mut reader = Worker::new(
+        99,
+        cluster.client_addresses(),
+        files.clone(),
+        history.clone(),
+        origin,
+        seed,
+    );
     for file in &files {
         for _ in 0..20 {
-            if reader.run_op(Op::Read { name: file.clone() }).is_some_and(|o| o != lincheck::Outcome::Indeterminate) {
+            if reader
+                .run_op(Op::Read { name: file.clone() })
+                .is_some_and(|o| o != lincheck::Outcome::Indeterminate)
+            {
                 break;
             }
         }
@@ -259,10 +299,20 @@ fn run_schedule(name: &str, options: Options, faults: &[Fault], default_secs: u6
     };
     for id in cluster.ids() {
         let log = cluster.log_text(id);
-        assert!(!log.contains("panicked"), "{name}: node {id} panicked:\n{log}");
+        assert!(
+            !log.contains("panicked"),
+            "{name}: node {id} panicked:\n{log}"
+        );
     }
-    assert!(stats.unexpected.is_empty(), "{name}: unexpected replies: {:?}", stats.unexpected);
-    assert!(stats.definite >= 100, "{name}: too little progress: {stats:?}");
+    assert!(
+        stats.unexpected.is_empty(),
+        "{name}: unexpected replies: {:?}",
+        stats.unexpected
+    );
+    assert!(
+        stats.definite >= 100,
+        "{name}: too little progress: {stats:?}"
+    );
 
     let history = history.lock().expect("history");
     let (verdict, check_stats) = lincheck::check_with_stats(&history, Duration::from_secs(120));
@@ -288,9 +338,16 @@ fn run_schedule(name: &str, options: Options, faults: &[Fault], default_secs: u6
         check_stats.elapsed,
         report.elapsed.as_secs_f64()
     );
-    match verdict {
-        Verdict::Linearizable => {}
-        other => panic!("{name}: history of {} operations: {other:?}", history.len()),
+    let problems = diagnose::problems(&history, 10);
+    if verdict != Verdict::Linearizable || !problems.is_empty() {
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{name}-seed{seed}.history"));
+        let _ = std::fs::write(&path, diagnose::dump(&history));
+        panic!(
+            "{name}: history of {} operations: {verdict:?}; first problems: {problems:#?}; history in {}",
+            history.len(),
+            path.display()
+        );
     }
     report
 }
@@ -316,7 +373,13 @@ fn three_nodes_crashes_and_pauses_with_lost_fsync() {
         Fault::IsolateLeader,
         Fault::OneWayCut,
     ];
-    let report = run_schedule("three_nodes_crashes_and_pauses_with_lost_fsync", options, &faults, 30, 11);
+    let report = run_schedule(
+        "three_nodes_crashes_and_pauses_with_lost_fsync",
+        options,
+        &faults,
+        30,
+        11,
+    );
     assert!(report.faults.kills >= 3, "{:?}", report.faults);
 }
 
@@ -328,20 +391,29 @@ fn proxy_partition_moves_leadership() {
     let mut options = Options::new(3);
     options.proxied = true;
     let mut cluster = Cluster::start(options);
-    let old = cluster.wait_leader(Duration::from_secs(10)).expect("leader");
+    let old = cluster
+        .wait_leader(Duration::from_secs(10))
+        .expect("leader");
     cluster.partition(&[old]);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut new = None;
     while Instant::now() < deadline && new.is_none() {
-        new = cluster.wait_leader(Duration::from_millis(500)).filter(|&id| id != old);
+        new = cluster
+            .wait_leader(Duration::from_millis(500))
+            .filter(|&id| id != old);
     }
     let new = new.expect("the majority elects another leader");
     assert_ne!(new, old);
     // The isolated node's peers link stays cut: its proxy refuses the others.
     cluster.heal();
-    cluster.wait_leader(Duration::from_secs(10)).expect("leader after heal");
+    cluster
+        .wait_leader(Duration::from_secs(10))
+        .expect("leader after heal");
     let proxy_connections: u64 = cluster.proxies.iter().map(|p| p.connections()).sum();
-    assert!(proxy_connections >= 6, "peer traffic went through the proxies ({proxy_connections})");
+    assert!(
+        proxy_connections >= 6,
+        "peer traffic went through the proxies ({proxy_connections})"
+    );
 }
 
 /// The storage hook alone: after a simulated power failure the WAL holds
@@ -367,7 +439,8 @@ fn lost_fsync_mode_discards_exactly_the_unsynced_tail() {
             // Entry 3 reaches the file (the 8 MiB entry 4 forces the buffer
             // out) but no fsync follows: it lives only in the page cache.
             wal.append(&[entry(3, 100)]).expect("append");
-            wal.append(&[entry(4, raftfs::limits::WAL_BUFFER_BYTES_MAX)]).expect("append");
+            wal.append(&[entry(4, raftfs::limits::WAL_BUFFER_BYTES_MAX)])
+                .expect("append");
             // The process dies here: no sync, the Wal is dropped.
         }
         let discarded = if discard {
@@ -378,7 +451,11 @@ fn lost_fsync_mode_discards_exactly_the_unsynced_tail() {
         let (_, recovered) = storage::open(dir.path(), true).expect("reopen");
         let indexes: Vec<u64> = recovered.entries.iter().map(|e| e.index).collect();
         if discard {
-            assert_eq!(indexes, vec![1, 2], "only the synced entries survive a power failure");
+            assert_eq!(
+                indexes,
+                vec![1, 2],
+                "only the synced entries survive a power failure"
+            );
             assert_eq!(discarded.segments_cut, 1);
             assert!(discarded.bytes >= 100, "{discarded:?}");
         } else {

@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use raftfs::lincheck::{History, Op, Outcome};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
-use raftfs::lincheck::{History, Op, Outcome};
 
 pub struct Client {
     pub reader: BufReader<TcpStream>,
@@ -193,6 +193,9 @@ pub struct Worker {
     next_content: u64,
     pub stats: WorkerStats,
     timeout: Duration,
+    /// Least time between the starts of two operations (pacing keeps long
+    /// histories within what the checker's memory allows).
+    pub interval: Duration,
 }
 
 impl Worker {
@@ -219,6 +222,7 @@ impl Worker {
             stats: WorkerStats::default(),
             // SPEC §3: no command waits more than 5 s for its answer.
             timeout: Duration::from_millis(6_000),
+            interval: Duration::ZERO,
         }
     }
 
@@ -364,8 +368,12 @@ impl Worker {
     /// Random operations until `stop` is set.
     pub fn run(mut self, stop: Arc<AtomicBool>) -> WorkerStats {
         while !stop.load(Ordering::SeqCst) {
+            let started = Instant::now();
             let op = self.random_op();
             self.run_op(op);
+            if let Some(rest) = self.interval.checked_sub(started.elapsed()) {
+                std::thread::sleep(rest);
+            }
         }
         self.stats
     }

@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod diagnose;
 pub mod proxy;
 
 use std::collections::BTreeMap;
@@ -86,7 +87,12 @@ pub struct FaultCounts {
 
 impl FaultCounts {
     pub fn total(&self) -> u64 {
-        self.kills + self.pauses + self.partitions + self.one_way_cuts + self.delays + self.link_resets
+        self.kills
+            + self.pauses
+            + self.partitions
+            + self.one_way_cuts
+            + self.delays
+            + self.link_resets
     }
 }
 
@@ -168,7 +174,10 @@ impl Cluster {
     }
 
     pub fn client_addresses(&self) -> Vec<String> {
-        self.ids().iter().map(|&id| self.client_address(id)).collect()
+        self.ids()
+            .iter()
+            .map(|&id| self.client_address(id))
+            .collect()
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
@@ -372,7 +381,8 @@ impl Cluster {
                 if let Ok(mut client) = client::Client::connect(&self.client_address(id)) {
                     client.set_timeout(Duration::from_millis(1500));
                     if let Ok(reply) = client.command(b"read __leader_probe__\r\n") {
-                        if reply.starts_with("ERR_FILE_NOT_FOUND") || reply.starts_with("CONTENTS") {
+                        if reply.starts_with("ERR_FILE_NOT_FOUND") || reply.starts_with("CONTENTS")
+                        {
                             return Some(id);
                         }
                     }
