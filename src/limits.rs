@@ -25,12 +25,25 @@ pub const COMMAND_TIMEOUT_MS: u64 = 5_000;
 /// (SPEC §2).
 pub const CLUSTER_TIME_STAMP_INTERVAL_MS: u64 = 250;
 
+/// Accept queue of the client listener (the kernel caps it at somaxconn):
+/// connection bursts wait here while a turn runs instead of being dropped.
+pub const CLIENT_ACCEPT_BACKLOG: u32 = 4096;
+
+/// Client connections accepted in one reactor turn; more wait in the accept
+/// queue for the next turn.
+pub const ACCEPTS_PER_TURN_MAX: usize = 64;
+
 /// A client connection stops being read while this many reply bytes wait to be
 /// written to it (write backpressure).
 pub const CONN_WRITE_QUEUE_BYTES_MAX: usize = 4 << 20;
 /// A client connection stops being read while this many of its commands wait
 /// for an answer.
 pub const CONN_PENDING_COMMANDS_MAX: usize = 4_096;
+/// A client connection stops being read while this many of its reads wait
+/// for an answer: each holds a copy of its file until sent, so this bounds
+/// what a client that pipelines reads without reading answers can pin
+/// (at most this many times `max_file_bytes`, on top of the write queue).
+pub const CONN_PENDING_READS_MAX: usize = 128;
 /// Bytes read from one socket in one turn before the loop moves on (fairness).
 pub const CONN_READ_BYTES_PER_TURN_MAX: usize = 256 << 10;
 
@@ -93,6 +106,7 @@ const _: () = assert!(WAL_RECORD_BYTES_MAX >= FILE_BYTES_MAX_CEILING + APPEND_BY
 const _: () = assert!(WAL_RECORD_BYTES_MAX < u32::MAX as usize);
 const _: () = assert!((WAL_BUFFER_BYTES_MAX as u64) < WAL_SEGMENT_BYTES_MAX);
 const _: () = assert!(COMMAND_TIMEOUT_MS > 10 * TICK_MS);
+const _: () = assert!(CONN_PENDING_READS_MAX <= CONN_PENDING_COMMANDS_MAX);
 const _: () = assert!(CLUSTER_TIME_STAMP_INTERVAL_MS >= TICK_MS);
 const _: () = assert!(PEER_RECONNECT_MIN_MS <= PEER_RECONNECT_MAX_MS);
 const _: () = assert!(PEER_REFUSE_REASON_BYTES_MAX + 64 <= PEER_HANDSHAKE_BYTES_MAX);

@@ -42,6 +42,7 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
             member.listen_client
         ))
     })?;
+    raise_accept_backlog(&listener);
     let peer_addresses: BTreeMap<NodeId, std::net::SocketAddr> = config
         .members
         .iter()
@@ -104,4 +105,26 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
     .map_err(|e| Error::io("starting the reactor", e))?;
     reactor.set_checksum_path(node_dir.join(crate::net::reactor::CHECKSUM_FILE_NAME));
     Ok(reactor)
+}
+
+/// mio (like std) listens with a backlog of 128: a burst of connects larger
+/// than that while the loop is busy overflows the accept queue, and the
+/// kernel drops SYNs that the clients resend only a second later. Listening
+/// again on a listening socket just raises its backlog (capped by the
+/// kernel's somaxconn). A failure leaves the smaller backlog; not fatal.
+fn raise_accept_backlog(listener: &TcpListener) {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: listen(2) on a socket this function borrows; no memory involved.
+    let result = unsafe {
+        libc::listen(
+            listener.as_raw_fd(),
+            limits::CLIENT_ACCEPT_BACKLOG as libc::c_int,
+        )
+    };
+    if result != 0 {
+        log::warn!(
+            "could not raise the accept backlog: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }

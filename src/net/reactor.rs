@@ -95,6 +95,9 @@ pub struct Reactor {
     max_file_bytes: usize,
     /// Connections that may have input to frame without a new event.
     resume: Vec<usize>,
+    /// The last accept stopped at `ACCEPTS_PER_TURN_MAX` with more waiting:
+    /// go on next turn without waiting for an event (edge-triggered).
+    accept_pending: bool,
     /// Connections that got replies this turn.
     touched: Vec<usize>,
     /// How long a stopping leader waits for the handover and its answers.
@@ -138,6 +141,7 @@ impl Reactor {
             status,
             max_file_bytes,
             resume: Vec::new(),
+            accept_pending: false,
             touched: Vec::new(),
             stop_grace,
             static_replies: StaticReplies {
@@ -211,7 +215,8 @@ impl Reactor {
         loop {
             let now = Instant::now();
             let timeout = next_tick.saturating_duration_since(now);
-            let busy = !self.resume.is_empty() || self.peers.has_pending_reads();
+            let busy =
+                !self.resume.is_empty() || self.peers.has_pending_reads() || self.accept_pending;
             let timeout = if busy { Duration::ZERO } else { timeout };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -230,6 +235,9 @@ impl Reactor {
                     token if self.peers.owns(token) => self.handle_peer_event(event, now)?,
                     _ => {}
                 }
+            }
+            if self.accept_pending {
+                self.accept_clients();
             }
             for key in std::mem::take(&mut self.resume) {
                 self.service_connection(key, now);
@@ -311,8 +319,12 @@ impl Reactor {
         Ok(())
     }
 
+    /// Accepts waiting clients, at most `ACCEPTS_PER_TURN_MAX` a turn so a
+    /// burst of connects never makes one turn long (fairness to the clients
+    /// already served).
     fn accept_clients(&mut self) {
-        loop {
+        self.accept_pending = false;
+        for _ in 0..limits::ACCEPTS_PER_TURN_MAX {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     if let Err(e) = stream.set_nodelay(true) {
@@ -345,6 +357,7 @@ impl Reactor {
                 }
             }
         }
+        self.accept_pending = true;
     }
 
     /// Read, frame and submit what a connection has; flush its replies.
@@ -389,7 +402,12 @@ impl Reactor {
                 seq,
             };
             match parsed {
-                Parsed::Request(request) => self.replica.submit(client, request, now),
+                Parsed::Request(request) => {
+                    if matches!(request, crate::net::protocol::Request::Read { .. }) {
+                        connection.mark_read(seq);
+                    }
+                    self.replica.submit(client, request, now)
+                }
                 Parsed::Malformed { close } => {
                     connection.fill(seq, self.static_replies.command_error.clone());
                     if close {
@@ -406,6 +424,7 @@ impl Reactor {
             // A partial command can never complete now.
             connection.read_buffer.clear();
         }
+        connection.release_empty_read_buffer();
     }
 
     fn close_connection(&mut self, key: usize) {
