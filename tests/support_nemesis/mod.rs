@@ -5,8 +5,9 @@
 //! dump (SIGUSR1), and a recording client (`client`).
 //!
 //! Ports: a block of 20 per cluster from a per-binary counter offset by the
-//! pid (as tests/common does, a different band so the two never meet):
-//! clients base.., real peer ports base+100.., proxies base+300...
+//! pid (as tests/common does, in the other half of each band), below the
+//! ephemeral range and checked free: clients base.., real peer ports
+//! base+100.., proxies base+300...
 //! Every process is killed (after SIGCONT) when its `Cluster` is dropped.
 #![allow(dead_code)]
 
@@ -25,13 +26,26 @@ use proxy::{LinkFault, PeerProxy};
 
 static NEXT_PORT_BLOCK: AtomicU16 = AtomicU16::new(0);
 
-/// A base port unique to this test binary and call.
+/// A base port unique to this test binary and call, below Linux's ephemeral
+/// range (32768..) so that no outgoing connection can be holding it, and
+/// checked free: every port of the block is bound once before it is used.
 pub fn fresh_base_port() -> u16 {
-    let block = NEXT_PORT_BLOCK.fetch_add(1, Ordering::SeqCst) % 25;
-    let pid_slot = (std::process::id() % 40) as u16;
-    // tests/common uses 20_000..60_000 in steps of 20 within a 1000 band;
-    // this harness uses the upper half of each band (offset 500).
-    20_000 + pid_slot * 1000 + 500 + block * 20 % 500
+    let pid_slot = (std::process::id() % 12) as u16;
+    for _ in 0..25 {
+        let block = NEXT_PORT_BLOCK.fetch_add(1, Ordering::SeqCst) % 25;
+        // tests/common starts at 20_000 in steps of 1000 per pid slot; this
+        // harness takes the upper half of each 1000 (offset 500).
+        let base = 20_000 + pid_slot * 1000 + 500 + block * 20;
+        let free = (0..10u16).all(|i| {
+            [0u16, 100, 300]
+                .iter()
+                .all(|offset| std::net::TcpListener::bind(("127.0.0.1", base + offset + i)).is_ok())
+        });
+        if free {
+            return base;
+        }
+    }
+    panic!("no free block of test ports");
 }
 
 pub fn binary() -> PathBuf {
