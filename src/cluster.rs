@@ -1,15 +1,17 @@
 //! Running nodes in this process: `raftfs node` (one) and `raftfs cluster`
 //! (N on 127.0.0.1, the demo). Each node is one reactor thread; SIGINT or
 //! SIGTERM stops them all gracefully (a leader hands over first); a node that
-//! stops on an error stops the whole command with that error.
+//! stops on an error stops the whole command with that error. SIGUSR1 makes
+//! every node write its file map's checksum to `<data dir>/fsm.checksum`
+//! (see `net::reactor`), for convergence checks.
 
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
-use crate::net::reactor::StopHandle;
+use crate::net::reactor::{ChecksumHandle, StopHandle};
 use crate::raft::{NodeId, Role};
 use crate::replica::Status;
 use crate::server::start_node;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -83,7 +85,7 @@ fn run_reactors(
     mut on_status: impl FnMut(&[Status]),
 ) -> Result<()> {
     let (sender, receiver) = mpsc::channel::<Event>();
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1])
         .map_err(|e| Error::io("installing signal handlers", e))?;
     let signal_sender = sender.clone();
     std::thread::spawn(move || {
@@ -94,10 +96,12 @@ fn run_reactors(
         }
     });
     let mut stops: Vec<StopHandle> = Vec::new();
+    let mut checksums: Vec<ChecksumHandle> = Vec::new();
     let mut statuses: Vec<Arc<Mutex<Status>>> = Vec::new();
     let mut threads = Vec::new();
     for (id, mut reactor) in reactors {
         stops.push(reactor.stop_handle());
+        checksums.push(reactor.checksum_handle());
         statuses.push(reactor.status_handle());
         let sender = sender.clone();
         let thread = std::thread::Builder::new()
@@ -114,6 +118,11 @@ fn run_reactors(
     let mut stopping = false;
     while running > 0 {
         match receiver.recv_timeout(Duration::from_millis(100)) {
+            Ok(Event::Signal(SIGUSR1)) => {
+                for checksum in &checksums {
+                    checksum.request();
+                }
+            }
             Ok(Event::Signal(signal)) => {
                 if stopping {
                     log::warn!("second signal: exiting now");

@@ -18,6 +18,17 @@ pub const TICK_MS: u64 = 10;
 /// No client command waits longer than this for its answer (SPEC §3).
 pub const COMMAND_TIMEOUT_MS: u64 = 5_000;
 
+/// An idle leader writes cluster time into the log (an entry with a stamp
+/// and no command) this often, so a new leader, which starts from the last
+/// stamp in its log, lags real time by at most this plus the election: files
+/// expire late by about an election, never by the time the cluster was idle
+/// (SPEC §2).
+pub const CLUSTER_TIME_STAMP_INTERVAL_MS: u64 = 250;
+
+/// Client connections accepted in one reactor turn; more wait in the accept
+/// queue for the next turn.
+pub const ACCEPTS_PER_TURN_MAX: usize = 64;
+
 /// A client connection stops being read while this many reply bytes wait to be
 /// written to it (write backpressure).
 pub const CONN_WRITE_QUEUE_BYTES_MAX: usize = 4 << 20;
@@ -134,6 +145,7 @@ const _: () = assert!(
 );
 const _: () = assert!((SNAPSHOT_CHUNK_BYTES_MAX as usize) < PEER_FRAME_BYTES_MAX);
 const _: () = assert!(SNAPSHOTS_KEPT >= 2);
+const _: () = assert!(CLUSTER_TIME_STAMP_INTERVAL_MS >= TICK_MS);
 const _: () = assert!(PEER_RECONNECT_MIN_MS <= PEER_RECONNECT_MAX_MS);
 const _: () = assert!(PEER_REFUSE_REASON_BYTES_MAX + 64 <= PEER_HANDSHAKE_BYTES_MAX);
 const _: () = assert!(PEER_HANDSHAKE_BYTES_MAX < PEER_FRAME_BYTES_MAX);

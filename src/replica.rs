@@ -23,14 +23,18 @@
 //!   been applied, so every acknowledged write is included), and the answer is
 //!   released only after a ReadIndex heartbeat round confirms leadership.
 //!
-//! Reads judge expiry at the cluster time of their position: the entry's
-//! stamp, or the leader's cluster time capped by the stamp of the next entry.
+//! Reads judge whether a file is alive at the cluster time of the applied
+//! state they see (so a file never comes back after a leader change) and
+//! show the seconds left on the leader's clock.
 //!
 //! Snapshots and compaction live in the `snapshot` submodule.
 //!
 //! Cluster time (SPEC §2): a new leader starts from the largest stamp seen in
 //! its log (the wall clock only if there is none) and advances it with its
-//! monotonic clock; proposals carry it as their stamp.
+//! monotonic clock; proposals carry it as their stamp. While files have
+//! deadlines, a leader with nothing else to propose writes a stamp-only
+//! entry when a deadline passes and at least every
+//! `CLUSTER_TIME_STAMP_INTERVAL_MS` (see `maybe_stamp_cluster_time`).
 
 mod snapshot;
 
@@ -163,8 +167,6 @@ pub struct Replica {
     pub metrics: ReplicaMetrics,
     /// The instant the current turn started (for cluster time during apply).
     turn_now: Instant,
-    /// A stamp-only entry proposed to advance cluster time past a deadline.
-    time_entry_index: Option<Index>,
     snapshots: Option<Snapshots>,
 }
 
@@ -205,7 +207,6 @@ impl Replica {
             needs_sync: false,
             metrics: ReplicaMetrics::default(),
             turn_now: Instant::now(),
-            time_entry_index: None,
             snapshots: None,
         }
     }
@@ -277,40 +278,6 @@ impl Replica {
     pub fn tick(&mut self, now: Instant) {
         self.raft.tick();
         self.expire_waiting(now);
-        self.maybe_propose_time_entry(now);
-    }
-
-    /// Expiry becomes visible only when an entry stamped at or past a
-    /// file's deadline is applied (reads judge liveness at the applied
-    /// cluster time). When the next deadline has passed on the leader's
-    /// clock and no proposal is carrying time forward, propose an entry
-    /// with no commands, just a stamp.
-    fn maybe_propose_time_entry(&mut self, now: Instant) {
-        if self
-            .time_entry_index
-            .is_some_and(|index| index > self.applied_index)
-        {
-            return;
-        }
-        self.time_entry_index = None;
-        if self.raft.role() != Role::Leader || self.leader_clock.is_none() {
-            return;
-        }
-        let Some(deadline_ms) = self.fsm.next_deadline_ms() else {
-            return;
-        };
-        let now_ms = self.cluster_time_ms(now);
-        let carried = self
-            .waiting
-            .back()
-            .is_some_and(|w| w.stamp_ms >= deadline_ms);
-        if deadline_ms > now_ms || self.fsm.cluster_time_ms() >= deadline_ms || carried {
-            return;
-        }
-        if let Ok(index) = self.raft.propose(encode_batch(now_ms, &[])) {
-            self.last_proposed_stamp_ms = now_ms;
-            self.time_entry_index = Some(index);
-        }
     }
 
     /// Start handing leadership away (graceful stop). Returns the target.
@@ -337,6 +304,7 @@ impl Replica {
         self.turn_now = now;
         self.update_leader_clock(now);
         self.route_requests(now);
+        self.maybe_stamp_cluster_time(now);
         self.propose_batches(now);
         self.register_turn_reads(now);
         self.run_actions(send_now)?;
@@ -538,6 +506,52 @@ impl Replica {
                     }
                 }
             }
+        }
+    }
+
+    /// A stamp-only entry (no command), proposed when no batch of this turn
+    /// carries time forward and either
+    /// - a file's deadline has passed on the leader's clock but not in the
+    ///   applied state (reads judge liveness at the applied cluster time, so
+    ///   this is what makes the expiry visible), or
+    /// - files have deadlines and the last stamp is older than
+    ///   `CLUSTER_TIME_STAMP_INTERVAL_MS` (a new leader starts from the last
+    ///   stamp in its log; without this a leader change after a quiet spell
+    ///   would make files expire late by the whole spell).
+    ///
+    /// It waits like any proposal, with no client.
+    fn maybe_stamp_cluster_time(&mut self, now: Instant) {
+        if !self.is_ready_for_reads() || !self.batches.is_empty() {
+            return;
+        }
+        let Some(deadline_ms) = self.fsm.next_deadline_ms() else {
+            return;
+        };
+        let stamp_ms = self.cluster_time_ms(now);
+        let carried = self
+            .waiting
+            .back()
+            .is_some_and(|w| w.stamp_ms >= deadline_ms);
+        let expiry_due =
+            deadline_ms <= stamp_ms && self.fsm.cluster_time_ms() < deadline_ms && !carried;
+        let stamp_stale = stamp_ms
+            >= self
+                .last_proposed_stamp_ms
+                .saturating_add(limits::CLUSTER_TIME_STAMP_INTERVAL_MS);
+        if !expiry_due && !stamp_stale {
+            return;
+        }
+        if let Ok(index) = self.raft.propose(encode_batch(stamp_ms, &[])) {
+            self.last_proposed_stamp_ms = stamp_ms;
+            self.waiting.push_back(Waiting {
+                index,
+                term: self.raft.term(),
+                stamp_ms,
+                clients: Vec::new(),
+                reads: Vec::new(),
+                deadline: now + Duration::from_millis(limits::COMMAND_TIMEOUT_MS),
+                proposed_at: now,
+            });
         }
     }
 
@@ -840,11 +854,23 @@ fn command_size_bytes(command: &Command) -> usize {
     }
 }
 
+/// Test hook: milliseconds added to this node's wall clock (negative moves
+/// it back), so tests can give nodes clocks far apart without touching the
+/// system clock (tests/clock.rs).
+pub const WALL_CLOCK_OFFSET_ENV: &str = "RAFTFS_TEST_WALL_CLOCK_OFFSET_MS";
+
+/// The only wall-clock read in the node: where cluster time starts when the
+/// log holds no stamp yet (SPEC §2). Everything else uses `Instant`.
 fn wall_clock_ms() -> u64 {
-    SystemTime::now()
+    let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let offset_ms: i64 = std::env::var(WALL_CLOCK_OFFSET_ENV)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(0);
+    now_ms.saturating_add_signed(offset_ms).max(1)
 }
 
 fn describe_step_error(error: &raft::StepError) -> String {

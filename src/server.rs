@@ -21,7 +21,14 @@ use std::time::Duration;
 pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -> Result<Reactor> {
     let member = config.member(id)?.clone();
     let node_dir = config.node_data_dir(id, data_dir);
-    let (wal, recovered) = storage::open(&node_dir, config.fsync)?;
+    let (mut wal, recovered) = storage::open(&node_dir, config.fsync)?;
+    if storage::lost_unsynced::enabled_by_environment() {
+        wal.track_synced_position()?;
+        log::warn!(
+            "node {id}: lost-fsync test mode ({}=1): recording the synced WAL position",
+            storage::lost_unsynced::LOSE_UNSYNCED_ENV
+        );
+    }
     log::info!(
         "node {id}: data dir {} (incarnation {:016x}), recovered {} entries, term {}",
         node_dir.display(),
@@ -116,6 +123,7 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
         })?;
         log::info!("node {id}: metrics and health on http://{address}/metrics and /health");
     }
+    reactor.set_checksum_path(node_dir.join(crate::net::reactor::CHECKSUM_FILE_NAME));
     Ok(reactor)
 }
 

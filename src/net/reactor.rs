@@ -13,6 +13,15 @@
 //! peer port answered the same way; `ReactorMetrics` counted with plain
 //! increments; one log line per role, term or leader change.
 //!
+//! Convergence checks (tests, operators): a `ChecksumHandle::request` (the
+//! node binary wires it to SIGUSR1) makes the loop write, at the end of its
+//! next turn, one line to `<data dir>/fsm.checksum` (written to a temporary
+//! file and renamed, so a reader never sees half of it): `applied_index`,
+//! `commit_index`, `term`, `cluster_time_ms`, `version_counter`, `files` and
+//! `checksum` (the file map's digest at its own cluster time, see
+//! `Fsm::checksum`). Replicas at the same applied index must show the same
+//! digest. No client command exists for this (SPEC §2 has none).
+//!
 //! Invariants (mio's rules): tokens come from a slab; spurious events are
 //! harmless (every handler tolerates `WouldBlock`); a broken connection is
 //! closed and the loop goes on; nothing in the loop blocks except `poll` and
@@ -32,6 +41,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,6 +60,26 @@ const CONNECTION_TOKEN_BASE: usize = 1 << 20;
 const STOP_QUIET: Duration = Duration::from_millis(50);
 /// Most ticks caught up in one turn after a stall.
 const TICKS_PER_TURN_MAX: u32 = 10;
+
+/// The file a checksum request writes, inside the node's data dir.
+pub const CHECKSUM_FILE_NAME: &str = "fsm.checksum";
+
+/// Asks a running reactor to write its file map's checksum (see the module
+/// doc).
+#[derive(Clone)]
+pub struct ChecksumHandle {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl ChecksumHandle {
+    pub fn request(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            log::warn!("could not wake the reactor for a checksum: {e}");
+        }
+    }
+}
 
 /// Asks a running reactor to stop (gracefully: a leader hands over first).
 #[derive(Clone)]
@@ -80,6 +110,9 @@ pub struct Reactor {
     max_file_bytes: usize,
     /// Connections that may have input to frame without a new event.
     resume: Vec<usize>,
+    /// The last accept stopped at `ACCEPTS_PER_TURN_MAX` with more waiting:
+    /// go on next turn without waiting for an event (edge-triggered).
+    accept_pending: bool,
     /// Connections that got replies this turn.
     touched: Vec<usize>,
     /// How long a stopping leader waits for the handover and its answers.
@@ -92,6 +125,9 @@ pub struct Reactor {
     logged: (Option<Role>, Term, Option<NodeId>),
     /// When the last client command was read (a stopping node waits for quiet).
     last_command_at: Instant,
+    checksum_flag: Arc<AtomicBool>,
+    /// Where a checksum request writes; `None` = requests are ignored.
+    checksum_path: Option<PathBuf>,
 }
 
 /// Encoded once: the answers the reactor gives without the replica.
@@ -127,6 +163,7 @@ impl Reactor {
             status,
             max_file_bytes,
             resume: Vec::new(),
+            accept_pending: false,
             touched: Vec::new(),
             stop_grace,
             last_command_at: Instant::now(),
@@ -137,6 +174,8 @@ impl Reactor {
             http_requests: Vec::new(),
             metrics: ReactorMetrics::default(),
             logged: (None, 0, None),
+            checksum_flag: Arc::new(AtomicBool::new(false)),
+            checksum_path: None,
         })
     }
 
@@ -150,6 +189,48 @@ impl Reactor {
         let bound = server.local_addr()?;
         self.http = Some(server);
         Ok(bound)
+    }
+
+    pub fn checksum_handle(&self) -> ChecksumHandle {
+        ChecksumHandle {
+            flag: self.checksum_flag.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// Where checksum requests write (the node's data dir).
+    pub fn set_checksum_path(&mut self, path: PathBuf) {
+        self.checksum_path = Some(path);
+    }
+
+    /// Writes the checksum line if one was requested; a failure is logged
+    /// (this is a debugging aid, never a reason to stop serving).
+    fn maybe_write_checksum(&mut self) {
+        if !self.checksum_flag.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let Some(path) = &self.checksum_path else {
+            return;
+        };
+        let status = self.replica.status();
+        let fsm = self.replica.fsm();
+        let cluster_time_ms = fsm.cluster_time_ms();
+        let line = format!(
+            "applied_index={} commit_index={} term={} cluster_time_ms={} version_counter={} files={} checksum={:016x}\n",
+            status.applied_index,
+            status.commit_index,
+            status.term,
+            cluster_time_ms,
+            fsm.version_counter(),
+            fsm.len(),
+            fsm.checksum(cluster_time_ms)
+        );
+        let temporary = path.with_extension("checksum.tmp");
+        let written = std::fs::write(&temporary, line.as_bytes())
+            .and_then(|()| std::fs::rename(&temporary, path));
+        if let Err(e) = written {
+            log::warn!("could not write {}: {e}", path.display());
+        }
     }
 
     pub fn stop_handle(&self) -> StopHandle {
@@ -173,7 +254,8 @@ impl Reactor {
         loop {
             let now = Instant::now();
             let timeout = next_tick.saturating_duration_since(now);
-            let busy = !self.resume.is_empty() || self.peers.has_pending_reads();
+            let busy =
+                !self.resume.is_empty() || self.peers.has_pending_reads() || self.accept_pending;
             let timeout = if busy { Duration::ZERO } else { timeout };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -202,6 +284,9 @@ impl Reactor {
                     token if self.peers.owns(token) => self.handle_peer_event(event, now)?,
                     _ => {}
                 }
+            }
+            if self.accept_pending {
+                self.accept_clients();
             }
             for key in std::mem::take(&mut self.resume) {
                 self.service_connection(key, now);
@@ -251,6 +336,7 @@ impl Reactor {
             self.deliver(now)?;
             self.refresh_status();
             self.log_transitions();
+            self.maybe_write_checksum();
             if let Some(deadline) = stop_deadline {
                 // Stop once leadership is gone, every command read has its
                 // answer, and clients have had a moment to follow their
@@ -307,8 +393,12 @@ impl Reactor {
         Ok(())
     }
 
+    /// Accepts waiting clients, at most `ACCEPTS_PER_TURN_MAX` a turn so a
+    /// burst of connects never makes one turn long (fairness to the clients
+    /// already served).
     fn accept_clients(&mut self) {
-        loop {
+        self.accept_pending = false;
+        for _ in 0..limits::ACCEPTS_PER_TURN_MAX {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     if let Err(e) = stream.set_nodelay(true) {
@@ -342,6 +432,7 @@ impl Reactor {
                 }
             }
         }
+        self.accept_pending = true;
     }
 
     /// Read, frame and submit what a connection has; flush its replies.

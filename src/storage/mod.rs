@@ -7,6 +7,8 @@
 //!   fsynced, renamed into place, directory fsynced; never changed after.
 //! - `LOCK`: held with `flock` while a Wal is open, so two processes never
 //!   append to one log.
+//! - `synced.position`: only in the lost-fsync test mode (`lost_unsynced`).
+//! - `fsm.checksum`: only when asked for with SIGUSR1 (see `net::reactor`).
 //! - `NNNNNNNNNNNNNNNNNNNN.wal`: WAL segments, numbered by sequence (the
 //!   format is in `segment`, the writer in `wal`, the reader in `replay`).
 //!
@@ -29,6 +31,7 @@
 //! Left out: checking the Raft invariants of what is stored (the core owns
 //! those).
 
+pub mod lost_unsynced;
 mod replay;
 pub mod segment;
 pub mod wal;

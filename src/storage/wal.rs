@@ -29,6 +29,7 @@
 //! Left out: reading the log back (that is `open`'s replay), deleting files
 //! itself (the caller does, off the reactor thread), and a WAL thread.
 
+use super::lost_unsynced::SyncedMarker;
 use super::segment::{self, HEADER_BYTES};
 use crate::error::{Error, Result};
 use crate::limits::{WAL_BUFFER_BYTES_MAX, WAL_SEGMENT_BYTES_MAX};
@@ -104,6 +105,9 @@ pub struct Wal {
     /// Why the Wal refuses to go on, once something failed.
     poisoned: Option<String>,
     injected_failure: Option<InjectedFailure>,
+    /// Lost-fsync test mode: where each successful fdatasync is recorded
+    /// (see `lost_unsynced`).
+    synced_marker: Option<SyncedMarker>,
     /// Holds the data dir's lock for as long as the Wal lives.
     _lock: File,
 }
@@ -146,6 +150,7 @@ impl Wal {
             log_start_sequence,
             poisoned: None,
             injected_failure: None,
+            synced_marker: None,
             _lock: lock,
         }
     }
@@ -266,6 +271,30 @@ impl Wal {
         self.sync_file()
     }
 
+    /// Turns on the lost-fsync test mode (`storage::lost_unsynced`): from now
+    /// on every successful fdatasync records how far the log is durable, so
+    /// a simulated power failure can throw away the rest. Call before the
+    /// first append; the segment is fsynced first so the marker starts true.
+    pub fn track_synced_position(&mut self) -> Result<()> {
+        self.check_usable()?;
+        let marker = SyncedMarker::open(&self.dir)?;
+        self.write_buffer()?;
+        if self.options.fsync {
+            self.segment.file.sync_data().map_err(|e| {
+                Error::io(
+                    format!("fsyncing WAL segment {}", self.segment.path.display()),
+                    e,
+                )
+            })?;
+            self.unsynced = false;
+        }
+        marker
+            .record(self.segment.sequence, self.segment.file_bytes)
+            .map_err(|e| Error::io("recording the synced WAL position", e))?;
+        self.synced_marker = Some(marker);
+        Ok(())
+    }
+
     /// Makes the next write or fsync fail with an I/O error, as a full or
     /// broken disk would. For tests only.
     #[doc(hidden)]
@@ -327,6 +356,10 @@ impl Wal {
             path: finished.path,
             last_index_max: std::mem::take(&mut self.segment_last_index_max),
         });
+        if self.options.fsync {
+            // create_segment fsynced the header and the directory.
+            self.record_synced_position()?;
+        }
         if let Some(hard_state) = &self.hard_state {
             let payload = segment::hard_state_payload(hard_state);
             segment::encode_hard_state(&mut self.buffer, &payload);
@@ -374,6 +407,17 @@ impl Wal {
             return Err(self.poison(Error::io(context, source)));
         }
         self.unsynced = false;
+        self.record_synced_position()
+    }
+
+    /// Lost-fsync mode: the current segment is durable up to its length.
+    fn record_synced_position(&mut self) -> Result<()> {
+        let Some(marker) = &self.synced_marker else {
+            return Ok(());
+        };
+        if let Err(source) = marker.record(self.segment.sequence, self.segment.file_bytes) {
+            return Err(self.poison(Error::io("recording the synced WAL position", source)));
+        }
         Ok(())
     }
 }

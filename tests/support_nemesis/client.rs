@@ -1,0 +1,380 @@
+//! A blocking line-protocol client, and a worker that runs a random mixed
+//! workload through it while recording every operation in a shared
+//! `lincheck::History`.
+//!
+//! Recording rules (what the checker needs): an operation is invoked just
+//! before its bytes are sent and completed when its answer is read;
+//! `ERR_REDIRECT` and `ERR_CMD_ERR` mean "not applied" and are discarded;
+//! `ERR_INTERNAL`, a timeout or a broken connection are indeterminate. After
+//! a timeout or a broken connection the connection is abandoned (a late
+//! answer must never be taken for the next command's).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raftfs::lincheck::{History, Op, Outcome};
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+
+pub struct Client {
+    pub reader: BufReader<TcpStream>,
+    pub writer: TcpStream,
+}
+
+impl Client {
+    pub fn connect(address: &str) -> std::io::Result<Client> {
+        let address = address
+            .parse()
+            .map_err(|_| std::io::Error::other("bad address"))?;
+        let stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let writer = stream.try_clone()?;
+        Ok(Client {
+            reader: BufReader::new(stream),
+            writer,
+        })
+    }
+
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        let _ = self.writer.set_read_timeout(Some(timeout));
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes)
+    }
+
+    /// One reply: its first line without `\r\n`, plus for CONTENTS the
+    /// content after a '\n'.
+    pub fn reply(&mut self) -> std::io::Result<String> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = line.trim_end_matches(['\r', '\n']).to_string();
+        if let Some(rest) = line.strip_prefix("CONTENTS ") {
+            let length: usize = rest
+                .split(' ')
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| std::io::Error::other(format!("bad CONTENTS line {line:?}")))?;
+            let mut content = vec![0u8; length + 2];
+            self.reader.read_exact(&mut content)?;
+            content.truncate(length);
+            return Ok(format!("{line}\n{}", String::from_utf8_lossy(&content)));
+        }
+        Ok(line)
+    }
+
+    pub fn command(&mut self, bytes: &[u8]) -> std::io::Result<String> {
+        self.send(bytes)?;
+        self.reply()
+    }
+}
+
+/// What a worker saw, summed over workers.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerStats {
+    pub definite: u64,
+    pub indeterminate: u64,
+    pub redirects: u64,
+    pub command_errors: u64,
+    /// Replies that matched nothing the protocol allows.
+    pub unexpected: Vec<String>,
+}
+
+impl WorkerStats {
+    pub fn add(&mut self, other: &WorkerStats) {
+        self.definite += other.definite;
+        self.indeterminate += other.indeterminate;
+        self.redirects += other.redirects;
+        self.command_errors += other.command_errors;
+        self.unexpected.extend(other.unexpected.iter().cloned());
+    }
+}
+
+/// The encoded command for `op`.
+pub fn encode(op: &Op) -> Vec<u8> {
+    let mut out = Vec::new();
+    match op {
+        Op::Write { name, content } => {
+            out.extend_from_slice(b"write ");
+            out.extend_from_slice(name);
+            out.extend_from_slice(format!(" {}\r\n", content.len()).as_bytes());
+            out.extend_from_slice(content);
+            out.extend_from_slice(b"\r\n");
+        }
+        Op::Cas {
+            name,
+            expected_version,
+            content,
+        } => {
+            out.extend_from_slice(b"cas ");
+            out.extend_from_slice(name);
+            out.extend_from_slice(format!(" {expected_version} {}\r\n", content.len()).as_bytes());
+            out.extend_from_slice(content);
+            out.extend_from_slice(b"\r\n");
+        }
+        Op::Delete { name } => {
+            out.extend_from_slice(b"delete ");
+            out.extend_from_slice(name);
+            out.extend_from_slice(b"\r\n");
+        }
+        Op::Read { name } => {
+            out.extend_from_slice(b"read ");
+            out.extend_from_slice(name);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out
+}
+
+/// How an answer is recorded.
+pub enum Classified {
+    Outcome(Outcome),
+    Redirect(String),
+    CommandError,
+    Unexpected,
+}
+
+pub fn classify(op: &Op, reply: &str) -> Classified {
+    let (line, content) = match reply.split_once('\n') {
+        Some((line, content)) => (line, Some(content)),
+        None => (reply, None),
+    };
+    let mut fields = line.split(' ');
+    let head = fields.next().unwrap_or("");
+    let number = fields.next().and_then(|n| n.parse::<u64>().ok());
+    match (head, op) {
+        ("OK", Op::Write { .. } | Op::Cas { .. }) => match number {
+            Some(version) => Classified::Outcome(Outcome::Written { version }),
+            None => Classified::Unexpected,
+        },
+        ("OK", Op::Delete { .. }) if number.is_none() => Classified::Outcome(Outcome::Deleted),
+        ("ERR_VERSION", Op::Cas { .. }) => match number {
+            Some(current) => Classified::Outcome(Outcome::VersionMismatch { current }),
+            None => Classified::Unexpected,
+        },
+        ("ERR_FILE_NOT_FOUND", Op::Cas { .. } | Op::Delete { .. } | Op::Read { .. }) => {
+            Classified::Outcome(Outcome::NotFound)
+        }
+        ("CONTENTS", Op::Read { .. }) => match (number, content) {
+            (Some(version), Some(content)) => Classified::Outcome(Outcome::Contents {
+                version,
+                content: content.as_bytes().to_vec(),
+            }),
+            _ => Classified::Unexpected,
+        },
+        ("ERR_INTERNAL", _) => Classified::Outcome(Outcome::Indeterminate),
+        ("ERR_REDIRECT", _) => match fields.clone().count() {
+            0 => Classified::Redirect(line.trim_start_matches("ERR_REDIRECT ").to_string()),
+            _ => Classified::Unexpected,
+        },
+        ("ERR_CMD_ERR", _) => Classified::CommandError,
+        _ => Classified::Unexpected,
+    }
+}
+
+/// A workload client: random operations on a few hot files, recorded.
+pub struct Worker {
+    pub id: u64,
+    addresses: Vec<String>,
+    target: String,
+    client: Option<Client>,
+    history: Arc<Mutex<History>>,
+    origin: Instant,
+    rng: Pcg64Mcg,
+    files: Vec<Vec<u8>>,
+    versions: HashMap<Vec<u8>, u64>,
+    next_content: u64,
+    pub stats: WorkerStats,
+    timeout: Duration,
+    /// Least time between the starts of two operations (pacing keeps long
+    /// histories within what the checker's memory allows).
+    pub interval: Duration,
+}
+
+impl Worker {
+    pub fn new(
+        id: u64,
+        addresses: Vec<String>,
+        files: Vec<Vec<u8>>,
+        history: Arc<Mutex<History>>,
+        origin: Instant,
+        seed: u64,
+    ) -> Worker {
+        let target = addresses[id as usize % addresses.len()].clone();
+        Worker {
+            id,
+            addresses,
+            target,
+            client: None,
+            history,
+            origin,
+            rng: Pcg64Mcg::seed_from_u64(seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            files,
+            versions: HashMap::new(),
+            next_content: 0,
+            stats: WorkerStats::default(),
+            // SPEC §3: no command waits more than 5 s for its answer.
+            timeout: Duration::from_millis(6_000),
+            interval: Duration::ZERO,
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+
+    /// A random operation of the mix: write 30 %, cas 25 %, delete 10 %,
+    /// read 35 %. Contents are unique per worker and operation.
+    pub fn random_op(&mut self) -> Op {
+        let name = self.files[self.rng.gen_range(0..self.files.len())].clone();
+        self.next_content += 1;
+        let content = format!("w{}-{}", self.id, self.next_content).into_bytes();
+        match self.rng.gen_range(0..100) {
+            0..=29 => Op::Write { name, content },
+            30..=54 => {
+                let known = self.versions.get(&name).copied().unwrap_or(1);
+                // Mostly the version last seen; sometimes a stale guess.
+                let expected_version = if self.rng.gen_bool(0.8) {
+                    known
+                } else {
+                    known.saturating_sub(self.rng.gen_range(1..4))
+                };
+                Op::Cas {
+                    name,
+                    expected_version,
+                    content,
+                }
+            }
+            55..=64 => Op::Delete { name },
+            _ => Op::Read { name },
+        }
+    }
+
+    fn connection(&mut self) -> Option<&mut Client> {
+        if self.client.is_none() {
+            match Client::connect(&self.target) {
+                Ok(mut client) => {
+                    client.set_timeout(self.timeout);
+                    self.client = Some(client);
+                }
+                Err(_) => {
+                    self.pick_random_target();
+                    std::thread::sleep(Duration::from_millis(20));
+                    return None;
+                }
+            }
+        }
+        self.client.as_mut()
+    }
+
+    fn pick_random_target(&mut self) {
+        self.target = self.addresses[self.rng.gen_range(0..self.addresses.len())].clone();
+        self.client = None;
+    }
+
+    /// Runs one operation to its recorded end.
+    pub fn run_op(&mut self, op: Op) -> Option<Outcome> {
+        let bytes = encode(&op);
+        // Retry connecting a few times before recording anything: an
+        // operation that was never sent need not be recorded.
+        let mut attempts = 0;
+        while self.connection().is_none() {
+            attempts += 1;
+            if attempts > 50 {
+                return None;
+            }
+        }
+        let invoked = self.now_ns();
+        let id = self
+            .history
+            .lock()
+            .expect("history")
+            .invoke(self.id, op.clone(), invoked);
+        let result = match self.client.as_mut() {
+            Some(client) => client.command(&bytes),
+            None => Err(std::io::ErrorKind::NotConnected.into()),
+        };
+        let completed = self.now_ns();
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(_) => {
+                self.history.lock().expect("history").complete(
+                    id,
+                    Outcome::Indeterminate,
+                    completed,
+                );
+                self.stats.indeterminate += 1;
+                self.pick_random_target();
+                return Some(Outcome::Indeterminate);
+            }
+        };
+        match classify(&op, &reply) {
+            Classified::Outcome(outcome) => {
+                match &outcome {
+                    Outcome::Written { version }
+                    | Outcome::VersionMismatch { current: version }
+                    | Outcome::Contents { version, .. } => {
+                        self.versions.insert(op.name().to_vec(), *version);
+                    }
+                    _ => {}
+                }
+                if outcome == Outcome::Indeterminate {
+                    self.stats.indeterminate += 1;
+                    self.pick_random_target();
+                } else {
+                    self.stats.definite += 1;
+                }
+                self.history
+                    .lock()
+                    .expect("history")
+                    .complete(id, outcome.clone(), completed);
+                Some(outcome)
+            }
+            Classified::Redirect(address) => {
+                self.history.lock().expect("history").discard(id);
+                self.stats.redirects += 1;
+                if self.addresses.contains(&address) {
+                    self.target = address;
+                    self.client = None;
+                }
+                None
+            }
+            Classified::CommandError => {
+                self.history.lock().expect("history").discard(id);
+                self.stats.command_errors += 1;
+                self.stats.unexpected.push(format!("{op:?} -> {reply}"));
+                None
+            }
+            Classified::Unexpected => {
+                self.history.lock().expect("history").complete(
+                    id,
+                    Outcome::Indeterminate,
+                    completed,
+                );
+                self.stats.unexpected.push(format!("{op:?} -> {reply}"));
+                self.pick_random_target();
+                None
+            }
+        }
+    }
+
+    /// Random operations until `stop` is set.
+    pub fn run(mut self, stop: Arc<AtomicBool>) -> WorkerStats {
+        while !stop.load(Ordering::SeqCst) {
+            let started = Instant::now();
+            let op = self.random_op();
+            self.run_op(op);
+            if let Some(rest) = self.interval.checked_sub(started.elapsed()) {
+                std::thread::sleep(rest);
+            }
+        }
+        self.stats
+    }
+}
