@@ -326,10 +326,7 @@ fn describe_action(action: &Action) -> String {
             "apply {:?}",
             entries
                 .iter()
-                .map(|entry| (
-                    entry.index,
-                    String::from_utf8_lossy(&entry.data).into_owned()
-                ))
+                .map(|entry| format!("{}={}", entry.index, invariants::show(&entry.data)))
                 .collect::<Vec<_>>()
         ),
         Action::Send(envelope) => format!(

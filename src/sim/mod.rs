@@ -197,6 +197,10 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Stats, Failure> {
     }
 }
 
+/// Steps the liveness phase may take before it is called stuck, whatever
+/// the simulated time (a core that floods messages must not hang the tests).
+pub const LIVENESS_STEPS_MAX: u64 = 300_000;
+
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
@@ -280,6 +284,7 @@ impl Sim {
         let leader_deadline_us = self.now_us + self.config.liveness_ticks_max * TICK_US;
         let deadline_us =
             leader_deadline_us + self.config.catch_up_ticks_per_entry * backlog * TICK_US;
+        let steps_max = self.step + LIVENESS_STEPS_MAX;
         loop {
             self.advance_liveness()
                 .map_err(|message| self.failure(message))?;
@@ -287,12 +292,19 @@ impl Sim {
                 break;
             }
             let late_leader = !self.liveness.leader_seen && self.now_us > leader_deadline_us;
-            if late_leader || self.now_us > deadline_us {
+            let too_many_steps = self.step > steps_max;
+            if late_leader || too_many_steps || self.now_us > deadline_us {
                 let summary = self.summary();
                 return Err(self.failure(format!(
                     "liveness: {} within {} ticks of healing (backlog {backlog} entries, probes {}, \
                      write done {}); {summary}",
-                    if late_leader { "no leader" } else { "no fresh proposal applied everywhere and read served" },
+                    if late_leader {
+                        "no leader"
+                    } else if too_many_steps {
+                        "still busy after LIVENESS_STEPS_MAX steps"
+                    } else {
+                        "no fresh proposal applied everywhere and read served"
+                    },
                     (self.now_us - self.liveness.started_us) / TICK_US,
                     self.liveness.probes,
                     self.liveness.write_done
