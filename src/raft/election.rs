@@ -192,7 +192,6 @@ impl Node {
             progress,
             ticks: 0,
             heartbeat_elapsed_ticks: 0,
-            check_quorum_elapsed_ticks: 0,
             noop_index: noop.index,
             read_round: 0,
             reads: VecDeque::new(),
@@ -214,25 +213,21 @@ impl Node {
             return;
         };
         leader.ticks += 1;
-        leader.check_quorum_elapsed_ticks += 1;
-        if leader.check_quorum_elapsed_ticks >= timeout_min {
-            leader.check_quorum_elapsed_ticks = 0;
-            let active = 1 + leader
-                .progress
-                .values()
-                .filter(|progress| progress.recent_active)
-                .count();
-            for progress in leader.progress.values_mut() {
-                progress.recent_active = false;
-            }
-            if check_quorum && active < quorum::majority(members) {
-                log::info!(
-                    "node {} steps down: no quorum heard in an election timeout",
-                    self.config.id
-                );
-                self.become_follower(self.hard_state.term, None);
-                return;
-            }
+        // CheckQuorum, evaluated every tick so the leader steps down exactly
+        // one election timeout after it last heard from a majority.
+        let ticks = leader.ticks;
+        let active = 1 + leader
+            .progress
+            .values()
+            .filter(|progress| ticks - progress.last_heard_tick < timeout_min)
+            .count();
+        if check_quorum && active < quorum::majority(members) {
+            log::info!(
+                "node {} steps down: no quorum heard in an election timeout",
+                self.config.id
+            );
+            self.become_follower(self.hard_state.term, None);
+            return;
         }
         if let Some(transfer) = leader.transfer.as_mut() {
             transfer.elapsed_ticks += 1;

@@ -79,8 +79,9 @@ pub enum Message {
         leader_commit: Index,
     },
     /// On success `match_index` is the last index now known to match the
-    /// leader. On failure, `conflict_index`/`conflict_term` are the fast
-    /// backtracking hint.
+    /// leader. On failure, `match_index` echoes the rejected `prev_log_index`
+    /// (so the leader can ignore a stale rejection) and
+    /// `conflict_index`/`conflict_term` are the fast backtracking hint.
     AppendEntriesResponse {
         success: bool,
         match_index: Index,

@@ -100,7 +100,6 @@ pub(super) struct Leader {
     /// Ticks since this term began; in-flight appends are stamped with it.
     pub ticks: u64,
     pub heartbeat_elapsed_ticks: u64,
-    pub check_quorum_elapsed_ticks: u64,
     /// Index of this term's no-op; reads wait until it commits.
     pub noop_index: Index,
     /// The last heartbeat round sent.

@@ -40,8 +40,9 @@ pub struct Progress {
     pub probe_sent: bool,
     /// In `Replicate`: appends awaiting an answer, oldest first.
     pub inflight: VecDeque<Inflight>,
-    /// Heard from this follower since the last CheckQuorum period began.
-    pub recent_active: bool,
+    /// The leader tick at which this follower last answered (CheckQuorum);
+    /// 0, the start of the term, until then: its vote counts as contact.
+    pub last_heard_tick: u64,
     /// Highest ReadIndex heartbeat round this follower has answered.
     pub read_round_acked: u64,
 }
@@ -54,7 +55,7 @@ impl Progress {
             state: ProgressState::Probe,
             probe_sent: false,
             inflight: VecDeque::new(),
-            recent_active: false,
+            last_heard_tick: 0,
             read_round_acked: 0,
         }
     }

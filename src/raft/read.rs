@@ -59,6 +59,13 @@ impl Node {
         let Some(target) = requested.or(best) else {
             return Ok(own_id);
         };
+        let last_index = self.log.last_index();
+        if let Some(progress) = leader.progress.get_mut(&target) {
+            if progress.match_index < last_index {
+                // Do not wait for a possibly lost pipeline: probe now.
+                progress.become_probe();
+            }
+        }
         leader.transfer = Some(Transfer {
             target,
             elapsed_ticks: 0,

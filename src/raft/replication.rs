@@ -201,10 +201,11 @@ impl Node {
         let Some(leader) = self.leader.as_mut() else {
             return;
         };
+        let ticks = leader.ticks;
         let Some(progress) = leader.progress.get_mut(&from) else {
             return;
         };
-        progress.recent_active = true;
+        progress.last_heard_tick = ticks;
         if success {
             if progress.on_success(match_index) {
                 self.maybe_commit();
@@ -227,7 +228,7 @@ impl Node {
         let Some(progress) = leader.progress.get_mut(&from) else {
             return;
         };
-        progress.recent_active = true;
+        progress.last_heard_tick = ticks;
         progress.read_round_acked = progress.read_round_acked.max(read_round);
         if progress.match_index < last_index {
             // The follower is alive but behind: unpause a probe, and restart

@@ -1,0 +1,242 @@
+//! Targeted checks of single `Node` contracts that the golden scripts do not
+//! isolate: refused envelopes change nothing, the leader counts itself only
+//! after `persisted` (and ignores a report for a replaced entry), a
+//! single-member cluster commits and serves reads by itself, and incarnations
+//! are recorded durably on first sight.
+
+use bytes::Bytes;
+use raftfs::raft::{Action, Config, Envelope, Message, Node, NodeId, Restored, Role, StepError};
+
+fn config(id: NodeId, members: &[NodeId]) -> Config {
+    Config {
+        id,
+        members: members.to_vec(),
+        incarnation: 1000 + id,
+        election_timeout_ticks: (10, 20),
+        heartbeat_ticks: 3,
+        inflight_appends_max: 4,
+        append_bytes_max: 1 << 20,
+        pre_vote: false,
+        check_quorum: false,
+        seed: id,
+    }
+}
+
+fn drain(node: &mut Node) -> Vec<Action> {
+    let mut actions = Vec::new();
+    node.drain_actions(&mut actions);
+    actions
+}
+
+fn envelope(from: NodeId, to: NodeId, term: u64, message: Message) -> Envelope {
+    Envelope {
+        from,
+        to,
+        term,
+        incarnation: 1000 + from,
+        message,
+    }
+}
+
+/// Node 1 of {1, 2, 3} elected in term 1 by node 2's vote; returns it with
+/// its no-op (index 1) not yet persisted.
+fn leader_of_three() -> Node {
+    let mut node = Node::new(config(1, &[1, 2, 3]), Restored::default());
+    while node.role() != Role::Candidate {
+        node.tick();
+    }
+    drain(&mut node);
+    let vote = envelope(2, 1, 1, Message::RequestVoteResponse { granted: true });
+    assert_eq!(node.step(vote), Ok(()));
+    assert_eq!(node.role(), Role::Leader);
+    drain(&mut node);
+    node
+}
+
+fn ack(node: &mut Node, from: NodeId, match_index: u64) {
+    let message = Message::AppendEntriesResponse {
+        success: true,
+        match_index,
+        conflict_index: 0,
+        conflict_term: None,
+    };
+    assert_eq!(node.step(envelope(from, 1, 1, message)), Ok(()));
+}
+
+#[test]
+fn refused_envelopes_change_nothing() {
+    let mut node = Node::new(config(1, &[1, 2, 3]), Restored::default());
+    let heartbeat = Message::Heartbeat {
+        leader_commit: 0,
+        read_round: 1,
+    };
+    assert_eq!(
+        node.step(envelope(9, 1, 5, heartbeat.clone())),
+        Err(StepError::NotForUs)
+    );
+    assert_eq!(
+        node.step(envelope(2, 3, 5, heartbeat.clone())),
+        Err(StepError::NotForUs)
+    );
+    assert_eq!(
+        node.step(envelope(1, 1, 5, heartbeat.clone())),
+        Err(StepError::NotForUs)
+    );
+    assert!(drain(&mut node).is_empty());
+
+    // First sight of node 2 records its incarnation durably.
+    assert_eq!(node.observe_incarnation(2, 1002), Ok(()));
+    let actions = drain(&mut node);
+    assert!(
+        matches!(&actions[..], [Action::PersistHardState(hs)] if hs.incarnations.get(&2) == Some(&1002))
+    );
+
+    let mut impostor = envelope(2, 1, 5, heartbeat);
+    impostor.incarnation = 7;
+    assert_eq!(
+        node.step(impostor),
+        Err(StepError::WrongIncarnation {
+            from: 2,
+            recorded: 1002,
+            got: 7
+        })
+    );
+    assert_eq!(node.term(), 0, "a refused message must not change the term");
+    assert_eq!(node.leader_id(), None);
+    assert!(drain(&mut node).is_empty());
+}
+
+#[test]
+fn leader_counts_itself_only_after_persisted() {
+    let mut node = leader_of_three();
+    ack(&mut node, 2, 1);
+    assert_eq!(
+        node.commit_index(),
+        0,
+        "one follower plus an unpersisted leader is no majority"
+    );
+    node.persisted(1, 7);
+    assert_eq!(
+        node.commit_index(),
+        0,
+        "a report with the wrong term is ignored"
+    );
+    node.persisted(1, 1);
+    assert_eq!(node.commit_index(), 1);
+    let applied: Vec<Action> = drain(&mut node)
+        .into_iter()
+        .filter(|a| matches!(a, Action::Apply(_)))
+        .collect();
+    assert_eq!(applied.len(), 1);
+
+    // Two followers are a majority without the leader's own write.
+    let index = node.propose(Bytes::from_static(b"x")).expect("leader");
+    ack(&mut node, 2, index);
+    ack(&mut node, 3, index);
+    assert_eq!(node.commit_index(), index);
+}
+
+#[test]
+fn single_member_cluster_commits_and_reads_alone() {
+    let mut node = Node::new(config(1, &[1]), Restored::default());
+    while node.role() != Role::Leader {
+        node.tick();
+    }
+    assert_eq!(node.read_index(5), Ok(()));
+    let actions = drain(&mut node);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::ReadReady { .. })),
+        "no read before the no-op commits"
+    );
+    assert!(!actions.iter().any(|a| matches!(a, Action::Send(_))));
+    node.persisted(1, 1);
+    assert_eq!(node.commit_index(), 1);
+    let actions = drain(&mut node);
+    assert!(actions.contains(&Action::ReadReady { id: 5, index: 1 }));
+
+    assert_eq!(node.read_index(6), Ok(()));
+    assert_eq!(
+        drain(&mut node),
+        vec![Action::ReadReady { id: 6, index: 1 }]
+    );
+    assert_eq!(
+        node.transfer_leadership(None),
+        Ok(1),
+        "nobody to hand over to"
+    );
+    assert_eq!(node.propose(Bytes::from_static(b"y")), Ok(2));
+}
+
+#[test]
+fn restart_applies_again_from_the_start() {
+    let mut node = leader_of_three();
+    node.persisted(1, 1);
+    let index = node.propose(Bytes::from_static(b"x")).expect("leader");
+    node.persisted(index, 1);
+    ack(&mut node, 2, index);
+    assert_eq!(node.commit_index(), index);
+    let mut hard_state = node.hard_state().clone();
+    let entries: Vec<_> = (1..=index).filter_map(|i| node.entry(i).cloned()).collect();
+    hard_state.vote = Some(1);
+
+    let mut restarted = Node::new(
+        config(1, &[1, 2, 3]),
+        Restored {
+            hard_state,
+            entries,
+        },
+    );
+    assert_eq!(
+        (
+            restarted.term(),
+            restarted.commit_index(),
+            restarted.last_index()
+        ),
+        (1, 0, 2)
+    );
+    assert_eq!(restarted.role(), Role::Follower);
+    let heartbeat = Message::Heartbeat {
+        leader_commit: 2,
+        read_round: 1,
+    };
+    assert_eq!(restarted.step(envelope(2, 1, 1, heartbeat)), Ok(()));
+    let applied: Vec<u64> = drain(&mut restarted)
+        .into_iter()
+        .filter_map(|a| {
+            if let Action::Apply(entries) = a {
+                Some(entries)
+            } else {
+                None
+            }
+        })
+        .flatten()
+        .map(|entry| entry.index)
+        .collect();
+    assert_eq!(applied, vec![1, 2]);
+}
+
+#[test]
+fn malformed_append_is_dropped_without_panic() {
+    let mut node = Node::new(config(2, &[1, 2, 3]), Restored::default());
+    let entries = vec![raftfs::raft::Entry {
+        term: 1,
+        index: 5,
+        data: Bytes::new(),
+    }];
+    let message = Message::AppendEntries {
+        prev_log_index: 0,
+        prev_log_term: 0,
+        entries,
+        leader_commit: 9,
+    };
+    assert_eq!(node.step(envelope(1, 2, 1, message)), Ok(()));
+    assert_eq!(node.last_index(), 0);
+    assert_eq!(node.commit_index(), 0);
+    let sends = drain(&mut node)
+        .into_iter()
+        .filter(|a| matches!(a, Action::Send(_)))
+        .count();
+    assert_eq!(sends, 0);
+}
