@@ -285,6 +285,7 @@ impl Sim {
         node.applied.clear();
         node.reads_waiting.clear();
         node.commit_index_seen = 0;
+        node.paused_until_us = 0;
         let generation = node.generation;
         let id = node.id;
         self.crashes += 1;

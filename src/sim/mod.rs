@@ -13,13 +13,18 @@
 //! client traffic and faults (crashes, partitions, loss, duplication,
 //! reordering, slow disks, leadership transfers). Then the liveness phase
 //! heals the network, stops loss, restarts every node and requires a leader
-//! and a fresh proposal applied on every node, then a served read, within
-//! `liveness_ticks_max` ticks.
+//! within `liveness_ticks_max` ticks, then a fresh proposal applied on every
+//! node and a served read within that plus `catch_up_ticks_per_entry` per
+//! entry of the longest log (the backlog a slow network has to ship), and
+//! within `LIVENESS_STEPS_MAX` steps.
 //!
 //! The executor (`executor.rs`) follows `raft::action`'s contract: actions in
-//! order; sends held until every earlier persist is synced; `persisted` after
-//! a sync; applies handed to the state machine (the applied sequence of entry
-//! data) once, in order.
+//! order; sends held until every earlier persist is synced (optionally except
+//! a leader's appends, thesis §10.2.1); `persisted` after a sync; applies
+//! handed to the state machine (the applied sequence of entry data) once, in
+//! order. After every step each running node's `last_index` and `hard_state`
+//! must equal what it asked to persist, so a state change that skips its
+//! persist action is caught.
 //! Left out: membership change, lost data dirs (incarnation refusal is tested
 //! in the Raft core's own tests), the fs state machine (`lincheck` covers it).
 
@@ -122,6 +127,9 @@ struct SimNode {
     reads_waiting: Vec<(u64, Index)>,
     commit_index_seen: Index,
     tick_period_us: u64,
+    /// A paused node (a stopped process, a long GC) neither ticks nor
+    /// handles messages or syncs before this time; what arrives waits.
+    paused_until_us: u64,
 }
 
 impl SimNode {
@@ -248,6 +256,7 @@ impl Sim {
                 applied: Vec::new(),
                 reads_waiting: Vec::new(),
                 commit_index_seen: 0,
+                paused_until_us: 0,
                 tick_period_us: TICK_US * per_mille / 1_000,
             });
         }
@@ -466,17 +475,27 @@ impl Sim {
                 if sim_node.generation != generation {
                     return Ok(());
                 }
+                let period = sim_node.tick_period_us;
+                if sim_node.paused_until_us > self.now_us {
+                    // A stopped process misses its ticks.
+                    let resume = sim_node.paused_until_us - self.now_us;
+                    self.schedule(resume.max(period), Event::Tick { node, generation });
+                    return Ok(());
+                }
                 let Some(raft) = sim_node.raft.as_mut() else {
                     return Ok(());
                 };
                 raft.tick();
-                let period = sim_node.tick_period_us;
                 self.schedule(period, Event::Tick { node, generation });
                 self.run_node(node)
             }
             Event::Deliver(envelope) => self.deliver(envelope),
             Event::Sync { node, generation } => {
                 if self.nodes[node].generation != generation || !self.nodes[node].is_up() {
+                    return Ok(());
+                }
+                if let Some(resume) = self.pause_left_us(node) {
+                    self.schedule(resume, Event::Sync { node, generation });
                     return Ok(());
                 }
                 self.sync_node(node)?;
@@ -515,6 +534,13 @@ impl Sim {
         if !self.net.admits(envelope.from, to) {
             return Ok(());
         }
+        if let Some(resume) = self.pause_left_us(index) {
+            // Waits in the socket buffer of a stopped process; taken in some
+            // order soon after it resumes.
+            let jitter = self.rng.gen_range(0..=TICK_US / 2);
+            self.schedule(resume + jitter, Event::Deliver(envelope));
+            return Ok(());
+        }
         let Some(raft) = self.nodes[index].raft.as_mut() else {
             return Ok(());
         };
@@ -532,6 +558,12 @@ impl Sim {
         for delay in delays {
             self.schedule(delay, Event::Deliver(envelope.clone()));
         }
+    }
+
+    /// Microseconds until node `index` resumes, if it is paused.
+    fn pause_left_us(&self, index: usize) -> Option<u64> {
+        let until = self.nodes[index].paused_until_us;
+        (until > self.now_us).then(|| until - self.now_us)
     }
 
     fn position_of(&self, id: NodeId) -> Option<usize> {
