@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Schedules in the CI set.
-const CI_SCHEDULES: u64 = 2_000;
+const CI_SCHEDULES: u64 = 5_000;
 /// Steps in each schedule's fault phase.
 const FAULT_STEPS: u64 = 20_000;
 /// The CI set is seeds `CI_SEED_BASE..CI_SEED_BASE + CI_SCHEDULES`.
