@@ -407,6 +407,12 @@ impl Sim {
         }
     }
 
+    /// The invariants' observation state, for tests that plant a violation
+    /// and expect the simulator to report it.
+    pub fn observations_mut(&mut self) -> &mut Observations {
+        &mut self.observations
+    }
+
     pub fn history(&self) -> &History {
         &self.history
     }
