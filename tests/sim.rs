@@ -1,14 +1,16 @@
 //! Seeded simulation of whole Raft clusters under faults (`raftfs::sim`).
 //!
 //! - `seeded_schedules`: the CI set, `CI_SCHEDULES` mixed-fault schedules
-//!   (3- and 5-node) on every core. Modes by environment:
-//!   `RAFTFS_SEED=<seed>` replays that one schedule with a step-by-step trace
-//!   on stderr; `RAFTFS_SOAK=<secs>` runs random seeds for that long and
+//!   (3- and 5-node) on every core (`CI_SCHEDULES_DEBUG` in a debug build).
+//!   Modes by environment: `RAFTFS_SEED=<seed>` replays that one schedule
+//!   with a step-by-step trace on stderr; `RAFTFS_SOAK=<secs>` runs random seeds for that long and
 //!   prints how many ran; `RAFTFS_SIM_SCHEDULES=<n>` runs the first `n` CI
 //!   seeds instead of `CI_SCHEDULES`. Every failure prints its seed.
 //! - `same_seed_same_trace`: the simulator is deterministic.
 //! - `checkers_catch_planted_violations`: each invariant function rejects a
-//!   fabricated violation, so none can pass silently.
+//!   fabricated violation, so none can pass silently;
+//!   `simulator_runs_the_checkers` plants observations inside a running
+//!   simulator and expects the next steps to fail.
 
 use bytes::Bytes;
 use raftfs::raft::{Entry, HardState};
@@ -19,7 +21,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Schedules in the CI set.
-const CI_SCHEDULES: u64 = 2_000;
+const CI_SCHEDULES: u64 = 5_000;
+/// Schedules when built without optimisation (the core's `debug_assert!`s
+/// are on then, and each schedule is several times slower).
+const CI_SCHEDULES_DEBUG: u64 = 500;
 /// Steps in each schedule's fault phase.
 const FAULT_STEPS: u64 = 20_000;
 /// The CI set is seeds `CI_SEED_BASE..CI_SEED_BASE + CI_SCHEDULES`.
@@ -166,7 +171,11 @@ fn seeded_schedules() {
     let schedules = std::env::var("RAFTFS_SIM_SCHEDULES")
         .ok()
         .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(CI_SCHEDULES);
+        .unwrap_or(if cfg!(debug_assertions) {
+            CI_SCHEDULES_DEBUG
+        } else {
+            CI_SCHEDULES
+        });
     let counter = AtomicU64::new(0);
     let started = Instant::now();
     let tally = run_parallel(&|| {
@@ -339,5 +348,49 @@ fn failure_names_seed_and_step() {
     assert!(
         text.contains("seed 1234") && text.contains("step 56") && text.contains("RAFTFS_SEED=1234"),
         "{text}"
+    );
+}
+
+/// The simulator really consults the checkers: plant a second leader for the
+/// current term, or a different entry at the next index to commit, and the
+/// run must fail with that property's name.
+#[test]
+fn simulator_runs_the_checkers() {
+    let mut sim = Sim::new(3, SimConfig::quiet(3));
+    sim.propose_and_wait(Bytes::from_static(b"w1"), 200)
+        .expect("commits");
+    let leader = sim.leader().expect("a leader");
+    let term = sim
+        .observations_mut()
+        .leaders
+        .keys()
+        .next_back()
+        .copied()
+        .expect("a term");
+    sim.observations_mut().leaders.insert(term, leader % 3 + 1);
+    let failure = (0..1_000)
+        .find_map(|_| sim.step().err())
+        .expect("the planted leader is noticed");
+    assert!(failure.message.contains("Election Safety"), "{failure}");
+
+    let mut sim = Sim::new(4, SimConfig::quiet(3));
+    let index = sim
+        .propose_and_wait(Bytes::from_static(b"w1"), 200)
+        .expect("commits");
+    sim.observations_mut().committed.insert(
+        index + 1,
+        invariants::CommittedEntry {
+            term: 99,
+            data: Bytes::from_static(b"planted"),
+            commit_term: 99,
+            first_applied_by: 9,
+        },
+    );
+    let failure = sim
+        .propose_and_wait(Bytes::from_static(b"w2"), 200)
+        .expect_err("the planted entry is noticed");
+    assert!(
+        failure.message.contains("State Machine Safety"),
+        "{failure}"
     );
 }

@@ -56,6 +56,8 @@ pub struct RaftKnobs {
 pub struct FaultWeights {
     pub crash: u32,
     pub crash_leader: u32,
+    /// Stop a node (often the leader) for a while, as SIGSTOP or a GC pause.
+    pub pause: u32,
     pub partition_symmetric: u32,
     pub isolate_leader: u32,
     pub partition_one_way: u32,
@@ -68,6 +70,7 @@ impl FaultWeights {
     pub fn total(&self) -> u32 {
         self.crash
             + self.crash_leader
+            + self.pause
             + self.partition_symmetric
             + self.isolate_leader
             + self.partition_one_way
@@ -162,6 +165,7 @@ impl SimConfig {
         config.faults = FaultWeights {
             crash: rng.gen_range(0..4),
             crash_leader: rng.gen_range(0..4),
+            pause: rng.gen_range(0..4),
             partition_symmetric: rng.gen_range(0..4),
             isolate_leader: rng.gen_range(0..4),
             partition_one_way: rng.gen_range(0..3),

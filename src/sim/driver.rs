@@ -3,9 +3,11 @@
 //!
 //! The client mostly talks to a node that believes it leads (and follows one
 //! redirect), sometimes to any node, so stale leaders get writes and reads
-//! too. Faults: crash a node (or the leader), symmetric partitions, isolating
-//! the leader, one-way link cuts, healing, changing loss/duplication/delay,
-//! leadership transfer. Each fault is drawn by weight from `FaultWeights`.
+//! too; a paused node gets no client operations (its client would wait).
+//! Faults: crash a node (or the leader), pause a node (or the leader: it wakes
+//! up believing it still leads, to a socket full of stale messages),
+//! symmetric partitions, isolating the leader, one-way link cuts, healing,
+//! changing loss/duplication/delay, leadership transfer. Each fault is drawn by weight from `FaultWeights`.
 
 use super::{Sim, TICK_US};
 use crate::raft::{NodeId, NotLeader};
@@ -27,8 +29,16 @@ impl Sim {
     }
 
     pub(super) fn client_operation(&mut self) -> Result<(), String> {
-        let up = self.up_positions();
-        let leaders = self.leader_positions();
+        let up: Vec<usize> = self
+            .up_positions()
+            .into_iter()
+            .filter(|&index| self.pause_left_us(index).is_none())
+            .collect();
+        let leaders: Vec<usize> = self
+            .leader_positions()
+            .into_iter()
+            .filter(|&index| self.pause_left_us(index).is_none())
+            .collect();
         let target = if !leaders.is_empty() && self.rng.gen_bool(0.8) {
             leaders[self.rng.gen_range(0..leaders.len())]
         } else if !up.is_empty() {
@@ -123,6 +133,15 @@ impl Sim {
             if let Some(victim) = leader.or_else(|| up.choose(&mut self.rng).copied()) {
                 self.crash_node(victim);
             }
+        } else if chosen(weights.pause) {
+            let victim = if self.rng.gen_bool(0.6) { leader } else { None };
+            if let Some(victim) = victim.or_else(|| up.choose(&mut self.rng).copied()) {
+                let pause_us = self.rng.gen_range(2..50) * TICK_US;
+                let id = self.node_id(victim);
+                self.trace_fault(format!("pause node {id} for {} ticks", pause_us / TICK_US));
+                let node = &mut self.nodes[victim];
+                node.paused_until_us = node.paused_until_us.max(self.now_us + pause_us);
+            }
         } else if chosen(weights.partition_symmetric) {
             if self.rng.gen_bool(0.5) {
                 self.net.heal_all();
@@ -166,7 +185,7 @@ impl Sim {
             let config = self.net.config.clone();
             self.trace_fault(format!("network weather {config:?}"));
         } else if chosen(weights.transfer_leadership) {
-            if let Some(leader) = leader {
+            if let Some(leader) = leader.filter(|&leader| self.pause_left_us(leader).is_none()) {
                 let to = if self.rng.gen_bool(0.5) {
                     None
                 } else {
@@ -197,6 +216,7 @@ impl Sim {
         self.net.config.long_delay_probability = 0.0;
         self.trace_fault("liveness phase: healed, loss stopped, restarting every node".to_string());
         for index in 0..self.nodes.len() {
+            self.nodes[index].paused_until_us = 0;
             if !self.nodes[index].is_up() {
                 // Invalidate the pending Restart event and boot now.
                 self.nodes[index].generation += 1;

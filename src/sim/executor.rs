@@ -292,6 +292,7 @@ impl Sim {
         node.applied.clear();
         node.reads_waiting.clear();
         node.commit_index_seen = 0;
+        node.paused_until_us = 0;
         let generation = node.generation;
         let id = node.id;
         self.crashes += 1;
@@ -333,10 +334,7 @@ fn describe_action(action: &Action) -> String {
             "apply {:?}",
             entries
                 .iter()
-                .map(|entry| (
-                    entry.index,
-                    String::from_utf8_lossy(&entry.data).into_owned()
-                ))
+                .map(|entry| format!("{}={}", entry.index, invariants::show(&entry.data)))
                 .collect::<Vec<_>>()
         ),
         Action::Send(envelope) => format!(

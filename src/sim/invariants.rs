@@ -126,9 +126,13 @@ pub fn log_matching(
         match positions.get(&(index, entry.term)) {
             Some(record) if record.data != entry.data || record.previous_term != previous_term => {
                 return Err(format!(
-                    "Log Matching (§5.3): index {index} term {} is {:?} after term {previous_term} on node {node} \
-                     but {:?} after term {} on node {}",
-                    entry.term, entry.data, record.data, record.previous_term, record.node
+                    "Log Matching (§5.3): index {index} term {} is {} after term {previous_term} on node {node} \
+                     but {} after term {} on node {}",
+                    entry.term,
+                    show(&entry.data),
+                    show(&record.data),
+                    record.previous_term,
+                    record.node
                 ));
             }
             Some(_) => {}
@@ -180,12 +184,16 @@ pub fn leader_has_committed_entry(
     match held {
         Some(held) if held.term == entry.term && held.data == entry.data => Ok(()),
         _ => Err(format!(
-            "Leader Completeness (§5.4): index {index} (term {}, {:?}) was committed by term {} \
-             but node {leader}, leader of term {leader_term}, holds {:?}",
+            "Leader Completeness (§5.4): index {index} (term {}, {}) was committed by term {} \
+             but node {leader}, leader of term {leader_term}, holds {}",
             entry.term,
-            entry.data,
+            show(&entry.data),
             entry.commit_term,
-            held.map(|held| (held.term, &held.data))
+            held.map_or("nothing".to_string(), |held| format!(
+                "(term {}, {})",
+                held.term,
+                show(&held.data)
+            ))
         )),
     }
 }
@@ -210,8 +218,13 @@ pub fn state_machine_safety(
     }
     match committed.get(&entry.index) {
         Some(first) if first.term != entry.term || first.data != entry.data => Err(format!(
-            "State Machine Safety: node {node} applied index {} as (term {}, {:?}) but node {} applied (term {}, {:?})",
-            entry.index, entry.term, entry.data, first.first_applied_by, first.term, first.data
+            "State Machine Safety: node {node} applied index {} as (term {}, {}) but node {} applied (term {}, {})",
+            entry.index,
+            entry.term,
+            show(&entry.data),
+            first.first_applied_by,
+            first.term,
+            show(&first.data)
         )),
         Some(_) => Ok(false),
         None => {
@@ -238,9 +251,14 @@ pub fn apply_from_own_log(
 ) -> Result<(), String> {
     if own_log_entry != Some(entry) {
         return Err(format!(
-            "node {node} applied {:?} but its log holds {:?} at index {}",
-            (entry.term, &entry.data),
-            own_log_entry.map(|held| (held.term, &held.data)),
+            "node {node} applied (term {}, {}) but its log holds {} at index {}",
+            entry.term,
+            show(&entry.data),
+            own_log_entry.map_or("nothing".to_string(), |held| format!(
+                "(term {}, {})",
+                held.term,
+                show(&held.data)
+            )),
             entry.index
         ));
     }
@@ -281,4 +299,15 @@ pub fn read_linearizable(
         ));
     }
     Ok(())
+}
+
+/// Entry data for a message: the first bytes, lossy UTF-8 (`""` is a no-op).
+pub fn show(data: &Bytes) -> String {
+    const SHOWN_BYTES_MAX: usize = 24;
+    let shown = String::from_utf8_lossy(&data[..data.len().min(SHOWN_BYTES_MAX)]).into_owned();
+    if data.len() > SHOWN_BYTES_MAX {
+        format!("{shown:?}+{}b", data.len() - SHOWN_BYTES_MAX)
+    } else {
+        format!("{shown:?}")
+    }
 }

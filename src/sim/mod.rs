@@ -13,13 +13,18 @@
 //! client traffic and faults (crashes, partitions, loss, duplication,
 //! reordering, slow disks, leadership transfers). Then the liveness phase
 //! heals the network, stops loss, restarts every node and requires a leader
-//! and a fresh proposal applied on every node, then a served read, within
-//! `liveness_ticks_max` ticks.
+//! within `liveness_ticks_max` ticks, then a fresh proposal applied on every
+//! node and a served read within that plus `catch_up_ticks_per_entry` per
+//! entry of the longest log (the backlog a slow network has to ship), and
+//! within `LIVENESS_STEPS_MAX` steps.
 //!
 //! The executor (`executor.rs`) follows `raft::action`'s contract: actions in
-//! order; sends held until every earlier persist is synced; `persisted` after
-//! a sync; applies handed to the state machine (the applied sequence of entry
-//! data) once, in order.
+//! order; sends held until every earlier persist is synced (optionally except
+//! a leader's appends, thesis §10.2.1); `persisted` after a sync; applies
+//! handed to the state machine (the applied sequence of entry data) once, in
+//! order. After every step each running node's `last_index` and `hard_state`
+//! must equal what it asked to persist, so a state change that skips its
+//! persist action is caught.
 //! Left out: membership change, lost data dirs (incarnation refusal is tested
 //! in the Raft core's own tests), the fs state machine (`lincheck` covers it).
 
@@ -122,6 +127,9 @@ struct SimNode {
     reads_waiting: Vec<(u64, Index)>,
     commit_index_seen: Index,
     tick_period_us: u64,
+    /// A paused node (a stopped process, a long GC) neither ticks nor
+    /// handles messages or syncs before this time; what arrives waits.
+    paused_until_us: u64,
 }
 
 impl SimNode {
@@ -197,6 +205,10 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Stats, Failure> {
     }
 }
 
+/// Steps the liveness phase may take before it is called stuck, whatever
+/// the simulated time (a core that floods messages must not hang the tests).
+pub const LIVENESS_STEPS_MAX: u64 = 300_000;
+
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
@@ -244,6 +256,7 @@ impl Sim {
                 applied: Vec::new(),
                 reads_waiting: Vec::new(),
                 commit_index_seen: 0,
+                paused_until_us: 0,
                 tick_period_us: TICK_US * per_mille / 1_000,
             });
         }
@@ -280,6 +293,7 @@ impl Sim {
         let leader_deadline_us = self.now_us + self.config.liveness_ticks_max * TICK_US;
         let deadline_us =
             leader_deadline_us + self.config.catch_up_ticks_per_entry * backlog * TICK_US;
+        let steps_max = self.step + LIVENESS_STEPS_MAX;
         loop {
             self.advance_liveness()
                 .map_err(|message| self.failure(message))?;
@@ -287,12 +301,19 @@ impl Sim {
                 break;
             }
             let late_leader = !self.liveness.leader_seen && self.now_us > leader_deadline_us;
-            if late_leader || self.now_us > deadline_us {
+            let too_many_steps = self.step > steps_max;
+            if late_leader || too_many_steps || self.now_us > deadline_us {
                 let summary = self.summary();
                 return Err(self.failure(format!(
                     "liveness: {} within {} ticks of healing (backlog {backlog} entries, probes {}, \
                      write done {}); {summary}",
-                    if late_leader { "no leader" } else { "no fresh proposal applied everywhere and read served" },
+                    if late_leader {
+                        "no leader"
+                    } else if too_many_steps {
+                        "still busy after LIVENESS_STEPS_MAX steps"
+                    } else {
+                        "no fresh proposal applied everywhere and read served"
+                    },
                     (self.now_us - self.liveness.started_us) / TICK_US,
                     self.liveness.probes,
                     self.liveness.write_done
@@ -386,6 +407,12 @@ impl Sim {
         }
     }
 
+    /// The invariants' observation state, for tests that plant a violation
+    /// and expect the simulator to report it.
+    pub fn observations_mut(&mut self) -> &mut Observations {
+        &mut self.observations
+    }
+
     pub fn history(&self) -> &History {
         &self.history
     }
@@ -454,17 +481,27 @@ impl Sim {
                 if sim_node.generation != generation {
                     return Ok(());
                 }
+                let period = sim_node.tick_period_us;
+                if sim_node.paused_until_us > self.now_us {
+                    // A stopped process misses its ticks.
+                    let resume = sim_node.paused_until_us - self.now_us;
+                    self.schedule(resume.max(period), Event::Tick { node, generation });
+                    return Ok(());
+                }
                 let Some(raft) = sim_node.raft.as_mut() else {
                     return Ok(());
                 };
                 raft.tick();
-                let period = sim_node.tick_period_us;
                 self.schedule(period, Event::Tick { node, generation });
                 self.run_node(node)
             }
             Event::Deliver(envelope) => self.deliver(envelope),
             Event::Sync { node, generation } => {
                 if self.nodes[node].generation != generation || !self.nodes[node].is_up() {
+                    return Ok(());
+                }
+                if let Some(resume) = self.pause_left_us(node) {
+                    self.schedule(resume, Event::Sync { node, generation });
                     return Ok(());
                 }
                 self.sync_node(node)?;
@@ -503,6 +540,13 @@ impl Sim {
         if !self.net.admits(envelope.from, to) {
             return Ok(());
         }
+        if let Some(resume) = self.pause_left_us(index) {
+            // Waits in the socket buffer of a stopped process; taken in some
+            // order soon after it resumes.
+            let jitter = self.rng.gen_range(0..=TICK_US / 2);
+            self.schedule(resume + jitter, Event::Deliver(envelope));
+            return Ok(());
+        }
         let Some(raft) = self.nodes[index].raft.as_mut() else {
             return Ok(());
         };
@@ -520,6 +564,12 @@ impl Sim {
         for delay in delays {
             self.schedule(delay, Event::Deliver(envelope.clone()));
         }
+    }
+
+    /// Microseconds until node `index` resumes, if it is paused.
+    fn pause_left_us(&self, index: usize) -> Option<u64> {
+        let until = self.nodes[index].paused_until_us;
+        (until > self.now_us).then(|| until - self.now_us)
     }
 
     fn position_of(&self, id: NodeId) -> Option<usize> {
