@@ -1,31 +1,23 @@
 //! Harness for the snapshot tests: real `raftfs node` processes on
-//! 127.0.0.1 and a small pipelining client. Ports are derived from the test
-//! binary's pid and checked free by binding before use. Every process is
-//! killed when its `Cluster` is dropped.
+//! 127.0.0.1 and a small pipelining client. Ports come from the shared
+//! reservation in `tests/common` (a block per cluster, locked across
+//! processes with `flock` and below the kernel's ephemeral range), so test
+//! binaries running at the same time — other worktrees, loops of this one —
+//! never talk to each other's nodes. Every process is killed when its
+//! `Cluster` is dropped.
 #![allow(dead_code)]
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-static NEXT_BLOCK: AtomicU16 = AtomicU16::new(0);
-
-/// A base port whose client (base..), peer (base+20..) ports are all free.
-fn free_base_port(size: u16) -> u16 {
-    loop {
-        let block = NEXT_BLOCK.fetch_add(1, Ordering::SeqCst);
-        let base = 41_000 + ((std::process::id() as u16 % 60) * 300 + block * 40) % 18_000;
-        let all_free = (0..size)
-            .flat_map(|i| [base + i, base + 20 + i])
-            .all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok());
-        if all_free {
-            return base;
-        }
-    }
-}
+/// Peer ports sit this far above the client ports in the reserved block.
+const PEER_PORT_OFFSET: u16 = 10;
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -39,7 +31,7 @@ impl Cluster {
     /// Write a config for `size` nodes (with `extra` TOML lines) and start them.
     pub fn start(size: usize, extra: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let base_port = free_base_port(size as u16);
+        let base_port = common::fresh_base_port();
         let mut text = format!(
             "election_timeout_ms = [150, 300]\nheartbeat_ms = 40\ndata_dir = {:?}\n{extra}\n",
             dir.path().join("data").display().to_string()
@@ -49,7 +41,7 @@ impl Cluster {
                 "[[node]]\nid = {}\nclient = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\n",
                 i + 1,
                 base_port + i,
-                base_port + 20 + i
+                base_port + PEER_PORT_OFFSET + i
             ));
         }
         let config_path = dir.path().join("cluster.toml");
@@ -81,6 +73,37 @@ impl Cluster {
 
     pub fn log_text(&self, id: u64) -> String {
         std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
+    /// Copies every node's log to a fresh directory under the system temp
+    /// dir (which outlives the cluster) and returns its path.
+    pub fn keep_logs(&self, label: &str) -> String {
+        let kept = std::env::temp_dir().join(format!(
+            "raftfs-{label}-{}-{}",
+            std::process::id(),
+            self.base_port
+        ));
+        let _ = std::fs::create_dir_all(&kept);
+        for id in 1..=self.size as u64 {
+            let _ = std::fs::copy(self.log_path(id), kept.join(format!("node-{id}.log")));
+        }
+        kept.display().to_string()
+    }
+
+    /// Every node's log without the chatty peer-link lines, last 80 lines each.
+    pub fn all_logs_summary(&self) -> String {
+        let mut text = String::new();
+        for id in 1..=self.size as u64 {
+            let log = self.log_text(id);
+            let lines: Vec<&str> = log.lines().filter(|l| !l.contains("link")).collect();
+            let from = lines.len().saturating_sub(80);
+            text.push_str(&format!(
+                "---- node {id} (running: {}) ----\n{}\n",
+                self.is_running(id),
+                lines[from..].join("\n")
+            ));
+        }
+        text
     }
 
     pub fn start_node(&mut self, id: u64) {
@@ -195,6 +218,12 @@ impl Client {
             .parse()
             .map_err(|_| std::io::Error::other("bad address"))?;
         let stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+        // A connect to a dead node's port can pick that very port as its
+        // own ephemeral port and connect to itself (TCP simultaneous open):
+        // the "reply" would be the request echoed back.
+        if stream.local_addr()? == stream.peer_addr()? {
+            return Err(std::io::Error::other("connected to itself"));
+        }
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let writer = stream.try_clone()?;
