@@ -24,7 +24,8 @@ use crate::limits;
 use bytes::{Buf, Bytes, BytesMut};
 use mio::net::TcpStream;
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Write};
+use std::os::fd::AsRawFd;
 
 /// Most slices handed to one `writev`.
 const WRITE_SLICES_MAX: usize = 64;
@@ -102,34 +103,21 @@ impl Connection {
     pub fn read_available(&mut self) -> io::Result<ReadStatus> {
         let mut read_bytes = 0;
         while read_bytes < limits::CONN_READ_BYTES_PER_TURN_MAX {
-            let old_length = self.read_buffer.len();
-            self.read_buffer.resize(old_length + READ_CHUNK_BYTES, 0);
-            let result = self.stream.read(&mut self.read_buffer[old_length..]);
-            match result {
+            match receive_into_spare_capacity(&self.stream, &mut self.read_buffer) {
                 Ok(0) => {
-                    self.read_buffer.truncate(old_length);
                     self.input_closed = true;
                     return Ok(ReadStatus::Closed);
                 }
-                Ok(n) => {
-                    self.read_buffer.truncate(old_length + n);
-                    read_bytes += n;
-                }
+                Ok(n) => read_bytes += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.read_buffer.truncate(old_length);
                     if self.read_buffer.is_empty() {
                         // Idle: give the chunk back rather than pin it.
                         self.read_buffer = BytesMut::new();
                     }
                     return Ok(ReadStatus::Open);
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    self.read_buffer.truncate(old_length);
-                }
-                Err(e) => {
-                    self.read_buffer.truncate(old_length);
-                    return Err(e);
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(ReadStatus::More)
@@ -224,4 +212,32 @@ impl Connection {
         let drained = self.output.is_empty();
         drained && self.slots.is_empty() && (self.closing || self.input_closed)
     }
+}
+
+/// One `recv` straight into the buffer's spare capacity (at least
+/// `READ_CHUNK_BYTES`), without zero-filling it first: the profile showed the
+/// zero-fill of a 16 KiB chunk before every read costing a third of the
+/// leader's instructions per write.
+fn receive_into_spare_capacity(stream: &TcpStream, buffer: &mut BytesMut) -> io::Result<usize> {
+    buffer.reserve(READ_CHUNK_BYTES);
+    let spare = buffer.spare_capacity_mut();
+    // SAFETY: recv(2) writes at most `spare.len()` bytes into `spare`, memory
+    // this buffer owns and we borrow exclusively; nothing reads it before the
+    // kernel has written it.
+    let received = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            spare.as_mut_ptr().cast::<libc::c_void>(),
+            spare.len(),
+            0,
+        )
+    };
+    if received < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let received = received as usize;
+    // SAFETY: the kernel initialised exactly `received` bytes right after the
+    // buffer's current length, within its capacity.
+    unsafe { buffer.set_len(buffer.len() + received) };
+    Ok(received)
 }
