@@ -50,6 +50,8 @@ struct Tally {
     partitions: u64,
     reads_served: u64,
     liveness_ticks_max: u64,
+    with_snapshots: u64,
+    snapshots: sim::SnapshotStats,
     failures: Vec<Failure>,
 }
 
@@ -64,6 +66,8 @@ impl Tally {
                 self.partitions += stats.partitions;
                 self.reads_served += stats.client.reads_served;
                 self.liveness_ticks_max = self.liveness_ticks_max.max(stats.liveness_ticks);
+                self.with_snapshots += (stats.snapshots.compactions > 0) as u64;
+                add_snapshots(&mut self.snapshots, &stats.snapshots);
             }
             Err(failure) => {
                 eprintln!("FAILED {failure}");
@@ -80,13 +84,16 @@ impl Tally {
         self.partitions += other.partitions;
         self.reads_served += other.reads_served;
         self.liveness_ticks_max = self.liveness_ticks_max.max(other.liveness_ticks_max);
+        self.with_snapshots += other.with_snapshots;
+        add_snapshots(&mut self.snapshots, &other.snapshots);
         self.failures.extend(other.failures);
     }
 
     fn report(&self, what: &str, elapsed: Duration) {
         eprintln!(
             "{what}: {} schedules in {:.1}s ({} steps, {} committed entries, {} crashes, {} partitions, \
-             {} reads served, slowest recovery {} ticks), {} failed",
+             {} reads served, slowest recovery {} ticks; {} with snapshots: {} compactions, {} chunks \
+             sent, {} installed, {} out of order), {} failed",
             self.schedules,
             elapsed.as_secs_f64(),
             self.steps,
@@ -95,6 +102,11 @@ impl Tally {
             self.partitions,
             self.reads_served,
             self.liveness_ticks_max,
+            self.with_snapshots,
+            self.snapshots.compactions,
+            self.snapshots.chunks_sent,
+            self.snapshots.installed,
+            self.snapshots.chunks_out_of_order,
             self.failures.len()
         );
         let mut seeds: Vec<u64> = self.failures.iter().map(|failure| failure.seed).collect();
@@ -108,6 +120,13 @@ impl Tally {
                 .map_or(String::new(), |f| f.to_string())
         );
     }
+}
+
+fn add_snapshots(total: &mut sim::SnapshotStats, more: &sim::SnapshotStats) {
+    total.compactions += more.compactions;
+    total.chunks_sent += more.chunks_sent;
+    total.installed += more.installed;
+    total.chunks_out_of_order += more.chunks_out_of_order;
 }
 
 /// Run `next_seed()` on every thread until it returns None.
