@@ -109,6 +109,9 @@ pub struct SimConfig {
     /// this many entries (plus a random jitter of up to as many again) past
     /// its last snapshot, at a random applied index; 0 never compacts.
     pub compact_every_entries: u64,
+    /// Bulk added to every serialised snapshot, so transfers span several
+    /// `SNAPSHOT_CHUNK_BYTES_MAX` chunks (the entries alone never do).
+    pub snapshot_padding_bytes: u64,
     /// Write every step to stderr.
     pub verbose: bool,
 }
@@ -150,6 +153,7 @@ impl SimConfig {
                 check_quorum: true,
             },
             compact_every_entries: 0,
+            snapshot_padding_bytes: 0,
             verbose: false,
         }
     }
@@ -209,6 +213,12 @@ impl SimConfig {
         // Drawn last, so the knobs above stay what they were for each seed.
         if rng.gen_bool(0.5) {
             config.compact_every_entries = [3, 10, 40][rng.gen_range(0..3)];
+            if rng.gen_bool(0.2) {
+                let chunk = crate::limits::SNAPSHOT_CHUNK_BYTES_MAX;
+                config.snapshot_padding_bytes = rng.gen_range(chunk / 2..5 * chunk);
+                // Bulky transfers: compact less often.
+                config.compact_every_entries *= 10;
+            }
         }
         config
     }

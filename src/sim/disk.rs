@@ -16,34 +16,47 @@ use crate::raft::{Entry, HardState, Index, Restored, SnapshotMeta, Term};
 use bytes::Bytes;
 
 /// A snapshot of the simulated state machine: the applied sequence of entry
-/// data through `meta.index`, and its serialised form (`meta.size_bytes`
-/// long), which is what travels in InstallSnapshot chunks.
+/// data through `meta.index`, and its serialised form, which is what travels
+/// in InstallSnapshot chunks: `padding_bytes` bytes of `PADDING_BYTE` (bulk
+/// that makes a transfer span several chunks) then `body`, the encoded
+/// entries; `meta.size_bytes` is the sum. With the padding fixed per
+/// schedule, an older snapshot's form is a prefix of a newer one's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SimSnapshot {
     pub meta: SnapshotMeta,
     pub applied: Vec<Bytes>,
+    pub padding_bytes: u64,
     pub body: Bytes,
 }
+
+/// The value of every padding byte of a serialised snapshot.
+pub const PADDING_BYTE: u8 = 0x5a;
 
 impl SimSnapshot {
     /// The snapshot of `applied` (the whole sequence) taken at term `term`
     /// of its last entry.
-    pub fn of(applied: &[Bytes], term: Term) -> SimSnapshot {
+    pub fn of(applied: &[Bytes], term: Term, padding_bytes: u64) -> SimSnapshot {
         let body = encode(applied);
         SimSnapshot {
             meta: SnapshotMeta {
                 index: applied.len() as Index,
                 term,
-                size_bytes: body.len() as u64,
+                size_bytes: padding_bytes + body.len() as u64,
             },
             applied: applied.to_vec(),
+            padding_bytes,
             body,
         }
     }
 
-    /// Rebuild a snapshot from received bytes; `Err` if they do not decode
-    /// to exactly `meta.index` entries.
-    pub fn decode(meta: SnapshotMeta, body: Bytes) -> Result<SimSnapshot, String> {
+    /// Rebuild a snapshot from its received entry bytes (the padding was
+    /// checked as it arrived); `Err` if they do not decode to exactly
+    /// `meta.index` entries in `meta.size_bytes` bytes.
+    pub fn decode(
+        meta: SnapshotMeta,
+        padding_bytes: u64,
+        body: Bytes,
+    ) -> Result<SimSnapshot, String> {
         let mut applied = Vec::new();
         let mut position = 0usize;
         while position < body.len() {
@@ -62,16 +75,17 @@ impl SimSnapshot {
             applied.push(body.slice(start..end));
             position = end;
         }
-        if applied.len() as Index != meta.index || body.len() as u64 != meta.size_bytes {
+        let size_bytes = padding_bytes + body.len() as u64;
+        if applied.len() as Index != meta.index || size_bytes != meta.size_bytes {
             return Err(format!(
-                "snapshot {meta:?} decodes to {} entries in {} bytes",
+                "snapshot {meta:?} decodes to {} entries in {size_bytes} bytes",
                 applied.len(),
-                body.len()
             ));
         }
         Ok(SimSnapshot {
             meta,
             applied,
+            padding_bytes,
             body,
         })
     }
@@ -372,7 +386,8 @@ mod tests {
         disk.write_entries(vec![entry(1, 1), entry(2, 1), entry(3, 2)])
             .expect("contiguous");
         let applied: Vec<Bytes> = disk.log()[..2].iter().map(|e| e.data.clone()).collect();
-        let snapshot = SimSnapshot::of(&applied, 1);
+        let snapshot = SimSnapshot::of(&applied, 1, 10);
+        assert_eq!(snapshot.meta.size_bytes, 10 + snapshot.body.len() as u64);
         assert!(disk.store_snapshot(snapshot.clone(), true).is_err());
         disk.sync();
         disk.store_snapshot(snapshot.clone(), true).expect("synced");
@@ -389,12 +404,14 @@ mod tests {
         assert_eq!(restored.entries, vec![entry(3, 2)]);
         assert_eq!(disk.restored_applied(), applied);
         assert!(disk.store_snapshot(snapshot.clone(), false).is_err());
-        let decoded = SimSnapshot::decode(snapshot.meta, snapshot.body.clone()).expect("decodes");
+        let decoded =
+            SimSnapshot::decode(snapshot.meta, 10, snapshot.body.clone()).expect("decodes");
         assert_eq!(decoded, snapshot);
-        assert!(SimSnapshot::decode(snapshot.meta, snapshot.body.slice(1..)).is_err());
+        assert!(SimSnapshot::decode(snapshot.meta, 10, snapshot.body.slice(1..)).is_err());
+        assert!(SimSnapshot::decode(snapshot.meta, 9, snapshot.body.clone()).is_err());
         let mut later = applied.clone();
         later.push(Bytes::from_static(b"3/2"));
-        disk.store_snapshot(SimSnapshot::of(&later, 2), false)
+        disk.store_snapshot(SimSnapshot::of(&later, 2, 0), false)
             .expect("newer");
         assert!(disk.log().is_empty());
         assert_eq!(disk.sync(), None);

@@ -295,13 +295,15 @@ pub fn snapshot_matches_committed(
                     ));
                 }
             }
-            Some(first) => return Err(format!(
+            Some(first) => {
+                return Err(format!(
                 "State Machine Safety: node {node}'s snapshot through {snapshot_index} holds {} \
                      at index {index}, but node {} applied {}",
                 show(data),
                 first.first_applied_by,
                 show(&first.data)
-            )),
+            ))
+            }
             None => {
                 return Err(format!(
                     "node {node}'s snapshot through {snapshot_index} holds index {index}, \

@@ -13,25 +13,33 @@
 //! smaller offset); overlapping bytes must agree; once complete the bytes
 //! must decode, hold exactly the committed sequence, and be durable before
 //! `Node::install_snapshot`; if installed, the state machine is replaced.
-//! Left out: snapshots spanning several chunks need more than
-//! `SNAPSHOT_CHUNK_BYTES_MAX` (1 MiB) of state, which the simulated state
-//! machines never reach; chunk offsets and resends are exercised only as far
-//! as single-chunk transfers under loss and duplication go.
+//! `snapshot_padding_bytes` pads every serialised snapshot with bulk (shared,
+//! never copied) so that transfers span several chunks: windows, resends,
+//! out-of-order chunks and restarts mid-transfer.
+//! Left out: a receiver keeping partial transfers across a crash (the
+//! replica may; the simulator's receiver starts over).
 
-use super::disk::SimSnapshot;
+use super::disk::{SimSnapshot, PADDING_BYTE};
 use super::{invariants, Sim};
+use crate::limits::SNAPSHOT_CHUNK_BYTES_MAX;
 use crate::raft::{Envelope, Index, Installed, Message, NodeId, SnapshotMeta};
 use bytes::Bytes;
 use rand::Rng;
 
-/// An InstallSnapshot being received: the first bytes of `snapshot` from
-/// `from`, in order.
+/// An InstallSnapshot being received: the first `received` bytes of
+/// `snapshot` from `from`; of them, those past the padding are kept in
+/// `body` (the padding is checked and counted only).
 #[derive(Debug)]
 pub(super) struct Incoming {
     from: NodeId,
     snapshot: SnapshotMeta,
-    bytes: Vec<u8>,
+    received: u64,
+    body: Vec<u8>,
 }
+
+/// A chunk's worth of padding, shared by every chunk that carries some.
+static PADDING: [u8; SNAPSHOT_CHUNK_BYTES_MAX as usize] =
+    [PADDING_BYTE; SNAPSHOT_CHUNK_BYTES_MAX as usize];
 
 impl Sim {
     /// Pick the applied index at which node `index` compacts next.
@@ -76,7 +84,8 @@ impl Sim {
         let term = raft
             .term_at(target)
             .ok_or_else(|| format!("node {id} applied index {target} but has no term for it"))?;
-        let snapshot = SimSnapshot::of(&node.applied[..target as usize], term);
+        let padding_bytes = self.config.snapshot_padding_bytes;
+        let snapshot = SimSnapshot::of(&node.applied[..target as usize], term, padding_bytes);
         if !raft.compact(target, snapshot.meta.size_bytes) {
             return Err(format!(
                 "node {id} refused to compact at applied index {target} (snapshot {:?})",
@@ -127,24 +136,41 @@ impl Sim {
                 "node {id} sends snapshot {snapshot:?}, which it never held this lifetime"
             ));
         }
-        let body = node
+        let current = node
             .disk
             .snapshot()
-            .map(|current| &current.body)
             .ok_or_else(|| format!("node {id} sends a snapshot but stored none"))?;
-        let end = offset
-            .checked_add(length_bytes)
-            .filter(|&end| end <= snapshot.size_bytes && end as usize <= body.len());
+        let padding = current.padding_bytes;
+        let end = offset.checked_add(length_bytes).filter(|&end| {
+            end <= snapshot.size_bytes
+                && end <= current.meta.size_bytes
+                && length_bytes <= SNAPSHOT_CHUNK_BYTES_MAX
+        });
         let Some(end) = end else {
             return Err(format!(
                 "node {id} sends {length_bytes} bytes from offset {offset} of snapshot {snapshot:?}"
             ));
         };
+        let padding_part = (end.min(padding).saturating_sub(offset)) as usize;
+        let body_range = offset.saturating_sub(padding)..end.saturating_sub(padding);
+        let body_part = current
+            .body
+            .slice(body_range.start as usize..body_range.end.max(body_range.start) as usize);
+        let data = if body_part.is_empty() {
+            Bytes::from_static(&PADDING[..padding_part])
+        } else if padding_part == 0 {
+            body_part
+        } else {
+            let mut joined = Vec::with_capacity(padding_part + body_part.len());
+            joined.extend_from_slice(&PADDING[..padding_part]);
+            joined.extend_from_slice(&body_part);
+            Bytes::from(joined)
+        };
         self.snapshot_stats.chunks_sent += 1;
         envelope.message = Message::InstallSnapshot {
             snapshot,
             offset,
-            data: body.slice(offset as usize..end as usize),
+            data,
         };
         Ok(envelope)
     }
@@ -165,24 +191,42 @@ impl Sim {
             _ => Incoming {
                 from,
                 snapshot,
-                bytes: Vec::new(),
+                received: 0,
+                body: Vec::new(),
             },
         };
-        let held = incoming.bytes.len();
-        let offset_position = offset as usize;
-        if offset_position <= held {
-            let overlap = (held - offset_position).min(data.len());
-            if incoming.bytes[offset_position..offset_position + overlap] != data[..overlap] {
+        let padding = self.config.snapshot_padding_bytes;
+        let held = incoming.received;
+        let end = offset + data.len() as u64;
+        if offset <= held {
+            let padding_part = (end.min(padding).saturating_sub(offset)) as usize;
+            if data[..padding_part]
+                .iter()
+                .any(|&byte| byte != PADDING_BYTE)
+            {
+                return Err(format!(
+                    "node {id} received bad padding at offset {offset} of snapshot {snapshot:?}"
+                ));
+            }
+            let piece = &data[padding_part..];
+            let body_offset = (offset.max(padding) - padding) as usize;
+            let overlap = incoming
+                .body
+                .len()
+                .saturating_sub(body_offset)
+                .min(piece.len());
+            if incoming.body[body_offset..body_offset + overlap] != piece[..overlap] {
                 return Err(format!(
                     "node {id} received different bytes at offset {offset} of snapshot {snapshot:?}"
                 ));
             }
-            incoming.bytes.extend_from_slice(&data[overlap..]);
+            incoming.body.extend_from_slice(&piece[overlap..]);
+            incoming.received = held.max(end);
         }
-        if offset_position != held {
+        if offset != held {
             self.snapshot_stats.chunks_out_of_order += 1;
         }
-        let next_offset = incoming.bytes.len() as u64;
+        let next_offset = incoming.received;
         if next_offset > snapshot.size_bytes {
             return Err(format!(
                 "node {id} holds {next_offset} bytes of snapshot {snapshot:?}"
@@ -195,7 +239,7 @@ impl Sim {
             raft.snapshot_chunk_stored(from, snapshot, next_offset);
             return Ok(());
         }
-        let received = SimSnapshot::decode(snapshot, Bytes::from(incoming.bytes))
+        let received = SimSnapshot::decode(snapshot, padding, Bytes::from(incoming.body))
             .map_err(|reason| format!("node {id} received a bad snapshot: {reason}"))?;
         invariants::snapshot_matches_committed(
             &self.observations.committed,
