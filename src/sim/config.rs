@@ -212,7 +212,7 @@ impl SimConfig {
         };
         // Drawn last, so the knobs above stay what they were for each seed.
         if rng.gen_bool(0.5) {
-            config.compact_every_entries = [3, 10, 40][rng.gen_range(0..3)];
+            config.compact_every_entries = [5, 20, 80][rng.gen_range(0..3)];
             if rng.gen_bool(0.2) {
                 let chunk = crate::limits::SNAPSHOT_CHUNK_BYTES_MAX;
                 config.snapshot_padding_bytes = rng.gen_range(chunk / 2..5 * chunk);

@@ -14,6 +14,7 @@
 
 use crate::raft::{Entry, HardState, Index, Restored, SnapshotMeta, Term};
 use bytes::Bytes;
+use std::sync::Arc;
 
 /// A snapshot of the simulated state machine: the applied sequence of entry
 /// data through `meta.index`, and its serialised form, which is what travels
@@ -24,7 +25,8 @@ use bytes::Bytes;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SimSnapshot {
     pub meta: SnapshotMeta,
-    pub applied: Vec<Bytes>,
+    /// Shared: both disk views and restarts hold the same sequence.
+    pub applied: Arc<Vec<Bytes>>,
     pub padding_bytes: u64,
     pub body: Bytes,
 }
@@ -43,7 +45,7 @@ impl SimSnapshot {
                 term,
                 size_bytes: padding_bytes + body.len() as u64,
             },
-            applied: applied.to_vec(),
+            applied: Arc::new(applied.to_vec()),
             padding_bytes,
             body,
         }
@@ -84,7 +86,7 @@ impl SimSnapshot {
         }
         Ok(SimSnapshot {
             meta,
-            applied,
+            applied: Arc::new(applied),
             padding_bytes,
             body,
         })
@@ -299,7 +301,7 @@ impl Disk {
         self.current
             .snapshot
             .as_ref()
-            .map_or_else(Vec::new, |snapshot| snapshot.applied.clone())
+            .map_or_else(Vec::new, |snapshot| snapshot.applied.to_vec())
     }
 
     /// The log entries after the snapshot as the node sees them (synced and

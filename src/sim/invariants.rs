@@ -276,6 +276,19 @@ pub fn snapshot_matches_committed(
     snapshot: (Index, Term),
     applied: &[Bytes],
 ) -> Result<(), String> {
+    snapshot_matches_committed_from(committed, node, snapshot, applied, 1)
+}
+
+/// `snapshot_matches_committed` for the indexes from `from_index` on (those
+/// below were checked before: the node applied them, or loaded them from a
+/// snapshot that was checked).
+pub fn snapshot_matches_committed_from(
+    committed: &BTreeMap<Index, CommittedEntry>,
+    node: NodeId,
+    snapshot: (Index, Term),
+    applied: &[Bytes],
+    from_index: Index,
+) -> Result<(), String> {
     let (snapshot_index, snapshot_term) = snapshot;
     if applied.len() as Index != snapshot_index {
         return Err(format!(
@@ -283,7 +296,8 @@ pub fn snapshot_matches_committed(
             applied.len()
         ));
     }
-    for (position, data) in applied.iter().enumerate() {
+    let skipped = from_index.saturating_sub(1) as usize;
+    for (position, data) in applied.iter().enumerate().skip(skipped) {
         let index = position as Index + 1;
         match committed.get(&index) {
             Some(first) if first.data == *data => {

@@ -92,11 +92,14 @@ impl Sim {
                 raft.snapshot()
             ));
         }
-        invariants::snapshot_matches_committed(
+        // The node applied every index itself (each checked then) or loaded
+        // it from its last snapshot (checked when taken or installed).
+        invariants::snapshot_matches_committed_from(
             &self.observations.committed,
             id,
             (target, term),
             &snapshot.applied,
+            low,
         )?;
         node.snapshots_held.insert(target, snapshot.meta);
         self.snapshot_stats.compactions += 1;
@@ -259,7 +262,7 @@ impl Sim {
             return Ok(());
         };
         self.snapshot_stats.installed += 1;
-        node.applied = received.applied.clone();
+        node.applied = received.applied.to_vec();
         node.snapshots_held.insert(snapshot.index, snapshot);
         node.disk
             .store_snapshot(received, log_kept)
