@@ -353,6 +353,63 @@ fn checkers_catch_planted_violations() {
     assert!(invariants::read_linearizable(7, 1, 10, 10).is_ok());
 }
 
+#[test]
+fn snapshot_checkers_catch_planted_violations() {
+    let data = |text: &'static str| Bytes::from_static(text.as_bytes());
+    let mut committed = BTreeMap::new();
+    for (index, text) in [(1, "a"), (2, "b"), (3, "c")] {
+        let entry = entry(index, 1, text);
+        invariants::state_machine_safety(&mut committed, 1, 1, index - 1, &entry)
+            .expect("first applies");
+    }
+    let prefix = [data("a"), data("b")];
+    assert!(invariants::snapshot_matches_committed(&committed, 2, (2, 1), &prefix).is_ok());
+    // Wrong data, wrong term at the last index, a short body, an index no
+    // node applied.
+    let wrong = [data("a"), data("x")];
+    assert!(invariants::snapshot_matches_committed(&committed, 2, (2, 1), &wrong).is_err());
+    assert!(invariants::snapshot_matches_committed(&committed, 2, (2, 2), &prefix).is_err());
+    assert!(invariants::snapshot_matches_committed(&committed, 2, (3, 1), &prefix).is_err());
+    let long = [data("a"), data("b"), data("c"), data("d")];
+    assert!(invariants::snapshot_matches_committed(&committed, 2, (4, 1), &long).is_err());
+    // Checking from index 2 on still sees index 2.
+    assert!(invariants::snapshot_matches_committed_from(&committed, 2, (2, 1), &wrong, 2).is_err());
+
+    // Leader Completeness over a compacted log: positions in the snapshot are
+    // read from its applied sequence.
+    let tail = [entry(3, 1, "c")];
+    let view = |applied: &'static [Bytes], entries: &'static [Entry]| invariants::LogView {
+        snapshot_index: 2,
+        snapshot_term: 1,
+        snapshot_applied: applied,
+        entries,
+    };
+    static GOOD: [Bytes; 2] = [Bytes::from_static(b"a"), Bytes::from_static(b"b")];
+    static BAD: [Bytes; 2] = [Bytes::from_static(b"a"), Bytes::from_static(b"x")];
+    let tail: &'static [Entry] = Box::leak(Box::new(tail));
+    assert!(invariants::leader_completeness_view(&committed, 3, 2, view(&GOOD, tail)).is_ok());
+    assert!(invariants::leader_completeness_view(&committed, 3, 2, view(&BAD, tail)).is_err());
+    assert!(invariants::leader_completeness_view(&committed, 3, 2, view(&GOOD, &[])).is_err());
+
+    // Log Matching after a snapshot: the first entry's predecessor is the
+    // snapshot's last entry.
+    let mut positions = HashMap::new();
+    assert!(
+        invariants::log_matching_after(&mut positions, 1, (2, 1), &[entry(3, 1, "c")], 3).is_ok()
+    );
+    assert!(
+        invariants::log_matching_after(&mut positions, 2, (2, 2), &[entry(3, 2, "c")], 3).is_ok()
+    );
+    // Same (index, term) after a different predecessor term.
+    assert!(
+        invariants::log_matching_after(&mut positions, 3, (2, 1), &[entry(3, 2, "c")], 3).is_err()
+    );
+    // Terms may not decrease from the snapshot's.
+    assert!(
+        invariants::log_matching_after(&mut positions, 3, (2, 3), &[entry(3, 2, "c")], 3).is_err()
+    );
+}
+
 /// The failure report names the seed and the step, so a red CI run can be
 /// replayed.
 #[test]
