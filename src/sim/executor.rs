@@ -7,7 +7,8 @@
 //! group commit is scheduled (the RNG decides); a sync releases the held
 //! sends and reports the durable log end to `Node::persisted`, whose actions
 //! are drained in turn. Every action is checked against the invariants as it
-//! is executed.
+//! is executed. Snapshot actions (and compaction, tried after each drain) are
+//! carried out by `snapshot.rs`.
 
 use super::{invariants, Event, Sim};
 use crate::raft::{Action, Envelope, Message, NodeId};
