@@ -50,6 +50,8 @@ struct Tally {
     partitions: u64,
     reads_served: u64,
     liveness_ticks_max: u64,
+    with_snapshots: u64,
+    snapshots: sim::SnapshotStats,
     failures: Vec<Failure>,
 }
 
@@ -64,6 +66,8 @@ impl Tally {
                 self.partitions += stats.partitions;
                 self.reads_served += stats.client.reads_served;
                 self.liveness_ticks_max = self.liveness_ticks_max.max(stats.liveness_ticks);
+                self.with_snapshots += (stats.snapshots.compactions > 0) as u64;
+                add_snapshots(&mut self.snapshots, &stats.snapshots);
             }
             Err(failure) => {
                 eprintln!("FAILED {failure}");
@@ -80,13 +84,16 @@ impl Tally {
         self.partitions += other.partitions;
         self.reads_served += other.reads_served;
         self.liveness_ticks_max = self.liveness_ticks_max.max(other.liveness_ticks_max);
+        self.with_snapshots += other.with_snapshots;
+        add_snapshots(&mut self.snapshots, &other.snapshots);
         self.failures.extend(other.failures);
     }
 
     fn report(&self, what: &str, elapsed: Duration) {
         eprintln!(
             "{what}: {} schedules in {:.1}s ({} steps, {} committed entries, {} crashes, {} partitions, \
-             {} reads served, slowest recovery {} ticks), {} failed",
+             {} reads served, slowest recovery {} ticks; {} with snapshots: {} compactions, {} chunks \
+             sent, {} installed, {} out of order), {} failed",
             self.schedules,
             elapsed.as_secs_f64(),
             self.steps,
@@ -95,6 +102,11 @@ impl Tally {
             self.partitions,
             self.reads_served,
             self.liveness_ticks_max,
+            self.with_snapshots,
+            self.snapshots.compactions,
+            self.snapshots.chunks_sent,
+            self.snapshots.installed,
+            self.snapshots.chunks_out_of_order,
             self.failures.len()
         );
         let mut seeds: Vec<u64> = self.failures.iter().map(|failure| failure.seed).collect();
@@ -108,6 +120,13 @@ impl Tally {
                 .map_or(String::new(), |f| f.to_string())
         );
     }
+}
+
+fn add_snapshots(total: &mut sim::SnapshotStats, more: &sim::SnapshotStats) {
+    total.compactions += more.compactions;
+    total.chunks_sent += more.chunks_sent;
+    total.installed += more.installed;
+    total.chunks_out_of_order += more.chunks_out_of_order;
 }
 
 /// Run `next_seed()` on every thread until it returns None.
@@ -332,6 +351,63 @@ fn checkers_catch_planted_violations() {
     // A read served below a commit observed before it was requested.
     assert!(invariants::read_linearizable(7, 1, 10, 9).is_err());
     assert!(invariants::read_linearizable(7, 1, 10, 10).is_ok());
+}
+
+#[test]
+fn snapshot_checkers_catch_planted_violations() {
+    let data = |text: &'static str| Bytes::from_static(text.as_bytes());
+    let mut committed = BTreeMap::new();
+    for (index, text) in [(1, "a"), (2, "b"), (3, "c")] {
+        let entry = entry(index, 1, text);
+        invariants::state_machine_safety(&mut committed, 1, 1, index - 1, &entry)
+            .expect("first applies");
+    }
+    let prefix = [data("a"), data("b")];
+    assert!(invariants::snapshot_matches_committed(&committed, 2, (2, 1), &prefix).is_ok());
+    // Wrong data, wrong term at the last index, a short body, an index no
+    // node applied.
+    let wrong = [data("a"), data("x")];
+    assert!(invariants::snapshot_matches_committed(&committed, 2, (2, 1), &wrong).is_err());
+    assert!(invariants::snapshot_matches_committed(&committed, 2, (2, 2), &prefix).is_err());
+    assert!(invariants::snapshot_matches_committed(&committed, 2, (3, 1), &prefix).is_err());
+    let long = [data("a"), data("b"), data("c"), data("d")];
+    assert!(invariants::snapshot_matches_committed(&committed, 2, (4, 1), &long).is_err());
+    // Checking from index 2 on still sees index 2.
+    assert!(invariants::snapshot_matches_committed_from(&committed, 2, (2, 1), &wrong, 2).is_err());
+
+    // Leader Completeness over a compacted log: positions in the snapshot are
+    // read from its applied sequence.
+    let tail = [entry(3, 1, "c")];
+    let view = |applied: &'static [Bytes], entries: &'static [Entry]| invariants::LogView {
+        snapshot_index: 2,
+        snapshot_term: 1,
+        snapshot_applied: applied,
+        entries,
+    };
+    static GOOD: [Bytes; 2] = [Bytes::from_static(b"a"), Bytes::from_static(b"b")];
+    static BAD: [Bytes; 2] = [Bytes::from_static(b"a"), Bytes::from_static(b"x")];
+    let tail: &'static [Entry] = Box::leak(Box::new(tail));
+    assert!(invariants::leader_completeness_view(&committed, 3, 2, view(&GOOD, tail)).is_ok());
+    assert!(invariants::leader_completeness_view(&committed, 3, 2, view(&BAD, tail)).is_err());
+    assert!(invariants::leader_completeness_view(&committed, 3, 2, view(&GOOD, &[])).is_err());
+
+    // Log Matching after a snapshot: the first entry's predecessor is the
+    // snapshot's last entry.
+    let mut positions = HashMap::new();
+    assert!(
+        invariants::log_matching_after(&mut positions, 1, (2, 1), &[entry(3, 1, "c")], 3).is_ok()
+    );
+    assert!(
+        invariants::log_matching_after(&mut positions, 2, (2, 2), &[entry(3, 2, "c")], 3).is_ok()
+    );
+    // Same (index, term) after a different predecessor term.
+    assert!(
+        invariants::log_matching_after(&mut positions, 3, (2, 1), &[entry(3, 2, "c")], 3).is_err()
+    );
+    // Terms may not decrease from the snapshot's.
+    assert!(
+        invariants::log_matching_after(&mut positions, 3, (2, 3), &[entry(3, 2, "c")], 3).is_err()
+    );
 }
 
 /// The failure report names the seed and the step, so a red CI run can be

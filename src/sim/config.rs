@@ -2,8 +2,9 @@
 //!
 //! Everything a schedule does follows from `(seed, SimConfig)`; `mixed(seed)`
 //! derives a whole fault mix (3 or 5 nodes, loss, partitions, crashes, slow
-//! disks, Raft options) from the seed alone, so a seed printed by a failing
-//! test is all that is needed to replay it. Time is simulated microseconds;
+//! disks, Raft options, log compaction in half of them) from the seed
+//! alone, so a seed printed by a failing test is all that is needed to replay
+//! it. Time is simulated microseconds;
 //! one Raft tick is `limits::TICK_MS` of it.
 
 use crate::limits::TICK_MS;
@@ -104,6 +105,13 @@ pub struct SimConfig {
     pub net: NetConfig,
     pub disk: DiskConfig,
     pub raft: RaftKnobs,
+    /// Each node takes a snapshot and compacts its log once it has applied
+    /// this many entries (plus a random jitter of up to as many again) past
+    /// its last snapshot, at a random applied index; 0 never compacts.
+    pub compact_every_entries: u64,
+    /// Bulk added to every serialised snapshot, so transfers span several
+    /// `SNAPSHOT_CHUNK_BYTES_MAX` chunks (the entries alone never do).
+    pub snapshot_padding_bytes: u64,
     /// Write every step to stderr.
     pub verbose: bool,
 }
@@ -144,6 +152,8 @@ impl SimConfig {
                 pre_vote: true,
                 check_quorum: true,
             },
+            compact_every_entries: 0,
+            snapshot_padding_bytes: 0,
             verbose: false,
         }
     }
@@ -200,6 +210,16 @@ impl SimConfig {
             pre_vote: rng.gen_bool(0.7),
             check_quorum: rng.gen_bool(0.7),
         };
+        // Drawn last, so the knobs above stay what they were for each seed.
+        if rng.gen_bool(0.5) {
+            config.compact_every_entries = [5, 20, 80][rng.gen_range(0..3)];
+            if rng.gen_bool(0.2) {
+                let chunk = crate::limits::SNAPSHOT_CHUNK_BYTES_MAX;
+                config.snapshot_padding_bytes = rng.gen_range(chunk / 2..5 * chunk);
+                // Bulky transfers: compact less often.
+                config.compact_every_entries *= 10;
+            }
+        }
         config
     }
 }

@@ -7,7 +7,8 @@
 //! group commit is scheduled (the RNG decides); a sync releases the held
 //! sends and reports the durable log end to `Node::persisted`, whose actions
 //! are drained in turn. Every action is checked against the invariants as it
-//! is executed.
+//! is executed. Snapshot actions (and compaction, tried after each drain) are
+//! carried out by `snapshot.rs`.
 
 use super::{invariants, Event, Sim};
 use crate::raft::{Action, Envelope, Message, NodeId};
@@ -19,6 +20,9 @@ impl Sim {
     pub(super) fn run_node(&mut self, index: usize) -> Result<(), String> {
         loop {
             self.execute_actions(index)?;
+            if self.maybe_compact(index)? {
+                continue;
+            }
             let node = &self.nodes[index];
             if !node.is_up() || !node.disk.is_dirty() || node.sync_scheduled {
                 return Ok(());
@@ -102,9 +106,10 @@ impl Sim {
                 node.disk
                     .write_entries(entries)
                     .map_err(|reason| format!("node {id}: {reason}"))?;
-                invariants::log_matching(
+                invariants::log_matching_after(
                     &mut self.observations.positions,
                     id,
+                    (node.disk.snapshot_index(), node.disk.snapshot_term()),
                     node.disk.log(),
                     first,
                 )?;
@@ -137,13 +142,19 @@ impl Sim {
                 self.serve_reads(index);
             }
             Action::ReadFailed { id: read_id } => self.history.read_failed(self.step, read_id),
-            // The simulator never calls `Node::compact`, so no snapshot can
-            // be sent or received; one appearing is a core bug.
-            Action::SendSnapshotChunk { .. } | Action::SnapshotChunk { .. } => {
-                return Err(format!(
-                    "node {id} moved a snapshot, but the simulator never compacts"
-                ));
+            Action::SendSnapshotChunk {
+                envelope,
+                length_bytes,
+            } => {
+                let envelope = self.fill_snapshot_chunk(index, envelope, length_bytes)?;
+                self.execute_send(index, envelope)?;
             }
+            Action::SnapshotChunk {
+                from,
+                snapshot,
+                offset,
+                data,
+            } => self.receive_snapshot_chunk(index, from, snapshot, offset, data)?,
         }
         Ok(())
     }
@@ -185,15 +196,18 @@ impl Sim {
         }
         if matches!(
             envelope.message,
-            Message::AppendEntries { .. } | Message::Heartbeat { .. } | Message::TimeoutNow
+            Message::AppendEntries { .. }
+                | Message::Heartbeat { .. }
+                | Message::TimeoutNow
+                | Message::InstallSnapshot { .. }
         ) {
             // Only a leader sends these: one more witness for Election Safety.
             if invariants::election_safety(&mut self.observations.leaders, envelope.term, id)? {
-                invariants::leader_completeness(
+                invariants::leader_completeness_view(
                     &self.observations.committed,
                     id,
                     envelope.term,
-                    node.disk.log(),
+                    node.disk.view(),
                 )?;
             }
         }
@@ -212,7 +226,7 @@ impl Sim {
         Ok(())
     }
 
-    fn apply(&mut self, index: usize, entry: crate::raft::Entry) -> Result<(), String> {
+    pub(super) fn apply(&mut self, index: usize, entry: crate::raft::Entry) -> Result<(), String> {
         let node = &self.nodes[index];
         let id = node.id;
         let raft = node.raft.as_ref().ok_or("apply on a node that is down")?;
@@ -244,7 +258,7 @@ impl Sim {
                         committed,
                         leader.id,
                         term,
-                        leader.disk.log(),
+                        leader.disk.view(),
                     )?;
                 }
             }
@@ -254,7 +268,7 @@ impl Sim {
     }
 
     /// Answer every ready read whose index the state machine has reached.
-    fn serve_reads(&mut self, index: usize) {
+    pub(super) fn serve_reads(&mut self, index: usize) {
         let node = &mut self.nodes[index];
         let applied = node.applied.len() as u64;
         let mut served = Vec::new();
@@ -291,6 +305,8 @@ impl Sim {
         node.sync_scheduled = false;
         node.applied.clear();
         node.reads_waiting.clear();
+        node.incoming = None;
+        node.snapshots_held.clear();
         node.commit_index_seen = 0;
         node.paused_until_us = 0;
         let generation = node.generation;

@@ -34,6 +34,47 @@ pub struct PositionRecord {
     pub node: NodeId,
 }
 
+/// One node's log as the invariants see it: the applied sequence of a
+/// snapshot through `snapshot_index` (data only; its last entry has
+/// `snapshot_term`), then the entries after it.
+#[derive(Clone, Copy, Debug)]
+pub struct LogView<'a> {
+    pub snapshot_index: Index,
+    pub snapshot_term: Term,
+    pub snapshot_applied: &'a [Bytes],
+    pub entries: &'a [Entry],
+}
+
+impl<'a> LogView<'a> {
+    /// A log without a snapshot.
+    pub fn plain(entries: &'a [Entry]) -> LogView<'a> {
+        LogView {
+            snapshot_index: 0,
+            snapshot_term: 0,
+            snapshot_applied: &[],
+            entries,
+        }
+    }
+
+    /// What the log holds at `index`: the entry's term when known (always
+    /// after the snapshot, only at its last index inside it) and its data.
+    pub fn get(&self, index: Index) -> Option<(Option<Term>, &'a Bytes)> {
+        if index == 0 {
+            return None;
+        }
+        if index <= self.snapshot_index {
+            let term = (index == self.snapshot_index).then_some(self.snapshot_term);
+            return self
+                .snapshot_applied
+                .get((index - 1) as usize)
+                .map(|data| (term, data));
+        }
+        self.entries
+            .get((index - self.snapshot_index - 1) as usize)
+            .map(|entry| (Some(entry.term), &entry.data))
+    }
+}
+
 /// Observation state carried across a schedule.
 #[derive(Debug, Default)]
 pub struct Observations {
@@ -102,19 +143,34 @@ pub fn log_matching(
     log: &[Entry],
     from_index: Index,
 ) -> Result<(), String> {
-    let start = from_index.max(1);
-    for index in start..=log.len() as Index {
-        let entry = &log[(index - 1) as usize];
+    log_matching_after(positions, node, (0, 0), log, from_index)
+}
+
+/// `log_matching` for a log whose `entries` follow a snapshot through
+/// `snapshot = (index, term)` (the positions it covers were checked when
+/// they were written; a snapshot holds only committed entries).
+pub fn log_matching_after(
+    positions: &mut HashMap<(Index, Term), PositionRecord>,
+    node: NodeId,
+    snapshot: (Index, Term),
+    entries: &[Entry],
+    from_index: Index,
+) -> Result<(), String> {
+    let (snapshot_index, snapshot_term) = snapshot;
+    let start = from_index.max(snapshot_index + 1);
+    for index in start..=snapshot_index + entries.len() as Index {
+        let position = (index - snapshot_index - 1) as usize;
+        let entry = &entries[position];
         if entry.index != index {
             return Err(format!(
                 "node {node}'s log holds index {} at position {index}",
                 entry.index
             ));
         }
-        let previous_term = if index == 1 {
-            0
+        let previous_term = if position == 0 {
+            snapshot_term
         } else {
-            log[(index - 2) as usize].term
+            entries[position - 1].term
         };
         if previous_term > entry.term {
             return Err(format!(
@@ -161,6 +217,18 @@ pub fn leader_completeness(
     leader_term: Term,
     leader_log: &[Entry],
 ) -> Result<(), String> {
+    leader_completeness_view(committed, leader, leader_term, LogView::plain(leader_log))
+}
+
+/// `leader_completeness` for a leader whose log may start after a snapshot:
+/// an entry the snapshot covers must be in its applied sequence (with the
+/// snapshot's term at its last index).
+pub fn leader_completeness_view(
+    committed: &BTreeMap<Index, CommittedEntry>,
+    leader: NodeId,
+    leader_term: Term,
+    leader_log: LogView<'_>,
+) -> Result<(), String> {
     for (&index, entry) in committed {
         leader_has_committed_entry(index, entry, leader, leader_term, leader_log)?;
     }
@@ -173,29 +241,92 @@ pub fn leader_has_committed_entry(
     entry: &CommittedEntry,
     leader: NodeId,
     leader_term: Term,
-    leader_log: &[Entry],
+    leader_log: LogView<'_>,
 ) -> Result<(), String> {
     if entry.commit_term > leader_term {
         return Ok(());
     }
-    let held = index
-        .checked_sub(1)
-        .and_then(|position| leader_log.get(position as usize));
+    let held = leader_log.get(index);
     match held {
-        Some(held) if held.term == entry.term && held.data == entry.data => Ok(()),
+        Some((term, data)) if term.is_none_or(|term| term == entry.term) && *data == entry.data => {
+            Ok(())
+        }
         _ => Err(format!(
             "Leader Completeness (§5.4): index {index} (term {}, {}) was committed by term {} \
              but node {leader}, leader of term {leader_term}, holds {}",
             entry.term,
             show(&entry.data),
             entry.commit_term,
-            held.map_or("nothing".to_string(), |held| format!(
+            held.map_or("nothing".to_string(), |(term, data)| format!(
                 "(term {}, {})",
-                held.term,
-                show(&held.data)
+                term.map_or("?".to_string(), |term| term.to_string()),
+                show(data)
             ))
         )),
     }
+}
+
+/// State Machine Safety for snapshots: a snapshot taken or installed at
+/// `(index, term)` holds exactly the committed sequence through `index`
+/// (every index of it was applied somewhere first, with the same data, and
+/// the entry at `index` has `term`).
+pub fn snapshot_matches_committed(
+    committed: &BTreeMap<Index, CommittedEntry>,
+    node: NodeId,
+    snapshot: (Index, Term),
+    applied: &[Bytes],
+) -> Result<(), String> {
+    snapshot_matches_committed_from(committed, node, snapshot, applied, 1)
+}
+
+/// `snapshot_matches_committed` for the indexes from `from_index` on (those
+/// below were checked before: the node applied them, or loaded them from a
+/// snapshot that was checked).
+pub fn snapshot_matches_committed_from(
+    committed: &BTreeMap<Index, CommittedEntry>,
+    node: NodeId,
+    snapshot: (Index, Term),
+    applied: &[Bytes],
+    from_index: Index,
+) -> Result<(), String> {
+    let (snapshot_index, snapshot_term) = snapshot;
+    if applied.len() as Index != snapshot_index {
+        return Err(format!(
+            "node {node}'s snapshot at index {snapshot_index} holds {} entries",
+            applied.len()
+        ));
+    }
+    let skipped = from_index.saturating_sub(1) as usize;
+    for (position, data) in applied.iter().enumerate().skip(skipped) {
+        let index = position as Index + 1;
+        match committed.get(&index) {
+            Some(first) if first.data == *data => {
+                if index == snapshot_index && first.term != snapshot_term {
+                    return Err(format!(
+                        "node {node}'s snapshot ends at index {index} term {snapshot_term}, \
+                         but term {} was committed there",
+                        first.term
+                    ));
+                }
+            }
+            Some(first) => {
+                return Err(format!(
+                "State Machine Safety: node {node}'s snapshot through {snapshot_index} holds {} \
+                     at index {index}, but node {} applied {}",
+                show(data),
+                first.first_applied_by,
+                show(&first.data)
+            ))
+            }
+            None => {
+                return Err(format!(
+                    "node {node}'s snapshot through {snapshot_index} holds index {index}, \
+                     which no node applied"
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// State Machine Safety (§5.4.3): if a server has applied a log entry at a

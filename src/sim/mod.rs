@@ -25,6 +25,12 @@
 //! order. After every step each running node's `last_index` and `hard_state`
 //! must equal what it asked to persist, so a state change that skips its
 //! persist action is caught.
+//! Snapshots (`snapshot.rs`): with `compact_every_entries` set, each node
+//! snapshots its applied sequence at random points and compacts; leaders
+//! stream snapshots to followers whose entries are gone, under the same loss,
+//! crashes and partitions; restarts load the durable snapshot. Every snapshot
+//! taken or installed must hold exactly the committed sequence through its
+//! index, and Leader Completeness reads compacted positions from it.
 //! Left out: membership change, lost data dirs (incarnation refusal is tested
 //! in the Raft core's own tests), the fs state machine (`lincheck` covers it).
 
@@ -36,6 +42,7 @@ pub mod net;
 
 mod driver;
 mod executor;
+mod snapshot;
 
 pub use config::{DiskConfig, FaultWeights, NetConfig, RaftKnobs, SimConfig, TICK_US};
 pub use history::{ClientCounts, History};
@@ -69,10 +76,23 @@ pub struct Stats {
     pub max_term: u64,
     pub committed_entries: u64,
     pub client: ClientCounts,
+    /// Snapshots taken (log compactions), chunks sent, snapshots installed.
+    pub snapshots: SnapshotStats,
     /// Ticks from the end of the fault phase until the liveness checks passed.
     pub liveness_ticks: u64,
     /// Hash of every event and every node's visible state after each step.
     pub trace_hash: u64,
+}
+
+/// Snapshot activity over a schedule.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    pub compactions: u64,
+    pub chunks_sent: u64,
+    pub installed: u64,
+    /// Transfers resumed from a smaller offset or chunks that arrived out
+    /// of order (a restarted receiver, loss, reordering).
+    pub chunks_out_of_order: u64,
 }
 
 /// A violated property (or a panic, or lost liveness), with where it happened.
@@ -130,6 +150,15 @@ struct SimNode {
     /// A paused node (a stopped process, a long GC) neither ticks nor
     /// handles messages or syncs before this time; what arrives waits.
     paused_until_us: u64,
+    /// The InstallSnapshot being received, in memory (lost on a crash).
+    incoming: Option<snapshot::Incoming>,
+    /// Every snapshot this lifetime took, installed or restored, by index.
+    /// A transfer may still name one replaced since (the replica keeps its
+    /// file open); its bytes are a prefix of the current snapshot's, as the
+    /// applied sequence only grows.
+    snapshots_held: BTreeMap<Index, crate::raft::SnapshotMeta>,
+    /// Compact once the applied index reaches this.
+    compact_at: Index,
 }
 
 impl SimNode {
@@ -185,6 +214,7 @@ pub struct Sim {
     crashes: u64,
     partitions: u64,
     trace_hash: u64,
+    snapshot_stats: SnapshotStats,
     action_buffer: Vec<crate::raft::Action>,
 }
 
@@ -240,6 +270,7 @@ impl Sim {
             crashes: 0,
             partitions: 0,
             trace_hash: FNV_OFFSET,
+            snapshot_stats: SnapshotStats::default(),
             action_buffer: Vec::new(),
             config,
         };
@@ -258,6 +289,9 @@ impl Sim {
                 commit_index_seen: 0,
                 paused_until_us: 0,
                 tick_period_us: TICK_US * per_mille / 1_000,
+                incoming: None,
+                snapshots_held: BTreeMap::new(),
+                compact_at: 0,
             });
         }
         sim.rng = rng;
@@ -287,7 +321,7 @@ impl Sim {
         let backlog = self
             .nodes
             .iter()
-            .map(|node| node.disk.log().len() as u64)
+            .map(|node| node.disk.last_index())
             .max()
             .unwrap_or(0);
         let leader_deadline_us = self.now_us + self.config.liveness_ticks_max * TICK_US;
@@ -398,6 +432,7 @@ impl Sim {
                 .unwrap_or(0),
             committed_entries: self.observations.committed.len() as u64,
             client: self.history.counts.clone(),
+            snapshots: self.snapshot_stats.clone(),
             liveness_ticks: if self.liveness.done {
                 (self.now_us - self.liveness.started_us) / TICK_US
             } else {
@@ -462,6 +497,8 @@ impl Sim {
         let config = self.raft_config(index);
         let restored = self.nodes[index].disk.restored();
         self.nodes[index].raft = Some(Node::new(config, restored));
+        self.nodes[index].applied = self.nodes[index].disk.restored_applied();
+        self.schedule_compaction(index);
         let period = self.nodes[index].tick_period_us;
         let first = self.rng.gen_range(0..period);
         let generation = self.nodes[index].generation;
@@ -615,11 +652,19 @@ impl Sim {
                     node.applied.len()
                 ));
             }
-            if last_index != node.disk.log().len() as Index {
+            if last_index != node.disk.last_index() {
                 return Err(format!(
-                    "node {} reports last index {last_index} but asked to persist a log of {} entries",
+                    "node {} reports last index {last_index} but asked to persist a log through {}",
                     node.id,
-                    node.disk.log().len()
+                    node.disk.last_index()
+                ));
+            }
+            if raft.snapshot().index != node.disk.snapshot_index() {
+                return Err(format!(
+                    "node {} holds snapshot {:?} but stored snapshot {}",
+                    node.id,
+                    raft.snapshot(),
+                    node.disk.snapshot_index()
                 ));
             }
             if raft.hard_state() != node.disk.hard_state() {
@@ -633,11 +678,11 @@ impl Sim {
             if role == Role::Leader {
                 let id = node.id;
                 if invariants::election_safety(&mut self.observations.leaders, term, id)? {
-                    invariants::leader_completeness(
+                    invariants::leader_completeness_view(
                         &self.observations.committed,
                         id,
                         term,
-                        self.nodes[index].disk.log(),
+                        self.nodes[index].disk.view(),
                     )?;
                 }
             }
@@ -663,6 +708,11 @@ impl Sim {
                         match_index,
                         ..
                     } => mix(*success as u64, *match_index),
+                    Message::InstallSnapshot {
+                        snapshot,
+                        offset,
+                        data,
+                    } => mix(mix(snapshot.index, *offset), data.len() as u64),
                     other => message_code(other),
                 };
                 mix(
@@ -713,11 +763,12 @@ impl Sim {
         for node in &self.nodes {
             match node.raft.as_ref() {
                 Some(raft) => parts.push(format!(
-                    "node {}: {:?} term {} leader {:?} commit {} last {} applied {}",
+                    "node {}: {:?} term {} leader {:?} snapshot {} commit {} last {} applied {}",
                     node.id,
                     raft.role(),
                     raft.term(),
                     raft.leader_id(),
+                    raft.snapshot().index,
                     raft.commit_index(),
                     raft.last_index(),
                     node.applied.len()
