@@ -21,7 +21,7 @@
 use super::log::is_well_formed;
 use super::message::{Index, Message, NodeId, Term};
 use super::node::{Node, Role};
-use super::progress::ProgressState;
+use super::progress::{Progress, ProgressState};
 use super::quorum;
 use super::{Action, Entry};
 
@@ -232,14 +232,9 @@ impl Node {
                 Some(index) => index + 1,
                 None => conflict_index,
             };
-        let Some(leader) = self.leader.as_mut() else {
+        let Some((_, progress)) = self.heard_from(from) else {
             return;
         };
-        let ticks = leader.ticks;
-        let Some(progress) = leader.progress.get_mut(&from) else {
-            return;
-        };
-        progress.last_heard_tick = ticks;
         if success {
             if progress.on_success(match_index) {
                 self.maybe_commit();
@@ -251,18 +246,24 @@ impl Node {
         }
     }
 
+    /// Leader: the leader's tick count and the progress of follower `from`,
+    /// marked as heard from now (CheckQuorum counts it). `None` when not
+    /// leader or `from` is not a follower.
+    pub(super) fn heard_from(&mut self, from: NodeId) -> Option<(u64, &mut Progress)> {
+        let leader = self.leader.as_mut()?;
+        let ticks = leader.ticks;
+        let progress = leader.progress.get_mut(&from)?;
+        progress.last_heard_tick = ticks;
+        Some((ticks, progress))
+    }
+
     /// Leader: a follower answered heartbeat round `read_round`.
     pub(super) fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
         let last_index = self.log.last_index();
         let heartbeat_ticks = self.config.heartbeat_ticks;
-        let Some(leader) = self.leader.as_mut() else {
+        let Some((ticks, progress)) = self.heard_from(from) else {
             return;
         };
-        let ticks = leader.ticks;
-        let Some(progress) = leader.progress.get_mut(&from) else {
-            return;
-        };
-        progress.last_heard_tick = ticks;
         progress.read_round_acked = progress.read_round_acked.max(read_round);
         if progress.match_index < last_index {
             // The follower is alive but behind: unpause a probe, and restart

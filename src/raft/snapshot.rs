@@ -154,14 +154,9 @@ impl Node {
         if index > self.log.last_index() {
             return;
         }
-        let Some(leader) = self.leader.as_mut() else {
+        let Some((ticks, progress)) = self.heard_from(from) else {
             return;
         };
-        let ticks = leader.ticks;
-        let Some(progress) = leader.progress.get_mut(&from) else {
-            return;
-        };
-        progress.last_heard_tick = ticks;
         if installed {
             if index <= progress.match_index && progress.state != ProgressState::Snapshot {
                 return;
