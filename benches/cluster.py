@@ -12,6 +12,8 @@ Run through benches/cluster.sh (it builds release first). Knobs (environment):
   BENCH_SHAPES   comma list of CxP (default 1x1,64x16,256x4)
   BENCH_REDIS    1 = also run redis-benchmark (appendfsync everysec) and add
                  a ratio column for write (SET) and read (GET)
+  BENCH_RAFTFS   the raftfs binary to measure (default target/release/raftfs;
+                 an older build gives a before/after in one session)
   BENCH_HGRM_DIR write loadgen's .hgrm percentile files there
 Only 127.0.0.1 is used. Every run is bounded by its duration.
 """
@@ -28,7 +30,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RAFTFS = os.path.join(ROOT, "target", "release", "raftfs")
+RAFTFS = os.environ.get("BENCH_RAFTFS") or os.path.join(ROOT, "target", "release", "raftfs")
 LOADGEN = os.path.join(ROOT, "target", "release", "loadgen")
 BASE_PORT = int(os.environ.get("BENCH_BASE_PORT", "17100"))
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")

@@ -8,10 +8,24 @@
 //!    turn's batch, reads get a position in the log;
 //! 2. proposes the batch as one entry (a few if large) stamped with cluster
 //!    time, and registers one ReadIndex round for reads that need one;
-//! 3. runs the core's actions in order: persists go to the WAL, one fsync for
-//!    the whole turn (group commit), then the core hears `persisted`; sends
-//!    are released only after that fsync; applies run the file map and answer
-//!    the waiting commands.
+//! 3. runs the core's actions in order: persists go to the WAL; applies run
+//!    the file map and answer the waiting commands; then what the turn wrote
+//!    is made durable by one fsync on the WAL's sync thread (group commit,
+//!    see "Durability" below).
+//!
+//! Durability. At most one fsync runs at a time (`syncing`); what is written
+//! meanwhile gathers into the next (`gathering`), which starts as soon as
+//! the running one is done: low load gets an fsync per turn at once, high
+//! load gets every write that arrived during one fsync in the next. A batch
+//! carries what waits for it: the log position the core hears as
+//! `persisted` when it is done, and the messages that promise durable state
+//! (votes, append acknowledgements, anything sent while a new term or vote
+//! is unsynced). Only a leader's appends and heartbeats leave at once (they
+//! promise nothing; thesis §10.2.1: the leader's disk and the followers'
+//! work in parallel, and the core counts the leader only after
+//! `persisted`). The reactor never waits for the disk. Without a sync
+//! thread (`start_background_sync` not called) each batch is synced in
+//! place, at the end of its turn.
 //!
 //! Reads (SPEC §3: linearizable, and in per-connection order). A read is
 //! answered from the state at one log position `p`, computed exactly at `p`:
@@ -48,8 +62,9 @@ use crate::metrics::ReplicaMetrics;
 use crate::net::protocol::{encode_reply, Reply, Request};
 use crate::raft::{self, Action, Entry, Envelope, Index, Message, NodeId, Role, Term};
 use crate::storage::wal::Wal;
+use crate::storage::Syncer;
 use bytes::{Bytes, BytesMut};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Who is waiting for an answer: a connection's slot.
@@ -122,6 +137,27 @@ struct TurnBatch {
     deadline: Option<Instant>,
 }
 
+/// Written to the WAL and waiting for one fsync (see "Durability").
+#[derive(Default)]
+struct SyncBatch {
+    /// Something was written for this batch.
+    written: bool,
+    /// A new term or vote is among it.
+    hard_state: bool,
+    /// The last entry written, for `Node::persisted`.
+    persisted: Option<(Index, Term)>,
+    /// Sent once the batch is durable.
+    messages: Vec<Envelope>,
+}
+
+/// A connection's latest anchored position: `offset` inside entry `index`.
+#[derive(Clone, Copy)]
+struct ConnectionFloor {
+    conn_id: u64,
+    index: Index,
+    offset: usize,
+}
+
 /// Reads answered at the applied index, waiting for a ReadIndex round.
 struct ReadGroup {
     id: u64,
@@ -142,9 +178,11 @@ pub struct Replica {
     waiting: VecDeque<Waiting>,
     read_groups: VecDeque<ReadGroup>,
     next_read_id: u64,
-    /// Per connection: the latest unapplied log position one of its commands
-    /// is anchored at; its later reads must not be answered from before it.
-    connection_floor: HashMap<u64, (Index, usize)>,
+    /// Per connection (indexed by its slab key): the latest unapplied log
+    /// position one of its commands is anchored at; its later reads must not
+    /// be answered from before it. A plain vector: one store per command,
+    /// no hashing; an entry counts only while its `conn_id` matches.
+    connection_floor: Vec<Option<ConnectionFloor>>,
     applied_index: Index,
     applied_term: Term,
     /// Largest cluster-time stamp seen in the log (appended or applied).
@@ -155,14 +193,18 @@ pub struct Replica {
     reply_buffer: BytesMut,
     /// Answers ready for the reactor to hand to connections.
     pub replies: Vec<(ClientRef, Bytes)>,
-    /// Messages to send (released after this turn's fsync).
+    /// Messages the reactor sends after this turn.
     pub messages: Vec<Envelope>,
-    /// A leader's appends and heartbeats, sent before this turn's fsync.
+    /// A leader's appends and heartbeats: sent at once, before any fsync.
     early_messages: Vec<Envelope>,
-    /// A new term or vote was persisted but is not yet fsynced.
-    hard_state_unsynced: bool,
-    persisted_pending: Option<(Index, Term)>,
-    needs_sync: bool,
+    /// This turn's other messages, until they join a `SyncBatch`.
+    durable_messages: Vec<Envelope>,
+    /// The fsync running on the sync thread.
+    syncing: Option<SyncBatch>,
+    /// Written since `syncing` started; the next fsync.
+    gathering: SyncBatch,
+    /// The WAL's sync thread; `None` = sync in place.
+    syncer: Option<Syncer>,
     /// Counters and histograms for `GET /metrics` (plain increments).
     pub metrics: ReplicaMetrics,
     /// The instant the current turn started (for cluster time during apply).
@@ -192,7 +234,7 @@ impl Replica {
             waiting: VecDeque::new(),
             read_groups: VecDeque::new(),
             next_read_id: 1,
-            connection_floor: HashMap::new(),
+            connection_floor: Vec::new(),
             applied_index: 0,
             applied_term: 0,
             max_stamp_ms,
@@ -202,13 +244,24 @@ impl Replica {
             replies: Vec::new(),
             messages: Vec::new(),
             early_messages: Vec::new(),
-            hard_state_unsynced: false,
-            persisted_pending: None,
-            needs_sync: false,
+            durable_messages: Vec::new(),
+            syncing: None,
+            gathering: SyncBatch::default(),
+            syncer: None,
             metrics: ReplicaMetrics::default(),
             turn_now: Instant::now(),
             snapshots: None,
         }
+    }
+
+    /// Moves fsyncs to a thread of their own; `notify` (the reactor's
+    /// waker) runs on it whenever one is done, and the next `end_turn`
+    /// takes the result.
+    pub fn start_background_sync(&mut self, notify: Box<dyn Fn() + Send>) -> Result<()> {
+        let syncer =
+            Syncer::start(notify).map_err(|e| Error::io("starting the WAL sync thread", e))?;
+        self.syncer = Some(syncer);
+        Ok(())
     }
 
     pub fn id(&self) -> NodeId {
@@ -253,8 +306,38 @@ impl Replica {
         self.replies.push((client, bytes));
     }
 
-    pub fn connection_closed(&mut self, conn_id: u64) {
-        self.connection_floor.remove(&conn_id);
+    pub fn connection_closed(&mut self, key: usize) {
+        if let Some(floor) = self.connection_floor.get_mut(key) {
+            *floor = None;
+        }
+    }
+
+    fn connection_floor(&self, client: ClientRef) -> Option<(Index, usize)> {
+        let floor = self.connection_floor.get(client.key).copied().flatten()?;
+        (floor.conn_id == client.conn_id).then_some((floor.index, floor.offset))
+    }
+
+    /// Raises the connection's floor to `(index, offset)` (never lowers it:
+    /// a read anchored early in a batch must not hide a later write of the
+    /// same connection from its next read).
+    fn set_connection_floor(&mut self, client: ClientRef, index: Index, offset: usize) {
+        if self.connection_floor.len() <= client.key {
+            self.connection_floor.resize(client.key + 1, None);
+        }
+        let slot = &mut self.connection_floor[client.key];
+        let higher = match *slot {
+            Some(floor) if floor.conn_id == client.conn_id => {
+                (index, offset) > (floor.index, floor.offset)
+            }
+            _ => true,
+        };
+        if higher {
+            *slot = Some(ConnectionFloor {
+                conn_id: client.conn_id,
+                index,
+                offset,
+            });
+        }
     }
 
     /// Accept a peer's incarnation at handshake, or say why not.
@@ -302,6 +385,7 @@ impl Replica {
         send_now: &mut dyn FnMut(&mut Vec<Envelope>),
     ) -> Result<()> {
         self.turn_now = now;
+        self.finish_background_sync()?;
         self.update_leader_clock(now);
         self.route_requests(now);
         self.maybe_stamp_cluster_time(now);
@@ -426,7 +510,7 @@ impl Replica {
                     });
                     return;
                 }
-                let floor = self.connection_floor.get(&client.conn_id).copied();
+                let floor = self.connection_floor(client);
                 if let Some((index, offset)) =
                     floor.filter(|&(index, _)| index > self.applied_index)
                 {
@@ -480,12 +564,10 @@ impl Replica {
                         .record(batch.commands.len() as f64);
                     self.last_proposed_stamp_ms = stamp_ms;
                     for (offset, client) in batch.clients.iter().enumerate() {
-                        self.connection_floor
-                            .insert(client.conn_id, (index, offset + 1));
+                        self.set_connection_floor(*client, index, offset + 1);
                     }
                     for read in &batch.reads {
-                        self.connection_floor
-                            .insert(read.client.conn_id, (index, read.offset));
+                        self.set_connection_floor(read.client, index, read.offset);
                     }
                     self.waiting.push_back(Waiting {
                         index,
@@ -576,37 +658,17 @@ impl Replica {
         }
     }
 
-    /// Execute the core's actions until it has nothing more to say.
+    /// Execute the core's actions until it has nothing more to say, then
+    /// hand what the turn wrote to an fsync (see "Durability").
     fn run_actions(&mut self, send_now: &mut dyn FnMut(&mut Vec<Envelope>)) -> Result<()> {
         loop {
             self.raft.drain_actions(&mut self.actions);
             if self.actions.is_empty() {
-                if self.needs_sync {
-                    // The leader's appends go out before its own fsync
-                    // (thesis §10.2.1): its disk and the followers' work in
-                    // parallel; the core counts the leader only after
-                    // `persisted`.
-                    send_now(&mut self.early_messages);
-                    let started = Instant::now();
-                    self.wal.sync()?;
-                    let took = started.elapsed();
-                    self.metrics.fsync_seconds.record_duration(took);
-                    if took >= Duration::from_millis(limits::FSYNC_SLOW_MS) {
-                        self.metrics.fsync_slow += 1;
-                        log::warn!(
-                            "slow fsync: {} ms (over {} ms; keep the election timeout well above the disk's sync latency)",
-                            took.as_millis(),
-                            limits::FSYNC_SLOW_MS
-                        );
-                    }
-                    self.needs_sync = false;
-                    self.hard_state_unsynced = false;
-                    if let Some((index, term)) = self.persisted_pending.take() {
-                        self.raft.persisted(index, term);
-                        continue;
-                    }
-                }
                 send_now(&mut self.early_messages);
+                self.place_durable_messages();
+                if self.gathering.written && self.syncing.is_none() && self.start_sync()? {
+                    continue;
+                }
                 return Ok(());
             }
             let mut actions = std::mem::take(&mut self.actions);
@@ -617,12 +679,92 @@ impl Replica {
         }
     }
 
+    /// The turn's messages wait for everything written before them: the
+    /// gathering batch if it has anything, else the running fsync, else
+    /// nothing.
+    fn place_durable_messages(&mut self) {
+        if self.durable_messages.is_empty() {
+            return;
+        }
+        let waiting_for = if self.gathering.written {
+            Some(&mut self.gathering)
+        } else {
+            self.syncing.as_mut()
+        };
+        match waiting_for {
+            Some(batch) => batch.messages.append(&mut self.durable_messages),
+            None => self.messages.append(&mut self.durable_messages),
+        }
+    }
+
+    /// Starts the fsync of the gathering batch. `true` when it is already
+    /// done (synced in place, or nothing needed syncing) and its effects
+    /// ran, so the core may have more to say.
+    fn start_sync(&mut self) -> Result<bool> {
+        let batch = std::mem::take(&mut self.gathering);
+        let started = Instant::now();
+        if let Some(syncer) = &self.syncer {
+            if let Some(request) = self.wal.begin_sync()? {
+                syncer.submit(request)?;
+                self.syncing = Some(batch);
+                return Ok(false);
+            }
+        } else {
+            self.wal.sync()?;
+        }
+        // Synced in place, or written with nothing to fsync (`fsync` off).
+        self.record_fsync_time(started.elapsed());
+        self.batch_durable(batch);
+        Ok(true)
+    }
+
+    /// Takes a finished background fsync, if any, and releases what waited
+    /// for it.
+    fn finish_background_sync(&mut self) -> Result<()> {
+        let Some(syncer) = &self.syncer else {
+            return Ok(());
+        };
+        let Some(done) = syncer.try_done()? else {
+            return Ok(());
+        };
+        self.record_fsync_time(done.took);
+        self.wal.end_sync(done)?;
+        if let Some(batch) = self.syncing.take() {
+            self.batch_durable(batch);
+        }
+        Ok(())
+    }
+
+    fn batch_durable(&mut self, batch: SyncBatch) {
+        self.messages.extend(batch.messages);
+        if let Some((index, term)) = batch.persisted {
+            self.raft.persisted(index, term);
+        }
+    }
+
+    /// A new term or vote is written but not yet durable.
+    fn hard_state_unsynced(&self) -> bool {
+        self.gathering.hard_state || self.syncing.as_ref().is_some_and(|b| b.hard_state)
+    }
+
+    fn record_fsync_time(&mut self, took: Duration) {
+        self.metrics.fsync_seconds.record_duration(took);
+        if took >= Duration::from_millis(limits::FSYNC_SLOW_MS) {
+            self.metrics.fsync_slow += 1;
+            log::warn!(
+                "slow fsync: {} ms (over {} ms; keep the election timeout well above the disk's sync latency)",
+                took.as_millis(),
+                limits::FSYNC_SLOW_MS
+            );
+        }
+    }
+
     fn execute(&mut self, action: Action) -> Result<()> {
         match action {
             Action::PersistHardState(hard_state) => {
                 self.wal.save_hard_state(&hard_state)?;
-                self.needs_sync = true;
-                self.hard_state_unsynced = true;
+                self.gathering.written = true;
+                self.gathering.hard_state = true;
             }
             Action::PersistEntries(entries) => {
                 let Some(first) = entries.first() else {
@@ -632,9 +774,9 @@ impl Replica {
                     self.fail_truncated_from(first.index);
                 }
                 self.wal.append(&entries)?;
-                self.needs_sync = true;
+                self.gathering.written = true;
                 if let Some(last) = entries.last() {
-                    self.persisted_pending = Some((last.index, last.term));
+                    self.gathering.persisted = Some((last.index, last.term));
                 }
                 if let Some(stamp_ms) = entries.iter().rev().find_map(|e| batch_stamp_ms(&e.data)) {
                     self.max_stamp_ms = self.max_stamp_ms.max(stamp_ms);
@@ -642,16 +784,16 @@ impl Replica {
             }
             Action::Send(envelope) => {
                 // Only a leader's appends and heartbeats promise nothing
-                // durable; everything else waits for this turn's fsync, and
-                // so does everything while a new term or vote is unsynced.
+                // durable; everything else waits for an fsync, and so does
+                // everything while a new term or vote is unsynced.
                 let promises_nothing = matches!(
                     envelope.message,
                     Message::AppendEntries { .. } | Message::Heartbeat { .. }
                 );
-                if promises_nothing && !self.hard_state_unsynced {
+                if promises_nothing && !self.hard_state_unsynced() {
                     self.early_messages.push(envelope);
                 } else {
-                    self.messages.push(envelope);
+                    self.durable_messages.push(envelope);
                 }
             }
             Action::Apply(entries) => {

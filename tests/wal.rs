@@ -635,3 +635,77 @@ fn a_newest_segment_without_a_whole_header_is_recreated() {
     let (_, recovered) = reopen(dir.path(), small_segments());
     assert_eq!(recovered.entries, entries(1, 1..=101));
 }
+
+/// Waits (bounded) for the sync thread to finish the request in flight.
+fn wait_for_sync(syncer: &storage::Syncer) -> storage::SyncDone {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(done) = syncer.try_done().unwrap() {
+            return done;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fsync never came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn background_sync_covers_what_was_written_before_it_and_no_more() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = storage::open(dir.path(), true).unwrap();
+    let notified = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&notified);
+    let syncer = storage::Syncer::start(Box::new(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+    }))
+    .unwrap();
+    assert!(wal.begin_sync().unwrap().is_none(), "nothing to sync yet");
+
+    wal.append(&entries(1, 1..=5)).unwrap();
+    let request = wal
+        .begin_sync()
+        .unwrap()
+        .expect("entries 1-5 need an fsync");
+    syncer.submit(request).unwrap();
+    // Appended while the fsync runs: not covered by it.
+    wal.append(&entries(1, 6..=8)).unwrap();
+    let done = wait_for_sync(&syncer);
+    wal.end_sync(done).unwrap();
+    assert_eq!(notified.load(Ordering::SeqCst), 1);
+    let request = wal
+        .begin_sync()
+        .unwrap()
+        .expect("entries 6-8 still need one");
+    syncer.submit(request).unwrap();
+    wal.end_sync(wait_for_sync(&syncer)).unwrap();
+    assert!(wal.begin_sync().unwrap().is_none(), "everything is durable");
+    drop(wal);
+    let (_, recovered) = storage::open(dir.path(), true).unwrap();
+    assert_eq!(recovered.entries, entries(1, 1..=8));
+}
+
+#[test]
+fn background_sync_failure_poisons_the_wal_and_fsync_off_needs_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = storage::open(dir.path(), true).unwrap();
+    wal.append(&entries(1, 1..=3)).unwrap();
+    wal.inject_failure(InjectedFailure::Sync);
+    assert!(matches!(wal.begin_sync(), Err(Error::Io { .. })));
+    assert!(wal.is_poisoned());
+    assert!(wal.begin_sync().is_err());
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = storage::open(dir.path(), false).unwrap();
+    wal.append(&entries(1, 1..=3)).unwrap();
+    assert!(
+        wal.begin_sync().unwrap().is_none(),
+        "fsync off: written only"
+    );
+    drop(wal);
+    let (_, recovered) = storage::open(dir.path(), false).unwrap();
+    assert_eq!(recovered.entries, entries(1, 1..=3));
+}

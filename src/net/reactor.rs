@@ -3,8 +3,9 @@
 //!
 //! One turn: wait for readiness (at most until the next tick) → read every
 //! ready socket to `WouldBlock` and frame its commands → tick if due → one
-//! `Replica::end_turn` (one proposal, one fsync) → hand replies to their
-//! connections and flush → flush peer links. Events are never handled one by
+//! `Replica::end_turn` (one proposal; it takes a finished fsync and starts
+//! the next on the WAL's sync thread, which wakes the loop when done) →
+//! hand replies to their connections and flush → flush peer links. Events are never handled one by
 //! one against the log: the turn batches them.
 //!
 //! Operations (additive to the loop): an optional metrics/health HTTP
@@ -24,8 +25,8 @@
 //!
 //! Invariants (mio's rules): tokens come from a slab; spurious events are
 //! harmless (every handler tolerates `WouldBlock`); a broken connection is
-//! closed and the loop goes on; nothing in the loop blocks except `poll` and
-//! the WAL's group-commit fsync.
+//! closed and the loop goes on; nothing in the loop blocks except `poll`
+//! (fsyncs run on the WAL's sync thread).
 
 use crate::error::{Error, Result};
 use crate::limits;
@@ -140,7 +141,7 @@ impl Reactor {
         poll: Poll,
         listener: TcpListener,
         peers: Peers,
-        replica: Replica,
+        mut replica: Replica,
         max_file_bytes: usize,
         stop_grace: Duration,
     ) -> io::Result<Reactor> {
@@ -148,6 +149,14 @@ impl Reactor {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let sync_waker = Arc::clone(&waker);
+        replica
+            .start_background_sync(Box::new(move || {
+                if let Err(e) = sync_waker.wake() {
+                    log::warn!("could not wake the reactor after an fsync: {e}");
+                }
+            }))
+            .map_err(io::Error::other)?;
         let mut buffer = BytesMut::new();
         encode_reply(&Reply::CmdErr, &mut buffer);
         let status = Arc::new(Mutex::new(replica.status()));
@@ -517,7 +526,7 @@ impl Reactor {
             if let Err(e) = self.poll.registry().deregister(&mut connection.stream) {
                 log::debug!("deregister: {e}");
             }
-            self.replica.connection_closed(connection.id);
+            self.replica.connection_closed(key);
         }
     }
 

@@ -274,7 +274,11 @@ impl Replica {
                 if offset + length_bytes >= snapshot.size_bytes {
                     snapshots.reader.close(envelope.to);
                 }
-                self.messages.push(envelope);
+                if self.hard_state_unsynced() {
+                    self.durable_messages.push(envelope);
+                } else {
+                    self.messages.push(envelope);
+                }
             }
             Err(e) => log::error!(
                 "cannot read snapshot {} for node {}: {e}",
@@ -316,8 +320,8 @@ impl Replica {
                 snapshots.assembler.commit(&dir, fsync)?;
                 if !log_kept {
                     self.wal.mark_log_start(snapshot.index, snapshot.term)?;
-                    self.needs_sync = true;
-                    self.persisted_pending = None;
+                    self.gathering.written = true;
+                    self.gathering.persisted = None;
                 }
                 self.fsm = *fsm;
                 self.fail_waiting_covered_by(snapshot.index, log_kept);

@@ -34,8 +34,10 @@
 pub mod lost_unsynced;
 mod replay;
 pub mod segment;
+pub mod syncer;
 pub mod wal;
 
+pub use syncer::{SyncDone, SyncRequest, Syncer};
 pub use wal::{FinishedSegment, InjectedFailure, Wal, WalOptions};
 
 use crate::error::{Error, Result};

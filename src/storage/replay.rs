@@ -261,7 +261,7 @@ fn open_newest(sequence: u64, path: &Path, good_bytes: u64) -> Result<OpenSegmen
     Ok(OpenSegment {
         sequence,
         path: path.to_path_buf(),
-        file,
+        file: std::sync::Arc::new(file),
         file_bytes: good_bytes,
     })
 }

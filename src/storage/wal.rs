@@ -26,11 +26,17 @@
 //! leaves a gap in the sequence. `mark_log_start` records that the log now
 //! starts after an installed snapshot.
 //!
-//! Left out: reading the log back (that is `open`'s replay), deleting files
-//! itself (the caller does, off the reactor thread), and a WAL thread.
+//! Background fsync: `begin_sync` writes the buffer and hands back a
+//! `SyncRequest` for the `syncer` thread; `end_sync` takes its `SyncDone`.
+//! `sync` does both at once, on the caller's thread. A segment is known
+//! durable only when a sync that covered its whole length came back.
+//!
+//! Left out: reading the log back (that is `open`'s replay) and deleting
+//! files itself (the caller does, off the reactor thread).
 
 use super::lost_unsynced::SyncedMarker;
 use super::segment::{self, HEADER_BYTES};
+use super::syncer::{SyncDone, SyncRequest};
 use crate::error::{Error, Result};
 use crate::limits::{WAL_BUFFER_BYTES_MAX, WAL_SEGMENT_BYTES_MAX};
 use crate::raft::message::{Entry, HardState, Index};
@@ -38,6 +44,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A finished segment and the largest entry index written in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,7 +86,8 @@ pub enum InjectedFailure {
 pub(super) struct OpenSegment {
     pub sequence: u64,
     pub path: PathBuf,
-    pub file: File,
+    /// Shared with the sync thread while a background fsync runs.
+    pub file: Arc<File>,
     /// Bytes in the file (header included), after any torn tail was cut off.
     pub file_bytes: u64,
 }
@@ -90,8 +98,11 @@ pub struct Wal {
     segment: OpenSegment,
     /// Records appended since they were last written to the file.
     buffer: Vec<u8>,
-    /// Something was written to `segment.file` and not yet fdatasynced.
+    /// Something was written to `segment.file` and is not known durable.
     unsynced: bool,
+    /// (segment sequence, length) durable so far, as last recorded: a
+    /// background fsync that comes back late never moves it backwards.
+    synced_position: (u64, u64),
     last_index: Index,
     /// The latest hard state, written again at the head of every new segment.
     hard_state: Option<HardState>,
@@ -140,6 +151,7 @@ impl Wal {
         Wal {
             dir,
             options,
+            synced_position: (segment.sequence, segment.file_bytes),
             segment,
             buffer: Vec::new(),
             unsynced: false,
@@ -271,6 +283,44 @@ impl Wal {
         self.sync_file()
     }
 
+    /// The first half of `sync` for the `syncer` thread: writes the buffer
+    /// and returns the fsync that would make everything appended so far
+    /// durable, or `None` when it already is (or `fsync` is off). Keep at
+    /// most one request in flight; finish each with `end_sync`.
+    pub fn begin_sync(&mut self) -> Result<Option<SyncRequest>> {
+        self.check_usable()?;
+        self.write_buffer()?;
+        if !self.unsynced || !self.options.fsync {
+            self.unsynced = false;
+            return Ok(None);
+        }
+        if self.injected_failure == Some(InjectedFailure::Sync) {
+            self.injected_failure = None;
+            let context = format!("fsyncing WAL segment {}", self.segment.path.display());
+            let source = io::Error::from_raw_os_error(libc::EIO);
+            return Err(self.poison(Error::io(context, source)));
+        }
+        Ok(Some(SyncRequest {
+            file: Arc::clone(&self.segment.file),
+            path: self.segment.path.clone(),
+            sequence: self.segment.sequence,
+            file_bytes: self.segment.file_bytes,
+        }))
+    }
+
+    /// The second half: on `Ok`, everything appended before the matching
+    /// `begin_sync` survives a crash. A failed fsync poisons the Wal.
+    pub fn end_sync(&mut self, done: SyncDone) -> Result<()> {
+        if let Err(source) = done.result {
+            let context = format!("fsyncing WAL segment {}", done.path.display());
+            return Err(self.poison(Error::io(context, source)));
+        }
+        if (done.sequence, done.file_bytes) == (self.segment.sequence, self.segment.file_bytes) {
+            self.unsynced = false;
+        }
+        self.record_synced_position(done.sequence, done.file_bytes)
+    }
+
     /// Turns on the lost-fsync test mode (`storage::lost_unsynced`): from now
     /// on every successful fdatasync records how far the log is durable, so
     /// a simulated power failure can throw away the rest. Call before the
@@ -291,6 +341,7 @@ impl Wal {
         marker
             .record(self.segment.sequence, self.segment.file_bytes)
             .map_err(|e| Error::io("recording the synced WAL position", e))?;
+        self.synced_position = (self.segment.sequence, self.segment.file_bytes);
         self.synced_marker = Some(marker);
         Ok(())
     }
@@ -358,7 +409,7 @@ impl Wal {
         });
         if self.options.fsync {
             // create_segment fsynced the header and the directory.
-            self.record_synced_position()?;
+            self.record_synced_position(self.segment.sequence, self.segment.file_bytes)?;
         }
         if let Some(hard_state) = &self.hard_state {
             let payload = segment::hard_state_payload(hard_state);
@@ -376,7 +427,7 @@ impl Wal {
             self.injected_failure = None;
             Err(io::Error::from_raw_os_error(libc::ENOSPC))
         } else {
-            self.segment.file.write_all(&self.buffer)
+            (&*self.segment.file).write_all(&self.buffer)
         };
         if let Err(source) = result {
             let context = format!("writing WAL segment {}", self.segment.path.display());
@@ -407,15 +458,20 @@ impl Wal {
             return Err(self.poison(Error::io(context, source)));
         }
         self.unsynced = false;
-        self.record_synced_position()
+        self.record_synced_position(self.segment.sequence, self.segment.file_bytes)
     }
 
-    /// Lost-fsync mode: the current segment is durable up to its length.
-    fn record_synced_position(&mut self) -> Result<()> {
+    /// Segment `sequence` is durable up to `file_bytes` (lost-fsync mode
+    /// records it; an older position than the last recorded is ignored).
+    fn record_synced_position(&mut self, sequence: u64, file_bytes: u64) -> Result<()> {
+        if (sequence, file_bytes) <= self.synced_position {
+            return Ok(());
+        }
+        self.synced_position = (sequence, file_bytes);
         let Some(marker) = &self.synced_marker else {
             return Ok(());
         };
-        if let Err(source) = marker.record(self.segment.sequence, self.segment.file_bytes) {
+        if let Err(source) = marker.record(sequence, file_bytes) {
             return Err(self.poison(Error::io("recording the synced WAL position", source)));
         }
         Ok(())
@@ -464,7 +520,7 @@ pub(super) fn create_segment(dir: &Path, sequence: u64, fsync: bool) -> Result<O
         Ok(file) => Ok(OpenSegment {
             sequence,
             path,
-            file,
+            file: Arc::new(file),
             file_bytes: HEADER_BYTES as u64,
         }),
         Err(source) => Err(Error::io(
