@@ -187,8 +187,10 @@ pub fn encode_frame<T: Serialize>(
 
 /// Entry data up to this many bytes is copied into the frame's own bytes;
 /// longer data goes out as its own segment, straight from the log's `Bytes`
-/// (an extra slice in a vectored write costs more than copying a few hundred
-/// bytes; measured by `benches/peer_encode.rs`).
+/// (copying a few hundred bytes is cheaper than the two extra slices, one
+/// for the data and one for the header after it, in every vectored write; a
+/// judgement, not a measured optimum: `benches/peer_encode.rs` covers 130-byte
+/// entries, inlined, and 8 KiB ones, shared).
 pub const INLINE_DATA_BYTES_MAX: usize = 512;
 
 /// bincode's variant index of `Message::AppendEntries` (declaration order);
