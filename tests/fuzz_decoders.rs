@@ -75,7 +75,12 @@ fn message_strategy() -> impl Strategy<Value = Message> {
     let entry = (
         any::<u64>(),
         any::<u64>(),
-        proptest::collection::vec(any::<u8>(), 0..64),
+        // Short data is copied into a frame, long data (over
+        // `wire::INLINE_DATA_BYTES_MAX`) is a segment of its own.
+        prop_oneof![
+            3 => proptest::collection::vec(any::<u8>(), 0..64),
+            1 => proptest::collection::vec(any::<u8>(), 500..700),
+        ],
     )
         .prop_map(|(term, index, data)| Entry {
             term,
@@ -205,6 +210,12 @@ proptest! {
         let mut scratch = BytesMut::new();
         for envelope in &envelopes {
             let frame = wire::encode_frame(envelope, &mut scratch, 1 << 20).expect("encode");
+            // The segmented encoder the links use writes the very same bytes.
+            let mut segments = Vec::new();
+            let frame_bytes = wire::encode_envelope(envelope, &mut scratch, 1 << 20, &mut segments)
+                .expect("encode in segments");
+            prop_assert_eq!(segments.concat(), frame.to_vec());
+            prop_assert_eq!(frame_bytes, frame.len());
             // Pair check: what is encoded decodes to the same envelope.
             let mut one = BytesMut::from(&frame[..]);
             let payload = wire::next_frame(&mut one, 1 << 20).expect("frame").expect("whole");

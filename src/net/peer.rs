@@ -43,7 +43,7 @@ pub use wire::cluster_id;
 
 use crate::limits;
 use crate::raft::{Envelope, NodeId};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use inbound::{Inbound, InboundContext, Verdict};
 use link::{Link, LinkContext};
 use mio::event::Event;
@@ -172,6 +172,8 @@ pub struct Peers {
     inbound: Slab<Inbound>,
     /// Frames are encoded here and split off, sharing its allocation.
     encode_buffer: BytesMut,
+    /// The segments of the frame being queued (empty between calls).
+    frame_segments: Vec<Bytes>,
     /// Where inbound reads land before they are appended to a read buffer.
     read_scratch: Box<[u8]>,
     rng: Pcg64Mcg,
@@ -275,6 +277,7 @@ impl Peers {
             links,
             inbound: Slab::with_capacity(limits::PEER_INBOUND_CONNECTIONS_MAX),
             encode_buffer: BytesMut::new(),
+            frame_segments: Vec::new(),
             read_scratch: vec![0u8; READ_CHUNK_BYTES].into_boxed_slice(),
             rng: Pcg64Mcg::seed_from_u64(
                 config.my_id ^ config.my_incarnation.rotate_left(32) ^ clock_seed,
@@ -368,7 +371,9 @@ impl Peers {
     }
 
     /// Queues `envelope` for `envelope.to`, encoded once into that link's
-    /// bounded queue; it is written by the next `flush`. Dropped (and
+    /// bounded queue; it is written by the next `flush`. The data of an
+    /// AppendEntries' entries is not copied: the frames for every follower
+    /// share it with the log (`wire::encode_envelope`). Dropped (and
     /// counted) when the link is down or the receiver unknown.
     pub fn send(&mut self, envelope: &Envelope) {
         let Ok(index) = self
@@ -384,13 +389,15 @@ impl Peers {
             link.frames_dropped_down += 1;
             return;
         }
-        match wire::encode_frame(
+        match wire::encode_envelope(
             envelope,
             &mut self.encode_buffer,
             limits::PEER_FRAME_BYTES_MAX,
+            &mut self.frame_segments,
         ) {
-            Ok(frame) => link.push(frame),
+            Ok(_) => link.push(&mut self.frame_segments),
             Err(error) => {
+                self.frame_segments.clear();
                 log::error!("envelope to node {} not sent: {error}", envelope.to);
                 self.stats.envelopes_unsendable += 1;
             }

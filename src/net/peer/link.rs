@@ -130,12 +130,14 @@ impl Link {
         self.queue.dropped_frames() + self.frames_dropped_down
     }
 
-    /// Queues one encoded frame, or drops it while the link is down.
-    pub fn push(&mut self, frame: Bytes) {
+    /// Queues one encoded frame (its segments, in order; the vector is left
+    /// empty), or drops it while the link is down.
+    pub fn push(&mut self, segments: &mut Vec<Bytes>) {
         if matches!(self.phase, Phase::Down { .. }) {
+            segments.clear();
             self.frames_dropped_down += 1;
         } else {
-            self.queue.push(frame);
+            self.queue.push_segments(segments);
         }
     }
 

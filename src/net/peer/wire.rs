@@ -19,13 +19,15 @@
 //! Invariants: decoding never panics and never allocates more than the frame
 //! it was given (bincode runs with a byte limit over a slice); a frame longer
 //! than the caller's maximum is an error as soon as its header is seen, before
-//! its bytes are buffered. Encoding writes straight into a `BytesMut`.
+//! its bytes are buffered. Encoding writes straight into a `BytesMut`;
+//! `encode_envelope` yields the same bytes as segments, so an entry's data is
+//! shared by the frames for every follower instead of copied into each.
 //!
 //! Leaves out: sockets, buffering policy and the incarnation decision
 //! (`net::peer` and the caller).
 
 use crate::limits;
-use crate::raft::{Envelope, NodeId};
+use crate::raft::{Envelope, Message, NodeId};
 use bincode::Options;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -181,6 +183,130 @@ pub fn encode_frame<T: Serialize>(
     }
     debug_assert_eq!(buffer.len(), FRAME_HEADER_BYTES + payload_bytes as usize);
     Ok(buffer.split().freeze())
+}
+
+/// Entry data up to this many bytes is copied into the frame's own bytes;
+/// longer data goes out as its own segment, straight from the log's `Bytes`
+/// (copying a few hundred bytes is cheaper than the two extra slices, one
+/// for the data and one for the header after it, in every vectored write; a
+/// judgement, not a measured optimum: `benches/peer_encode.rs` covers 130-byte
+/// entries, inlined, and 8 KiB ones, shared).
+pub const INLINE_DATA_BYTES_MAX: usize = 512;
+
+/// bincode's variant index of `Message::AppendEntries` (declaration order);
+/// a unit test checks it against bincode's own encoding.
+const APPEND_ENTRIES_VARIANT: u64 = 4;
+
+/// Encodes `envelope` as one frame, appended to `segments` as byte strings to
+/// be written in order; returns the frame's length in bytes. The bytes are
+/// exactly those of `encode_frame` (the decoder does not change), but the
+/// data of an AppendEntries' entries is not copied: each entry longer than
+/// `INLINE_DATA_BYTES_MAX` becomes its own segment, a clone of the entry's
+/// `Bytes` shared with the log and with the frames for the other followers.
+/// Only the small headers (envelope fields, each entry's term, index and
+/// length) are encoded per frame, into `buffer` (kept empty between calls
+/// so its allocation is reused). Other messages take one segment.
+pub fn encode_envelope(
+    envelope: &Envelope,
+    buffer: &mut BytesMut,
+    max_bytes: usize,
+    segments: &mut Vec<Bytes>,
+) -> Result<usize, EncodeError> {
+    let Message::AppendEntries {
+        prev_log_index,
+        prev_log_term,
+        entries,
+        leader_commit,
+    } = &envelope.message
+    else {
+        let frame = encode_frame(envelope, buffer, max_bytes)?;
+        let frame_bytes = frame.len();
+        segments.push(frame);
+        return Ok(frame_bytes);
+    };
+    let header = [
+        envelope.from,
+        envelope.to,
+        envelope.term,
+        envelope.incarnation,
+        APPEND_ENTRIES_VARIANT,
+        *prev_log_index,
+        *prev_log_term,
+        entries.len() as u64,
+    ];
+    // One pass for the sizes: the whole payload, and the part written into
+    // `buffer` (everything but the data of long entries).
+    let mut inline_bytes = header
+        .iter()
+        .map(|value| varint_bytes(*value))
+        .sum::<usize>()
+        + varint_bytes(*leader_commit);
+    let mut payload_bytes = inline_bytes as u64;
+    for entry in entries {
+        let data_bytes = entry.data.len();
+        let entry_header_bytes =
+            varint_bytes(entry.term) + varint_bytes(entry.index) + varint_bytes(data_bytes as u64);
+        inline_bytes += entry_header_bytes;
+        if data_bytes <= INLINE_DATA_BYTES_MAX {
+            inline_bytes += data_bytes;
+        }
+        payload_bytes += (entry_header_bytes + data_bytes) as u64;
+    }
+    if payload_bytes > max_bytes as u64 || payload_bytes > u64::from(u32::MAX) {
+        return Err(EncodeError::FrameTooLarge {
+            length_bytes: payload_bytes,
+            max_bytes,
+        });
+    }
+    buffer.reserve((FRAME_HEADER_BYTES + inline_bytes).max(64 << 10));
+    buffer.put_u32_le(payload_bytes as u32);
+    for value in header {
+        put_varint(buffer, value);
+    }
+    for entry in entries {
+        put_varint(buffer, entry.term);
+        put_varint(buffer, entry.index);
+        put_varint(buffer, entry.data.len() as u64);
+        if entry.data.len() <= INLINE_DATA_BYTES_MAX {
+            buffer.put_slice(&entry.data);
+        } else {
+            segments.push(buffer.split().freeze());
+            segments.push(entry.data.clone());
+        }
+    }
+    put_varint(buffer, *leader_commit);
+    segments.push(buffer.split().freeze());
+    Ok(FRAME_HEADER_BYTES + payload_bytes as usize)
+}
+
+/// Bytes of `value` in bincode's varint encoding.
+fn varint_bytes(value: u64) -> usize {
+    match value {
+        0..=250 => 1,
+        251..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
+/// bincode 1.3's varint: one byte up to 250, else a marker byte (251, 252,
+/// 253) and the value as a little-endian u16, u32 or u64.
+fn put_varint(buffer: &mut BytesMut, value: u64) {
+    match value {
+        0..=250 => buffer.put_u8(value as u8),
+        251..=0xffff => {
+            buffer.put_u8(251);
+            buffer.put_u16_le(value as u16);
+        }
+        0x1_0000..=0xffff_ffff => {
+            buffer.put_u8(252);
+            buffer.put_u32_le(value as u32);
+        }
+        _ => {
+            buffer.put_u8(253);
+            buffer.put_u64_le(value);
+        }
+    }
 }
 
 /// Encodes a hello frame (magic and version in front of the bincode body).
@@ -348,6 +474,96 @@ mod tests {
             );
             assert!(buffer.is_empty());
         }
+    }
+
+    /// Every field at each varint width boundary, and entry data on both
+    /// sides of the inline limit: the segments concatenate to exactly what
+    /// bincode writes, and long data is shared, not copied.
+    #[test]
+    fn segmented_append_entries_match_bincode_byte_for_byte() {
+        let values = [
+            0,
+            250,
+            251,
+            0xffff,
+            0x1_0000,
+            u64::from(u32::MAX),
+            u64::from(u32::MAX) + 1,
+            u64::MAX,
+        ];
+        let data_lengths = [
+            0,
+            250,
+            251,
+            INLINE_DATA_BYTES_MAX,
+            INLINE_DATA_BYTES_MAX + 1,
+            70_000,
+        ];
+        let mut encode_buffer = BytesMut::new();
+        let mut segments = Vec::new();
+        for (position, value) in values.iter().enumerate() {
+            let other = values[(position + 3) % values.len()];
+            let entries: Vec<Entry> = data_lengths
+                .iter()
+                .map(|length| Entry {
+                    term: *value,
+                    index: other,
+                    data: Bytes::from(vec![*length as u8; *length]),
+                })
+                .collect();
+            let envelope = Envelope {
+                from: *value,
+                to: other,
+                term: *value,
+                incarnation: other,
+                message: Message::AppendEntries {
+                    prev_log_index: other,
+                    prev_log_term: *value,
+                    entries: entries.clone(),
+                    leader_commit: *value,
+                },
+            };
+            let expected = encode_frame(&envelope, &mut encode_buffer, 1 << 20).unwrap();
+            let frame_bytes =
+                encode_envelope(&envelope, &mut encode_buffer, 1 << 20, &mut segments).unwrap();
+            assert_eq!(frame_bytes, expected.len());
+            assert_eq!(segments.concat(), expected.to_vec(), "value {value}");
+            let long: Vec<&Entry> = entries
+                .iter()
+                .filter(|entry| entry.data.len() > INLINE_DATA_BYTES_MAX)
+                .collect();
+            for entry in &long {
+                assert!(
+                    segments
+                        .iter()
+                        .any(|segment| segment.as_ptr() == entry.data.as_ptr()),
+                    "long data goes out as the log's own bytes"
+                );
+            }
+            assert_eq!(segments.len(), 1 + 2 * long.len());
+            assert!(encode_buffer.is_empty());
+            segments.clear();
+        }
+        // Other messages are one segment, as `encode_frame` writes them.
+        let heartbeat = Envelope {
+            message: Message::Heartbeat {
+                leader_commit: 9,
+                read_round: 300,
+            },
+            ..envelope(b"")
+        };
+        encode_envelope(&heartbeat, &mut encode_buffer, 1 << 20, &mut segments).unwrap();
+        let expected = encode_frame(&heartbeat, &mut encode_buffer, 1 << 20).unwrap();
+        assert_eq!(segments, vec![expected]);
+        // The limit holds for the whole frame, data included.
+        let error = encode_envelope(
+            &envelope(&[0; 2000]),
+            &mut encode_buffer,
+            1000,
+            &mut segments,
+        )
+        .unwrap_err();
+        assert!(matches!(error, EncodeError::FrameTooLarge { .. }));
     }
 
     #[test]
