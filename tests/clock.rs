@@ -14,13 +14,13 @@
 //!   first, with their clocks jumped forward and back by a year, while a
 //!   reader checks every answer against real time.
 
-mod support_nemesis;
+mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support_nemesis::client::Client;
-use support_nemesis::{Cluster, Options};
+use common::client::Client;
+use common::cluster::{Cluster, Options};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -201,7 +201,7 @@ fn wall_clock_jumps_change_neither_safety_nor_expiry() {
     // year ahead or behind, alternating, and keep reading meanwhile.
     let mut observations = Vec::new();
     let mut order = vec![first_leader];
-    order.extend(cluster.ids().into_iter().filter(|&id| id != first_leader));
+    order.extend(cluster.ids().filter(|&id| id != first_leader));
     let mut jumps = 0;
     for (step, id) in order.iter().copied().chain(order.clone()).enumerate() {
         let jump = if step % 2 == 0 {
@@ -209,7 +209,7 @@ fn wall_clock_jumps_change_neither_safety_nor_expiry() {
         } else {
             -365 * DAY_MS
         };
-        cluster.crash(id);
+        cluster.kill(id);
         cluster.node_env.insert(
             id,
             vec![(
@@ -232,7 +232,7 @@ fn wall_clock_jumps_change_neither_safety_nor_expiry() {
     }
     // Then the whole cluster at once, every clock moved again.
     for id in cluster.ids() {
-        cluster.crash(id);
+        cluster.kill(id);
         cluster.node_env.insert(
             id,
             vec![(
@@ -244,7 +244,7 @@ fn wall_clock_jumps_change_neither_safety_nor_expiry() {
     for id in cluster.ids() {
         cluster.start_node(id);
     }
-    jumps += cluster.ids().len();
+    jumps += cluster.size;
     cluster
         .wait_leader(Duration::from_secs(10))
         .expect("leader after full restart");

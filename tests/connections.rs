@@ -4,30 +4,25 @@
 //! case the node survives, its memory and descriptors stay bounded, and a
 //! normal client is still served quickly.
 //!
-//! The tests share one node and run one at a time (`SERIAL`), because they
+//! The tests share one node and run one at a time (`serial`), because they
 //! measure the node's memory and descriptors.
 
-mod support_proto;
+mod common;
 
+use common::client::{show, Client};
+use common::cluster::serial;
+use common::single::Node;
 use rand::{Rng, SeedableRng};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
-use support_proto::{show, Client, Node};
 
 static NODE: OnceLock<Mutex<Node>> = OnceLock::new();
-static SERIAL: Mutex<()> = Mutex::new(());
 
 const IDLE_CONNECTIONS: usize = 10_000;
 /// A normal command must be answered within this while the node is stressed.
 const QUICK: Duration = Duration::from_millis(500);
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn node() -> MutexGuard<'static, Node> {
     NODE.get_or_init(|| Mutex::new(Node::start("")))
@@ -40,7 +35,7 @@ fn assert_served(node: &Node, name: &str) -> Duration {
     let started = Instant::now();
     let mut client = node.connect();
     client.set_timeout(Duration::from_secs(5));
-    let version = client.write(name, b"served");
+    let version = client.write_version(name, b"served");
     client.exchange(
         format!("read {name}\r\n").as_bytes(),
         format!("CONTENTS {version} 6 0\r\nserved\r\n").as_bytes(),
@@ -179,7 +174,7 @@ fn a_client_that_never_reads_its_answers_is_bounded() {
     const FILE_BYTES: usize = 128 << 10;
     const READS: usize = 4_000;
     let mut writer = node.connect();
-    writer.write("hog-file", &vec![b'h'; FILE_BYTES]);
+    writer.write_version("hog-file", &vec![b'h'; FILE_BYTES]);
     let rss_before_kib = node.rss_kib();
 
     let mut hog = TcpStream::connect(node.address).expect("hog connect");
@@ -221,7 +216,7 @@ fn a_client_that_never_reads_its_answers_is_bounded() {
     );
     // Once it reads, it gets its answers in order.
     let mut hog = Client::from_stream(hog);
-    let first = hog.reply().expect("first hog answer");
+    let first = hog.reply_parts().expect("first hog answer");
     assert!(first.line.starts_with("CONTENTS "), "{:?}", first.line);
     assert_eq!(first.content.map(|c| c.len()), Some(FILE_BYTES));
     drop(hog);
@@ -294,7 +289,7 @@ fn socket_linger_zero(stream: &TcpStream) -> io::Result<()> {
 fn random_garbage_is_refused_and_the_node_survives() {
     let _serial = serial();
     let mut node = node();
-    let version = node.connect().write("garbage-victim", b"safe");
+    let version = node.connect().write_version("garbage-victim", b"safe");
     let fds_before = settled_fds(&node);
     let mut rng = rand_pcg::Pcg64::seed_from_u64(0x5eed_6a7b);
     for round in 0..50 {

@@ -11,10 +11,10 @@
 //! the tail of every node's log (see `common::Cluster`'s drop).
 
 mod common;
-#[path = "common/workload.rs"]
-mod workload;
 
-use common::{command_anywhere, ok_version, serial, write_command, Client, Cluster};
+use common::client::{ok_version, write_command, Client};
+use common::cluster::{command_anywhere, serial, Cluster, Options};
+use common::{ports, process, workload};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -82,7 +82,7 @@ fn others(cluster: &Cluster, but: &[u64]) -> Vec<u64> {
 fn leader_elected_followers_redirect_and_seed_session() {
     let _serial = serial();
     let started = Instant::now();
-    let cluster = Cluster::start(5);
+    let cluster = Cluster::start(Options::new(5).with_metrics());
     let leader = cluster
         .wait_leader(Duration::from_secs(3))
         .expect("a leader within 3 s");
@@ -118,7 +118,7 @@ fn leader_elected_followers_redirect_and_seed_session() {
 #[test]
 fn killing_the_leader_elects_a_new_one_and_keeps_acknowledged_writes() {
     let _serial = serial();
-    let mut cluster = Cluster::start(5);
+    let mut cluster = Cluster::start(Options::new(5).with_metrics());
     let (leader, mut client) = cluster.leader_client(Duration::from_secs(5));
     client.set_timeout(COMMAND_TIMEOUT);
     let files = pipelined_writes(&mut client, "before-kill", 50);
@@ -140,7 +140,7 @@ fn killing_the_leader_elects_a_new_one_and_keeps_acknowledged_writes() {
 #[test]
 fn a_minority_down_serves_a_majority_down_acknowledges_nothing() {
     let _serial = serial();
-    let mut cluster = Cluster::start(5);
+    let mut cluster = Cluster::start(Options::new(5).with_metrics());
     let (leader, mut client) = cluster.leader_client(Duration::from_secs(5));
     client.set_timeout(COMMAND_TIMEOUT);
     let mut files = pipelined_writes(&mut client, "all-up", 20);
@@ -210,7 +210,7 @@ fn a_minority_down_serves_a_majority_down_acknowledges_nothing() {
 #[test]
 fn killing_every_node_loses_no_acknowledged_write() {
     let _serial = serial();
-    let mut cluster = Cluster::start(5);
+    let mut cluster = Cluster::start(Options::new(5).with_metrics());
     let (_, mut client) = cluster.leader_client(Duration::from_secs(5));
     client.set_timeout(COMMAND_TIMEOUT);
     let mut files = pipelined_writes(&mut client, "durable", 300);
@@ -250,7 +250,7 @@ fn killing_every_node_loses_no_acknowledged_write() {
 #[test]
 fn a_paused_leader_serves_no_stale_read() {
     let _serial = serial();
-    let mut cluster = Cluster::start(5);
+    let mut cluster = Cluster::start(Options::new(5).with_metrics());
     let (old_leader, mut client) = cluster.leader_client(Duration::from_secs(5));
     client.set_timeout(COMMAND_TIMEOUT);
     let before = ok_version(&client.write("k", "before").expect("write")).expect("OK");
@@ -262,7 +262,7 @@ fn a_paused_leader_serves_no_stale_read() {
     stale_writer.set_timeout(COMMAND_TIMEOUT);
     drop(client);
 
-    cluster.signal(old_leader, libc::SIGSTOP);
+    cluster.pause(old_leader);
     let paused_at = Instant::now();
     let new_leader = cluster
         .wait_leader_among(&others(&cluster, &[old_leader]), Duration::from_secs(3))
@@ -278,7 +278,7 @@ fn a_paused_leader_serves_no_stale_read() {
         .send(write_command("stale-write", "from the paused leader").as_bytes())
         .expect("send");
     std::thread::sleep(Duration::from_secs(3).saturating_sub(paused_at.elapsed()));
-    cluster.signal(old_leader, libc::SIGCONT);
+    cluster.resume(old_leader);
 
     let current = format!("CONTENTS {during} 6 0\nduring");
     let reply = stale_reader
@@ -324,7 +324,7 @@ fn a_paused_leader_serves_no_stale_read() {
 /// Runs the raftfs binary with `args` and waits up to 10 s for it to exit:
 /// (exit code, stderr).
 fn run_to_exit(args: &[&str], current_dir: &std::path::Path) -> (Option<i32>, String) {
-    let mut child = Command::new(common::binary())
+    let mut child = Command::new(process::binary())
         .args(args)
         .current_dir(current_dir)
         .env("RUST_LOG", "warn")
@@ -376,7 +376,7 @@ fn assert_refused(what: &str, (code, stderr): (Option<i32>, String), names: &[&s
 #[test]
 fn an_unwritable_data_dir_is_refused() {
     let _serial = serial();
-    let cluster = Cluster::configure(1, "");
+    let cluster = Cluster::configure(Options::new(1).with_metrics());
     let blocker = cluster.dir.path().join("blocker");
     std::fs::write(&blocker, "a regular file").expect("write");
     let data_dir = blocker.join("data");
@@ -398,7 +398,7 @@ fn an_unwritable_data_dir_is_refused() {
         result,
         &[data_dir.to_str().expect("utf-8")],
     );
-    assert!(common::port_is_free(cluster.client_port(1)));
+    assert!(ports::port_is_free(cluster.client_port(1)));
 }
 
 /// (7) A node restarted on an emptied data dir (a new incarnation under an old
@@ -407,7 +407,7 @@ fn an_unwritable_data_dir_is_refused() {
 #[test]
 fn a_node_with_an_emptied_data_dir_is_refused_by_its_peers() {
     let _serial = serial();
-    let mut cluster = Cluster::start(3);
+    let mut cluster = Cluster::start(Options::new(3).with_metrics());
     let (leader, mut client) = cluster.leader_client(Duration::from_secs(5));
     client.set_timeout(COMMAND_TIMEOUT);
     let files = pipelined_writes(&mut client, "before-wipe", 20);
@@ -451,7 +451,7 @@ fn a_node_with_an_emptied_data_dir_is_refused_by_its_peers() {
 #[test]
 fn bad_configs_are_refused_with_one_clear_line() {
     let _serial = serial();
-    let cluster = Cluster::configure(3, "");
+    let cluster = Cluster::configure(Options::new(3).with_metrics());
     let dir = cluster.dir.path();
     let good = std::fs::read_to_string(&cluster.config_path).expect("config");
     let run_with = |name: &str, text: &str, id: &str| {
@@ -513,7 +513,7 @@ fn bad_configs_are_refused_with_one_clear_line() {
     );
     drop(taken);
     assert!(
-        common::port_is_free(cluster.peer_port(1)),
+        ports::port_is_free(cluster.peer_port(1)),
         "peer port left bound"
     );
     let taken = std::net::TcpListener::bind(("127.0.0.1", cluster.peer_port(1))).expect("bind");
@@ -524,7 +524,7 @@ fn bad_configs_are_refused_with_one_clear_line() {
     );
     drop(taken);
     assert!(
-        common::port_is_free(cluster.client_port(1)),
+        ports::port_is_free(cluster.client_port(1)),
         "client port left bound"
     );
 }
@@ -535,11 +535,11 @@ fn bad_configs_are_refused_with_one_clear_line() {
 fn the_cluster_command_prints_the_leader_and_stops_on_sigterm() {
     let _serial = serial();
     // Client ports P.., peer ports P+1000..: two blocks 1000 ports apart.
-    let stride = (1000 / common::PORT_BLOCK_SIZE) as u32;
-    let base = common::reserve_port_blocks(&[0, stride]);
+    let stride = (1000 / ports::PORT_BLOCK_SIZE) as u32;
+    let base = ports::reserve_port_blocks(&[0, stride]);
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let mut child = Command::new(common::binary())
+    let mut child = Command::new(process::binary())
         .args([
             "cluster",
             "--nodes",
@@ -627,7 +627,7 @@ fn the_cluster_command_prints_the_leader_and_stops_on_sigterm() {
     assert!(status.success(), "exit status {status} after SIGTERM");
     for port in (base..base + 3).chain(base + 1000..base + 1003) {
         assert!(
-            common::port_is_free(port),
+            ports::port_is_free(port),
             "port {port} still bound after exit"
         );
     }
@@ -638,7 +638,7 @@ fn the_cluster_command_prints_the_leader_and_stops_on_sigterm() {
 #[test]
 fn a_mixed_workload_across_a_leader_crash_is_linearizable() {
     let _serial = serial();
-    let mut cluster = Cluster::start(5);
+    let mut cluster = Cluster::start(Options::new(5).with_metrics());
     cluster
         .wait_leader(Duration::from_secs(5))
         .expect("a leader");
@@ -684,7 +684,7 @@ fn a_mixed_workload_across_a_leader_crash_is_linearizable() {
 #[test]
 fn a_rolling_restart_with_sigterm_fails_no_request() {
     let _serial = serial();
-    let mut cluster = Cluster::start(3);
+    let mut cluster = Cluster::start(Options::new(3).with_metrics());
     cluster
         .wait_leader(Duration::from_secs(5))
         .expect("a leader");

@@ -10,7 +10,7 @@
 //! that pipelines without reading replies; a `write` claiming 2^40 bytes;
 //! random garbage on client connections; garbage on the peer port.
 
-mod support_nemesis;
+mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -18,11 +18,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::client::Client;
+use common::cluster::{Cluster, Options};
 use hdrhistogram::Histogram;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_pcg::Pcg64Mcg;
-use support_nemesis::client::Client;
-use support_nemesis::{Cluster, Options};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -433,7 +433,7 @@ fn random_garbage_on_client_connections() {
 #[test]
 fn garbage_on_the_peer_port() {
     scenario("peer garbage", 3, 128 << 10, |cluster, leader, stop| {
-        let peer = format!("127.0.0.1:{}", cluster.base_port + 100 + leader as u16 - 1);
+        let peer = format!("127.0.0.1:{}", cluster.peer_port(leader));
         let mut rng = Pcg64Mcg::seed_from_u64(0x9e11);
         let mut connections = 0;
         let started = Instant::now();

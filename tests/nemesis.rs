@@ -14,18 +14,20 @@
 //! `RAFTFS_NEMESIS_SEED=n` replays a schedule's fault choices (the timing of
 //! real processes is not replayable).
 
-mod support_nemesis;
+mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::cluster::{Cluster, Options};
+use common::diagnose;
+use common::faults::FaultCounts;
+use common::worker::{Worker, WorkerStats};
 use raftfs::lincheck::{self, History, Op, Verdict};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
-use support_nemesis::client::{Worker, WorkerStats};
-use support_nemesis::{diagnose, Cluster, FaultCounts, Options};
 
 const WORKERS: u64 = 4;
 /// Operations a schedule records at most (about; see the pacing below).
@@ -93,7 +95,7 @@ fn random_node(cluster: &Cluster, rng: &mut Pcg64Mcg) -> u64 {
 
 /// A random minority of the cluster (at least one node).
 fn random_minority(cluster: &Cluster, rng: &mut Pcg64Mcg) -> Vec<u64> {
-    let mut ids = cluster.ids();
+    let mut ids: Vec<u64> = cluster.ids().collect();
     ids.shuffle(rng);
     let count = rng.gen_range(1..=cluster.options.size / 2);
     ids.truncate(count);
@@ -110,7 +112,7 @@ fn inject(cluster: &mut Cluster, fault: Fault, rng: &mut Pcg64Mcg) {
                 }
                 _ => random_node(cluster, rng),
             };
-            cluster.crash(id);
+            cluster.kill(id);
             std::thread::sleep(hold);
             cluster.start_node(id);
         }
@@ -145,7 +147,7 @@ fn inject(cluster: &mut Cluster, fault: Fault, rng: &mut Pcg64Mcg) {
                 Some(id) if rng.gen_bool(0.5) => id,
                 _ => random_node(cluster, rng),
             };
-            let mut others: Vec<u64> = cluster.ids().into_iter().filter(|&b| b != a).collect();
+            let mut others: Vec<u64> = cluster.ids().filter(|&b| b != a).collect();
             others.shuffle(rng);
             let count = rng.gen_range(1..=others.len());
             for &b in &others[..count] {
@@ -183,7 +185,7 @@ fn inject(cluster: &mut Cluster, fault: Fault, rng: &mut Pcg64Mcg) {
             let side = random_minority(cluster, rng);
             cluster.partition(&side);
             let id = random_node(cluster, rng);
-            cluster.crash(id);
+            cluster.kill(id);
             std::thread::sleep(hold);
             cluster.heal();
         }

@@ -2,13 +2,32 @@
 //! metrics and health endpoints, `raftfs status`, and a rolling restart of
 //! all five nodes under load that must fail no client request.
 
-mod support_ops;
+mod common;
 
+use common::client::{Client, ANSWER_TIMEOUT};
+use common::cluster::{Cluster, Options};
+use common::http::{http_get, http_request, metric};
+use common::process::binary;
 use std::time::{Duration, Instant};
-use support_ops::{http_get, http_request, metric, Client, OpsCluster};
 
-fn wait_all_healthy(cluster: &OpsCluster) {
-    for id in 1..=cluster.size {
+/// `size` nodes without fsync; `metrics(id)` says which get a metrics
+/// listener.
+fn options(size: usize, metrics: fn(u64) -> bool) -> Options {
+    Options {
+        metrics,
+        ..Options::new(size).fsync(false)
+    }
+}
+
+/// A client whose answers must come within `ANSWER_TIMEOUT`.
+fn connect(address: &str) -> Client {
+    let mut client = Client::connect(address).expect("connect");
+    client.set_timeout(ANSWER_TIMEOUT);
+    client
+}
+
+fn wait_all_healthy(cluster: &Cluster) {
+    for id in cluster.ids() {
         assert!(
             cluster.wait_healthy(id, Duration::from_secs(10)),
             "node {id} never became healthy; log:\n{}",
@@ -17,10 +36,10 @@ fn wait_all_healthy(cluster: &OpsCluster) {
     }
 }
 
-fn wait_leader(cluster: &OpsCluster) -> u64 {
+fn wait_leader(cluster: &Cluster) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if let Some(leader) = cluster.leader() {
+        if let Some(leader) = cluster.metrics_leader() {
             return leader;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -30,10 +49,10 @@ fn wait_leader(cluster: &OpsCluster) -> u64 {
 
 #[test]
 fn metrics_and_health_endpoints() {
-    let mut cluster = OpsCluster::start(3, |_| true);
+    let mut cluster = Cluster::start(options(3, |_| true));
     wait_all_healthy(&cluster);
     let leader = wait_leader(&cluster);
-    let mut client = Client::connect(&cluster.client_address(leader)).expect("connect");
+    let mut client = connect(&cluster.client_address(leader));
     for i in 0..20 {
         assert!(client
             .write(&format!("m{i}"), "v")
@@ -46,12 +65,12 @@ fn metrics_and_health_endpoints() {
         .starts_with("CONTENTS "));
     assert_eq!(
         client.command(b"cas m3 999 1\r\nx\r\n").expect("cas"),
-        "ERR_VERSION 4\r\n"
+        "ERR_VERSION 4"
     );
-    let mut bad_client = Client::connect(&cluster.client_address(leader)).expect("connect");
+    let mut bad_client = connect(&cluster.client_address(leader));
     assert_eq!(
         bad_client.command(b"bogus\r\n").expect("bogus"),
-        "ERR_CMD_ERR\r\n"
+        "ERR_CMD_ERR"
     );
 
     let (code, body) = http_get(&cluster.metrics_address(leader), "/metrics").expect("scrape");
@@ -129,7 +148,7 @@ fn metrics_and_health_endpoints() {
 #[test]
 fn status_lists_every_member_with_or_without_metrics() {
     // Node 3 has no metrics listener: status asks over the peer port.
-    let mut cluster = OpsCluster::start(3, |id| id != 3);
+    let mut cluster = Cluster::start(options(3, |id| id != 3));
     wait_all_healthy_some(&cluster, &[1, 2]);
     let leader = wait_status_leader(&cluster);
     let (code, table) = cluster.status(false);
@@ -182,7 +201,7 @@ fn status_lists_every_member_with_or_without_metrics() {
     assert_eq!(code, 1, "nobody answers: exit 1\n{table}");
 }
 
-fn wait_all_healthy_some(cluster: &OpsCluster, ids: &[u64]) {
+fn wait_all_healthy_some(cluster: &Cluster, ids: &[u64]) {
     for &id in ids {
         assert!(
             cluster.wait_healthy(id, Duration::from_secs(10)),
@@ -191,7 +210,7 @@ fn wait_all_healthy_some(cluster: &OpsCluster, ids: &[u64]) {
     }
 }
 
-fn wait_status_leader(cluster: &OpsCluster) -> u64 {
+fn wait_status_leader(cluster: &Cluster) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         let (_, json) = cluster.status(true);
@@ -213,7 +232,7 @@ fn wait_status_leader(cluster: &OpsCluster) -> u64 {
 
 #[test]
 fn rolling_restart_under_load_fails_no_request() {
-    let mut cluster = OpsCluster::start(5, |_| true);
+    let mut cluster = Cluster::start(options(5, |_| true));
     wait_all_healthy(&cluster);
     let first_leader = wait_leader(&cluster);
     let addresses: Vec<String> = (1..=5).map(|id| cluster.client_address(id)).collect();
@@ -232,7 +251,7 @@ fn rolling_restart_under_load_fails_no_request() {
     order.push(first_leader);
     let mut leaders_restarted = 0;
     for id in order {
-        let was_leader = cluster.leader() == Some(id);
+        let was_leader = cluster.metrics_leader() == Some(id);
         let status = cluster
             .terminate(id, Duration::from_secs(5))
             .unwrap_or_else(|| {
@@ -281,10 +300,10 @@ fn rolling_restart_under_load_fails_no_request() {
 
 #[test]
 fn backup_snapshot_restores_into_a_new_cluster() {
-    let old = OpsCluster::start(3, |_| true);
+    let old = Cluster::start(options(3, |_| true));
     wait_all_healthy(&old);
     let leader = wait_leader(&old);
-    let mut client = Client::connect(&old.client_address(leader)).expect("connect");
+    let mut client = connect(&old.client_address(leader));
     for i in 0..30 {
         assert!(client
             .write(&format!("b{i}"), &format!("value-{i}"))
@@ -295,7 +314,7 @@ fn backup_snapshot_restores_into_a_new_cluster() {
         .command(b"write ttl 1 3600\r\nt\r\n")
         .expect("ttl")
         .starts_with("OK "));
-    assert_eq!(client.command(b"delete b7\r\n").expect("delete"), "OK\r\n");
+    assert_eq!(client.command(b"delete b7\r\n").expect("delete"), "OK");
     // Any healthy node serves a consistent backup: take it from a follower.
     let follower = (1..=3).find(|&id| id != leader).unwrap_or(1);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -329,11 +348,11 @@ fn backup_snapshot_restores_into_a_new_cluster() {
     let path = old.dir.path().join("backup.snap");
     std::fs::write(&path, &snapshot).expect("save");
 
-    let new = OpsCluster::start(3, |_| true);
+    let new = Cluster::start(options(3, |_| true));
     wait_all_healthy(&new);
     let new_leader = wait_leader(&new);
     let entry = (1..=3).find(|&id| id != new_leader).unwrap_or(1);
-    let output = std::process::Command::new(support_ops::binary())
+    let output = std::process::Command::new(binary())
         .args(["restore", "--snapshot"])
         .arg(&path)
         .args(["--addr", &new.client_address(entry)])
@@ -344,7 +363,7 @@ fn backup_snapshot_restores_into_a_new_cluster() {
         String::from_utf8_lossy(&output.stdout).contains("restored 30 files"),
         "{output:?}"
     );
-    let mut client = Client::connect(&new.client_address(new_leader)).expect("connect");
+    let mut client = connect(&new.client_address(new_leader));
     let mut versions = Vec::new();
     for i in (0..30).filter(|&i| i != 7) {
         let answer = client
@@ -352,7 +371,7 @@ fn backup_snapshot_restores_into_a_new_cluster() {
             .expect("read");
         let expected = format!("value-{i}");
         assert!(
-            answer.starts_with("CONTENTS ") && answer.ends_with(&format!("{expected}\r\n")),
+            answer.starts_with("CONTENTS ") && answer.ends_with(&format!("\n{expected}")),
             "{answer:?}"
         );
         let version: u64 = answer
@@ -364,7 +383,7 @@ fn backup_snapshot_restores_into_a_new_cluster() {
     }
     assert_eq!(
         client.command(b"read b7\r\n").expect("read"),
-        "ERR_FILE_NOT_FOUND\r\n"
+        "ERR_FILE_NOT_FOUND"
     );
     let ttl = client.command(b"read ttl\r\n").expect("read");
     let remaining: u64 = ttl
@@ -384,7 +403,7 @@ fn backup_snapshot_restores_into_a_new_cluster() {
 
     let garbage = old.dir.path().join("garbage.snap");
     std::fs::write(&garbage, b"not a snapshot").expect("write");
-    let output = std::process::Command::new(support_ops::binary())
+    let output = std::process::Command::new(binary())
         .args(["restore", "--snapshot"])
         .arg(&garbage)
         .args(["--addr", &new.client_address(new_leader)])

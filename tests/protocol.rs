@@ -12,12 +12,13 @@
 //! content ever runs); number and name lexing; pipelining 10,000 commands;
 //! binary, empty and 1 MiB contents; bare `\n` line ends; versions; expiry.
 
-mod support_proto;
+mod common;
 
+use common::client::show;
+use common::single::Node;
 use std::io::Write;
 use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
-use support_proto::{show, Node};
 
 static NODE: OnceLock<Node> = OnceLock::new();
 static VERSIONS: RwLock<()> = RwLock::new(());
@@ -102,7 +103,7 @@ fn seed_session_on_a_fresh_cluster() {
 fn malformed_commands_that_keep_the_connection() {
     let _guard = shared();
     let mut c = node().connect();
-    let original_version = c.write("keep-victim", b"original");
+    let original_version = c.write_version("keep-victim", b"original");
     let long_name = vec![b'n'; 251];
     let mut cases: Vec<Vec<u8>> = vec![
         b"\r\n".to_vec(),
@@ -160,7 +161,7 @@ fn malformed_commands_that_keep_the_connection() {
     // One at a time: each answered at once, the connection kept.
     for case in &cases {
         eprintln!("case {}", show(case));
-        c.send(case);
+        c.send(case).expect("send to the node");
         c.expect(CMD_ERR);
     }
     c.exchange(
@@ -169,7 +170,7 @@ fn malformed_commands_that_keep_the_connection() {
     );
     // All at once, pipelined behind each other: one answer each, in order.
     cases.push(b"read keep-victim\r\n".to_vec());
-    c.send(&cases.concat());
+    c.send(&cases.concat()).expect("send to the node");
     for _ in 0..cases.len() - 1 {
         c.expect(CMD_ERR);
     }
@@ -182,7 +183,7 @@ fn malformed_commands_that_keep_the_connection() {
 fn malformed_commands_that_close_the_connection() {
     let _guard = shared();
     let mut setup = node().connect();
-    let victim_version = setup.write("close-victim", b"original");
+    let victim_version = setup.write_version("close-victim", b"original");
     let overlong_read = [b"read x".as_slice(), &[b' '; 495], b"\r\n"].concat();
     assert_eq!(overlong_read.len(), 501 + 2);
     let overlong_name = [b"read ".as_slice(), &[b'a'; 496], b"\r\n"].concat();
@@ -229,7 +230,8 @@ fn malformed_commands_that_close_the_connection() {
     for case in &cases {
         eprintln!("case {}", show(case));
         let mut c = node().connect();
-        c.send(&[case.as_slice(), &follower].concat());
+        c.send(&[case.as_slice(), &follower].concat())
+            .expect("send to the node");
         c.expect(CMD_ERR);
         c.expect_closed();
     }
@@ -244,7 +246,7 @@ fn malformed_commands_that_close_the_connection() {
 fn over_limit_numbytes_is_answered_before_the_content() {
     let _guard = shared();
     let mut setup = node().connect();
-    let version = setup.write("limit-victim", b"original");
+    let version = setup.write_version("limit-victim", b"original");
     for line in [
         "write limit-victim 1048577\r\n".to_string(),
         format!("cas limit-victim {version} 1048577\r\n"),
@@ -252,7 +254,7 @@ fn over_limit_numbytes_is_answered_before_the_content() {
     ] {
         let mut c = node().connect();
         c.set_timeout(Duration::from_secs(2));
-        c.send(line.as_bytes());
+        c.send(line.as_bytes()).expect("send to the node");
         c.expect(CMD_ERR);
         c.expect_closed();
     }
@@ -267,8 +269,8 @@ fn a_500_byte_line_is_accepted() {
     let mut line = b"write len-500 3".to_vec();
     line.resize(500, b' ');
     line.extend_from_slice(b"\r\nabc\r\n");
-    c.send(&line);
-    let version = c.reply().expect("reply").written_version();
+    c.send(&line).expect("send to the node");
+    let version = c.reply_parts().expect("reply").written_version();
     let mut read = b"read len-500".to_vec();
     read.resize(500, b' ');
     read.extend_from_slice(b"\n");
@@ -287,8 +289,9 @@ fn names_any_byte_above_space_except_delete_up_to_250_bytes() {
         vec![b'!', b'~', 0x80, 0xff, b'"', b'\\'],
     ];
     for name in names {
-        c.send(&write_request(&name, &name, None));
-        let version = c.reply().expect("reply").written_version();
+        c.send(&write_request(&name, &name, None))
+            .expect("send to the node");
+        let version = c.reply_parts().expect("reply").written_version();
         c.exchange(
             &[b"read ".as_slice(), &name, b"\r\n"].concat(),
             &contents(version, &name, 0),
@@ -301,19 +304,22 @@ fn names_any_byte_above_space_except_delete_up_to_250_bytes() {
 fn numbers_allow_leading_zeros_and_the_whole_u64_range() {
     let _guard = shared();
     let mut c = node().connect();
-    c.send(b"write num 003 0000\r\nabc\r\n");
-    let version = c.reply().expect("reply").written_version();
+    c.send(b"write num 003 0000\r\nabc\r\n")
+        .expect("send to the node");
+    let version = c.reply_parts().expect("reply").written_version();
     c.exchange(b"read num\r\n", &contents(version, b"abc", 0));
-    c.send(format!("cas num 000{version} 01 00\r\nx\r\n").as_bytes());
-    let version = c.reply().expect("reply").written_version();
+    c.send(format!("cas num 000{version} 01 00\r\nx\r\n").as_bytes())
+        .expect("send to the node");
+    let version = c.reply_parts().expect("reply").written_version();
     c.exchange(
         b"cas num 18446744073709551615 1\r\ny\r\n",
         format!("ERR_VERSION {version}\r\n").as_bytes(),
     );
     // The largest EXPTIME saturates instead of overflowing.
-    c.send(b"write num 1 18446744073709551615\r\nz\r\n");
-    let version = c.reply().expect("reply").written_version();
-    let reply = c.read("num");
+    c.send(b"write num 1 18446744073709551615\r\nz\r\n")
+        .expect("send to the node");
+    let version = c.reply_parts().expect("reply").written_version();
+    let reply = c.read_parts("num");
     let (read_version, expires_in_s) = reply.contents_fields();
     assert_eq!(read_version, version);
     assert!(expires_in_s > 1_000_000_000, "{reply:?}");
@@ -324,22 +330,26 @@ fn numbers_allow_leading_zeros_and_the_whole_u64_range() {
 fn spaces_separate_fields_and_bare_newlines_end_lines() {
     let _guard = shared();
     let mut c = node().connect();
-    c.send(b"   write    lex-a   3   \r\nabc\r\n");
-    let first = c.reply().expect("reply").written_version();
+    c.send(b"   write    lex-a   3   \r\nabc\r\n")
+        .expect("send to the node");
+    let first = c.reply_parts().expect("reply").written_version();
     c.exchange(b"  read  lex-a  \r\n", &contents(first, b"abc", 0));
     // Bare `\n` after the command line (the content still needs `\r\n`).
-    c.send(b"write lex-a 4\nabcd\r\n");
-    let second = c.reply().expect("reply").written_version();
+    c.send(b"write lex-a 4\nabcd\r\n")
+        .expect("send to the node");
+    let second = c.reply_parts().expect("reply").written_version();
     assert!(second > first);
     c.exchange(b"read lex-a\n", &contents(second, b"abcd", 0));
-    c.send(format!("cas lex-a {second} 2 7\nxy\r\n").as_bytes());
-    let third = c.reply().expect("reply").written_version();
+    c.send(format!("cas lex-a {second} 2 7\nxy\r\n").as_bytes())
+        .expect("send to the node");
+    let third = c.reply_parts().expect("reply").written_version();
     c.exchange(b"read lex-a\n", &contents(third, b"xy", 7));
     c.exchange(b"delete lex-a\n", b"OK\r\n");
     c.exchange(b"read lex-a\n", NOT_FOUND);
     // Mixed terminators pipelined in one send.
-    c.send(b"write lex-b 1\nq\r\nread lex-b\r\nread lex-b\n");
-    let version = c.reply().expect("reply").written_version();
+    c.send(b"write lex-b 1\nq\r\nread lex-b\r\nread lex-b\n")
+        .expect("send to the node");
+    let version = c.reply_parts().expect("reply").written_version();
     c.expect(&contents(version, b"q", 0));
     c.expect(&contents(version, b"q", 0));
 }
@@ -351,8 +361,9 @@ fn binary_content_with_terminators_and_nul_round_trips() {
     let mut content = b"\r\n\0read bin\r\n\r\nwrite x 1\r\n\xff\x00\x7f\n\r".to_vec();
     content.extend((0..=255u8).cycle().take(4096));
     content.extend_from_slice(b"\r\n");
-    c.send(&write_request(b"bin", &content, None));
-    let version = c.reply().expect("reply").written_version();
+    c.send(&write_request(b"bin", &content, None))
+        .expect("send to the node");
+    let version = c.reply_parts().expect("reply").written_version();
     c.exchange(b"read bin\r\n", &contents(version, &content, 0));
 }
 
@@ -360,8 +371,8 @@ fn binary_content_with_terminators_and_nul_round_trips() {
 fn empty_and_largest_files() {
     let _guard = shared();
     let mut c = node().connect();
-    c.send(b"write empty 0\r\n\r\n");
-    let version = c.reply().expect("reply").written_version();
+    c.send(b"write empty 0\r\n\r\n").expect("send to the node");
+    let version = c.reply_parts().expect("reply").written_version();
     c.exchange(
         b"read empty\r\n",
         format!("CONTENTS {version} 0 0\r\n\r\n").as_bytes(),
@@ -369,12 +380,14 @@ fn empty_and_largest_files() {
     let big: Vec<u8> = (0..1_048_576u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
-    c.send(&write_request(b"largest", &big, None));
-    let version = c.reply().expect("reply").written_version();
+    c.send(&write_request(b"largest", &big, None))
+        .expect("send to the node");
+    let version = c.reply_parts().expect("reply").written_version();
     c.exchange(b"read largest\r\n", &contents(version, &big, 0));
     // One byte more is refused, and the file stays as it was.
     let mut over = node().connect();
-    over.send(b"write largest 1048577\r\n");
+    over.send(b"write largest 1048577\r\n")
+        .expect("send to the node");
     over.expect(CMD_ERR);
     over.expect_closed();
     c.exchange(b"read largest\r\n", &contents(version, &big, 0));
@@ -402,7 +415,7 @@ fn ten_thousand_pipelined_commands_answer_in_order() {
     let mut last_version = 0;
     for i in 0..ROUNDS {
         let value = format!("value-{i}");
-        let version = c.reply().expect("reply").written_version();
+        let version = c.reply_parts().expect("reply").written_version();
         assert!(version > last_version, "versions go up on one connection");
         last_version = version;
         let expected = contents(version, value.as_bytes(), 0);
@@ -419,7 +432,7 @@ fn ten_thousand_pipelined_commands_answer_in_order() {
 fn versions_are_consecutive_and_never_reused() {
     let _guard = exclusive();
     let mut c = node().connect();
-    let v = c.write("ver-a", b"1");
+    let v = c.write_version("ver-a", b"1");
     c.exchange(b"write ver-a 1\r\n2\r\n", &ok(v + 1));
     c.exchange(b"write ver-b 1\r\n3\r\n", &ok(v + 2));
     c.exchange(
@@ -455,7 +468,7 @@ fn versions_are_consecutive_and_never_reused() {
             v + 7
         )
         .as_bytes(),
-    );
+    ).expect("send to the node");
     c.expect(&ok(v + 7));
     c.expect(&ok(v + 8));
     c.expect(format!("ERR_VERSION {}\r\n", v + 8).as_bytes());
@@ -472,14 +485,14 @@ fn pipelined_reads_see_earlier_commands_of_their_connection() {
     let mut c = node().connect();
     c.send(
         b"write order 1\r\na\r\nread order\r\nwrite order 1\r\nb\r\nread order\r\ndelete order\r\nread order\r\nwrite order 1\r\nc\r\nread order\r\n",
-    );
-    let first = c.reply().expect("reply").written_version();
+    ).expect("send to the node");
+    let first = c.reply_parts().expect("reply").written_version();
     c.expect(&contents(first, b"a", 0));
-    let second = c.reply().expect("reply").written_version();
+    let second = c.reply_parts().expect("reply").written_version();
     c.expect(&contents(second, b"b", 0));
     c.expect(b"OK\r\n");
     c.expect(NOT_FOUND);
-    let third = c.reply().expect("reply").written_version();
+    let third = c.reply_parts().expect("reply").written_version();
     c.expect(&contents(third, b"c", 0));
     // Another connection sees the finished writes too.
     let mut other = node().connect();
@@ -492,25 +505,32 @@ fn pipelined_reads_see_earlier_commands_of_their_connection() {
 fn expiry_counts_down_and_later_writes_replace_it() {
     let _guard = shared();
     let mut c = node().connect();
-    c.send(b"write exp-gone 4 2\r\nsoon\r\n");
-    let expiring = c.reply().expect("reply").written_version();
+    c.send(b"write exp-gone 4 2\r\nsoon\r\n")
+        .expect("send to the node");
+    let expiring = c.reply_parts().expect("reply").written_version();
     let written_at = Instant::now();
     // Cancelled by a later write (explicit 0, or no EXPTIME) or cas.
-    c.send(b"write exp-kept-a 1 2\r\na\r\n");
-    let kept_a = c.reply().expect("reply").written_version();
-    c.send(b"write exp-kept-a 1 0\r\nA\r\n");
-    let kept_a2 = c.reply().expect("reply").written_version();
+    c.send(b"write exp-kept-a 1 2\r\na\r\n")
+        .expect("send to the node");
+    let kept_a = c.reply_parts().expect("reply").written_version();
+    c.send(b"write exp-kept-a 1 0\r\nA\r\n")
+        .expect("send to the node");
+    let kept_a2 = c.reply_parts().expect("reply").written_version();
     assert!(kept_a2 > kept_a);
-    let version = c.write("exp-kept-b", b"b");
-    c.send(format!("cas exp-kept-b {version} 1 1\r\nb\r\n").as_bytes());
-    let version = c.reply().expect("reply").written_version();
-    c.send(b"write exp-kept-b 1\r\nB\r\n");
-    let kept_b = c.reply().expect("reply").written_version();
+    let version = c.write_version("exp-kept-b", b"b");
+    c.send(format!("cas exp-kept-b {version} 1 1\r\nb\r\n").as_bytes())
+        .expect("send to the node");
+    let version = c.reply_parts().expect("reply").written_version();
+    c.send(b"write exp-kept-b 1\r\nB\r\n")
+        .expect("send to the node");
+    let kept_b = c.reply_parts().expect("reply").written_version();
     assert!(kept_b > version);
-    c.send(b"write exp-kept-c 1 1\r\nc\r\n");
-    let version = c.reply().expect("reply").written_version();
-    c.send(format!("cas exp-kept-c {version} 1\r\nC\r\n").as_bytes());
-    let kept_c = c.reply().expect("reply").written_version();
+    c.send(b"write exp-kept-c 1 1\r\nc\r\n")
+        .expect("send to the node");
+    let version = c.reply_parts().expect("reply").written_version();
+    c.send(format!("cas exp-kept-c {version} 1\r\nC\r\n").as_bytes())
+        .expect("send to the node");
+    let kept_c = c.reply_parts().expect("reply").written_version();
 
     c.exchange(b"read exp-gone\r\n", &contents(expiring, b"soon", 2));
     sleep_until(written_at + Duration::from_millis(1_200));
@@ -527,8 +547,9 @@ fn expiry_counts_down_and_later_writes_replace_it() {
     c.exchange(b"read exp-kept-b\r\n", &contents(kept_b, b"B", 0));
     c.exchange(b"read exp-kept-c\r\n", &contents(kept_c, b"C", 0));
     // An expired name can be written again, with a new version.
-    c.send(b"write exp-gone 3\r\nnew\r\n");
-    let reborn = c.reply().expect("reply").written_version();
+    c.send(b"write exp-gone 3\r\nnew\r\n")
+        .expect("send to the node");
+    let reborn = c.reply_parts().expect("reply").written_version();
     assert!(reborn > expiring);
     c.exchange(b"read exp-gone\r\n", &contents(reborn, b"new", 0));
 }

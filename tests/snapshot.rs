@@ -7,51 +7,17 @@
 //!   InstallSnapshot, and is then needed for a majority (two others stopped)
 //!   and serves every acknowledged write.
 
-mod support_snap;
+mod common;
 
+use common::cluster::{command_anywhere, command_traced, Cluster, Options};
+use common::files::{dir_bytes, files_ending};
+use common::workload::write_pipelined;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use support_snap::{dir_bytes, files_ending, write_pipelined, Client, Cluster};
 
 /// The README's bound on one node's data dir in the first test (16 MiB of
 /// log per snapshot, 16 MiB WAL segments, two small snapshots kept).
 const DATA_DIR_BYTES_MAX: u64 = 80 << 20;
-
-/// Runs one command on whichever node leads, following redirects.
-fn command_anywhere(cluster: &Cluster, command: &[u8], timeout: Duration) -> Option<String> {
-    command_traced(cluster, command, timeout).map(|(_, reply)| reply)
-}
-
-/// `command_anywhere`, also naming the address that gave the final answer.
-fn command_traced(
-    cluster: &Cluster,
-    command: &[u8],
-    timeout: Duration,
-) -> Option<(String, String)> {
-    let deadline = Instant::now() + timeout;
-    let mut next = 1u64;
-    let mut address = cluster.client_address(1);
-    while Instant::now() < deadline {
-        if let Ok(mut client) = Client::connect(&address) {
-            if let Ok(reply) = client.command(command) {
-                if let Some(target) = reply.strip_prefix("ERR_REDIRECT ") {
-                    address = target.to_string();
-                    continue;
-                }
-                if reply != "ERR_INTERNAL" {
-                    return Some((address, reply));
-                }
-            }
-        }
-        next = next % cluster.size as u64 + 1;
-        while !cluster.is_running(next) {
-            next = next % cluster.size as u64 + 1;
-        }
-        address = cluster.client_address(next);
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
 
 fn read_value(cluster: &Cluster, key: &str) -> Option<String> {
     let reply = command_anywhere(
@@ -76,7 +42,11 @@ fn largest_stall(cluster: &Cluster, id: u64) -> String {
 
 #[test]
 fn data_dir_stays_bounded_and_restart_serves_every_write() {
-    let mut cluster = Cluster::start(3, "fsync = false\nsnapshot_entries = 2000");
+    let mut cluster = Cluster::start(
+        Options::new(3)
+            .fsync(false)
+            .extra("snapshot_entries = 2000"),
+    );
     let leader = cluster
         .wait_leader(Duration::from_secs(10))
         .expect("a leader");
@@ -190,7 +160,7 @@ fn write_all(
 
 #[test]
 fn lagging_follower_catches_up_by_install_snapshot_and_then_serves() {
-    let mut cluster = Cluster::start(5, "fsync = false\nsnapshot_entries = 300");
+    let mut cluster = Cluster::start(Options::new(5).fsync(false).extra("snapshot_entries = 300"));
     let mut leader = cluster
         .wait_leader(Duration::from_secs(10))
         .expect("a leader");
@@ -282,7 +252,7 @@ fn bench_million_writes_and_restart() {
     } else {
         (4_000, 400, 100)
     };
-    let mut cluster = Cluster::start(3, "fsync = false");
+    let mut cluster = Cluster::start(Options::new(3).fsync(false));
     let leader = cluster
         .wait_leader(Duration::from_secs(10))
         .expect("a leader");

@@ -13,19 +13,24 @@
 //! Contents are unique per operation (`c<client>-<seq>`), so a read names the
 //! write it saw. Expiry is never used (the checker does not model it).
 //!
+//! Commands are encoded and answers classified as in the fault tests'
+//! `worker` (one mapping); this workload differs from that one on purpose:
+//! no pacing, its own mix, cas on the last version seen, and it follows any
+//! redirect.
+//!
 //! Also `sequential_writer`: one client writing fresh files one at a time,
-//! following redirects, counting failures (for the rolling-restart test).
+//! following redirects, counting failures (for the rolling-restart test), and
+//! `write_pipelined` (for the snapshot tests).
 
-use crate::common::{ok_version, Client, Cluster};
+use super::client::{ok_version, Client, ANSWER_TIMEOUT};
+use super::cluster::Cluster;
+use super::worker::{classify, encode, Classified};
 use raftfs::lincheck::{History, Op, Outcome};
 use rand::{Rng, SeedableRng};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// How long a client waits for one answer: SPEC §3's 5 s plus slack.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(6);
 
 pub struct Workload {
     origin: Instant,
@@ -152,13 +157,6 @@ struct Worker {
     sequence: u64,
 }
 
-enum Kind {
-    Write,
-    Cas,
-    Delete,
-    Read,
-}
-
 impl Worker {
     fn now_ns(&self) -> u64 {
         self.origin.elapsed().as_nanos() as u64
@@ -183,13 +181,14 @@ impl Worker {
                 },
             };
             let file = self.rng.gen_range(0..self.files);
-            let (kind, op, bytes) = self.next_command(file);
+            let op = self.next_op(file);
+            let bytes = encode(&op);
             let id = {
                 let at = self.now_ns();
                 self.history
                     .lock()
                     .expect("history")
-                    .invoke(self.client, op, at)
+                    .invoke(self.client, op.clone(), at)
             };
             let result = client.command(&bytes);
             let at = self.now_ns();
@@ -201,33 +200,30 @@ impl Worker {
                     connection = None;
                     address = self.rotate();
                 }
-                Ok(reply) => {
-                    if let Some(target) = reply.strip_prefix("ERR_REDIRECT ") {
+                Ok(reply) => match classify(&op, &reply) {
+                    Classified::Redirect(target) => {
                         history.discard(id);
                         connection = None;
-                        address = target.to_string();
-                        continue;
+                        address = target;
                     }
-                    match parse(&kind, &reply) {
-                        Some(outcome) => {
-                            if let Outcome::Written { version }
-                            | Outcome::VersionMismatch { current: version }
-                            | Outcome::Contents { version, .. } = outcome
-                            {
-                                self.known_versions[file] = version;
-                            }
-                            history.complete(id, outcome, at);
+                    Classified::Outcome(outcome) => {
+                        if let Outcome::Written { version }
+                        | Outcome::VersionMismatch { current: version }
+                        | Outcome::Contents { version, .. } = outcome
+                        {
+                            self.known_versions[file] = version;
                         }
-                        None => {
-                            history.complete(id, Outcome::Indeterminate, at);
-                            self.unexpected
-                                .lock()
-                                .expect("unexpected")
-                                .push(format!("client {}: {reply:?}", self.client));
-                            connection = None;
-                        }
+                        history.complete(id, outcome, at);
                     }
-                }
+                    Classified::CommandError | Classified::Unexpected => {
+                        history.complete(id, Outcome::Indeterminate, at);
+                        self.unexpected
+                            .lock()
+                            .expect("unexpected")
+                            .push(format!("client {}: {reply:?}", self.client));
+                        connection = None;
+                    }
+                },
             }
         }
     }
@@ -237,88 +233,23 @@ impl Worker {
         self.addresses[self.next_address].clone()
     }
 
-    fn next_command(&mut self, file: usize) -> (Kind, Op, Vec<u8>) {
-        let name = format!("hot-{file}");
+    fn next_op(&mut self, file: usize) -> Op {
+        let name = format!("hot-{file}").into_bytes();
         self.sequence += 1;
-        let content = format!("c{}-{}", self.client, self.sequence);
+        let content = format!("c{}-{}", self.client, self.sequence).into_bytes();
         let roll = self.rng.gen_range(0..100);
         if roll < 30 {
-            let bytes = format!("write {name} {}\r\n{content}\r\n", content.len());
-            let op = Op::Write {
-                name: name.into_bytes(),
-                content: content.into_bytes(),
-            };
-            (Kind::Write, op, bytes.into_bytes())
+            Op::Write { name, content }
         } else if roll < 60 {
-            let expected = self.known_versions[file];
-            let bytes = format!("cas {name} {expected} {}\r\n{content}\r\n", content.len());
-            let op = Op::Cas {
-                name: name.into_bytes(),
-                expected_version: expected,
-                content: content.into_bytes(),
-            };
-            (Kind::Cas, op, bytes.into_bytes())
+            Op::Cas {
+                name,
+                expected_version: self.known_versions[file],
+                content,
+            }
         } else if roll < 68 {
-            let bytes = format!("delete {name}\r\n");
-            (
-                Kind::Delete,
-                Op::Delete {
-                    name: name.into_bytes(),
-                },
-                bytes.into_bytes(),
-            )
+            Op::Delete { name }
         } else {
-            let bytes = format!("read {name}\r\n");
-            (
-                Kind::Read,
-                Op::Read {
-                    name: name.into_bytes(),
-                },
-                bytes.into_bytes(),
-            )
-        }
-    }
-}
-
-/// The lincheck outcome of `reply` to a command of `kind`; `None` for an
-/// answer the command cannot get (ERR_CMD_ERR, garbage).
-fn parse(kind: &Kind, reply: &str) -> Option<Outcome> {
-    if reply == "ERR_INTERNAL" {
-        return Some(Outcome::Indeterminate);
-    }
-    if reply == "ERR_FILE_NOT_FOUND" && !matches!(kind, Kind::Write) {
-        return Some(Outcome::NotFound);
-    }
-    match kind {
-        Kind::Write | Kind::Cas => {
-            if let Some(version) = reply.strip_prefix("OK ") {
-                return version
-                    .parse()
-                    .ok()
-                    .map(|version| Outcome::Written { version });
-            }
-            let current = reply.strip_prefix("ERR_VERSION ")?;
-            if matches!(kind, Kind::Cas) {
-                return current
-                    .parse()
-                    .ok()
-                    .map(|current| Outcome::VersionMismatch { current });
-            }
-            None
-        }
-        Kind::Delete => (reply == "OK").then_some(Outcome::Deleted),
-        Kind::Read => {
-            let (line, content) = reply.split_once('\n')?;
-            let version = line
-                .strip_prefix("CONTENTS ")?
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()?;
-            Some(Outcome::Contents {
-                version,
-                content: content.as_bytes().to_vec(),
-            })
+            Op::Read { name }
         }
     }
 }
@@ -403,4 +334,43 @@ pub fn sequential_writer(
         }
     }
     outcome
+}
+
+/// Writes `count` values to `key-<n % keys>` through the node at `address`,
+/// pipelined `depth` deep; the value of write `n` is `value(n)`. Returns the
+/// number acknowledged `OK`; stops at the first other answer.
+pub fn write_pipelined(
+    address: &str,
+    first: u64,
+    count: u64,
+    keys: u64,
+    depth: u64,
+    value: impl Fn(u64) -> String,
+) -> u64 {
+    let Ok(mut client) = Client::connect(address) else {
+        return 0;
+    };
+    let mut acknowledged = 0;
+    let mut n = first;
+    let end = first + count;
+    while n < end {
+        let batch_end = (n + depth).min(end);
+        let mut request = Vec::new();
+        for m in n..batch_end {
+            request.extend_from_slice(
+                super::client::write_command(&format!("key-{}", m % keys), &value(m)).as_bytes(),
+            );
+        }
+        if client.send(&request).is_err() {
+            return acknowledged;
+        }
+        for _ in n..batch_end {
+            match client.reply() {
+                Ok(reply) if reply.starts_with("OK ") => acknowledged += 1,
+                _ => return acknowledged,
+            }
+        }
+        n = batch_end;
+    }
+    acknowledged
 }

@@ -1,6 +1,7 @@
-//! A blocking line-protocol client, and a worker that runs a random mixed
-//! workload through it while recording every operation in a shared
-//! `lincheck::History`.
+//! The fault tests' workload: a worker that runs a random mixed, paced
+//! workload through one `Client` while recording every operation in a shared
+//! `lincheck::History`, and the mapping between `lincheck` operations and
+//! the protocol (`encode`, `classify`) that `workload` uses too.
 //!
 //! Recording rules (what the checker needs): an operation is invoked just
 //! before its bytes are sent and completed when its answer is read;
@@ -10,8 +11,6 @@
 //! answer must never be taken for the next command's).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,61 +19,7 @@ use raftfs::lincheck::{History, Op, Outcome};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
-pub struct Client {
-    pub reader: BufReader<TcpStream>,
-    pub writer: TcpStream,
-}
-
-impl Client {
-    pub fn connect(address: &str) -> std::io::Result<Client> {
-        let address = address
-            .parse()
-            .map_err(|_| std::io::Error::other("bad address"))?;
-        let stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let writer = stream.try_clone()?;
-        Ok(Client {
-            reader: BufReader::new(stream),
-            writer,
-        })
-    }
-
-    pub fn set_timeout(&mut self, timeout: Duration) {
-        let _ = self.writer.set_read_timeout(Some(timeout));
-    }
-
-    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.writer.write_all(bytes)
-    }
-
-    /// One reply: its first line without `\r\n`, plus for CONTENTS the
-    /// content after a '\n'.
-    pub fn reply(&mut self) -> std::io::Result<String> {
-        let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let line = line.trim_end_matches(['\r', '\n']).to_string();
-        if let Some(rest) = line.strip_prefix("CONTENTS ") {
-            let length: usize = rest
-                .split(' ')
-                .nth(1)
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| std::io::Error::other(format!("bad CONTENTS line {line:?}")))?;
-            let mut content = vec![0u8; length + 2];
-            self.reader.read_exact(&mut content)?;
-            content.truncate(length);
-            return Ok(format!("{line}\n{}", String::from_utf8_lossy(&content)));
-        }
-        Ok(line)
-    }
-
-    pub fn command(&mut self, bytes: &[u8]) -> std::io::Result<String> {
-        self.send(bytes)?;
-        self.reply()
-    }
-}
+use super::client::{Client, ANSWER_TIMEOUT};
 
 /// What a worker saw, summed over workers.
 #[derive(Clone, Debug, Default)]
@@ -220,8 +165,7 @@ impl Worker {
             versions: HashMap::new(),
             next_content: 0,
             stats: WorkerStats::default(),
-            // SPEC §3: no command waits more than 5 s for its answer.
-            timeout: Duration::from_millis(6_000),
+            timeout: ANSWER_TIMEOUT,
             interval: Duration::ZERO,
         }
     }
