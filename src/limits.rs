@@ -114,6 +114,11 @@ pub const WAL_RECORD_BYTES_MAX: usize = PEER_FRAME_BYTES_MAX;
 /// (the write buffer's bound; normally one turn's records are far fewer).
 pub const WAL_BUFFER_BYTES_MAX: usize = 8 << 20;
 
+/// WAL fsyncs running at once on the sync threads. A second one lets what
+/// arrived during an fsync start its own at once instead of waiting for the
+/// running one to end; the disk merges them (measured: `benches/cluster.sh`).
+pub const SYNCS_IN_FLIGHT_MAX: usize = 2;
+
 /// A WAL sync slower than this is logged as a warning (and counted): the
 /// election timeout must stay well above the disk's sync latency.
 pub const FSYNC_SLOW_MS: u64 = 100;

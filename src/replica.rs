@@ -13,10 +13,12 @@
 //!    is made durable by one fsync on the WAL's sync thread (group commit,
 //!    see "Durability" below).
 //!
-//! Durability. At most one fsync runs at a time (`syncing`); what is written
-//! meanwhile gathers into the next (`gathering`), which starts as soon as
-//! the running one is done: low load gets an fsync per turn at once, high
-//! load gets every write that arrived during one fsync in the next. A batch
+//! Durability. Up to `SYNCS_IN_FLIGHT_MAX` fsyncs run at a time (`syncing`,
+//! oldest first); what is written meanwhile gathers into the next
+//! (`gathering`), which starts as soon as one is free: low load gets an
+//! fsync per turn at once, high load gets everything written since the
+//! last fsync started in the next. A finished fsync also covers every
+//! older one, so batches are released in order, never out of it. A batch
 //! carries what waits for it: the log position the core hears as
 //! `persisted` when it is done, and the messages that promise durable state
 //! (votes, append acknowledgements, anything sent while a new term or vote
@@ -199,9 +201,10 @@ pub struct Replica {
     early_messages: Vec<Envelope>,
     /// This turn's other messages, until they join a `SyncBatch`.
     durable_messages: Vec<Envelope>,
-    /// The fsync running on the sync thread.
-    syncing: Option<SyncBatch>,
-    /// Written since `syncing` started; the next fsync.
+    /// The fsyncs running on the sync threads, oldest first, by request id.
+    syncing: VecDeque<(u64, SyncBatch)>,
+    next_sync_id: u64,
+    /// Written since the newest of `syncing` started; the next fsync.
     gathering: SyncBatch,
     /// The WAL's sync thread; `None` = sync in place.
     syncer: Option<Syncer>,
@@ -245,7 +248,8 @@ impl Replica {
             messages: Vec::new(),
             early_messages: Vec::new(),
             durable_messages: Vec::new(),
-            syncing: None,
+            syncing: VecDeque::new(),
+            next_sync_id: 1,
             gathering: SyncBatch::default(),
             syncer: None,
             metrics: ReplicaMetrics::default(),
@@ -257,9 +261,9 @@ impl Replica {
     /// Moves fsyncs to a thread of their own; `notify` (the reactor's
     /// waker) runs on it whenever one is done, and the next `end_turn`
     /// takes the result.
-    pub fn start_background_sync(&mut self, notify: Box<dyn Fn() + Send>) -> Result<()> {
-        let syncer =
-            Syncer::start(notify).map_err(|e| Error::io("starting the WAL sync thread", e))?;
+    pub fn start_background_sync(&mut self, notify: Box<dyn Fn() + Send + Sync>) -> Result<()> {
+        let syncer = Syncer::start(limits::SYNCS_IN_FLIGHT_MAX, notify)
+            .map_err(|e| Error::io("starting the WAL sync threads", e))?;
         self.syncer = Some(syncer);
         Ok(())
     }
@@ -666,7 +670,10 @@ impl Replica {
             if self.actions.is_empty() {
                 send_now(&mut self.early_messages);
                 self.place_durable_messages();
-                if self.gathering.written && self.syncing.is_none() && self.start_sync()? {
+                if self.gathering.written
+                    && self.syncing.len() < limits::SYNCS_IN_FLIGHT_MAX
+                    && self.start_sync()?
+                {
                     continue;
                 }
                 return Ok(());
@@ -680,8 +687,8 @@ impl Replica {
     }
 
     /// The turn's messages wait for everything written before them: the
-    /// gathering batch if it has anything, else the running fsync, else
-    /// nothing.
+    /// gathering batch if it has anything, else the newest running fsync,
+    /// else nothing.
     fn place_durable_messages(&mut self) {
         if self.durable_messages.is_empty() {
             return;
@@ -689,7 +696,7 @@ impl Replica {
         let waiting_for = if self.gathering.written {
             Some(&mut self.gathering)
         } else {
-            self.syncing.as_mut()
+            self.syncing.back_mut().map(|(_, batch)| batch)
         };
         match waiting_for {
             Some(batch) => batch.messages.append(&mut self.durable_messages),
@@ -704,9 +711,11 @@ impl Replica {
         let batch = std::mem::take(&mut self.gathering);
         let started = Instant::now();
         if let Some(syncer) = &self.syncer {
-            if let Some(request) = self.wal.begin_sync()? {
+            if let Some(mut request) = self.wal.begin_sync()? {
+                request.id = self.next_sync_id;
+                self.next_sync_id += 1;
                 syncer.submit(request)?;
-                self.syncing = Some(batch);
+                self.syncing.push_back((self.next_sync_id - 1, batch));
                 return Ok(false);
             }
         } else {
@@ -718,21 +727,25 @@ impl Replica {
         Ok(true)
     }
 
-    /// Takes a finished background fsync, if any, and releases what waited
-    /// for it.
+    /// Takes the finished background fsyncs and releases, in order, every
+    /// batch one of them covers.
     fn finish_background_sync(&mut self) -> Result<()> {
-        let Some(syncer) = &self.syncer else {
-            return Ok(());
-        };
-        let Some(done) = syncer.try_done()? else {
-            return Ok(());
-        };
-        self.record_fsync_time(done.took);
-        self.wal.end_sync(done)?;
-        if let Some(batch) = self.syncing.take() {
-            self.batch_durable(batch);
+        loop {
+            let Some(syncer) = &self.syncer else {
+                return Ok(());
+            };
+            let Some(done) = syncer.try_done()? else {
+                return Ok(());
+            };
+            let done_id = done.id;
+            self.record_fsync_time(done.took);
+            self.wal.end_sync(done)?;
+            while self.syncing.front().is_some_and(|(id, _)| *id <= done_id) {
+                if let Some((_, batch)) = self.syncing.pop_front() {
+                    self.batch_durable(batch);
+                }
+            }
         }
-        Ok(())
     }
 
     fn batch_durable(&mut self, batch: SyncBatch) {
@@ -744,7 +757,7 @@ impl Replica {
 
     /// A new term or vote is written but not yet durable.
     fn hard_state_unsynced(&self) -> bool {
-        self.gathering.hard_state || self.syncing.as_ref().is_some_and(|b| b.hard_state)
+        self.gathering.hard_state || self.syncing.iter().any(|(_, batch)| batch.hard_state)
     }
 
     fn record_fsync_time(&mut self, took: Duration) {

@@ -659,9 +659,12 @@ fn background_sync_covers_what_was_written_before_it_and_no_more() {
     let (mut wal, _) = storage::open(dir.path(), true).unwrap();
     let notified = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&notified);
-    let syncer = storage::Syncer::start(Box::new(move || {
-        counter.fetch_add(1, Ordering::SeqCst);
-    }))
+    let syncer = storage::Syncer::start(
+        1,
+        Box::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }),
+    )
     .unwrap();
     assert!(wal.begin_sync().unwrap().is_none(), "nothing to sync yet");
 
@@ -708,4 +711,37 @@ fn background_sync_failure_poisons_the_wal_and_fsync_off_needs_none() {
     drop(wal);
     let (_, recovered) = storage::open(dir.path(), false).unwrap();
     assert_eq!(recovered.entries, entries(1, 1..=3));
+}
+
+#[test]
+fn background_syncs_finished_out_of_order_leave_everything_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = storage::open(dir.path(), true).unwrap();
+    let syncer = storage::Syncer::start(2, Box::new(|| {})).unwrap();
+    wal.append(&entries(1, 1..=5)).unwrap();
+    let mut first = wal
+        .begin_sync()
+        .unwrap()
+        .expect("entries 1-5 need an fsync");
+    first.id = 1;
+    syncer.submit(first).unwrap();
+    wal.append(&entries(1, 6..=8)).unwrap();
+    let mut second = wal.begin_sync().unwrap().expect("entries 6-8 need one");
+    second.id = 2;
+    syncer.submit(second).unwrap();
+    let mut done = [wait_for_sync(&syncer), wait_for_sync(&syncer)];
+    done.sort_by_key(|d| std::cmp::Reverse(d.id));
+    let [newer, older] = done;
+    assert_eq!((newer.id, older.id), (2, 1));
+    // The newer one is taken first; the older, late one changes nothing.
+    wal.end_sync(newer).unwrap();
+    assert!(
+        wal.begin_sync().unwrap().is_none(),
+        "the newer fsync covers all"
+    );
+    wal.end_sync(older).unwrap();
+    assert!(wal.begin_sync().unwrap().is_none());
+    drop(wal);
+    let (_, recovered) = storage::open(dir.path(), true).unwrap();
+    assert_eq!(recovered.entries, entries(1, 1..=8));
 }

@@ -285,8 +285,8 @@ impl Wal {
 
     /// The first half of `sync` for the `syncer` thread: writes the buffer
     /// and returns the fsync that would make everything appended so far
-    /// durable, or `None` when it already is (or `fsync` is off). Keep at
-    /// most one request in flight; finish each with `end_sync`.
+    /// durable, or `None` when it already is (or `fsync` is off). The
+    /// caller tags it (`id`) and finishes each with `end_sync`.
     pub fn begin_sync(&mut self) -> Result<Option<SyncRequest>> {
         self.check_usable()?;
         self.write_buffer()?;
@@ -301,6 +301,7 @@ impl Wal {
             return Err(self.poison(Error::io(context, source)));
         }
         Ok(Some(SyncRequest {
+            id: 0,
             file: Arc::clone(&self.segment.file),
             path: self.segment.path.clone(),
             sequence: self.segment.sequence,
@@ -309,7 +310,8 @@ impl Wal {
     }
 
     /// The second half: on `Ok`, everything appended before the matching
-    /// `begin_sync` survives a crash. A failed fsync poisons the Wal.
+    /// `begin_sync` survives a crash (whatever order requests finish in).
+    /// A failed fsync poisons the Wal.
     pub fn end_sync(&mut self, done: SyncDone) -> Result<()> {
         if let Err(source) = done.result {
             let context = format!("fsyncing WAL segment {}", done.path.display());
