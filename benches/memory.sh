@@ -14,6 +14,7 @@
 #   MEM_SNAPSHOT_ENTRIES snapshot_entries of the cluster (default 100000, the
 #                    default; a snapshot also comes every 16 MiB of log, so a
 #                    1M fill takes several; a small fill needs a small value)
+#   MEM_KEEP         set: keep the temp dir (node logs, loadgen output)
 #   MEM_BASE_PORT    first port (default 17500): clients P..P+4, peers
 #                    P+10..P+14, metrics P+20..P+24, all on 127.0.0.1
 #
@@ -52,7 +53,11 @@ cleanup() {
         done
         kill -KILL "$pid" 2>/dev/null || true
     done
-    rm -rf "$WORK"
+    if [ -n "${MEM_KEEP:-}" ]; then
+        echo "kept $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
 }
 trap cleanup EXIT INT TERM
 
@@ -103,11 +108,20 @@ done
 echo "filling $FILES files of $SIZE bytes (names $NAME_BYTES bytes) ..." >&2
 started=$(date +%s)
 # A read mix makes loadgen write every key exactly once first (SPEC §4); the
-# measured phase after it is a token 0.1 s of reads.
-timeout $((FILES / 1000 + 300)) "$LOADGEN" --addr "$ADDRESSES" --clients 64 --pipeline 16 \
-    --mix read=1 --duration 0.1 --size "$SIZE" --keys "$FILES" --key-digits $KEY_DIGITS \
-    --json >"$WORK/fill.json" 2>"$WORK/fill.log" ||
-    { echo "fill failed:" >&2; tail -5 "$WORK/fill.log" >&2; exit 1; }
+# measured phase after it is a token 0.1 s of reads. A prefill write that
+# failed (a timeout or an election on a busy machine) leaves a key missing,
+# so the fill is repeated (same names: the count stays exact) until loadgen
+# reports every key written.
+for attempt in 1 2 3; do
+    timeout $((FILES / 1000 + 300)) "$LOADGEN" --addr "$ADDRESSES" --clients 64 --pipeline 16 \
+        --mix read=1 --duration 0.1 --size "$SIZE" --keys "$FILES" --key-digits $KEY_DIGITS \
+        --json >"$WORK/fill.json" 2>"$WORK/fill.log" ||
+        { echo "fill failed:" >&2; tail -5 "$WORK/fill.log" >&2; exit 1; }
+    grep 'prefill:.*written' "$WORK/fill.log" >&2 || true
+    written=$(tail -1 "$WORK/fill.json" | python3 -c 'import json, sys; print(json.load(sys.stdin)["prefill"]["written"])')
+    [ "$written" -ge "$FILES" ] && break
+done
+[ "$written" -ge "$FILES" ] || { echo "3 fills left keys unwritten" >&2; exit 1; }
 echo "filled in $(($(date +%s) - started)) s" >&2
 
 # Wait (bounded) until every node holds every file, has a snapshot file and

@@ -292,14 +292,12 @@ impl Client {
         context.stats.connections_opened += 1;
         context.last_progress = now;
         for command in std::mem::take(&mut self.to_resend) {
-            command
-                .operation
-                .encode(
-                    context.content,
-                    context.expiry_s,
-                    context.key_digits,
-                    &mut self.output,
-                );
+            command.operation.encode(
+                context.content,
+                context.expiry_s,
+                context.key_digits,
+                &mut self.output,
+            );
             self.in_flight.push_back(command);
         }
     }
@@ -314,11 +312,11 @@ impl Client {
             };
             context.stats.record_sent(operation.kind);
             operation.encode(
-                    context.content,
-                    context.expiry_s,
-                    context.key_digits,
-                    &mut self.output,
-                );
+                context.content,
+                context.expiry_s,
+                context.key_digits,
+                &mut self.output,
+            );
             self.in_flight.push_back(InFlight {
                 operation,
                 sent_at: now,
