@@ -181,14 +181,20 @@ for id in $(seq 1 $NODES); do
 done
 echo "$header"
 echo "$rule"
-declare -a first last
+declare -a first last low high
 for step in $(seq 0 5 "$SUSTAIN_SECS"); do
     [ "$step" -gt 0 ] && sleep 5
     row="| $step |"
     for id in $(seq 1 $NODES); do
         rss=$(rss_kib "${PIDS[$((id - 1))]}")
-        [ "$step" -eq 0 ] && first[id]=$rss
+        if [ "$step" -eq 0 ]; then
+            first[id]=$rss
+            low[id]=$rss
+            high[id]=$rss
+        fi
         last[id]=$rss
+        [ "$rss" -lt "${low[id]}" ] && low[id]=$rss
+        [ "$rss" -gt "${high[id]}" ] && high[id]=$rss
         row="$row $(awk -v r="$rss" 'BEGIN { printf "%.1f", r * 1024 / 1e6 }') |"
     done
     echo "$row"
@@ -200,5 +206,18 @@ for id in $(seq 1 $NODES); do
     growth="$growth node $id $(awk -v a="${first[id]}" -v b="${last[id]}" 'BEGIN { printf "%+.1f", (b - a) * 1024 / 1e6 }'),"
 done
 echo "${growth%,}"
+range="min / max over the series (MB):"
+for id in $(seq 1 $NODES); do
+    range="$range node $id $(awk -v a="${low[id]}" -v b="${high[id]}" 'BEGIN { printf "%.0f / %.0f", a * 1024 / 1e6, b * 1024 / 1e6 }'),"
+done
+echo "${range%,}"
+# A sample can fall inside a snapshot job (the helper rebuilds a second map):
+# the level once the load stopped and the helper is idle tells growth apart.
+sleep 10
+settled="settled 10 s after the load (MB):"
+for id in $(seq 1 $NODES); do
+    settled="$settled node $id $(awk -v r="$(rss_kib "${PIDS[$((id - 1))]}")" 'BEGIN { printf "%.1f", r * 1024 / 1e6 }'),"
+done
+echo "${settled%,}"
 summary=$(tail -1 "$WORK/sustain.json" 2>/dev/null || true)
 echo "sustained load: $summary"
