@@ -13,9 +13,7 @@
 //! names follow Prometheus conventions: `raftfs_` prefix, base units
 //! (seconds), `_total` for counters.
 //!
-//! Leaves out: the HTTP server (`net::http`) and log compaction metrics
-//! (there are no snapshots yet, so `raftfs_snapshot_index` is always the
-//! index the log starts after: 0).
+//! Leaves out: the HTTP server (`net::http`).
 
 use crate::net::peer::{LinkState, LinkStatus};
 use crate::raft::{Index, Role};
@@ -172,6 +170,8 @@ pub struct NodeView<'a> {
     pub status: Status,
     /// The cluster commit index as this node knows it.
     pub known_commit_index: Index,
+    /// The index the newest snapshot covers (the log starts after it).
+    pub snapshot_index: Index,
     pub client_connections: usize,
     pub peers: Vec<PeerView>,
     pub replica: &'a ReplicaMetrics,
@@ -257,14 +257,14 @@ pub fn render(view: &NodeView<'_>) -> String {
     gauge(
         &mut out,
         "raftfs_log_entries",
-        "Entries held in the log (no compaction yet: all of them).",
-        status.last_index,
+        "Entries held in the log (those after the latest snapshot).",
+        status.last_index.saturating_sub(view.snapshot_index),
     );
     gauge(
         &mut out,
         "raftfs_snapshot_index",
-        "Index covered by the latest snapshot (0: no log compaction yet).",
-        0,
+        "Index covered by the latest snapshot (0: none yet).",
+        view.snapshot_index,
     );
     gauge(
         &mut out,
@@ -418,6 +418,7 @@ mod tests {
                 files: 0,
             },
             known_commit_index,
+            snapshot_index: 60,
             client_connections: 0,
             peers: Vec::new(),
             replica: &replica,
@@ -435,6 +436,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("raftfs_leader_id 1\n"), "{text}");
+        assert!(text.contains("raftfs_snapshot_index 60\n"), "{text}");
+        assert!(text.contains("raftfs_log_entries 35\n"), "{text}");
         assert!(
             text.contains("# TYPE raftfs_fsync_duration_seconds histogram\n"),
             "{text}"

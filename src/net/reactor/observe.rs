@@ -29,6 +29,7 @@ impl Reactor {
             .collect();
         NodeView {
             known_commit_index: self.replica.raft().known_commit_index(),
+            snapshot_index: self.replica.raft().snapshot().index,
             status,
             client_connections: self.connections.len(),
             peers,

@@ -38,6 +38,8 @@ pub struct Context<'a> {
     pub pipeline: usize,
     pub content: &'a [u8],
     pub expiry_s: u64,
+    /// Zero-pad key numbers to this many digits (0 = no padding).
+    pub key_digits: usize,
     pub timeout: Duration,
     pub versions: &'a Versions,
     pub stats: &'a mut Stats,
@@ -290,9 +292,12 @@ impl Client {
         context.stats.connections_opened += 1;
         context.last_progress = now;
         for command in std::mem::take(&mut self.to_resend) {
-            command
-                .operation
-                .encode(context.content, context.expiry_s, &mut self.output);
+            command.operation.encode(
+                context.content,
+                context.expiry_s,
+                context.key_digits,
+                &mut self.output,
+            );
             self.in_flight.push_back(command);
         }
     }
@@ -306,7 +311,12 @@ impl Client {
                 break;
             };
             context.stats.record_sent(operation.kind);
-            operation.encode(context.content, context.expiry_s, &mut self.output);
+            operation.encode(
+                context.content,
+                context.expiry_s,
+                context.key_digits,
+                &mut self.output,
+            );
             self.in_flight.push_back(InFlight {
                 operation,
                 sent_at: now,

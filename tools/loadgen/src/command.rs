@@ -4,8 +4,8 @@
 //! its byte encoding, and `content_pattern` (the bytes of every write). The
 //! content deliberately contains `\r\n` and reply-like text, so a server or
 //! parser that looks for line ends inside content is caught. Invariants: an
-//! encoded command is always well formed (names `key-<n>`, NUMBYTES equal to
-//! the content length). Leaves out: sockets and replies.
+//! encoded command is always well formed (names `key-<n>`, `<n>` zero-padded
+//! to `--key-digits` digits when given, NUMBYTES equal to the content length). Leaves out: sockets and replies.
 
 use crate::config::Kind;
 
@@ -27,7 +27,13 @@ pub fn content_pattern(size_bytes: usize) -> Vec<u8> {
 
 /// Appends the decimal digits of `value`.
 pub fn push_decimal(output: &mut Vec<u8>, value: u64) {
-    let mut digits = [0u8; 20];
+    push_decimal_padded(output, value, 0);
+}
+
+/// Appends the decimal digits of `value`, zero-padded on the left to at
+/// least `width` digits (at most 20, the widest u64).
+pub fn push_decimal_padded(output: &mut Vec<u8>, value: u64, width: usize) {
+    let mut digits = [b'0'; 20];
     let mut position = digits.len();
     let mut rest = value;
     loop {
@@ -38,15 +44,17 @@ pub fn push_decimal(output: &mut Vec<u8>, value: u64) {
             break;
         }
     }
+    let position = position.min(digits.len().saturating_sub(width));
     output.extend_from_slice(&digits[position..]);
 }
 
 impl Operation {
-    /// Appends the command line (and for write / cas the content and its `\r\n`).
-    pub fn encode(&self, content: &[u8], expiry_s: u64, output: &mut Vec<u8>) {
+    /// Appends the command line (and for write / cas the content and its
+    /// `\r\n`); the key number is zero-padded to `key_digits` digits.
+    pub fn encode(&self, content: &[u8], expiry_s: u64, key_digits: usize, output: &mut Vec<u8>) {
         output.extend_from_slice(self.kind.name().as_bytes());
         output.extend_from_slice(b" key-");
-        push_decimal(output, self.key);
+        push_decimal_padded(output, self.key, key_digits);
         match self.kind {
             Kind::Read | Kind::Delete => output.extend_from_slice(b"\r\n"),
             Kind::Write | Kind::Cas => {
@@ -79,7 +87,7 @@ mod tests {
             key,
             expected_version: version,
         }
-        .encode(content, expiry_s, &mut output);
+        .encode(content, expiry_s, 0, &mut output);
         output
     }
 
@@ -99,6 +107,26 @@ mod tests {
             encoded(Kind::Cas, 1, 18446744073709551615, b"xy", 0),
             b"cas key-1 18446744073709551615 2\r\nxy\r\n"
         );
+    }
+
+    #[test]
+    fn key_digits_pad_the_name() {
+        let mut output = Vec::new();
+        let read = Operation {
+            kind: Kind::Read,
+            key: 42,
+            expected_version: 0,
+        };
+        read.encode(b"", 0, 12, &mut output);
+        assert_eq!(output, b"read key-000000000042\r\n");
+        output.clear();
+        // A key wider than the padding is written whole.
+        let wide = Operation { key: 1234, ..read };
+        wide.encode(b"", 0, 2, &mut output);
+        assert_eq!(output, b"read key-1234\r\n");
+        output.clear();
+        push_decimal_padded(&mut output, u64::MAX, 25);
+        assert_eq!(output, b"18446744073709551615");
     }
 
     #[test]

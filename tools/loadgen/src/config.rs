@@ -217,6 +217,10 @@ fn parse_keys(text: &str) -> Result<u64, String> {
     }
 }
 
+fn parse_key_digits(text: &str) -> Result<usize, String> {
+    parse_bounded(text, 0, 20)
+}
+
 fn parse_timeout_ms(text: &str) -> Result<u64, String> {
     let value: u64 = text
         .parse()
@@ -260,7 +264,7 @@ pub struct Config {
     #[arg(long = "size", value_name = "BYTES", default_value = "100", value_parser = parse_size)]
     pub size_bytes: usize,
 
-    /// Number of distinct files, named key-0 .. key-(K-1).
+    /// Number of distinct files, named key-0 .. key-(K-1) (see --key-digits).
     #[arg(long, default_value = "1000", value_parser = parse_keys)]
     pub keys: u64,
 
@@ -291,6 +295,11 @@ pub struct Config {
     /// EXPTIME sent with write and cas, in seconds (0 = never expires, not sent).
     #[arg(long = "expiry", value_name = "SECS", default_value = "0")]
     pub expiry_s: u64,
+
+    /// Zero-pad key numbers to N digits (`--key-digits 12` names every file
+    /// with exactly 16 bytes, `key-000000000042`, for any key below 10^12).
+    #[arg(long = "key-digits", value_name = "N", default_value = "0", value_parser = parse_key_digits)]
+    pub key_digits: usize,
 }
 
 impl Config {

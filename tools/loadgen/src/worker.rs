@@ -116,6 +116,7 @@ impl<'a> Worker<'a> {
             pipeline: config.pipeline,
             content,
             expiry_s: config.expiry_s,
+            key_digits: config.key_digits,
             timeout: config.timeout(),
             versions,
             stats,
