@@ -42,6 +42,12 @@ pub const CONN_READ_RESERVED_BYTES_MAX: usize = 32 << 20;
 /// Bytes reserved for the `CONTENTS VERSION NUMBYTES EXPREMAINING\r\n` line
 /// and the content's `\r\n` of one read answer.
 pub const READ_REPLY_HEADER_BYTES_MAX: usize = 96;
+/// Answers are encoded into blocks of this size, shared by many answers (a
+/// block lives until the last answer cut from it is written out, so a
+/// connection that does not read pins at most this much per answer it has
+/// outstanding; small keeps that worst case small, 4 KiB already cuts the
+/// allocations per answer from two to about 0.01).
+pub const REPLY_BUFFER_CHUNK_BYTES: usize = 4 << 10;
 /// Backlog of the client listener: connections the kernel completes before
 /// the node accepts them (capped by the kernel's `somaxconn`). The default of
 /// 128 drops SYNs, and so stalls clients for a second, when many connect at once.

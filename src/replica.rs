@@ -305,8 +305,7 @@ impl Replica {
 
     /// Answer a client at once (e.g. ERR_CMD_ERR from framing).
     pub fn answer(&mut self, client: ClientRef, reply: Reply<'_>) {
-        encode_reply(&reply, &mut self.reply_buffer);
-        let bytes = self.reply_buffer.split().freeze();
+        let bytes = cut_answer(&mut self.reply_buffer, |out| encode_reply(&reply, out));
         self.replies.push((client, bytes));
     }
 
@@ -923,9 +922,8 @@ impl Replica {
             }
             let outcome = self.fsm.apply_command(command, time_ms);
             if let Some(&client) = clients.get(offset) {
-                encode_outcome(outcome, &mut self.reply_buffer);
-                self.replies
-                    .push((client, self.reply_buffer.split().freeze()));
+                let answer = cut_answer(&mut self.reply_buffer, |out| encode_outcome(outcome, out));
+                self.replies.push((client, answer));
             }
         }
         for read in reads {
@@ -937,8 +935,9 @@ impl Replica {
 
     /// The encoded answer to `read NAME` from the state applied so far.
     fn render_read(&mut self, name: &[u8], live_ms: u64, display_ms: u64) -> Bytes {
-        encode_read(&self.fsm, name, live_ms, display_ms, &mut self.reply_buffer);
-        self.reply_buffer.split().freeze()
+        cut_answer(&mut self.reply_buffer, |out| {
+            encode_read(&self.fsm, name, live_ms, display_ms, out)
+        })
     }
 
     fn expire_waiting(&mut self, now: Instant) {
@@ -988,6 +987,18 @@ fn encode_read(fsm: &Fsm, name: &[u8], live_ms: u64, display_ms: u64, out: &mut 
         }
         None => encode_reply(&Reply::NotFound, out),
     }
+}
+
+/// Encodes one answer into `buffer` and cuts it off as its own `Bytes`.
+/// Answers share `REPLY_BUFFER_CHUNK_BYTES` blocks (one allocation for many
+/// small answers, where an empty buffer costs two per answer); a large one
+/// grows the block itself.
+fn cut_answer(buffer: &mut BytesMut, encode: impl FnOnce(&mut BytesMut)) -> Bytes {
+    if buffer.capacity() < limits::READ_REPLY_HEADER_BYTES_MAX {
+        buffer.reserve(limits::REPLY_BUFFER_CHUNK_BYTES);
+    }
+    encode(buffer);
+    buffer.split().freeze()
 }
 
 fn encode_outcome(outcome: Outcome, out: &mut BytesMut) {
