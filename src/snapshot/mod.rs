@@ -516,7 +516,7 @@ mod tests {
         let middle = damaged.len() / 2;
         damaged[middle] ^= 0x01;
         std::fs::write(&path, &damaged).expect("rewrite");
-        let error = load(&path).err().expect("damaged file refused").to_string();
+        let error = load(&path).expect_err("damaged file refused").to_string();
         assert!(error.contains("checksum mismatch"), "{error}");
         // Cut short: refused, never a panic.
         std::fs::write(&path, &on_disk[..on_disk.len() - 1]).expect("rewrite");
