@@ -8,6 +8,11 @@
 pub const LINE_BYTES_MAX: usize = 500;
 /// Longest file name (SPEC §2).
 pub const NAME_BYTES_MAX: usize = 250;
+/// Most files one state machine holds: the file map's index stores slots as
+/// `u32` (4 bytes per file instead of 8; src/fsm/files.rs). Memory runs out
+/// long before (4 billion files are hundreds of GB), so this is never reached
+/// in practice.
+pub const FILES_MAX: usize = u32::MAX as usize;
 /// Default for `max_file_bytes` (SPEC §1).
 pub const FILE_BYTES_MAX_DEFAULT: usize = 1 << 20;
 /// Hard ceiling for the configurable `max_file_bytes`.

@@ -117,6 +117,8 @@ pub enum DecodeError {
     DuplicateName,
     /// A snapshot holds a file version above its version counter.
     VersionAboveCounter { version: u64, version_counter: u64 },
+    /// Reading a streamed snapshot failed (the I/O error's text).
+    Unreadable(String),
 }
 
 impl fmt::Display for DecodeError {
@@ -131,6 +133,7 @@ impl fmt::Display for DecodeError {
             }
             DecodeError::TrailingBytes(len) => write!(f, "{len} trailing bytes"),
             DecodeError::DuplicateName => write!(f, "snapshot names a file twice"),
+            DecodeError::Unreadable(reason) => write!(f, "snapshot unreadable: {reason}"),
             DecodeError::VersionAboveCounter {
                 version,
                 version_counter,

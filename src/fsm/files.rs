@@ -3,20 +3,22 @@
 //! `Fsm::apply` (mod.rs); this module only keeps the three structures in step.
 //!
 //! Storage. Each file's name and content are copied once, at apply, into
-//! one boxed slice owned by the arena (name then content): a `Bytes` slice of
+//! one boxed slice owned by the arena (name length, name, content): a `Bytes` slice of
 //! the entry would pin a whole network read buffer (or log entry) for as long
 //! as the file lives, and two allocations per file would cost a second
 //! allocator header and rounding (measured by benches/memory.sh: 1M files of
 //! 16-byte names and 100-byte contents). A rewrite with content of the same
 //! size reuses the allocation.
 //!
-//! Name index without a second copy of the name. `std::collections::HashMap`
-//! cannot look a key up through the arena, so instead of `HashMap<name, slot>`
-//! (every name stored twice) the index maps a 64-bit keyed SipHash of the name
-//! to the slot, and the arena holds the only copy, which confirms every hit.
-//! Two different names with the same hash (about 2^-64 per pair, and the key
-//! is random per process so no client can aim for it) are still handled: the
-//! first keeps the `index` slot, the rest wait in `collisions`.
+//! Name index without a second copy of the name. The index is a
+//! `hashbrown::HashTable<u32>` holding only the slot of each file (4 bytes
+//! plus one control byte per bucket): a lookup hashes the probed name with a
+//! keyed SipHash (random per process, so no client can aim for collisions),
+//! and every candidate slot is confirmed by comparing the name the arena holds,
+//! its only copy. Two names with the same hash are simply two entries. A
+//! `HashMap<hash, slot>` cost 16 bytes per bucket, ~36 MB at 1M files; this
+//! table ~10 MB. Slots are `u32`: the arena reuses freed slots, so a slot
+//! stays below the peak file count, which `FILES_MAX` bounds.
 //!
 //! Expiry queue. An ordered set of `(deadline_ms, slot)` with exactly one
 //! entry per live file that has a deadline: a rewrite or delete takes the old
@@ -26,8 +28,7 @@
 //! no scan of the files.
 //!
 //! Invariants (checked by `check_invariants` in tests):
-//! - every arena slot is reachable from exactly one index place under its name's
-//!   hash, and the index holds nothing else;
+//! - the index holds every arena slot exactly once, and nothing else;
 //! - the expiry queue holds `(deadline, slot)` iff that slot's file has that
 //!   deadline;
 //! - names are unique in the arena.
@@ -38,40 +39,52 @@
 //! slot vector stays at the peak file count (the files' bytes are freed at once).
 
 use std::collections::hash_map::RandomState;
-use std::collections::{BTreeSet, HashMap};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::collections::BTreeSet;
+use std::hash::BuildHasher;
 use std::num::NonZeroU64;
 
+use hashbrown::HashTable;
 use slab::Slab;
+
+use crate::limits::FILES_MAX;
 
 /// One stored file.
 #[derive(Debug)]
 pub struct File {
-    /// The name, then the content.
+    /// The name's length (one byte, at most `NAME_BYTES_MAX`), the name,
+    /// then the content. Never empty. Keeping the length here rather than in
+    /// a field makes `File` 32 bytes instead of 40 (8 MB per 1M files); the
+    /// allocation rounds up to the same 16-byte step in most cases.
     bytes: Box<[u8]>,
     version: u64,
     deadline_ms: Option<NonZeroU64>,
-    /// Length of the name at the front of `bytes` (at most `NAME_BYTES_MAX`).
-    name_len: u8,
 }
 
 const _: () = assert!(crate::limits::NAME_BYTES_MAX <= u8::MAX as usize);
+const _: () = assert!(std::mem::size_of::<File>() == 32);
 
-/// `name` then `content` in one allocation.
+/// Name length, `name`, then `content`, in one allocation.
+/// Precondition: `name.len() <= NAME_BYTES_MAX`.
 fn name_and_content(name: &[u8], content: &[u8]) -> Box<[u8]> {
-    let mut bytes = Vec::with_capacity(name.len() + content.len());
+    let mut bytes = Vec::with_capacity(1 + name.len() + content.len());
+    bytes.push(name.len() as u8);
     bytes.extend_from_slice(name);
     bytes.extend_from_slice(content);
     bytes.into_boxed_slice()
 }
 
 impl File {
+    /// Where the content starts in `bytes`.
+    fn content_start(&self) -> usize {
+        1 + usize::from(self.bytes[0])
+    }
+
     pub fn name(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.name_len)]
+        &self.bytes[1..self.content_start()]
     }
 
     pub fn content(&self) -> &[u8] {
-        &self.bytes[usize::from(self.name_len)..]
+        &self.bytes[self.content_start()..]
     }
 
     pub fn version(&self) -> u64 {
@@ -112,36 +125,12 @@ impl NameHasher {
     }
 }
 
-/// The index keys are SipHash outputs already: hash them no further.
-#[derive(Default)]
-struct PassThroughHasher(u64);
-
-impl Hasher for PassThroughHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
-}
-
-type PassThrough = BuildHasherDefault<PassThroughHasher>;
-
 /// The file map. See the module doc for its invariants.
 #[derive(Debug)]
 pub struct Files {
     arena: Slab<File>,
-    /// Name hash → the slot of the first file with that hash.
-    index: HashMap<u64, usize, PassThrough>,
-    /// Name hash → the slots of further files with that hash (almost always empty).
-    collisions: HashMap<u64, Vec<usize>, PassThrough>,
+    /// The slot of every file, placed by the hash of its name.
+    index: HashTable<u32>,
     name_hasher: NameHasher,
     /// `(deadline_ms, slot)` for every file with a deadline.
     expiry: BTreeSet<(u64, usize)>,
@@ -163,8 +152,7 @@ impl Files {
     fn with_name_hasher(name_hasher: NameHasher) -> Files {
         Files {
             arena: Slab::new(),
-            index: HashMap::default(),
-            collisions: HashMap::default(),
+            index: HashTable::new(),
             name_hasher,
             expiry: BTreeSet::new(),
             version_counter: 0,
@@ -217,15 +205,10 @@ impl Files {
     /// As `find`, with `hash == hash_name(name)`.
     pub fn find_hashed(&self, hash: u64, name: &[u8]) -> Option<usize> {
         debug_assert_eq!(hash, self.hash_name(name));
-        let first = *self.index.get(&hash)?;
-        if self.arena[first].name() == name {
-            return Some(first);
-        }
-        let others = self.collisions.get(&hash)?;
-        others
-            .iter()
-            .copied()
-            .find(|&slot| self.arena[slot].name() == name)
+        let arena = &self.arena;
+        self.index
+            .find(hash, |&slot| arena[slot as usize].name() == name)
+            .map(|&slot| slot as usize)
     }
 
     pub fn get(&self, slot: usize) -> Option<&File> {
@@ -262,22 +245,27 @@ impl Files {
         // The codec and the snapshot decoder bound names to NAME_BYTES_MAX;
         // a longer name here is a caller bug, and truncating it would corrupt
         // the map, so it is refused loudly.
-        let name_len = u8::try_from(name.len()).expect("file name longer than NAME_BYTES_MAX");
+        assert!(
+            name.len() <= crate::limits::NAME_BYTES_MAX,
+            "file name longer than NAME_BYTES_MAX"
+        );
         let deadline_ms = deadline_ms.and_then(NonZeroU64::new);
         let slot = self.arena.insert(File {
             bytes: name_and_content(name, content),
             version,
             deadline_ms,
-            name_len,
         });
-        match self.index.entry(hash) {
-            std::collections::hash_map::Entry::Vacant(vacant) => {
-                vacant.insert(slot);
-            }
-            std::collections::hash_map::Entry::Occupied(_) => {
-                self.collisions.entry(hash).or_default().push(slot);
-            }
-        }
+        // A slot is below the peak file count; reaching FILES_MAX files would
+        // take hundreds of GB of memory first, so this is an invariant, not
+        // an input check.
+        let slot_u32 = u32::try_from(slot)
+            .ok()
+            .filter(|_| slot < FILES_MAX)
+            .expect("more than FILES_MAX files");
+        let (arena, name_hasher) = (&self.arena, &self.name_hasher);
+        self.index.insert_unique(hash, slot_u32, |&other| {
+            name_hasher.hash(arena[other as usize].name())
+        });
         if let Some(deadline_ms) = deadline_ms {
             self.expiry.insert((deadline_ms.get(), slot));
         }
@@ -288,12 +276,12 @@ impl Files {
     pub fn replace(&mut self, slot: usize, content: &[u8], version: u64, deadline_ms: Option<u64>) {
         let deadline_ms = deadline_ms.and_then(NonZeroU64::new);
         let file = &mut self.arena[slot];
-        let name_len = usize::from(file.name_len);
-        if file.bytes.len() - name_len == content.len() {
+        let content_start = file.content_start();
+        if file.bytes.len() - content_start == content.len() {
             // Same size (the common rewrite): reuse the allocation.
-            file.bytes[name_len..].copy_from_slice(content);
+            file.bytes[content_start..].copy_from_slice(content);
         } else {
-            file.bytes = name_and_content(&file.bytes[..name_len], content);
+            file.bytes = name_and_content(file.name(), content);
         }
         file.version = version;
         if file.deadline_ms != deadline_ms {
@@ -315,27 +303,13 @@ impl Files {
             self.expiry.remove(&(deadline_ms.get(), slot));
         }
         let hash = self.name_hasher.hash(file.name());
-        if self.index.get(&hash) == Some(&slot) {
-            match self.collisions.get_mut(&hash) {
-                Some(others) => {
-                    // Promote another file with this hash into the index.
-                    let promoted = others.pop();
-                    if others.is_empty() {
-                        self.collisions.remove(&hash);
-                    }
-                    if let Some(promoted) = promoted {
-                        self.index.insert(hash, promoted);
-                    }
-                }
-                None => {
-                    self.index.remove(&hash);
-                }
+        // The slot fits in u32: `insert_hashed` checked it.
+        let slot_u32 = slot as u32;
+        match self.index.find_entry(hash, |&other| other == slot_u32) {
+            Ok(entry) => {
+                entry.remove();
             }
-        } else if let Some(others) = self.collisions.get_mut(&hash) {
-            others.retain(|&other| other != slot);
-            if others.is_empty() {
-                self.collisions.remove(&hash);
-            }
+            Err(_) => debug_assert!(false, "removed file {slot} was not in the index"),
         }
         file
     }
@@ -361,32 +335,18 @@ impl Files {
 
     /// Panics if the arena, index and queue disagree (tests and debug checks).
     pub fn check_invariants(&self) {
-        let mut indexed = 0;
-        for (&hash, &slot) in &self.index {
-            let file = self.arena.get(slot).expect("index points at a free slot");
-            assert_eq!(
-                self.name_hasher.hash(file.name()),
-                hash,
-                "index slot under a wrong hash"
-            );
-            indexed += 1;
+        let mut indexed = vec![false; self.arena.capacity()];
+        for &slot in self.index.iter() {
+            let slot = slot as usize;
+            assert!(self.arena.contains(slot), "index points at a free slot");
+            assert!(!indexed[slot], "slot indexed twice");
+            indexed[slot] = true;
         }
-        for (&hash, others) in &self.collisions {
-            assert!(!others.is_empty(), "empty collision list kept");
-            assert!(
-                self.index.contains_key(&hash),
-                "collision list without an index entry"
-            );
-            for &slot in others {
-                let file = self
-                    .arena
-                    .get(slot)
-                    .expect("collision list points at a free slot");
-                assert_eq!(self.name_hasher.hash(file.name()), hash);
-                indexed += 1;
-            }
-        }
-        assert_eq!(indexed, self.arena.len(), "index and arena sizes differ");
+        assert_eq!(
+            self.index.len(),
+            self.arena.len(),
+            "index and arena sizes differ"
+        );
         for (slot, file) in &self.arena {
             assert_eq!(
                 self.find(file.name()),
@@ -469,7 +429,7 @@ mod tests {
                     assert_eq!(files.get(slot).map(File::content), Some(names[still]));
                 }
             }
-            assert!(files.index.is_empty() && files.collisions.is_empty());
+            assert!(files.index.is_empty());
         }
     }
 

@@ -13,6 +13,13 @@
 //!
 //! The whole file is the byte string InstallSnapshot streams, so a follower
 //! writes chunks straight to disk and checks the very same trailer.
+//!
+//! Memory: files are written and read as streams (1 MiB buffers, the checksum
+//! computed on the way), never held whole: a 1M-file snapshot is ~130 MB,
+//! which would otherwise sit next to the map being saved or rebuilt. A
+//! reader builds the map while reading and checks the trailer at the end; a
+//! damaged file is refused as a whole ("checksum mismatch" when the trailer
+//! disagrees, whatever the decoder met first).
 //! A file is written to `<name>.tmp`, fsynced, renamed, and the directory
 //! fsynced (`write_file`); leftover `.tmp` files are removed at start.
 //!
@@ -34,7 +41,7 @@ use crate::fsm::Fsm;
 use crate::limits::SNAPSHOT_BYTES_MAX;
 use crate::raft::{Entry, Index, SnapshotMeta, Term};
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"RAFTFSSN";
@@ -90,20 +97,37 @@ pub fn encode_header(index: Index, term: Term, payload_bytes: u64) -> [u8; HEADE
     header
 }
 
+/// Buffer of the snapshot file streams.
+const STREAM_BUFFER_BYTES: usize = 1 << 20;
+
 /// Checks a whole snapshot file's bytes and rebuilds its state machine.
 pub fn decode(bytes: &[u8]) -> std::result::Result<(SnapshotMeta, Fsm), String> {
-    if bytes.len() < HEADER_BYTES + TRAILER_BYTES {
-        return Err(format!("{} bytes, too short for a snapshot", bytes.len()));
+    decode_from(bytes, bytes.len() as u64)
+}
+
+/// As `decode`, reading the file's `file_bytes` bytes from `input` as a
+/// stream: the file is never held whole (see the module doc).
+pub fn decode_from<R: Read>(
+    input: R,
+    file_bytes: u64,
+) -> std::result::Result<(SnapshotMeta, Fsm), String> {
+    if file_bytes < (HEADER_BYTES + TRAILER_BYTES) as u64 {
+        return Err(format!("{file_bytes} bytes, too short for a snapshot"));
     }
-    if &bytes[0..8] != SNAPSHOT_MAGIC {
+    let mut reader = ChecksumReader::new(input);
+    let mut header = [0u8; HEADER_BYTES];
+    reader
+        .read_exact(&mut header)
+        .map_err(|e| format!("reading the header: {e}"))?;
+    if &header[0..8] != SNAPSHOT_MAGIC {
         return Err("bad magic (not a raftfs snapshot)".into());
     }
     let word = |offset: usize| {
         let mut word = [0u8; 8];
-        word.copy_from_slice(&bytes[offset..offset + 8]);
+        word.copy_from_slice(&header[offset..offset + 8]);
         u64::from_le_bytes(word)
     };
-    let format = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    let format = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
     if format != SNAPSHOT_FILE_FORMAT {
         return Err(format!(
             "format {format}, this build reads only {SNAPSHOT_FILE_FORMAT}"
@@ -111,35 +135,41 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<(SnapshotMeta, Fsm), String> 
     }
     let (index, term, payload_bytes) = (word(16), word(24), word(32));
     let expected = (HEADER_BYTES + TRAILER_BYTES) as u64;
-    if payload_bytes.checked_add(expected) != Some(bytes.len() as u64) {
+    if payload_bytes.checked_add(expected) != Some(file_bytes) {
         return Err(format!(
-            "header says {payload_bytes} payload bytes, file has {}",
-            bytes.len()
+            "header says {payload_bytes} payload bytes, file has {file_bytes}"
         ));
     }
-    let body_end = bytes.len() - TRAILER_BYTES;
-    let stored = u32::from_le_bytes([
-        bytes[body_end],
-        bytes[body_end + 1],
-        bytes[body_end + 2],
-        bytes[body_end + 3],
-    ]);
-    if crc32c::crc32c(&bytes[..body_end]) != stored {
+    let decoded = Fsm::read_snapshot(&mut reader, payload_bytes);
+    if decoded.is_err() {
+        // Read the rest of the payload so the checksum can tell a damaged
+        // file (the usual case) from a well-formed file of bad content.
+        let left = (HEADER_BYTES as u64 + payload_bytes).saturating_sub(reader.consumed_bytes);
+        io::copy(&mut (&mut reader).take(left), &mut io::sink())
+            .map_err(|e| format!("reading the payload: {e}"))?;
+    }
+    let computed = reader.checksum();
+    let mut trailer = [0u8; TRAILER_BYTES];
+    reader
+        .read_exact(&mut trailer)
+        .map_err(|e| format!("reading the trailer: {e}"))?;
+    if computed != u32::from_le_bytes(trailer) {
         return Err("checksum mismatch".into());
     }
-    let fsm = Fsm::from_snapshot(&bytes[HEADER_BYTES..body_end])
-        .map_err(|e| format!("state machine does not decode: {e:?}"))?;
+    let fsm = decoded.map_err(|e| format!("state machine does not decode: {e:?}"))?;
     let meta = SnapshotMeta {
         index,
         term,
-        size_bytes: bytes.len() as u64,
+        size_bytes: file_bytes,
     };
     Ok((meta, fsm))
 }
 
-/// Reads and checks one snapshot file.
+/// Reads and checks one snapshot file (as a stream).
 pub fn load(path: &Path) -> Result<(SnapshotMeta, Fsm)> {
-    let size = std::fs::metadata(path)
+    let file = File::open(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let size = file
+        .metadata()
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
         .len();
     if size > SNAPSHOT_BYTES_MAX {
@@ -148,13 +178,13 @@ pub fn load(path: &Path) -> Result<(SnapshotMeta, Fsm)> {
             path.display()
         )));
     }
-    let bytes =
-        std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    decode(&bytes).map_err(|reason| Error::Corrupt(format!("{}: {reason}", path.display())))
+    decode_from(BufReader::with_capacity(STREAM_BUFFER_BYTES, file), size)
+        .map_err(|reason| Error::Corrupt(format!("{}: {reason}", path.display())))
 }
 
 /// Serialises `fsm` as the snapshot through `index` (of `term`) into `dir`:
 /// temporary file, fsync, rename, directory fsync. Returns its meta and path.
+/// The map is encoded straight into the file (no copy in memory).
 pub fn write_file(
     dir: &Path,
     fsm: &Fsm,
@@ -162,7 +192,7 @@ pub fn write_file(
     term: Term,
     fsync: bool,
 ) -> Result<(SnapshotMeta, PathBuf)> {
-    let payload = fsm.snapshot();
+    let payload_bytes = fsm.snapshot_len();
     let name = file_name(index, term);
     let path = dir.join(&name);
     let temporary = dir.join(format!("{name}.tmp"));
@@ -172,13 +202,29 @@ pub fn write_file(
             .create(true)
             .truncate(true)
             .open(&temporary)?;
-        let mut writer = BufWriter::with_capacity(1 << 20, file);
-        let header = encode_header(index, term, payload.len() as u64);
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&header), &payload);
-        writer.write_all(&header)?;
-        writer.write_all(&payload)?;
-        writer.write_all(&crc.to_le_bytes())?;
-        let file = writer.into_inner().map_err(|e| e.into_error())?;
+        // The checksum sits under the buffer, so it runs over 1 MiB blocks.
+        let mut writer = BufWriter::with_capacity(
+            STREAM_BUFFER_BYTES,
+            ChecksumWriter {
+                inner: file,
+                crc: 0,
+                written_bytes: 0,
+            },
+        );
+        writer.write_all(&encode_header(index, term, payload_bytes))?;
+        fsm.write_snapshot(&mut writer)?;
+        let ChecksumWriter {
+            inner: mut file,
+            crc,
+            written_bytes,
+        } = writer.into_inner().map_err(|e| e.into_error())?;
+        if written_bytes != HEADER_BYTES as u64 + payload_bytes {
+            return Err(io::Error::other(format!(
+                "wrote {written_bytes} bytes, the header announced {}",
+                HEADER_BYTES as u64 + payload_bytes
+            )));
+        }
+        file.write_all(&crc.to_le_bytes())?;
         if fsync {
             file.sync_all()?;
         }
@@ -187,7 +233,7 @@ pub fn write_file(
         if fsync {
             crate::storage::sync_dir(dir)?;
         }
-        Ok((HEADER_BYTES + payload.len() + TRAILER_BYTES) as u64)
+        Ok(written_bytes + TRAILER_BYTES as u64)
     })();
     let size_bytes =
         written.map_err(|e| Error::io(format!("writing snapshot {}", path.display()), e))?;
@@ -199,6 +245,79 @@ pub fn write_file(
         },
         path,
     ))
+}
+
+/// A writer that keeps the crc32c of everything written through it.
+struct ChecksumWriter<W> {
+    inner: W,
+    crc: u32,
+    written_bytes: u64,
+}
+
+impl<W: Write> Write for ChecksumWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(data)?;
+        self.crc = crc32c::crc32c_append(self.crc, &data[..written]);
+        self.written_bytes += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A buffered reader that keeps the crc32c of everything read through it.
+/// The checksum is brought up to date lazily, over whole consumed stretches
+/// of the buffer (a snapshot is read in pieces of a few bytes).
+struct ChecksumReader<R> {
+    inner: R,
+    buffer: Box<[u8]>,
+    /// Next unread byte of `buffer`.
+    start: usize,
+    /// End of the valid bytes in `buffer`.
+    end: usize,
+    /// `buffer[..checked]` is already in `crc`.
+    checked: usize,
+    crc: u32,
+    consumed_bytes: u64,
+}
+
+impl<R: Read> ChecksumReader<R> {
+    fn new(inner: R) -> ChecksumReader<R> {
+        ChecksumReader {
+            inner,
+            buffer: vec![0u8; STREAM_BUFFER_BYTES].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            checked: 0,
+            crc: 0,
+            consumed_bytes: 0,
+        }
+    }
+
+    /// The crc32c of every byte read so far.
+    fn checksum(&mut self) -> u32 {
+        self.crc = crc32c::crc32c_append(self.crc, &self.buffer[self.checked..self.start]);
+        self.checked = self.start;
+        self.crc
+    }
+}
+
+impl<R: Read> Read for ChecksumReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.start == self.end {
+            self.checksum();
+            self.end = self.inner.read(&mut self.buffer)?;
+            self.start = 0;
+            self.checked = 0;
+        }
+        let count = out.len().min(self.end - self.start);
+        out[..count].copy_from_slice(&self.buffer[self.start..self.start + count]);
+        self.start += count;
+        self.consumed_bytes += count as u64;
+        Ok(count)
+    }
 }
 
 /// Deletes files oldest first, fsyncing the directory after each, so a crash
@@ -351,6 +470,57 @@ mod tests {
         assert!(file_name(9, 100) < file_name(10, 1));
         assert_eq!(parse_file_name("snapshot-1-2.snap"), None);
         assert_eq!(parse_file_name(&format!("{}.tmp", file_name(1, 1))), None);
+    }
+
+    /// A map of `count` files (some with deadlines) built through apply.
+    fn filled(count: usize) -> Fsm {
+        use crate::fsm::command::{encode_batch, Command};
+        let commands: Vec<Command> = (0..count)
+            .map(|n| Command::Write {
+                name: bytes::Bytes::from(format!("file-{n}")),
+                content: bytes::Bytes::from(vec![b'a' + (n % 26) as u8; n % 300]),
+                exptime_s: (n % 3) as u64 * 1_000,
+            })
+            .collect();
+        let mut fsm = Fsm::new();
+        let mut outcomes = Vec::new();
+        fsm.apply(&encode_batch(1_000, &commands), &mut outcomes)
+            .expect("valid batch");
+        fsm
+    }
+
+    #[test]
+    fn streamed_file_is_the_documented_layout_and_loads_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Bigger than one stream buffer, so refills are crossed.
+        let fsm = filled(10_000);
+        let (meta, path) = write_file(dir.path(), &fsm, 9, 3, false).expect("written");
+        let on_disk = std::fs::read(&path).expect("read back");
+        assert!(on_disk.len() > STREAM_BUFFER_BYTES);
+        let payload = fsm.snapshot();
+        let mut expected = encode_header(9, 3, payload.len() as u64).to_vec();
+        expected.extend_from_slice(&payload);
+        let crc = crc32c::crc32c(&expected);
+        expected.extend_from_slice(&crc.to_le_bytes());
+        assert!(
+            on_disk == expected,
+            "file differs from header + snapshot() + crc"
+        );
+        assert_eq!(meta.size_bytes, expected.len() as u64);
+        let (loaded_meta, loaded) = load(&path).expect("loads");
+        assert_eq!(loaded_meta, meta);
+        assert_eq!(loaded.checksum(1_000), fsm.checksum(1_000));
+        assert_eq!(loaded.len(), fsm.len());
+        // Damage deep inside the payload: refused as a checksum mismatch.
+        let mut damaged = on_disk.clone();
+        let middle = damaged.len() / 2;
+        damaged[middle] ^= 0x01;
+        std::fs::write(&path, &damaged).expect("rewrite");
+        let error = load(&path).expect_err("damaged file refused").to_string();
+        assert!(error.contains("checksum mismatch"), "{error}");
+        // Cut short: refused, never a panic.
+        std::fs::write(&path, &on_disk[..on_disk.len() - 1]).expect("rewrite");
+        assert!(load(&path).is_err());
     }
 
     #[test]

@@ -10,19 +10,19 @@
 //! `receiving-<index>-<term>.snap.tmp`; a chunk at any other offset than the
 //! bytes held is ignored (the answer names what is held, so the leader
 //! resends from there); a chunk of another snapshot starts over. When all
-//! bytes are there the file is fsynced and checked (`snapshot::decode`);
+//! bytes are there the file is fsynced and checked (`snapshot::decode_from`, as a stream);
 //! `commit` renames it into place and fsyncs the directory. A crash
 //! mid-transfer leaves only a `.tmp` file, removed at start: the leader then
 //! restarts the transfer from offset 0.
 
-use super::{decode, file_name};
+use super::{decode_from, file_name};
 use crate::error::{Error, Result};
 use crate::fsm::Fsm;
 use crate::raft::{NodeId, SnapshotMeta};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -136,9 +136,13 @@ impl Assembler {
                 .sync_all()
                 .map_err(|e| Error::io(format!("fsyncing {}", receiving.path.display()), e))?;
         }
-        let bytes = std::fs::read(&receiving.path)
+        // Read back as a stream: the file is never held whole in memory.
+        let file = File::open(&receiving.path)
             .map_err(|e| Error::io(format!("reading {}", receiving.path.display()), e))?;
-        match decode(&bytes) {
+        match decode_from(
+            BufReader::with_capacity(1 << 20, file),
+            receiving.received_bytes,
+        ) {
             Ok((meta, fsm)) if meta == snapshot => Ok(Stored::Complete(Box::new(fsm))),
             Ok((meta, _)) => {
                 log::warn!(

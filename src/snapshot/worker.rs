@@ -10,7 +10,8 @@
 //! time), so the result is exactly the replica's map at that index. The
 //! reactor's cost is the entry clones; the helper's is one load, one apply
 //! per entry and one serialisation, plus the memory of a second map while
-//! it runs.
+//! it runs (the file is read and written as a stream, so the map is the only
+//! large allocation: no copy of the old or the new file's bytes).
 //!
 //! Jobs run one at a time, in submission order (so deletions stay oldest
 //! first). Results come back on a channel the replica polls once per turn.
