@@ -93,3 +93,52 @@ fn helper_builds_the_same_map_and_restart_uses_newest_valid() {
     let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(message.contains("refusing"), "{message}");
 }
+
+/// The two ways a snapshot is taken (a copy of the live map written as is,
+/// or the helper's replay of the log onto the previous snapshot) give the
+/// same file, byte for byte, and the clone the reactor hands over is a
+/// deep copy: the map goes on changing without touching it.
+#[test]
+fn a_written_copy_equals_the_replayed_snapshot_byte_for_byte() {
+    let replayed_dir = tempfile::tempdir().expect("tempdir");
+    let copied_dir = tempfile::tempdir().expect("tempdir");
+    let log = entries(1, 5, 200, "x");
+    let mut live = Fsm::new();
+    let mut outcomes = Vec::new();
+    for entry in &log {
+        live.apply(&entry.data, &mut outcomes).expect("apply");
+    }
+    let replayed =
+        worker::take(replayed_dir.path(), true, Default::default(), &log, 5, 1).expect("taken");
+
+    let worker = worker::Worker::start(copied_dir.path().to_path_buf(), true).expect("worker");
+    let copy = Box::new(live.clone());
+    // The live map moves on after the copy was made.
+    for entry in entries(6, 2, 300, "y") {
+        live.apply(&entry.data, &mut outcomes).expect("apply");
+    }
+    assert!(worker.submit(worker::Job::Write {
+        fsm: copy,
+        index: 5,
+        term: 1
+    }));
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    let written = loop {
+        match worker.try_done() {
+            Some(worker::Done::Taken { snapshot, .. }) => break snapshot,
+            Some(other) => panic!("unexpected {other:?}"),
+            None => {
+                assert!(Instant::now() < deadline, "the copy was never written");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    };
+    assert_eq!(written, replayed);
+    let name = snapshot::file_name(5, 1);
+    let replayed_bytes = std::fs::read(replayed_dir.path().join(&name)).expect("read");
+    let written_bytes = std::fs::read(copied_dir.path().join(&name)).expect("read");
+    assert!(replayed_bytes == written_bytes, "the two snapshot files differ");
+    let (_, loaded) = snapshot::load(&copied_dir.path().join(&name)).expect("loads");
+    assert_eq!(loaded.len(), 1_000);
+    assert!(loaded.version_counter() < live.version_counter());
+}

@@ -48,7 +48,7 @@ use slab::Slab;
 use crate::limits::FILES_MAX;
 
 /// One stored file.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct File {
     /// The name's length (one byte, at most `NAME_BYTES_MAX`), the name,
     /// then the content. Never empty. Keeping the length here rather than in
@@ -104,7 +104,7 @@ impl File {
 }
 
 /// Hashes names into index keys.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum NameHasher {
     /// foldhash's quality hasher with a random per-process seed: clients
     /// choose names, so the seed keeps them from aiming for collisions;
@@ -127,7 +127,7 @@ impl NameHasher {
 }
 
 /// The file map. See the module doc for its invariants.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Files {
     arena: Slab<File>,
     /// The slot of every file, placed by the hash of its name.

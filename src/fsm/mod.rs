@@ -74,7 +74,8 @@ pub struct FileView<'a> {
 }
 
 /// The file store every replica keeps in step. See the module doc.
-#[derive(Debug, Default)]
+/// `Clone` is a deep copy (the snapshot path copies small maps).
+#[derive(Clone, Debug, Default)]
 pub struct Fsm {
     files: Files,
     /// The largest stamp applied so far.

@@ -15,14 +15,15 @@
 //! waiting on entries it covers get ERR_INTERNAL (SPEC §3: their fate is
 //! not known here), those on discarded entries ERR_REDIRECT.
 //!
-//! Reactor cost, measured per snapshot and logged: cloning the entry list
-//! handed to the helper, `Node::compact` (moving the kept tail of the log),
+//! Reactor cost, measured per snapshot and logged: copying the map (at most
+//! `SNAPSHOT_COPY_FILES_MAX` files) or cloning the entry list handed to the
+//! helper, `Node::compact` (moving the kept tail of the log),
 //! and on a follower the check and decode of a received snapshot.
 
 use super::{Replica, Waiting};
 use crate::error::{Error, Result};
 use crate::fsm::Fsm;
-use crate::limits::{SNAPSHOTS_KEPT, SNAPSHOT_LOG_BYTES_MAX};
+use crate::limits::{SNAPSHOTS_KEPT, SNAPSHOT_COPY_FILES_MAX, SNAPSHOT_LOG_BYTES_MAX};
 use crate::net::protocol::Reply;
 use crate::raft::{Envelope, Index, Installed, Message, NodeId, SnapshotMeta};
 use crate::snapshot::file_name;
@@ -181,14 +182,23 @@ impl Replica {
             return;
         };
         let started = (Instant::now(), thread_cpu_time());
-        let entries = self.raft.entries(base.index + 1, applied).to_vec();
         snapshots.applied_bytes = 0;
-        if snapshots.worker.submit(Job::Take {
-            base,
-            entries,
-            index: applied,
-            term,
-        }) {
+        // A small map is cheaper to copy than its writes are to replay.
+        let job = if self.fsm.len() <= SNAPSHOT_COPY_FILES_MAX {
+            Job::Write {
+                fsm: Box::new(self.fsm.clone()),
+                index: applied,
+                term,
+            }
+        } else {
+            Job::Take {
+                base,
+                entries: self.raft.entries(base.index + 1, applied).to_vec(),
+                index: applied,
+                term,
+            }
+        };
+        if snapshots.worker.submit(job) {
             snapshots.taking = Some(applied);
         }
         let stall = snapshots.note_stall(started);
