@@ -58,7 +58,6 @@ pub(super) struct InboundContext<'a> {
     pub accept_incarnation: &'a mut dyn FnMut(NodeId, u64) -> Result<(), String>,
     pub out: &'a mut Vec<PeerEvent>,
     pub stats: &'a mut PeerStats,
-    pub read_scratch: &'a mut [u8],
 }
 
 /// The owner's next step for this connection.
@@ -151,7 +150,6 @@ impl Inbound {
             &mut self.stream,
             &mut self.read_buffer,
             limits::PEER_READ_BYTES_PER_TURN_MAX,
-            context.read_scratch,
         ) {
             Ok(outcome) => outcome,
             Err(error) => {
@@ -212,7 +210,7 @@ impl Inbound {
                     }
                 }
                 Phase::Accepted { from, incarnation } => {
-                    let envelope = match wire::decode_envelope(&payload) {
+                    let envelope = match wire::decode_envelope_shared(payload.freeze()) {
                         Ok(envelope) => envelope,
                         Err(error) => {
                             return self.protocol_error(&format!("from node {from}: {error}"))

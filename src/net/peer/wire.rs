@@ -17,14 +17,22 @@
 //! and closes. It needs no cluster id, so an operator's tool can ask any node.
 //!
 //! Invariants: decoding never panics and never allocates more than the frame
-//! it was given (bincode runs with a byte limit over a slice); a frame longer
+//! it was given (bincode reads from a slice and checks every claimed length
+//! against the bytes left; bincode 1.3 ignores the options' byte limit when
+//! decoding a slice); a frame longer
 //! than the caller's maximum is an error as soon as its header is seen, before
 //! its bytes are buffered. Encoding writes straight into a `BytesMut`;
 //! `encode_envelope` yields the same bytes as segments, so an entry's data is
 //! shared by the frames for every follower instead of copied into each.
+//! Symmetrically, `decode_envelope_shared` (submodule `append`) decodes an
+//! AppendEntries without copying its entries' data out of the payload.
 //!
 //! Leaves out: sockets, buffering policy and the incarnation decision
 //! (`net::peer` and the caller).
+
+mod append;
+
+pub use append::decode_envelope_shared;
 
 use crate::limits;
 use crate::raft::{Envelope, Message, NodeId};
@@ -46,7 +54,8 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// The bincode configuration of every payload: varint integers (indexes and
 /// terms are mostly small), little endian, trailing bytes rejected, and a size
-/// limit so a hostile length inside a payload cannot make decoding allocate.
+/// limit on what is encoded (`serialized_size`; when decoding a slice,
+/// bincode 1.3 drops the limit and checks lengths against the slice).
 fn options() -> impl Options {
     bincode::DefaultOptions::new().with_limit(limits::PEER_FRAME_BYTES_MAX as u64)
 }
@@ -395,6 +404,9 @@ pub fn decode_reply(payload: &[u8]) -> Result<HelloReply, WireError> {
     decode(payload)
 }
 
+/// Decodes an envelope with bincode (every entry's data copied). The
+/// inbound path uses `decode_envelope_shared`, which gives the same result
+/// without the copies; this one stays its reference.
 pub fn decode_envelope(payload: &[u8]) -> Result<Envelope, WireError> {
     decode(payload)
 }
