@@ -615,11 +615,21 @@ struct ReadOutcome {
     closed: bool,
     /// Stopped at the budget, not at `WouldBlock`: data may be left.
     budget_exhausted: bool,
+    /// Stopped because the buffer is out of room and starts with a whole
+    /// frame: take the whole frames off and call again, so that growing the
+    /// buffer copies only the unfinished frame behind them.
+    room_exhausted: bool,
 }
 
-/// Reads into `buffer` until `WouldBlock`, end of stream, or `budget_bytes`.
-/// Bytes go straight into the buffer's spare capacity (no scratch slice, no
-/// zero-fill), at most `READ_CHUNK_BYTES` reserved per `recv`.
+/// Reads into `buffer` until `WouldBlock`, end of stream, `budget_bytes`,
+/// or (`room_exhausted`) the buffer's spare room runs out while it starts
+/// with a whole frame. Bytes go straight into the buffer's spare capacity (no
+/// scratch slice, no zero-fill). Each `recv` has room reserved for the rest of
+/// the frame being received (`READ_CHUNK_BYTES` at least, never more than the
+/// budget left): a long frame takes one allocation instead of a buffer grown,
+/// and its bytes copied, chunk by chunk; and a buffer is grown only when the
+/// caller has taken its whole frames off, so that growth copies at most the
+/// one frame still arriving.
 fn read_into(
     stream: &mut TcpStream,
     buffer: &mut BytesMut,
@@ -632,12 +642,14 @@ fn read_into(
             return Ok(outcome);
         }
         let left_bytes = budget_bytes - outcome.bytes;
-        match receive_into_spare_capacity(
-            stream,
-            buffer,
-            READ_CHUNK_BYTES.min(left_bytes),
-            left_bytes,
-        ) {
+        let missing_bytes = wire::frame_bytes_missing(buffer);
+        let reserve_bytes = READ_CHUNK_BYTES.max(missing_bytes).min(left_bytes);
+        let whole_frame_first = missing_bytes == 0 && buffer.len() >= wire::FRAME_HEADER_BYTES;
+        if whole_frame_first && buffer.capacity() - buffer.len() < reserve_bytes {
+            outcome.room_exhausted = true;
+            return Ok(outcome);
+        }
+        match receive_into_spare_capacity(stream, buffer, reserve_bytes, left_bytes) {
             Ok(0) => {
                 outcome.closed = true;
                 return Ok(outcome);

@@ -146,27 +146,44 @@ impl Inbound {
         if let Phase::Closing { .. } = self.phase {
             return self.linger();
         }
-        let outcome = match read_into(
-            &mut self.stream,
-            &mut self.read_buffer,
-            limits::PEER_READ_BYTES_PER_TURN_MAX,
-        ) {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                log::debug!(
-                    "peer connection from {}: read failed: {error}",
-                    self.address
-                );
-                return Verdict::Close;
+        // Whole frames are taken off between reads (`room_exhausted`), so the
+        // buffer grows without copying frames that are already complete.
+        let mut read_bytes = 0;
+        let mut verdict = Verdict::Keep;
+        let outcome = loop {
+            let outcome = match read_into(
+                &mut self.stream,
+                &mut self.read_buffer,
+                limits::PEER_READ_BYTES_PER_TURN_MAX - read_bytes,
+            ) {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    log::debug!(
+                        "peer connection from {}: read failed: {error}",
+                        self.address
+                    );
+                    return Verdict::Close;
+                }
+            };
+            read_bytes += outcome.bytes;
+            context.stats.bytes_received += outcome.bytes as u64;
+            match self.process_frames(context) {
+                Verdict::Close => {
+                    context.stats.connections_closed_for_errors += 1;
+                    return Verdict::Close;
+                }
+                Verdict::Accepted(from) => verdict = Verdict::Accepted(from),
+                Verdict::Keep => {}
+            }
+            let reading = matches!(
+                self.phase,
+                Phase::AwaitingHello { .. } | Phase::Accepted { .. }
+            );
+            if !(outcome.room_exhausted && reading) {
+                break outcome;
             }
         };
         self.read_pending = outcome.budget_exhausted;
-        context.stats.bytes_received += outcome.bytes as u64;
-        let verdict = self.process_frames(context);
-        if verdict == Verdict::Close {
-            context.stats.connections_closed_for_errors += 1;
-            return Verdict::Close;
-        }
         if let Err(error) = self.write_reply() {
             log::debug!(
                 "peer connection from {}: write failed: {error}",

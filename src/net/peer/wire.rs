@@ -166,6 +166,19 @@ pub fn next_frame(buffer: &mut BytesMut, max_bytes: usize) -> Result<Option<Byte
     Ok(Some(buffer.split_to(length_bytes)))
 }
 
+/// Bytes still to arrive before the frame at the front of `buffer` is whole;
+/// 0 when it is whole or its header has not arrived. Lets a reader reserve a
+/// long frame's room at once instead of growing (and copying) its buffer
+/// chunk by chunk; the length is the peer's claim, so the caller caps it.
+pub fn frame_bytes_missing(buffer: &[u8]) -> usize {
+    let Some(header) = buffer.get(..FRAME_HEADER_BYTES) else {
+        return 0;
+    };
+    let mut length = [0u8; FRAME_HEADER_BYTES];
+    length.copy_from_slice(header);
+    (FRAME_HEADER_BYTES + u32::from_le_bytes(length) as usize).saturating_sub(buffer.len())
+}
+
 /// Encodes `value` as one frame at the end of `buffer` (which the caller keeps
 /// empty between frames, so its allocation is reused) and returns the frame.
 pub fn encode_frame<T: Serialize>(
@@ -576,6 +589,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(error, EncodeError::FrameTooLarge { .. }));
+    }
+
+    #[test]
+    fn missing_bytes_count_to_the_end_of_the_first_frame() {
+        assert_eq!(frame_bytes_missing(b""), 0);
+        assert_eq!(frame_bytes_missing(b"\x0a\x00\x00"), 0);
+        assert_eq!(frame_bytes_missing(b"\x0a\x00\x00\x00abc"), 7);
+        assert_eq!(frame_bytes_missing(b"\x03\x00\x00\x00abc"), 0);
+        assert_eq!(frame_bytes_missing(b"\x03\x00\x00\x00abcdef"), 0);
+        assert_eq!(
+            frame_bytes_missing(&[0xff; FRAME_HEADER_BYTES]),
+            u32::MAX as usize
+        );
     }
 
     #[test]
