@@ -624,16 +624,18 @@ struct ReadOutcome {
 /// Reads into `buffer` until `WouldBlock`, end of stream, `budget_bytes`,
 /// or (`room_exhausted`) the buffer's spare room runs out while it starts
 /// with a whole frame. Bytes go straight into the buffer's spare capacity (no
-/// scratch slice, no zero-fill). Each `recv` has room reserved for the rest of
-/// the frame being received (`READ_CHUNK_BYTES` at least, never more than the
-/// budget left): a long frame takes one allocation instead of a buffer grown,
-/// and its bytes copied, chunk by chunk; and a buffer is grown only when the
-/// caller has taken its whole frames off, so that growth copies at most the
-/// one frame still arriving.
+/// scratch slice, no zero-fill). Each `recv` has room reserved for the whole
+/// rest of the frame being received (`READ_CHUNK_BYTES` at least; a claimed
+/// length over `frame_bytes_max` reserves only the chunk, the frame being
+/// refused once parsed): a long frame takes one allocation, even across
+/// turns, instead of a buffer grown, and its bytes copied, chunk by chunk;
+/// and a buffer is grown only when the caller has taken its whole frames
+/// off, so that growth copies at most the one frame still arriving.
 fn read_into(
     stream: &mut TcpStream,
     buffer: &mut BytesMut,
     budget_bytes: usize,
+    frame_bytes_max: usize,
 ) -> io::Result<ReadOutcome> {
     let mut outcome = ReadOutcome::default();
     loop {
@@ -643,7 +645,11 @@ fn read_into(
         }
         let left_bytes = budget_bytes - outcome.bytes;
         let missing_bytes = wire::frame_bytes_missing(buffer);
-        let reserve_bytes = READ_CHUNK_BYTES.max(missing_bytes).min(left_bytes);
+        let reserve_bytes = if missing_bytes <= wire::FRAME_HEADER_BYTES + frame_bytes_max {
+            READ_CHUNK_BYTES.max(missing_bytes)
+        } else {
+            READ_CHUNK_BYTES
+        };
         let whole_frame_first = missing_bytes == 0 && buffer.len() >= wire::FRAME_HEADER_BYTES;
         if whole_frame_first && buffer.capacity() - buffer.len() < reserve_bytes {
             outcome.room_exhausted = true;

@@ -151,10 +151,15 @@ impl Inbound {
         let mut read_bytes = 0;
         let mut verdict = Verdict::Keep;
         let outcome = loop {
+            let frame_bytes_max = match self.phase {
+                Phase::Accepted { .. } => limits::PEER_FRAME_BYTES_MAX,
+                _ => limits::PEER_HANDSHAKE_BYTES_MAX,
+            };
             let outcome = match read_into(
                 &mut self.stream,
                 &mut self.read_buffer,
                 limits::PEER_READ_BYTES_PER_TURN_MAX - read_bytes,
+                frame_bytes_max,
             ) {
                 Ok(outcome) => outcome,
                 Err(error) => {
