@@ -6,3 +6,4 @@ pub mod http;
 pub mod peer;
 pub mod protocol;
 pub mod reactor;
+pub mod socket;
