@@ -137,7 +137,10 @@ fn a_written_copy_equals_the_replayed_snapshot_byte_for_byte() {
     let name = snapshot::file_name(5, 1);
     let replayed_bytes = std::fs::read(replayed_dir.path().join(&name)).expect("read");
     let written_bytes = std::fs::read(copied_dir.path().join(&name)).expect("read");
-    assert!(replayed_bytes == written_bytes, "the two snapshot files differ");
+    assert!(
+        replayed_bytes == written_bytes,
+        "the two snapshot files differ"
+    );
     let (_, loaded) = snapshot::load(&copied_dir.path().join(&name)).expect("loads");
     assert_eq!(loaded.len(), 1_000);
     assert!(loaded.version_counter() < live.version_counter());
