@@ -11,7 +11,7 @@ CP=$!
 sleep 3
 snap() { for t in /proc/$CP/task/*; do read -r -a s < $t/stat; echo "$(cat $t/comm) $(( ${s[13]} + ${s[14]} ))"; done; }
 snap > ${OUT:-/tmp/raftfs-prof}/cpu0-$tag
-/usr/bin/time -f "loadgen cpu user %U sys %S" $B/loadgen --addr 127.0.0.1:7700,127.0.0.1:7701,127.0.0.1:7702,127.0.0.1:7703,127.0.0.1:7704 --clients 64 --pipeline 16 --duration ${DUR:-10} --mix write=1 --size 100 --keys 10000 > ${OUT:-/tmp/raftfs-prof}/lg-$tag.log 2>&1
+/usr/bin/time -f "loadgen cpu user %U sys %S" $B/loadgen --addr 127.0.0.1:7700,127.0.0.1:7701,127.0.0.1:7702,127.0.0.1:7703,127.0.0.1:7704 --clients 64 --pipeline 16 --duration ${DUR:-10} --mix write=1 --size ${SIZE:-100} --keys 10000 > ${OUT:-/tmp/raftfs-prof}/lg-$tag.log 2>&1
 snap > ${OUT:-/tmp/raftfs-prof}/cpu1-$tag
 L=$(grep "won the election" ${OUT:-/tmp/raftfs-prof}/cl-$tag.log | tail -1 | sed -E "s/.*node ([0-9]) won.*/\1/")
 kill $CP; wait $CP 2>/dev/null

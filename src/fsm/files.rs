@@ -137,6 +137,9 @@ pub struct Files {
     expiry: BTreeSet<(u64, usize)>,
     /// The last version handed out; 0 on a fresh map.
     version_counter: u64,
+    /// Bytes held by the files' own allocations (length byte, name,
+    /// content), summed: what a copy of the map costs.
+    stored_bytes: u64,
 }
 
 impl Default for Files {
@@ -157,6 +160,7 @@ impl Files {
             name_hasher,
             expiry: BTreeSet::new(),
             version_counter: 0,
+            stored_bytes: 0,
         }
     }
 
@@ -164,6 +168,11 @@ impl Files {
     #[cfg(test)]
     fn colliding() -> Files {
         Files::with_name_hasher(NameHasher::Constant)
+    }
+
+    /// Bytes the files' names and contents occupy (see `stored_bytes`).
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
     }
 
     pub fn len(&self) -> usize {
@@ -251,8 +260,10 @@ impl Files {
             "file name longer than NAME_BYTES_MAX"
         );
         let deadline_ms = deadline_ms.and_then(NonZeroU64::new);
+        let bytes = name_and_content(name, content);
+        self.stored_bytes += bytes.len() as u64;
         let slot = self.arena.insert(File {
-            bytes: name_and_content(name, content),
+            bytes,
             version,
             deadline_ms,
         });
@@ -282,7 +293,9 @@ impl Files {
             // Same size (the common rewrite): reuse the allocation.
             file.bytes[content_start..].copy_from_slice(content);
         } else {
-            file.bytes = name_and_content(file.name(), content);
+            let bytes = name_and_content(file.name(), content);
+            self.stored_bytes = self.stored_bytes - file.bytes.len() as u64 + bytes.len() as u64;
+            file.bytes = bytes;
         }
         file.version = version;
         if file.deadline_ms != deadline_ms {
@@ -300,6 +313,7 @@ impl Files {
     /// freeing its bytes.
     pub fn remove(&mut self, slot: usize) -> File {
         let file = self.arena.remove(slot);
+        self.stored_bytes -= file.bytes.len() as u64;
         if let Some(deadline_ms) = file.deadline_ms {
             self.expiry.remove(&(deadline_ms.get(), slot));
         }
@@ -347,6 +361,14 @@ impl Files {
             self.index.len(),
             self.arena.len(),
             "index and arena sizes differ"
+        );
+        assert_eq!(
+            self.stored_bytes,
+            self.arena
+                .iter()
+                .map(|(_, f)| f.bytes.len() as u64)
+                .sum::<u64>(),
+            "stored bytes miscounted"
         );
         for (slot, file) in &self.arena {
             assert_eq!(

@@ -226,6 +226,11 @@ impl Fsm {
         self.files.len()
     }
 
+    /// Bytes the files' names and contents occupy in memory.
+    pub fn stored_bytes(&self) -> u64 {
+        self.files.stored_bytes()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
     }

@@ -1,10 +1,14 @@
 //! The replica's side of snapshots: when to take one, what compaction then
 //! deletes, and executing the core's InstallSnapshot actions.
 //!
-//! Taking (both roles): once `snapshot_entries` entries (or
-//! `SNAPSHOT_LOG_BYTES_MAX` bytes) were applied since the last snapshot, the
-//! committed entries since then go to the helper thread (`snapshot::worker`),
-//! which writes the new snapshot file. When it is durable, the core drops its
+//! Taking (both roles): once `snapshot_entries` entries (or as many bytes
+//! as the larger of `SNAPSHOT_LOG_BYTES_MAX` and `SNAPSHOT_LOG_TO_SNAPSHOT_RATIO`
+//! times the last snapshot's size: writing a snapshot then costs the disk
+//! at most half the log it replaces, thesis §5.1.3) were applied since the
+//! last snapshot, a copy of
+//! the map (if small: `SNAPSHOT_COPY_*_MAX`) or else the committed entries
+//! since then go to the helper thread (`snapshot::worker`), which writes the
+//! new snapshot file. When it is durable, the core drops its
 //! log through that index (`Node::compact`), snapshot files beyond the newest
 //! `SNAPSHOTS_KEPT` are deleted, and so are WAL segments holding only entries
 //! the *older* kept snapshot covers — so a damaged newest snapshot can fall
@@ -23,7 +27,10 @@
 use super::{Replica, Waiting};
 use crate::error::{Error, Result};
 use crate::fsm::Fsm;
-use crate::limits::{SNAPSHOTS_KEPT, SNAPSHOT_COPY_FILES_MAX, SNAPSHOT_LOG_BYTES_MAX};
+use crate::limits::{
+    SNAPSHOTS_KEPT, SNAPSHOT_COPY_BYTES_MAX, SNAPSHOT_COPY_FILES_MAX, SNAPSHOT_LOG_BYTES_MAX,
+    SNAPSHOT_LOG_TO_SNAPSHOT_RATIO,
+};
 use crate::net::protocol::Reply;
 use crate::raft::{Envelope, Index, Installed, Message, NodeId, SnapshotMeta};
 use crate::snapshot::file_name;
@@ -174,7 +181,11 @@ impl Replica {
         let base = self.raft.snapshot();
         let applied = self.applied_index;
         let due = applied.saturating_sub(base.index) >= snapshots.settings.snapshot_entries
-            || snapshots.applied_bytes >= SNAPSHOT_LOG_BYTES_MAX;
+            || snapshots.applied_bytes
+                >= SNAPSHOT_LOG_BYTES_MAX.max(
+                    base.size_bytes
+                        .saturating_mul(SNAPSHOT_LOG_TO_SNAPSHOT_RATIO),
+                );
         if snapshots.taking.is_some() || !due || applied <= base.index {
             return;
         }
@@ -184,7 +195,9 @@ impl Replica {
         let started = (Instant::now(), thread_cpu_time());
         snapshots.applied_bytes = 0;
         // A small map is cheaper to copy than its writes are to replay.
-        let job = if self.fsm.len() <= SNAPSHOT_COPY_FILES_MAX {
+        let job = if self.fsm.len() <= SNAPSHOT_COPY_FILES_MAX
+            && self.fsm.stored_bytes() <= SNAPSHOT_COPY_BYTES_MAX
+        {
             Job::Write {
                 fsm: Box::new(self.fsm.clone()),
                 index: applied,
