@@ -10,9 +10,6 @@
 //! (`wire::encode_envelope`, what `Peers::send` uses: long entry data shared
 //! by all frames, written with a vectored write). Throughput is reported per
 //! AppendEntries (4 per round).
-//!
-//! Group `peer_decode`: the follower's side, one AppendEntries payload
-//! decoded by bincode or by the inbound path's zero-copy decoder.
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -119,42 +116,9 @@ fn peer_encode(criterion: &mut Criterion) {
     group.finish();
 }
 
-/// Follower cost of decoding one AppendEntries payload: bincode
-/// (`wire::decode_envelope`, every entry's data copied into a new buffer)
-/// against the inbound path's `wire::decode_envelope_shared` (entry data
-/// sliced out of the payload). Two shapes: 64 entries of one 100-byte write
-/// each (~130 bytes per entry), and one entry of 8 KiB.
-fn peer_decode(criterion: &mut Criterion) {
-    let mut group = criterion.benchmark_group("peer_decode");
-    let one_large = vec![Entry {
-        term: 3,
-        index: 1_000,
-        data: Bytes::from(vec![b'v'; 8 << 10]),
-    }];
-    for (shape, entries) in [("64x130B", entries(false)), ("1x8KiB", one_large)] {
-        let envelope = &round(&entries)[0];
-        let frame = wire::encode_frame(envelope, &mut BytesMut::new(), 1 << 30).expect("encodable");
-        let payload = frame.slice(wire::FRAME_HEADER_BYTES..);
-        group.throughput(Throughput::Bytes(payload.len() as u64));
-        assert_eq!(
-            wire::decode_envelope_shared(payload.clone()).as_ref(),
-            Ok(envelope)
-        );
-        group.bench_function(BenchmarkId::new("bincode", shape), |bencher| {
-            bencher.iter(|| black_box(wire::decode_envelope(black_box(&payload)).expect("valid")))
-        });
-        group.bench_function(BenchmarkId::new("shared", shape), |bencher| {
-            bencher.iter(|| {
-                black_box(wire::decode_envelope_shared(black_box(payload.clone())).expect("valid"))
-            })
-        });
-    }
-    group.finish();
-}
-
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = peer_encode, peer_decode
+    targets = peer_encode
 }
 criterion_main!(benches);

@@ -718,60 +718,6 @@ fn one_link_carries_large_append_entries() {
     );
 }
 
-/// The receiving side reads straight into its buffer, takes whole frames
-/// off between reads, and decodes AppendEntries without copying entry data:
-/// envelopes of every size from empty to several read chunks, with data
-/// distinct at every byte, arrive exactly as sent.
-#[test]
-fn append_entries_of_mixed_sizes_arrive_byte_for_byte() {
-    let mut nodes = start_mesh(2);
-    let [a, b] = &mut nodes[..] else {
-        unreachable!()
-    };
-    drive(&mut [a, b], Duration::from_secs(5), all_links_up);
-    let sizes = [0usize, 1, 130, 250, 251, 4_000, 70_000, 300_000, 9, 65_530];
-    let expected: Vec<Envelope> = (0..200u64)
-        .map(|sequence| {
-            let entries = (0..(sequence % 5))
-                .map(|position| {
-                    let length = sizes[((sequence + position) % sizes.len() as u64) as usize];
-                    Entry {
-                        term: sequence,
-                        index: 1_000 * sequence + position,
-                        data: (0..length)
-                            .map(|at| (at as u64 * 31 + sequence * 7 + position) as u8)
-                            .collect(),
-                    }
-                })
-                .collect();
-            Envelope {
-                from: a.id,
-                to: b.id,
-                term: sequence,
-                incarnation: a.incarnation,
-                message: Message::AppendEntries {
-                    prev_log_index: sequence * 1_000,
-                    prev_log_term: sequence,
-                    entries,
-                    leader_commit: sequence,
-                },
-            }
-        })
-        .collect();
-    let (start, mut sent) = (Instant::now(), 0);
-    while b.received.len() < expected.len() {
-        assert!(start.elapsed() < Duration::from_secs(30), "stalled");
-        while sent < expected.len() && a.peers.link_states()[0].queued_bytes < 4 << 20 {
-            a.peers.send(&expected[sent]);
-            sent += 1;
-        }
-        a.turn(Duration::ZERO);
-        b.turn(Duration::ZERO);
-    }
-    assert_eq!(a.peers.link_states()[0].frames_dropped, 0);
-    assert!(b.received == expected, "an envelope arrived changed");
-}
-
 #[test]
 fn a_peer_port_in_use_is_an_error_from_new() {
     let (_holder, address) = listener();

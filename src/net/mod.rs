@@ -6,4 +6,3 @@ pub mod http;
 pub mod peer;
 pub mod protocol;
 pub mod reactor;
-pub mod socket;

@@ -41,7 +41,6 @@ pub mod wire;
 
 pub use wire::cluster_id;
 
-use super::socket::receive_into_spare_capacity;
 use crate::limits;
 use crate::raft::{Envelope, NodeId};
 use bytes::{Bytes, BytesMut};
@@ -54,7 +53,7 @@ use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 use slab::Slab;
 use std::collections::BTreeMap;
-use std::io;
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -64,7 +63,7 @@ pub const PEER_TOKENS: usize = 1 + limits::PEER_LINKS_MAX + limits::PEER_INBOUND
 
 /// Connections accepted in one call before the loop moves on.
 const ACCEPTS_PER_CALL_MAX: usize = 64;
-/// Bytes reserved in a read buffer before each `recv` on a peer socket.
+/// Bytes one `read` call on an inbound connection asks for.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
 #[derive(Clone, Debug)]
@@ -175,6 +174,8 @@ pub struct Peers {
     encode_buffer: BytesMut,
     /// The segments of the frame being queued (empty between calls).
     frame_segments: Vec<Bytes>,
+    /// Where inbound reads land before they are appended to a read buffer.
+    read_scratch: Box<[u8]>,
     rng: Pcg64Mcg,
     stats: PeerStats,
 }
@@ -277,6 +278,7 @@ impl Peers {
             inbound: Slab::with_capacity(limits::PEER_INBOUND_CONNECTIONS_MAX),
             encode_buffer: BytesMut::new(),
             frame_segments: Vec::new(),
+            read_scratch: vec![0u8; READ_CHUNK_BYTES].into_boxed_slice(),
             rng: Pcg64Mcg::seed_from_u64(
                 config.my_id ^ config.my_incarnation.rotate_left(32) ^ clock_seed,
             ),
@@ -568,6 +570,7 @@ impl Peers {
             accept_incarnation,
             out,
             stats: &mut self.stats,
+            read_scratch: &mut self.read_scratch,
         });
         match verdict {
             Verdict::Keep => {}
@@ -615,27 +618,16 @@ struct ReadOutcome {
     closed: bool,
     /// Stopped at the budget, not at `WouldBlock`: data may be left.
     budget_exhausted: bool,
-    /// Stopped because the buffer is out of room and starts with a whole
-    /// frame: take the whole frames off and call again, so that growing the
-    /// buffer copies only the unfinished frame behind them.
-    room_exhausted: bool,
 }
 
-/// Reads into `buffer` until `WouldBlock`, end of stream, `budget_bytes`,
-/// or (`room_exhausted`) the buffer's spare room runs out while it starts
-/// with a whole frame. Bytes go straight into the buffer's spare capacity (no
-/// scratch slice, no zero-fill). Each `recv` has room reserved for the whole
-/// rest of the frame being received (`READ_CHUNK_BYTES` at least; a claimed
-/// length over `frame_bytes_max` reserves only the chunk, the frame being
-/// refused once parsed): a long frame takes one allocation, even across
-/// turns, instead of a buffer grown, and its bytes copied, chunk by chunk;
-/// and a buffer is grown only when the caller has taken its whole frames
-/// off, so that growth copies at most the one frame still arriving.
+/// Reads into `buffer` until `WouldBlock`, end of stream, or `budget_bytes`.
+/// Bytes land in `scratch` first and are appended from there, so only the
+/// bytes read are copied and no per-call buffer is zero-filled.
 fn read_into(
     stream: &mut TcpStream,
     buffer: &mut BytesMut,
     budget_bytes: usize,
-    frame_bytes_max: usize,
+    scratch: &mut [u8],
 ) -> io::Result<ReadOutcome> {
     let mut outcome = ReadOutcome::default();
     loop {
@@ -643,24 +635,16 @@ fn read_into(
             outcome.budget_exhausted = true;
             return Ok(outcome);
         }
-        let left_bytes = budget_bytes - outcome.bytes;
-        let missing_bytes = wire::frame_bytes_missing(buffer);
-        let reserve_bytes = if missing_bytes <= wire::FRAME_HEADER_BYTES + frame_bytes_max {
-            READ_CHUNK_BYTES.max(missing_bytes)
-        } else {
-            READ_CHUNK_BYTES
-        };
-        let whole_frame_first = missing_bytes == 0 && buffer.len() >= wire::FRAME_HEADER_BYTES;
-        if whole_frame_first && buffer.capacity() - buffer.len() < reserve_bytes {
-            outcome.room_exhausted = true;
-            return Ok(outcome);
-        }
-        match receive_into_spare_capacity(stream, buffer, reserve_bytes, left_bytes) {
+        let chunk_bytes = scratch.len().min(budget_bytes - outcome.bytes);
+        match stream.read(&mut scratch[..chunk_bytes]) {
             Ok(0) => {
                 outcome.closed = true;
                 return Ok(outcome);
             }
-            Ok(read) => outcome.bytes += read,
+            Ok(read) => {
+                buffer.extend_from_slice(&scratch[..read]);
+                outcome.bytes += read;
+            }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(outcome),
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => return Err(error),

@@ -58,6 +58,7 @@ pub(super) struct InboundContext<'a> {
     pub accept_incarnation: &'a mut dyn FnMut(NodeId, u64) -> Result<(), String>,
     pub out: &'a mut Vec<PeerEvent>,
     pub stats: &'a mut PeerStats,
+    pub read_scratch: &'a mut [u8],
 }
 
 /// The owner's next step for this connection.
@@ -146,49 +147,28 @@ impl Inbound {
         if let Phase::Closing { .. } = self.phase {
             return self.linger();
         }
-        // Whole frames are taken off between reads (`room_exhausted`), so the
-        // buffer grows without copying frames that are already complete.
-        let mut read_bytes = 0;
-        let mut verdict = Verdict::Keep;
-        let outcome = loop {
-            let frame_bytes_max = match self.phase {
-                Phase::Accepted { .. } => limits::PEER_FRAME_BYTES_MAX,
-                _ => limits::PEER_HANDSHAKE_BYTES_MAX,
-            };
-            let outcome = match read_into(
-                &mut self.stream,
-                &mut self.read_buffer,
-                limits::PEER_READ_BYTES_PER_TURN_MAX - read_bytes,
-                frame_bytes_max,
-            ) {
-                Ok(outcome) => outcome,
-                Err(error) => {
-                    log::debug!(
-                        "peer connection from {}: read failed: {error}",
-                        self.address
-                    );
-                    return Verdict::Close;
-                }
-            };
-            read_bytes += outcome.bytes;
-            context.stats.bytes_received += outcome.bytes as u64;
-            match self.process_frames(context) {
-                Verdict::Close => {
-                    context.stats.connections_closed_for_errors += 1;
-                    return Verdict::Close;
-                }
-                Verdict::Accepted(from) => verdict = Verdict::Accepted(from),
-                Verdict::Keep => {}
-            }
-            let reading = matches!(
-                self.phase,
-                Phase::AwaitingHello { .. } | Phase::Accepted { .. }
-            );
-            if !(outcome.room_exhausted && reading) {
-                break outcome;
+        let outcome = match read_into(
+            &mut self.stream,
+            &mut self.read_buffer,
+            limits::PEER_READ_BYTES_PER_TURN_MAX,
+            context.read_scratch,
+        ) {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                log::debug!(
+                    "peer connection from {}: read failed: {error}",
+                    self.address
+                );
+                return Verdict::Close;
             }
         };
         self.read_pending = outcome.budget_exhausted;
+        context.stats.bytes_received += outcome.bytes as u64;
+        let verdict = self.process_frames(context);
+        if verdict == Verdict::Close {
+            context.stats.connections_closed_for_errors += 1;
+            return Verdict::Close;
+        }
         if let Err(error) = self.write_reply() {
             log::debug!(
                 "peer connection from {}: write failed: {error}",
@@ -232,7 +212,7 @@ impl Inbound {
                     }
                 }
                 Phase::Accepted { from, incarnation } => {
-                    let envelope = match wire::decode_envelope_shared(payload.freeze()) {
+                    let envelope = match wire::decode_envelope(&payload) {
                         Ok(envelope) => envelope,
                         Err(error) => {
                             return self.protocol_error(&format!("from node {from}: {error}"))

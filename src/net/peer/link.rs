@@ -310,12 +310,7 @@ impl Link {
         }
         let budget_bytes =
             wire::FRAME_HEADER_BYTES + limits::PEER_HANDSHAKE_BYTES_MAX + 1 - reply.len();
-        let outcome = read_into(
-            stream,
-            reply,
-            budget_bytes,
-            limits::PEER_HANDSHAKE_BYTES_MAX,
-        )?;
+        let outcome = read_into(stream, reply, budget_bytes, &mut [0u8; 1024])?;
         let frame =
             wire::next_frame(reply, limits::PEER_HANDSHAKE_BYTES_MAX).map_err(invalid_data)?;
         match frame {

@@ -17,22 +17,14 @@
 //! and closes. It needs no cluster id, so an operator's tool can ask any node.
 //!
 //! Invariants: decoding never panics and never allocates more than the frame
-//! it was given (bincode reads from a slice and checks every claimed length
-//! against the bytes left; bincode 1.3 ignores the options' byte limit when
-//! decoding a slice); a frame longer
+//! it was given (bincode runs with a byte limit over a slice); a frame longer
 //! than the caller's maximum is an error as soon as its header is seen, before
 //! its bytes are buffered. Encoding writes straight into a `BytesMut`;
 //! `encode_envelope` yields the same bytes as segments, so an entry's data is
 //! shared by the frames for every follower instead of copied into each.
-//! Symmetrically, `decode_envelope_shared` (submodule `append`) decodes an
-//! AppendEntries without copying its entries' data out of the payload.
 //!
 //! Leaves out: sockets, buffering policy and the incarnation decision
 //! (`net::peer` and the caller).
-
-mod append;
-
-pub use append::decode_envelope_shared;
 
 use crate::limits;
 use crate::raft::{Envelope, Message, NodeId};
@@ -54,8 +46,7 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// The bincode configuration of every payload: varint integers (indexes and
 /// terms are mostly small), little endian, trailing bytes rejected, and a size
-/// limit on what is encoded (`serialized_size`; when decoding a slice,
-/// bincode 1.3 drops the limit and checks lengths against the slice).
+/// limit so a hostile length inside a payload cannot make decoding allocate.
 fn options() -> impl Options {
     bincode::DefaultOptions::new().with_limit(limits::PEER_FRAME_BYTES_MAX as u64)
 }
@@ -164,19 +155,6 @@ pub fn next_frame(buffer: &mut BytesMut, max_bytes: usize) -> Result<Option<Byte
     }
     buffer.advance(FRAME_HEADER_BYTES);
     Ok(Some(buffer.split_to(length_bytes)))
-}
-
-/// Bytes still to arrive before the frame at the front of `buffer` is whole;
-/// 0 when it is whole or its header has not arrived. Lets a reader reserve a
-/// long frame's room at once instead of growing (and copying) its buffer
-/// chunk by chunk; the length is the peer's claim, so the caller caps it.
-pub fn frame_bytes_missing(buffer: &[u8]) -> usize {
-    let Some(header) = buffer.get(..FRAME_HEADER_BYTES) else {
-        return 0;
-    };
-    let mut length = [0u8; FRAME_HEADER_BYTES];
-    length.copy_from_slice(header);
-    (FRAME_HEADER_BYTES + u32::from_le_bytes(length) as usize).saturating_sub(buffer.len())
 }
 
 /// Encodes `value` as one frame at the end of `buffer` (which the caller keeps
@@ -417,9 +395,6 @@ pub fn decode_reply(payload: &[u8]) -> Result<HelloReply, WireError> {
     decode(payload)
 }
 
-/// Decodes an envelope with bincode (every entry's data copied). The
-/// inbound path uses `decode_envelope_shared`, which gives the same result
-/// without the copies; this one stays its reference.
 pub fn decode_envelope(payload: &[u8]) -> Result<Envelope, WireError> {
     decode(payload)
 }
@@ -589,19 +564,6 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(error, EncodeError::FrameTooLarge { .. }));
-    }
-
-    #[test]
-    fn missing_bytes_count_to_the_end_of_the_first_frame() {
-        assert_eq!(frame_bytes_missing(b""), 0);
-        assert_eq!(frame_bytes_missing(b"\x0a\x00\x00"), 0);
-        assert_eq!(frame_bytes_missing(b"\x0a\x00\x00\x00abc"), 7);
-        assert_eq!(frame_bytes_missing(b"\x03\x00\x00\x00abc"), 0);
-        assert_eq!(frame_bytes_missing(b"\x03\x00\x00\x00abcdef"), 0);
-        assert_eq!(
-            frame_bytes_missing(&[0xff; FRAME_HEADER_BYTES]),
-            u32::MAX as usize
-        );
     }
 
     #[test]
