@@ -12,7 +12,7 @@
 #   MEM_FSYNC        true|false (default false: fsync does not change memory)
 #   MEM_SUSTAIN_SECS seconds of sustained load (default 60)
 #   MEM_SNAPSHOT_ENTRIES snapshot_entries of the cluster (default 100000, the
-#                    default; a snapshot also comes every 16 MiB of log, so a
+#                    default; a snapshot also comes every 16-64 MiB of log, so a
 #                    1M fill takes several; a small fill needs a small value)
 #   MEM_KEEP         set: keep the temp dir (node logs, loadgen output)
 #   MEM_BASE_PORT    first port (default 17500): clients P..P+4, peers

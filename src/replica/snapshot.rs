@@ -2,10 +2,11 @@
 //! deletes, and executing the core's InstallSnapshot actions.
 //!
 //! Taking (both roles): once `snapshot_entries` entries (or as many bytes
-//! as the larger of `SNAPSHOT_LOG_BYTES_MAX` and `SNAPSHOT_LOG_TO_SNAPSHOT_RATIO`
-//! times the last snapshot's size: writing a snapshot then costs the disk
-//! at most half the log it replaces, thesis §5.1.3) were applied since the
-//! last snapshot, a copy of
+//! as `SNAPSHOT_LOG_TO_SNAPSHOT_RATIO` times the last snapshot's size, kept
+//! between `SNAPSHOT_LOG_BYTES_MIN` and `..._MAX`: writing a snapshot then
+//! costs the disk at most half the log it replaces, thesis §5.1.3, while
+//! the log in memory stays bounded) were applied since the last snapshot, a
+//! copy of
 //! the map (if small: `SNAPSHOT_COPY_*_MAX`) or else the committed entries
 //! since then go to the helper thread (`snapshot::worker`), which writes the
 //! new snapshot file. When it is durable, the core drops its
@@ -29,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::fsm::Fsm;
 use crate::limits::{
     SNAPSHOTS_KEPT, SNAPSHOT_COPY_BYTES_MAX, SNAPSHOT_COPY_FILES_MAX, SNAPSHOT_LOG_BYTES_MAX,
-    SNAPSHOT_LOG_TO_SNAPSHOT_RATIO,
+    SNAPSHOT_LOG_BYTES_MIN, SNAPSHOT_LOG_TO_SNAPSHOT_RATIO,
 };
 use crate::net::protocol::Reply;
 use crate::raft::{Envelope, Index, Installed, Message, NodeId, SnapshotMeta};
@@ -180,12 +181,12 @@ impl Replica {
         };
         let base = self.raft.snapshot();
         let applied = self.applied_index;
+        let log_bytes_due = base
+            .size_bytes
+            .saturating_mul(SNAPSHOT_LOG_TO_SNAPSHOT_RATIO)
+            .clamp(SNAPSHOT_LOG_BYTES_MIN, SNAPSHOT_LOG_BYTES_MAX);
         let due = applied.saturating_sub(base.index) >= snapshots.settings.snapshot_entries
-            || snapshots.applied_bytes
-                >= SNAPSHOT_LOG_BYTES_MAX.max(
-                    base.size_bytes
-                        .saturating_mul(SNAPSHOT_LOG_TO_SNAPSHOT_RATIO),
-                );
+            || snapshots.applied_bytes >= log_bytes_due;
         if snapshots.taking.is_some() || !due || applied <= base.index {
             return;
         }
