@@ -711,10 +711,11 @@ impl Replica {
         let started = Instant::now();
         if let Some(syncer) = &self.syncer {
             if let Some(mut request) = self.wal.begin_sync()? {
-                request.id = self.next_sync_id;
+                let id = self.next_sync_id;
                 self.next_sync_id += 1;
+                request.id = id;
                 syncer.submit(request)?;
-                self.syncing.push_back((self.next_sync_id - 1, batch));
+                self.syncing.push_back((id, batch));
                 return Ok(false);
             }
         } else {

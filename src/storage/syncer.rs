@@ -41,6 +41,22 @@ pub struct SyncRequest {
     pub(super) file_bytes: u64,
 }
 
+impl SyncRequest {
+    /// Runs the fdatasync on the calling thread.
+    pub(super) fn run(self) -> SyncDone {
+        let started = Instant::now();
+        let result = self.file.sync_data();
+        SyncDone {
+            id: self.id,
+            path: self.path,
+            sequence: self.sequence,
+            file_bytes: self.file_bytes,
+            result,
+            took: started.elapsed(),
+        }
+    }
+}
+
 /// What became of a `SyncRequest`.
 #[derive(Debug)]
 pub struct SyncDone {
@@ -124,17 +140,7 @@ fn sync_requests(
         let Ok(request) = next else {
             return;
         };
-        let started = Instant::now();
-        let result = request.file.sync_data();
-        let done = SyncDone {
-            id: request.id,
-            path: request.path,
-            sequence: request.sequence,
-            file_bytes: request.file_bytes,
-            result,
-            took: started.elapsed(),
-        };
-        if done_sender.send(done).is_err() {
+        if done_sender.send(request.run()).is_err() {
             return;
         }
         notify();

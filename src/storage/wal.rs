@@ -290,23 +290,7 @@ impl Wal {
     pub fn begin_sync(&mut self) -> Result<Option<SyncRequest>> {
         self.check_usable()?;
         self.write_buffer()?;
-        if !self.unsynced || !self.options.fsync {
-            self.unsynced = false;
-            return Ok(None);
-        }
-        if self.injected_failure == Some(InjectedFailure::Sync) {
-            self.injected_failure = None;
-            let context = format!("fsyncing WAL segment {}", self.segment.path.display());
-            let source = io::Error::from_raw_os_error(libc::EIO);
-            return Err(self.poison(Error::io(context, source)));
-        }
-        Ok(Some(SyncRequest {
-            id: 0,
-            file: Arc::clone(&self.segment.file),
-            path: self.segment.path.clone(),
-            sequence: self.segment.sequence,
-            file_bytes: self.segment.file_bytes,
-        }))
+        self.fsync_request()
     }
 
     /// The second half: on `Ok`, everything appended before the matching
@@ -314,8 +298,7 @@ impl Wal {
     /// A failed fsync poisons the Wal.
     pub fn end_sync(&mut self, done: SyncDone) -> Result<()> {
         if let Err(source) = done.result {
-            let context = format!("fsyncing WAL segment {}", done.path.display());
-            return Err(self.poison(Error::io(context, source)));
+            return Err(self.fsync_failed(&done.path, source));
         }
         if (done.sequence, done.file_bytes) == (self.segment.sequence, self.segment.file_bytes) {
             self.unsynced = false;
@@ -444,23 +427,41 @@ impl Wal {
         Ok(())
     }
 
+    /// fsyncs the segment in place (as the sync thread would).
     fn sync_file(&mut self) -> Result<()> {
+        match self.fsync_request()? {
+            Some(request) => self.end_sync(request.run()),
+            None => Ok(()),
+        }
+    }
+
+    /// The fsync that would make the segment durable as written so far, or
+    /// `None` when it already is (or `fsync` is off: then it counts as
+    /// durable). An injected sync failure fails here, as the disk would.
+    fn fsync_request(&mut self) -> Result<Option<SyncRequest>> {
         if !self.unsynced || !self.options.fsync {
             self.unsynced = false;
-            return Ok(());
+            return Ok(None);
         }
-        let result = if self.injected_failure == Some(InjectedFailure::Sync) {
+        if self.injected_failure == Some(InjectedFailure::Sync) {
             self.injected_failure = None;
-            Err(io::Error::from_raw_os_error(libc::EIO))
-        } else {
-            self.segment.file.sync_data()
-        };
-        if let Err(source) = result {
-            let context = format!("fsyncing WAL segment {}", self.segment.path.display());
-            return Err(self.poison(Error::io(context, source)));
+            let path = self.segment.path.clone();
+            return Err(self.fsync_failed(&path, io::Error::from_raw_os_error(libc::EIO)));
         }
-        self.unsynced = false;
-        self.record_synced_position(self.segment.sequence, self.segment.file_bytes)
+        Ok(Some(SyncRequest {
+            id: 0,
+            file: Arc::clone(&self.segment.file),
+            path: self.segment.path.clone(),
+            sequence: self.segment.sequence,
+            file_bytes: self.segment.file_bytes,
+        }))
+    }
+
+    fn fsync_failed(&mut self, path: &Path, source: io::Error) -> Error {
+        self.poison(Error::io(
+            format!("fsyncing WAL segment {}", path.display()),
+            source,
+        ))
     }
 
     /// Segment `sequence` is durable up to `file_bytes` (lost-fsync mode
