@@ -9,7 +9,7 @@
 //! criterion's test mode).
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use raftfs::net::protocol::{encode_reply, Reply};
+use raftfs::protocol::{encode_reply, Reply};
 use std::hint::black_box;
 
 /// Commands framed or encoded per measured iteration.
@@ -20,7 +20,7 @@ const CONTENT_BYTES: usize = 100;
 pub mod workload {
     use bytes::BytesMut;
     use raftfs::limits::FILE_BYTES_MAX_DEFAULT;
-    use raftfs::net::protocol::{encode_reply, parse_next, Parsed, Reply};
+    use raftfs::protocol::{encode_reply, parse_next, Parsed, Reply};
 
     /// Which command a pipelined batch repeats.
     #[derive(Clone, Copy, Debug)]

@@ -7,7 +7,8 @@
 //! - `fsm`: the file map and deterministic apply.
 //! - `storage`: the WAL.
 //! - `snapshot`: snapshot files, the helper thread that takes them, InstallSnapshot bytes.
-//! - `net`: protocol framing, connections, peers, the reactor.
+//! - `protocol`: the client protocol (SPEC §2): framing, requests, answers; pure, shared by `net` and `replica`.
+//! - `net`: connections, peers, the reactor.
 //! - `sim`: the deterministic simulator.
 //! - `lincheck`: the linearizability checker for client histories.
 //! - `metrics`: counters, histograms, Prometheus text and the health verdict.
@@ -22,6 +23,7 @@ pub mod limits;
 pub mod lincheck;
 pub mod metrics;
 pub mod net;
+pub mod protocol;
 pub mod raft;
 pub mod replica;
 pub mod restore;

@@ -61,7 +61,7 @@ use crate::fsm::command::{batch_stamp_ms, decode_batch_ref, encode_batch};
 use crate::fsm::{Command, Fsm, Outcome};
 use crate::limits;
 use crate::metrics::ReplicaMetrics;
-use crate::net::protocol::{encode_reply, Reply, Request};
+use crate::protocol::{encode_reply, Reply, Request};
 use crate::raft::{self, Action, Entry, Envelope, Index, Message, NodeId, Role, Term};
 use crate::storage::wal::Wal;
 use crate::storage::Syncer;

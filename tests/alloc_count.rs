@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use raftfs::fsm::{encode_batch, Command, Fsm};
-use raftfs::net::protocol::{parse_next, Parsed, Request};
+use raftfs::protocol::{parse_next, Parsed, Request};
 use raftfs::raft::{self, Restored, Role};
 use raftfs::replica::{ClientRef, Replica, ReplicaConfig};
 use raftfs::storage;

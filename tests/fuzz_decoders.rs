@@ -11,7 +11,7 @@
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use raftfs::net::peer::wire;
-use raftfs::net::protocol::{parse_next, Parsed};
+use raftfs::protocol::{parse_next, Parsed};
 use raftfs::raft::message::{Entry, Envelope, HardState, Message};
 use raftfs::storage;
 

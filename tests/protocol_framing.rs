@@ -1,12 +1,12 @@
 //! Byte-exact tests of client protocol framing and reply encoding (SPEC §2),
-//! against the pure functions in `raftfs::net::protocol` (no sockets).
+//! against the pure functions in `raftfs::protocol` (no sockets).
 //!
 //! Every lexing rule and every keep/close decision has a case here; the
 //! property tests live in `protocol_framing_props.rs`.
 
 use bytes::{Bytes, BytesMut};
 use raftfs::fsm::Command;
-use raftfs::net::protocol::{encode_reply, parse_next, Parsed, Reply, Request};
+use raftfs::protocol::{encode_reply, parse_next, Parsed, Reply, Request};
 
 #[path = "../benches/framing.rs"]
 #[allow(dead_code)]

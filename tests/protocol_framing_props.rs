@@ -1,4 +1,4 @@
-//! Property tests of client protocol framing (`raftfs::net::protocol`):
+//! Property tests of client protocol framing (`raftfs::protocol`):
 //! - any sequence of valid commands, serialised with any legal spacing and
 //!   line ends and fed in arbitrary chunks, frames to the same commands;
 //! - arbitrary bytes never panic, every call either consumes at least one byte
@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use raftfs::fsm::Command;
 use raftfs::limits::LINE_BYTES_MAX;
-use raftfs::net::protocol::{parse_next, Parsed, Request};
+use raftfs::protocol::{parse_next, Parsed, Request};
 
 /// A small limit, so the random cases reach it.
 const MAX_FILE_BYTES: usize = 64;

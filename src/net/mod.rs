@@ -1,8 +1,7 @@
-//! Sockets: client protocol, client connections, peer links, the metrics
+//! Sockets: client connections, peer links, the metrics
 //! HTTP listener, the reactor.
 
 pub mod conn;
 pub mod http;
 pub mod peer;
-pub mod protocol;
 pub mod reactor;

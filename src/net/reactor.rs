@@ -34,7 +34,7 @@ use crate::metrics::ReactorMetrics;
 use crate::net::conn::{Connection, ReadStatus};
 use crate::net::http::{HttpServer, Route};
 use crate::net::peer::{PeerEvent, Peers};
-use crate::net::protocol::{encode_reply, parse_next, Parsed, Reply, Request};
+use crate::protocol::{encode_reply, parse_next, Parsed, Reply, Request};
 use crate::raft::{NodeId, Role, Term};
 use crate::replica::{ClientRef, Replica, Status};
 use bytes::{Bytes, BytesMut};

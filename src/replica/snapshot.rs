@@ -32,7 +32,7 @@ use crate::limits::{
     SNAPSHOTS_KEPT, SNAPSHOT_COPY_BYTES_MAX, SNAPSHOT_COPY_FILES_MAX, SNAPSHOT_LOG_BYTES_MAX,
     SNAPSHOT_LOG_BYTES_MIN, SNAPSHOT_LOG_TO_SNAPSHOT_RATIO,
 };
-use crate::net::protocol::Reply;
+use crate::protocol::Reply;
 use crate::raft::{Envelope, Index, Installed, Message, NodeId, SnapshotMeta};
 use crate::snapshot::file_name;
 use crate::snapshot::transfer::{Assembler, ChunkReader, Stored};

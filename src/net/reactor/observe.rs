@@ -125,9 +125,9 @@ impl Reactor {
     }
 }
 
-pub(super) fn command_kind(request: &crate::net::protocol::Request) -> usize {
+pub(super) fn command_kind(request: &crate::protocol::Request) -> usize {
     use crate::fsm::Command;
-    use crate::net::protocol::Request;
+    use crate::protocol::Request;
     match request {
         Request::Read { .. } => 0,
         Request::Command(Command::Write { .. }) => 1,
