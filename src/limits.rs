@@ -22,6 +22,10 @@ pub const FILE_BYTES_MAX_CEILING: usize = 64 << 20;
 pub const TICK_MS: u64 = 10;
 /// No client command waits longer than this for its answer (SPEC §3).
 pub const COMMAND_TIMEOUT_MS: u64 = 5_000;
+/// Most Raft ticks one `Replica::tick` delivers after a stall (the node
+/// catches up over several turns instead of firing every missed timeout at
+/// once).
+pub const TICKS_PER_CALL_MAX: u32 = 10;
 
 /// An idle leader writes cluster time into the log (an entry with a stamp
 /// and no command) this often, so a new leader, which starts from the last

@@ -8,7 +8,7 @@ use crate::limits;
 use crate::net::peer::{PeerConfig, Peers};
 use crate::net::reactor::{Reactor, PEER_TOKEN_BASE};
 use crate::raft::{self, NodeId};
-use crate::replica::{Replica, ReplicaConfig, SnapshotSettings};
+use crate::replica::{Boot, Replica, ReplicaConfig};
 use crate::snapshot;
 use crate::storage;
 use mio::net::TcpListener;
@@ -87,30 +87,24 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
             .iter()
             .map(|m| (m.id, m.client.clone()))
             .collect(),
-        hold_while_leaderless: Duration::from_millis(config.election_timeout_ms.1),
+        hold_while_leaderless_ms: config.election_timeout_ms.1,
+        snapshot_entries: config.snapshot_entries,
     };
     let restore = snapshot::restore(&node_dir, recovered.entries, recovered.log_start)?;
-    let restored = raft::Restored {
-        hard_state: recovered.hard_state,
-        entries: restore.entries,
-        snapshot: restore.snapshot,
-    };
-    let mut replica = Replica::new(replica_config, wal, restored);
-    replica.enable_snapshots(
-        SnapshotSettings {
-            dir: node_dir.clone(),
-            fsync: config.fsync,
-            snapshot_entries: config.snapshot_entries,
+    let replica = Replica::new(
+        replica_config,
+        Boot {
+            hard_state: recovered.hard_state,
+            restore,
         },
-        restore.fsm,
-        restore.kept,
-    )?;
+    );
     let stop_grace = Duration::from_millis(config.election_timeout_ms.1 * 2);
     let mut reactor = Reactor::new(
         poll,
         listener,
         peers,
         replica,
+        (wal, node_dir.clone(), config.fsync),
         config.max_file_bytes,
         stop_grace,
     )

@@ -14,14 +14,13 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use raftfs::fsm::{encode_batch, Command, Fsm};
 use raftfs::protocol::{parse_next, Parsed, Request};
-use raftfs::raft::{self, Restored, Role};
-use raftfs::replica::{ClientRef, Replica, ReplicaConfig};
-use raftfs::storage;
+use raftfs::raft::{self, Role};
+use raftfs::replica::{Boot, ClientRef, Now, Replica, ReplicaConfig};
+use raftfs::storage::{self, NodeStorage};
 
 struct Counting;
 
@@ -172,7 +171,7 @@ fn apply_allocates_at_most_one_block_per_new_file_and_none_per_rewrite() {
 
 const CLIENT_COMMANDS_PER_TURN: usize = 256;
 
-fn single_member_replica(dir: &std::path::Path) -> Replica {
+fn single_member_replica(dir: &std::path::Path) -> (Replica, NodeStorage) {
     let (wal, recovered) = storage::open(dir, false).expect("open the WAL");
     let config = ReplicaConfig {
         raft: raft::Config {
@@ -188,19 +187,38 @@ fn single_member_replica(dir: &std::path::Path) -> Replica {
             seed: 1,
         },
         client_addresses: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
-        hold_while_leaderless: Duration::from_millis(100),
+        hold_while_leaderless_ms: 100,
+        snapshot_entries: u64::MAX,
     };
-    let restored = Restored {
-        hard_state: recovered.hard_state,
-        entries: recovered.entries,
-        snapshot: None,
-    };
-    Replica::new(config, wal, restored)
+    let restore =
+        raftfs::snapshot::restore(dir, recovered.entries, recovered.log_start).expect("restore");
+    let replica = Replica::new(
+        config,
+        Boot {
+            hard_state: recovered.hard_state,
+            restore,
+        },
+    );
+    let storage =
+        NodeStorage::start(wal, dir.to_path_buf(), false, Box::new(|| {})).expect("storage");
+    (replica, storage)
+}
+
+fn at_ms(ms: u64) -> Now {
+    Now {
+        monotonic_us: ms * 1_000,
+        wall_ms: 1_000_000 + ms,
+    }
 }
 
 /// One turn of `commands` pipelined requests from one connection; returns
 /// the answers given.
-fn turn(replica: &mut Replica, requests: &[Request], seq: &mut u64, now: Instant) -> usize {
+fn turn(
+    (replica, storage): (&mut Replica, &mut NodeStorage),
+    requests: &[Request],
+    seq: &mut u64,
+    now: Now,
+) -> usize {
     for request in requests {
         let client = ClientRef {
             key: 0,
@@ -208,11 +226,9 @@ fn turn(replica: &mut Replica, requests: &[Request], seq: &mut u64, now: Instant
             seq: *seq,
         };
         *seq += 1;
-        replica.submit(client, request.clone(), now);
+        replica.client_request(client, request.clone(), now);
     }
-    replica
-        .end_turn(now, &mut |messages| messages.clear())
-        .expect("end_turn");
+    replica.end_turn(now, storage).expect("end_turn");
     replica.messages.clear();
     let answered = replica.replies.len();
     replica.replies.clear();
@@ -222,16 +238,16 @@ fn turn(replica: &mut Replica, requests: &[Request], seq: &mut u64, now: Instant
 #[test]
 fn replica_end_turn_allocations_per_command() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut replica = single_member_replica(dir.path());
-    let mut now = Instant::now();
+    let (mut replica, mut storage) = single_member_replica(dir.path());
+    let mut now_ms = 0;
     for _ in 0..50 {
         if replica.raft().role() == Role::Leader {
             break;
         }
-        now += Duration::from_millis(50);
-        replica.tick(now);
+        now_ms += 50;
+        replica.tick(at_ms(now_ms));
         replica
-            .end_turn(now, &mut |messages| messages.clear())
+            .end_turn(at_ms(now_ms), &mut storage)
             .expect("end_turn");
     }
     assert_eq!(
@@ -258,9 +274,19 @@ fn replica_end_turn_allocations_per_command() {
     let mut seq = 0;
     // Warm up: files exist, buffers and queues have their steady capacity.
     for _ in 0..20 {
-        now += Duration::from_millis(1);
-        turn(&mut replica, &writes, &mut seq, now);
-        turn(&mut replica, &reads, &mut seq, now);
+        now_ms += 1;
+        turn(
+            (&mut replica, &mut storage),
+            &writes,
+            &mut seq,
+            at_ms(now_ms),
+        );
+        turn(
+            (&mut replica, &mut storage),
+            &reads,
+            &mut seq,
+            at_ms(now_ms),
+        );
     }
 
     const TURNS: usize = 40;
@@ -268,8 +294,13 @@ fn replica_end_turn_allocations_per_command() {
     let (write_allocations, answered) = count(|| {
         let mut answered = 0;
         for _ in 0..TURNS {
-            now += Duration::from_millis(1);
-            answered += turn(&mut replica, &writes, &mut seq, now);
+            now_ms += 1;
+            answered += turn(
+                (&mut replica, &mut storage),
+                &writes,
+                &mut seq,
+                at_ms(now_ms),
+            );
         }
         answered
     });
@@ -283,8 +314,13 @@ fn replica_end_turn_allocations_per_command() {
     let (read_allocations, answered) = count(|| {
         let mut answered = 0;
         for _ in 0..TURNS {
-            now += Duration::from_millis(1);
-            answered += turn(&mut replica, &reads, &mut seq, now);
+            now_ms += 1;
+            answered += turn(
+                (&mut replica, &mut storage),
+                &reads,
+                &mut seq,
+                at_ms(now_ms),
+            );
         }
         answered
     });

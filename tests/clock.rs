@@ -5,10 +5,12 @@
 //! The system clock cannot be changed safely in CI, so the proof has two
 //! halves:
 //! - by inspection, enforced here: the node reads the wall clock in exactly
-//!   one place, `replica::wall_clock_ms`, called only where cluster time
-//!   starts from a log with no stamp (every other clock is `Instant`, which
-//!   is CLOCK_MONOTONIC on Linux and never jumps); the only other
-//!   `SystemTime` is a jitter seed for peer reconnects;
+//!   one place, `net::reactor::wall_clock_ms`, which hands it to the replica
+//!   as `Now::wall_ms`; the replica (which reads no clock itself) uses
+//!   `wall_ms` only where cluster time starts from a log with no stamp
+//!   (every other clock is `Instant`, which is CLOCK_MONOTONIC on Linux and
+//!   never jumps); the only other `SystemTime` is a jitter seed for peer
+//!   reconnects;
 //! - end to end: nodes run with wall clocks days apart
 //!   (`RAFTFS_TEST_WALL_CLOCK_OFFSET_MS`) and are restarted, the leader
 //!   first, with their clocks jumped forward and back by a year, while a
@@ -43,6 +45,7 @@ fn the_node_reads_the_wall_clock_only_to_start_cluster_time() {
     rust_files(&root, &mut files);
     let mut wall_clock_reads = Vec::new();
     let mut wall_clock_ms_calls = Vec::new();
+    let mut wall_ms_uses = Vec::new();
     for path in &files {
         let relative = path
             .strip_prefix(&root)
@@ -69,14 +72,17 @@ fn the_node_reads_the_wall_clock_only_to_start_cluster_time() {
                     wall_clock_reads.push(format!("{relative}:{} {}", number + 1, line.trim()));
                 }
             }
-            if code.contains("wall_clock_ms()") && !code.contains("fn wall_clock_ms") {
-                wall_clock_ms_calls.push((relative.clone(), number + 1, text.clone()));
+            if code.contains("wall_clock_ms(") && !code.contains("fn wall_clock_ms") {
+                wall_clock_ms_calls.push((relative.clone(), number + 1));
+            }
+            if code.contains(".wall_ms") && !relative.starts_with("sim") {
+                wall_ms_uses.push((relative.clone(), number + 1, text.clone()));
             }
         }
     }
     let allowed = |site: &String| {
-        // The one read: where cluster time starts (replica.rs).
-        (site.starts_with("replica.rs") && (site.contains("SystemTime::now()") || site.contains("UNIX_EPOCH)")))
+        // The one read, handed to the replica as `Now::wall_ms`.
+        (site.starts_with("net/reactor.rs") && (site.contains("SystemTime::now()") || site.contains("UNIX_EPOCH)")))
             // A jitter seed for reconnect backoff; never a time.
             || (site.starts_with("net/peer.rs") && (site.contains("clock_seed") || site.contains("UNIX_EPOCH)")))
             // A thread's CPU time (snapshot stall measurement); not a clock of the world.
@@ -87,23 +93,30 @@ fn the_node_reads_the_wall_clock_only_to_start_cluster_time() {
         unexpected.is_empty(),
         "wall-clock reads outside the allowed sites: {unexpected:#?}"
     );
-    let replica_reads = wall_clock_reads
+    let reactor_reads = wall_clock_reads
         .iter()
-        .filter(|s| s.starts_with("replica.rs") && s.contains("SystemTime::now()"))
+        .filter(|s| s.starts_with("net/reactor.rs") && s.contains("SystemTime::now()"))
         .count();
     assert_eq!(
-        replica_reads, 1,
-        "exactly one SystemTime::now in replica.rs: {wall_clock_reads:#?}"
+        reactor_reads, 1,
+        "exactly one SystemTime::now in net/reactor.rs: {wall_clock_reads:#?}"
     );
-    // wall_clock_ms is called once, in the branch where no stamp exists.
-    assert_eq!(wall_clock_ms_calls.len(), 1, "one call of wall_clock_ms");
-    let (file, line, text) = &wall_clock_ms_calls[0];
-    assert_eq!(file, "replica.rs");
+    // wall_clock_ms is called once, to fill `Now` for the replica.
+    assert_eq!(
+        wall_clock_ms_calls.len(),
+        1,
+        "one call of wall_clock_ms: {wall_clock_ms_calls:?}"
+    );
+    assert_eq!(wall_clock_ms_calls[0].0, "net/reactor.rs");
+    // The node uses `wall_ms` once: in the branch where no stamp exists.
+    assert_eq!(wall_ms_uses.len(), 1, "one use of Now::wall_ms");
+    let (file, line, text) = &wall_ms_uses[0];
+    assert_eq!(file, "replica/clock.rs");
     let lines: Vec<&str> = text.lines().collect();
     let context = lines[line.saturating_sub(4)..*line].join("\n");
     assert!(
         context.contains("if base_ms == 0"),
-        "wall_clock_ms is only used when the log has no stamp:\n{context}"
+        "wall_ms is only used when the log has no stamp:\n{context}"
     );
     // And the peer seed really is only a seed.
     let peer = std::fs::read_to_string(root.join("net/peer.rs")).expect("peer.rs");
@@ -181,7 +194,7 @@ fn wall_clock_jumps_change_neither_safety_nor_expiry() {
         cluster.node_env.insert(
             index as u64 + 1,
             vec![(
-                raftfs::replica::WALL_CLOCK_OFFSET_ENV.to_string(),
+                raftfs::net::reactor::WALL_CLOCK_OFFSET_ENV.to_string(),
                 offset.to_string(),
             )],
         );
@@ -213,7 +226,7 @@ fn wall_clock_jumps_change_neither_safety_nor_expiry() {
         cluster.node_env.insert(
             id,
             vec![(
-                raftfs::replica::WALL_CLOCK_OFFSET_ENV.to_string(),
+                raftfs::net::reactor::WALL_CLOCK_OFFSET_ENV.to_string(),
                 jump.to_string(),
             )],
         );
@@ -236,7 +249,7 @@ fn wall_clock_jumps_change_neither_safety_nor_expiry() {
         cluster.node_env.insert(
             id,
             vec![(
-                raftfs::replica::WALL_CLOCK_OFFSET_ENV.to_string(),
+                raftfs::net::reactor::WALL_CLOCK_OFFSET_ENV.to_string(),
                 (-(id as i64) * 30 * DAY_MS).to_string(),
             )],
         );

@@ -1,12 +1,22 @@
 //! The node's single-threaded mio reactor: client sockets, peer links, the
 //! tick timer and the stop signal on one `Poll`.
 //!
-//! One turn: wait for readiness (at most until the next tick) → read every
-//! ready socket to `WouldBlock` and frame its commands → tick if due → one
-//! `Replica::end_turn` (one proposal; it takes a finished fsync and starts
-//! the next on the WAL's sync thread, which wakes the loop when done) →
-//! hand replies to their connections and flush → flush peer links. Events are never handled one by
-//! one against the log: the turn batches them.
+//! The reactor is one of the two drivers of `Replica` (the simulator is the
+//! other): it turns sockets, the clocks and the `NodeStorage` threads into
+//! the replica's inputs, and the replica's outputs into bytes on sockets.
+//!
+//! One turn: wait for readiness (at most until the next tick) → hand the
+//! replica the fsyncs and snapshots that finished → read every ready socket
+//! to `WouldBlock` and frame its commands → the time (`Replica::tick`) →
+//! one `Replica::end_turn` (one proposal; it writes the WAL and starts the
+//! next fsync on the sync threads, which wake the loop when done) → hand
+//! replies to their connections and flush → flush peer links. Events are
+//! never handled one by one against the log: the turn batches them.
+//!
+//! Clocks: the replica never reads one. The reactor gives it `Now`: a
+//! monotonic clock (µs since the reactor started) and the wall clock, which
+//! the replica uses only where cluster time starts (`wall_clock_ms`, the
+//! node's one wall-clock read).
 //!
 //! Operations (additive to the loop): an optional metrics/health HTTP
 //! listener (`serve_metrics`, tokens from `HTTP_TOKEN_BASE`), answered from
@@ -36,7 +46,8 @@ use crate::net::http::{HttpServer, Route};
 use crate::net::peer::{PeerEvent, Peers};
 use crate::protocol::{encode_reply, parse_next, Parsed, Reply, Request};
 use crate::raft::{NodeId, Role, Term};
-use crate::replica::{ClientRef, Replica, Status};
+use crate::replica::{ClientRef, Now, Replica, Status};
+use crate::storage::{NodeStorage, Wal};
 use bytes::{Bytes, BytesMut};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -45,7 +56,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod observe;
 
@@ -59,7 +70,7 @@ pub const HTTP_TOKEN_BASE: usize = 1 << 19;
 const CONNECTION_TOKEN_BASE: usize = 1 << 20;
 /// A stopping node waits this long after the last client command it read.
 const STOP_QUIET: Duration = Duration::from_millis(50);
-/// Most ticks caught up in one turn after a stall.
+/// Most peer and HTTP ticks caught up in one turn after a stall.
 const TICKS_PER_TURN_MAX: u32 = 10;
 
 /// The file a checksum request writes, inside the node's data dir.
@@ -105,6 +116,13 @@ pub struct Reactor {
     next_connection_id: u64,
     peers: Peers,
     replica: Replica,
+    storage: NodeStorage,
+    /// The origin of the monotonic clock given to the replica.
+    started: Instant,
+    /// This turn's time, as given to the replica.
+    turn_now: Now,
+    /// Test hook (`WALL_CLOCK_OFFSET_ENV`), read once at start.
+    wall_clock_offset_ms: i64,
     stop_flag: Arc<AtomicBool>,
     waker: Arc<Waker>,
     status: Arc<Mutex<Status>>,
@@ -137,11 +155,14 @@ struct StaticReplies {
 }
 
 impl Reactor {
+    /// A reactor for `replica`, whose disk is `wal` and the snapshot files
+    /// in `data_dir`.
     pub fn new(
         poll: Poll,
         listener: TcpListener,
         peers: Peers,
-        mut replica: Replica,
+        replica: Replica,
+        disk: (Wal, PathBuf, bool),
         max_file_bytes: usize,
         stop_grace: Duration,
     ) -> io::Result<Reactor> {
@@ -150,13 +171,18 @@ impl Reactor {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let sync_waker = Arc::clone(&waker);
-        replica
-            .start_background_sync(Box::new(move || {
+        let (wal, data_dir, fsync) = disk;
+        let storage = NodeStorage::start(
+            wal,
+            data_dir,
+            fsync,
+            Box::new(move || {
                 if let Err(e) = sync_waker.wake() {
                     log::warn!("could not wake the reactor after an fsync: {e}");
                 }
-            }))
-            .map_err(io::Error::other)?;
+            }),
+        )
+        .map_err(io::Error::other)?;
         let mut buffer = BytesMut::new();
         encode_reply(&Reply::CmdErr, &mut buffer);
         let status = Arc::new(Mutex::new(replica.status()));
@@ -167,6 +193,13 @@ impl Reactor {
             next_connection_id: 1,
             peers,
             replica,
+            storage,
+            started: Instant::now(),
+            turn_now: Now::default(),
+            wall_clock_offset_ms: std::env::var(WALL_CLOCK_OFFSET_ENV)
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .unwrap_or(0),
             stop_flag: Arc::new(AtomicBool::new(false)),
             waker,
             status,
@@ -254,6 +287,14 @@ impl Reactor {
         self.status.clone()
     }
 
+    /// The time to give the replica.
+    fn replica_now(&self, now: Instant) -> Now {
+        Now {
+            monotonic_us: now.saturating_duration_since(self.started).as_micros() as u64,
+            wall_ms: wall_clock_ms(self.wall_clock_offset_ms),
+        }
+    }
+
     /// Run until stopped (Ok) or until the node must stop on an error.
     pub fn run(&mut self) -> Result<()> {
         let tick = Duration::from_millis(limits::TICK_MS);
@@ -272,6 +313,9 @@ impl Reactor {
                 }
             }
             let now = Instant::now();
+            let replica_now = self.replica_now(now);
+            self.turn_now = replica_now;
+            self.storage.deliver_completions(&mut self.replica)?;
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_clients(),
@@ -304,9 +348,9 @@ impl Reactor {
                 self.resume_peer_reads(now)?;
             }
             self.answer_observers();
+            self.replica.tick(replica_now);
             let mut ticks = 0;
             while now >= next_tick && ticks < TICKS_PER_TURN_MAX {
-                self.replica.tick(now);
                 let mut peer_events = Vec::new();
                 self.peers.tick(self.poll.registry(), now, &mut peer_events);
                 self.process_peer_events(peer_events)?;
@@ -329,19 +373,7 @@ impl Reactor {
                     None => log::info!("stopping"),
                 }
             }
-            let mut peer_events = Vec::new();
-            let peers = &mut self.peers;
-            let registry = self.poll.registry();
-            self.replica.end_turn(now, &mut |messages| {
-                if messages.is_empty() {
-                    return;
-                }
-                for envelope in messages.drain(..) {
-                    peers.send(&envelope);
-                }
-                peers.flush(registry, now, &mut peer_events);
-            })?;
-            self.process_peer_events(peer_events)?;
+            self.replica.end_turn(replica_now, &mut self.storage)?;
             self.deliver(now)?;
             self.refresh_status();
             self.log_transitions();
@@ -499,7 +531,7 @@ impl Reactor {
             match parsed {
                 Parsed::Request(request) => {
                     self.metrics.commands[observe::command_kind(&request)] += 1;
-                    self.replica.submit(client, request, now)
+                    self.replica.client_request(client, request, self.turn_now)
                 }
                 Parsed::Malformed { close } => {
                     self.metrics.commands[4] += 1;
@@ -584,4 +616,20 @@ impl Reactor {
             *status = self.replica.status();
         }
     }
+}
+
+/// Test hook: milliseconds added to this node's wall clock (negative moves
+/// it back), so tests can give nodes clocks far apart without touching the
+/// system clock (tests/clock.rs).
+pub const WALL_CLOCK_OFFSET_ENV: &str = "RAFTFS_TEST_WALL_CLOCK_OFFSET_MS";
+
+/// The node's only wall-clock read (SPEC §2: the replica uses it only where
+/// cluster time starts, when the log holds no stamp yet). Everything else
+/// runs on monotonic clocks.
+fn wall_clock_ms(offset_ms: i64) -> u64 {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    now_ms.saturating_add_signed(offset_ms).max(1)
 }

@@ -168,7 +168,47 @@ impl Node {
         } else if progress.state == ProgressState::Snapshot
             && progress.on_snapshot_ack(index, next_offset, ticks)
         {
+            if next_offset == 0 {
+                // The follower holds nothing of it (it restarted): start
+                // over with the newest snapshot, not one that may be gone.
+                self.restart_with_newest_snapshot(from);
+            }
             self.maybe_send_snapshot_chunks(from);
+        }
+    }
+
+    /// Leader: the executor cannot read `snapshot` for `to` (its file was
+    /// deleted once newer snapshots were taken): send the newest instead.
+    pub fn snapshot_unavailable(&mut self, to: NodeId, snapshot: SnapshotMeta) {
+        if self.role != Role::Leader || snapshot == self.snapshot {
+            return;
+        }
+        self.restart_with_newest_snapshot(to);
+        self.maybe_send_snapshot_chunks(to);
+    }
+
+    /// If `to` is being sent an older snapshot than the newest, start over
+    /// with the newest (the follower discards a partial older one when the
+    /// first chunk of another arrives).
+    fn restart_with_newest_snapshot(&mut self, to: NodeId) {
+        let newest = self.snapshot;
+        let Some(leader) = self.leader.as_mut() else {
+            return;
+        };
+        let ticks = leader.ticks;
+        let Some(progress) = leader.progress.get_mut(&to) else {
+            return;
+        };
+        let older = progress
+            .snapshot
+            .is_some_and(|sending| sending.snapshot.index < newest.index);
+        if progress.state == ProgressState::Snapshot && older {
+            log::info!(
+                "node {} restarts the snapshot transfer to {to} with snapshot {}",
+                self.config.id,
+                newest.index
+            );
+            progress.become_snapshot(newest, ticks);
         }
     }
 

@@ -346,43 +346,95 @@ pub struct Restore {
     /// The snapshot files on disk at and below the chosen one, oldest first
     /// (the chosen one last); later compactions prune this list.
     pub kept: Vec<SnapshotMeta>,
+    /// A log-start record (index, term) the node must write, and sync,
+    /// before anything else: the chosen snapshot is past the WAL's end, or
+    /// the WAL disagrees with it (a crash between installing a received
+    /// snapshot and making its log-start record durable).
+    pub log_start: Option<(Index, Term)>,
+}
+
+/// Where `restore_from` finds snapshot files: a data dir (`DirSnapshots`)
+/// or the simulator's disk.
+pub trait SnapshotSource {
+    /// `(index, term)` of every snapshot file, oldest first.
+    fn list(&self) -> Result<Vec<(Index, Term)>>;
+    /// Reads and checks one snapshot file.
+    fn load(&self, index: Index, term: Term) -> Result<(SnapshotMeta, Fsm)>;
+    /// The file's size (0 if unknown).
+    fn size_bytes(&self, index: Index, term: Term) -> u64;
+    /// Where the files are, for error lines.
+    fn describe(&self) -> String;
+}
+
+/// The snapshot files of a data dir.
+pub struct DirSnapshots<'a>(pub &'a Path);
+
+impl SnapshotSource for DirSnapshots<'_> {
+    fn list(&self) -> Result<Vec<(Index, Term)>> {
+        Ok(list(self.0)?
+            .into_iter()
+            .map(|(index, term, _)| (index, term))
+            .collect())
+    }
+
+    fn load(&self, index: Index, term: Term) -> Result<(SnapshotMeta, Fsm)> {
+        load(&self.0.join(file_name(index, term)))
+    }
+
+    fn size_bytes(&self, index: Index, term: Term) -> u64 {
+        std::fs::metadata(self.0.join(file_name(index, term))).map_or(0, |m| m.len())
+    }
+
+    fn describe(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+/// `restore_from` over the snapshot files of data dir `dir`.
+pub fn restore(dir: &Path, entries: Vec<Entry>, log_start: Index) -> Result<Restore> {
+    restore_from(&DirSnapshots(dir), entries, log_start)
 }
 
 /// Picks the newest valid snapshot that the WAL continues without a gap
-/// (`log_start` is the index before the WAL's first entry) and drops the WAL
-/// entries it covers. See the module doc.
-pub fn restore(dir: &Path, entries: Vec<Entry>, log_start: Index) -> Result<Restore> {
-    let files = list(dir)?;
+/// (`log_start` is the index before the WAL's first entry) and keeps the WAL
+/// entries after it, by Raft's rule for an installed snapshot (§7): if the
+/// WAL holds the snapshot's last entry (same index and term), or starts
+/// right after it, the entries after it are kept; otherwise the whole WAL
+/// is void and a log-start record must be written (`Restore::log_start`).
+/// See the module doc.
+pub fn restore_from(
+    source: &impl SnapshotSource,
+    entries: Vec<Entry>,
+    log_start: Index,
+) -> Result<Restore> {
+    let files = source.list()?;
+    let where_ = source.describe();
     let mut problems = Vec::new();
     let mut kept = Vec::new();
     let mut chosen: Option<(SnapshotMeta, Fsm)> = None;
-    for (index, term, path) in files.iter().rev() {
+    for &(index, term) in files.iter().rev() {
+        let name = file_name(index, term);
         if chosen.is_some() {
             // Older files stay (their size is all a later compaction needs).
-            let size_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
             kept.push(SnapshotMeta {
-                index: *index,
-                term: *term,
-                size_bytes,
+                index,
+                term,
+                size_bytes: source.size_bytes(index, term),
             });
             continue;
         }
-        if *index < log_start {
+        if index < log_start {
             problems.push(format!(
-                "{} ends at index {index} but the WAL starts after {log_start}",
-                path.display()
+                "{name} ends at index {index} but the WAL starts after {log_start}"
             ));
             continue;
         }
-        match load(path) {
-            Ok((meta, fsm)) if meta.index == *index && meta.term == *term => {
+        match source.load(index, term) {
+            Ok((meta, fsm)) if meta.index == index && meta.term == term => {
                 kept.push(meta);
                 chosen = Some((meta, fsm));
             }
-            Ok(_) => problems.push(format!(
-                "{}: header does not match its name",
-                path.display()
-            )),
+            Ok(_) => problems.push(format!("{name}: header does not match its name")),
             Err(error) => {
                 log::error!("{error}; trying an older snapshot");
                 problems.push(error.to_string());
@@ -393,9 +445,8 @@ pub fn restore(dir: &Path, entries: Vec<Entry>, log_start: Index) -> Result<Rest
     let Some((meta, fsm)) = chosen else {
         if log_start > 0 {
             return Err(Error::Corrupt(format!(
-                "{}: no usable snapshot, and the WAL starts after index {log_start}: starting \
+                "{where_}: no usable snapshot, and the WAL starts after index {log_start}: starting \
                  would lose acknowledged writes, refusing ({})",
-                dir.display(),
                 if problems.is_empty() {
                     "no snapshot file".to_string()
                 } else {
@@ -414,31 +465,32 @@ pub fn restore(dir: &Path, entries: Vec<Entry>, log_start: Index) -> Result<Rest
             snapshot: None,
             entries,
             kept,
+            log_start: None,
         });
     };
-    let mut entries = entries;
-    if let Some(at) = entries.iter().find(|e| e.index == meta.index) {
-        if at.term != meta.term {
-            return Err(Error::Corrupt(format!(
-                "{}: snapshot {} has term {} but the WAL holds term {} there; refusing to start",
-                dir.display(),
-                meta.index,
-                meta.term,
-                at.term
-            )));
-        }
-    }
-    entries.retain(|e| e.index > meta.index);
-    if let Some(first) = entries.first() {
-        if first.index != meta.index + 1 {
-            return Err(Error::Corrupt(format!(
-                "{}: snapshot ends at {} but the WAL continues at {}: refusing to start",
-                dir.display(),
-                meta.index,
-                first.index
-            )));
-        }
-    }
+    let holds_last = entries
+        .iter()
+        .any(|e| e.index == meta.index && e.term == meta.term);
+    let starts_after =
+        log_start == meta.index && entries.first().is_some_and(|e| e.index == meta.index + 1);
+    let (entries, log_start_record) = if holds_last
+        || starts_after
+        || (log_start == meta.index && entries.is_empty())
+    {
+        let mut entries = entries;
+        entries.retain(|e| e.index > meta.index);
+        (entries, None)
+    } else {
+        let wal_last = entries.last().map_or(log_start, |e| e.index);
+        log::warn!(
+            "{where_}: snapshot {} (term {}) is not continued by the WAL (its log ends at {wal_last}); \
+             the WAL before and after it is void: writing a log start at {}",
+            meta.index,
+            meta.term,
+            meta.index
+        );
+        (Vec::new(), Some((meta.index, meta.term)))
+    };
     log::info!(
         "restored snapshot {} (term {}, {} bytes, {} files) + {} WAL entries",
         meta.index,
@@ -452,6 +504,7 @@ pub fn restore(dir: &Path, entries: Vec<Entry>, log_start: Index) -> Result<Rest
         snapshot: Some(meta),
         entries,
         kept,
+        log_start: log_start_record,
     })
 }
 

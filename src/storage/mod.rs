@@ -32,11 +32,13 @@
 //! those).
 
 pub mod lost_unsynced;
+pub mod node;
 mod replay;
 pub mod segment;
 pub mod syncer;
 pub mod wal;
 
+pub use node::NodeStorage;
 pub use syncer::{SyncDone, SyncRequest, Syncer};
 pub use wal::{FinishedSegment, InjectedFailure, Wal, WalOptions};
 

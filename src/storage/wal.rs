@@ -154,7 +154,9 @@ impl Wal {
             synced_position: (segment.sequence, segment.file_bytes),
             segment,
             buffer: Vec::new(),
-            unsynced: false,
+            // What replay found may sit only in the page cache (a process
+            // killed before its fsync): the first sync covers it.
+            unsynced: true,
             last_index,
             hard_state,
             segment_last_index_max,

@@ -1,0 +1,323 @@
+//! Committed entries → the file map → the answers waiting on them; and the
+//! fate of every command that waits.
+//!
+//! Each entry this leader proposed has a `Waiting` record: one client per
+//! command (in command order) and the reads anchored inside it. Applying the
+//! entry answers each command with its outcome and each anchored read with
+//! the state at its offset (released at once if it needs no ReadIndex
+//! round, or once its round confirmed). Reads answered at the applied index
+//! wait in a `ReadGroup` for their round.
+//!
+//! Fates (SPEC §3): applied here → the real answer; the entry replaced
+//! (truncated) or another entry applied at its index → `ERR_REDIRECT` (it
+//! was never applied); a snapshot covers it → `ERR_INTERNAL` (applied or
+//! not, this node cannot tell); no verdict within `COMMAND_TIMEOUT_MS` →
+//! `ERR_INTERNAL`, but the entry stays as a floor for its connections'
+//! later reads until its fate is known (`expired`). A read round that fails
+//! (leadership lost) → `ERR_REDIRECT`; one that times out → `ERR_INTERNAL`.
+//!
+//! Reads judge whether a file is alive at the cluster time of the applied
+//! state they see (so a file never comes back after a leader change) and
+//! show the seconds left on the leader's clock.
+
+use super::{ClientRef, Now, Replica};
+use crate::error::{Error, Result};
+use crate::fsm::command::decode_batch_ref;
+use crate::fsm::{Fsm, Outcome};
+use crate::limits;
+use crate::protocol::{encode_reply, Reply};
+use crate::raft::{Entry, Index, NodeId, Term};
+use bytes::{Bytes, BytesMut};
+use std::time::Duration;
+
+/// A read answered from the state at position `offset` inside an entry.
+pub(super) struct AnchoredRead {
+    pub offset: usize,
+    pub client: ClientRef,
+    pub name: Bytes,
+    /// The ReadIndex round that must also confirm leadership (reads
+    /// anchored in an entry proposed before they arrived), if any.
+    pub round: Option<u64>,
+}
+
+/// One entry this leader proposed and whose commands wait for their fate.
+pub(super) struct Waiting {
+    pub index: Index,
+    pub term: Term,
+    /// The entry's cluster-time stamp.
+    pub stamp_ms: u64,
+    /// One client per command, in command order (empty once expired).
+    pub clients: Vec<ClientRef>,
+    /// Sorted by offset.
+    pub reads: Vec<AnchoredRead>,
+    pub deadline_us: u64,
+    /// When it was proposed (for the apply latency metric).
+    pub proposed_us: u64,
+    /// Its commands were answered `ERR_INTERNAL`; kept only as a floor.
+    pub expired: bool,
+}
+
+/// Reads waiting for one ReadIndex round.
+pub(super) struct ReadGroup {
+    pub id: u64,
+    pub answers: Vec<(ClientRef, Bytes)>,
+    pub deadline_us: u64,
+}
+
+impl Replica {
+    pub(super) fn apply(&mut self, entry: &Entry) -> Result<()> {
+        debug_assert_eq!(
+            entry.index,
+            self.applied_index + 1,
+            "entries apply in order, once"
+        );
+        self.applied_index = entry.index;
+        self.applied_term = entry.term;
+        self.note_applied_bytes(entry.size_bytes());
+        // Waiting entries before this one can no longer be ours.
+        while self.waiting.front().is_some_and(|w| w.index < entry.index) {
+            if let Some(stale) = self.waiting.pop_front() {
+                self.fail_waiting(stale, self.raft.leader_id());
+            }
+        }
+        let mine = match self.waiting.front() {
+            Some(w) if w.index == entry.index && w.term == entry.term => self.waiting.pop_front(),
+            Some(w) if w.index == entry.index => {
+                if let Some(replaced) = self.waiting.pop_front() {
+                    self.fail_waiting(replaced, self.raft.leader_id());
+                }
+                None
+            }
+            _ => None,
+        };
+        if let Some(waiting) = &mine {
+            let latency_us = self.now.monotonic_us.saturating_sub(waiting.proposed_us);
+            self.metrics
+                .apply_latency_seconds
+                .record_duration(Duration::from_micros(latency_us));
+        }
+        if entry.data.is_empty() {
+            return self.answer_reads_of_empty_entry(mine);
+        }
+        let batch = decode_batch_ref(&entry.data).map_err(|e| {
+            Error::Corrupt(format!(
+                "committed entry {} does not decode: {e:?}",
+                entry.index
+            ))
+        })?;
+        self.max_stamp_ms = self.max_stamp_ms.max(batch.stamp_ms);
+        let time_ms = self.fsm.begin_batch(batch.stamp_ms);
+        let display_ms = self.cluster_time_ms(self.now).max(time_ms);
+        let (clients, reads) = match mine {
+            Some(waiting) => (waiting.clients, waiting.reads),
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut reads = reads.into_iter().peekable();
+        for (offset, command) in batch.commands.into_iter().enumerate() {
+            while let Some(read) = reads.next_if(|r| r.offset <= offset) {
+                let answer = self.render_read(&read.name, time_ms, display_ms);
+                self.release_read(read, answer);
+            }
+            let outcome = self.fsm.apply_command(command, time_ms);
+            if let Some(&client) = clients.get(offset) {
+                let answer = cut_answer(&mut self.reply_buffer, |out| encode_outcome(outcome, out));
+                self.replies.push((client, answer));
+            }
+        }
+        for read in reads {
+            let answer = self.render_read(&read.name, time_ms, display_ms);
+            self.release_read(read, answer);
+        }
+        Ok(())
+    }
+
+    /// A no-op entry carries no commands; reads anchored in one (never
+    /// placed there, but cheap to honour) see the state as it is.
+    fn answer_reads_of_empty_entry(&mut self, mine: Option<Waiting>) -> Result<()> {
+        if let Some(waiting) = mine {
+            let time_ms = self.fsm.cluster_time_ms();
+            let display_ms = self.cluster_time_ms(self.now).max(time_ms);
+            for read in waiting.reads {
+                let answer = self.render_read(&read.name, time_ms, display_ms);
+                self.release_read(read, answer);
+            }
+        }
+        Ok(())
+    }
+
+    /// An anchored read's answer is computed: release it now, or park it
+    /// with its round until the round confirms leadership.
+    fn release_read(&mut self, read: AnchoredRead, answer: Bytes) {
+        let Some(round) = read.round.filter(|&round| round > self.read_confirmed_id) else {
+            self.replies.push((read.client, answer));
+            return;
+        };
+        // Not found: its round already failed or timed out, and answered it.
+        if let Some(group) = self.read_groups.iter_mut().find(|group| group.id == round) {
+            group.answers.push((read.client, answer));
+        }
+    }
+
+    /// The core confirmed leadership for rounds up to `id`.
+    pub(super) fn read_confirmed(&mut self, id: u64) {
+        self.read_confirmed_id = self.read_confirmed_id.max(id);
+        while self.read_groups.front().is_some_and(|group| group.id <= id) {
+            if let Some(group) = self.read_groups.pop_front() {
+                self.replies.extend(group.answers);
+            }
+        }
+    }
+
+    /// The round `id` cannot confirm leadership here any more.
+    pub(super) fn read_failed(&mut self, id: u64) {
+        let leader = self.raft.leader_id();
+        if let Some(position) = self.read_groups.iter().position(|g| g.id == id) {
+            if let Some(group) = self.read_groups.remove(position) {
+                for (client, _) in group.answers {
+                    self.answer_redirect(client, leader);
+                }
+            }
+        }
+        self.fail_anchored_reads(id, leader);
+    }
+
+    /// Reads anchored in entries that wait for round `id`, which failed.
+    pub(super) fn fail_anchored_reads(&mut self, id: u64, leader: Option<NodeId>) {
+        let mut failed = Vec::new();
+        for waiting in self.waiting.iter_mut() {
+            waiting.reads.retain(|read| {
+                let fails = read.round == Some(id);
+                if fails {
+                    failed.push(read.client);
+                }
+                !fails
+            });
+        }
+        for client in failed {
+            self.answer_redirect(client, leader);
+        }
+    }
+
+    /// Entries from `index` on are being replaced: commands waiting on them
+    /// were never committed here (SPEC §3: ERR_REDIRECT).
+    pub(super) fn fail_truncated_from(&mut self, index: Index) {
+        let leader = self.raft.leader_id();
+        while self.waiting.back().is_some_and(|w| w.index >= index) {
+            if let Some(waiting) = self.waiting.pop_back() {
+                self.fail_waiting(waiting, leader);
+            }
+        }
+    }
+
+    pub(super) fn fail_waiting(&mut self, waiting: Waiting, leader: Option<NodeId>) {
+        for client in waiting.clients {
+            self.answer_redirect(client, leader);
+        }
+        for read in waiting.reads {
+            self.answer_redirect(read.client, leader);
+        }
+    }
+
+    /// Commands and read rounds past their deadline get `ERR_INTERNAL`.
+    pub(super) fn expire_waiting(&mut self, now: Now) {
+        let mut expired = Vec::new();
+        for waiting in self.waiting.iter_mut() {
+            if waiting.expired || waiting.deadline_us > now.monotonic_us {
+                continue;
+            }
+            waiting.expired = true;
+            expired.append(&mut waiting.clients);
+            // Reads waiting for a round expire with their round.
+            waiting.reads.retain(|read| {
+                if read.round.is_none() {
+                    expired.push(read.client);
+                }
+                read.round.is_some()
+            });
+        }
+        for client in expired {
+            self.answer(client, Reply::Internal);
+        }
+        while self
+            .read_groups
+            .front()
+            .is_some_and(|g| g.deadline_us <= now.monotonic_us)
+        {
+            if let Some(group) = self.read_groups.pop_front() {
+                for (client, _) in group.answers {
+                    self.answer(client, Reply::Internal);
+                }
+                let mut anchored = Vec::new();
+                for waiting in self.waiting.iter_mut() {
+                    waiting.reads.retain(|read| {
+                        let expires = read.round == Some(group.id);
+                        if expires {
+                            anchored.push(read.client);
+                        }
+                        !expires
+                    });
+                }
+                for client in anchored {
+                    self.answer(client, Reply::Internal);
+                }
+            }
+        }
+    }
+
+    /// The encoded answer to `read NAME` from the state applied so far.
+    pub(super) fn render_read(&mut self, name: &[u8], live_ms: u64, display_ms: u64) -> Bytes {
+        cut_answer(&mut self.reply_buffer, |out| {
+            encode_read(&self.fsm, name, live_ms, display_ms, out)
+        })
+    }
+}
+
+/// Encode the answer to `read NAME`. Whether the file is alive is judged at
+/// `live_ms`, the cluster time of the applied state the read sees (so a file
+/// never comes back: a later leader starts from at least that time); the
+/// seconds left are shown against `display_ms`, the leader's cluster time
+/// now (at least 1 while the file is alive: it may expire late, never early).
+fn encode_read(fsm: &Fsm, name: &[u8], live_ms: u64, display_ms: u64, out: &mut BytesMut) {
+    match fsm.read(name, live_ms) {
+        Some(file) => {
+            let expires_in_s = match file.deadline_ms {
+                Some(deadline_ms) => deadline_ms
+                    .saturating_sub(display_ms)
+                    .div_ceil(1_000)
+                    .max(1),
+                None => 0,
+            };
+            encode_reply(
+                &Reply::Contents {
+                    version: file.version,
+                    content: file.content,
+                    expires_in_s,
+                },
+                out,
+            )
+        }
+        None => encode_reply(&Reply::NotFound, out),
+    }
+}
+
+/// Encodes one answer into `buffer` and cuts it off as its own `Bytes`.
+/// Answers share `REPLY_BUFFER_CHUNK_BYTES` blocks (one allocation for many
+/// small answers, where an empty buffer costs two per answer); a large one
+/// grows the block itself.
+pub(super) fn cut_answer(buffer: &mut BytesMut, encode: impl FnOnce(&mut BytesMut)) -> Bytes {
+    if buffer.capacity() < limits::READ_REPLY_HEADER_BYTES_MAX {
+        buffer.reserve(limits::REPLY_BUFFER_CHUNK_BYTES);
+    }
+    encode(buffer);
+    buffer.split().freeze()
+}
+
+fn encode_outcome(outcome: Outcome, out: &mut BytesMut) {
+    let reply = match outcome {
+        Outcome::Written { version } => Reply::Written { version },
+        Outcome::Deleted => Reply::Deleted,
+        Outcome::NotFound => Reply::NotFound,
+        Outcome::VersionMismatch { current } => Reply::VersionMismatch { current },
+    };
+    encode_reply(&reply, out);
+}

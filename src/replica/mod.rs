@@ -1,0 +1,459 @@
+//! One raftfs node minus its sockets, threads and clocks: the Raft core, the
+//! file map, the durability pipeline and the table of client commands
+//! waiting for an answer. A deterministic state machine: the same inputs in
+//! the same order give the same outputs, whoever drives it.
+//!
+//! Two drivers run this same code: `net::reactor` (real sockets, and
+//! `storage::NodeStorage`: the WAL, its fsync threads, the snapshot helper
+//! thread) and `sim` (a seeded network, simulated disks that lose what was
+//! not synced, simulated clients, a logical clock). Nothing in here reads a
+//! clock, opens a socket, starts a thread or knows the wire format.
+//!
+//! Inputs: `client_request` (a parsed command with its connection and
+//! sequence number), `connection_closed`, `accept_peer` and `step` (peer
+//! messages), `tick` (the time), `synced` / `sync_failed` (an fsync the
+//! replica asked for finished), `snapshot_done` (a snapshot the helper
+//! took), `transfer_leadership`; then `end_turn`, once per driver turn.
+//! Outputs, drained by the driver after `end_turn`: `replies` (answers, each
+//! for one connection's sequence number; the driver puts them in order) and
+//! `messages` (envelopes that may leave now). Writes, fsync requests and
+//! snapshot work go to the `Storage` port the driver passes to `end_turn`,
+//! in the order durability needs (`durability`).
+//!
+//! A turn (`end_turn`):
+//! 1. route the turn's requests (`routing`): not leader → `ERR_REDIRECT`
+//!    (or held up to one election timeout while no leader is known); leader
+//!    → writes join the turn's batch, reads get a position in the log;
+//! 2. propose the batch as one entry (a few if large) stamped with cluster
+//!    time (`clock`), and register one ReadIndex round for the reads that
+//!    need one;
+//! 3. run the core's actions in order (`durability`): persists go to
+//!    storage; applies run the file map and answer the waiting commands
+//!    (`apply`); what the turn wrote is handed to one fsync (group commit);
+//!    messages that promise durable state wait for the fsync covering it;
+//! 4. collect a finished snapshot, start one if due (`snapshot`).
+//!
+//! Invariants: every command gets exactly one answer (its real result,
+//! `ERR_REDIRECT` if it was never applied, or `ERR_INTERNAL` when its fate
+//! cannot be known here or it waited `COMMAND_TIMEOUT_MS`); nothing that
+//! promises durable state leaves before the fsync covering it; after a
+//! failed fsync nothing more is acknowledged (`end_turn` fails from then
+//! on); reads are linearizable and in per-connection order (`routing`).
+
+mod apply;
+mod clock;
+mod durability;
+mod routing;
+mod snapshot;
+pub mod storage;
+
+pub use snapshot::SnapshotDone;
+pub use storage::Storage;
+
+use crate::error::{Error, Result};
+use crate::fsm::command::batch_stamp_ms;
+use crate::fsm::Fsm;
+use crate::limits;
+use crate::metrics::ReplicaMetrics;
+use crate::protocol::{Reply, Request};
+use crate::raft::{self, Action, Envelope, HardState, Index, NodeId, Role, Term};
+use bytes::{Bytes, BytesMut};
+use std::collections::{BTreeMap, VecDeque};
+
+use apply::{ReadGroup, Waiting};
+use durability::Durability;
+use routing::{ConnectionFloor, Pending, TurnBatch};
+use snapshot::Snapshots;
+
+/// Who is waiting for an answer: a connection's slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientRef {
+    /// The connection's key in the driver (a slab key: reused once closed).
+    pub key: usize,
+    /// The connection's unique id (keys are reused).
+    pub conn_id: u64,
+    /// The command's sequence number on its connection.
+    pub seq: u64,
+}
+
+/// The time as the driver sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Now {
+    /// Microseconds on a monotonic clock with an arbitrary origin.
+    pub monotonic_us: u64,
+    /// Milliseconds since the Unix epoch; used only where cluster time
+    /// starts (SPEC §2), never to judge expiry.
+    pub wall_ms: u64,
+}
+
+impl Now {
+    /// `ms` milliseconds after this instant, saturating.
+    fn after_ms(&self, ms: u64) -> u64 {
+        self.monotonic_us.saturating_add(ms.saturating_mul(1_000))
+    }
+}
+
+pub struct ReplicaConfig {
+    pub raft: raft::Config,
+    /// Advertised client address of every member, for ERR_REDIRECT.
+    pub client_addresses: BTreeMap<NodeId, String>,
+    /// How long a command is held while no leader is known.
+    pub hold_while_leaderless_ms: u64,
+    /// Take a snapshot once this many entries were applied since the last.
+    pub snapshot_entries: u64,
+}
+
+/// What a node starts from: its durable hard state and what
+/// `snapshot::restore` chose (the state machine, the snapshot it came from,
+/// the log after it, and a log-start record still to write).
+pub struct Boot {
+    pub hard_state: HardState,
+    pub restore: crate::snapshot::Restore,
+}
+
+/// Observable state, for status, metrics and the demo's leader line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: Option<Role>,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit_index: Index,
+    pub applied_index: Index,
+    pub last_index: Index,
+    pub files: usize,
+}
+
+pub struct Replica {
+    raft: raft::Node,
+    fsm: Fsm,
+    config: ReplicaConfig,
+    actions: Vec<Action>,
+    /// Requests read this turn, routed at `end_turn`.
+    incoming: Vec<Pending>,
+    /// Requests held while no leader is known (and every later one of their
+    /// connections, so per-connection order holds).
+    held: VecDeque<Pending>,
+    /// This turn's proposals being built (one entry each).
+    batches: Vec<TurnBatch>,
+    /// This turn's reads answered at the applied index, waiting for a
+    /// ReadIndex round.
+    turn_reads: Vec<(ClientRef, Bytes)>,
+    /// Reads anchored in an earlier entry that also need this turn's round.
+    turn_reads_anchored: u64,
+    /// Entries this leader proposed, oldest first, with what waits on them.
+    waiting: VecDeque<Waiting>,
+    /// Read rounds not yet confirmed, oldest first.
+    read_groups: VecDeque<ReadGroup>,
+    next_read_id: u64,
+    /// The newest read round the core confirmed.
+    read_confirmed_id: u64,
+    /// Per connection (indexed by its key): the latest unapplied log
+    /// position one of its commands is anchored at (see `routing`).
+    connection_floor: Vec<Option<ConnectionFloor>>,
+    applied_index: Index,
+    applied_term: Term,
+    /// Largest cluster-time stamp seen in the log (appended or applied).
+    max_stamp_ms: u64,
+    /// (cluster time at the start of leadership, monotonic µs then, term).
+    leader_clock: Option<(u64, u64, Term)>,
+    last_proposed_stamp_ms: u64,
+    /// The time of the current turn (cluster time shown by reads).
+    now: Now,
+    /// When the next Raft tick is due (monotonic µs); 0 = at the first call.
+    next_tick_us: u64,
+    /// The last index written to storage (to see a suffix being replaced).
+    wal_last_index: Index,
+    /// A log-start record the restore asked for, written in the first turn.
+    boot_log_start: Option<(Index, Term)>,
+    durability: Durability,
+    reply_buffer: BytesMut,
+    /// Answers for the driver to hand to connections.
+    pub replies: Vec<(ClientRef, Bytes)>,
+    /// Messages that may leave now.
+    pub messages: Vec<Envelope>,
+    /// Counters and histograms for `GET /metrics` (plain increments).
+    pub metrics: ReplicaMetrics,
+    snapshots: Snapshots,
+    /// Why the node must stop (a failed fsync): nothing is acknowledged
+    /// past it.
+    failed: Option<String>,
+}
+
+impl Replica {
+    pub fn new(config: ReplicaConfig, boot: Boot) -> Replica {
+        let Boot {
+            hard_state,
+            restore,
+        } = boot;
+        let max_stamp_ms = restore
+            .entries
+            .iter()
+            .rev()
+            .find_map(|e| batch_stamp_ms(&e.data))
+            .unwrap_or(0)
+            .max(restore.fsm.cluster_time_ms());
+        let snapshot = restore.snapshot;
+        let restored = raft::Restored {
+            hard_state,
+            entries: restore.entries,
+            snapshot,
+        };
+        let raft = raft::Node::new(config.raft.clone(), restored);
+        let (applied_index, applied_term) = snapshot.map_or((0, 0), |s| (s.index, s.term));
+        let snapshots = Snapshots::new(config.snapshot_entries, restore.kept);
+        Replica {
+            wal_last_index: raft.last_index(),
+            raft,
+            fsm: restore.fsm,
+            config,
+            actions: Vec::new(),
+            incoming: Vec::new(),
+            held: VecDeque::new(),
+            batches: Vec::new(),
+            turn_reads: Vec::new(),
+            turn_reads_anchored: 0,
+            waiting: VecDeque::new(),
+            read_groups: VecDeque::new(),
+            next_read_id: 1,
+            read_confirmed_id: 0,
+            connection_floor: Vec::new(),
+            applied_index,
+            applied_term,
+            max_stamp_ms,
+            leader_clock: None,
+            last_proposed_stamp_ms: 0,
+            now: Now::default(),
+            next_tick_us: 0,
+            boot_log_start: restore.log_start,
+            // What was replayed may not be durable yet (a process killed
+            // before its fsync leaves writes in the page cache): the first
+            // turn syncs it before anything that promises it leaves.
+            durability: Durability::after_restart(),
+            reply_buffer: BytesMut::new(),
+            replies: Vec::new(),
+            messages: Vec::new(),
+            metrics: ReplicaMetrics::default(),
+            snapshots,
+            failed: None,
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.raft.id()
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.raft.id(),
+            role: Some(self.raft.role()),
+            term: self.raft.term(),
+            leader: self.raft.leader_id(),
+            commit_index: self.raft.commit_index(),
+            applied_index: self.applied_index,
+            last_index: self.raft.last_index(),
+            files: self.fsm.len(),
+        }
+    }
+
+    /// The Raft core, for read-only views (metrics, status, the simulator).
+    pub fn raft(&self) -> &raft::Node {
+        &self.raft
+    }
+
+    pub fn fsm(&self) -> &Fsm {
+        &self.fsm
+    }
+
+    pub fn applied_index(&self) -> Index {
+        self.applied_index
+    }
+
+    /// A client request, answered in this or a later `end_turn`.
+    pub fn client_request(&mut self, client: ClientRef, request: Request, now: Now) {
+        self.incoming.push(Pending {
+            client,
+            request,
+            arrived_us: now.monotonic_us,
+        });
+    }
+
+    /// The connection with this key closed: forget its floor.
+    pub fn connection_closed(&mut self, key: usize) {
+        if let Some(floor) = self.connection_floor.get_mut(key) {
+            *floor = None;
+        }
+    }
+
+    /// Accept a peer's incarnation at handshake, or say why not.
+    pub fn accept_peer(
+        &mut self,
+        from: NodeId,
+        incarnation: u64,
+    ) -> std::result::Result<(), String> {
+        self.raft
+            .observe_incarnation(from, incarnation)
+            .map_err(|e| describe_step_error(&e))
+    }
+
+    /// A message from a peer. Refused messages are logged and dropped.
+    pub fn step(&mut self, envelope: Envelope) {
+        if let Err(error) = self.raft.step(envelope) {
+            log::warn!("dropped a peer message: {}", describe_step_error(&error));
+        }
+    }
+
+    /// The time now: delivers the Raft ticks due since the last call (at
+    /// most `TICKS_PER_CALL_MAX`: after a long stall the node catches up
+    /// gradually instead of firing every missed timeout at once) and
+    /// answers the commands whose deadline passed.
+    pub fn tick(&mut self, now: Now) {
+        let tick_us = limits::TICK_MS * 1_000;
+        if self.next_tick_us == 0 {
+            self.next_tick_us = now.monotonic_us.saturating_add(tick_us);
+        }
+        let mut ticks = 0;
+        while now.monotonic_us >= self.next_tick_us && ticks < limits::TICKS_PER_CALL_MAX {
+            self.raft.tick();
+            self.next_tick_us += tick_us;
+            ticks += 1;
+        }
+        if now.monotonic_us >= self.next_tick_us {
+            self.next_tick_us = now.monotonic_us.saturating_add(tick_us);
+        }
+        self.expire_waiting(now);
+    }
+
+    /// Start handing leadership away (graceful stop). Returns the target.
+    pub fn transfer_leadership(&mut self) -> Option<NodeId> {
+        self.raft.transfer_leadership(None).ok()
+    }
+
+    /// Whether commands are still waiting for an answer.
+    pub fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty() || !self.read_groups.is_empty() || !self.held.is_empty()
+    }
+
+    /// Run one turn (see the module doc). An error means the node must stop
+    /// (I/O, corruption, or an earlier failed fsync).
+    pub fn end_turn(&mut self, now: Now, storage: &mut impl Storage) -> Result<()> {
+        if let Some(reason) = &self.failed {
+            return Err(Error::Refused(format!(
+                "stopped after a failed fsync: {reason}"
+            )));
+        }
+        self.now = now;
+        if let Some((index, term)) = self.boot_log_start.take() {
+            storage.mark_log_start(index, term)?;
+            self.durability.note_written(true);
+        }
+        self.update_leader_clock(now);
+        self.route_requests(now);
+        self.maybe_stamp_cluster_time(now);
+        self.propose_batches(now);
+        self.register_turn_reads(now);
+        self.run_actions(storage)?;
+        self.maybe_snapshot(storage)?;
+        Ok(())
+    }
+
+    /// Execute the core's actions until it has nothing more to say, then
+    /// hand what the turn wrote to an fsync (see `durability`).
+    fn run_actions(&mut self, storage: &mut impl Storage) -> Result<()> {
+        loop {
+            self.raft.drain_actions(&mut self.actions);
+            if self.actions.is_empty() {
+                if self.finish_turn_writes(storage)? {
+                    continue;
+                }
+                return Ok(());
+            }
+            let mut actions = std::mem::take(&mut self.actions);
+            for action in actions.drain(..) {
+                self.execute(action, storage)?;
+            }
+            self.actions = actions;
+        }
+    }
+
+    fn execute(&mut self, action: Action, storage: &mut impl Storage) -> Result<()> {
+        match action {
+            Action::PersistHardState(hard_state) => {
+                storage.save_hard_state(&hard_state)?;
+                self.durability.note_written(true);
+            }
+            Action::PersistEntries(entries) => self.persist_entries(entries, storage)?,
+            Action::Send(envelope) => self.durability.queue_send(envelope),
+            Action::Apply(entries) => {
+                for entry in &entries {
+                    self.apply(entry)?;
+                }
+            }
+            Action::ReadReady { id, .. } => self.read_confirmed(id),
+            Action::ReadFailed { id } => self.read_failed(id),
+            Action::SendSnapshotChunk {
+                envelope,
+                length_bytes,
+            } => self.send_snapshot_chunk(envelope, length_bytes, storage),
+            Action::SnapshotChunk {
+                from,
+                snapshot,
+                offset,
+                data,
+            } => self.receive_snapshot_chunk(from, snapshot, offset, &data, storage)?,
+        }
+        Ok(())
+    }
+
+    fn persist_entries(
+        &mut self,
+        entries: Vec<raft::Entry>,
+        storage: &mut impl Storage,
+    ) -> Result<()> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(());
+        };
+        if first.index <= self.wal_last_index {
+            self.fail_truncated_from(first.index);
+        }
+        let last_position = (last.index, last.term);
+        storage.append_entries(&entries)?;
+        self.wal_last_index = last_position.0;
+        self.durability.note_entries_written(last_position);
+        if let Some(stamp_ms) = entries.iter().rev().find_map(|e| batch_stamp_ms(&e.data)) {
+            self.max_stamp_ms = self.max_stamp_ms.max(stamp_ms);
+        }
+        Ok(())
+    }
+
+    /// Answer a client at once.
+    fn answer(&mut self, client: ClientRef, reply: Reply<'_>) {
+        let bytes = apply::cut_answer(&mut self.reply_buffer, |out| {
+            crate::protocol::encode_reply(&reply, out)
+        });
+        self.replies.push((client, bytes));
+    }
+
+    /// Leader and not handing leadership away (during a transfer commands
+    /// are held, then redirected to the new leader).
+    fn is_ready_leader(&self) -> bool {
+        self.raft.role() == Role::Leader && self.raft.transfer_target().is_none()
+    }
+
+    /// Reads need this term's first entry applied: only then has the applied
+    /// state every write acknowledged by any earlier leader.
+    fn is_ready_for_reads(&self) -> bool {
+        self.is_ready_leader() && self.applied_term == self.raft.term()
+    }
+}
+
+fn describe_step_error(error: &raft::StepError) -> String {
+    match error {
+        raft::StepError::WrongIncarnation { from, recorded, got } => format!(
+            "node {from} came back with data-dir incarnation {got:016x}, but this cluster knows it as \
+             {recorded:016x}: its data dir was lost or replaced, so it may not rejoin under its old id \
+             (replacing a lost host needs membership change)"
+        ),
+        raft::StepError::NotForUs => "message not addressed to this node or from a non-member".into(),
+    }
+}
