@@ -76,6 +76,7 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
         heartbeat_ticks: config.heartbeat_ticks(),
         inflight_appends_max: limits::INFLIGHT_APPENDS_MAX,
         append_bytes_max: limits::APPEND_BYTES_MAX,
+        snapshot_chunk_bytes_max: limits::SNAPSHOT_CHUNK_BYTES_MAX,
         pre_vote: true,
         check_quorum: true,
         seed: recovered.incarnation ^ id,

@@ -182,6 +182,7 @@ fn single_member_replica(dir: &std::path::Path) -> (Replica, NodeStorage) {
             heartbeat_ticks: 1,
             inflight_appends_max: 4,
             append_bytes_max: 1 << 20,
+            snapshot_chunk_bytes_max: raftfs::limits::SNAPSHOT_CHUNK_BYTES_MAX,
             pre_vote: false,
             check_quorum: false,
             seed: 1,

@@ -16,6 +16,7 @@ fn config(id: NodeId, members: &[NodeId]) -> Config {
         heartbeat_ticks: 3,
         inflight_appends_max: 4,
         append_bytes_max: 1 << 20,
+        snapshot_chunk_bytes_max: raftfs::limits::SNAPSHOT_CHUNK_BYTES_MAX,
         pre_vote: false,
         check_quorum: false,
         seed: id,

@@ -250,6 +250,7 @@ impl Harness {
                 heartbeat_ticks: 3,
                 inflight_appends_max: 4,
                 append_bytes_max: 1 << 20,
+                snapshot_chunk_bytes_max: raftfs::limits::SNAPSHOT_CHUNK_BYTES_MAX,
                 pre_vote: true,
                 check_quorum: true,
                 seed: *id,

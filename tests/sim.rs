@@ -13,7 +13,7 @@
 //!   simulator and expects the next steps to fail.
 
 use bytes::Bytes;
-use raftfs::raft::{Entry, HardState};
+use raftfs::raft::{Entry, Envelope, HardState, Message};
 use raftfs::sim::{self, invariants, Failure, Sim, SimConfig, Stats};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,11 +47,16 @@ struct Tally {
     steps: u64,
     committed: u64,
     crashes: u64,
+    power_losses: u64,
+    sync_failures: u64,
     partitions: u64,
-    reads_served: u64,
+    commands: u64,
+    answered: u64,
+    indeterminate: u64,
+    snapshots_taken: u64,
+    snapshots_installed: u64,
+    lincheck_unknown: u64,
     liveness_ticks_max: u64,
-    with_snapshots: u64,
-    snapshots: sim::SnapshotStats,
     failures: Vec<Failure>,
 }
 
@@ -63,11 +68,16 @@ impl Tally {
                 self.steps += stats.steps;
                 self.committed += stats.committed_entries;
                 self.crashes += stats.crashes;
+                self.power_losses += stats.power_losses;
+                self.sync_failures += stats.sync_failures;
                 self.partitions += stats.partitions;
-                self.reads_served += stats.client.reads_served;
+                self.commands += stats.commands;
+                self.answered += stats.answered;
+                self.indeterminate += stats.indeterminate;
+                self.snapshots_taken += stats.snapshots_taken;
+                self.snapshots_installed += stats.snapshots_installed;
+                self.lincheck_unknown += u64::from(stats.lincheck_unknown);
                 self.liveness_ticks_max = self.liveness_ticks_max.max(stats.liveness_ticks);
-                self.with_snapshots += (stats.snapshots.compactions > 0) as u64;
-                add_snapshots(&mut self.snapshots, &stats.snapshots);
             }
             Err(failure) => {
                 eprintln!("FAILED {failure}");
@@ -81,32 +91,41 @@ impl Tally {
         self.steps += other.steps;
         self.committed += other.committed;
         self.crashes += other.crashes;
+        self.power_losses += other.power_losses;
+        self.sync_failures += other.sync_failures;
         self.partitions += other.partitions;
-        self.reads_served += other.reads_served;
+        self.commands += other.commands;
+        self.answered += other.answered;
+        self.indeterminate += other.indeterminate;
+        self.snapshots_taken += other.snapshots_taken;
+        self.snapshots_installed += other.snapshots_installed;
+        self.lincheck_unknown += other.lincheck_unknown;
         self.liveness_ticks_max = self.liveness_ticks_max.max(other.liveness_ticks_max);
-        self.with_snapshots += other.with_snapshots;
-        add_snapshots(&mut self.snapshots, &other.snapshots);
         self.failures.extend(other.failures);
     }
 
     fn report(&self, what: &str, elapsed: Duration) {
         eprintln!(
-            "{what}: {} schedules in {:.1}s ({} steps, {} committed entries, {} crashes, {} partitions, \
-             {} reads served, slowest recovery {} ticks; {} with snapshots: {} compactions, {} chunks \
-             sent, {} installed, {} out of order), {} failed",
+            "{what}: {} schedules in {:.1}s ({:.1} schedules/s; {} steps, {} committed entries, \
+             {} client commands ({} answered, {} indeterminate), {} crashes ({} power losses, \
+             {} after a failed fsync), {} partitions, {} snapshots taken, {} installed, slowest \
+             recovery {} ticks, {} histories too large to check in time), {} failed",
             self.schedules,
             elapsed.as_secs_f64(),
+            self.schedules as f64 / elapsed.as_secs_f64().max(1e-9),
             self.steps,
             self.committed,
+            self.commands,
+            self.answered,
+            self.indeterminate,
             self.crashes,
+            self.power_losses,
+            self.sync_failures,
             self.partitions,
-            self.reads_served,
+            self.snapshots_taken,
+            self.snapshots_installed,
             self.liveness_ticks_max,
-            self.with_snapshots,
-            self.snapshots.compactions,
-            self.snapshots.chunks_sent,
-            self.snapshots.installed,
-            self.snapshots.chunks_out_of_order,
+            self.lincheck_unknown,
             self.failures.len()
         );
         let mut seeds: Vec<u64> = self.failures.iter().map(|failure| failure.seed).collect();
@@ -120,13 +139,6 @@ impl Tally {
                 .map_or(String::new(), |f| f.to_string())
         );
     }
-}
-
-fn add_snapshots(total: &mut sim::SnapshotStats, more: &sim::SnapshotStats) {
-    total.compactions += more.compactions;
-    total.chunks_sent += more.chunks_sent;
-    total.installed += more.installed;
-    total.chunks_out_of_order += more.chunks_out_of_order;
 }
 
 /// Run `next_seed()` on every thread until it returns None.
@@ -224,20 +236,22 @@ fn same_seed_same_trace() {
 #[test]
 fn quiet_cluster_elects_and_commits() {
     for node_count in [3, 5] {
-        let mut sim = Sim::new(1, SimConfig::quiet(node_count));
-        let first = sim
-            .propose_and_wait(Bytes::from_static(b"first"), 200)
-            .expect("commits");
-        let second = sim
-            .propose_and_wait(Bytes::from_static(b"second"), 50)
-            .expect("commits");
-        assert!(second > first);
-        assert!(sim.leader().is_some());
         let stats =
             sim::run(2, &SimConfig::quiet(node_count)).expect("liveness in a quiet cluster");
         assert!(stats.committed_entries >= 2, "{stats:?}");
+        let stats = sim::run(2, &steady(node_count)).expect("a steady cluster serves");
+        assert!(stats.answered > 100, "{stats:?}");
     }
 }
+
+/// Clients over a fault-free cluster for `STEADY_STEPS` steps.
+fn steady(node_count: usize) -> SimConfig {
+    let mut config = SimConfig::quiet(node_count);
+    config.fault_steps = STEADY_STEPS;
+    config
+}
+
+const STEADY_STEPS: u64 = 3_000;
 
 fn entry(index: u64, term: u64, data: &'static str) -> Entry {
     Entry {
@@ -262,44 +276,15 @@ fn checkers_catch_planted_violations() {
         vote: Some(1),
         ..HardState::default()
     };
-    assert!(invariants::vote_once_per_term(
-        2,
-        &voted,
-        &HardState {
-            vote: Some(3),
-            ..voted.clone()
-        }
-    )
-    .is_err());
-    assert!(invariants::vote_once_per_term(
-        2,
-        &voted,
-        &HardState {
-            vote: None,
-            ..voted.clone()
-        }
-    )
-    .is_err());
-    assert!(invariants::vote_once_per_term(
-        2,
-        &voted,
-        &HardState {
-            term: 4,
-            vote: None,
-            ..voted.clone()
-        }
-    )
-    .is_err());
-    assert!(invariants::vote_once_per_term(
-        2,
-        &voted,
-        &HardState {
-            term: 6,
-            vote: Some(3),
-            ..voted.clone()
-        }
-    )
-    .is_ok());
+    let changed = |term, vote| HardState {
+        term,
+        vote,
+        ..voted.clone()
+    };
+    assert!(invariants::vote_once_per_term(2, &voted, &changed(5, Some(3))).is_err());
+    assert!(invariants::vote_once_per_term(2, &voted, &changed(5, None)).is_err());
+    assert!(invariants::vote_once_per_term(2, &voted, &changed(4, None)).is_err());
+    assert!(invariants::vote_once_per_term(2, &voted, &changed(6, Some(3))).is_ok());
 
     // Log Matching: same (index, term), different data or different history.
     let mut positions = HashMap::new();
@@ -312,9 +297,18 @@ fn checkers_catch_planted_violations() {
     assert!(invariants::log_matching(&mut positions, 3, &other_history, 1).is_err());
     let decreasing = vec![entry(1, 3, "p"), entry(2, 2, "q")];
     assert!(invariants::log_matching(&mut HashMap::new(), 3, &decreasing, 1).is_err());
+    // After a snapshot: the first entry's predecessor is the snapshot's last.
+    let mut positions = HashMap::new();
+    let after = |term, entries: &[Entry], positions: &mut HashMap<_, _>| {
+        invariants::log_matching_after(positions, 1, (2, term), entries, 3)
+    };
+    assert!(after(1, &[entry(3, 1, "c")], &mut positions).is_ok());
+    assert!(after(1, &[entry(3, 2, "c")], &mut positions).is_ok());
+    assert!(after(2, &[entry(3, 2, "c")], &mut positions).is_err());
+    assert!(after(3, &[entry(3, 2, "d")], &mut positions).is_err());
 
-    // State Machine Safety: two nodes apply different entries at one index;
-    // and one node applying out of order.
+    // State Machine Safety: two nodes commit different entries at one index;
+    // one node skipping an index.
     let mut committed = BTreeMap::new();
     assert_eq!(
         invariants::state_machine_safety(&mut committed, 1, 2, 0, &entry(1, 1, "a")),
@@ -326,15 +320,11 @@ fn checkers_catch_planted_violations() {
     );
     assert!(invariants::state_machine_safety(&mut committed, 3, 2, 0, &entry(1, 2, "z")).is_err());
     assert!(invariants::state_machine_safety(&mut committed, 1, 2, 1, &entry(3, 1, "c")).is_err());
-    assert!(
-        invariants::apply_from_own_log(1, &entry(1, 1, "a"), Some(&entry(1, 1, "b")), 1).is_err()
-    );
-    assert!(
-        invariants::apply_from_own_log(1, &entry(2, 1, "a"), Some(&entry(2, 1, "a")), 1).is_err()
-    );
-    assert!(
-        invariants::apply_from_own_log(1, &entry(1, 1, "a"), Some(&entry(1, 1, "a")), 1).is_ok()
-    );
+    // Replicas disagreeing on the file map at one applied index.
+    let mut digests = HashMap::new();
+    assert!(invariants::replicas_agree(&mut digests, 1, 7, 0xabc).is_ok());
+    assert!(invariants::replicas_agree(&mut digests, 2, 7, 0xabc).is_ok());
+    assert!(invariants::replicas_agree(&mut digests, 3, 7, 0xabd).is_err());
 
     // Leader Completeness: a later leader missing a committed entry (index 1
     // was committed in term 2, first applied by node 1).
@@ -343,71 +333,52 @@ fn checkers_catch_planted_violations() {
     assert!(invariants::leader_completeness(&committed, 2, 3, &[entry(1, 3, "a")]).is_err());
     // A stale leader of an earlier term owes nothing.
     assert!(invariants::leader_completeness(&committed, 2, 1, &[]).is_ok());
+    // A snapshot covers index 1 (its term must match at its last index).
+    let view = |snapshot_term| invariants::LogView {
+        snapshot_index: 1,
+        snapshot_term,
+        entries: &[],
+    };
+    assert!(invariants::leader_completeness_view(&committed, 2, 3, view(1)).is_ok());
+    assert!(invariants::leader_completeness_view(&committed, 2, 3, view(2)).is_err());
 
     // Commit index going back within one lifetime.
     assert!(invariants::commit_index_monotonic(1, 5, 4).is_err());
     assert!(invariants::commit_index_monotonic(1, 5, 5).is_ok());
 
-    // A read served below a commit observed before it was requested.
-    assert!(invariants::read_linearizable(7, 1, 10, 9).is_err());
-    assert!(invariants::read_linearizable(7, 1, 10, 10).is_ok());
-}
-
-#[test]
-fn snapshot_checkers_catch_planted_violations() {
-    let data = |text: &'static str| Bytes::from_static(text.as_bytes());
-    let mut committed = BTreeMap::new();
-    for (index, text) in [(1, "a"), (2, "b"), (3, "c")] {
-        let entry = entry(index, 1, text);
-        invariants::state_machine_safety(&mut committed, 1, 1, index - 1, &entry)
-            .expect("first applies");
-    }
-    let prefix = [data("a"), data("b")];
-    assert!(invariants::snapshot_matches_committed(&committed, 2, (2, 1), &prefix).is_ok());
-    // Wrong data, wrong term at the last index, a short body, an index no
-    // node applied.
-    let wrong = [data("a"), data("x")];
-    assert!(invariants::snapshot_matches_committed(&committed, 2, (2, 1), &wrong).is_err());
-    assert!(invariants::snapshot_matches_committed(&committed, 2, (2, 2), &prefix).is_err());
-    assert!(invariants::snapshot_matches_committed(&committed, 2, (3, 1), &prefix).is_err());
-    let long = [data("a"), data("b"), data("c"), data("d")];
-    assert!(invariants::snapshot_matches_committed(&committed, 2, (4, 1), &long).is_err());
-    // Checking from index 2 on still sees index 2.
-    assert!(invariants::snapshot_matches_committed_from(&committed, 2, (2, 1), &wrong, 2).is_err());
-
-    // Leader Completeness over a compacted log: positions in the snapshot are
-    // read from its applied sequence.
-    let tail = [entry(3, 1, "c")];
-    let view = |applied: &'static [Bytes], entries: &'static [Entry]| invariants::LogView {
-        snapshot_index: 2,
-        snapshot_term: 1,
-        snapshot_applied: applied,
-        entries,
+    // A promise that leaves before what it promises is durable.
+    let envelope = |message| Envelope {
+        from: 1,
+        to: 2,
+        term: 5,
+        incarnation: 1,
+        message,
     };
-    static GOOD: [Bytes; 2] = [Bytes::from_static(b"a"), Bytes::from_static(b"b")];
-    static BAD: [Bytes; 2] = [Bytes::from_static(b"a"), Bytes::from_static(b"x")];
-    let tail: &'static [Entry] = Box::leak(Box::new(tail));
-    assert!(invariants::leader_completeness_view(&committed, 3, 2, view(&GOOD, tail)).is_ok());
-    assert!(invariants::leader_completeness_view(&committed, 3, 2, view(&BAD, tail)).is_err());
-    assert!(invariants::leader_completeness_view(&committed, 3, 2, view(&GOOD, &[])).is_err());
-
-    // Log Matching after a snapshot: the first entry's predecessor is the
-    // snapshot's last entry.
-    let mut positions = HashMap::new();
-    assert!(
-        invariants::log_matching_after(&mut positions, 1, (2, 1), &[entry(3, 1, "c")], 3).is_ok()
-    );
-    assert!(
-        invariants::log_matching_after(&mut positions, 2, (2, 2), &[entry(3, 2, "c")], 3).is_ok()
-    );
-    // Same (index, term) after a different predecessor term.
-    assert!(
-        invariants::log_matching_after(&mut positions, 3, (2, 1), &[entry(3, 2, "c")], 3).is_err()
-    );
-    // Terms may not decrease from the snapshot's.
-    assert!(
-        invariants::log_matching_after(&mut positions, 3, (2, 3), &[entry(3, 2, "c")], 3).is_err()
-    );
+    let durable = invariants::Durable {
+        hard_state: HardState {
+            term: 5,
+            vote: Some(2),
+            ..HardState::default()
+        },
+        covered_index: 10,
+    };
+    let vote = envelope(Message::RequestVoteResponse { granted: true });
+    assert!(invariants::promise_is_durable(1, &vote, &durable).is_ok());
+    let not_voted = invariants::Durable {
+        hard_state: HardState::default(),
+        ..durable.clone()
+    };
+    assert!(invariants::promise_is_durable(1, &vote, &not_voted).is_err());
+    let ack = |match_index| {
+        envelope(Message::AppendEntriesResponse {
+            success: true,
+            match_index,
+            conflict_index: 0,
+            conflict_term: None,
+        })
+    };
+    assert!(invariants::promise_is_durable(1, &ack(10), &durable).is_ok());
+    assert!(invariants::promise_is_durable(1, &ack(11), &durable).is_err());
 }
 
 /// The failure report names the seed and the step, so a red CI run can be
@@ -427,15 +398,18 @@ fn failure_names_seed_and_step() {
     );
 }
 
-/// The simulator really consults the checkers: plant a second leader for the
-/// current term, or a different entry at the next index to commit, and the
-/// run must fail with that property's name.
+/// The simulator really consults the checkers: plant a second leader for
+/// the current term, or a different entry at the next index to commit, and
+/// the run must fail with that property's name.
 #[test]
 fn simulator_runs_the_checkers() {
-    let mut sim = Sim::new(3, SimConfig::quiet(3));
-    sim.propose_and_wait(Bytes::from_static(b"w1"), 200)
-        .expect("commits");
-    let leader = sim.leader().expect("a leader");
+    let mut sim = Sim::new(3, steady(3));
+    let leader = (0..20_000)
+        .find_map(|_| {
+            sim.step().expect("a steady cluster");
+            sim.leader()
+        })
+        .expect("a leader");
     let term = sim
         .observations_mut()
         .leaders
@@ -444,17 +418,25 @@ fn simulator_runs_the_checkers() {
         .copied()
         .expect("a term");
     sim.observations_mut().leaders.insert(term, leader % 3 + 1);
-    let failure = (0..1_000)
+    let failure = (0..20_000)
         .find_map(|_| sim.step().err())
         .expect("the planted leader is noticed");
     assert!(failure.message.contains("Election Safety"), "{failure}");
 
-    let mut sim = Sim::new(4, SimConfig::quiet(3));
-    let index = sim
-        .propose_and_wait(Bytes::from_static(b"w1"), 200)
-        .expect("commits");
+    let mut sim = Sim::new(4, steady(3));
+    for _ in 0..500 {
+        sim.step().expect("a steady cluster");
+    }
+    let next = sim
+        .observations_mut()
+        .committed
+        .keys()
+        .next_back()
+        .copied()
+        .unwrap_or(0)
+        + 1;
     sim.observations_mut().committed.insert(
-        index + 1,
+        next,
         invariants::CommittedEntry {
             term: 99,
             data: Bytes::from_static(b"planted"),
@@ -462,9 +444,9 @@ fn simulator_runs_the_checkers() {
             first_applied_by: 9,
         },
     );
-    let failure = sim
-        .propose_and_wait(Bytes::from_static(b"w2"), 200)
-        .expect_err("the planted entry is noticed");
+    let failure = (0..20_000)
+        .find_map(|_| sim.step().err())
+        .expect("the planted entry is noticed");
     assert!(
         failure.message.contains("State Machine Safety"),
         "{failure}"

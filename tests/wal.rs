@@ -666,6 +666,14 @@ fn background_sync_covers_what_was_written_before_it_and_no_more() {
         }),
     )
     .unwrap();
+    // What a restart replays may sit only in the page cache: the first sync
+    // after open covers it, even with nothing appended since.
+    let first = wal
+        .begin_sync()
+        .unwrap()
+        .expect("the first sync after open is real");
+    syncer.submit(first).unwrap();
+    wal.end_sync(wait_for_sync(&syncer)).unwrap();
     assert!(wal.begin_sync().unwrap().is_none(), "nothing to sync yet");
 
     wal.append(&entries(1, 1..=5)).unwrap();
@@ -678,7 +686,7 @@ fn background_sync_covers_what_was_written_before_it_and_no_more() {
     wal.append(&entries(1, 6..=8)).unwrap();
     let done = wait_for_sync(&syncer);
     wal.end_sync(done).unwrap();
-    assert_eq!(notified.load(Ordering::SeqCst), 1);
+    assert_eq!(notified.load(Ordering::SeqCst), 2);
     let request = wal
         .begin_sync()
         .unwrap()

@@ -37,6 +37,7 @@ impl Cluster {
                     heartbeat_ticks: 3,
                     inflight_appends_max,
                     append_bytes_max: 1 << 20,
+                    snapshot_chunk_bytes_max: raftfs::limits::SNAPSHOT_CHUNK_BYTES_MAX,
                     pre_vote: true,
                     check_quorum: true,
                     seed: *id,

@@ -35,6 +35,10 @@ pub struct Config {
     pub heartbeat_ticks: u64,
     pub inflight_appends_max: usize,
     pub append_bytes_max: usize,
+    /// Bytes of snapshot per InstallSnapshot chunk (at most
+    /// `limits::SNAPSHOT_CHUNK_BYTES_MAX`; the simulator uses small chunks
+    /// so small snapshots span several).
+    pub snapshot_chunk_bytes_max: u64,
     pub pre_vote: bool,
     pub check_quorum: bool,
     /// Seed of the node's private RNG (election timeouts).
@@ -177,6 +181,11 @@ impl Node {
             "heartbeat must be shorter than the election timeout"
         );
         assert!(config.inflight_appends_max >= 1 && config.append_bytes_max >= 1);
+        assert!(
+            (1..=crate::limits::SNAPSHOT_CHUNK_BYTES_MAX)
+                .contains(&config.snapshot_chunk_bytes_max),
+            "snapshot chunks must be 1..=SNAPSHOT_CHUNK_BYTES_MAX bytes"
+        );
         let snapshot = restored.snapshot.unwrap_or_default();
         let log = Log::from_snapshot(snapshot.index, snapshot.term, restored.entries);
         let persisted_index = log.last_index();

@@ -25,7 +25,7 @@ use super::message::{Envelope, Index, Message, NodeId, SnapshotMeta};
 use super::node::{Installed, Node, Role};
 use super::progress::ProgressState;
 use super::Action;
-use crate::limits::{SNAPSHOT_CHUNKS_INFLIGHT_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
+use crate::limits::SNAPSHOT_CHUNKS_INFLIGHT_MAX;
 use bytes::Bytes;
 
 impl Node {
@@ -238,6 +238,7 @@ impl Node {
         let term = self.hard_state.term;
         let from = self.config.id;
         let incarnation = self.config.incarnation;
+        let chunk_bytes_max = self.config.snapshot_chunk_bytes_max;
         let Some(leader) = self.leader.as_mut() else {
             return;
         };
@@ -245,11 +246,9 @@ impl Node {
         let Some(progress) = leader.progress.get_mut(&to) else {
             return;
         };
-        while let Some((snapshot, offset, length_bytes)) = progress.next_snapshot_chunk(
-            SNAPSHOT_CHUNK_BYTES_MAX,
-            SNAPSHOT_CHUNKS_INFLIGHT_MAX,
-            ticks,
-        ) {
+        while let Some((snapshot, offset, length_bytes)) =
+            progress.next_snapshot_chunk(chunk_bytes_max, SNAPSHOT_CHUNKS_INFLIGHT_MAX, ticks)
+        {
             self.actions.push(Action::SendSnapshotChunk {
                 envelope: Envelope {
                     from,

@@ -1,11 +1,11 @@
 //! The knobs of one simulated schedule, and how a seed picks them.
 //!
 //! Everything a schedule does follows from `(seed, SimConfig)`; `mixed(seed)`
-//! derives a whole fault mix (3 or 5 nodes, loss, partitions, crashes, slow
-//! disks, Raft options, log compaction in half of them) from the seed
-//! alone, so a seed printed by a failing test is all that is needed to replay
-//! it. Time is simulated microseconds;
-//! one Raft tick is `limits::TICK_MS` of it.
+//! derives a whole fault mix (3 or 5 nodes, loss, partitions, crashes and
+//! power losses, pauses, slow and failing disks, wall-clock jumps, Raft
+//! options, snapshots in half of them, client load) from the seed alone, so
+//! a seed printed by a failing test is all that is needed to replay it.
+//! Time is simulated microseconds; one Raft tick is `limits::TICK_MS` of it.
 
 use crate::limits::TICK_MS;
 use rand::{Rng, SeedableRng};
@@ -29,16 +29,20 @@ pub struct NetConfig {
 /// Simulated disk behaviour.
 #[derive(Clone, Debug)]
 pub struct DiskConfig {
-    /// After a node's turn, sync at once with this probability; otherwise a
-    /// group commit is scheduled within `sync_delay_us_max`.
-    pub sync_now_probability: f64,
-    pub sync_delay_us_max: u64,
-    /// A crash may keep a prefix of the unsynced writes (a write-ahead log's
-    /// pages can reach the platter before the fsync), not only the synced part.
+    /// An fsync takes a time drawn from `[min, max]` microseconds...
+    pub sync_us: (u64, u64),
+    /// ... or, with this probability, up to `slow_sync_us_max` (a slow disk).
+    pub slow_sync_probability: f64,
+    pub slow_sync_us_max: u64,
+    /// An fsync fails with this probability: the node must stop, and it
+    /// restarts after its downtime.
+    pub sync_failure_probability: f64,
+    /// Taking a snapshot on the helper takes `[min, max]` microseconds.
+    pub snapshot_us: (u64, u64),
+    /// A crash is a power loss with this probability, else a process kill.
+    pub power_loss_probability: f64,
+    /// A power loss may keep a prefix of the unsynced writes.
     pub crash_keeps_unsynced_prefix: bool,
-    /// A leader's AppendEntries leave before its own log write is synced
-    /// (thesis §10.2.1; the leader counts itself only after `persisted`).
-    pub leader_appends_before_sync: bool,
 }
 
 /// Raft options handed to every node (see `raft::Config`).
@@ -48,8 +52,30 @@ pub struct RaftKnobs {
     pub heartbeat_ticks: u64,
     pub inflight_appends_max: usize,
     pub append_bytes_max: usize,
+    pub snapshot_chunk_bytes_max: u64,
     pub pre_vote: bool,
     pub check_quorum: bool,
+}
+
+/// The simulated clients.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub clients: usize,
+    /// Each client keeps up to this many commands outstanding on its
+    /// connection (pipelining).
+    pub pipeline_max: usize,
+    /// Files are `k0`..`k{keys-1}`.
+    pub keys: usize,
+    /// Mean gap between a client's turns, microseconds.
+    pub gap_us_mean: u64,
+    pub read_probability: f64,
+    pub cas_probability: f64,
+    pub delete_probability: f64,
+    /// A client that waits this long for an answer closes its connection
+    /// (its outstanding commands become indeterminate) and reconnects.
+    pub timeout_us: u64,
+    /// Largest value written (values are random text up to this length).
+    pub value_bytes_max: usize,
 }
 
 /// Relative weights of the faults drawn during the fault phase.
@@ -65,6 +91,8 @@ pub struct FaultWeights {
     pub heal: u32,
     pub network_weather: u32,
     pub transfer_leadership: u32,
+    /// Move a node's wall clock by up to a year, either way.
+    pub clock_jump: u32,
 }
 
 impl FaultWeights {
@@ -78,6 +106,7 @@ impl FaultWeights {
             + self.heal
             + self.network_weather
             + self.transfer_leadership
+            + self.clock_jump
     }
 }
 
@@ -86,39 +115,40 @@ pub struct SimConfig {
     pub node_count: usize,
     /// Steps (events) in the fault phase; then the liveness phase starts.
     pub fault_steps: u64,
-    /// After the faults stop, a leader must exist and a fresh proposal must be
-    /// applied on every node within this many ticks.
+    /// After the faults stop, a leader must exist, a fresh write must be
+    /// applied on every node and every client answered within this many
+    /// ticks...
     pub liveness_ticks_max: u64,
-    /// ... and the fresh proposal within that plus this many ticks per entry
-    /// of the longest log (the backlog a slow network must ship first).
+    /// ... plus this many ticks per entry of the longest log (the backlog
+    /// a slow network must ship first).
     pub catch_up_ticks_per_entry: u64,
     /// Each node's tick period is `TICK_US` ± up to this many per mille.
     pub tick_skew_per_mille: u64,
-    /// Mean gap between client operations, microseconds.
-    pub client_gap_us_mean: u64,
-    pub read_probability: f64,
     /// Mean gap between faults, microseconds; 0 disables faults.
     pub fault_gap_us_mean: u64,
     pub faults: FaultWeights,
     /// A crashed node stays down for a time drawn from this range.
     pub downtime_us: (u64, u64),
+    /// A paused node stays paused for a number of ticks drawn from this.
+    pub pause_ticks: (u64, u64),
+    /// After a node installs a snapshot, crash it at once with this
+    /// probability (the window between the snapshot and its log-start
+    /// record becoming durable).
+    pub crash_after_install_probability: f64,
     pub net: NetConfig,
     pub disk: DiskConfig,
     pub raft: RaftKnobs,
-    /// Each node takes a snapshot and compacts its log once it has applied
-    /// this many entries (plus a random jitter of up to as many again) past
-    /// its last snapshot, at a random applied index; 0 never compacts.
-    pub compact_every_entries: u64,
-    /// Bulk added to every serialised snapshot, so transfers span several
-    /// `SNAPSHOT_CHUNK_BYTES_MAX` chunks (the entries alone never do).
-    pub snapshot_padding_bytes: u64,
+    pub clients: ClientConfig,
+    /// Replicas snapshot once this many entries were applied since the
+    /// last one (`u64::MAX`: never).
+    pub snapshot_entries: u64,
     /// Write every step to stderr.
     pub verbose: bool,
 }
 
 impl SimConfig {
-    /// A fault-free cluster with a fast, reliable network: for benchmarks and
-    /// for tests that need steady progress.
+    /// A fault-free cluster with a fast, reliable network and disks: for
+    /// benchmarks and for tests that need steady progress.
     pub fn quiet(node_count: usize) -> SimConfig {
         SimConfig {
             node_count,
@@ -126,11 +156,11 @@ impl SimConfig {
             liveness_ticks_max: 300,
             catch_up_ticks_per_entry: 3,
             tick_skew_per_mille: 0,
-            client_gap_us_mean: 0,
-            read_probability: 0.0,
             fault_gap_us_mean: 0,
             faults: FaultWeights::default(),
             downtime_us: (TICK_US, TICK_US),
+            pause_ticks: (2, 50),
+            crash_after_install_probability: 0.0,
             net: NetConfig {
                 delay_us: (100, 500),
                 loss_probability: 0.0,
@@ -139,39 +169,52 @@ impl SimConfig {
                 long_delay_us_max: 0,
             },
             disk: DiskConfig {
-                sync_now_probability: 1.0,
-                sync_delay_us_max: 0,
+                sync_us: (50, 200),
+                slow_sync_probability: 0.0,
+                slow_sync_us_max: 0,
+                sync_failure_probability: 0.0,
+                snapshot_us: (100, 1_000),
+                power_loss_probability: 0.0,
                 crash_keeps_unsynced_prefix: false,
-                leader_appends_before_sync: false,
             },
             raft: RaftKnobs {
                 election_timeout_ticks: (10, 20),
                 heartbeat_ticks: 2,
                 inflight_appends_max: crate::limits::INFLIGHT_APPENDS_MAX,
                 append_bytes_max: crate::limits::APPEND_BYTES_MAX,
+                snapshot_chunk_bytes_max: crate::limits::SNAPSHOT_CHUNK_BYTES_MAX,
                 pre_vote: true,
                 check_quorum: true,
             },
-            compact_every_entries: 0,
-            snapshot_padding_bytes: 0,
+            clients: ClientConfig {
+                clients: 3,
+                pipeline_max: 2,
+                keys: 4,
+                gap_us_mean: TICK_US,
+                read_probability: 0.3,
+                cas_probability: 0.2,
+                delete_probability: 0.05,
+                timeout_us: 700 * TICK_US,
+                value_bytes_max: 16,
+            },
+            snapshot_entries: u64::MAX,
             verbose: false,
         }
     }
 
-    /// The mixed-fault schedule for `seed`: 3 nodes for even seeds, 5 for odd,
-    /// and every other knob drawn from a generator seeded with `seed` (apart
-    /// from the one that runs the schedule).
+    /// The mixed-fault schedule for `seed`: 3 nodes for even seeds, 5 for
+    /// odd, and every other knob drawn from a generator seeded with `seed`
+    /// (apart from the one that runs the schedule).
     pub fn mixed(seed: u64, fault_steps: u64) -> SimConfig {
         let mut rng = Pcg64::seed_from_u64(seed ^ 0x5eed_c0f1_6000_0000);
         let node_count = if seed.is_multiple_of(2) { 3 } else { 5 };
         let mut config = SimConfig::quiet(node_count);
         config.fault_steps = fault_steps;
-        config.liveness_ticks_max = 400;
+        config.liveness_ticks_max = 600;
         config.tick_skew_per_mille = rng.gen_range(0..=80);
-        config.client_gap_us_mean = [TICK_US / 4, TICK_US, 3 * TICK_US][rng.gen_range(0..3)];
-        config.read_probability = [0.1, 0.3, 0.5][rng.gen_range(0..3)];
         config.fault_gap_us_mean = [5 * TICK_US, 15 * TICK_US, 40 * TICK_US][rng.gen_range(0..3)];
         config.downtime_us = (TICK_US, rng.gen_range(10..80) * TICK_US);
+        config.pause_ticks = (2, [20, 60, 200][rng.gen_range(0..3)]);
         config.faults = FaultWeights {
             crash: rng.gen_range(0..4),
             crash_leader: rng.gen_range(0..4),
@@ -182,6 +225,7 @@ impl SimConfig {
             heal: rng.gen_range(1..5),
             network_weather: rng.gen_range(0..3),
             transfer_leadership: rng.gen_range(0..2),
+            clock_jump: rng.gen_range(0..2),
         };
         if config.faults.total() == config.faults.heal {
             // At least one fault that breaks something.
@@ -196,29 +240,39 @@ impl SimConfig {
             long_delay_probability: [0.0, 0.02, 0.1][rng.gen_range(0..3)],
             long_delay_us_max: rng.gen_range(2..30) * TICK_US,
         };
+        let sync_max_us = [TICK_US / 20, TICK_US / 2, 2 * TICK_US][rng.gen_range(0..3)];
         config.disk = DiskConfig {
-            sync_now_probability: [1.0, 0.7, 0.2][rng.gen_range(0..3)],
-            sync_delay_us_max: [TICK_US / 10, TICK_US, 3 * TICK_US][rng.gen_range(0..3)],
+            sync_us: (sync_max_us / 10, sync_max_us),
+            slow_sync_probability: [0.0, 0.01, 0.05][rng.gen_range(0..3)],
+            slow_sync_us_max: rng.gen_range(5..60) * TICK_US,
+            sync_failure_probability: [0.0, 0.0, 0.001][rng.gen_range(0..3)],
+            snapshot_us: (TICK_US / 10, rng.gen_range(1..20) * TICK_US),
+            power_loss_probability: [0.0, 0.5, 1.0][rng.gen_range(0..3)],
             crash_keeps_unsynced_prefix: rng.gen_bool(0.5),
-            leader_appends_before_sync: rng.gen_bool(0.5),
         };
         config.raft = RaftKnobs {
             election_timeout_ticks: (10, 20),
             heartbeat_ticks: rng.gen_range(1..=3),
             inflight_appends_max: [1, 4, 16][rng.gen_range(0..3)],
             append_bytes_max: [64, 512, 1 << 20][rng.gen_range(0..3)],
+            snapshot_chunk_bytes_max: [64, 512, 1 << 20][rng.gen_range(0..3)],
             pre_vote: rng.gen_bool(0.7),
             check_quorum: rng.gen_bool(0.7),
         };
-        // Drawn last, so the knobs above stay what they were for each seed.
+        config.clients = ClientConfig {
+            clients: rng.gen_range(1..=5),
+            pipeline_max: rng.gen_range(1..=4),
+            keys: rng.gen_range(1..=6),
+            gap_us_mean: [TICK_US / 4, TICK_US, 3 * TICK_US][rng.gen_range(0..3)],
+            read_probability: [0.1, 0.3, 0.5][rng.gen_range(0..3)],
+            cas_probability: [0.0, 0.2, 0.4][rng.gen_range(0..3)],
+            delete_probability: [0.0, 0.05, 0.15][rng.gen_range(0..3)],
+            timeout_us: 700 * TICK_US,
+            value_bytes_max: [8, 64, 600][rng.gen_range(0..3)],
+        };
         if rng.gen_bool(0.5) {
-            config.compact_every_entries = [5, 20, 80][rng.gen_range(0..3)];
-            if rng.gen_bool(0.2) {
-                let chunk = crate::limits::SNAPSHOT_CHUNK_BYTES_MAX;
-                config.snapshot_padding_bytes = rng.gen_range(chunk / 2..5 * chunk);
-                // Bulky transfers: compact less often.
-                config.compact_every_entries *= 10;
-            }
+            config.snapshot_entries = [5, 20, 80][rng.gen_range(0..3)];
+            config.crash_after_install_probability = [0.0, 0.3][rng.gen_range(0..2)];
         }
         config
     }

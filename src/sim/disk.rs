@@ -1,422 +1,455 @@
-//! One node's simulated storage: hard state and log, synced vs not yet synced.
+//! One simulated node's disk, behind the same `Storage` port as the real
+//! one: WAL records that are durable only once a sync covers them, snapshot
+//! files in the real file format, and the snapshot being received.
 //!
-//! Writes land in the `current` view at once (what the node would read back)
-//! and are queued as unsynced; `sync` makes them durable. A crash keeps the
-//! synced state, plus — when the schedule allows it — a prefix of the unsynced
-//! writes in order (a write-ahead log's pages may reach the platter before the
-//! fsync, but never out of order). `restored` is what a restart reads.
-//! Snapshots (`store_snapshot`) are durable at once in both views: the
-//! executor syncs every earlier write first, then writes and fsyncs the
-//! snapshot and drops the log through its index, as the replica does.
-//! Invariant: log entries are contiguous from the snapshot's index + 1 (from
-//! index 1 without one) in both views.
-//! Left out: torn records and bit rot (the WAL's CRC tests own those).
+//! The WAL is kept as its records (`storage::segment::Record`), in write
+//! order; `records[..synced]` are durable. What a restart reads back is
+//! `storage::replay_records` over them, then `snapshot::restore_from` over
+//! the snapshot files: the production code, not a model of it.
+//!
+//! Crashes (`crash`): a process kill keeps every write (the page cache
+//! survives; what was not synced stays unsynced, so a later power loss can
+//! still drop it); a power loss keeps the synced records plus, if the
+//! schedule allows, a prefix of the others (a WAL's pages may reach the
+//! platter before its fsync, never out of order; a torn last record is cut
+//! off at replay, which is a shorter prefix). Both drop the snapshot being
+//! received and the snapshots being taken (their temporary files are
+//! removed at start), and every sync in flight.
+//!
+//! Snapshot files are durable once complete: one the helper takes appears
+//! when the simulator completes its job (`complete_snapshot`), one received
+//! when `commit_received_snapshot` returns. Compaction
+//! (`discard_obsolete`) deletes files and drops durable WAL records covered
+//! by the older kept snapshot, keeping the latest hard state (a real WAL
+//! repeats it at the start of each segment).
+//!
+//! Left out: bit rot (the WAL's and snapshot files' CRC tests own it).
 
-use crate::raft::{Entry, HardState, Index, Restored, SnapshotMeta, Term};
+use crate::error::{Error, Result};
+use crate::fsm::Fsm;
+use crate::raft::{Entry, HardState, Index, NodeId, SnapshotMeta, Term};
+use crate::replica::{Boot, Storage};
+use crate::sim::invariants::Durable;
+use crate::snapshot::transfer::{Assembler, ReceivedFile, Stored};
+use crate::snapshot::worker::{build, Job};
+use crate::snapshot::{self, SnapshotSource};
+use crate::storage::replay_records;
+use crate::storage::segment::Record;
 use bytes::Bytes;
-use std::sync::Arc;
+use std::collections::BTreeMap;
 
-/// A snapshot of the simulated state machine: the applied sequence of entry
-/// data through `meta.index`, and its serialised form, which is what travels
-/// in InstallSnapshot chunks: `padding_bytes` bytes of `PADDING_BYTE` (bulk
-/// that makes a transfer span several chunks) then `body`, the encoded
-/// entries; `meta.size_bytes` is the sum. With the padding fixed per
-/// schedule, an older snapshot's form is a prefix of a newer one's.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SimSnapshot {
-    pub meta: SnapshotMeta,
-    /// Shared: both disk views and restarts hold the same sequence.
-    pub applied: Arc<Vec<Bytes>>,
-    pub padding_bytes: u64,
-    pub body: Bytes,
+/// Work the simulator schedules the end of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskRequest {
+    /// An fsync with this id was asked for.
+    Sync(u64),
+    /// A snapshot job with this id was started.
+    Snapshot(u64),
 }
 
-/// The value of every padding byte of a serialised snapshot.
-pub const PADDING_BYTE: u8 = 0x5a;
+#[derive(Default)]
+pub struct SimDisk {
+    records: Vec<Record>,
+    /// `records[..synced]` are durable.
+    synced: usize,
+    /// Per fsync in flight: how many records it covers.
+    sync_points: BTreeMap<u64, usize>,
+    /// The hard state and last index the node asked to persist.
+    hard_state: HardState,
+    last_index: Index,
+    /// The same, as far as it is durable.
+    synced_hard_state: HardState,
+    synced_last_index: Index,
+    snapshots: BTreeMap<(Index, Term), Bytes>,
+    /// Snapshot jobs in flight: their file, once complete (or why not).
+    jobs: BTreeMap<u64, std::result::Result<(SnapshotMeta, Bytes), String>>,
+    next_job_id: u64,
+    receiving: Assembler<MemoryFile>,
+    /// Files open for sending, per follower: an open file stays readable
+    /// after it is deleted, as on a real file system.
+    sending: BTreeMap<NodeId, (SnapshotMeta, Bytes)>,
+    /// Started since the simulator last looked.
+    pub requests: Vec<DiskRequest>,
+    /// The lowest log index written since the simulator last looked (its
+    /// Log Matching check starts there).
+    pub written_from: Option<Index>,
+}
 
-impl SimSnapshot {
-    /// The snapshot of `applied` (the whole sequence) taken at term `term`
-    /// of its last entry.
-    pub fn of(applied: &[Bytes], term: Term, padding_bytes: u64) -> SimSnapshot {
-        let body = encode(applied);
-        SimSnapshot {
-            meta: SnapshotMeta {
-                index: applied.len() as Index,
-                term,
-                size_bytes: padding_bytes + body.len() as u64,
-            },
-            applied: Arc::new(applied.to_vec()),
-            padding_bytes,
-            body,
-        }
+impl SimDisk {
+    pub fn new() -> SimDisk {
+        SimDisk::default()
     }
 
-    /// Rebuild a snapshot from its received entry bytes (the padding was
-    /// checked as it arrived); `Err` if they do not decode to exactly
-    /// `meta.index` entries in `meta.size_bytes` bytes.
-    pub fn decode(
-        meta: SnapshotMeta,
-        padding_bytes: u64,
-        body: Bytes,
-    ) -> Result<SimSnapshot, String> {
-        let mut applied = Vec::new();
-        let mut position = 0usize;
-        while position < body.len() {
-            let Some(header) = body.get(position..position + 4) else {
-                return Err(format!("snapshot body truncated at byte {position}"));
-            };
-            let mut length = [0u8; 4];
-            length.copy_from_slice(header);
-            let length = u32::from_le_bytes(length) as usize;
-            let start = position + 4;
-            let Some(end) = start.checked_add(length).filter(|&end| end <= body.len()) else {
-                return Err(format!(
-                    "snapshot entry at byte {position} overruns the body"
-                ));
-            };
-            applied.push(body.slice(start..end));
-            position = end;
-        }
-        let size_bytes = padding_bytes + body.len() as u64;
-        if applied.len() as Index != meta.index || size_bytes != meta.size_bytes {
-            return Err(format!(
-                "snapshot {meta:?} decodes to {} entries in {size_bytes} bytes",
-                applied.len(),
-            ));
-        }
-        Ok(SimSnapshot {
-            meta,
-            applied: Arc::new(applied),
-            padding_bytes,
-            body,
+    /// What a restarting node starts from (the production restore).
+    pub fn boot(&self) -> Result<Boot> {
+        let (hard_state, entries, log_start) =
+            replay_records(self.records.iter().cloned()).map_err(Error::Corrupt)?;
+        let restore = snapshot::restore_from(self, entries, log_start)?;
+        Ok(Boot {
+            hard_state: hard_state.unwrap_or_default(),
+            restore,
         })
     }
-}
 
-/// Entry data in order, each behind its length (u32, little-endian).
-fn encode(applied: &[Bytes]) -> Bytes {
-    let mut body = Vec::with_capacity(applied.iter().map(|data| data.len() + 4).sum());
-    for data in applied {
-        body.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        body.extend_from_slice(data);
+    /// The node crashed (see the module doc). `unsynced_kept` is how many
+    /// unsynced records a power loss keeps.
+    pub fn crash(&mut self, power_loss: bool, unsynced_kept: usize) {
+        if power_loss {
+            let kept = (self.synced + unsynced_kept).min(self.records.len());
+            self.records.truncate(kept);
+            // What reached the platter is durable from now on.
+            self.synced = self.records.len();
+        }
+        self.sync_points.clear();
+        self.jobs.clear();
+        self.receiving.discard();
+        self.sending.clear();
+        self.requests.clear();
+        if let Ok((hard_state, entries, log_start)) = replay_records(self.records.iter().cloned()) {
+            self.hard_state = hard_state.unwrap_or_default();
+            self.last_index = entries.last().map_or(log_start, |e| e.index);
+        }
+        if power_loss {
+            self.synced_hard_state = self.hard_state.clone();
+            self.synced_last_index = self.last_index;
+        }
     }
-    Bytes::from(body)
-}
 
-#[derive(Clone, Debug)]
-enum Write {
-    HardState(HardState),
-    Entries(Vec<Entry>),
-}
+    /// What is durable, for the promises a node makes.
+    pub fn durable(&self) -> Durable {
+        let snapshot_index = self
+            .snapshots
+            .keys()
+            .next_back()
+            .map_or(0, |&(index, _)| index);
+        Durable {
+            hard_state: self.synced_hard_state.clone(),
+            covered_index: self.synced_last_index.max(snapshot_index),
+        }
+    }
 
-#[derive(Clone, Debug, Default)]
-struct Stored {
-    hard_state: HardState,
-    snapshot: Option<SimSnapshot>,
-    /// Entries after the snapshot's index.
-    entries: Vec<Entry>,
-}
-
-impl Stored {
-    fn apply(&mut self, write: &Write) {
-        match write {
-            Write::HardState(hard_state) => self.hard_state = hard_state.clone(),
-            Write::Entries(entries) => {
-                if let Some(first) = entries.first() {
-                    let keep = (first.index.saturating_sub(1 + self.snapshot_index()) as usize)
-                        .min(self.entries.len());
-                    self.entries.truncate(keep);
-                    self.entries.extend(entries.iter().cloned());
+    /// The fsync `id` finished: what it covers is durable.
+    pub fn complete_sync(&mut self, id: u64) {
+        if let Some(&covered) = self.sync_points.get(&id) {
+            for record in self.records.get(self.synced..covered).unwrap_or(&[]) {
+                match record {
+                    Record::HardState(state) => self.synced_hard_state = state.clone(),
+                    Record::Entry(entry) => self.synced_last_index = entry.index,
+                    Record::LogStart { index, .. } => self.synced_last_index = *index,
                 }
             }
+            self.synced = self.synced.max(covered);
         }
+        self.sync_points.retain(|&other, _| other > id);
     }
 
-    fn snapshot_index(&self) -> Index {
-        self.snapshot
-            .as_ref()
-            .map_or(0, |snapshot| snapshot.meta.index)
+    /// The snapshot job `id` finished: its file appears, durable. Returns
+    /// its meta, or why it failed; `None` if the job is unknown (lost in a
+    /// crash).
+    pub fn complete_snapshot(
+        &mut self,
+        id: u64,
+    ) -> Option<std::result::Result<SnapshotMeta, String>> {
+        let result = self.jobs.remove(&id)?;
+        Some(result.map(|(meta, bytes)| {
+            self.snapshots.insert((meta.index, meta.term), bytes);
+            meta
+        }))
     }
 
-    fn snapshot_term(&self) -> Term {
-        self.snapshot
-            .as_ref()
-            .map_or(0, |snapshot| snapshot.meta.term)
+    pub fn unsynced_records(&self) -> usize {
+        self.records.len() - self.synced
     }
 
-    fn last(&self) -> (Index, Term) {
-        self.entries.last().map_or_else(
-            || (self.snapshot_index(), self.snapshot_term()),
-            |entry| (entry.index, entry.term),
-        )
+    /// The hard state the node last asked to persist.
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
     }
 
-    fn store_snapshot(&mut self, snapshot: SimSnapshot, log_kept: bool) {
-        let index = snapshot.meta.index;
-        if log_kept {
-            self.entries.retain(|entry| entry.index > index);
-        } else {
-            self.entries.clear();
+    /// The last log index the node last asked to persist.
+    pub fn last_index(&self) -> Index {
+        self.last_index
+    }
+
+    /// The snapshot files on disk.
+    pub fn snapshot_files(&self) -> impl Iterator<Item = (Index, Term)> + '_ {
+        self.snapshots.keys().copied()
+    }
+
+    fn build_snapshot(&self, job: Job) -> std::result::Result<(SnapshotMeta, Bytes), String> {
+        let (fsm, index, term) = match job {
+            Job::Write { fsm, index, term } => (*fsm, index, term),
+            Job::Take {
+                base,
+                entries,
+                index,
+                term,
+            } => {
+                let fsm = if base.index == 0 {
+                    Fsm::new()
+                } else {
+                    let bytes = self
+                        .snapshots
+                        .get(&(base.index, base.term))
+                        .ok_or_else(|| format!("snapshot {} is gone", base.index))?;
+                    snapshot::decode(bytes)?.1
+                };
+                (build(fsm, base.index, &entries, index)?, index, term)
+            }
+            Job::Delete(_) => return Err("not a snapshot job".to_string()),
+        };
+        let bytes = snapshot::encode(&fsm, index, term);
+        let meta = SnapshotMeta {
+            index,
+            term,
+            size_bytes: bytes.len() as u64,
+        };
+        Ok((meta, bytes))
+    }
+
+    /// Drops the durable WAL records every kept snapshot covers (those of
+    /// entries through `through`), keeping the latest hard state.
+    fn compact_wal(&mut self, through: Index) {
+        let mut cut = 0;
+        let mut hard_state = None;
+        while cut < self.synced {
+            match &self.records[cut] {
+                Record::Entry(entry) if entry.index <= through => {}
+                Record::LogStart { index, .. } if *index <= through => {}
+                Record::HardState(state) => hard_state = Some(state.clone()),
+                _ => break,
+            }
+            cut += 1;
         }
-        self.snapshot = Some(snapshot);
+        self.records.drain(..cut);
+        self.synced -= cut;
+        let inserted = usize::from(hard_state.is_some());
+        if let Some(state) = hard_state {
+            self.records.insert(0, Record::HardState(state));
+            self.synced += 1;
+        }
+        // Syncs in flight cover at least what is synced, so at least `cut`.
+        for covered in self.sync_points.values_mut() {
+            *covered = covered.saturating_sub(cut) + inserted;
+        }
     }
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct Disk {
-    synced: Stored,
-    current: Stored,
-    unsynced: Vec<Write>,
-    /// Entries were written since the last `take_entries_synced`.
-    entries_unsynced: bool,
+impl SnapshotSource for SimDisk {
+    fn list(&self) -> Result<Vec<(Index, Term)>> {
+        Ok(self.snapshots.keys().copied().collect())
+    }
+
+    fn load(&self, index: Index, term: Term) -> Result<(SnapshotMeta, Fsm)> {
+        let bytes = self
+            .snapshots
+            .get(&(index, term))
+            .ok_or_else(|| Error::Corrupt(format!("snapshot {index} vanished")))?;
+        snapshot::decode(bytes).map_err(Error::Corrupt)
+    }
+
+    fn size_bytes(&self, index: Index, term: Term) -> u64 {
+        self.snapshots
+            .get(&(index, term))
+            .map_or(0, |bytes| bytes.len() as u64)
+    }
+
+    fn describe(&self) -> String {
+        "the simulated disk".to_string()
+    }
 }
 
-impl Disk {
-    pub fn new() -> Disk {
-        Disk::default()
-    }
-
-    pub fn write_hard_state(&mut self, hard_state: HardState) {
-        let write = Write::HardState(hard_state);
-        self.current.apply(&write);
-        self.unsynced.push(write);
-    }
-
-    /// Write entries, replacing the stored suffix from `entries[0].index`.
-    /// Refuses (with the reason) a batch that would leave a gap or is not
-    /// contiguous: that is a bug in whoever asked for it.
-    pub fn write_entries(&mut self, entries: Vec<Entry>) -> Result<(), String> {
-        let Some(first) = entries.first() else {
+impl Storage for SimDisk {
+    fn append_entries(&mut self, entries: &[Entry]) -> Result<()> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return Ok(());
         };
-        let last_index = self.last_index();
-        if first.index <= self.current.snapshot_index() || first.index > last_index + 1 {
-            return Err(format!(
-                "PersistEntries starting at index {} would leave a gap after the stored last index \
-                 {last_index} or overwrite the snapshot through {}",
-                first.index,
-                self.current.snapshot_index()
+        if first.index == 0 || first.index > self.last_index + 1 {
+            return Err(Error::Refused(format!(
+                "WAL append at index {} would leave a gap after last index {}",
+                first.index, self.last_index
+            )));
+        }
+        if entries
+            .windows(2)
+            .any(|pair| pair[1].index != pair[0].index + 1)
+        {
+            return Err(Error::Refused(
+                "WAL append of non-contiguous entries".into(),
             ));
         }
-        for pair in entries.windows(2) {
-            if pair[1].index != pair[0].index + 1 {
-                return Err(format!(
-                    "PersistEntries is not contiguous: {} then {}",
-                    pair[0].index, pair[1].index
-                ));
+        self.records
+            .extend(entries.iter().cloned().map(Record::Entry));
+        self.last_index = last.index;
+        self.written_from = Some(
+            self.written_from
+                .map_or(first.index, |from| from.min(first.index)),
+        );
+        Ok(())
+    }
+
+    fn save_hard_state(&mut self, hard_state: &HardState) -> Result<()> {
+        self.records.push(Record::HardState(hard_state.clone()));
+        self.hard_state = hard_state.clone();
+        Ok(())
+    }
+
+    fn mark_log_start(&mut self, index: Index, term: Term) -> Result<()> {
+        self.records.push(Record::LogStart { index, term });
+        self.last_index = index;
+        Ok(())
+    }
+
+    fn begin_sync(&mut self, id: u64) -> Result<bool> {
+        self.sync_points.insert(id, self.records.len());
+        self.requests.push(DiskRequest::Sync(id));
+        Ok(true)
+    }
+
+    fn start_snapshot(&mut self, job: Job) -> bool {
+        let id = self.next_job_id;
+        self.next_job_id += 1;
+        let result = self.build_snapshot(job);
+        self.jobs.insert(id, result);
+        self.requests.push(DiskRequest::Snapshot(id));
+        true
+    }
+
+    fn discard_obsolete(&mut self, wal_through: Option<Index>, snapshots: Vec<SnapshotMeta>) {
+        if let Some(through) = wal_through {
+            self.compact_wal(through);
+        }
+        for snapshot in snapshots {
+            self.snapshots.remove(&(snapshot.index, snapshot.term));
+        }
+    }
+
+    fn read_snapshot_chunk(
+        &mut self,
+        to: NodeId,
+        snapshot: SnapshotMeta,
+        offset: u64,
+        length_bytes: u64,
+    ) -> std::io::Result<Bytes> {
+        let bytes = match self.sending.get(&to) {
+            Some((open, bytes)) if *open == snapshot => bytes.clone(),
+            _ => {
+                let bytes = self
+                    .snapshots
+                    .get(&(snapshot.index, snapshot.term))
+                    .cloned()
+                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
+                self.sending.insert(to, (snapshot, bytes.clone()));
+                bytes
             }
+        };
+        let end = offset.saturating_add(length_bytes);
+        if end > bytes.len() as u64 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
         }
-        let write = Write::Entries(entries);
-        self.current.apply(&write);
-        self.unsynced.push(write);
-        self.entries_unsynced = true;
+        Ok(bytes.slice(offset as usize..end as usize))
+    }
+
+    fn close_snapshot_reader(&mut self, to: NodeId) {
+        self.sending.remove(&to);
+    }
+
+    fn store_snapshot_chunk(
+        &mut self,
+        snapshot: SnapshotMeta,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<Stored> {
+        self.receiving
+            .store(snapshot, offset, data, |_| Ok(MemoryFile::default()))
+    }
+
+    fn commit_received_snapshot(&mut self) -> Result<()> {
+        if let Some((meta, bytes)) = self.receiving.commit()? {
+            self.snapshots.insert((meta.index, meta.term), bytes);
+        }
         Ok(())
     }
 
-    pub fn is_dirty(&self) -> bool {
-        !self.unsynced.is_empty()
+    fn discard_received_snapshot(&mut self) {
+        self.receiving.discard();
     }
+}
 
-    /// Make every write so far durable. Returns the durable log's last
-    /// `(index, term)` when entries were among the writes (what the executor
-    /// reports to `Node::persisted`).
-    pub fn sync(&mut self) -> Option<(Index, Term)> {
-        for write in self.unsynced.drain(..) {
-            self.synced.apply(&write);
-        }
-        if !std::mem::take(&mut self.entries_unsynced) {
-            return None;
-        }
-        Some(self.synced.last())
-    }
+/// A received snapshot's bytes, in memory until committed.
+#[derive(Default)]
+struct MemoryFile {
+    bytes: Vec<u8>,
+}
 
-    /// Make `snapshot` durable and drop the log through its index (all of
-    /// the log unless `log_kept`). Refused while writes are unsynced: the
-    /// caller syncs first, so the snapshot never overtakes an earlier write.
-    pub fn store_snapshot(&mut self, snapshot: SimSnapshot, log_kept: bool) -> Result<(), String> {
-        if self.is_dirty() {
-            return Err("snapshot stored before the earlier writes were synced".to_string());
-        }
-        if snapshot.meta.index <= self.current.snapshot_index() {
-            return Err(format!(
-                "snapshot {} stored over the newer or equal snapshot {}",
-                snapshot.meta.index,
-                self.current.snapshot_index()
-            ));
-        }
-        self.synced.store_snapshot(snapshot.clone(), log_kept);
-        self.current.store_snapshot(snapshot, log_kept);
+impl ReceivedFile for MemoryFile {
+    type Committed = (SnapshotMeta, Bytes);
+
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        self.bytes.extend_from_slice(data);
         Ok(())
     }
 
-    /// The durable snapshot, if any.
-    pub fn snapshot(&self) -> Option<&SimSnapshot> {
-        self.current.snapshot.as_ref()
+    fn check(
+        &mut self,
+        _size_bytes: u64,
+    ) -> Result<std::result::Result<(SnapshotMeta, Fsm), String>> {
+        Ok(snapshot::decode(&self.bytes))
     }
 
-    pub fn snapshot_index(&self) -> Index {
-        self.current.snapshot_index()
+    fn commit(self, snapshot: SnapshotMeta) -> Result<(SnapshotMeta, Bytes)> {
+        Ok((snapshot, Bytes::from(self.bytes)))
     }
 
-    pub fn snapshot_term(&self) -> Term {
-        self.current.snapshot_term()
-    }
-
-    /// The last log index as the node sees it (the snapshot's without entries).
-    pub fn last_index(&self) -> Index {
-        self.current.last().0
-    }
-
-    /// Lose power: keep the synced state plus the first `unsynced_kept`
-    /// unsynced writes.
-    pub fn crash(&mut self, unsynced_kept: usize) {
-        for write in self.unsynced.iter().take(unsynced_kept) {
-            self.synced.apply(write);
-        }
-        self.unsynced.clear();
-        self.entries_unsynced = false;
-        self.current = self.synced.clone();
-    }
-
-    /// The term in the durable hard state.
-    pub fn synced_term(&self) -> Term {
-        self.synced.hard_state.term
-    }
-
-    pub fn unsynced_write_count(&self) -> usize {
-        self.unsynced.len()
-    }
-
-    /// What a restarting node reads back.
-    pub fn restored(&self) -> Restored {
-        Restored {
-            hard_state: self.current.hard_state.clone(),
-            entries: self.current.entries.clone(),
-            snapshot: self.current.snapshot.as_ref().map(|snapshot| snapshot.meta),
-        }
-    }
-
-    /// The state machine a restart loads: the snapshot's applied sequence.
-    pub fn restored_applied(&self) -> Vec<Bytes> {
-        self.current
-            .snapshot
-            .as_ref()
-            .map_or_else(Vec::new, |snapshot| snapshot.applied.to_vec())
-    }
-
-    /// The log entries after the snapshot as the node sees them (synced and
-    /// unsynced writes).
-    pub fn log(&self) -> &[Entry] {
-        &self.current.entries
-    }
-
-    pub fn hard_state(&self) -> &HardState {
-        &self.current.hard_state
-    }
-
-    pub fn entry(&self, index: Index) -> Option<&Entry> {
-        index
-            .checked_sub(1 + self.current.snapshot_index())
-            .and_then(|position| self.current.entries.get(position as usize))
-    }
-
-    /// The log as the invariants see it: snapshot prefix, then entries.
-    pub fn view(&self) -> crate::sim::invariants::LogView<'_> {
-        crate::sim::invariants::LogView {
-            snapshot_index: self.current.snapshot_index(),
-            snapshot_term: self.current.snapshot_term(),
-            snapshot_applied: self
-                .current
-                .snapshot
-                .as_ref()
-                .map_or(&[], |snapshot| snapshot.applied.as_slice()),
-            entries: &self.current.entries,
-        }
-    }
+    fn remove(self) {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn entry(index: Index, term: Term) -> Entry {
         Entry {
             term,
             index,
-            data: Bytes::from(format!("{index}/{term}")),
+            data: Bytes::new(),
         }
     }
 
     #[test]
-    fn crash_keeps_only_synced_writes_and_prefixes_in_order() {
-        let mut disk = Disk::new();
-        disk.write_entries(vec![entry(1, 1), entry(2, 1)])
-            .expect("contiguous");
-        assert_eq!(disk.sync(), Some((2, 1)));
-        disk.write_hard_state(HardState {
-            term: 2,
-            vote: Some(3),
-            ..HardState::default()
-        });
-        disk.write_entries(vec![entry(2, 2), entry(3, 2)])
-            .expect("replaces suffix");
-        assert_eq!(disk.log().len(), 3);
-        assert_eq!(disk.entry(2), Some(&entry(2, 2)));
-        let mut kept_one = disk.clone();
-        kept_one.crash(1);
-        assert_eq!(kept_one.hard_state().term, 2);
-        assert_eq!(kept_one.log(), &[entry(1, 1), entry(2, 1)]);
-        disk.crash(0);
-        assert_eq!(disk.hard_state().term, 0);
-        assert_eq!(disk.restored().entries, vec![entry(1, 1), entry(2, 1)]);
-        assert_eq!(disk.sync(), None);
+    fn power_loss_keeps_synced_records_and_a_prefix() {
+        let mut disk = SimDisk::new();
+        disk.append_entries(&[entry(1, 1), entry(2, 1)])
+            .expect("append");
+        disk.begin_sync(1).expect("sync");
+        disk.complete_sync(1);
+        disk.append_entries(&[entry(3, 1)]).expect("append");
+        disk.append_entries(&[entry(4, 1)]).expect("append");
+        let mut killed = SimDisk {
+            records: disk.records.clone(),
+            synced: disk.synced,
+            ..SimDisk::default()
+        };
+        killed.crash(false, 0);
+        assert_eq!(
+            killed.last_index(),
+            4,
+            "a process kill keeps the page cache"
+        );
+        assert_eq!(killed.unsynced_records(), 2);
+        killed.crash(true, 1);
+        assert_eq!(killed.last_index(), 3, "a power loss keeps a prefix");
+        disk.crash(true, 0);
+        assert_eq!(disk.last_index(), 2);
+        let boot = disk.boot().expect("boots");
+        assert_eq!(boot.restore.entries.len(), 2);
     }
 
     #[test]
-    fn gaps_and_holes_are_refused() {
-        let mut disk = Disk::new();
-        assert!(disk.write_entries(vec![entry(2, 1)]).is_err());
-        assert!(disk.write_entries(vec![entry(1, 1), entry(3, 1)]).is_err());
-        assert!(disk.write_entries(Vec::new()).is_ok());
-        assert!(!disk.is_dirty());
-    }
-
-    #[test]
-    fn snapshots_are_durable_and_the_log_follows_them() {
-        let mut disk = Disk::new();
-        disk.write_entries(vec![entry(1, 1), entry(2, 1), entry(3, 2)])
-            .expect("contiguous");
-        let applied: Vec<Bytes> = disk.log()[..2].iter().map(|e| e.data.clone()).collect();
-        let snapshot = SimSnapshot::of(&applied, 1, 10);
-        assert_eq!(snapshot.meta.size_bytes, 10 + snapshot.body.len() as u64);
-        assert!(disk.store_snapshot(snapshot.clone(), true).is_err());
-        disk.sync();
-        disk.store_snapshot(snapshot.clone(), true).expect("synced");
-        assert_eq!(disk.log(), &[entry(3, 2)]);
-        assert_eq!(disk.entry(3), Some(&entry(3, 2)));
-        assert_eq!(disk.entry(2), None);
-        assert_eq!(disk.last_index(), 3);
-        assert!(disk.write_entries(vec![entry(2, 3)]).is_err());
-        disk.write_entries(vec![entry(4, 2)])
-            .expect("after the snapshot");
-        disk.crash(0);
-        let restored = disk.restored();
-        assert_eq!(restored.snapshot, Some(snapshot.meta));
-        assert_eq!(restored.entries, vec![entry(3, 2)]);
-        assert_eq!(disk.restored_applied(), applied);
-        assert!(disk.store_snapshot(snapshot.clone(), false).is_err());
-        let decoded =
-            SimSnapshot::decode(snapshot.meta, 10, snapshot.body.clone()).expect("decodes");
-        assert_eq!(decoded, snapshot);
-        assert!(SimSnapshot::decode(snapshot.meta, 10, snapshot.body.slice(1..)).is_err());
-        assert!(SimSnapshot::decode(snapshot.meta, 9, snapshot.body.clone()).is_err());
-        let mut later = applied.clone();
-        later.push(Bytes::from_static(b"3/2"));
-        disk.store_snapshot(SimSnapshot::of(&later, 2, 0), false)
-            .expect("newer");
-        assert!(disk.log().is_empty());
-        assert_eq!(disk.sync(), None);
-        assert_eq!(disk.last_index(), 3);
+    fn gaps_are_refused() {
+        let mut disk = SimDisk::new();
+        assert!(disk.append_entries(&[entry(2, 1)]).is_err());
+        disk.append_entries(&[entry(1, 1)]).expect("first");
+        assert!(disk.append_entries(&[entry(2, 1), entry(4, 1)]).is_err());
     }
 }

@@ -5,8 +5,8 @@
 //! `Err(description)` on a violation, so tests can feed it fabricated
 //! observations and watch it fail. The simulator keeps the observation state
 //! (`Observations`) and calls these at the right moments; they never look at
-//! a node's private state, only at what it emitted (persists, sends, applies)
-//! and its public accessors.
+//! a node's private state, only at what it emitted (writes, sends) and its
+//! public accessors (the Raft core's log, commit index and hard state).
 //! Left out: liveness (the simulator's liveness phase checks that separately).
 
 use crate::raft::{Entry, HardState, Index, NodeId, Term};
@@ -34,14 +34,13 @@ pub struct PositionRecord {
     pub node: NodeId,
 }
 
-/// One node's log as the invariants see it: the applied sequence of a
-/// snapshot through `snapshot_index` (data only; its last entry has
+/// One node's log as the invariants see it: a snapshot through
+/// `snapshot_index` (opaque: a file map, not entries; its last entry has
 /// `snapshot_term`), then the entries after it.
 #[derive(Clone, Copy, Debug)]
 pub struct LogView<'a> {
     pub snapshot_index: Index,
     pub snapshot_term: Term,
-    pub snapshot_applied: &'a [Bytes],
     pub entries: &'a [Entry],
 }
 
@@ -51,27 +50,24 @@ impl<'a> LogView<'a> {
         LogView {
             snapshot_index: 0,
             snapshot_term: 0,
-            snapshot_applied: &[],
             entries,
         }
     }
 
     /// What the log holds at `index`: the entry's term when known (always
-    /// after the snapshot, only at its last index inside it) and its data.
-    pub fn get(&self, index: Index) -> Option<(Option<Term>, &'a Bytes)> {
+    /// after the snapshot, only at its last index inside it) and its data
+    /// (`None` inside the snapshot).
+    pub fn get(&self, index: Index) -> Option<(Option<Term>, Option<&'a Bytes>)> {
         if index == 0 {
             return None;
         }
         if index <= self.snapshot_index {
             let term = (index == self.snapshot_index).then_some(self.snapshot_term);
-            return self
-                .snapshot_applied
-                .get((index - 1) as usize)
-                .map(|data| (term, data));
+            return Some((term, None));
         }
         self.entries
             .get((index - self.snapshot_index - 1) as usize)
-            .map(|entry| (Some(entry.term), &entry.data))
+            .map(|entry| (Some(entry.term), Some(&entry.data)))
     }
 }
 
@@ -220,9 +216,9 @@ pub fn leader_completeness(
     leader_completeness_view(committed, leader, leader_term, LogView::plain(leader_log))
 }
 
-/// `leader_completeness` for a leader whose log may start after a snapshot:
-/// an entry the snapshot covers must be in its applied sequence (with the
-/// snapshot's term at its last index).
+/// `leader_completeness` for a leader whose log may start after a snapshot
+/// (an entry the snapshot covers is taken as held, with the snapshot's
+/// term at its last index; the file maps' agreement is checked apart).
 pub fn leader_completeness_view(
     committed: &BTreeMap<Index, CommittedEntry>,
     leader: NodeId,
@@ -248,7 +244,10 @@ pub fn leader_has_committed_entry(
     }
     let held = leader_log.get(index);
     match held {
-        Some((term, data)) if term.is_none_or(|term| term == entry.term) && *data == entry.data => {
+        Some((term, data))
+            if term.is_none_or(|term| term == entry.term)
+                && data.is_none_or(|data| *data == entry.data) =>
+        {
             Ok(())
         }
         _ => Err(format!(
@@ -260,73 +259,10 @@ pub fn leader_has_committed_entry(
             held.map_or("nothing".to_string(), |(term, data)| format!(
                 "(term {}, {})",
                 term.map_or("?".to_string(), |term| term.to_string()),
-                show(data)
+                data.map_or("in a snapshot".to_string(), show)
             ))
         )),
     }
-}
-
-/// State Machine Safety for snapshots: a snapshot taken or installed at
-/// `(index, term)` holds exactly the committed sequence through `index`
-/// (every index of it was applied somewhere first, with the same data, and
-/// the entry at `index` has `term`).
-pub fn snapshot_matches_committed(
-    committed: &BTreeMap<Index, CommittedEntry>,
-    node: NodeId,
-    snapshot: (Index, Term),
-    applied: &[Bytes],
-) -> Result<(), String> {
-    snapshot_matches_committed_from(committed, node, snapshot, applied, 1)
-}
-
-/// `snapshot_matches_committed` for the indexes from `from_index` on (those
-/// below were checked before: the node applied them, or loaded them from a
-/// snapshot that was checked).
-pub fn snapshot_matches_committed_from(
-    committed: &BTreeMap<Index, CommittedEntry>,
-    node: NodeId,
-    snapshot: (Index, Term),
-    applied: &[Bytes],
-    from_index: Index,
-) -> Result<(), String> {
-    let (snapshot_index, snapshot_term) = snapshot;
-    if applied.len() as Index != snapshot_index {
-        return Err(format!(
-            "node {node}'s snapshot at index {snapshot_index} holds {} entries",
-            applied.len()
-        ));
-    }
-    let skipped = from_index.saturating_sub(1) as usize;
-    for (position, data) in applied.iter().enumerate().skip(skipped) {
-        let index = position as Index + 1;
-        match committed.get(&index) {
-            Some(first) if first.data == *data => {
-                if index == snapshot_index && first.term != snapshot_term {
-                    return Err(format!(
-                        "node {node}'s snapshot ends at index {index} term {snapshot_term}, \
-                         but term {} was committed there",
-                        first.term
-                    ));
-                }
-            }
-            Some(first) => {
-                return Err(format!(
-                "State Machine Safety: node {node}'s snapshot through {snapshot_index} holds {} \
-                     at index {index}, but node {} applied {}",
-                show(data),
-                first.first_applied_by,
-                show(&first.data)
-            ))
-            }
-            None => {
-                return Err(format!(
-                    "node {node}'s snapshot through {snapshot_index} holds index {index}, \
-                     which no node applied"
-                ))
-            }
-        }
-    }
-    Ok(())
 }
 
 /// State Machine Safety (§5.4.3): if a server has applied a log entry at a
@@ -373,33 +309,72 @@ pub fn state_machine_safety(
     }
 }
 
-/// A node applies only entries of its own log, up to its commit index.
-pub fn apply_from_own_log(
+/// What a node's disk holds durably, as far as a promise is concerned.
+#[derive(Clone, Debug, Default)]
+pub struct Durable {
+    pub hard_state: HardState,
+    /// The log is durable through this index (its WAL, or a snapshot file).
+    pub covered_index: Index,
+}
+
+/// A message that promises durable state leaves only once that state is
+/// durable (Raft Figure 2: persist before responding; thesis §10.2.1 lets
+/// only a leader's own appends go first): a granted vote needs the vote on
+/// disk, an append acknowledgement the log through its match index, an
+/// installed snapshot the snapshot.
+pub fn promise_is_durable(
     node: NodeId,
-    entry: &Entry,
-    own_log_entry: Option<&Entry>,
-    commit_index: Index,
+    envelope: &crate::raft::Envelope,
+    durable: &Durable,
 ) -> Result<(), String> {
-    if own_log_entry != Some(entry) {
+    use crate::raft::Message;
+    let broken = match &envelope.message {
+        Message::RequestVoteResponse { granted: true } => {
+            durable.hard_state.term < envelope.term
+                || (durable.hard_state.term == envelope.term
+                    && durable.hard_state.vote != Some(envelope.to))
+        }
+        Message::AppendEntriesResponse {
+            success: true,
+            match_index,
+            ..
+        } => durable.covered_index < *match_index,
+        Message::InstallSnapshotResponse {
+            installed: true,
+            index,
+            ..
+        } => durable.covered_index < *index,
+        _ => false,
+    };
+    if broken {
         return Err(format!(
-            "node {node} applied (term {}, {}) but its log holds {} at index {}",
-            entry.term,
-            show(&entry.data),
-            own_log_entry.map_or("nothing".to_string(), |held| format!(
-                "(term {}, {})",
-                held.term,
-                show(&held.data)
-            )),
-            entry.index
-        ));
-    }
-    if entry.index > commit_index {
-        return Err(format!(
-            "node {node} applied index {} beyond its commit index {commit_index}",
-            entry.index
+            "durability: node {node} sent {:?} to {} in term {} while its disk held only {durable:?}",
+            envelope.message, envelope.to, envelope.term
         ));
     }
     Ok(())
+}
+
+/// Replicas agree on the file map at the same applied index (the state
+/// machine is deterministic and applies the same entries): `digests` holds
+/// the first digest seen per applied index.
+pub fn replicas_agree(
+    digests: &mut HashMap<Index, (u64, NodeId)>,
+    node: NodeId,
+    applied_index: Index,
+    digest: u64,
+) -> Result<(), String> {
+    match digests.get(&applied_index) {
+        Some(&(first, first_node)) if first != digest => Err(format!(
+            "State Machine Safety: node {node}'s file map at applied index {applied_index} has \
+             digest {digest:016x}, node {first_node}'s had {first:016x}"
+        )),
+        Some(_) => Ok(()),
+        None => {
+            digests.insert(applied_index, (digest, node));
+            Ok(())
+        }
+    }
 }
 
 /// A node's commit index never decreases during one lifetime (it restarts
@@ -408,25 +383,6 @@ pub fn commit_index_monotonic(node: NodeId, previous: Index, current: Index) -> 
     if current < previous {
         return Err(format!(
             "node {node}'s commit index went back from {previous} to {current}"
-        ));
-    }
-    Ok(())
-}
-
-/// Read linearizability (ReadIndex, thesis §6.4): a read requested after some
-/// entry was observed committed (applied anywhere) must be served at an index
-/// that includes it. `required_index` is the highest index applied anywhere
-/// when the read was requested; `ready_index` is the index the node answered.
-pub fn read_linearizable(
-    read_id: u64,
-    node: NodeId,
-    required_index: Index,
-    ready_index: Index,
-) -> Result<(), String> {
-    if ready_index < required_index {
-        return Err(format!(
-            "read linearizability: read {read_id} on node {node} was served at index {ready_index}, \
-             but index {required_index} had been committed and applied before it was requested"
         ));
     }
     Ok(())

@@ -1,64 +1,67 @@
-//! Deterministic simulator: N Raft nodes, a seeded network and disks, one clock.
+//! Deterministic simulator: N full replicas (`replica::Replica`, the code
+//! the reactor runs), a seeded network, simulated disks and clients, one
+//! logical clock.
 //!
 //! One `Pcg64` seeded from the schedule's seed drives everything: message
-//! delays and losses, when disks sync, which node a client talks to, which
-//! fault strikes, each node's election RNG seed. Time is simulated
-//! microseconds; events (a node's tick, a message arriving, a disk sync, a
-//! client operation, a fault, a restart) wait in one queue ordered by
-//! `(time, sequence)`. Each step pops one event and handles it; then the
-//! invariants (`invariants.rs`) are checked, so a violation is reported at the
-//! step that caused it, with the seed.
+//! delays and losses, fsync and snapshot durations, which client does what,
+//! which fault strikes, each node's election RNG seed. Time is simulated
+//! microseconds; events (a node's tick, a message arriving, an fsync or a
+//! snapshot finishing, a client's turn, a fault, a restart) wait in one
+//! queue ordered by `(time, sequence)`. Each step pops one event, feeds it
+//! to the replica it concerns and runs that replica's `end_turn` against
+//! its `SimDisk`; the turn's outputs go out (messages to the network,
+//! answers to the clients, fsyncs and snapshot jobs to the queue). Then the
+//! invariants (`invariants.rs`) are checked on every node, so a violation is
+//! reported at the step that caused it, with the seed.
 //!
-//! A schedule has two phases. The fault phase runs `fault_steps` steps with
-//! client traffic and faults (crashes, partitions, loss, duplication,
-//! reordering, slow disks, leadership transfers). Then the liveness phase
-//! heals the network, stops loss, restarts every node and requires a leader
-//! within `liveness_ticks_max` ticks, then a fresh proposal applied on every
-//! node and a served read within that plus `catch_up_ticks_per_entry` per
-//! entry of the longest log (the backlog a slow network has to ship), and
-//! within `LIVENESS_STEPS_MAX` steps.
+//! Checked after every step: Election Safety, Log Matching (on what each
+//! node wrote), Leader Completeness (on each new leader and each new
+//! commit), State Machine Safety (the same entry committed at each index
+//! everywhere), commit indexes never going back, every node's Raft state
+//! matching what it asked its disk to persist, every promise (vote, append
+//! acknowledgement, installed snapshot) leaving only once durable, every
+//! two replicas holding the same file map at the same applied index, and
+//! every answer belonging to a command sent and coming once. After every
+//! schedule: the clients' history is linearizable (`lincheck`), which also
+//! means every acknowledged write is seen by the final reads.
 //!
-//! The executor (`executor.rs`) follows `raft::action`'s contract: actions in
-//! order; sends held until every earlier persist is synced (optionally except
-//! a leader's appends, thesis §10.2.1); `persisted` after a sync; applies
-//! handed to the state machine (the applied sequence of entry data) once, in
-//! order. After every step each running node's `last_index` and `hard_state`
-//! must equal what it asked to persist, so a state change that skips its
-//! persist action is caught.
-//! Snapshots (`snapshot.rs`): with `compact_every_entries` set, each node
-//! snapshots its applied sequence at random points and compacts; leaders
-//! stream snapshots to followers whose entries are gone, under the same loss,
-//! crashes and partitions; restarts load the durable snapshot. Every snapshot
-//! taken or installed must hold exactly the committed sequence through its
-//! index, and Leader Completeness reads compacted positions from it.
-//! Left out: membership change, lost data dirs (incarnation refusal is tested
-//! in the Raft core's own tests), the fs state machine (`lincheck` covers it).
+//! A schedule has two phases. The fault phase runs `fault_steps` steps of
+//! client traffic and faults (crashes and power losses, pauses, partitions,
+//! loss, duplication, reordering, slow and failing fsyncs, wall-clock
+//! jumps, leadership transfers; `faults.rs`). Then the liveness phase heals
+//! the network, restarts every node and requires, within a bound: a leader,
+//! every client command answered, a fresh write acknowledged and applied on
+//! every node, and final reads of every key answered.
 
+pub mod clients;
 pub mod config;
 pub mod disk;
-pub mod history;
+mod faults;
 pub mod invariants;
 pub mod net;
 
-mod driver;
-mod executor;
-mod snapshot;
-
-pub use config::{DiskConfig, FaultWeights, NetConfig, RaftKnobs, SimConfig, TICK_US};
-pub use history::{ClientCounts, History};
+pub use config::{
+    ClientConfig, DiskConfig, FaultWeights, NetConfig, RaftKnobs, SimConfig, TICK_US,
+};
 pub use net::NetStats;
 
-use crate::raft::{Envelope, Index, Message, Node, NodeId, Role};
+use crate::fsm::Command;
+use crate::lincheck::{self, Verdict};
+use crate::protocol::Request;
+use crate::raft::{Envelope, Index, Message, NodeId, Role};
+use crate::replica::{ClientRef, Now, Replica, ReplicaConfig, SnapshotDone};
 use bytes::Bytes;
-use disk::Disk;
+use clients::{Clients, Intent};
+use disk::{DiskRequest, SimDisk};
 use invariants::Observations;
 use net::Net;
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::Write;
 use std::panic::AssertUnwindSafe;
+use std::time::Duration;
 
 /// What a finished schedule did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,29 +73,27 @@ pub struct Stats {
     pub net: NetStats,
     pub faults: u64,
     pub crashes: u64,
+    pub power_losses: u64,
+    pub sync_failures: u64,
     pub partitions: u64,
     /// Distinct `(term, leader)` pairs observed.
     pub leaders_elected: u64,
     pub max_term: u64,
     pub committed_entries: u64,
-    pub client: ClientCounts,
-    /// Snapshots taken (log compactions), chunks sent, snapshots installed.
-    pub snapshots: SnapshotStats,
+    /// Client commands sent, answered, redirected, indeterminate.
+    pub commands: u64,
+    pub answered: u64,
+    pub redirects: u64,
+    pub indeterminate: u64,
+    /// Snapshots taken and installed, over every node and lifetime.
+    pub snapshots_taken: u64,
+    pub snapshots_installed: u64,
+    /// The linearizability check ran out of budget (not a failure).
+    pub lincheck_unknown: bool,
     /// Ticks from the end of the fault phase until the liveness checks passed.
     pub liveness_ticks: u64,
     /// Hash of every event and every node's visible state after each step.
     pub trace_hash: u64,
-}
-
-/// Snapshot activity over a schedule.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SnapshotStats {
-    pub compactions: u64,
-    pub chunks_sent: u64,
-    pub installed: u64,
-    /// Transfers resumed from a smaller offset or chunks that arrived out
-    /// of order (a restarted receiver, loss, reordering).
-    pub chunks_out_of_order: u64,
 }
 
 /// A violated property (or a panic, or lost liveness), with where it happened.
@@ -122,58 +123,64 @@ impl std::error::Error for Failure {}
 
 #[derive(Clone, Debug)]
 enum Event {
-    Tick { node: usize, generation: u64 },
+    Tick {
+        node: usize,
+        generation: u64,
+    },
     Deliver(Envelope),
-    Sync { node: usize, generation: u64 },
-    Restart { node: usize, generation: u64 },
-    Client,
+    SyncDone {
+        node: usize,
+        generation: u64,
+        id: u64,
+    },
+    SnapshotDone {
+        node: usize,
+        generation: u64,
+        job: u64,
+    },
+    Restart {
+        node: usize,
+        generation: u64,
+    },
+    Client {
+        client: usize,
+    },
     Fault,
 }
 
-/// One simulated machine: the Raft node (None while crashed), its disk, and
-/// the executor state around it.
+/// One simulated machine: the replica (None while down), its disk, clocks.
 struct SimNode {
     id: NodeId,
-    raft: Option<Node>,
-    disk: Disk,
-    /// Sends waiting for the sync of the persists emitted before them.
-    held_sends: Vec<Envelope>,
-    sync_scheduled: bool,
+    replica: Option<Replica>,
+    disk: SimDisk,
     /// Bumped by each crash; events of an older lifetime are ignored.
     generation: u64,
-    /// The state machine: data of every applied entry, index `i` at `i - 1`.
-    applied: Vec<Bytes>,
-    /// Reads that are ready at an index not yet applied: `(id, index)`.
-    reads_waiting: Vec<(u64, Index)>,
-    commit_index_seen: Index,
     tick_period_us: u64,
-    /// A paused node (a stopped process, a long GC) neither ticks nor
-    /// handles messages or syncs before this time; what arrives waits.
+    /// A paused node (a stopped process, a long GC) handles nothing before
+    /// this time; what arrives waits.
     paused_until_us: u64,
-    /// The InstallSnapshot being received, in memory (lost on a crash).
-    incoming: Option<snapshot::Incoming>,
-    /// Every snapshot this lifetime took, installed or restored, by index.
-    /// A transfer may still name one replaced since (the replica keeps its
-    /// file open); its bytes are a prefix of the current snapshot's, as the
-    /// applied sequence only grows.
-    snapshots_held: BTreeMap<Index, crate::raft::SnapshotMeta>,
-    /// Compact once the applied index reaches this.
-    compact_at: Index,
+    /// This node's wall clock minus simulated time (skew and jumps).
+    wall_offset_ms: i64,
+    /// Observation state, reset at each restart.
+    commit_index_seen: Index,
+    /// Entries checked by State Machine Safety so far.
+    commit_observed: Index,
+    applied_digest_seen: Index,
+    /// An fsync failed: the node stops at its next turn, as it must.
+    sync_failed: bool,
+    /// Snapshots taken and installed in earlier lifetimes.
+    snapshots_before: (u64, u64),
 }
 
 impl SimNode {
     fn is_up(&self) -> bool {
-        self.raft.is_some()
-    }
-
-    fn synced_term(&self) -> crate::raft::Term {
-        self.disk.synced_term()
+        self.replica.is_some()
     }
 
     fn is_leader(&self) -> bool {
-        self.raft
+        self.replica
             .as_ref()
-            .is_some_and(|raft| raft.role() == Role::Leader)
+            .is_some_and(|replica| replica.raft().role() == Role::Leader)
     }
 }
 
@@ -181,14 +188,26 @@ impl SimNode {
 #[derive(Debug, Default)]
 struct Liveness {
     started_us: u64,
-    probes: u64,
-    /// `(node, term, index, data, proposed_us)` of the current probe.
-    probe: Option<(usize, u64, Index, Bytes, u64)>,
     leader_seen: bool,
-    write_done: bool,
-    /// `(id, requested_us)` of the liveness read.
-    read: Option<(u64, u64)>,
+    /// The probe write was sent and is not answered yet.
+    probe_sent: bool,
+    /// The leader's commit index when the probe write was acknowledged.
+    probe_acknowledged: Option<Index>,
+    final_reads_sent: bool,
+    final_reads_answered: usize,
     done: bool,
+    /// Probe commands waiting for an answer, by sequence number.
+    pending: BTreeMap<u64, ProbeCommand>,
+    next_seq: u64,
+    /// Probe connections are numbered apart from the clients'.
+    conn_id: u64,
+}
+
+/// A command the simulator itself sends in the liveness phase.
+#[derive(Clone, Copy, Debug)]
+enum ProbeCommand {
+    Write { leader: usize },
+    FinalRead(lincheck::OpId),
 }
 
 pub struct Sim {
@@ -202,23 +221,20 @@ pub struct Sim {
     nodes: Vec<SimNode>,
     members: Vec<NodeId>,
     net: Net,
-    history: History,
+    clients: Clients,
     observations: Observations,
-    /// Highest index applied anywhere so far.
-    applied_max: Index,
+    digests: HashMap<Index, (u64, NodeId)>,
     fault_phase: bool,
     liveness: Liveness,
-    write_sequence: u64,
-    read_sequence: u64,
     faults: u64,
     crashes: u64,
+    power_losses: u64,
+    sync_failures: u64,
     partitions: u64,
     trace_hash: u64,
-    snapshot_stats: SnapshotStats,
-    action_buffer: Vec<crate::raft::Action>,
 }
 
-/// Run one schedule. Panics inside the Raft core are caught and reported as
+/// Run one schedule. Panics inside the replicas are caught and reported as
 /// failures with the seed and step.
 pub fn run(seed: u64, config: &SimConfig) -> Result<Stats, Failure> {
     let mut sim = Sim::new(seed, config.clone());
@@ -236,19 +252,24 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Stats, Failure> {
 }
 
 /// Steps the liveness phase may take before it is called stuck, whatever
-/// the simulated time (a core that floods messages must not hang the tests).
+/// the simulated time (a replica that floods messages must not hang tests).
 pub const LIVENESS_STEPS_MAX: u64 = 300_000;
+
+/// Wall time the linearizability check of one schedule may take.
+pub const LINCHECK_BUDGET: Duration = Duration::from_secs(10);
+
+/// Where simulated wall clocks start (2026-01-01, in ms since the epoch).
+const WALL_CLOCK_START_MS: u64 = 1_767_225_600_000;
 
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 impl Sim {
     /// A cluster of `config.node_count` fresh nodes with their first ticks,
-    /// client operations and faults scheduled.
+    /// client turns and faults scheduled.
     pub fn new(seed: u64, config: SimConfig) -> Sim {
         let mut rng = Pcg64::seed_from_u64(seed);
         let members: Vec<NodeId> = (1..=config.node_count as NodeId).collect();
-        let net = Net::new(config.net.clone());
         let mut sim = Sim {
             seed,
             rng: Pcg64::seed_from_u64(0),
@@ -258,20 +279,21 @@ impl Sim {
             event_sequence: 0,
             nodes: Vec::new(),
             members: members.clone(),
-            net,
-            history: History::default(),
+            net: Net::new(config.net.clone()),
+            clients: Clients::new(config.clients.clone()),
             observations: Observations::default(),
-            applied_max: 0,
+            digests: HashMap::new(),
             fault_phase: config.fault_steps > 0,
-            liveness: Liveness::default(),
-            write_sequence: 0,
-            read_sequence: 0,
+            liveness: Liveness {
+                conn_id: u64::MAX / 2,
+                ..Liveness::default()
+            },
             faults: 0,
             crashes: 0,
+            power_losses: 0,
+            sync_failures: 0,
             partitions: 0,
             trace_hash: FNV_OFFSET,
-            snapshot_stats: SnapshotStats::default(),
-            action_buffer: Vec::new(),
             config,
         };
         for &id in &members {
@@ -279,45 +301,45 @@ impl Sim {
             let per_mille = 1_000 + rng.gen_range(0..=2 * skew) - skew;
             sim.nodes.push(SimNode {
                 id,
-                raft: None,
-                disk: Disk::new(),
-                held_sends: Vec::new(),
-                sync_scheduled: false,
+                replica: None,
+                disk: SimDisk::new(),
                 generation: 0,
-                applied: Vec::new(),
-                reads_waiting: Vec::new(),
-                commit_index_seen: 0,
-                paused_until_us: 0,
                 tick_period_us: TICK_US * per_mille / 1_000,
-                incoming: None,
-                snapshots_held: BTreeMap::new(),
-                compact_at: 0,
+                paused_until_us: 0,
+                wall_offset_ms: rng.gen_range(-5_000..=5_000),
+                commit_index_seen: 0,
+                commit_observed: 0,
+                applied_digest_seen: 0,
+                sync_failed: false,
+                snapshots_before: (0, 0),
             });
         }
         sim.rng = rng;
         for index in 0..sim.nodes.len() {
-            sim.start_node(index);
+            if let Err(message) = sim.start_node(index) {
+                panic!("node {} does not start fresh: {message}", index + 1);
+            }
         }
-        if sim.fault_phase && sim.config.client_gap_us_mean > 0 {
-            let gap = sim.gap_us(sim.config.client_gap_us_mean);
-            sim.schedule(gap, Event::Client);
-        }
-        if sim.fault_phase && sim.config.fault_gap_us_mean > 0 && sim.config.faults.total() > 0 {
-            let gap = sim.gap_us(sim.config.fault_gap_us_mean);
-            sim.schedule(gap, Event::Fault);
+        if sim.fault_phase {
+            for client in 0..sim.clients.count() {
+                let gap = sim.gap_us(sim.config.clients.gap_us_mean);
+                sim.schedule(gap, Event::Client { client });
+            }
+            if sim.config.fault_gap_us_mean > 0 && sim.config.faults.total() > 0 {
+                let gap = sim.gap_us(sim.config.fault_gap_us_mean);
+                sim.schedule(gap, Event::Fault);
+            }
         }
         sim
     }
 
-    /// Run the fault phase, then the liveness phase.
+    /// Run the fault phase, then the liveness phase, then check the history.
     pub fn run_schedule(&mut self) -> Result<Stats, Failure> {
         while self.step < self.config.fault_steps {
             self.step()?;
         }
-        self.begin_liveness();
-        // A leader must appear within `liveness_ticks_max`; replication of the
-        // backlog left by the fault phase may take longer on a slow network,
-        // so the probe's deadline grows with the longest log.
+        self.begin_liveness()
+            .map_err(|message| self.failure(message))?;
         let backlog = self
             .nodes
             .iter()
@@ -339,23 +361,36 @@ impl Sim {
             if late_leader || too_many_steps || self.now_us > deadline_us {
                 let summary = self.summary();
                 return Err(self.failure(format!(
-                    "liveness: {} within {} ticks of healing (backlog {backlog} entries, probes {}, \
-                     write done {}); {summary}",
+                    "liveness: {} within {} ticks of healing (backlog {backlog} entries, {} client \
+                     commands unanswered, probe {:?}, final reads answered {}); {summary}",
                     if late_leader {
                         "no leader"
                     } else if too_many_steps {
                         "still busy after LIVENESS_STEPS_MAX steps"
                     } else {
-                        "no fresh proposal applied everywhere and read served"
+                        "not every command answered and every node caught up"
                     },
                     (self.now_us - self.liveness.started_us) / TICK_US,
-                    self.liveness.probes,
-                    self.liveness.write_done
+                    self.clients.outstanding(),
+                    self.liveness.probe_acknowledged,
+                    self.liveness.final_reads_answered,
                 )));
             }
             self.step()?;
         }
-        Ok(self.stats())
+        let lincheck_unknown = match lincheck::check(&self.clients.history, LINCHECK_BUDGET) {
+            Verdict::Linearizable => false,
+            Verdict::Unknown { .. } => true,
+            Verdict::NotLinearizable { file, explanation } => {
+                return Err(self.failure(format!(
+                    "the client history is not linearizable for file {:?}: {explanation}",
+                    String::from_utf8_lossy(&file)
+                )));
+            }
+        };
+        let mut stats = self.stats();
+        stats.lincheck_unknown = lincheck_unknown;
+        Ok(stats)
     }
 
     /// Handle the next event and check the invariants.
@@ -381,38 +416,25 @@ impl Sim {
         self.leader_position().map(|index| self.nodes[index].id)
     }
 
-    /// Propose `data` at the leader (electing one first if needed) and run
-    /// until the leader applies it. For benchmarks and quiet tests.
-    pub fn propose_and_wait(&mut self, data: Bytes, ticks_max: u64) -> Result<Index, Failure> {
-        let deadline_us = self.now_us + ticks_max * TICK_US;
-        while self.now_us <= deadline_us {
-            if let Some(leader) = self.leader_position() {
-                let proposed = self.nodes[leader]
-                    .raft
-                    .as_mut()
-                    .map(|raft| raft.propose(data.clone()));
-                if let Some(Ok(index)) = proposed {
-                    self.run_node(leader)
-                        .map_err(|message| self.failure(message))?;
-                    while self.now_us <= deadline_us {
-                        let node = &self.nodes[leader];
-                        if !node.is_up() {
-                            break;
-                        }
-                        if node.applied.get(index as usize - 1) == Some(&data) {
-                            return Ok(index);
-                        }
-                        self.step()?;
-                    }
-                    continue;
-                }
-            }
-            self.step()?;
-        }
-        Err(self.failure(format!("proposal not applied within {ticks_max} ticks")))
+    /// The replica of node `id`, if it is up (for tests).
+    pub fn replica(&self, id: NodeId) -> Option<&Replica> {
+        self.position_of(id)
+            .and_then(|index| self.nodes[index].replica.as_ref())
+    }
+
+    /// The client history so far.
+    pub fn history(&self) -> &lincheck::History {
+        &self.clients.history
+    }
+
+    /// The invariants' observation state, for tests that plant a violation
+    /// and expect the simulator to report it.
+    pub fn observations_mut(&mut self) -> &mut Observations {
+        &mut self.observations
     }
 
     pub fn stats(&self) -> Stats {
+        let (taken, installed) = self.snapshot_counts();
         Stats {
             seed: self.seed,
             node_count: self.nodes.len(),
@@ -421,6 +443,8 @@ impl Sim {
             net: self.net.stats.clone(),
             faults: self.faults,
             crashes: self.crashes,
+            power_losses: self.power_losses,
+            sync_failures: self.sync_failures,
             partitions: self.partitions,
             leaders_elected: self.observations.leaders.len() as u64,
             max_term: self
@@ -431,8 +455,13 @@ impl Sim {
                 .copied()
                 .unwrap_or(0),
             committed_entries: self.observations.committed.len() as u64,
-            client: self.history.counts.clone(),
-            snapshots: self.snapshot_stats.clone(),
+            commands: self.clients.history.len() as u64,
+            answered: self.clients.answered,
+            redirects: self.clients.redirects,
+            indeterminate: self.clients.indeterminate,
+            snapshots_taken: taken,
+            snapshots_installed: installed,
+            lincheck_unknown: false,
             liveness_ticks: if self.liveness.done {
                 (self.now_us - self.liveness.started_us) / TICK_US
             } else {
@@ -442,14 +471,17 @@ impl Sim {
         }
     }
 
-    /// The invariants' observation state, for tests that plant a violation
-    /// and expect the simulator to report it.
-    pub fn observations_mut(&mut self) -> &mut Observations {
-        &mut self.observations
-    }
-
-    pub fn history(&self) -> &History {
-        &self.history
+    fn snapshot_counts(&self) -> (u64, u64) {
+        self.nodes.iter().fold((0, 0), |(taken, installed), node| {
+            let (now_taken, now_installed) = node
+                .replica
+                .as_ref()
+                .map_or((0, 0), |replica| replica.snapshot_counts());
+            (
+                taken + node.snapshots_before.0 + now_taken,
+                installed + node.snapshots_before.1 + now_installed,
+            )
+        })
     }
 
     fn failure(&self, message: String) -> Failure {
@@ -476,32 +508,51 @@ impl Sim {
         self.rng.gen_range(0..=2 * mean_us)
     }
 
-    fn raft_config(&mut self, index: usize) -> crate::raft::Config {
+    fn replica_config(&mut self, index: usize) -> ReplicaConfig {
         let knobs = &self.config.raft;
-        crate::raft::Config {
-            id: self.nodes[index].id,
-            members: self.members.clone(),
-            incarnation: incarnation_of(self.nodes[index].id),
-            election_timeout_ticks: knobs.election_timeout_ticks,
-            heartbeat_ticks: knobs.heartbeat_ticks,
-            inflight_appends_max: knobs.inflight_appends_max,
-            append_bytes_max: knobs.append_bytes_max,
-            pre_vote: knobs.pre_vote,
-            check_quorum: knobs.check_quorum,
-            seed: self.rng.gen(),
+        let id = self.nodes[index].id;
+        ReplicaConfig {
+            raft: crate::raft::Config {
+                id,
+                members: self.members.clone(),
+                incarnation: incarnation_of(id),
+                election_timeout_ticks: knobs.election_timeout_ticks,
+                heartbeat_ticks: knobs.heartbeat_ticks,
+                inflight_appends_max: knobs.inflight_appends_max,
+                append_bytes_max: knobs.append_bytes_max,
+                snapshot_chunk_bytes_max: knobs.snapshot_chunk_bytes_max,
+                pre_vote: knobs.pre_vote,
+                check_quorum: knobs.check_quorum,
+                seed: self.rng.gen(),
+            },
+            client_addresses: self
+                .members
+                .iter()
+                .map(|&member| (member, address_of(member)))
+                .collect(),
+            hold_while_leaderless_ms: knobs.election_timeout_ticks.1 * crate::limits::TICK_MS,
+            snapshot_entries: self.config.snapshot_entries,
         }
     }
 
-    /// Boot (or reboot) a node from its disk and start its tick chain.
-    fn start_node(&mut self, index: usize) {
-        let config = self.raft_config(index);
-        let restored = self.nodes[index].disk.restored();
-        self.nodes[index].raft = Some(Node::new(config, restored));
-        self.nodes[index].applied = self.nodes[index].disk.restored_applied();
-        self.schedule_compaction(index);
-        let period = self.nodes[index].tick_period_us;
+    /// Boot (or reboot) a node from its disk (the production restore) and
+    /// start its tick chain. A node that cannot start is a failure: a crash
+    /// at any moment must never brick a node.
+    fn start_node(&mut self, index: usize) -> Result<(), String> {
+        let config = self.replica_config(index);
+        let node = &mut self.nodes[index];
+        let boot = node
+            .disk
+            .boot()
+            .map_err(|e| format!("node {} cannot restart: {e}", node.id))?;
+        node.replica = Some(Replica::new(config, boot));
+        node.commit_index_seen = 0;
+        node.commit_observed = 0;
+        node.applied_digest_seen = 0;
+        node.sync_failed = false;
+        let period = node.tick_period_us;
+        let generation = node.generation;
         let first = self.rng.gen_range(0..period);
-        let generation = self.nodes[index].generation;
         self.schedule(
             first,
             Event::Tick {
@@ -509,54 +560,110 @@ impl Sim {
                 generation,
             },
         );
+        Ok(())
+    }
+
+    /// The time as node `index` sees it.
+    fn node_now(&self, index: usize) -> Now {
+        let wall_ms = (WALL_CLOCK_START_MS + self.now_us / 1_000)
+            .saturating_add_signed(self.nodes[index].wall_offset_ms);
+        Now {
+            monotonic_us: self.now_us,
+            wall_ms,
+        }
     }
 
     fn handle(&mut self, event: Event) -> Result<(), String> {
         match event {
             Event::Tick { node, generation } => {
-                let sim_node = &mut self.nodes[node];
-                if sim_node.generation != generation {
+                if self.nodes[node].generation != generation || !self.nodes[node].is_up() {
                     return Ok(());
                 }
-                let period = sim_node.tick_period_us;
-                if sim_node.paused_until_us > self.now_us {
-                    // A stopped process misses its ticks.
-                    let resume = sim_node.paused_until_us - self.now_us;
+                let period = self.nodes[node].tick_period_us;
+                if let Some(resume) = self.pause_left_us(node) {
+                    // A stopped process misses its ticks; it catches up
+                    // (a bounded number per turn) when it resumes.
                     self.schedule(resume.max(period), Event::Tick { node, generation });
                     return Ok(());
                 }
-                let Some(raft) = sim_node.raft.as_mut() else {
-                    return Ok(());
-                };
-                raft.tick();
+                let now = self.node_now(node);
+                if let Some(replica) = self.nodes[node].replica.as_mut() {
+                    replica.tick(now);
+                }
                 self.schedule(period, Event::Tick { node, generation });
-                self.run_node(node)
+                self.turn(node)
             }
             Event::Deliver(envelope) => self.deliver(envelope),
-            Event::Sync { node, generation } => {
+            Event::SyncDone {
+                node,
+                generation,
+                id,
+            } => {
                 if self.nodes[node].generation != generation || !self.nodes[node].is_up() {
                     return Ok(());
                 }
                 if let Some(resume) = self.pause_left_us(node) {
-                    self.schedule(resume, Event::Sync { node, generation });
+                    self.schedule(
+                        resume,
+                        Event::SyncDone {
+                            node,
+                            generation,
+                            id,
+                        },
+                    );
                     return Ok(());
                 }
-                self.sync_node(node)?;
-                self.run_node(node)
+                let fails = self
+                    .rng
+                    .gen_bool(self.config.disk.sync_failure_probability.clamp(0.0, 1.0));
+                let took_us = self.now_us;
+                let sim_node = &mut self.nodes[node];
+                if let Some(replica) = sim_node.replica.as_mut() {
+                    if fails {
+                        self.sync_failures += 1;
+                        sim_node.sync_failed = true;
+                        replica.sync_failed(id, "injected fsync failure".to_string());
+                    } else {
+                        sim_node.disk.complete_sync(id);
+                        replica.synced(id, took_us % 1_000);
+                    }
+                }
+                self.turn(node)
+            }
+            Event::SnapshotDone {
+                node,
+                generation,
+                job,
+            } => {
+                if self.nodes[node].generation != generation || !self.nodes[node].is_up() {
+                    return Ok(());
+                }
+                let sim_node = &mut self.nodes[node];
+                let done = match sim_node.disk.complete_snapshot(job) {
+                    Some(Ok(meta)) => SnapshotDone::Taken(meta),
+                    Some(Err(reason)) => SnapshotDone::Failed(reason),
+                    None => return Ok(()),
+                };
+                if let Some(replica) = sim_node.replica.as_mut() {
+                    replica.snapshot_done(done);
+                }
+                self.turn(node)
             }
             Event::Restart { node, generation } => {
                 if self.nodes[node].generation == generation && !self.nodes[node].is_up() {
-                    self.restart_node(node)?;
+                    self.start_node(node)?;
+                    self.turn(node)?;
                 }
                 Ok(())
             }
-            Event::Client => {
-                if !self.fault_phase {
-                    return Ok(());
+            Event::Client { client } => {
+                if self.fault_phase {
+                    let gap = self.gap_us(self.config.clients.gap_us_mean);
+                    self.schedule(gap.max(1), Event::Client { client });
+                } else if self.clients.outstanding() > 0 {
+                    self.schedule(10 * TICK_US, Event::Client { client });
                 }
-                let gap = self.gap_us(self.config.client_gap_us_mean);
-                self.schedule(gap.max(1), Event::Client);
-                self.client_operation()
+                self.client_turn(client)
             }
             Event::Fault => {
                 if !self.fault_phase {
@@ -567,6 +674,97 @@ impl Sim {
                 self.fault()
             }
         }
+    }
+
+    /// Run node `index`'s turn and send its outputs on their way.
+    fn turn(&mut self, index: usize) -> Result<(), String> {
+        let now = self.node_now(index);
+        let node = &mut self.nodes[index];
+        let id = node.id;
+        let Some(replica) = node.replica.as_mut() else {
+            return Ok(());
+        };
+        let installed_before = replica.snapshot_counts().1;
+        let result = replica.end_turn(now, &mut node.disk);
+        let installed = replica.snapshot_counts().1 > installed_before;
+        let messages = std::mem::take(&mut replica.messages);
+        let replies = std::mem::take(&mut replica.replies);
+        let requests = std::mem::take(&mut node.disk.requests);
+        if let Err(error) = result {
+            if node.sync_failed {
+                // As it must after a failed fsync: the process exits with
+                // nothing more sent.
+                if self.config.verbose {
+                    self.trace(format!("    node {id} stops: {error}"));
+                }
+                self.crash_node(index, false);
+                return Ok(());
+            }
+            return Err(format!("node {id} stopped: {error}"));
+        }
+        let durable = self.nodes[index].disk.durable();
+        for envelope in messages {
+            self.check_send(index, &envelope, &durable)?;
+            self.send(envelope);
+        }
+        for (client, answer) in replies {
+            self.deliver_answer(id, client, answer)?;
+        }
+        let generation = self.nodes[index].generation;
+        let crash_now = installed
+            && self
+                .rng
+                .gen_bool(self.config.crash_after_install_probability.clamp(0.0, 1.0));
+        for request in requests {
+            match request {
+                DiskRequest::Sync(sync) => {
+                    let (low, high) = self.config.disk.sync_us;
+                    let slow = self
+                        .rng
+                        .gen_bool(self.config.disk.slow_sync_probability.clamp(0.0, 1.0));
+                    let delay = if slow {
+                        self.rng
+                            .gen_range(high..=self.config.disk.slow_sync_us_max.max(high))
+                    } else {
+                        self.rng.gen_range(low..=high.max(low))
+                    };
+                    self.schedule(
+                        delay.max(1),
+                        Event::SyncDone {
+                            node: index,
+                            generation,
+                            id: sync,
+                        },
+                    );
+                }
+                DiskRequest::Snapshot(job) => {
+                    let (low, high) = self.config.disk.snapshot_us;
+                    let delay = self.rng.gen_range(low..=high.max(low));
+                    self.schedule(
+                        delay.max(1),
+                        Event::SnapshotDone {
+                            node: index,
+                            generation,
+                            job,
+                        },
+                    );
+                }
+            }
+        }
+        if crash_now {
+            // Between the snapshot file and its log-start record's fsync.
+            self.crash_node(index, true);
+        }
+        Ok(())
+    }
+
+    fn deliver_answer(&mut self, node: NodeId, to: ClientRef, answer: Bytes) -> Result<(), String> {
+        if to.key == self.probe_key() {
+            return self.probe_answer(to, &answer);
+        }
+        let now_us = self.now_us;
+        self.clients
+            .deliver(node, to, answer, now_us, node_of_address)
     }
 
     fn deliver(&mut self, envelope: Envelope) -> Result<(), String> {
@@ -584,15 +782,11 @@ impl Sim {
             self.schedule(resume + jitter, Event::Deliver(envelope));
             return Ok(());
         }
-        let Some(raft) = self.nodes[index].raft.as_mut() else {
+        let Some(replica) = self.nodes[index].replica.as_mut() else {
             return Ok(());
         };
-        if let Err(error) = raft.step(envelope) {
-            return Err(format!(
-                "node {to} refused a message the simulator never forges: {error:?}"
-            ));
-        }
-        self.run_node(index)
+        replica.step(envelope);
+        self.turn(index)
     }
 
     /// Put an envelope on the wire now.
@@ -601,6 +795,117 @@ impl Sim {
         for delay in delays {
             self.schedule(delay, Event::Deliver(envelope.clone()));
         }
+    }
+
+    /// A client's turn: connect, time out, or send commands (one turn of
+    /// the node it talks to, so a pipelined burst is one batch).
+    fn client_turn(&mut self, client: usize) -> Result<(), String> {
+        let may_send = self.fault_phase;
+        let now_us = self.now_us;
+        match self.clients.intent(client, now_us, &mut self.rng, may_send) {
+            Intent::Nothing => Ok(()),
+            Intent::Connect(target) => {
+                let target = target
+                    .and_then(|id| self.position_of(id))
+                    .filter(|&index| self.nodes[index].is_up())
+                    .or_else(|| {
+                        let up: Vec<usize> = (0..self.nodes.len())
+                            .filter(|&index| self.nodes[index].is_up())
+                            .collect();
+                        (!up.is_empty()).then(|| up[self.rng.gen_range(0..up.len())])
+                    });
+                if let Some(index) = target {
+                    self.clients.connected(client, self.nodes[index].id);
+                }
+                Ok(())
+            }
+            Intent::Close(node, client_ref) => {
+                self.clients.disconnected(client, now_us);
+                if let Some(replica) = self
+                    .position_of(node)
+                    .and_then(|index| self.nodes[index].replica.as_mut())
+                {
+                    replica.connection_closed(client_ref.key);
+                }
+                Ok(())
+            }
+            Intent::Send(node, requests) => {
+                let Some(index) = self.position_of(node) else {
+                    return Err(format!("client talks to unknown node {node}"));
+                };
+                if self.pause_left_us(index).is_some() {
+                    // The commands wait in the socket until the node resumes;
+                    // modelled as arriving then (the client's clock runs on).
+                    let resume = self.pause_left_us(index).unwrap_or(0);
+                    let now = self.node_now(index);
+                    let later = Now {
+                        monotonic_us: now.monotonic_us + resume,
+                        ..now
+                    };
+                    if let Some(replica) = self.nodes[index].replica.as_mut() {
+                        for (client_ref, request) in requests {
+                            replica.client_request(client_ref, request, later);
+                        }
+                    }
+                    return Ok(());
+                }
+                let now = self.node_now(index);
+                if let Some(replica) = self.nodes[index].replica.as_mut() {
+                    for (client_ref, request) in requests {
+                        replica.client_request(client_ref, request, now);
+                    }
+                }
+                self.turn(index)
+            }
+        }
+    }
+
+    /// Power loss or process kill: the replica and everything in flight
+    /// vanish; the disk keeps what the crash allows (`SimDisk::crash`).
+    fn crash_node(&mut self, index: usize, power_loss: bool) {
+        if !self.nodes[index].is_up() {
+            return;
+        }
+        let unsynced = self.nodes[index].disk.unsynced_records();
+        let kept = if power_loss && self.config.disk.crash_keeps_unsynced_prefix {
+            self.rng.gen_range(0..=unsynced)
+        } else {
+            0
+        };
+        let now_us = self.now_us;
+        let node = &mut self.nodes[index];
+        if let Some(replica) = node.replica.take() {
+            let (taken, installed) = replica.snapshot_counts();
+            node.snapshots_before.0 += taken;
+            node.snapshots_before.1 += installed;
+        }
+        node.disk.crash(power_loss, kept);
+        node.generation += 1;
+        node.paused_until_us = 0;
+        let generation = node.generation;
+        let id = node.id;
+        self.clients.node_crashed(id, now_us);
+        self.crashes += 1;
+        self.power_losses += u64::from(power_loss);
+        if self.config.verbose {
+            self.trace(format!(
+                "    crash node {id} ({}, kept {kept} of {unsynced} unsynced records)",
+                if power_loss {
+                    "power loss"
+                } else {
+                    "process kill"
+                }
+            ));
+        }
+        let (low, high) = self.config.downtime_us;
+        let downtime = self.rng.gen_range(low..=high.max(low));
+        self.schedule(
+            downtime,
+            Event::Restart {
+                node: index,
+                generation,
+            },
+        );
     }
 
     /// Microseconds until node `index` resumes, if it is paused.
@@ -618,21 +923,92 @@ impl Sim {
             .filter(|&index| self.nodes[index].is_leader())
             .max_by_key(|&index| {
                 self.nodes[index]
-                    .raft
+                    .replica
                     .as_ref()
-                    .map_or(0, |raft| raft.term())
+                    .map_or(0, |replica| replica.raft().term())
             })
+    }
+
+    /// Checks on a message as it leaves node `index`.
+    fn check_send(
+        &mut self,
+        index: usize,
+        envelope: &Envelope,
+        durable: &invariants::Durable,
+    ) -> Result<(), String> {
+        let node = &self.nodes[index];
+        let id = node.id;
+        if envelope.from != id || envelope.incarnation != incarnation_of(id) {
+            return Err(format!(
+                "node {id} sent an envelope stamped from {} incarnation {}",
+                envelope.from, envelope.incarnation
+            ));
+        }
+        if !self.members.contains(&envelope.to) || envelope.to == id {
+            return Err(format!(
+                "node {id} sent to {}, which is not a peer",
+                envelope.to
+            ));
+        }
+        let term = node.replica.as_ref().map_or(0, |r| r.raft().term());
+        // A PreVote names the term its sender would campaign in, without
+        // adopting it; its answer echoes that term.
+        let pre_vote = matches!(
+            envelope.message,
+            Message::PreVote { .. } | Message::PreVoteResponse { .. }
+        );
+        if !pre_vote && envelope.term > term {
+            return Err(format!(
+                "node {id} in term {term} sent a message of term {}",
+                envelope.term
+            ));
+        }
+        invariants::promise_is_durable(id, envelope, durable)?;
+        if matches!(
+            envelope.message,
+            Message::AppendEntries { .. }
+                | Message::Heartbeat { .. }
+                | Message::TimeoutNow
+                | Message::InstallSnapshot { .. }
+        ) {
+            // Only a leader sends these: one more witness for Election Safety.
+            if invariants::election_safety(&mut self.observations.leaders, envelope.term, id)? {
+                self.check_leader_completeness(index, envelope.term)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_leader_completeness(&self, index: usize, term: u64) -> Result<(), String> {
+        let Some(replica) = self.nodes[index].replica.as_ref() else {
+            return Ok(());
+        };
+        let raft = replica.raft();
+        let snapshot = raft.snapshot();
+        let view = invariants::LogView {
+            snapshot_index: snapshot.index,
+            snapshot_term: snapshot.term,
+            entries: raft.entries(snapshot.index + 1, raft.last_index()),
+        };
+        invariants::leader_completeness_view(
+            &self.observations.committed,
+            self.nodes[index].id,
+            term,
+            view,
+        )
     }
 
     /// Properties checked after every step on every running node.
     fn check_after_step(&mut self) -> Result<(), String> {
         let mut state_hash = self.trace_hash;
         for index in 0..self.nodes.len() {
-            let node = &mut self.nodes[index];
-            let Some(raft) = node.raft.as_ref() else {
+            let written_from = self.nodes[index].disk.written_from.take();
+            let Some(replica) = self.nodes[index].replica.as_ref() else {
                 state_hash = mix(state_hash, 0xdead);
                 continue;
             };
+            let raft = replica.raft();
+            let id = self.nodes[index].id;
             let (role, term, commit_index, last_index) = (
                 raft.role(),
                 raft.term(),
@@ -643,51 +1019,238 @@ impl Sim {
                 mix(mix(mix(state_hash, role as u64), term), commit_index),
                 last_index,
             );
-            invariants::commit_index_monotonic(node.id, node.commit_index_seen, commit_index)?;
-            node.commit_index_seen = commit_index;
-            if node.applied.len() as Index > commit_index {
-                return Err(format!(
-                    "node {} applied {} entries but its commit index is {commit_index}",
-                    node.id,
-                    node.applied.len()
-                ));
-            }
+            let node = &self.nodes[index];
+            invariants::commit_index_monotonic(id, node.commit_index_seen, commit_index)?;
             if last_index != node.disk.last_index() {
                 return Err(format!(
-                    "node {} reports last index {last_index} but asked to persist a log through {}",
-                    node.id,
+                    "node {id} reports last index {last_index} but asked to persist a log through {}",
                     node.disk.last_index()
-                ));
-            }
-            if raft.snapshot().index != node.disk.snapshot_index() {
-                return Err(format!(
-                    "node {} holds snapshot {:?} but stored snapshot {}",
-                    node.id,
-                    raft.snapshot(),
-                    node.disk.snapshot_index()
                 ));
             }
             if raft.hard_state() != node.disk.hard_state() {
                 return Err(format!(
-                    "node {} holds hard state {:?} but asked to persist {:?}",
-                    node.id,
+                    "node {id} holds hard state {:?} but asked to persist {:?}",
                     raft.hard_state(),
                     node.disk.hard_state()
                 ));
             }
-            if role == Role::Leader {
-                let id = node.id;
-                if invariants::election_safety(&mut self.observations.leaders, term, id)? {
-                    invariants::leader_completeness_view(
-                        &self.observations.committed,
-                        id,
-                        term,
-                        self.nodes[index].disk.view(),
-                    )?;
+            if replica.applied_index() > commit_index {
+                return Err(format!(
+                    "node {id} applied through {} but its commit index is {commit_index}",
+                    replica.applied_index()
+                ));
+            }
+            // Log Matching over what the node wrote since the last step.
+            let snapshot = raft.snapshot();
+            if let Some(from) = written_from {
+                let entries = raft.entries(snapshot.index + 1, last_index);
+                invariants::log_matching_after(
+                    &mut self.observations.positions,
+                    id,
+                    (snapshot.index, snapshot.term),
+                    entries,
+                    from,
+                )?;
+            }
+            let node = &self.nodes[index];
+            // State Machine Safety on each newly committed entry.
+            let mut observed = node.commit_observed.max(snapshot.index);
+            while observed < commit_index {
+                let Some(entry) = raft.entry(observed + 1) else {
+                    break;
+                };
+                let newly = invariants::state_machine_safety(
+                    &mut self.observations.committed,
+                    id,
+                    term,
+                    observed,
+                    entry,
+                )?;
+                observed += 1;
+                if newly {
+                    if let Some(committed) = self.observations.committed.get(&entry.index) {
+                        for leader in self.nodes.iter().filter(|n| n.is_leader()) {
+                            let Some(leader_replica) = leader.replica.as_ref() else {
+                                continue;
+                            };
+                            let leader_raft = leader_replica.raft();
+                            let leader_snapshot = leader_raft.snapshot();
+                            let view = invariants::LogView {
+                                snapshot_index: leader_snapshot.index,
+                                snapshot_term: leader_snapshot.term,
+                                entries: leader_raft
+                                    .entries(leader_snapshot.index + 1, leader_raft.last_index()),
+                            };
+                            invariants::leader_has_committed_entry(
+                                entry.index,
+                                committed,
+                                leader.id,
+                                leader_raft.term(),
+                                view,
+                            )?;
+                        }
+                    }
                 }
             }
+            let observed = observed.max(commit_index.min(snapshot.index));
+            let applied_index = replica.applied_index();
+            let digest = (applied_index != node.applied_digest_seen).then(|| {
+                let fsm = replica.fsm();
+                fsm.checksum(fsm.cluster_time_ms())
+            });
+            if let Some(digest) = digest {
+                invariants::replicas_agree(&mut self.digests, id, applied_index, digest)?;
+            }
+            if role == Role::Leader
+                && invariants::election_safety(&mut self.observations.leaders, term, id)?
+            {
+                self.check_leader_completeness(index, term)?;
+            }
+            let node = &mut self.nodes[index];
+            node.commit_index_seen = commit_index;
+            node.commit_observed = observed;
+            node.applied_digest_seen = applied_index;
         }
         self.trace_hash = state_hash;
+        Ok(())
+    }
+
+    fn begin_liveness(&mut self) -> Result<(), String> {
+        self.fault_phase = false;
+        self.liveness.started_us = self.now_us;
+        self.net.heal_all();
+        self.net.config.loss_probability = 0.0;
+        self.net.config.duplicate_probability = 0.0;
+        self.net.config.long_delay_probability = 0.0;
+        for index in 0..self.nodes.len() {
+            self.nodes[index].paused_until_us = 0;
+            if !self.nodes[index].is_up() {
+                self.nodes[index].generation += 1;
+                self.start_node(index)?;
+                self.turn(index)?;
+            }
+        }
+        // Clients stop sending; their turns go on until they are answered.
+        for client in 0..self.clients.count() {
+            self.schedule(TICK_US, Event::Client { client });
+        }
+        Ok(())
+    }
+
+    /// Liveness: a leader; every client answered; a probe write through the
+    /// leader acknowledged and applied everywhere; a final read of every key
+    /// (so the history ends with what the cluster holds).
+    fn advance_liveness(&mut self) -> Result<(), String> {
+        let Some(leader) = self.leader_position() else {
+            return Ok(());
+        };
+        self.liveness.leader_seen = true;
+        if self.clients.outstanding() > 0 || !self.liveness.pending.is_empty() {
+            return Ok(());
+        }
+        let Some(probe_index) = self.liveness.probe_acknowledged else {
+            if !self.liveness.probe_sent {
+                self.liveness.probe_sent = true;
+                let write = Request::Command(Command::Write {
+                    name: Bytes::from_static(b"liveness-probe"),
+                    content: Bytes::from_static(b"probe"),
+                    exptime_s: 0,
+                });
+                self.probe_request(leader, write, ProbeCommand::Write { leader })?;
+            }
+            return Ok(());
+        };
+        let caught_up = self.nodes.iter().all(|node| {
+            node.replica
+                .as_ref()
+                .is_some_and(|replica| replica.applied_index() >= probe_index)
+        });
+        if !caught_up {
+            return Ok(());
+        }
+        let keys = self.config.clients.keys.max(1);
+        if !self.liveness.final_reads_sent {
+            self.liveness.final_reads_sent = true;
+            self.liveness.final_reads_answered = 0;
+            for key in 0..keys {
+                let name = Bytes::from(format!("k{key}"));
+                let op = lincheck::Op::Read {
+                    name: name.to_vec(),
+                };
+                let client = (self.clients.count() + key) as u64;
+                let id = self.clients.history.invoke(client, op, self.now_us * 1_000);
+                self.probe_request(leader, Request::Read { name }, ProbeCommand::FinalRead(id))?;
+            }
+            return Ok(());
+        }
+        if self.liveness.final_reads_answered == keys {
+            self.liveness.done = true;
+        }
+        Ok(())
+    }
+
+    /// The connection key of the simulator's own commands (after the
+    /// clients': keys index a vector in the replica).
+    fn probe_key(&self) -> usize {
+        self.clients.count()
+    }
+
+    fn probe_request(
+        &mut self,
+        index: usize,
+        request: Request,
+        command: ProbeCommand,
+    ) -> Result<(), String> {
+        let seq = self.liveness.next_seq;
+        self.liveness.next_seq += 1;
+        self.liveness.pending.insert(seq, command);
+        let client = ClientRef {
+            key: self.probe_key(),
+            conn_id: self.liveness.conn_id,
+            seq,
+        };
+        let now = self.node_now(index);
+        if let Some(replica) = self.nodes[index].replica.as_mut() {
+            replica.client_request(client, request, now);
+        }
+        self.turn(index)
+    }
+
+    fn probe_answer(&mut self, to: ClientRef, answer: &[u8]) -> Result<(), String> {
+        if to.conn_id != self.liveness.conn_id {
+            return Ok(());
+        }
+        let Some(command) = self.liveness.pending.remove(&to.seq) else {
+            return Err(format!("probe sequence {} answered twice", to.seq));
+        };
+        let now_ns = self.now_us * 1_000;
+        match command {
+            ProbeCommand::Write { leader } => {
+                match clients::interpret(clients::Kind::Write, answer)? {
+                    clients::Answer::Outcome(lincheck::Outcome::Written { .. }) => {
+                        let commit_index = self.nodes[leader]
+                            .replica
+                            .as_ref()
+                            .map_or(0, |replica| replica.raft().commit_index());
+                        self.liveness.probe_acknowledged = Some(commit_index);
+                    }
+                    // Redirected or indeterminate: try again.
+                    _ => self.liveness.probe_sent = false,
+                }
+            }
+            ProbeCommand::FinalRead(op) => match clients::interpret(clients::Kind::Read, answer)? {
+                clients::Answer::Outcome(outcome)
+                    if outcome != lincheck::Outcome::Indeterminate =>
+                {
+                    self.clients.history.complete(op, outcome, now_ns);
+                    self.liveness.final_reads_answered += 1;
+                }
+                _ => {
+                    self.clients.history.discard(op);
+                    self.liveness.final_reads_sent = false;
+                }
+            },
+        }
         Ok(())
     }
 
@@ -695,36 +1258,16 @@ impl Sim {
         let mut hash = mix(mix(self.trace_hash, self.step), self.now_us);
         hash = match event {
             Event::Tick { node, generation } => mix(mix(mix(hash, 1), *node as u64), *generation),
-            Event::Deliver(envelope) => {
-                let detail = match &envelope.message {
-                    Message::AppendEntries {
-                        prev_log_index,
-                        entries,
-                        leader_commit,
-                        ..
-                    } => mix(mix(*prev_log_index, entries.len() as u64), *leader_commit),
-                    Message::AppendEntriesResponse {
-                        success,
-                        match_index,
-                        ..
-                    } => mix(*success as u64, *match_index),
-                    Message::InstallSnapshot {
-                        snapshot,
-                        offset,
-                        data,
-                    } => mix(mix(snapshot.index, *offset), data.len() as u64),
-                    other => message_code(other),
-                };
-                mix(
-                    mix(mix(mix(hash, 2), envelope.from), envelope.to),
-                    mix(envelope.term, detail),
-                )
-            }
-            Event::Sync { node, generation } => mix(mix(mix(hash, 3), *node as u64), *generation),
+            Event::Deliver(envelope) => mix(
+                mix(mix(mix(hash, 2), envelope.from), envelope.to),
+                mix(envelope.term, message_code(&envelope.message)),
+            ),
+            Event::SyncDone { node, id, .. } => mix(mix(mix(hash, 3), *node as u64), *id),
+            Event::SnapshotDone { node, job, .. } => mix(mix(mix(hash, 7), *node as u64), *job),
             Event::Restart { node, generation } => {
                 mix(mix(mix(hash, 4), *node as u64), *generation)
             }
-            Event::Client => mix(hash, 5),
+            Event::Client { client } => mix(mix(hash, 5), *client as u64),
             Event::Fault => mix(hash, 6),
         };
         self.trace_hash = hash;
@@ -740,9 +1283,14 @@ impl Sim {
                 envelope.term,
                 describe_message(&envelope.message)
             ),
-            Event::Sync { node, .. } => format!("sync node {}", self.nodes[*node].id),
+            Event::SyncDone { node, id, .. } => {
+                format!("fsync {id} done on node {}", self.nodes[*node].id)
+            }
+            Event::SnapshotDone { node, job, .. } => {
+                format!("snapshot job {job} done on node {}", self.nodes[*node].id)
+            }
             Event::Restart { node, .. } => format!("restart node {}", self.nodes[*node].id),
-            Event::Client => "client operation".to_string(),
+            Event::Client { client } => format!("client {client}"),
             Event::Fault => "fault".to_string(),
         };
         format!(
@@ -757,22 +1305,25 @@ impl Sim {
         let _ = writeln!(std::io::stderr(), "{line}");
     }
 
-    /// One line per node: role, term, commit and last index, applied count.
+    /// One line per node: role, term, commit and last index, applied index.
     fn summary(&self) -> String {
         let mut parts = Vec::new();
         for node in &self.nodes {
-            match node.raft.as_ref() {
-                Some(raft) => parts.push(format!(
-                    "node {}: {:?} term {} leader {:?} snapshot {} commit {} last {} applied {}",
-                    node.id,
-                    raft.role(),
-                    raft.term(),
-                    raft.leader_id(),
-                    raft.snapshot().index,
-                    raft.commit_index(),
-                    raft.last_index(),
-                    node.applied.len()
-                )),
+            match node.replica.as_ref() {
+                Some(replica) => {
+                    let raft = replica.raft();
+                    parts.push(format!(
+                        "node {}: {:?} term {} leader {:?} snapshot {} commit {} last {} applied {}",
+                        node.id,
+                        raft.role(),
+                        raft.term(),
+                        raft.leader_id(),
+                        raft.snapshot().index,
+                        raft.commit_index(),
+                        raft.last_index(),
+                        replica.applied_index()
+                    ))
+                }
                 None => parts.push(format!("node {}: down", node.id)),
             }
         }
@@ -789,6 +1340,20 @@ fn incarnation_of(id: NodeId) -> u64 {
     0x1_0000 + id
 }
 
+/// The client address the simulator gives node `id` (what redirects name).
+fn address_of(id: NodeId) -> String {
+    format!("node-{id}:8080")
+}
+
+fn node_of_address(address: &str) -> Option<NodeId> {
+    address
+        .strip_prefix("node-")?
+        .split(':')
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn mix(hash: u64, word: u64) -> u64 {
     let mut hash = hash;
     for byte in word.to_le_bytes() {
@@ -803,22 +1368,49 @@ fn message_code(message: &Message) -> u64 {
         Message::PreVoteResponse { granted } => 12 + 100 * *granted as u64,
         Message::RequestVote { .. } => 13,
         Message::RequestVoteResponse { granted } => 14 + 100 * *granted as u64,
-        Message::AppendEntries { .. } => 15,
-        Message::AppendEntriesResponse { .. } => 16,
+        Message::AppendEntries {
+            prev_log_index,
+            entries,
+            leader_commit,
+            ..
+        } => mix(
+            mix(15, *prev_log_index),
+            mix(entries.len() as u64, *leader_commit),
+        ),
+        Message::AppendEntriesResponse {
+            success,
+            match_index,
+            ..
+        } => mix(16 + 100 * *success as u64, *match_index),
         Message::Heartbeat { read_round, .. } => 17 + 100 * read_round,
         Message::HeartbeatResponse { read_round } => 18 + 100 * read_round,
         Message::TimeoutNow => 19,
-        Message::InstallSnapshot { offset, .. } => 20 + 100 * offset,
+        Message::InstallSnapshot { offset, data, .. } => mix(20 + 100 * offset, data.len() as u64),
         Message::InstallSnapshotResponse { next_offset, .. } => 21 + 100 * next_offset,
     }
 }
 
 fn describe_message(message: &Message) -> String {
     match message {
-        Message::AppendEntries { prev_log_index, prev_log_term, entries, leader_commit } => format!(
+        Message::AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit,
+        } => format!(
             "AppendEntries prev {prev_log_index}/{prev_log_term} entries {}..{} commit {leader_commit}",
             entries.first().map_or(0, |entry| entry.index),
             entries.last().map_or(0, |entry| entry.index)
+        ),
+        Message::InstallSnapshot {
+            snapshot,
+            offset,
+            data,
+        } => format!(
+            "InstallSnapshot {} at {offset} ({} of {} bytes)",
+            snapshot.index,
+            data.len(),
+            snapshot.size_bytes
         ),
         other => format!("{other:?}"),
     }

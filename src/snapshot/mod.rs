@@ -40,6 +40,7 @@ use crate::error::{Error, Result};
 use crate::fsm::Fsm;
 use crate::limits::SNAPSHOT_BYTES_MAX;
 use crate::raft::{Entry, Index, SnapshotMeta, Term};
+use bytes::Bytes;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -192,7 +193,6 @@ pub fn write_file(
     term: Term,
     fsync: bool,
 ) -> Result<(SnapshotMeta, PathBuf)> {
-    let payload_bytes = fsm.snapshot_len();
     let name = file_name(index, term);
     let path = dir.join(&name);
     let temporary = dir.join(format!("{name}.tmp"));
@@ -202,29 +202,7 @@ pub fn write_file(
             .create(true)
             .truncate(true)
             .open(&temporary)?;
-        // The checksum sits under the buffer, so it runs over 1 MiB blocks.
-        let mut writer = BufWriter::with_capacity(
-            STREAM_BUFFER_BYTES,
-            ChecksumWriter {
-                inner: file,
-                crc: 0,
-                written_bytes: 0,
-            },
-        );
-        writer.write_all(&encode_header(index, term, payload_bytes))?;
-        fsm.write_snapshot(&mut writer)?;
-        let ChecksumWriter {
-            inner: mut file,
-            crc,
-            written_bytes,
-        } = writer.into_inner().map_err(|e| e.into_error())?;
-        if written_bytes != HEADER_BYTES as u64 + payload_bytes {
-            return Err(io::Error::other(format!(
-                "wrote {written_bytes} bytes, the header announced {}",
-                HEADER_BYTES as u64 + payload_bytes
-            )));
-        }
-        file.write_all(&crc.to_le_bytes())?;
+        let (file, size_bytes) = write_to(file, fsm, index, term)?;
         if fsync {
             file.sync_all()?;
         }
@@ -233,7 +211,7 @@ pub fn write_file(
         if fsync {
             crate::storage::sync_dir(dir)?;
         }
-        Ok(written_bytes + TRAILER_BYTES as u64)
+        Ok(size_bytes)
     })();
     let size_bytes =
         written.map_err(|e| Error::io(format!("writing snapshot {}", path.display()), e))?;
@@ -245,6 +223,47 @@ pub fn write_file(
         },
         path,
     ))
+}
+
+/// The whole snapshot file's bytes in memory (the simulator's disk keeps
+/// files so; a node never does, see the module doc).
+pub fn encode(fsm: &Fsm, index: Index, term: Term) -> Bytes {
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail.
+    match write_to(&mut out, fsm, index, term) {
+        Ok(_) => Bytes::from(out),
+        Err(_) => Bytes::new(),
+    }
+}
+
+/// Writes the snapshot file's layout (header, payload, checksum trailer)
+/// to `out`; returns `out` and the bytes written.
+fn write_to<W: Write>(out: W, fsm: &Fsm, index: Index, term: Term) -> io::Result<(W, u64)> {
+    let payload_bytes = fsm.snapshot_len();
+    // The checksum sits under the buffer, so it runs over 1 MiB blocks.
+    let mut writer = BufWriter::with_capacity(
+        STREAM_BUFFER_BYTES,
+        ChecksumWriter {
+            inner: out,
+            crc: 0,
+            written_bytes: 0,
+        },
+    );
+    writer.write_all(&encode_header(index, term, payload_bytes))?;
+    fsm.write_snapshot(&mut writer)?;
+    let ChecksumWriter {
+        inner: mut out,
+        crc,
+        written_bytes,
+    } = writer.into_inner().map_err(|e| e.into_error())?;
+    if written_bytes != HEADER_BYTES as u64 + payload_bytes {
+        return Err(io::Error::other(format!(
+            "wrote {written_bytes} bytes, the header announced {}",
+            HEADER_BYTES as u64 + payload_bytes
+        )));
+    }
+    out.write_all(&crc.to_le_bytes())?;
+    Ok((out, written_bytes + TRAILER_BYTES as u64))
 }
 
 /// A writer that keeps the crc32c of everything written through it.

@@ -6,7 +6,8 @@
 //! compaction that deletes the file mid-transfer changes nothing (the open
 //! handle keeps it readable).
 //!
-//! Follower (`Assembler`): chunks of one snapshot are appended in order to
+//! Follower (`Assembler`, over a `ReceivedFile`: `TempFile` in a data dir,
+//! memory in the simulator): chunks of one snapshot are appended in order to
 //! `receiving-<index>-<term>.snap.tmp`; a chunk at any other offset than the
 //! bytes held is ignored (the answer names what is held, so the leader
 //! resends from there); a chunk of another snapshot starts over. When all
@@ -70,48 +71,59 @@ pub enum Stored {
     Complete(Box<Fsm>),
 }
 
-struct Receiving {
+/// Where one received snapshot's bytes go while it is assembled: a
+/// temporary file (`TempFile`), or the simulator's memory.
+pub trait ReceivedFile: Sized {
+    /// What `commit` yields (the final path, or the bytes).
+    type Committed;
+    fn append(&mut self, data: &[u8]) -> Result<()>;
+    /// Every byte is there: make them durable, then read them back as a
+    /// snapshot (as a stream, never whole in memory).
+    fn check(
+        &mut self,
+        size_bytes: u64,
+    ) -> Result<std::result::Result<(SnapshotMeta, Fsm), String>>;
+    /// Put the checked snapshot in place durably.
+    fn commit(self, snapshot: SnapshotMeta) -> Result<Self::Committed>;
+    /// Throw it away.
+    fn remove(self);
+}
+
+struct Receiving<F> {
     snapshot: SnapshotMeta,
-    path: PathBuf,
-    file: File,
+    file: F,
     received_bytes: u64,
 }
 
 /// The follower's side: one snapshot being received at a time.
-#[derive(Default)]
-pub struct Assembler {
-    receiving: Option<Receiving>,
+pub struct Assembler<F> {
+    receiving: Option<Receiving<F>>,
 }
 
-impl Assembler {
-    /// Stores one chunk of `snapshot` at `offset` (see the module doc).
+impl<F> Default for Assembler<F> {
+    fn default() -> Self {
+        Assembler { receiving: None }
+    }
+}
+
+impl<F: ReceivedFile> Assembler<F> {
+    /// Stores one chunk of `snapshot` at `offset` (see the module doc);
+    /// `create` makes the file for a snapshot seen for the first time.
     pub fn store(
         &mut self,
-        dir: &Path,
-        fsync: bool,
         snapshot: SnapshotMeta,
         offset: u64,
         data: &[u8],
+        create: impl FnOnce(SnapshotMeta) -> Result<F>,
     ) -> Result<Stored> {
         if self.receiving.as_ref().map(|r| r.snapshot) != Some(snapshot) {
             self.discard();
             if offset != 0 {
                 return Ok(Stored::Partial { next_offset: 0 });
             }
-            let path = dir.join(format!(
-                "receiving-{}.tmp",
-                file_name(snapshot.index, snapshot.term)
-            ));
-            let file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
             self.receiving = Some(Receiving {
                 snapshot,
-                path,
-                file,
+                file: create(snapshot)?,
                 received_bytes: 0,
             });
         }
@@ -119,10 +131,7 @@ impl Assembler {
             return Ok(Stored::Partial { next_offset: 0 });
         };
         if offset == receiving.received_bytes && !data.is_empty() {
-            receiving
-                .file
-                .write_all(data)
-                .map_err(|e| Error::io(format!("writing {}", receiving.path.display()), e))?;
+            receiving.file.append(data)?;
             receiving.received_bytes += data.len() as u64;
         }
         if receiving.received_bytes < snapshot.size_bytes {
@@ -130,19 +139,7 @@ impl Assembler {
                 next_offset: receiving.received_bytes,
             });
         }
-        if fsync {
-            receiving
-                .file
-                .sync_all()
-                .map_err(|e| Error::io(format!("fsyncing {}", receiving.path.display()), e))?;
-        }
-        // Read back as a stream: the file is never held whole in memory.
-        let file = File::open(&receiving.path)
-            .map_err(|e| Error::io(format!("reading {}", receiving.path.display()), e))?;
-        match decode_from(
-            BufReader::with_capacity(1 << 20, file),
-            receiving.received_bytes,
-        ) {
+        match receiving.file.check(receiving.received_bytes)? {
             Ok((meta, fsm)) if meta == snapshot => Ok(Stored::Complete(Box::new(fsm))),
             Ok((meta, _)) => {
                 log::warn!(
@@ -162,27 +159,91 @@ impl Assembler {
         }
     }
 
-    /// Renames the complete snapshot into place (durably). Returns its path.
-    pub fn commit(&mut self, dir: &Path, fsync: bool) -> Result<Option<PathBuf>> {
-        let Some(receiving) = self.receiving.take() else {
-            return Ok(None);
-        };
-        let path = dir.join(file_name(receiving.snapshot.index, receiving.snapshot.term));
-        std::fs::rename(&receiving.path, &path)
-            .map_err(|e| Error::io(format!("renaming {}", receiving.path.display()), e))?;
-        if fsync {
-            crate::storage::sync_dir(dir)
-                .map_err(|e| Error::io(format!("fsyncing {}", dir.display()), e))?;
+    /// Puts the complete snapshot in place (durably).
+    pub fn commit(&mut self) -> Result<Option<F::Committed>> {
+        match self.receiving.take() {
+            Some(receiving) => receiving.file.commit(receiving.snapshot).map(Some),
+            None => Ok(None),
         }
-        Ok(Some(path))
     }
 
     /// Drops whatever is being received.
     pub fn discard(&mut self) {
         if let Some(receiving) = self.receiving.take() {
-            if let Err(e) = std::fs::remove_file(&receiving.path) {
-                log::debug!("removing {}: {e}", receiving.path.display());
-            }
+            receiving.file.remove();
+        }
+    }
+}
+
+/// A received snapshot in `receiving-<name>.tmp` of a data dir.
+pub struct TempFile {
+    dir: PathBuf,
+    path: PathBuf,
+    file: File,
+    fsync: bool,
+}
+
+impl TempFile {
+    pub fn create(dir: &Path, fsync: bool, snapshot: SnapshotMeta) -> Result<TempFile> {
+        let path = dir.join(format!(
+            "receiving-{}.tmp",
+            file_name(snapshot.index, snapshot.term)
+        ));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        Ok(TempFile {
+            dir: dir.to_path_buf(),
+            path,
+            file,
+            fsync,
+        })
+    }
+}
+
+impl ReceivedFile for TempFile {
+    type Committed = PathBuf;
+
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        self.file
+            .write_all(data)
+            .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))
+    }
+
+    fn check(
+        &mut self,
+        size_bytes: u64,
+    ) -> Result<std::result::Result<(SnapshotMeta, Fsm), String>> {
+        if self.fsync {
+            self.file
+                .sync_all()
+                .map_err(|e| Error::io(format!("fsyncing {}", self.path.display()), e))?;
+        }
+        let file = File::open(&self.path)
+            .map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?;
+        Ok(decode_from(
+            BufReader::with_capacity(1 << 20, file),
+            size_bytes,
+        ))
+    }
+
+    fn commit(self, snapshot: SnapshotMeta) -> Result<PathBuf> {
+        let path = self.dir.join(file_name(snapshot.index, snapshot.term));
+        std::fs::rename(&self.path, &path)
+            .map_err(|e| Error::io(format!("renaming {}", self.path.display()), e))?;
+        if self.fsync {
+            crate::storage::sync_dir(&self.dir)
+                .map_err(|e| Error::io(format!("fsyncing {}", self.dir.display()), e))?;
+        }
+        Ok(path)
+    }
+
+    fn remove(self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            log::debug!("removing {}: {e}", self.path.display());
         }
     }
 }

@@ -194,7 +194,7 @@ pub fn take(
     index: Index,
     term: Term,
 ) -> Result<SnapshotMeta, String> {
-    let mut fsm = if base.index == 0 {
+    let fsm = if base.index == 0 {
         Fsm::new()
     } else {
         let path = dir.join(super::file_name(base.index, base.term));
@@ -204,7 +204,21 @@ pub fn take(
         }
         fsm
     };
-    let mut expected = base.index + 1;
+    let fsm = build(fsm, base.index, entries, index)?;
+    let (snapshot, _) = write_file(dir, &fsm, index, term, fsync).map_err(|e| e.to_string())?;
+    Ok(snapshot)
+}
+
+/// The map at `index`: `fsm` (the map at `base_index`) with `entries`
+/// (`base_index + 1` to `index`, contiguous) applied, by the same
+/// deterministic `Fsm::apply` the replica uses.
+pub fn build(
+    mut fsm: Fsm,
+    base_index: Index,
+    entries: &[Entry],
+    index: Index,
+) -> Result<Fsm, String> {
+    let mut expected = base_index + 1;
     let mut outcomes = Vec::new();
     for entry in entries {
         if entry.index != expected {
@@ -224,6 +238,5 @@ pub fn take(
             expected - 1
         ));
     }
-    let (snapshot, _) = write_file(dir, &fsm, index, term, fsync).map_err(|e| e.to_string())?;
-    Ok(snapshot)
+    Ok(fsm)
 }

@@ -39,6 +39,7 @@ pub mod syncer;
 pub mod wal;
 
 pub use node::NodeStorage;
+pub use replay::replay_records;
 pub use syncer::{SyncDone, SyncRequest, Syncer};
 pub use wal::{FinishedSegment, InjectedFailure, Wal, WalOptions};
 

@@ -15,7 +15,7 @@ use crate::limits;
 use crate::raft::{Entry, HardState, Index, NodeId, SnapshotMeta, Term};
 use crate::replica::{Replica, SnapshotDone, Storage};
 use crate::snapshot::file_name;
-use crate::snapshot::transfer::{Assembler, ChunkReader, Stored};
+use crate::snapshot::transfer::{Assembler, ChunkReader, Stored, TempFile};
 use crate::snapshot::worker::{Done, Job, Worker};
 use bytes::Bytes;
 use std::path::PathBuf;
@@ -27,7 +27,7 @@ pub struct NodeStorage {
     fsync: bool,
     worker: Worker,
     reader: ChunkReader,
-    assembler: Assembler,
+    assembler: Assembler<TempFile>,
 }
 
 impl NodeStorage {
@@ -151,12 +151,14 @@ impl Storage for NodeStorage {
         offset: u64,
         data: &[u8],
     ) -> Result<Stored> {
-        self.assembler
-            .store(&self.dir, self.fsync, snapshot, offset, data)
+        let (dir, fsync) = (&self.dir, self.fsync);
+        self.assembler.store(snapshot, offset, data, |snapshot| {
+            TempFile::create(dir, fsync, snapshot)
+        })
     }
 
     fn commit_received_snapshot(&mut self) -> Result<()> {
-        self.assembler.commit(&self.dir, self.fsync).map(|_| ())
+        self.assembler.commit().map(|_| ())
     }
 
     fn discard_received_snapshot(&mut self) {

@@ -204,6 +204,31 @@ fn replay_segment(
     }
 }
 
+/// The log that `records`, in write order, stand for: the last hard
+/// state, the entries, and the index before the first entry. The rules are
+/// those replay applies to segment files (one place for both); storage
+/// models that keep records rather than files (the simulator's disk) use it.
+pub fn replay_records(
+    records: impl IntoIterator<Item = Record>,
+) -> std::result::Result<(Option<HardState>, Vec<Entry>, u64), String> {
+    let mut replayed = Replayed {
+        hard_state: None,
+        entries: Vec::new(),
+        base_index: None,
+        segments: Vec::new(),
+        log_start_sequence: None,
+        newest: None,
+    };
+    for record in records {
+        apply(record, &mut replayed)?;
+    }
+    Ok((
+        replayed.hard_state,
+        replayed.entries,
+        replayed.base_index.unwrap_or(0),
+    ))
+}
+
 fn apply(record: Record, replayed: &mut Replayed) -> std::result::Result<(), String> {
     match record {
         Record::HardState(hard_state) => replayed.hard_state = Some(hard_state),
