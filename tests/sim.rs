@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Schedules in the CI set.
-const CI_SCHEDULES: u64 = 5_000;
+const CI_SCHEDULES: u64 = 2_000;
 /// Schedules when built without optimisation (the core's `debug_assert!`s
 /// are on then, and each schedule is several times slower).
 const CI_SCHEDULES_DEBUG: u64 = 500;

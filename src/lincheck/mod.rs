@@ -195,6 +195,22 @@ impl History {
     pub fn records(&self) -> &[Record] {
         &self.records
     }
+
+    /// Every operation on file `name`, one line each (for failure reports).
+    pub fn describe_file(&self, name: &[u8]) -> String {
+        self.records
+            .iter()
+            .enumerate()
+            .filter(|(_, record)| record.op.name() == name)
+            .map(|(index, record)| {
+                let discarded = if record.discarded { " (discarded)" } else { "" };
+                format!(
+                    "{}{discarded}\n",
+                    render::describe_record(OpId(index), record)
+                )
+            })
+            .collect()
+    }
 }
 
 /// The checker's answer.

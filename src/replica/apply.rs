@@ -1,19 +1,24 @@
 //! Committed entries → the file map → the answers waiting on them; and the
 //! fate of every command that waits.
 //!
-//! Each entry this leader proposed has a `Waiting` record: one client per
-//! command (in command order) and the reads anchored inside it. Applying the
+//! Each entry this node proposed as leader has a `Waiting` record, keyed by
+//! its (index, term): one client per command (in command order) and the
+//! reads anchored inside it. Applying the
 //! entry answers each command with its outcome and each anchored read with
 //! the state at its offset (released at once if it needs no ReadIndex
 //! round, or once its round confirmed). Reads answered at the applied index
 //! wait in a `ReadGroup` for their round.
 //!
-//! Fates (SPEC §3): applied here → the real answer; the entry replaced
-//! (truncated) or another entry applied at its index → `ERR_REDIRECT` (it
-//! was never applied); a snapshot covers it → `ERR_INTERNAL` (applied or
-//! not, this node cannot tell); no verdict within `COMMAND_TIMEOUT_MS` →
-//! `ERR_INTERNAL`, but the entry stays as a floor for its connections'
-//! later reads until its fate is known (`expired`). A read round that fails
+//! Fates (SPEC §3), decided only when the entry at its index is applied
+//! here: the same entry → the real answer; another entry at its index →
+//! `ERR_REDIRECT` (it can never be applied now: State Machine Safety). A
+//! suffix replaced in this node's log decides nothing: another node may
+//! still hold the entry and become leader with it (simulator seed 3083
+//! found a write answered `ERR_REDIRECT` and then applied). A snapshot
+//! covering it → `ERR_INTERNAL` (applied or not, this node cannot tell);
+//! no verdict within `COMMAND_TIMEOUT_MS` → `ERR_INTERNAL`, but the entry
+//! stays as a floor for its connections' later reads until its fate is
+//! known (`expired`). A read round that fails
 //! (leadership lost) → `ERR_REDIRECT`; one that times out → `ERR_INTERNAL`.
 //!
 //! Reads judge whether a file is alive at the cluster time of the applied
@@ -26,7 +31,7 @@ use crate::fsm::command::decode_batch_ref;
 use crate::fsm::{Fsm, Outcome};
 use crate::limits;
 use crate::protocol::{encode_reply, Reply};
-use crate::raft::{Entry, Index, NodeId, Term};
+use crate::raft::{Entry, NodeId};
 use bytes::{Bytes, BytesMut};
 use std::time::Duration;
 
@@ -40,10 +45,8 @@ pub(super) struct AnchoredRead {
     pub round: Option<u64>,
 }
 
-/// One entry this leader proposed and whose commands wait for their fate.
+/// One entry this node proposed and whose commands wait for their fate.
 pub(super) struct Waiting {
-    pub index: Index,
-    pub term: Term,
     /// The entry's cluster-time stamp.
     pub stamp_ms: u64,
     /// One client per command, in command order (empty once expired).
@@ -74,22 +77,20 @@ impl Replica {
         self.applied_index = entry.index;
         self.applied_term = entry.term;
         self.note_applied_bytes(entry.size_bytes());
-        // Waiting entries before this one can no longer be ours.
-        while self.waiting.front().is_some_and(|w| w.index < entry.index) {
-            if let Some(stale) = self.waiting.pop_front() {
-                self.fail_waiting(stale, self.raft.leader_id());
+        // Every entry waiting at this index (or, never expected, below it)
+        // now has its fate: this one is applied, any other never will be.
+        let later = self.waiting.split_off(&(entry.index + 1, 0));
+        let decided = std::mem::replace(&mut self.waiting, later);
+        let mut mine = None;
+        for ((index, term), waiting) in decided {
+            if (index, term) == (entry.index, entry.term) {
+                mine = Some(waiting);
+            } else if index == entry.index {
+                self.fail_waiting(waiting, self.raft.leader_id());
+            } else {
+                self.answer_unknown_fate(waiting);
             }
         }
-        let mine = match self.waiting.front() {
-            Some(w) if w.index == entry.index && w.term == entry.term => self.waiting.pop_front(),
-            Some(w) if w.index == entry.index => {
-                if let Some(replaced) = self.waiting.pop_front() {
-                    self.fail_waiting(replaced, self.raft.leader_id());
-                }
-                None
-            }
-            _ => None,
-        };
         if let Some(waiting) = &mine {
             let latency_us = self.now.monotonic_us.saturating_sub(waiting.proposed_us);
             self.metrics
@@ -184,7 +185,7 @@ impl Replica {
     /// Reads anchored in entries that wait for round `id`, which failed.
     pub(super) fn fail_anchored_reads(&mut self, id: u64, leader: Option<NodeId>) {
         let mut failed = Vec::new();
-        for waiting in self.waiting.iter_mut() {
+        for waiting in self.waiting.values_mut() {
             waiting.reads.retain(|read| {
                 let fails = read.round == Some(id);
                 if fails {
@@ -198,18 +199,8 @@ impl Replica {
         }
     }
 
-    /// Entries from `index` on are being replaced: commands waiting on them
-    /// were never committed here (SPEC §3: ERR_REDIRECT).
-    pub(super) fn fail_truncated_from(&mut self, index: Index) {
-        let leader = self.raft.leader_id();
-        while self.waiting.back().is_some_and(|w| w.index >= index) {
-            if let Some(waiting) = self.waiting.pop_back() {
-                self.fail_waiting(waiting, leader);
-            }
-        }
-    }
-
-    pub(super) fn fail_waiting(&mut self, waiting: Waiting, leader: Option<NodeId>) {
+    /// Another entry was applied at this one's index: it never will be.
+    fn fail_waiting(&mut self, waiting: Waiting, leader: Option<NodeId>) {
         for client in waiting.clients {
             self.answer_redirect(client, leader);
         }
@@ -218,10 +209,20 @@ impl Replica {
         }
     }
 
+    /// Applied or not, this node cannot tell (SPEC §3: ERR_INTERNAL).
+    pub(super) fn answer_unknown_fate(&mut self, waiting: Waiting) {
+        for client in waiting.clients {
+            self.answer(client, Reply::Internal);
+        }
+        for read in waiting.reads {
+            self.answer(read.client, Reply::Internal);
+        }
+    }
+
     /// Commands and read rounds past their deadline get `ERR_INTERNAL`.
     pub(super) fn expire_waiting(&mut self, now: Now) {
         let mut expired = Vec::new();
-        for waiting in self.waiting.iter_mut() {
+        for waiting in self.waiting.values_mut() {
             if waiting.expired || waiting.deadline_us > now.monotonic_us {
                 continue;
             }
@@ -248,7 +249,7 @@ impl Replica {
                     self.answer(client, Reply::Internal);
                 }
                 let mut anchored = Vec::new();
-                for waiting in self.waiting.iter_mut() {
+                for waiting in self.waiting.values_mut() {
                     waiting.reads.retain(|read| {
                         let expires = read.round == Some(group.id);
                         if expires {

@@ -67,8 +67,8 @@ impl Replica {
         let stamp_ms = self.cluster_time_ms(now);
         let carried = self
             .waiting
-            .back()
-            .is_some_and(|w| w.stamp_ms >= deadline_ms);
+            .last_key_value()
+            .is_some_and(|(_, w)| w.stamp_ms >= deadline_ms);
         let expiry_due =
             deadline_ms <= stamp_ms && self.fsm.cluster_time_ms() < deadline_ms && !carried;
         let stamp_stale = stamp_ms
@@ -80,16 +80,18 @@ impl Replica {
         }
         if let Ok(index) = self.raft.propose(encode_batch(stamp_ms, &[])) {
             self.last_proposed_stamp_ms = stamp_ms;
-            self.waiting.push_back(Waiting {
-                index,
-                term: self.raft.term(),
-                stamp_ms,
-                clients: Vec::new(),
-                reads: Vec::new(),
-                deadline_us: now.after_ms(limits::COMMAND_TIMEOUT_MS),
-                proposed_us: now.monotonic_us,
-                expired: false,
-            });
+            let term = self.raft.term();
+            self.waiting.insert(
+                (index, term),
+                Waiting {
+                    stamp_ms,
+                    clients: Vec::new(),
+                    reads: Vec::new(),
+                    deadline_us: now.after_ms(limits::COMMAND_TIMEOUT_MS),
+                    proposed_us: now.monotonic_us,
+                    expired: false,
+                },
+            );
         }
     }
 }

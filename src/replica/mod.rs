@@ -60,6 +60,9 @@ use crate::raft::{self, Action, Envelope, HardState, Index, NodeId, Role, Term};
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, VecDeque};
 
+/// Entries proposed by this node, by (index, term).
+type WaitingEntries = BTreeMap<(Index, Term), Waiting>;
+
 use apply::{ReadGroup, Waiting};
 use durability::Durability;
 use routing::{ConnectionFloor, Pending, TurnBatch};
@@ -141,8 +144,9 @@ pub struct Replica {
     turn_reads: Vec<(ClientRef, Bytes)>,
     /// Reads anchored in an earlier entry that also need this turn's round.
     turn_reads_anchored: u64,
-    /// Entries this leader proposed, oldest first, with what waits on them.
-    waiting: VecDeque<Waiting>,
+    /// Entries this node proposed as leader, with what waits on them,
+    /// until the entry at their index is applied (see `apply`).
+    waiting: WaitingEntries,
     /// Read rounds not yet confirmed, oldest first.
     read_groups: VecDeque<ReadGroup>,
     next_read_id: u64,
@@ -162,8 +166,6 @@ pub struct Replica {
     now: Now,
     /// When the next Raft tick is due (monotonic µs); 0 = at the first call.
     next_tick_us: u64,
-    /// The last index written to storage (to see a suffix being replaced).
-    wal_last_index: Index,
     /// A log-start record the restore asked for, written in the first turn.
     boot_log_start: Option<(Index, Term)>,
     durability: Durability,
@@ -203,7 +205,6 @@ impl Replica {
         let (applied_index, applied_term) = snapshot.map_or((0, 0), |s| (s.index, s.term));
         let snapshots = Snapshots::new(config.snapshot_entries, restore.kept);
         Replica {
-            wal_last_index: raft.last_index(),
             raft,
             fsm: restore.fsm,
             config,
@@ -213,7 +214,7 @@ impl Replica {
             batches: Vec::new(),
             turn_reads: Vec::new(),
             turn_reads_anchored: 0,
-            waiting: VecDeque::new(),
+            waiting: BTreeMap::new(),
             read_groups: VecDeque::new(),
             next_read_id: 1,
             read_confirmed_id: 0,
@@ -331,7 +332,11 @@ impl Replica {
 
     /// Whether commands are still waiting for an answer.
     pub fn has_waiting(&self) -> bool {
-        !self.waiting.is_empty() || !self.read_groups.is_empty() || !self.held.is_empty()
+        self.waiting
+            .values()
+            .any(|w| !w.expired || !w.reads.is_empty())
+            || !self.read_groups.is_empty()
+            || !self.held.is_empty()
     }
 
     /// Run one turn (see the module doc). An error means the node must stop
@@ -410,15 +415,14 @@ impl Replica {
         entries: Vec<raft::Entry>,
         storage: &mut impl Storage,
     ) -> Result<()> {
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        let Some(last) = entries.last() else {
             return Ok(());
         };
-        if first.index <= self.wal_last_index {
-            self.fail_truncated_from(first.index);
-        }
+        // A replaced suffix decides nothing for the commands waiting on it:
+        // another node may still hold those entries and get them committed.
+        // Only the entry applied at their index does (`apply`).
         let last_position = (last.index, last.term);
         storage.append_entries(&entries)?;
-        self.wal_last_index = last_position.0;
         self.durability.note_entries_written(last_position);
         if let Some(stamp_ms) = entries.iter().rev().find_map(|e| batch_stamp_ms(&e.data)) {
             self.max_stamp_ms = self.max_stamp_ms.max(stamp_ms);

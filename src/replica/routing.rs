@@ -38,7 +38,7 @@ use crate::fsm::command::encode_batch;
 use crate::fsm::Command;
 use crate::limits;
 use crate::protocol::{Reply, Request};
-use crate::raft::{Index, NodeId};
+use crate::raft::{Index, NodeId, Term};
 use bytes::Bytes;
 
 pub(super) struct Pending {
@@ -57,11 +57,13 @@ pub(super) struct TurnBatch {
     deadline_us: Option<u64>,
 }
 
-/// A connection's latest anchored position: `offset` inside entry `index`.
+/// A connection's latest anchored position: `offset` inside the entry at
+/// `index` of `term`.
 #[derive(Clone, Copy)]
 pub(super) struct ConnectionFloor {
     conn_id: u64,
     index: Index,
+    term: Term,
     offset: usize,
 }
 
@@ -148,9 +150,11 @@ impl Replica {
             return;
         }
         let floor = self.connection_floor(client);
-        if let Some((index, offset)) = floor.filter(|&(index, _)| index > self.applied_index) {
+        if let Some((position, offset)) =
+            floor.filter(|&((index, _), _)| index > self.applied_index)
+        {
             let round = self.next_read_id;
-            if let Some(waiting) = self.waiting_mut(index) {
+            if let Some(waiting) = self.waiting.get_mut(&position) {
                 waiting.reads.push(AnchoredRead {
                     offset,
                     client,
@@ -165,15 +169,21 @@ impl Replica {
         self.turn_reads.push((client, answer));
     }
 
-    fn connection_floor(&self, client: ClientRef) -> Option<(Index, usize)> {
+    /// The connection's floor: ((index, term), offset).
+    fn connection_floor(&self, client: ClientRef) -> Option<((Index, Term), usize)> {
         let floor = self.connection_floor.get(client.key).copied().flatten()?;
-        (floor.conn_id == client.conn_id).then_some((floor.index, floor.offset))
+        (floor.conn_id == client.conn_id).then_some(((floor.index, floor.term), floor.offset))
     }
 
     /// Raises the connection's floor to `(index, offset)` (never lowers it:
     /// a read anchored early in a batch must not hide a later write of the
     /// same connection from its next read).
-    fn set_connection_floor(&mut self, client: ClientRef, index: Index, offset: usize) {
+    fn set_connection_floor(
+        &mut self,
+        client: ClientRef,
+        (index, term): (Index, Term),
+        offset: usize,
+    ) {
         if self.connection_floor.len() <= client.key {
             self.connection_floor.resize(client.key + 1, None);
         }
@@ -188,17 +198,10 @@ impl Replica {
             *slot = Some(ConnectionFloor {
                 conn_id: client.conn_id,
                 index,
+                term,
                 offset,
             });
         }
-    }
-
-    pub(super) fn waiting_mut(&mut self, index: Index) -> Option<&mut Waiting> {
-        let position = self
-            .waiting
-            .binary_search_by_key(&index, |w| w.index)
-            .ok()?;
-        self.waiting.get_mut(position)
     }
 
     pub(super) fn propose_batches(&mut self, now: Now) {
@@ -225,22 +228,24 @@ impl Replica {
                         .batch_commands
                         .record(batch.commands.len() as f64);
                     self.last_proposed_stamp_ms = stamp_ms;
+                    let position = (index, self.raft.term());
                     for (offset, client) in batch.clients.iter().enumerate() {
-                        self.set_connection_floor(*client, index, offset + 1);
+                        self.set_connection_floor(*client, position, offset + 1);
                     }
                     for read in &batch.reads {
-                        self.set_connection_floor(read.client, index, read.offset);
+                        self.set_connection_floor(read.client, position, read.offset);
                     }
-                    self.waiting.push_back(Waiting {
-                        index,
-                        term: self.raft.term(),
-                        stamp_ms,
-                        clients: batch.clients,
-                        reads: batch.reads,
-                        deadline_us: batch.deadline_us.unwrap_or(now.monotonic_us),
-                        proposed_us: now.monotonic_us,
-                        expired: false,
-                    });
+                    self.waiting.insert(
+                        position,
+                        Waiting {
+                            stamp_ms,
+                            clients: batch.clients,
+                            reads: batch.reads,
+                            deadline_us: batch.deadline_us.unwrap_or(now.monotonic_us),
+                            proposed_us: now.monotonic_us,
+                            expired: false,
+                        },
+                    );
                 }
                 Err(not_leader) => {
                     for client in batch.clients {

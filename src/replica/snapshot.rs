@@ -33,13 +33,12 @@
 //! log-start record itself.
 
 use super::storage::Storage;
-use super::{Replica, Waiting};
+use super::Replica;
 use crate::error::Result;
 use crate::limits::{
     SNAPSHOTS_KEPT, SNAPSHOT_COPY_BYTES_MAX, SNAPSHOT_COPY_FILES_MAX, SNAPSHOT_LOG_BYTES_MAX,
     SNAPSHOT_LOG_BYTES_MIN, SNAPSHOT_LOG_TO_SNAPSHOT_RATIO,
 };
-use crate::protocol::Reply;
 use crate::raft::{Envelope, Index, Installed, Message, NodeId, SnapshotMeta};
 use crate::snapshot::transfer::Stored;
 use crate::snapshot::worker::Job;
@@ -256,11 +255,10 @@ impl Replica {
                 storage.commit_received_snapshot()?;
                 if !log_kept {
                     storage.mark_log_start(snapshot.index, snapshot.term)?;
-                    self.wal_last_index = snapshot.index;
                     self.durability.note_written(false);
                 }
                 self.fsm = *fsm;
-                self.fail_waiting_covered_by(snapshot.index, log_kept);
+                self.fail_waiting_covered_by(snapshot.index);
                 self.applied_index = snapshot.index;
                 self.applied_term = snapshot.term;
                 self.max_stamp_ms = self.max_stamp_ms.max(self.fsm.cluster_time_ms());
@@ -280,24 +278,13 @@ impl Replica {
     }
 
     /// Commands waiting on entries a snapshot now covers: their fate is not
-    /// known here (ERR_INTERNAL, SPEC §3); on entries after it that were
-    /// discarded: never committed here (ERR_REDIRECT).
-    fn fail_waiting_covered_by(&mut self, index: Index, log_kept: bool) {
-        let leader = self.raft.leader_id();
-        let waiting: Vec<Waiting> = self.waiting.drain(..).collect();
-        for entry in waiting {
-            if entry.index <= index {
-                for client in entry.clients {
-                    self.answer(client, Reply::Internal);
-                }
-                for read in entry.reads {
-                    self.answer(read.client, Reply::Internal);
-                }
-            } else if !log_kept {
-                self.fail_waiting(entry, leader);
-            } else {
-                self.waiting.push_back(entry);
-            }
+    /// known here (ERR_INTERNAL, SPEC §3). Those on entries after it wait
+    /// on: the entry applied at their index decides (`apply`).
+    fn fail_waiting_covered_by(&mut self, index: Index) {
+        let later = self.waiting.split_off(&(index + 1, 0));
+        let covered = std::mem::replace(&mut self.waiting, later);
+        for (_, entry) in covered {
+            self.answer_unknown_fate(entry);
         }
     }
 }

@@ -196,8 +196,9 @@ struct Liveness {
     final_reads_sent: bool,
     final_reads_answered: usize,
     done: bool,
-    /// Probe commands waiting for an answer, by sequence number.
-    pending: BTreeMap<u64, ProbeCommand>,
+    /// Probe commands waiting for an answer, by sequence number, with the
+    /// node they were sent to.
+    pending: BTreeMap<u64, (NodeId, ProbeCommand)>,
     next_seq: u64,
     /// Probe connections are numbered apart from the clients'.
     conn_id: u64,
@@ -382,6 +383,13 @@ impl Sim {
             Verdict::Linearizable => false,
             Verdict::Unknown { .. } => true,
             Verdict::NotLinearizable { file, explanation } => {
+                if self.config.verbose {
+                    self.trace(format!(
+                        "history of {:?}:\n{}",
+                        String::from_utf8_lossy(&file),
+                        self.clients.history.describe_file(&file)
+                    ));
+                }
                 return Err(self.failure(format!(
                     "the client history is not linearizable for file {:?}: {explanation}",
                     String::from_utf8_lossy(&file)
@@ -613,9 +621,10 @@ impl Sim {
                     );
                     return Ok(());
                 }
-                let fails = self
-                    .rng
-                    .gen_bool(self.config.disk.sync_failure_probability.clamp(0.0, 1.0));
+                let fails = self.fault_phase
+                    && self
+                        .rng
+                        .gen_bool(self.config.disk.sync_failure_probability.clamp(0.0, 1.0));
                 let took_us = self.now_us;
                 let sim_node = &mut self.nodes[node];
                 if let Some(replica) = sim_node.replica.as_mut() {
@@ -759,6 +768,15 @@ impl Sim {
     }
 
     fn deliver_answer(&mut self, node: NodeId, to: ClientRef, answer: Bytes) -> Result<(), String> {
+        if self.config.verbose {
+            self.trace(format!(
+                "    node {node} answers key {} conn {} seq {}: {:?}",
+                to.key,
+                to.conn_id,
+                to.seq,
+                String::from_utf8_lossy(&answer[..answer.len().min(60)])
+            ));
+        }
         if to.key == self.probe_key() {
             return self.probe_answer(to, &answer);
         }
@@ -850,6 +868,14 @@ impl Sim {
                     return Ok(());
                 }
                 let now = self.node_now(index);
+                if self.config.verbose {
+                    for (client_ref, request) in &requests {
+                        self.trace(format!(
+                            "    client {client} conn {} seq {} to node {node}: {request:?}",
+                            client_ref.conn_id, client_ref.seq
+                        ));
+                    }
+                }
                 if let Some(replica) = self.nodes[index].replica.as_mut() {
                     for (client_ref, request) in requests {
                         replica.client_request(client_ref, request, now);
@@ -885,6 +911,7 @@ impl Sim {
         let generation = node.generation;
         let id = node.id;
         self.clients.node_crashed(id, now_us);
+        self.probes_lost(id);
         self.crashes += 1;
         self.power_losses += u64::from(power_loss);
         if self.config.verbose {
@@ -1203,7 +1230,15 @@ impl Sim {
     ) -> Result<(), String> {
         let seq = self.liveness.next_seq;
         self.liveness.next_seq += 1;
-        self.liveness.pending.insert(seq, command);
+        if self.config.verbose {
+            self.trace(format!(
+                "    probe {seq} {command:?} to node {}: {request:?}",
+                self.nodes[index].id
+            ));
+        }
+        self.liveness
+            .pending
+            .insert(seq, (self.nodes[index].id, command));
         let client = ClientRef {
             key: self.probe_key(),
             conn_id: self.liveness.conn_id,
@@ -1216,13 +1251,42 @@ impl Sim {
         self.turn(index)
     }
 
+    /// Node `id` crashed: the probe commands sent to it are lost with
+    /// their connection (indeterminate); they are sent again.
+    fn probes_lost(&mut self, id: NodeId) {
+        let lost: Vec<u64> = self
+            .liveness
+            .pending
+            .iter()
+            .filter(|(_, (node, _))| *node == id)
+            .map(|(&seq, _)| seq)
+            .collect();
+        for seq in lost {
+            match self.liveness.pending.remove(&seq) {
+                Some((_, ProbeCommand::Write { .. })) => self.liveness.probe_sent = false,
+                Some((_, ProbeCommand::FinalRead(op))) => {
+                    self.clients.history.discard(op);
+                    self.liveness.final_reads_sent = false;
+                }
+                None => {}
+            }
+        }
+    }
+
     fn probe_answer(&mut self, to: ClientRef, answer: &[u8]) -> Result<(), String> {
         if to.conn_id != self.liveness.conn_id {
             return Ok(());
         }
-        let Some(command) = self.liveness.pending.remove(&to.seq) else {
+        let Some((_, command)) = self.liveness.pending.remove(&to.seq) else {
             return Err(format!("probe sequence {} answered twice", to.seq));
         };
+        if self.config.verbose {
+            self.trace(format!(
+                "    probe {} answered: {:?}",
+                to.seq,
+                String::from_utf8_lossy(answer)
+            ));
+        }
         let now_ns = self.now_us * 1_000;
         match command {
             ProbeCommand::Write { leader } => {
