@@ -33,6 +33,8 @@ struct RawConfig {
     #[serde(default = "default_snapshot_entries")]
     snapshot_entries: u64,
     #[serde(default)]
+    snapshot_token_file: Option<PathBuf>,
+    #[serde(default)]
     node: Vec<RawMember>,
 }
 
@@ -91,6 +93,9 @@ pub struct ClusterConfig {
     pub max_file_bytes: usize,
     pub data_dir: PathBuf,
     pub snapshot_entries: u64,
+    /// A file holding the bearer token `GET /snapshot` requires (`None`:
+    /// no token). Relative paths are resolved against the working directory.
+    pub snapshot_token_file: Option<PathBuf>,
     /// Sorted by id.
     pub members: Vec<Member>,
 }
@@ -197,8 +202,32 @@ impl ClusterConfig {
             max_file_bytes: raw.max_file_bytes as usize,
             data_dir: raw.data_dir,
             snapshot_entries: raw.snapshot_entries,
+            snapshot_token_file: raw.snapshot_token_file,
             members,
         })
+    }
+
+    /// The `GET /snapshot` bearer token from `snapshot_token_file` (its
+    /// first line, trimmed), if one is configured. An unreadable or empty
+    /// file is a config error.
+    pub fn snapshot_token(&self) -> Result<Option<String>> {
+        let Some(path) = &self.snapshot_token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!(
+                "snapshot_token_file {}: cannot read it: {e}",
+                path.display()
+            ))
+        })?;
+        let token = text.lines().next().unwrap_or_default().trim();
+        if token.is_empty() || token.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(Error::Config(format!(
+                "snapshot_token_file {}: its first line must be the token (printable ASCII, no spaces)",
+                path.display()
+            )));
+        }
+        Ok(Some(token.to_string()))
     }
 
     pub fn member(&self, id: NodeId) -> Result<&Member> {

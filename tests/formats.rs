@@ -108,7 +108,11 @@ fn a_hard_state_record_written_by_bincode_reads_back() {
     assert_eq!(recovered.hard_state.term, 5);
     assert_eq!(recovered.hard_state.vote, Some(3));
     assert_eq!(
-        recovered.hard_state.incarnations.into_iter().collect::<Vec<_>>(),
+        recovered
+            .hard_state
+            .incarnations
+            .into_iter()
+            .collect::<Vec<_>>(),
         vec![(1, 7), (3, 9)]
     );
 }
