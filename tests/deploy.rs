@@ -519,10 +519,15 @@ fn the_dockerfile_builds_every_binary_the_image_and_compose_run() {
             path.display()
         );
     }
+    // Without --workspace (or -p), --bin looks in the root package only.
+    let whole_workspace = cargo_line.contains("--workspace") || cargo_line.contains(" -p ");
+    let root_source = workdir.join("src");
     let binaries: BTreeSet<&str> = copied
-        .keys()
-        .filter(|(kind, _)| kind == "bin")
-        .map(|(_, name)| name.as_str())
+        .iter()
+        .filter(|((kind, _), path)| {
+            kind == "bin" && (whole_workspace || path.starts_with(&root_source))
+        })
+        .map(|((_, name), _)| name.as_str())
         .collect();
     for binary in &built_binaries {
         assert!(
