@@ -343,6 +343,42 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_token_comes_from_its_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let with_file = |path: &Path| {
+            ClusterConfig::parse(&three(&format!(
+                "snapshot_token_file = {:?}",
+                path.display().to_string()
+            )))
+            .expect("parses")
+        };
+        assert_eq!(
+            ClusterConfig::parse(&three(""))
+                .unwrap()
+                .snapshot_token()
+                .unwrap(),
+            None
+        );
+        let good = dir.path().join("token");
+        std::fs::write(&good, "  abc-123\nignored\n").expect("write");
+        assert_eq!(
+            with_file(&good).snapshot_token().unwrap(),
+            Some("abc-123".to_string())
+        );
+        for (name, text) in [("empty", ""), ("spaced", "a b\n")] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            let error = with_file(&path).snapshot_token().unwrap_err().to_string();
+            assert!(error.contains("first line must be the token"), "{error}");
+        }
+        let error = with_file(&dir.path().join("missing"))
+            .snapshot_token()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("cannot read it"), "{error}");
+    }
+
+    #[test]
     fn defaults_apply() {
         let config = ClusterConfig::parse(&three("")).unwrap();
         assert_eq!(config.election_timeout_ms, (150, 300));
