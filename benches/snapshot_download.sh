@@ -11,19 +11,21 @@
 # Knobs (environment):
 #   SD_FILES      files to fill (default 1000000, 60-byte values)
 #   SD_SECS       seconds of each measured phase (default 10)
-#   SD_DOWNLOADS  downloads run back to back during the loaded phase (default 3)
+#   SD_DOWNLOADS  most downloads run back to back during the loaded phase
+#                 (default 1000: as many as fit in SD_SECS)
 #   SD_BASE_PORT  first port (default 17600): clients P.., peers P+10.., metrics P+20..
 #   SD_KEEP       set: keep the temp dir
 #
 # Prints one table: phase, probe ops, p50/p99/max latency (µs), errors,
-# downloads finished and their bytes. Everything it starts is killed on exit;
+# downloads finished and their bytes, and the leader's peak RSS (VmHWM)
+# after the phase. Everything it starts is killed on exit;
 # every wait is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FILES=${SD_FILES:-1000000}
 SECS=${SD_SECS:-10}
-DOWNLOADS=${SD_DOWNLOADS:-3}
+DOWNLOADS=${SD_DOWNLOADS:-1000}
 BASE_PORT=${SD_BASE_PORT:-17600}
 NODES=3
 
@@ -90,14 +92,16 @@ probe() { # probe NAME: one client, one write at a time, on the leader
         --mix write=1 --duration "$SECS" --size 60 --keys 1000 --no-prefill --json \
         >"$WORK/$1.json" 2>"$WORK/$1.log"
 }
-row() { # row NAME DOWNLOADS BYTES
+row() { # row NAME DOWNLOADS BYTES PEAK_KIB
     tail -1 "$WORK/$1.json" | python3 -c "
 import json, sys
 r = json.load(sys.stdin)
-print('| $1 | %d | %d | %d | %d | %d | $2 | $3 |' % (r['ops'], r['p50_us'], r['p99_us'], r['max_us'], r['errors']))"
+print('| $1 | %d | %d | %d | %d | %d | $2 | $3 | %.0f |' % (r['ops'], r['p50_us'], r['p99_us'], r['max_us'], r['errors'], $4 / 1024))"
 }
+peak_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/${PIDS[$((LEADER - 1))]}/status"; }
 
 probe idle
+idle_peak=$(peak_kib)
 : >"$WORK/downloads"
 (
     end=$(($(date +%s) + SECS))
@@ -110,15 +114,16 @@ DOWNLOADER=$!
 PIDS+=("$DOWNLOADER")
 probe downloading
 wait "$DOWNLOADER" || true
+downloading_peak=$(peak_kib)
 finished=$(grep -c . "$WORK/downloads" || true)
-bytes=$(awk '{ s += $1 } END { print s + 0 }' "$WORK/downloads")
+bytes=$(awk '{ s += $1 } END { printf "%.0f", s }' "$WORK/downloads")
 
 echo
 echo "## Write latency on the leader ($FILES files), one client, ${SECS} s per phase"
 echo
-echo "| phase | ops | p50 µs | p99 µs | max µs | errors | downloads | bytes |"
-echo "|---|---|---|---|---|---|---|---|"
-row idle 0 0
-row downloading "$finished" "$bytes"
+echo "| phase | ops | p50 µs | p99 µs | max µs | errors | downloads | bytes | leader peak RSS MiB |"
+echo "|---|---|---|---|---|---|---|---|---|"
+row idle 0 0 "$idle_peak"
+row downloading "$finished" "$bytes" "$downloading_peak"
 echo
-echo "leader $(metric "$LEADER" raftfs_leader_id) term $(metric "$LEADER" raftfs_term), RSS $(awk '/^VmRSS:/ { print $2 }' /proc/${PIDS[$((LEADER - 1))]}/status) KiB" >&2
+echo "leader $(metric "$LEADER" raftfs_leader_id) term $(metric "$LEADER" raftfs_term)" >&2

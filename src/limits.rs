@@ -166,6 +166,9 @@ pub const HTTP_SNAPSHOT_DOWNLOADS_MAX: usize = 2;
 /// Bytes a snapshot download reads from disk and writes to its socket at a
 /// time (its whole buffer).
 pub const HTTP_SNAPSHOT_CHUNK_BYTES: usize = 256 << 10;
+/// Nice value of a snapshot download's thread: below the reactors on a busy
+/// host (measured: benches/snapshot_download.sh).
+pub const HTTP_SNAPSHOT_NICE: i32 = 10;
 /// A snapshot download whose client accepted no byte for this long is
 /// dropped (frees its slot).
 pub const HTTP_SNAPSHOT_WRITE_STALL_TIMEOUT_MS: u64 = 30_000;

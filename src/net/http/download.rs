@@ -4,7 +4,9 @@
 //! loader read a backup with the same checks.
 //!
 //! Memory: one `HTTP_SNAPSHOT_CHUNK_BYTES` buffer per download, whatever the
-//! file's size. A client that stops reading for
+//! file's size. CPU: the thread runs at nice `HTTP_SNAPSHOT_NICE` (Linux
+//! sets it per thread), so on a busy host the reactors are served first and
+//! a backup only takes what is left. A client that stops reading for
 //! `HTTP_SNAPSHOT_WRITE_STALL_TIMEOUT_MS` is dropped, so a download slot is
 //! never held forever.
 //!
@@ -41,6 +43,15 @@ enum Failure {
 /// Serves one `/snapshot` request on `stream` (blocking) and closes it.
 pub(super) fn serve(mut stream: TcpStream, dir: &Path) {
     let started = Instant::now();
+    // SAFETY: setpriority only reads its arguments; on Linux `who = 0`
+    // names the calling thread. A failure only leaves the priority as is.
+    let niced = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, limits::HTTP_SNAPSHOT_NICE) };
+    if niced != 0 {
+        log::debug!(
+            "snapshot download keeps its priority: {}",
+            io::Error::last_os_error()
+        );
+    }
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "?".to_string(), |address| address.to_string());
