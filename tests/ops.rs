@@ -614,15 +614,21 @@ fn snapshot_downloads_need_the_token_are_bounded_and_leave_the_node_serving() {
             .expect("write")
             .starts_with("OK "));
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let first = loop {
-        let (stream, head) = snapshot_request(&metrics, Some("s3cret-token"));
-        if head.starts_with("HTTP/1.1 200") && content_length(&head) > 12_000_000 {
-            break (stream, head);
-        }
-        assert!(Instant::now() < deadline, "no large snapshot: {head}");
-        std::thread::sleep(Duration::from_millis(50));
+    // Wait (bounded) for a snapshot that covers every write: the node takes
+    // one every 20 entries, and an idle leader stamps an entry every 250 ms.
+    let scrape = |name: &str| {
+        let (_, body) = http_get(&metrics, "/metrics").expect("scrape");
+        metric(&body, name).unwrap_or(0.0)
     };
+    let written_through = scrape("raftfs_applied_index");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scrape("raftfs_snapshot_index") < written_through {
+        assert!(Instant::now() < deadline, "no snapshot of every write");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let first = snapshot_request(&metrics, Some("s3cret-token"));
+    assert!(first.1.starts_with("HTTP/1.1 200"), "{}", first.1);
+    assert!(content_length(&first.1) > 11_000_000, "{}", first.1);
     let second = snapshot_request(&metrics, Some("s3cret-token"));
     assert!(second.1.starts_with("HTTP/1.1 200"), "{}", second.1);
     assert!(first.1.contains("X-Raftfs-Snapshot-Index: "), "{}", first.1);
@@ -645,7 +651,7 @@ fn snapshot_downloads_need_the_token_are_bounded_and_leave_the_node_serving() {
         .expect("write")
         .starts_with("OK "));
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(2),
         "{:?}",
         started.elapsed()
     );
