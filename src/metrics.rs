@@ -589,50 +589,52 @@ pub fn render(view: &NodeView<'_>) -> String {
 /// The standard `process_*` series (the names Prometheus client libraries
 /// use, so stock dashboards work).
 fn render_process(process: &ProcessStats, out: &mut String) {
-    let mut sample = |name: &str, kind: &str, help: &str, value: String| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
-    sample(
-        "process_cpu_seconds_total",
-        "counter",
-        "User and system CPU time spent, in seconds.",
-        process.cpu_seconds.to_string(),
-    );
-    sample(
-        "process_resident_memory_bytes",
-        "gauge",
-        "Resident memory size in bytes.",
-        process.resident_memory_bytes.to_string(),
-    );
-    sample(
-        "process_virtual_memory_bytes",
-        "gauge",
-        "Virtual memory size in bytes.",
-        process.virtual_memory_bytes.to_string(),
-    );
-    sample(
-        "process_open_fds",
-        "gauge",
-        "Open file descriptors.",
-        process.open_fds.to_string(),
-    );
-    if let Some(max_fds) = process.max_fds {
-        sample(
+    let series: [(&str, &str, &str, Option<String>); 6] = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent, in seconds.",
+            Some(process.cpu_seconds.to_string()),
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            Some(process.resident_memory_bytes.to_string()),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            Some(process.virtual_memory_bytes.to_string()),
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors.",
+            Some(process.open_fds.to_string()),
+        ),
+        (
             "process_max_fds",
             "gauge",
             "The soft limit on open file descriptors.",
-            max_fds.to_string(),
-        );
+            process.max_fds.map(|max_fds| max_fds.to_string()),
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch, in seconds.",
+            Some(process.start_time_seconds.to_string()),
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        if let Some(value) = value {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
     }
-    sample(
-        "process_start_time_seconds",
-        "gauge",
-        "Start time of the process since the Unix epoch, in seconds.",
-        process.start_time_seconds.to_string(),
-    );
 }
 
 /// `GET /readyz`: `health`, and also a voting member of the configuration
