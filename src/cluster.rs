@@ -3,7 +3,8 @@
 //! SIGTERM stops them all gracefully (a leader hands over first); a node that
 //! stops on an error stops the whole command with that error. SIGUSR1 makes
 //! every node write its file map's checksum to `<data dir>/fsm.checksum`
-//! (see `net::reactor`), for convergence checks.
+//! (see `net::reactor`), for convergence checks. Under systemd the command
+//! reports readiness, role changes and stopping (`crate::service`).
 
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
@@ -31,7 +32,27 @@ pub fn run_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -> 
         member.listen_client,
         member.listen_peer
     );
-    run_reactors(vec![(id, reactor)], |_| {})
+    crate::service::notify_ready(&format!(
+        "node {id}: serving clients on {}",
+        member.listen_client
+    ));
+    let mut shown = String::new();
+    run_reactors(vec![(id, reactor)], move |statuses| {
+        let Some(status) = statuses.first() else {
+            return;
+        };
+        let line = match (status.role, status.leader) {
+            (Some(Role::Leader), _) => format!("node {id}: leader, term {}", status.term),
+            (_, Some(leader)) => {
+                format!("node {id}: follower of node {leader}, term {}", status.term)
+            }
+            (_, None) => format!("node {id}: no leader known, term {}", status.term),
+        };
+        if line != shown {
+            crate::service::notify_status(&line);
+            shown = line;
+        }
+    })
 }
 
 /// The local demo cluster: every node of `config` in this process.
@@ -99,6 +120,7 @@ fn run_reactors(
     let mut checksums: Vec<ChecksumHandle> = Vec::new();
     let mut statuses: Vec<Arc<Mutex<Status>>> = Vec::new();
     let mut threads = Vec::new();
+    crate::service::maybe_inject_panic();
     for (id, mut reactor) in reactors {
         stops.push(reactor.stop_handle());
         checksums.push(reactor.checksum_handle());
@@ -129,6 +151,7 @@ fn run_reactors(
                     std::process::exit(130);
                 }
                 log::info!("signal {signal}: stopping");
+                crate::service::notify_stopping();
                 stopping = true;
                 for stop in &stops {
                     stop.stop();

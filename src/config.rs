@@ -33,6 +33,8 @@ struct RawConfig {
     #[serde(default = "default_snapshot_entries")]
     snapshot_entries: u64,
     #[serde(default)]
+    snapshot_token_file: Option<PathBuf>,
+    #[serde(default)]
     node: Vec<RawMember>,
 }
 
@@ -91,6 +93,9 @@ pub struct ClusterConfig {
     pub max_file_bytes: usize,
     pub data_dir: PathBuf,
     pub snapshot_entries: u64,
+    /// A file holding the bearer token `GET /snapshot` requires (`None`:
+    /// no token). Relative paths are resolved against the working directory.
+    pub snapshot_token_file: Option<PathBuf>,
     /// Sorted by id.
     pub members: Vec<Member>,
 }
@@ -197,8 +202,32 @@ impl ClusterConfig {
             max_file_bytes: raw.max_file_bytes as usize,
             data_dir: raw.data_dir,
             snapshot_entries: raw.snapshot_entries,
+            snapshot_token_file: raw.snapshot_token_file,
             members,
         })
+    }
+
+    /// The `GET /snapshot` bearer token from `snapshot_token_file` (its
+    /// first line, trimmed), if one is configured. An unreadable or empty
+    /// file is a config error.
+    pub fn snapshot_token(&self) -> Result<Option<String>> {
+        let Some(path) = &self.snapshot_token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!(
+                "snapshot_token_file {}: cannot read it: {e}",
+                path.display()
+            ))
+        })?;
+        let token = text.lines().next().unwrap_or_default().trim();
+        if token.is_empty() || token.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(Error::Config(format!(
+                "snapshot_token_file {}: its first line must be the token (printable ASCII, no spaces)",
+                path.display()
+            )));
+        }
+        Ok(Some(token.to_string()))
     }
 
     pub fn member(&self, id: NodeId) -> Result<&Member> {
@@ -311,6 +340,42 @@ mod tests {
              [[node]]\nid = 2\nclient = \"127.0.0.1:8081\"\npeer = \"127.0.0.1:9081\"\n\
              [[node]]\nid = 3\nclient = \"127.0.0.1:8082\"\npeer = \"127.0.0.1:9082\"\n"
         )
+    }
+
+    #[test]
+    fn snapshot_token_comes_from_its_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let with_file = |path: &Path| {
+            ClusterConfig::parse(&three(&format!(
+                "snapshot_token_file = {:?}",
+                path.display().to_string()
+            )))
+            .expect("parses")
+        };
+        assert_eq!(
+            ClusterConfig::parse(&three(""))
+                .unwrap()
+                .snapshot_token()
+                .unwrap(),
+            None
+        );
+        let good = dir.path().join("token");
+        std::fs::write(&good, "  abc-123\nignored\n").expect("write");
+        assert_eq!(
+            with_file(&good).snapshot_token().unwrap(),
+            Some("abc-123".to_string())
+        );
+        for (name, text) in [("empty", ""), ("spaced", "a b\n")] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            let error = with_file(&path).snapshot_token().unwrap_err().to_string();
+            assert!(error.contains("first line must be the token"), "{error}");
+        }
+        let error = with_file(&dir.path().join("missing"))
+            .snapshot_token()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("cannot read it"), "{error}");
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod raft;
 pub mod replica;
 pub mod restore;
 pub mod server;
+pub mod service;
 pub mod sim;
 pub mod snapshot;
 pub mod status;

@@ -160,8 +160,22 @@ pub const HEALTH_APPLY_LAG_ENTRIES_MAX: u64 = 1_000;
 pub const HTTP_CONNECTIONS_MAX: usize = 64;
 /// Largest HTTP request head (request line and headers) read.
 pub const HTTP_REQUEST_BYTES_MAX: usize = 8 << 10;
+/// Most header lines in one HTTP request head (more is a bad request).
+pub const HTTP_HEADERS_MAX: usize = 32;
 /// An HTTP connection that has not finished within this time is closed.
 pub const HTTP_CONNECTION_TIMEOUT_MS: u64 = 5_000;
+/// `GET /snapshot` downloads streaming at once, each on its own helper
+/// thread with one `HTTP_SNAPSHOT_CHUNK_BYTES` buffer; more are answered 503.
+pub const HTTP_SNAPSHOT_DOWNLOADS_MAX: usize = 2;
+/// Bytes a snapshot download reads from disk and writes to its socket at a
+/// time (its whole buffer).
+pub const HTTP_SNAPSHOT_CHUNK_BYTES: usize = 256 << 10;
+/// Nice value of a snapshot download's thread: below the reactors on a busy
+/// host (measured: benches/snapshot_download.sh).
+pub const HTTP_SNAPSHOT_NICE: i32 = 10;
+/// A snapshot download whose client accepted no byte for this long is
+/// dropped (frees its slot).
+pub const HTTP_SNAPSHOT_WRITE_STALL_TIMEOUT_MS: u64 = 30_000;
 /// `raftfs status`: time to connect to one member and get its answer.
 pub const STATUS_PROBE_TIMEOUT_MS: u64 = 1_000;
 
@@ -181,6 +195,7 @@ const _: () = assert!(
 );
 const _: () = assert!((SNAPSHOT_CHUNK_BYTES_MAX as usize) < PEER_FRAME_BYTES_MAX);
 const _: () = assert!(SNAPSHOTS_KEPT >= 2);
+const _: () = assert!(HTTP_SNAPSHOT_DOWNLOADS_MAX >= 1 && HTTP_SNAPSHOT_CHUNK_BYTES >= 4 << 10);
 const _: () = assert!(CLUSTER_TIME_STAMP_INTERVAL_MS >= TICK_MS);
 const _: () = assert!(PEER_RECONNECT_MIN_MS <= PEER_RECONNECT_MAX_MS);
 const _: () = assert!(PEER_REFUSE_REASON_BYTES_MAX + 64 <= PEER_HANDSHAKE_BYTES_MAX);

@@ -73,6 +73,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
+    raftfs::service::exit_on_panic();
     let cli = Cli::parse();
     raise_open_files_limit();
     let result = match cli.command {

@@ -1,31 +1,45 @@
 //! Counters and histograms of one node, their Prometheus text rendering, and
-//! the health verdict served on `GET /health`.
+//! the verdicts served on `GET /health` and `GET /readyz`.
 //!
 //! Owns: `ReplicaMetrics` (kept by the replica: proposals, batch sizes, fsync
 //! durations, apply latency), `ReactorMetrics` (kept by the reactor: commands
-//! and error answers by kind, client connections), `Histogram` (fixed bucket
-//! bounds, plain counts), `NodeView` (everything one scrape shows, gathered
-//! by the reactor when a request arrives) with `render`, and `health`.
+//! and error answers by kind, request latency by kind, leader changes, client
+//! connections), `Histogram` (fixed bucket bounds, plain counts), the
+//! process and data-dir figures read at scrape time (`ProcessStats`,
+//! `DataDirStats`), `NodeView` (everything one scrape shows, gathered by the
+//! reactor when a request arrives) with `render`, `health` and `readiness`.
 //!
 //! Invariants: recording is a few integer operations and no allocation, no
 //! lock and no syscall, so it can sit on the hot path; everything else
-//! (formatting, link states, lags) happens only when someone scrapes. Metric
-//! names follow Prometheus conventions: `raftfs_` prefix, base units
-//! (seconds), `_total` for counters.
+//! (formatting, link states, lags, /proc and the data dir) happens only when
+//! someone scrapes. Metric names follow Prometheus conventions: `raftfs_`
+//! prefix (the standard `process_*` names for the process), base units
+//! (seconds, bytes), `_total` for counters. Every series of a metric always
+//! carries the same label names, and a series with a fixed label set (roles,
+//! link states, command kinds) is always present, 0 when it does not apply,
+//! so dashboards and alerts never see a series vanish and come back under
+//! other labels. Duration buckets reach past the 5 s command timeout.
 //!
 //! Leaves out: the HTTP server (`net::http`).
 
 use crate::net::peer::{LinkState, LinkStatus};
-use crate::raft::{Index, Role};
+use crate::raft::{Index, Role, Term};
 use crate::replica::Status;
 use std::fmt::Write;
+use std::path::Path;
 use std::time::Duration;
 
-/// Bucket bounds for durations, in seconds: 50 µs to 2.5 s.
-pub const DURATION_BOUNDS_S: [f64; 14] = [
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-    2.5,
+/// Bucket bounds for durations, in seconds: 50 µs to 10 s, so answers given
+/// at the 5 s command timeout (`limits::COMMAND_TIMEOUT_MS`) land in a
+/// bucket of their own instead of only in +Inf.
+pub const DURATION_BOUNDS_S: [f64; 17] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
 ];
+const _: () = assert!(
+    DURATION_BOUNDS_S[DURATION_BOUNDS_S.len() - 1] * 1_000.0
+        > crate::limits::COMMAND_TIMEOUT_MS as f64
+);
 /// Bucket bounds for batch sizes, in commands per log entry.
 pub const BATCH_BOUNDS: [f64; 12] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0, 16384.0,
@@ -74,14 +88,24 @@ impl Histogram {
 
     fn render(&self, name: &str, help: &str, out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_samples(name, "", out);
+    }
+
+    /// The samples only; `labels` (e.g. `kind="read"`) go on every one.
+    fn render_samples(&self, name: &str, labels: &str, out: &mut String) {
+        let (plain, prefix) = if labels.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (format!("{{{labels}}}"), format!("{labels},"))
+        };
         let mut cumulative = 0;
         for (bound, count) in self.bounds.iter().zip(&self.counts) {
             cumulative += count;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_bucket{{{prefix}le=\"{bound}\"}} {cumulative}");
         }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {}", self.sum);
-        let _ = writeln!(out, "{name}_count {}", self.count);
+        let _ = writeln!(out, "{name}_bucket{{{prefix}le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{plain} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{plain} {}", self.count);
     }
 }
 
@@ -131,18 +155,61 @@ const ERROR_PREFIXES: [&[u8]; 5] = [
     b"ERR_VERSION",
 ];
 
+/// Request kinds whose latency is measured (`kind` label), indexed like
+/// the first four `COMMAND_KINDS`.
+pub const REQUEST_KINDS: [&str; 4] = ["read", "write", "cas", "delete"];
+
 /// What the reactor counts.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ReactorMetrics {
     /// Indexed like `COMMAND_KINDS`.
     pub commands: [u64; 5],
     /// Indexed like `ERROR_KINDS`.
     pub errors: [u64; 5],
+    /// Time from reading a command to knowing its answer, indexed like
+    /// `REQUEST_KINDS`.
+    pub request_seconds: [Histogram; 4],
     pub connections_accepted: u64,
     pub http_requests: u64,
+    /// Leaderships this node has learned of: a known leader in a term it had
+    /// not seen a leader in (etcd's `leader_changes_seen`).
+    pub leader_changes: u64,
+    /// The term of the last leader counted in `leader_changes`.
+    leader_counted_term: Option<Term>,
+}
+
+impl Default for ReactorMetrics {
+    fn default() -> Self {
+        ReactorMetrics {
+            commands: [0; 5],
+            errors: [0; 5],
+            request_seconds: std::array::from_fn(|_| Histogram::new(&DURATION_BOUNDS_S)),
+            connections_accepted: 0,
+            http_requests: 0,
+            leader_changes: 0,
+            leader_counted_term: None,
+        }
+    }
 }
 
 impl ReactorMetrics {
+    /// Counts a leader change when a leader is known in a term not yet
+    /// counted. Call once per turn.
+    pub fn observe_leader(&mut self, term: Term, leader: Option<crate::raft::NodeId>) {
+        if leader.is_some() && self.leader_counted_term != Some(term) {
+            self.leader_counted_term = Some(term);
+            self.leader_changes += 1;
+        }
+    }
+
+    /// Records the latency of a command of `kind` (an index into
+    /// `REQUEST_KINDS`; others are ignored).
+    pub fn record_request(&mut self, kind: usize, duration: Duration) {
+        if let Some(histogram) = self.request_seconds.get_mut(kind) {
+            histogram.record_duration(duration);
+        }
+    }
+
     /// Counts an answer if it is an error (a first-byte check for the rest).
     pub fn count_reply(&mut self, reply: &[u8]) {
         if reply.first() != Some(&b'E') {
@@ -172,12 +239,101 @@ pub struct NodeView<'a> {
     pub known_commit_index: Index,
     /// The index the newest snapshot covers (the log starts after it).
     pub snapshot_index: Index,
+    /// Whether this node is a voting member of the configuration in force.
+    pub is_member: bool,
+    /// The node was asked to stop and is handing over or draining.
+    pub stopping: bool,
     pub client_connections: usize,
     pub peers: Vec<PeerView>,
     pub replica: &'a ReplicaMetrics,
     pub reactor: &'a ReactorMetrics,
-    /// The file map at `status.applied_index` (for `GET /snapshot`).
-    pub fsm: &'a crate::fsm::Fsm,
+    /// Read from /proc for a scrape only (`None` for health checks, or when
+    /// /proc cannot be read).
+    pub process: Option<ProcessStats>,
+    /// Measured for a scrape only.
+    pub data_dir: Option<DataDirStats>,
+}
+
+/// This process as /proc/self shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ProcessStats {
+    pub cpu_seconds: f64,
+    pub resident_memory_bytes: u64,
+    pub virtual_memory_bytes: u64,
+    pub open_fds: u64,
+    /// The soft limit on open files (`None` = unlimited).
+    pub max_fds: Option<u64>,
+    /// Seconds since the Unix epoch.
+    pub start_time_seconds: f64,
+}
+
+impl ProcessStats {
+    /// Reads /proc/self; a read error (no /proc) is `Err` with the reason.
+    pub fn read() -> Result<ProcessStats, String> {
+        let me = procfs::process::Process::myself().map_err(|e| e.to_string())?;
+        let stat = me.stat().map_err(|e| e.to_string())?;
+        let ticks_per_second = procfs::ticks_per_second().max(1) as f64;
+        let boot_time_seconds = procfs::boot_time_secs().map_err(|e| e.to_string())? as f64;
+        let open_fds = me.fd_count().map_err(|e| e.to_string())? as u64;
+        let max_fds = match me.limits().map(|l| l.max_open_files.soft_limit) {
+            Ok(procfs::process::LimitValue::Value(limit)) => Some(limit),
+            _ => None,
+        };
+        Ok(ProcessStats {
+            cpu_seconds: (stat.utime + stat.stime) as f64 / ticks_per_second,
+            resident_memory_bytes: stat.rss.saturating_mul(procfs::page_size()),
+            virtual_memory_bytes: stat.vsize,
+            open_fds,
+            max_fds,
+            start_time_seconds: boot_time_seconds + stat.starttime as f64 / ticks_per_second,
+        })
+    }
+}
+
+/// The node's data dir and the filesystem it lives on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataDirStats {
+    /// Bytes of the files in the data dir (WAL segments, snapshots, small
+    /// state files), one level of subdirectories deep.
+    pub bytes: u64,
+    /// Bytes an unprivileged writer may still use on its filesystem.
+    pub filesystem_available_bytes: u64,
+    pub filesystem_size_bytes: u64,
+}
+
+impl DataDirStats {
+    /// Measures `dir`: a directory listing and a statvfs, a few syscalls.
+    pub fn read(dir: &Path) -> Result<DataDirStats, String> {
+        let bytes = directory_bytes(dir, 1).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let filesystem =
+            rustix::fs::statvfs(dir).map_err(|e| format!("statvfs {}: {e}", dir.display()))?;
+        Ok(DataDirStats {
+            bytes,
+            filesystem_available_bytes: filesystem.f_bavail.saturating_mul(filesystem.f_frsize),
+            filesystem_size_bytes: filesystem.f_blocks.saturating_mul(filesystem.f_frsize),
+        })
+    }
+}
+
+/// Bytes of the files under `dir`, descending `depth` more levels.
+fn directory_bytes(dir: &Path, depth: usize) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    for item in std::fs::read_dir(dir)? {
+        let item = item?;
+        // A file deleted between the listing and its metadata (compaction)
+        // simply counts as gone.
+        let Ok(metadata) = item.metadata() else {
+            continue;
+        };
+        if metadata.is_dir() {
+            if depth > 0 {
+                total = total.saturating_add(directory_bytes(&item.path(), depth - 1)?);
+            }
+        } else {
+            total = total.saturating_add(metadata.len());
+        }
+    }
+    Ok(total)
 }
 
 pub fn role_name(role: Option<Role>) -> &'static str {
@@ -214,6 +370,14 @@ pub fn render(view: &NodeView<'_>) -> String {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
         );
     };
+    let _ = writeln!(
+        out,
+        "# HELP raftfs_build_info This build: version and on-disk format versions.\n# TYPE raftfs_build_info gauge\n\
+         raftfs_build_info{{version=\"{}\",wal_format=\"{}\",snapshot_format=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        crate::storage::segment::FORMAT_VERSION,
+        crate::snapshot::SNAPSHOT_FILE_FORMAT
+    );
     gauge(&mut out, "raftfs_node_id", "This node's id.", status.id);
     let _ = writeln!(
         out,
@@ -274,6 +438,18 @@ pub fn render(view: &NodeView<'_>) -> String {
     );
     counter(
         &mut out,
+        "raftfs_leader_changes_total",
+        "Leaders this node has learned of (one per term that had a leader).",
+        view.reactor.leader_changes,
+    );
+    gauge(
+        &mut out,
+        "raftfs_member",
+        "1 when this node is a voting member of the configuration in force.",
+        u64::from(view.is_member),
+    );
+    counter(
+        &mut out,
         "raftfs_proposals_total",
         "Log entries proposed by this node as leader.",
         view.replica.proposals,
@@ -317,11 +493,25 @@ pub fn render(view: &NodeView<'_>) -> String {
     for peer in &view.peers {
         let _ = writeln!(
             out,
-            "raftfs_peer_up{{peer=\"{}\",state=\"{}\"}} {}",
+            "raftfs_peer_up{{peer=\"{}\"}} {}",
             peer.link.peer,
-            link_state_name(peer.link.state),
             u64::from(peer.link.state == LinkState::Connected)
         );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP raftfs_peer_link_state 1 for the state the link to the peer is in.\n# TYPE raftfs_peer_link_state gauge"
+    );
+    for peer in &view.peers {
+        for state in [LinkState::Connected, LinkState::Connecting, LinkState::Down] {
+            let _ = writeln!(
+                out,
+                "raftfs_peer_link_state{{peer=\"{}\",state=\"{}\"}} {}",
+                peer.link.peer,
+                link_state_name(state),
+                u64::from(peer.link.state == state)
+            );
+        }
     }
     let _ = writeln!(
         out,
@@ -362,7 +552,105 @@ pub fn render(view: &NodeView<'_>) -> String {
         "Leader: time from proposing an entry to applying it.",
         &mut out,
     );
+    let name = "raftfs_request_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Client commands, by kind: time from reading the command to its answer.\n# TYPE {name} histogram"
+    );
+    for (kind, histogram) in REQUEST_KINDS.iter().zip(&view.reactor.request_seconds) {
+        histogram.render_samples(name, &format!("kind=\"{kind}\""), &mut out);
+    }
+    if let Some(process) = &view.process {
+        render_process(process, &mut out);
+    }
+    if let Some(data_dir) = &view.data_dir {
+        gauge(
+            &mut out,
+            "raftfs_data_dir_bytes",
+            "Bytes of the files in this node's data dir (WAL, snapshots).",
+            data_dir.bytes,
+        );
+        gauge(
+            &mut out,
+            "raftfs_data_dir_filesystem_available_bytes",
+            "Bytes still available on the data dir's filesystem.",
+            data_dir.filesystem_available_bytes,
+        );
+        gauge(
+            &mut out,
+            "raftfs_data_dir_filesystem_size_bytes",
+            "Size of the data dir's filesystem.",
+            data_dir.filesystem_size_bytes,
+        );
+    }
     out
+}
+
+/// The standard `process_*` series (the names Prometheus client libraries
+/// use, so stock dashboards work).
+fn render_process(process: &ProcessStats, out: &mut String) {
+    let series: [(&str, &str, &str, Option<String>); 6] = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent, in seconds.",
+            Some(process.cpu_seconds.to_string()),
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            Some(process.resident_memory_bytes.to_string()),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            Some(process.virtual_memory_bytes.to_string()),
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors.",
+            Some(process.open_fds.to_string()),
+        ),
+        (
+            "process_max_fds",
+            "gauge",
+            "The soft limit on open file descriptors.",
+            process.max_fds.map(|max_fds| max_fds.to_string()),
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch, in seconds.",
+            Some(process.start_time_seconds.to_string()),
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        if let Some(value) = value {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+    }
+}
+
+/// `GET /readyz`: `health`, and also a voting member of the configuration
+/// in force that is not stopping (a stopping node hands its clients over, so
+/// a load balancer should stop sending it new ones); else why not.
+pub fn readiness(view: &NodeView<'_>, lag_entries_max: u64) -> Result<(), String> {
+    if view.stopping {
+        return Err("stopping".to_string());
+    }
+    if !view.is_member {
+        return Err(format!(
+            "node {} is not a voting member of the configuration in force",
+            view.status.id
+        ));
+    }
+    health(view, lag_entries_max)
 }
 
 /// `GET /health`: Ok when the node knows a leader and has applied to within
@@ -405,7 +693,6 @@ mod tests {
     fn health_needs_a_leader_and_a_small_apply_lag() {
         let replica = ReplicaMetrics::default();
         let reactor = ReactorMetrics::default();
-        let fsm = crate::fsm::Fsm::new();
         let view = |leader, known_commit_index, applied_index| NodeView {
             status: Status {
                 id: 2,
@@ -419,13 +706,29 @@ mod tests {
             },
             known_commit_index,
             snapshot_index: 60,
+            is_member: true,
+            stopping: false,
             client_connections: 0,
             peers: Vec::new(),
             replica: &replica,
             reactor: &reactor,
-            fsm: &fsm,
+            process: None,
+            data_dir: None,
         };
         assert_eq!(health(&view(Some(1), 100, 95), 10), Ok(()));
+        assert_eq!(readiness(&view(Some(1), 100, 95), 10), Ok(()));
+        let stopping = NodeView {
+            stopping: true,
+            ..view(Some(1), 100, 95)
+        };
+        assert_eq!(readiness(&stopping, 10), Err("stopping".to_string()));
+        let learner = NodeView {
+            is_member: false,
+            ..view(Some(1), 100, 95)
+        };
+        assert!(readiness(&learner, 10)
+            .unwrap_err()
+            .contains("not a voting member"));
         let error = health(&view(None, 100, 100), 10).unwrap_err();
         assert_eq!(error, "no leader known (term 4)");
         let error = health(&view(Some(1), 100, 50), 10).unwrap_err();
@@ -442,6 +745,50 @@ mod tests {
             text.contains("# TYPE raftfs_fsync_duration_seconds histogram\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn labelled_histograms_and_leader_changes() {
+        let mut metrics = ReactorMetrics::default();
+        metrics.record_request(1, Duration::from_millis(5_200));
+        metrics.record_request(9, Duration::from_millis(1));
+        let mut out = String::new();
+        metrics.request_seconds[1].render_samples("r", "kind=\"write\"", &mut out);
+        assert!(
+            out.contains("r_bucket{kind=\"write\",le=\"5\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("r_bucket{kind=\"write\",le=\"10\"} 1\n"),
+            "{out}"
+        );
+        assert!(out.contains("r_count{kind=\"write\"} 1\n"), "{out}");
+        for (term, leader) in [
+            (1, None),
+            (1, Some(3)),
+            (1, Some(3)),
+            (2, None),
+            (3, Some(3)),
+        ] {
+            metrics.observe_leader(term, leader);
+        }
+        assert_eq!(metrics.leader_changes, 2);
+    }
+
+    #[test]
+    fn process_and_data_dir_figures_are_read() {
+        let process = ProcessStats::read().expect("/proc/self");
+        assert!(process.resident_memory_bytes > 0);
+        assert!(process.open_fds >= 3);
+        assert!(process.start_time_seconds > 1.0e9);
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("a"), [0u8; 1000]).expect("write");
+        std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        std::fs::write(dir.path().join("sub/b"), [0u8; 24]).expect("write");
+        let stats = DataDirStats::read(dir.path()).expect("stats");
+        assert_eq!(stats.bytes, 1024);
+        assert!(stats.filesystem_size_bytes >= stats.filesystem_available_bytes);
+        assert!(stats.filesystem_size_bytes > 0);
     }
 
     #[test]

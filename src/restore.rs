@@ -1,6 +1,12 @@
-//! `raftfs restore`: load a backup (a file-map snapshot taken with
+//! `raftfs restore`: load a backup (a snapshot file taken with
 //! `GET /snapshot` on any node's metrics listener) into a new, running
 //! cluster, through the ordinary client protocol.
+//!
+//! A backup is a node's snapshot file as it lies on disk (see
+//! `crate::snapshot`): it is read as a stream and checked as a node checks
+//! its own (magic, format version, length, crc32c) before anything is sent.
+//! Backups taken before `/snapshot` streamed the file (the bare file map,
+//! whose first byte is its own format number) are still accepted.
 //!
 //! Every file still live at the snapshot's cluster time is written with
 //! `write NAME LEN EXPTIME`, EXPTIME being its remaining whole seconds
@@ -19,7 +25,7 @@
 
 use crate::error::{Error, Result};
 use crate::fsm::Fsm;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
@@ -32,14 +38,7 @@ const REDIRECTS_MAX: usize = 5;
 /// Restores the snapshot at `path` through the node at `address`; returns
 /// the number of files written.
 pub fn run(path: &Path, address: &str) -> Result<usize> {
-    let data = std::fs::read(path)
-        .map_err(|error| Error::io(format!("reading {}", path.display()), error))?;
-    let fsm = Fsm::from_snapshot(&data).map_err(|error| {
-        Error::Corrupt(format!(
-            "{} is not a raftfs snapshot: {error:?}",
-            path.display()
-        ))
-    })?;
+    let fsm = load_backup(path)?;
     let now_ms = fsm.cluster_time_ms();
     let mut commands: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     for name in fsm.names() {
@@ -77,6 +76,35 @@ pub fn run(path: &Path, address: &str) -> Result<usize> {
         }
     }
     Ok(commands.len())
+}
+
+/// The file map of a backup: a snapshot file, or a bare file map from an
+/// older `GET /snapshot`.
+pub fn load_backup(path: &Path) -> Result<Fsm> {
+    let mut magic = [0u8; 8];
+    let is_snapshot_file = std::fs::File::open(path)
+        .and_then(|mut file| file.read_exact(&mut magic))
+        .is_ok_and(|()| &magic == crate::snapshot::SNAPSHOT_MAGIC);
+    if is_snapshot_file {
+        let (meta, fsm) = crate::snapshot::load(path)
+            .map_err(|error| Error::Corrupt(format!("not a usable raftfs snapshot: {error}")))?;
+        log::info!(
+            "{}: snapshot of index {} (term {}), {} files",
+            path.display(),
+            meta.index,
+            meta.term,
+            fsm.len()
+        );
+        return Ok(fsm);
+    }
+    let data = std::fs::read(path)
+        .map_err(|error| Error::io(format!("reading {}", path.display()), error))?;
+    Fsm::from_snapshot(&data).map_err(|error| {
+        Error::Corrupt(format!(
+            "{} is not a raftfs snapshot: {error:?}",
+            path.display()
+        ))
+    })
 }
 
 struct Connection {

@@ -20,6 +20,10 @@ use std::time::Duration;
 /// Build a ready-to-run node. `data_dir` overrides `<data_dir>/<id>`.
 pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -> Result<Reactor> {
     let member = config.member(id)?.clone();
+    let snapshot_token = match member.metrics {
+        Some(_) => config.snapshot_token()?,
+        None => None,
+    };
     let node_dir = config.node_data_dir(id, data_dir);
     let (mut wal, recovered) = storage::open(&node_dir, config.fsync)?;
     if storage::lost_unsynced::enabled_by_environment() {
@@ -111,12 +115,24 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
     )
     .map_err(|e| Error::io("starting the reactor", e))?;
     if let Some(address) = member.metrics {
-        reactor.serve_metrics(address).map_err(|e| {
+        if snapshot_token.is_none() && !address.ip().is_loopback() {
+            log::warn!(
+                "node {id}: GET /snapshot on {address} serves every file to anyone who can reach \
+                 it: set snapshot_token_file, or keep the metrics address internal"
+            );
+        }
+        let settings = crate::net::http::HttpSettings {
+            data_dir: node_dir.clone(),
+            snapshot_token,
+        };
+        reactor.serve_metrics(address, settings).map_err(|e| {
             Error::Config(format!(
                 "node {id}: cannot listen for metrics on {address}: {e}"
             ))
         })?;
-        log::info!("node {id}: metrics and health on http://{address}/metrics and /health");
+        log::info!(
+            "node {id}: metrics on http://{address}/metrics (also /health, /livez, /readyz, /snapshot)"
+        );
     }
     reactor.set_checksum_path(node_dir.join(crate::net::reactor::CHECKSUM_FILE_NAME));
     Ok(reactor)

@@ -95,11 +95,60 @@ fn metrics_and_health_endpoints() {
     // fsync is off here: the WAL is written, but no fsync ever runs.
     assert_eq!(value("raftfs_fsync_duration_seconds_count"), 0.0);
     assert!(value("raftfs_apply_latency_seconds_count") >= 1.0);
+    assert_eq!(
+        value(&format!(
+            "raftfs_build_info{{version=\"{}\",wal_format=\"1\",snapshot_format=\"1\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
+    assert!(value("raftfs_leader_changes_total") >= 1.0);
+    assert_eq!(value("raftfs_member"), 1.0);
+    assert_eq!(
+        value("raftfs_request_duration_seconds_count{kind=\"write\"}"),
+        20.0
+    );
+    assert_eq!(
+        value("raftfs_request_duration_seconds_bucket{kind=\"write\",le=\"10\"}"),
+        20.0
+    );
+    assert_eq!(
+        value("raftfs_request_duration_seconds_count{kind=\"cas\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("raftfs_request_duration_seconds_count{kind=\"delete\"}"),
+        0.0
+    );
+    assert!(value("process_cpu_seconds_total") >= 0.0); // an idle node may not have a tick yet
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") >= 5.0);
+    let started = value("process_start_time_seconds");
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(
+        started <= now_s + 1.0 && started > now_s - 600.0,
+        "{started}"
+    );
+    let data_dir_bytes = value("raftfs_data_dir_bytes");
+    assert!(data_dir_bytes > 0.0, "{body}");
+    assert!(value("raftfs_data_dir_filesystem_available_bytes") > 0.0);
+    assert!(
+        value("raftfs_data_dir_filesystem_size_bytes")
+            >= value("raftfs_data_dir_filesystem_available_bytes")
+    );
     for peer in (1..=3).filter(|&id| id != leader) {
-        assert_eq!(
-            value(&format!("raftfs_peer_up{{peer=\"{peer}\",state=\"up\"}}")),
-            1.0
-        );
+        assert_eq!(value(&format!("raftfs_peer_up{{peer=\"{peer}\"}}")), 1.0);
+        for (state, expected) in [("up", 1.0), ("connecting", 0.0), ("down", 0.0)] {
+            assert_eq!(
+                value(&format!(
+                    "raftfs_peer_link_state{{peer=\"{peer}\",state=\"{state}\"}}"
+                )),
+                expected
+            );
+        }
         assert!(metric(
             &body,
             &format!("raftfs_peer_lag_entries{{peer=\"{peer}\"}}")
@@ -126,6 +175,16 @@ fn metrics_and_health_endpoints() {
             .0,
         405
     );
+    for id in 1..=3 {
+        assert_eq!(
+            http_get(&cluster.metrics_address(id), "/livez").expect("livez"),
+            (200, "ok\n".to_string())
+        );
+        assert_eq!(
+            http_get(&cluster.metrics_address(id), "/readyz").expect("readyz"),
+            (200, "ok\n".to_string())
+        );
+    }
 
     // With two of three nodes gone the survivor has no leader: 503 + reason.
     let others: Vec<u64> = (1..=3).filter(|&id| id != follower).collect();
@@ -144,6 +203,29 @@ fn metrics_and_health_endpoints() {
     assert_eq!(last.0, 503, "{last:?}");
     assert!(last.1.starts_with("no leader known"), "{last:?}");
     assert_eq!(last.1.lines().count(), 1, "one line: {last:?}");
+    // Alive, but not ready: no leader.
+    let address = cluster.metrics_address(follower);
+    assert_eq!(http_get(&address, "/livez").expect("livez").0, 200);
+    let (code, reason) = http_get(&address, "/readyz").expect("readyz");
+    assert_eq!(code, 503);
+    assert!(reason.starts_with("no leader known"), "{reason}");
+    // The peers are down now: their link series keep the same labels.
+    let (_, body) = http_get(&address, "/metrics").expect("scrape");
+    for peer in (1..=3).filter(|&id| id != follower) {
+        assert_eq!(
+            metric(&body, &format!("raftfs_peer_up{{peer=\"{peer}\"}}")),
+            Some(0.0),
+            "{body}"
+        );
+        assert_eq!(
+            metric(
+                &body,
+                &format!("raftfs_peer_link_state{{peer=\"{peer}\",state=\"up\"}}")
+            ),
+            Some(0.0),
+            "{body}"
+        );
+    }
 }
 
 #[test]
@@ -301,7 +383,8 @@ fn rolling_restart_under_load_fails_no_request() {
 
 #[test]
 fn backup_snapshot_restores_into_a_new_cluster() {
-    let old = Cluster::start(options(3, |_| true));
+    // Small snapshot_entries: /snapshot serves the newest snapshot file.
+    let old = Cluster::start(options(3, |_| true).extra("snapshot_entries = 10"));
     wait_all_healthy(&old);
     let leader = wait_leader(&old);
     let mut client = connect(&old.client_address(leader));
@@ -331,6 +414,11 @@ fn backup_snapshot_restores_into_a_new_cluster() {
             .expect("head")
             + 4;
         let head = String::from_utf8_lossy(&response[..split]).into_owned();
+        if head.starts_with("HTTP/1.1 503") && Instant::now() < deadline {
+            // No snapshot written yet.
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         let applied: u64 = head
             .lines()
@@ -348,6 +436,10 @@ fn backup_snapshot_restores_into_a_new_cluster() {
     };
     let path = old.dir.path().join("backup.snap");
     std::fs::write(&path, &snapshot).expect("save");
+    // The backup is the snapshot file as the node keeps it, checks and all.
+    let (meta, fsm) = raftfs::snapshot::decode(&snapshot).expect("a whole snapshot file");
+    assert!(meta.index >= 33, "{meta:?}");
+    assert_eq!(fsm.len(), 30);
 
     let new = Cluster::start(options(3, |_| true));
     wait_all_healthy(&new);
@@ -402,6 +494,36 @@ fn backup_snapshot_restores_into_a_new_cluster() {
         "renumbered: {versions:?}"
     );
 
+    // A backup from before /snapshot streamed the file (the bare file map)
+    // still restores; a damaged snapshot file is refused before any write.
+    let legacy = old.dir.path().join("legacy.snap");
+    std::fs::write(&legacy, fsm.snapshot()).expect("write");
+    let restore = |path: &std::path::Path| {
+        std::process::Command::new(binary())
+            .args(["restore", "--snapshot"])
+            .arg(path)
+            .args(["--addr", &new.client_address(new_leader)])
+            .output()
+            .expect("raftfs restore")
+    };
+    let output = restore(&legacy);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("restored 30 files"),
+        "{output:?}"
+    );
+    let damaged = old.dir.path().join("damaged.snap");
+    let mut bytes = snapshot.clone();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&damaged, &bytes).expect("write");
+    let output = restore(&damaged);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("checksum mismatch"),
+        "{output:?}"
+    );
+
     let garbage = old.dir.path().join("garbage.snap");
     std::fs::write(&garbage, b"not a snapshot").expect("write");
     let output = std::process::Command::new(binary())
@@ -432,4 +554,129 @@ fn deploy_example_config_is_valid() {
     assert!(unit.contains(
         "ExecStart=/usr/local/bin/raftfs node --config /etc/raftfs/cluster.toml --id ${RAFTFS_ID}"
     ));
+}
+
+/// Sends a `GET /snapshot` with `token` (if any) and reads the response head
+/// only; the body stays in the socket until the caller reads it.
+fn snapshot_request(address: &str, token: Option<&str>) -> (std::net::TcpStream, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let authorization = token.map_or_else(String::new, |token| {
+        format!("Authorization: Bearer {token}\r\n")
+    });
+    write!(stream, "GET /snapshot HTTP/1.1\r\n{authorization}\r\n").expect("send");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).expect("head"),
+            1,
+            "closed in the head"
+        );
+        head.push(byte[0]);
+        assert!(head.len() < 4096, "head too long");
+    }
+    (stream, String::from_utf8_lossy(&head).into_owned())
+}
+
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|line| line.strip_prefix("Content-Length: "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("Content-Length")
+}
+
+#[test]
+fn snapshot_downloads_need_the_token_are_bounded_and_leave_the_node_serving() {
+    use std::io::Read;
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let token_path = secrets.path().join("snapshot.token");
+    std::fs::write(&token_path, "s3cret-token\n").expect("token file");
+    let options = options(1, |_| true).extra(&format!(
+        "snapshot_entries = 20\nsnapshot_token_file = {:?}",
+        token_path.display().to_string()
+    ));
+    let cluster = Cluster::start(options);
+    wait_all_healthy(&cluster);
+    let metrics = cluster.metrics_address(1);
+    // No snapshot yet: a clear 503.
+    let (_, head) = snapshot_request(&metrics, Some("s3cret-token"));
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    // 60 files of 200 KB: a snapshot file far larger than the socket
+    // buffers, so a client that does not read holds its download.
+    let mut client = connect(&cluster.client_address(1));
+    let content = "x".repeat(200_000);
+    for i in 0..60 {
+        assert!(client
+            .write(&format!("big{i}"), &content)
+            .expect("write")
+            .starts_with("OK "));
+    }
+    // Wait (bounded) for a snapshot that covers every write: the node takes
+    // one every 20 entries, and an idle leader stamps an entry every 250 ms.
+    let scrape = |name: &str| {
+        let (_, body) = http_get(&metrics, "/metrics").expect("scrape");
+        metric(&body, name).unwrap_or(0.0)
+    };
+    let written_through = scrape("raftfs_applied_index");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scrape("raftfs_snapshot_index") < written_through {
+        assert!(Instant::now() < deadline, "no snapshot of every write");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let first = snapshot_request(&metrics, Some("s3cret-token"));
+    assert!(first.1.starts_with("HTTP/1.1 200"), "{}", first.1);
+    assert!(content_length(&first.1) > 11_000_000, "{}", first.1);
+    let second = snapshot_request(&metrics, Some("s3cret-token"));
+    assert!(second.1.starts_with("HTTP/1.1 200"), "{}", second.1);
+    assert!(first.1.contains("X-Raftfs-Snapshot-Index: "), "{}", first.1);
+    // Both slots are taken: the third waits its turn.
+    let (_, head) = snapshot_request(&metrics, Some("s3cret-token"));
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(head.contains("Retry-After: "), "{head}");
+    // Wrong or missing token: 401, whatever the slots.
+    for token in [Some("wrong"), None] {
+        let (_, head) = snapshot_request(&metrics, token);
+        assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+        assert!(head.contains("WWW-Authenticate: Bearer"), "{head}");
+    }
+    // The node goes on serving while two downloads are stalled.
+    let started = Instant::now();
+    assert_eq!(http_get(&metrics, "/livez").expect("livez").0, 200);
+    assert_eq!(http_get(&metrics, "/metrics").expect("metrics").0, 200);
+    assert!(client
+        .write("during", "download")
+        .expect("write")
+        .starts_with("OK "));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Each stalled download completes once read: the whole, valid file.
+    let mut bodies = Vec::new();
+    for (mut stream, head) in [first, second] {
+        let mut body = Vec::new();
+        stream.read_to_end(&mut body).expect("body");
+        assert_eq!(body.len(), content_length(&head));
+        let (_, fsm) = raftfs::snapshot::decode(&body).expect("a valid snapshot file");
+        assert!(fsm.len() >= 20, "{}", fsm.len());
+        bodies.push(body);
+    }
+    // The slots are free again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (mut stream, head) = snapshot_request(&metrics, Some("s3cret-token"));
+        if head.starts_with("HTTP/1.1 200") {
+            let mut body = Vec::new();
+            stream.read_to_end(&mut body).expect("body");
+            assert!(raftfs::snapshot::decode(&body).is_ok());
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots never freed: {head}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -26,6 +26,7 @@ use mio::net::TcpStream;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::os::fd::AsRawFd;
+use std::time::Instant;
 
 /// Most slices handed to one `writev`.
 const WRITE_SLICES_MAX: usize = 64;
@@ -59,6 +60,8 @@ struct Slot {
     reply: Option<Bytes>,
     /// Answer bytes reserved for it until it is answered (reads only).
     reserved_bytes: usize,
+    /// The command's kind and when it was read, for the latency metric.
+    timer: Option<(usize, Instant)>,
 }
 
 pub enum ReadStatus {
@@ -134,22 +137,35 @@ impl Connection {
         self.slots.push_back(Slot {
             reply: None,
             reserved_bytes,
+            timer: None,
         });
         seq
     }
 
+    /// Remember that command `seq` (of metric kind `kind`) was read at
+    /// `read_at`; `fill` hands both back with its answer.
+    pub fn start_timer(&mut self, seq: u64, kind: usize, read_at: Instant) {
+        let position = seq.wrapping_sub(self.head_seq) as usize;
+        if let Some(slot) = self.slots.get_mut(position) {
+            slot.timer = Some((kind, read_at));
+        }
+    }
+
     /// Record the answer of command `seq`. Unknown or already answered
     /// sequence numbers are ignored (a late answer after a timeout).
-    pub fn fill(&mut self, seq: u64, reply: Bytes) {
+    /// Returns the slot's timer (`start_timer`) when this filled it.
+    pub fn fill(&mut self, seq: u64, reply: Bytes) -> Option<(usize, Instant)> {
         if seq < self.head_seq {
-            return;
+            return None;
         }
         let position = (seq - self.head_seq) as usize;
+        let mut timer = None;
         if let Some(slot) = self.slots.get_mut(position) {
             if slot.reply.is_none() {
                 slot.reply = Some(reply);
                 self.reserved_bytes -= slot.reserved_bytes;
                 slot.reserved_bytes = 0;
+                timer = slot.timer.take();
             }
         }
         while self.slots.front().is_some_and(|slot| slot.reply.is_some()) {
@@ -162,6 +178,7 @@ impl Connection {
                 self.output.push_back(reply);
             }
         }
+        timer
     }
 
     pub fn outstanding(&self) -> usize {

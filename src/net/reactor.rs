@@ -221,13 +221,15 @@ impl Reactor {
         })
     }
 
-    /// Serves `GET /metrics` and `GET /health` on `address` from this
-    /// reactor. Returns the bound address (useful with port 0).
+    /// Serves `GET /metrics`, `/health`, `/livez`, `/readyz` and
+    /// `/snapshot` on `address` from this reactor (see `net::http`).
+    /// Returns the bound address (useful with port 0).
     pub fn serve_metrics(
         &mut self,
         address: std::net::SocketAddr,
+        settings: crate::net::http::HttpSettings,
     ) -> io::Result<std::net::SocketAddr> {
-        let server = HttpServer::bind(self.poll.registry(), address, HTTP_TOKEN_BASE)?;
+        let server = HttpServer::bind(self.poll.registry(), address, HTTP_TOKEN_BASE, settings)?;
         let bound = server.local_addr()?;
         self.http = Some(server);
         Ok(bound)
@@ -530,7 +532,9 @@ impl Reactor {
             };
             match parsed {
                 Parsed::Request(request) => {
-                    self.metrics.commands[observe::command_kind(&request)] += 1;
+                    let kind = observe::command_kind(&request);
+                    self.metrics.commands[kind] += 1;
+                    connection.start_timer(seq, kind, now);
                     self.replica.client_request(client, request, self.turn_now)
                 }
                 Parsed::Malformed { close } => {
@@ -571,11 +575,15 @@ impl Reactor {
         self.peers
             .flush(self.poll.registry(), now, &mut peer_events);
         self.process_peer_events(peer_events)?;
+        let answered_at = Instant::now();
         for (client, reply) in self.replica.replies.drain(..) {
             self.metrics.count_reply(&reply);
             if let Some(connection) = self.connections.get_mut(client.key) {
                 if connection.id == client.conn_id {
-                    connection.fill(client.seq, reply);
+                    if let Some((kind, read_at)) = connection.fill(client.seq, reply) {
+                        self.metrics
+                            .record_request(kind, answered_at.saturating_duration_since(read_at));
+                    }
                     self.touched.push(client.key);
                 }
             }

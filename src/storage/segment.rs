@@ -5,12 +5,22 @@
 //! record:             payload length u32 | crc32c u32 | payload
 //! payload:            kind u8 | body
 //!   kind 1, entry:      term u64 | index u64 | data (the rest of the payload)
-//!   kind 2, hard state: bincode(HardState)
+//!   kind 2, hard state: term u64 | vote tag u8 (0 none, 1 some) [| vote u64]
+//!                       | count u64 | (member id u64 | incarnation u64){count}
+//!                       (members in ascending id order, each once)
 //!   kind 3, log start:  index u64 | term u64 (the log now starts after
 //!                       `index`, covered by a snapshot; earlier entries void)
 //! ```
 //! Integers are little-endian. A record's CRC32C covers its length field and
 //! its payload, so a damaged length is caught as surely as damaged data.
+//!
+//! The hard state body is byte for byte what bincode 1.3 wrote for
+//! `HardState` with its default (fixed-width integer) options, which format
+//! version 1 data dirs hold; it is written by hand here so the WAL no longer
+//! depends on bincode (unmaintained, RUSTSEC-2025-0141). A unit test checks
+//! both against each other while bincode is still in the tree (the peer wire).
+//! Any change to a record's bytes needs a new `FORMAT_VERSION`: a segment of
+//! another version is refused at start with a line naming both versions.
 //!
 //! Invariants: `encode_*` produce exactly `*_record_bytes` bytes, and (pair
 //! check) a debug build decodes every record it has just encoded and compares
@@ -130,12 +140,76 @@ pub fn encode_entry(buffer: &mut Vec<u8>, entry: &Entry) {
 
 /// The payload of a hard state record, encoded ahead so its size is known.
 pub fn hard_state_payload(hard_state: &HardState) -> Vec<u8> {
-    let mut payload = vec![KIND_HARD_STATE];
-    // Serialising a plain struct of integers and a map into a Vec cannot fail.
-    if let Err(error) = bincode::serialize_into(&mut payload, hard_state) {
-        unreachable!("bincode failed to encode a HardState: {error}");
+    let mut payload = Vec::with_capacity(1 + 8 + 9 + 8 + 16 * hard_state.incarnations.len());
+    payload.push(KIND_HARD_STATE);
+    payload.extend_from_slice(&hard_state.term.to_le_bytes());
+    match hard_state.vote {
+        None => payload.push(0),
+        Some(vote) => {
+            payload.push(1);
+            payload.extend_from_slice(&vote.to_le_bytes());
+        }
+    }
+    payload.extend_from_slice(&(hard_state.incarnations.len() as u64).to_le_bytes());
+    for (member, incarnation) in &hard_state.incarnations {
+        payload.extend_from_slice(&member.to_le_bytes());
+        payload.extend_from_slice(&incarnation.to_le_bytes());
     }
     payload
+}
+
+/// Decodes a hard state body (the payload after its kind byte). Checks the
+/// declared member count against the bytes present before allocating.
+fn decode_hard_state(body: &[u8]) -> Result<HardState, String> {
+    fn take_u64(rest: &mut &[u8], what: &str) -> Result<u64, String> {
+        let (word, tail) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| format!("cut short in its {what}"))?;
+        *rest = tail;
+        Ok(u64::from_le_bytes(*word))
+    }
+    let mut rest = body;
+    let term = take_u64(&mut rest, "term")?;
+    let vote = match rest.split_first() {
+        Some((0, tail)) => {
+            rest = tail;
+            None
+        }
+        Some((1, tail)) => {
+            rest = tail;
+            Some(take_u64(&mut rest, "vote")?)
+        }
+        Some((tag, _)) => return Err(format!("vote tag {tag} (0 or 1 expected)")),
+        None => return Err("cut short in its vote".to_string()),
+    };
+    let count = take_u64(&mut rest, "member count")?;
+    let pairs_bytes = count
+        .checked_mul(16)
+        .filter(|&bytes| bytes == rest.len() as u64)
+        .ok_or_else(|| {
+            format!(
+                "{count} members declared, {} bytes follow (16 per member)",
+                rest.len()
+            )
+        })?;
+    debug_assert_eq!(pairs_bytes as usize, rest.len());
+    let mut incarnations = std::collections::BTreeMap::new();
+    for pair in rest.chunks_exact(16) {
+        let member = read_u64(pair, 0);
+        let incarnation = read_u64(pair, 8);
+        if incarnations
+            .last_key_value()
+            .is_some_and(|(&last, _)| last >= member)
+        {
+            return Err(format!("member {member} out of order or repeated"));
+        }
+        incarnations.insert(member, incarnation);
+    }
+    Ok(HardState {
+        term,
+        vote,
+        incarnations,
+    })
 }
 
 /// Appends one framed record carrying a payload from `hard_state_payload`.
@@ -232,10 +306,10 @@ pub fn decode_record(bytes: &[u8], offset: usize) -> Result<Option<(Record, usiz
                 data: Bytes::copy_from_slice(&payload[ENTRY_PREFIX_BYTES..]),
             })
         }
-        KIND_HARD_STATE => match bincode::deserialize::<HardState>(&payload[1..]) {
+        KIND_HARD_STATE => match decode_hard_state(&payload[1..]) {
             Ok(hard_state) => Record::HardState(hard_state),
-            Err(error) => {
-                return Err(Damage::Undecodable(format!("hard state record: {error}")));
+            Err(reason) => {
+                return Err(Damage::Undecodable(format!("hard state record: {reason}")));
             }
         },
         KIND_LOG_START => {
@@ -299,11 +373,7 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let hard_state = HardState {
-            term: 9,
-            vote: Some(2),
-            incarnations: BTreeMap::from([(1, 11), (2, 22)]),
-        };
+        let hard_state = sample_hard_state();
         let mut buffer = Vec::new();
         encode_entry(&mut buffer, &entry(1, b"hello"));
         encode_hard_state(&mut buffer, &hard_state_payload(&hard_state));
@@ -315,6 +385,80 @@ mod tests {
         let (third, offset) = decode_record(&buffer, offset).unwrap().unwrap();
         assert_eq!(third, Record::Entry(entry(2, b"")));
         assert_eq!(decode_record(&buffer, offset), Ok(None));
+    }
+
+    /// What format version 1 data dirs hold: bincode 1.3's encoding of
+    /// `HardState { term: 9, vote: Some(2), incarnations: {1: 11, 2: 22} }`.
+    const HARD_STATE_V1_BODY: [u8; 57] = [
+        9, 0, 0, 0, 0, 0, 0, 0, // term
+        1, 2, 0, 0, 0, 0, 0, 0, 0, // vote: Some(2)
+        2, 0, 0, 0, 0, 0, 0, 0, // two members
+        1, 0, 0, 0, 0, 0, 0, 0, 11, 0, 0, 0, 0, 0, 0, 0, // 1 -> 11
+        2, 0, 0, 0, 0, 0, 0, 0, 22, 0, 0, 0, 0, 0, 0, 0, // 2 -> 22
+    ];
+
+    fn sample_hard_state() -> HardState {
+        HardState {
+            term: 9,
+            vote: Some(2),
+            incarnations: BTreeMap::from([(1, 11), (2, 22)]),
+        }
+    }
+
+    #[test]
+    fn hard_state_bytes_are_those_format_1_data_dirs_hold() {
+        let payload = hard_state_payload(&sample_hard_state());
+        assert_eq!(payload[0], KIND_HARD_STATE);
+        assert_eq!(payload[1..], HARD_STATE_V1_BODY);
+        assert_eq!(
+            decode_hard_state(&HARD_STATE_V1_BODY),
+            Ok(sample_hard_state())
+        );
+        // Cross-check with bincode itself while the peer wire still has it.
+        let samples = [
+            HardState::default(),
+            sample_hard_state(),
+            HardState {
+                term: u64::MAX,
+                vote: None,
+                incarnations: (1..=9u64)
+                    .map(|id| (id, id.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+                    .collect(),
+            },
+        ];
+        for hard_state in samples {
+            let from_bincode = bincode::serialize(&hard_state).expect("bincode encodes");
+            assert_eq!(hard_state_payload(&hard_state)[1..], from_bincode[..]);
+            assert_eq!(decode_hard_state(&from_bincode), Ok(hard_state));
+        }
+    }
+
+    #[test]
+    fn hard_state_garbage_is_refused_without_panic() {
+        for cut in 0..HARD_STATE_V1_BODY.len() {
+            assert!(
+                decode_hard_state(&HARD_STATE_V1_BODY[..cut]).is_err(),
+                "cut {cut}"
+            );
+        }
+        let mut extra = HARD_STATE_V1_BODY.to_vec();
+        extra.push(0);
+        assert!(decode_hard_state(&extra).is_err());
+        let mut bad_tag = HARD_STATE_V1_BODY;
+        bad_tag[8] = 2;
+        assert!(decode_hard_state(&bad_tag)
+            .unwrap_err()
+            .contains("vote tag 2"));
+        let mut huge_count = HARD_STATE_V1_BODY;
+        huge_count[17..25].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_hard_state(&huge_count)
+            .unwrap_err()
+            .contains("members declared"));
+        let mut repeated = HARD_STATE_V1_BODY;
+        repeated[41] = 1; // second member id 2 -> 1
+        assert!(decode_hard_state(&repeated)
+            .unwrap_err()
+            .contains("out of order"));
     }
 
     #[test]

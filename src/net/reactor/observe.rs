@@ -1,17 +1,26 @@
 //! What the reactor shows operators: the `NodeView` behind `GET /metrics`,
-//! `GET /health`, `GET /snapshot` and status probes (gathered only when one
-//! is asked for), and one log line per role, term or leader change.
+//! `/health`, `/livez`, `/readyz` and status probes (gathered only when one
+//! is asked for; /proc and the data dir are read for `/metrics` only), the
+//! leader-change count, and one log line per role, term or leader change.
+//! (`GET /snapshot` never reaches the reactor: `net::http` streams it from
+//! disk on a helper thread.)
+//!
+//! `/livez` is answered by this loop, so any answer proves the reactor
+//! turns; a stuck loop answers nothing and the probe times out.
 //!
 //! A child of `reactor` so it can read the reactor's fields; the loop itself
 //! only calls `answer_observers` and `log_transitions` once per turn.
 
 use super::Reactor;
-use crate::metrics::{self, NodeView, PeerView};
+use crate::limits::HEALTH_APPLY_LAG_ENTRIES_MAX;
+use crate::metrics::{self, DataDirStats, NodeView, PeerView, ProcessStats};
 use crate::net::http::{Response, Route};
 use crate::raft::Role;
+use std::sync::atomic::Ordering;
 
 impl Reactor {
-    /// The node as a scrape, a health check or a status probe sees it.
+    /// The node as a scrape, a health check or a status probe sees it
+    /// (without the /proc and data-dir figures: see `with_scrape_figures`).
     pub(super) fn node_view(&self) -> NodeView<'_> {
         let status = self.replica.status();
         let match_indexes = self.replica.raft().match_indexes();
@@ -30,13 +39,30 @@ impl Reactor {
         NodeView {
             known_commit_index: self.replica.raft().known_commit_index(),
             snapshot_index: self.replica.raft().snapshot().index,
+            is_member: self.replica.raft().members().contains(&status.id),
+            stopping: self.stop_flag.load(Ordering::SeqCst),
             status,
             client_connections: self.connections.len(),
             peers,
             replica: &self.replica.metrics,
             reactor: &self.metrics,
-            fsm: self.replica.fsm(),
+            process: None,
+            data_dir: None,
         }
+    }
+
+    /// Adds what only a scrape shows: /proc/self and the data dir (a few
+    /// syscalls; a failure leaves those series out and is logged at debug).
+    fn with_scrape_figures<'a>(&'a self, mut view: NodeView<'a>) -> NodeView<'a> {
+        view.process = ProcessStats::read()
+            .map_err(|error| log::debug!("no process metrics: {error}"))
+            .ok();
+        view.data_dir = self.http.as_ref().and_then(|http| {
+            DataDirStats::read(http.data_dir())
+                .map_err(|error| log::debug!("no data dir metrics: {error}"))
+                .ok()
+        });
+        view
     }
 
     /// Answers waiting HTTP requests and status probes.
@@ -44,7 +70,10 @@ impl Reactor {
         if !self.http_requests.is_empty() {
             let requests = std::mem::take(&mut self.http_requests);
             self.metrics.http_requests += requests.len() as u64;
-            let view = self.node_view();
+            let mut view = self.node_view();
+            if requests.iter().any(|(_, route)| *route == Route::Metrics) {
+                view = self.with_scrape_figures(view);
+            }
             let responses: Vec<(usize, Response)> = requests
                 .into_iter()
                 .map(|(key, route)| (key, http_response(route, &view)))
@@ -67,8 +96,7 @@ impl Reactor {
                 applied_index: view.status.applied_index,
                 last_index: view.status.last_index,
                 files: view.status.files as u64,
-                unhealthy: metrics::health(&view, crate::limits::HEALTH_APPLY_LAG_ENTRIES_MAX)
-                    .err(),
+                unhealthy: metrics::health(&view, HEALTH_APPLY_LAG_ENTRIES_MAX).err(),
             };
             match serde_json::to_vec(&report) {
                 Ok(bytes) => self
@@ -83,6 +111,7 @@ impl Reactor {
     pub(super) fn log_transitions(&mut self) {
         let raft = self.replica.raft();
         let now = (Some(raft.role()), raft.term(), raft.leader_id());
+        self.metrics.observe_leader(now.1, now.2);
         if now == self.logged {
             return;
         }
@@ -137,11 +166,9 @@ pub(super) fn command_kind(request: &crate::protocol::Request) -> usize {
 }
 
 fn http_response(route: Route, view: &NodeView<'_>) -> Response {
-    let text = |status: u16, body: String| Response {
-        status,
-        content_type: "text/plain; charset=utf-8",
-        headers: Vec::new(),
-        body: body.into_bytes(),
+    let verdict = |verdict: Result<(), String>| match verdict {
+        Ok(()) => Response::text(200, "ok\n"),
+        Err(reason) => Response::text(503, format!("{reason}\n")),
     };
     match route {
         Route::Metrics => Response {
@@ -150,34 +177,14 @@ fn http_response(route: Route, view: &NodeView<'_>) -> Response {
             headers: Vec::new(),
             body: metrics::render(view).into_bytes(),
         },
-        Route::Health => match metrics::health(view, crate::limits::HEALTH_APPLY_LAG_ENTRIES_MAX) {
-            Ok(()) => text(200, "ok\n".into()),
-            Err(reason) => text(503, format!("{reason}\n")),
-        },
-        Route::NotFound => text(
+        Route::Health => verdict(metrics::health(view, HEALTH_APPLY_LAG_ENTRIES_MAX)),
+        Route::Readyz => verdict(metrics::readiness(view, HEALTH_APPLY_LAG_ENTRIES_MAX)),
+        Route::Livez => Response::text(200, "ok\n"),
+        Route::NotFound => Response::text(
             404,
-            "not found: try /metrics, /health or /snapshot\n".into(),
+            "not found: try /metrics, /health, /livez, /readyz or /snapshot\n",
         ),
-        Route::Snapshot => {
-            // Consistent: the reactor applies whole entries between turns.
-            let status = &view.status;
-            log::info!(
-                "node {}: snapshot of {} files at applied index {} served",
-                status.id,
-                status.files,
-                status.applied_index
-            );
-            Response {
-                status: 200,
-                content_type: "application/octet-stream",
-                headers: vec![
-                    format!("X-Raftfs-Applied-Index: {}", status.applied_index),
-                    format!("X-Raftfs-Term: {}", status.term),
-                ],
-                body: view.fsm.snapshot().to_vec(),
-            }
-        }
-        Route::MethodNotAllowed => text(405, "only GET is served\n".into()),
-        Route::BadRequest => text(400, "bad request\n".into()),
+        Route::MethodNotAllowed => Response::text(405, "only GET is served\n"),
+        Route::BadRequest => Response::text(400, "bad request\n"),
     }
 }
