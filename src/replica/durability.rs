@@ -17,8 +17,9 @@
 //!
 //! Invariants: a message that promises durable state is released only by
 //! the fsync of a batch started after every write before it (the gathering
-//! batch if it has writes, else the newest running one); batches are
-//! released oldest first; a failed fsync releases nothing, ever again.
+//! batch if it has writes, else the newest running one), and only while
+//! the node is still in the term it was made in; batches are released
+//! oldest first; a failed fsync releases nothing, ever again.
 //! After a restart the first batch covers everything replayed (it may sit
 //! unsynced in the page cache after a `kill -9`), so nothing the replayed
 //! log or vote promises leaves before it is durable.
@@ -174,7 +175,18 @@ impl Replica {
     }
 
     fn batch_durable(&mut self, batch: SyncBatch) {
-        self.messages.extend(batch.messages);
+        // A promise made in an older term is dropped, as if lost: what it
+        // promised may no longer hold (a newer leader can have replaced the
+        // entries it acknowledges), and a leader of that term must not
+        // count it now (sim seed 3233: a term-44 append acknowledgement
+        // left after the follower durably moved to term 45 and truncated).
+        let term = self.raft.term();
+        self.messages.extend(
+            batch
+                .messages
+                .into_iter()
+                .filter(|envelope| envelope.term >= term),
+        );
         if let Some((index, term)) = batch.persisted {
             self.raft.persisted(index, term);
         }
