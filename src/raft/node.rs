@@ -225,6 +225,15 @@ impl Node {
         }
     }
 
+    /// Start an election now, as a `TimeoutNow` would (thesis §3.10: no
+    /// PreVote, and voters skip their leader-lease check). For scripted
+    /// schedules and operator tooling (etcd's `Campaign`); a leader ignores it.
+    pub fn campaign_now(&mut self) {
+        if self.role != Role::Leader {
+            self.campaign(true);
+        }
+    }
+
     /// Handle one message. Refused messages (`Err`) change nothing beyond
     /// what is documented on `StepError`.
     pub fn step(&mut self, envelope: Envelope) -> Result<(), StepError> {

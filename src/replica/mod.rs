@@ -325,6 +325,11 @@ impl Replica {
         self.expire_waiting(now);
     }
 
+    /// Start an election now (`raft::Node::campaign_now`).
+    pub fn campaign_now(&mut self) {
+        self.raft.campaign_now();
+    }
+
     /// Start handing leadership away (graceful stop). Returns the target.
     pub fn transfer_leadership(&mut self) -> Option<NodeId> {
         self.raft.transfer_leadership(None).ok()
