@@ -18,6 +18,11 @@ pub const FILE_BYTES_MAX_DEFAULT: usize = 1 << 20;
 /// Hard ceiling for the configurable `max_file_bytes`.
 pub const FILE_BYTES_MAX_CEILING: usize = 64 << 20;
 
+/// Longest answer line a client accepts (not counting its `\r\n`); longer is
+/// a protocol error. The longest legal answer is `ERR_REDIRECT` and a
+/// HOST:PORT, far below this (`protocol::reply`).
+pub const REPLY_LINE_BYTES_MAX: usize = 1024;
+
 /// One reactor tick; Raft timeouts are counted in ticks of this length.
 pub const TICK_MS: u64 = 10;
 /// No client command waits longer than this for its answer (SPEC §3).

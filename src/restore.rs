@@ -19,7 +19,8 @@
 
 use crate::error::{Error, Result};
 use crate::fsm::Fsm;
-use std::io::{BufRead, BufReader, Write};
+use crate::protocol::reply::{read_reply, Reply, ReplyParser};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
@@ -82,6 +83,7 @@ pub fn run(path: &Path, address: &str) -> Result<usize> {
 struct Connection {
     writer: TcpStream,
     reader: BufReader<TcpStream>,
+    parser: ReplyParser,
 }
 
 fn connect(address: &str) -> Result<Connection> {
@@ -98,6 +100,7 @@ fn connect(address: &str) -> Result<Connection> {
     Ok(Connection {
         writer: stream,
         reader: BufReader::new(reader),
+        parser: ReplyParser::new(),
     })
 }
 
@@ -115,27 +118,16 @@ fn send_group(connection: &mut Connection, group: &[(Vec<u8>, Vec<u8>)]) -> Resu
         .map_err(|error| Error::io("sending writes", error))?;
     let mut redirect = None;
     for (name, _) in group {
-        let mut line = String::new();
-        let read = connection
-            .reader
-            .read_line(&mut line)
+        let reply = read_reply(&mut connection.reader, &mut connection.parser)
             .map_err(|error| Error::io("reading an answer", error))?;
-        if read == 0 {
-            return Err(Error::Refused(
-                "restore: the node closed the connection".into(),
-            ));
-        }
-        let line = line.trim_end();
-        if line.starts_with("OK ") {
-            continue;
-        }
-        match line.strip_prefix("ERR_REDIRECT ") {
-            Some(leader) => {
-                redirect.get_or_insert_with(|| leader.to_string());
+        match reply {
+            Reply::OkVersion(_) => {}
+            Reply::Redirect(leader) => {
+                redirect.get_or_insert(leader);
             }
-            None => {
+            other => {
                 return Err(Error::Refused(format!(
-                    "restore: writing {:?} got {line:?}",
+                    "restore: writing {:?} got {other}",
                     String::from_utf8_lossy(name)
                 )))
             }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+use raftfs::protocol::reply::{Reply, ReplyParser};
 
 use crate::command::Operation;
 use crate::config::Kind;
@@ -27,7 +28,6 @@ use crate::limits::{
     MAX_RECONNECT_BACKOFF_MS, MAX_REDIRECT_HOPS, MIN_RECONNECT_BACKOFF_MS, OUTPUT_HIGH_WATER_BYTES,
     READ_CHUNK_BYTES,
 };
-use crate::reply::{Reply, ReplyParser};
 use crate::source::{Source, Versions};
 use crate::stats::{Answer, ErrorKind, Stats};
 
