@@ -14,7 +14,9 @@
 //! - `metrics`: counters, histograms, Prometheus text and the health verdict.
 //! - `status`: `raftfs status` (asks each member over its peer port).
 //! - `restore`: `raftfs restore` (a backup snapshot into a new cluster).
+//! - `client`: `raftfs client` (the interactive shell and one-shot commands).
 
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod error;

@@ -1,5 +1,5 @@
 //! The `raftfs` command line: `cluster` (local demo), `node` (one member of a
-//! real deployment), `status` and `restore`. Flags and config are validated before
+//! real deployment), `status`, `restore` and `client`. Flags and config are validated before
 //! anything starts; a problem is one clear line on stderr and exit code 2.
 
 use clap::{Parser, Subcommand};
@@ -67,6 +67,10 @@ enum Command {
         #[arg(long)]
         addr: String,
     },
+    /// Talk to a cluster: an interactive shell, or one command (read, write,
+    /// cas, delete, watch). Exit 0 ok, 1 not found or version mismatch,
+    /// 2 usage, 3 unavailable.
+    Client(raftfs::client::ClientArgs),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     raise_open_files_limit();
     let result = match cli.command {
+        Command::Client(args) => return raftfs::client::run(args),
         Command::Cluster {
             nodes,
             base_port,
