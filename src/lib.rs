@@ -11,6 +11,7 @@
 //! - `net`: connections, peers, the reactor.
 //! - `sim`: the deterministic simulator.
 //! - `lincheck`: the linearizability checker for client histories.
+//! - `logging`: the logger (text or `--log-format json`).
 //! - `metrics`: counters, histograms, Prometheus text and the health verdict.
 //! - `status`: `raftfs status` (asks each member over its peer port).
 //! - `restore`: `raftfs restore` (a backup snapshot into a new cluster).
@@ -23,6 +24,7 @@ pub mod error;
 pub mod fsm;
 pub mod limits;
 pub mod lincheck;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod protocol;

@@ -38,6 +38,10 @@ pub const CLIENT_WATCH_POLL_MS: u64 = 200;
 /// `raftfs client`: lines kept in the shell's history file.
 pub const CLIENT_HISTORY_LINES_MAX: usize = 1_000;
 
+/// A member whose peer link stays down this long is logged as down (once);
+/// shorter link churn is only logged at debug.
+pub const MEMBER_DOWN_LOG_GRACE_MS: u64 = 3_000;
+
 /// One reactor tick; Raft timeouts are counted in ticks of this length.
 pub const TICK_MS: u64 = 10;
 /// No client command waits longer than this for its answer (SPEC §3).

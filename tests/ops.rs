@@ -184,7 +184,7 @@ fn status_lists_every_member_with_or_without_metrics() {
     let down = if leader == 3 { 2 } else { 3 };
     cluster.kill(down);
     let (code, table) = cluster.status(false);
-    assert_eq!(code, 0, "{table}");
+    assert_eq!(code, 1, "a member down: exit 1\n{table}");
     let line = table
         .lines()
         .find(|line| line.starts_with(&format!("{down} ")))
@@ -198,7 +198,7 @@ fn status_lists_every_member_with_or_without_metrics() {
         cluster.kill(id);
     }
     let (code, table) = cluster.status(false);
-    assert_eq!(code, 1, "nobody answers: exit 1\n{table}");
+    assert_eq!(code, 3, "nobody answers, so no leader: exit 3\n{table}");
 }
 
 fn wait_all_healthy_some(cluster: &Cluster, ids: &[u64]) {

@@ -124,6 +124,8 @@ pub struct Reactor {
     metrics: ReactorMetrics,
     /// Role, term and leader as last logged.
     logged: (Option<Role>, Term, Option<NodeId>),
+    /// Members' links, for the member down / up again lines.
+    member_log: observe::MemberLog,
     /// When the last client command was read (a stopping node waits for quiet).
     last_command_at: Instant,
     checksum_flag: Arc<AtomicBool>,
@@ -160,6 +162,11 @@ impl Reactor {
         let mut buffer = BytesMut::new();
         encode_reply(&Reply::CmdErr, &mut buffer);
         let status = Arc::new(Mutex::new(replica.status()));
+        let member_log = observe::MemberLog::new(
+            replica.id(),
+            peers.link_states().into_iter().map(|link| link.peer),
+            Instant::now(),
+        );
         Ok(Reactor {
             poll,
             listener,
@@ -183,6 +190,7 @@ impl Reactor {
             http_requests: Vec::new(),
             metrics: ReactorMetrics::default(),
             logged: (None, 0, None),
+            member_log,
             checksum_flag: Arc::new(AtomicBool::new(false)),
             checksum_path: None,
         })
@@ -345,6 +353,7 @@ impl Reactor {
             self.deliver(now)?;
             self.refresh_status();
             self.log_transitions();
+            self.member_log.log_changes(now);
             self.maybe_write_checksum();
             if let Some(deadline) = stop_deadline {
                 // Stop once leadership is gone, every command read has its
@@ -394,9 +403,10 @@ impl Reactor {
                         "node {by} refused this node: {reason}"
                     )));
                 }
-                // The link logs up (info) and down (warn, with the reason).
-                PeerEvent::LinkUp(id) => log::debug!("peer {id} link up"),
-                PeerEvent::LinkDown(id) => log::debug!("peer {id} link down"),
+                // The link logs up and down at debug (with the reason); a
+                // member down for a while gets one line (`MemberLog`).
+                PeerEvent::LinkUp(id) => self.member_log.link_changed(id, true, Instant::now()),
+                PeerEvent::LinkDown(id) => self.member_log.link_changed(id, false, Instant::now()),
             }
         }
         Ok(())
