@@ -49,3 +49,9 @@ pub const HISTOGRAM_SIGNIFICANT_FIGURES: u8 = 3;
 
 /// Largest `--keys` accepted (loadgen keeps one 8-byte version per key).
 pub const MAX_KEYS: u64 = 50_000_000;
+
+/// Largest `--rate` accepted, in operations per second.
+pub const MAX_RATE_OPS: f64 = 100_000_000.0;
+
+/// Largest zipfian skew (`--key-dist zipfian:THETA`) accepted.
+pub const MAX_ZIPFIAN_THETA: f64 = 10.0;
