@@ -17,6 +17,7 @@
 //! Leaves out: restoring the old versions (that needs log compaction and
 //! InstallSnapshot, a later release).
 
+use crate::client::Command;
 use crate::error::{Error, Result};
 use crate::fsm::Fsm;
 use crate::protocol::reply::{read_reply, Reply, ReplyParser};
@@ -47,15 +48,12 @@ pub fn run(path: &Path, address: &str) -> Result<usize> {
         let Some(file) = fsm.read(name, now_ms) else {
             continue; // expired at the snapshot's cluster time
         };
-        let mut command = Vec::with_capacity(name.len() + file.content.len() + 48);
-        command.extend_from_slice(b"write ");
-        command.extend_from_slice(name);
-        command.extend_from_slice(
-            format!(" {} {}\r\n", file.content.len(), file.expires_in_s).as_bytes(),
-        );
-        command.extend_from_slice(file.content);
-        command.extend_from_slice(b"\r\n");
-        commands.push((name.to_vec(), command));
+        let command = Command::Write {
+            name: name.to_vec(),
+            content: file.content.to_vec(),
+            exptime_s: file.expires_in_s,
+        };
+        commands.push((name.to_vec(), command.encode()));
     }
     let mut target = address.to_string();
     let mut connection = connect(&target)?;

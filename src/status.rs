@@ -319,7 +319,7 @@ mod tests {
         assert_eq!(reason.as_deref(), Some("down: member 2"));
         let (code, _) = verdict(&[leader, member(2, true, Some(false))]);
         assert_eq!(code, EXIT_DEGRADED);
-        assert_eq!(verdict(&[follower.clone()]).0, EXIT_NO_LEADER);
+        assert_eq!(verdict(std::slice::from_ref(&follower)).0, EXIT_NO_LEADER);
         let (code, reason) = verdict(&[member(1, false, None)]);
         assert_eq!(code, EXIT_NO_LEADER);
         assert_eq!(

@@ -237,7 +237,7 @@ fn rolling_restart_under_load_fails_no_request() {
     let first_leader = wait_leader(&cluster);
     let addresses: Vec<String> = (1..=5).map(|id| cluster.client_address(id)).collect();
     let flags = format!(
-        "loadgen --addr {} --clients 8 --pipeline 4 --duration 16 --mix write=5,read=4,cas=1 --keys 200 --size 64 --threads 2",
+        "loadgen --addr {} --clients 8 --pipeline 4 --duration 16 --mix write=5,read=4,cas=1 --keys 200 --size 64 --threads 2 --spread",
         addresses.join(",")
     );
     let config = loadgen::Config::try_from_args(flags.split_whitespace()).expect("loadgen flags");

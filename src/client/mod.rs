@@ -80,6 +80,7 @@ pub struct ClientArgs {
 enum OneShot {
     /// Print a file's content.
     Read {
+        /// The file's name (1 to 250 bytes, no spaces or control characters).
         name: OsString,
         /// First print the answer line: CONTENTS VERSION NUMBYTES EXPREMAINING.
         #[arg(long)]
@@ -87,29 +88,39 @@ enum OneShot {
     },
     /// Write a file (VALUE, or stdin when VALUE is `-` or missing); prints OK VERSION.
     Write {
+        /// The file's name (1 to 250 bytes, no spaces or control characters).
         name: OsString,
         /// Seconds until the file expires (0 = never).
         #[arg(long, value_name = "S", default_value_t = 0)]
         exptime: u64,
+        /// The content; `-` or none: all of stdin.
         #[arg(allow_hyphen_values = true)]
         value: Option<OsString>,
     },
     /// Write a file only if it is at VERSION; prints OK NEWVERSION.
     Cas {
+        /// The file's name (1 to 250 bytes, no spaces or control characters).
         name: OsString,
+        /// The version the file must be at.
         version: u64,
         /// Seconds until the file expires (0 = never).
         #[arg(long, value_name = "S", default_value_t = 0)]
         exptime: u64,
+        /// The content; `-` or none: all of stdin.
         #[arg(allow_hyphen_values = true)]
         value: Option<OsString>,
     },
     /// Delete a file; prints OK.
-    Delete { name: OsString },
+    Delete {
+        /// The file's name.
+        name: OsString,
+    },
     /// Wait until a file's version differs from VERSION (0 = "does not
     /// exist"), then print it as `read` does.
     Watch {
+        /// The file's name (1 to 250 bytes, no spaces or control characters).
         name: OsString,
+        /// The version to wait past (0: wait until the file exists).
         version: u64,
         /// First print the answer line: CONTENTS VERSION NUMBYTES EXPREMAINING.
         #[arg(long)]
