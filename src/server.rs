@@ -29,6 +29,13 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
             storage::lost_unsynced::LOSE_UNSYNCED_ENV
         );
     }
+    log::info!(
+        "node {id}: data dir {} (incarnation {:016x}), recovered {} entries, term {}",
+        node_dir.display(),
+        recovered.incarnation,
+        recovered.entries.len(),
+        recovered.hard_state.term
+    );
     let poll = Poll::new().map_err(|e| Error::io("creating the poller", e))?;
     let listener = TcpListener::bind(member.listen_client).map_err(|e| {
         Error::Config(format!(
@@ -83,26 +90,6 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
         hold_while_leaderless: Duration::from_millis(config.election_timeout_ms.1),
     };
     let restore = snapshot::restore(&node_dir, recovered.entries, recovered.log_start)?;
-    log::info!(
-        "node {id}: data dir {} (incarnation {:016x}), {}{} log {}, term {}",
-        node_dir.display(),
-        recovered.incarnation,
-        restore
-            .snapshot
-            .as_ref()
-            .map_or_else(String::new, |snapshot| format!(
-                "snapshot {} ({} files) + ",
-                snapshot.index,
-                restore.fsm.len()
-            )),
-        restore.entries.len(),
-        if restore.entries.len() == 1 {
-            "entry"
-        } else {
-            "entries"
-        },
-        recovered.hard_state.term
-    );
     let restored = raft::Restored {
         hard_state: recovered.hard_state,
         entries: restore.entries,

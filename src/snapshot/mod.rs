@@ -439,7 +439,7 @@ pub fn restore(dir: &Path, entries: Vec<Entry>, log_start: Index) -> Result<Rest
             )));
         }
     }
-    log::debug!(
+    log::info!(
         "restored snapshot {} (term {}, {} bytes, {} files) + {} WAL entries",
         meta.index,
         meta.term,
