@@ -33,6 +33,7 @@ use crate::limits;
 use crate::metrics::ReactorMetrics;
 use crate::net::conn::{Connection, ReadStatus};
 use crate::net::http::{HttpServer, Route};
+use crate::net::member_log::MemberLog;
 use crate::net::peer::{PeerEvent, Peers};
 use crate::protocol::{encode_reply, parse_next, Parsed, Reply, Request};
 use crate::raft::{NodeId, Role, Term};
@@ -125,7 +126,7 @@ pub struct Reactor {
     /// Role, term and leader as last logged.
     logged: (Option<Role>, Term, Option<NodeId>),
     /// Members' links, for the member down / up again lines.
-    member_log: observe::MemberLog,
+    member_log: MemberLog,
     /// When the last client command was read (a stopping node waits for quiet).
     last_command_at: Instant,
     checksum_flag: Arc<AtomicBool>,
@@ -162,7 +163,7 @@ impl Reactor {
         let mut buffer = BytesMut::new();
         encode_reply(&Reply::CmdErr, &mut buffer);
         let status = Arc::new(Mutex::new(replica.status()));
-        let member_log = observe::MemberLog::new(
+        let member_log = MemberLog::new(
             replica.id(),
             peers.link_states().into_iter().map(|link| link.peer),
             Instant::now(),

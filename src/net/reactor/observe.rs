@@ -1,17 +1,15 @@
 //! What the reactor shows operators: the `NodeView` behind `GET /metrics`,
 //! `GET /health`, `GET /snapshot` and status probes (gathered only when one
-//! is asked for), and the log lines of leader changes and of members going
-//! down or coming back (`MemberLog`).
+//! is asked for), and the log lines of leader changes (members going down
+//! or coming back: `net::member_log`).
 //!
 //! A child of `reactor` so it can read the reactor's fields; the loop itself
 //! only calls `answer_observers` and `log_transitions` once per turn.
 
 use super::Reactor;
-use crate::limits;
 use crate::metrics::{self, NodeView, PeerView};
 use crate::net::http::{Response, Route};
-use crate::raft::{NodeId, Role};
-use std::time::{Duration, Instant};
+use crate::raft::Role;
 
 impl Reactor {
     /// The node as a scrape, a health check or a status probe sees it.
@@ -94,7 +92,6 @@ impl Reactor {
         }
         let (role, term, leader) = now;
         let id = raft.id();
-        let leader_text = || leader.map_or_else(|| "unknown".to_string(), |l| l.to_string());
         match role {
             Some(Role::Leader) if self.logged.0 != Some(Role::Leader) => {
                 log::info!("node {id} won the election: leader of term {term}")
@@ -111,12 +108,12 @@ impl Reactor {
                 } else {
                     "lost its quorum"
                 },
-                leader_text()
+                leader.map_or_else(|| "unknown".to_string(), |l| l.to_string())
             ),
             _ if self.logged.0 == Some(Role::Candidate) && role != Some(Role::Leader) => {
                 log::debug!(
                     "node {id} lost the election: term {term}, leader {}",
-                    leader_text()
+                    leader.map_or_else(|| "unknown".to_string(), |l| l.to_string())
                 )
             }
             _ if leader != self.logged.2 || term != self.logged.1 => {
@@ -129,100 +126,6 @@ impl Reactor {
             _ => {}
         }
         self.logged = now;
-    }
-}
-
-/// Which members this node can reach, for one log line per member that
-/// goes down or comes back, after `MEMBER_DOWN_LOG_GRACE_MS` (peer-link
-/// churn itself is logged at debug by the links).
-///
-/// A member counts as down while this node's link to it is down; it is
-/// reported once the link has been down for the grace period (also at
-/// start: a member that never came up), and reported back only if it was
-/// reported down. Checking costs a pass over at most `PEER_LINKS_MAX`
-/// entries per turn and allocates nothing.
-pub(super) struct MemberLog {
-    own_id: NodeId,
-    members: Vec<MemberLink>,
-}
-
-struct MemberLink {
-    id: NodeId,
-    up: bool,
-    /// When `up` last changed (or the node started).
-    since: Instant,
-    /// A "down" line was written and no "up again" line since.
-    reported_down: bool,
-}
-
-impl MemberLog {
-    /// Every member in `peers` starts down, as of `now`.
-    pub(super) fn new(
-        own_id: NodeId,
-        peers: impl IntoIterator<Item = NodeId>,
-        now: Instant,
-    ) -> MemberLog {
-        MemberLog {
-            own_id,
-            members: peers
-                .into_iter()
-                .map(|id| MemberLink {
-                    id,
-                    up: false,
-                    since: now,
-                    reported_down: false,
-                })
-                .collect(),
-        }
-    }
-
-    /// The link to member `id` went up or down.
-    pub(super) fn link_changed(&mut self, id: NodeId, up: bool, now: Instant) {
-        let index = match self.members.iter().position(|member| member.id == id) {
-            Some(index) => index,
-            None => {
-                self.members.push(MemberLink {
-                    id,
-                    up: !up,
-                    since: now,
-                    reported_down: false,
-                });
-                self.members.len() - 1
-            }
-        };
-        let member = &mut self.members[index];
-        if member.up == up {
-            return;
-        }
-        if up && member.reported_down {
-            log::info!(
-                "node {}: member {id} is up again (unreachable for {} s)",
-                self.own_id,
-                now.saturating_duration_since(member.since).as_secs()
-            );
-            member.reported_down = false;
-        }
-        member.up = up;
-        member.since = now;
-    }
-
-    /// Reports members down for longer than the grace period.
-    pub(super) fn log_changes(&mut self, now: Instant) {
-        let grace = Duration::from_millis(limits::MEMBER_DOWN_LOG_GRACE_MS);
-        for member in &mut self.members {
-            if !member.up
-                && !member.reported_down
-                && now.saturating_duration_since(member.since) >= grace
-            {
-                log::warn!(
-                    "node {}: member {} is down (no peer link for {} s)",
-                    self.own_id,
-                    member.id,
-                    grace.as_secs()
-                );
-                member.reported_down = true;
-            }
-        }
     }
 }
 
