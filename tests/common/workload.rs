@@ -190,7 +190,7 @@ impl Worker {
                     .expect("history")
                     .invoke(self.client, op.clone(), at)
             };
-            let result = client.command(&bytes);
+            let result = client.command_parts(&bytes);
             let at = self.now_ns();
             let history_handle = self.history.clone();
             let mut history = history_handle.lock().expect("history");
