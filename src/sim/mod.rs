@@ -39,6 +39,7 @@ pub mod disk;
 mod faults;
 pub mod invariants;
 pub mod net;
+pub mod script;
 
 pub use config::{
     ClientConfig, DiskConfig, FaultWeights, NetConfig, RaftKnobs, SimConfig, TICK_US,

@@ -167,7 +167,11 @@ impl Script {
         self.deliver(|envelope| among.contains(&envelope.from) && among.contains(&envelope.to));
         let replica = self.replica(id);
         let raft = replica.raft();
-        assert_eq!(raft.role(), Role::Leader, "node {id} did not win its election");
+        assert_eq!(
+            raft.role(),
+            Role::Leader,
+            "node {id} did not win its election"
+        );
         assert_eq!(
             raft.term_at(replica.applied_index()),
             Some(raft.term()),
@@ -209,7 +213,8 @@ impl Script {
             *seq += 1;
             match parsed {
                 Parsed::Request(request) => {
-                    if let Some(replica) = self.nodes.get_mut(&id).and_then(|n| n.replica.as_mut()) {
+                    if let Some(replica) = self.nodes.get_mut(&id).and_then(|n| n.replica.as_mut())
+                    {
                         replica.client_request(client, request, now);
                     }
                 }
@@ -332,10 +337,15 @@ impl Script {
         node.syncs.clear();
         node.jobs.clear();
         node.disk.crash(power_loss, 0);
-        self.network.retain(|envelope| envelope.to != id && envelope.from != id);
+        self.network
+            .retain(|envelope| envelope.to != id && envelope.from != id);
         self.note(format!(
             "node {id} crashes ({})",
-            if power_loss { "power loss" } else { "process kill" }
+            if power_loss {
+                "power loss"
+            } else {
+                "process kill"
+            }
         ));
     }
 
