@@ -300,14 +300,12 @@ impl Script {
     /// Delivers, in send order, the waiting messages `filter` accepts (and
     /// what they cause, until nothing accepted is left); returns how many.
     pub fn deliver(&mut self, filter: impl Fn(&Envelope) -> bool) -> usize {
-        let mut delivered = 0;
-        for _ in 0..100_000 {
+        for delivered in 0..100_000 {
             let Some(position) = self.network.iter().position(&filter) else {
                 return delivered;
             };
             let envelope = self.network.remove(position);
             let to = envelope.to;
-            delivered += 1;
             let Some(replica) = self.nodes.get_mut(&to).and_then(|n| n.replica.as_mut()) else {
                 continue;
             };
