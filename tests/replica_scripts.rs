@@ -9,6 +9,7 @@
 //! first three are the bugs issue 13 named (each failed on the replica as
 //! it was; see the comments), the rest the behaviour it asked to pin down.
 
+use raftfs::config::FollowerRequests;
 use raftfs::raft::{Envelope, Message, Role};
 use raftfs::sim::script::{filter, Script};
 use std::path::PathBuf;
@@ -224,7 +225,7 @@ fn a_turns_writes_are_one_entry_and_reads_see_them() {
 /// ERR_INTERNAL after the hold time).
 #[test]
 fn redirect_and_hold_while_no_leader_is_known() {
-    let mut script = Script::new(3, u64::MAX);
+    let mut script = Script::with_followers(3, u64::MAX, FollowerRequests::Redirect);
     script.client(2, 20, "write a 1\r\nx\r\n");
     script.advance_ms(200, &[2]);
     script.note("no leader for 200 ms: held, then ERR_INTERNAL");

@@ -240,6 +240,7 @@ impl Node {
         if envelope.to != self.config.id
             || envelope.from == self.config.id
             || !self.is_member(envelope.from)
+            || envelope.message.is_client_traffic()
         {
             return Err(StepError::NotForUs);
         }
@@ -373,6 +374,11 @@ impl Node {
                 next_offset,
                 installed,
             } => self.handle_install_snapshot_response(from, index, next_offset, installed),
+            // Refused above: the replica handles client traffic.
+            Message::ForwardCommands { .. }
+            | Message::ForwardAnswers { .. }
+            | Message::ReadIndexRequest { .. }
+            | Message::ReadIndexResponse { .. } => return Err(StepError::NotForUs),
             Message::TimeoutNow => {
                 if self.accept_leader(from) {
                     // thesis §3.10: campaign now, skipping PreVote and the

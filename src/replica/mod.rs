@@ -43,6 +43,7 @@
 mod apply;
 mod clock;
 mod durability;
+mod forward;
 mod routing;
 mod snapshot;
 pub mod storage;
@@ -65,6 +66,7 @@ type WaitingEntries = BTreeMap<(Index, Term), Waiting>;
 
 use apply::{ReadGroup, Waiting};
 use durability::Durability;
+use forward::Forwarding;
 use routing::{ConnectionFloor, Pending, TurnBatch};
 use snapshot::Snapshots;
 
@@ -104,6 +106,11 @@ pub struct ReplicaConfig {
     pub hold_while_leaderless_ms: u64,
     /// Take a snapshot once this many entries were applied since the last.
     pub snapshot_entries: u64,
+    /// What this node does with client commands while it is not leader.
+    pub follower_requests: crate::config::FollowerRequests,
+    /// A number that differs on every start of this node (the reactor:
+    /// random; the simulator: from its seed); names its forwarded batches.
+    pub session: u64,
 }
 
 /// What a node starts from: its durable hard state and what
@@ -177,6 +184,8 @@ pub struct Replica {
     /// Counters and histograms for `GET /metrics` (plain increments).
     pub metrics: ReplicaMetrics,
     snapshots: Snapshots,
+    /// Followers serving commands (`forward`).
+    forwarding: Forwarding,
     /// Why the node must stop (a failed fsync): nothing is acknowledged
     /// past it.
     failed: Option<String>,
@@ -204,6 +213,7 @@ impl Replica {
         let raft = raft::Node::new(config.raft.clone(), restored);
         let (applied_index, applied_term) = snapshot.map_or((0, 0), |s| (s.index, s.term));
         let snapshots = Snapshots::new(config.snapshot_entries, restore.kept);
+        let forwarding = Forwarding::new(config.session);
         Replica {
             raft,
             fsm: restore.fsm,
@@ -236,6 +246,7 @@ impl Replica {
             messages: Vec::new(),
             metrics: ReplicaMetrics::default(),
             snapshots,
+            forwarding,
             failed: None,
         }
     }
@@ -284,6 +295,7 @@ impl Replica {
         if let Some(floor) = self.connection_floor.get_mut(key) {
             *floor = None;
         }
+        self.forwarding.connection_closed(key);
     }
 
     /// Accept a peer's incarnation at handshake, or say why not.
@@ -299,6 +311,11 @@ impl Replica {
 
     /// A message from a peer. Refused messages are logged and dropped.
     pub fn step(&mut self, envelope: Envelope) {
+        if envelope.message.is_client_traffic() {
+            let now = self.now;
+            self.step_client_traffic(envelope, now);
+            return;
+        }
         if let Err(error) = self.raft.step(envelope) {
             log::warn!("dropped a peer message: {}", describe_step_error(&error));
         }
@@ -323,6 +340,7 @@ impl Replica {
             self.next_tick_us = now.monotonic_us.saturating_add(tick_us);
         }
         self.expire_waiting(now);
+        self.expire_forwarded(now);
     }
 
     /// Start an election now (`raft::Node::campaign_now`).
@@ -342,6 +360,7 @@ impl Replica {
             .any(|w| !w.expired || !w.reads.is_empty())
             || !self.read_groups.is_empty()
             || !self.held.is_empty()
+            || self.forwarding.has_waiting()
     }
 
     /// Run one turn (see the module doc). An error means the node must stop
@@ -362,8 +381,14 @@ impl Replica {
         self.maybe_stamp_cluster_time(now);
         self.propose_batches(now);
         self.register_turn_reads(now);
+        self.send_turn_forwards(now);
         self.run_actions(storage)?;
+        self.maybe_answer_follower_reads();
         self.maybe_snapshot(storage)?;
+        self.gather_remote_answers();
+        // Client traffic queued after the actions ran (answers gathered
+        // now) leaves with this turn too.
+        self.durability.release_early(&mut self.messages);
         Ok(())
     }
 
@@ -399,7 +424,7 @@ impl Replica {
                     self.apply(entry)?;
                 }
             }
-            Action::ReadReady { id, .. } => self.read_confirmed(id),
+            Action::ReadReady { id, index } => self.read_confirmed(id, index),
             Action::ReadFailed { id } => self.read_failed(id),
             Action::SendSnapshotChunk {
                 envelope,

@@ -541,6 +541,8 @@ impl Sim {
                 .collect(),
             hold_while_leaderless_ms: knobs.election_timeout_ticks.1 * crate::limits::TICK_MS,
             snapshot_entries: self.config.snapshot_entries,
+            follower_requests: self.config.follower_requests,
+            session: self.rng.gen(),
         }
     }
 
@@ -1452,6 +1454,10 @@ fn message_code(message: &Message) -> u64 {
         Message::TimeoutNow => 19,
         Message::InstallSnapshot { offset, data, .. } => mix(20 + 100 * offset, data.len() as u64),
         Message::InstallSnapshotResponse { next_offset, .. } => 21 + 100 * next_offset,
+        Message::ForwardCommands { id, batch, .. } => mix(mix(22, *id), batch.len() as u64),
+        Message::ForwardAnswers { id, answers, .. } => mix(mix(23, *id), answers.len() as u64),
+        Message::ReadIndexRequest { id, .. } => mix(24, *id),
+        Message::ReadIndexResponse { id, index, .. } => mix(mix(25, *id), index.unwrap_or(0)),
     }
 }
 

@@ -15,6 +15,7 @@
 
 use super::disk::{DiskRequest, SimDisk};
 use super::TICK_US;
+use crate::config::FollowerRequests;
 use crate::protocol::{parse_next, Parsed};
 use crate::raft::{Envelope, Message, NodeId, Role};
 use crate::replica::{ClientRef, Now, Replica, ReplicaConfig, SnapshotDone};
@@ -51,12 +52,23 @@ pub struct Script {
     next_seq: BTreeMap<u64, u64>,
     transcript: Vec<String>,
     seed: u64,
+    follower_requests: FollowerRequests,
 }
 
 impl Script {
     /// `count` fresh nodes (ids 1..=count) that snapshot every
-    /// `snapshot_entries` applied entries (`u64::MAX`: never).
+    /// `snapshot_entries` applied entries (`u64::MAX`: never); followers
+    /// serve every command (`follower_requests = "forward"`).
     pub fn new(count: usize, snapshot_entries: u64) -> Script {
+        Script::with_followers(count, snapshot_entries, FollowerRequests::Forward)
+    }
+
+    /// `new`, with followers doing `follower_requests`.
+    pub fn with_followers(
+        count: usize,
+        snapshot_entries: u64,
+        follower_requests: FollowerRequests,
+    ) -> Script {
         let members: Vec<NodeId> = (1..=count as NodeId).collect();
         let mut script = Script {
             nodes: BTreeMap::new(),
@@ -68,6 +80,7 @@ impl Script {
             next_seq: BTreeMap::new(),
             transcript: Vec::new(),
             seed: 1,
+            follower_requests,
         };
         for id in members {
             script.nodes.insert(
@@ -136,6 +149,8 @@ impl Script {
                 .collect(),
             hold_while_leaderless_ms: 100,
             snapshot_entries: self.snapshot_entries,
+            follower_requests: self.follower_requests,
+            session: self.seed,
         }
     }
 
