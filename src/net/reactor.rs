@@ -376,6 +376,7 @@ impl Reactor {
             }
             if self.stop_flag.load(Ordering::SeqCst) && stop_deadline.is_none() {
                 stop_deadline = Some(now + self.stop_grace);
+                self.replica.drain();
                 match self.replica.transfer_leadership() {
                     Some(target) if target != self.replica.id() => {
                         log::info!("stopping: handing leadership to node {target}")
@@ -395,7 +396,11 @@ impl Reactor {
                 // answer, and clients have had a moment to follow their
                 // redirects (so a rolling restart fails no request).
                 let leading = self.replica.status().role == Some(crate::raft::Role::Leader);
-                let quiet = now.saturating_duration_since(self.last_command_at) >= STOP_QUIET;
+                let quiet = now.saturating_duration_since(self.last_command_at) >= STOP_QUIET
+                    && replica_now
+                        .monotonic_us
+                        .saturating_sub(self.replica.last_forward_taken_us())
+                        >= STOP_QUIET.as_micros() as u64;
                 if (!leading && !self.replica.has_waiting() && quiet) || now >= deadline {
                     self.flush_all_connections();
                     return Ok(());

@@ -106,6 +106,9 @@ pub(super) struct Forwarding {
     taken_term: Term,
     /// Leader: follower read requests waiting for this turn's round.
     turn_read_requests: Vec<ReadRequest>,
+    /// Leader: when a forwarded batch last arrived (a stopping node waits
+    /// until followers stop sending to it).
+    last_taken_us: u64,
 }
 
 impl Forwarding {
@@ -131,6 +134,10 @@ impl Forwarding {
         !self.forwarded.is_empty() || !self.reads.is_empty()
     }
 }
+
+/// Pending requests waiting to be routed again (reads that lost their
+/// leader), oldest first.
+type Rerouted = Vec<super::routing::Pending>;
 
 impl Replica {
     /// Follower: whether this request must wait because its connection
@@ -266,6 +273,7 @@ impl Replica {
             self.forwarding.taken.clear();
             self.forwarding.taken_term = self.raft.term();
         }
+        self.forwarding.last_taken_us = now.monotonic_us;
         let commands = match decode_batch(batch) {
             Ok(batch) => batch.commands,
             Err(error) => {
@@ -361,6 +369,60 @@ impl Replica {
                 );
             }
         }
+    }
+
+    /// Follower: another leader is known. A batch forwarded to the old one
+    /// has an unknown fate (ERR_INTERNAL at once, rather than after the
+    /// timeout); reads that were waiting for the old leader's read index
+    /// are routed again (a read changes nothing, so asking again is safe).
+    pub(super) fn maybe_leader_changed(&mut self, now: Now) {
+        let Some(leader) = self.raft.leader_id() else {
+            return;
+        };
+        let orphaned: Vec<u64> = self
+            .forwarding
+            .forwarded
+            .iter()
+            .filter(|(_, forwarded)| forwarded.leader != leader)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in orphaned {
+            if let Some(forwarded) = self.forwarding.forwarded.remove(&id) {
+                for client in forwarded.clients {
+                    self.forwarding.busy.remove(&(client.key, client.conn_id));
+                    self.answer(client, Reply::Internal);
+                }
+            }
+        }
+        let lost: Vec<u64> = self
+            .forwarding
+            .reads
+            .iter()
+            .filter(|(_, reads)| reads.leader != leader && reads.index.is_none())
+            .map(|(&id, _)| id)
+            .collect();
+        let mut rerouted: Rerouted = Vec::new();
+        for id in lost {
+            if let Some(reads) = self.forwarding.reads.remove(&id) {
+                for (client, name) in reads.reads {
+                    self.forwarding.busy.remove(&(client.key, client.conn_id));
+                    rerouted.push(super::routing::Pending {
+                        client,
+                        request: Request::Read { name },
+                        arrived_us: now.monotonic_us,
+                    });
+                }
+            }
+        }
+        // Ahead of what their connections sent after them.
+        for pending in rerouted.into_iter().rev() {
+            self.held.push_front(pending);
+        }
+    }
+
+    /// When a forwarded batch last arrived here (monotonic µs).
+    pub fn last_forward_taken_us(&self) -> u64 {
+        self.forwarding.last_taken_us
     }
 
     /// Follower: `from`'s answers to batch `id`.

@@ -186,6 +186,8 @@ pub struct Replica {
     snapshots: Snapshots,
     /// Followers serving commands (`forward`).
     forwarding: Forwarding,
+    /// Stopping: new commands are sent to the leader (`drain`).
+    draining: bool,
     /// Why the node must stop (a failed fsync): nothing is acknowledged
     /// past it.
     failed: Option<String>,
@@ -247,6 +249,7 @@ impl Replica {
             metrics: ReplicaMetrics::default(),
             snapshots,
             forwarding,
+            draining: false,
             failed: None,
         }
     }
@@ -343,6 +346,17 @@ impl Replica {
         self.expire_forwarded(now);
     }
 
+    /// This node is stopping: from now on, while it is not the leader, a
+    /// new command is answered `ERR_REDIRECT` naming the leader (nothing
+    /// applied: the client goes there) instead of being forwarded, while
+    /// the commands already taken get their answers. Clients of a follower
+    /// thus move away before it closes their connections (SPEC §3: a
+    /// rolling restart fails no request). A leader hands leadership over
+    /// first (`transfer_leadership`), then does the same.
+    pub fn drain(&mut self) {
+        self.draining = true;
+    }
+
     /// Start an election now (`raft::Node::campaign_now`).
     pub fn campaign_now(&mut self) {
         self.raft.campaign_now();
@@ -377,6 +391,7 @@ impl Replica {
             self.durability.note_written(true);
         }
         self.update_leader_clock(now);
+        self.maybe_leader_changed(now);
         self.route_requests(now);
         self.maybe_stamp_cluster_time(now);
         self.propose_batches(now);

@@ -87,7 +87,8 @@ impl Replica {
             }
             let is_read = matches!(pending.request, Request::Read { .. });
             let forwards = self.config.follower_requests == FollowerRequests::Forward
-                && pending.client.key != REMOTE_KEY;
+                && pending.client.key != REMOTE_KEY
+                && !self.draining;
             if self.is_ready_leader() && (!is_read || self.is_ready_for_reads()) {
                 self.route_as_leader(pending, now);
             } else if let Some(leader) = self.raft.leader_id().filter(|&l| l != self.raft.id()) {
