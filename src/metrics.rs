@@ -116,6 +116,9 @@ pub struct ReplicaMetrics {
     pub proposals: u64,
     /// Client writes this node forwarded to the leader as a follower.
     pub forwarded_commands: u64,
+    /// Forwarded batches the leader refused (it had left the term they were
+    /// addressed to); their commands were routed again.
+    pub forwards_refused: u64,
     /// Commands per proposed entry.
     pub batch_commands: Histogram,
     /// Duration of each WAL sync (write + fdatasync).
@@ -132,6 +135,7 @@ impl Default for ReplicaMetrics {
         ReplicaMetrics {
             proposals: 0,
             forwarded_commands: 0,
+            forwards_refused: 0,
             batch_commands: Histogram::new(&BATCH_BOUNDS),
             fsync_seconds: Histogram::new(&DURATION_BOUNDS_S),
             fsync_slow: 0,
@@ -456,6 +460,18 @@ pub fn render(view: &NodeView<'_>) -> String {
         "raftfs_proposals_total",
         "Log entries proposed by this node as leader.",
         view.replica.proposals,
+    );
+    counter(
+        &mut out,
+        "raftfs_forwarded_commands_total",
+        "Client writes this node forwarded to the leader as a follower.",
+        view.replica.forwarded_commands,
+    );
+    counter(
+        &mut out,
+        "raftfs_forwards_refused_total",
+        "Forwarded batches refused by a node that had left the term they were addressed to (their commands were routed again).",
+        view.replica.forwards_refused,
     );
     let _ = writeln!(
         out,

@@ -217,6 +217,37 @@ fn seeded_schedules() {
     assert_eq!(tally.schedules, schedules);
 }
 
+/// Seeds that found a bug (README, "The simulator"), replayed on every run
+/// whether or not they fall in the CI set: each is the schedule that once
+/// failed, kept as a regression check.
+const NAMED_SEEDS: [(u64, &str); 7] = [
+    (604, "a probe command lost with its node's crash (harness)"),
+    (
+        1433,
+        "a forwarded batch's answer from an earlier process matched a new batch",
+    ),
+    (
+        1629,
+        "a duplicate forwarded batch delivered to the receiver's next lifetime",
+    ),
+    (1969, "a probe command lost with its node's crash (harness)"),
+    (3083, "a write answered ERR_REDIRECT and then applied"),
+    (
+        3233,
+        "an append acknowledgement of an older term after truncation",
+    ),
+    (4647, "a write answered ERR_REDIRECT and then applied"),
+];
+
+#[test]
+fn named_seeds_pass() {
+    for (seed, bug) in NAMED_SEEDS {
+        if let Err(failure) = sim::run(seed, &config_for(seed)) {
+            panic!("named seed {seed} ({bug}) fails again: {failure}");
+        }
+    }
+}
+
 #[test]
 fn same_seed_same_trace() {
     for seed in [7, 8] {

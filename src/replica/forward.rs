@@ -17,14 +17,24 @@
 //! (its ReadIndex is then at least the write's index), and a write after a
 //! read is only sent once the read is answered.
 //!
-//! Never applied twice: a forwarded batch is sent once, never retried. If
-//! no answer comes within `COMMAND_TIMEOUT_MS` its commands get
-//! `ERR_INTERNAL` (fate unknown). The leader accepts a batch only in the
-//! term the follower addressed (a restarted or re-elected leader drops
-//! late messages) and only once: it remembers, per follower process
-//! (`session`), the highest batch id it took, and drops any other (a
-//! duplicate, or one overtaken by a later batch: links are FIFO, so that
-//! only happens to a message the follower already gave up on).
+//! Never applied twice: a forwarded batch is proposed at most once. The
+//! leader accepts a batch only in the term the follower addressed and only
+//! once: it remembers, per follower process (`session`), the highest batch
+//! id it took (in any term), and drops any other silently (a duplicate, or
+//! one overtaken by a later batch: links are FIFO, so that only happens to
+//! a message the follower already gave up on). A batch that arrives after
+//! its addressee left that term, and was never taken, is *refused* (an
+//! empty `ForwardAnswers`): it was proposed nowhere, so the follower routes
+//! its commands again, to the new leader — a rolling restart hands
+//! leadership over without failing a forwarded write. Otherwise, if no
+//! answer comes within `COMMAND_TIMEOUT_MS` of the commands' arrival, they
+//! get `ERR_INTERNAL` (fate unknown). A leader that steps down still
+//! answers the batches it took, once their entries' fate is known.
+//! The `taken` memory lives as long as the process: that suffices because a
+//! peer link is a connection that dies with the receiving process (its send
+//! queue is cleared, never replayed), so a batch reaches at most the one
+//! lifetime it was sent to (the simulator models links so; sim seed 1629
+//! delivered a duplicate to the next lifetime, which took it again).
 //!
 //! Leader side. Forwarded commands become `Pending` requests of a remote
 //! client (`ClientRef::key == REMOTE_KEY`, `conn_id` names the batch) and
@@ -52,7 +62,8 @@ const SESSIONS_KEPT: usize = 4;
 /// A batch this follower forwarded, waiting for its answers.
 struct Forwarded {
     leader: NodeId,
-    clients: Vec<ClientRef>,
+    /// Each command with its client and arrival (routed again if refused).
+    commands: Vec<(ClientRef, Command, u64)>,
     deadline_us: u64,
 }
 
@@ -89,7 +100,7 @@ pub(super) struct Forwarding {
     next_id: u64,
     /// This turn's forwarded writes and reads, sent at the end of routing,
     /// and the kind each connection has in them (true: reads).
-    turn_writes: Vec<(ClientRef, Command)>,
+    turn_writes: Vec<(ClientRef, Command, u64)>,
     turn_reads: Vec<(ClientRef, Bytes)>,
     turn_kind: HashMap<(usize, u64), bool>,
     /// Follower: batches and reads outstanding, by id.
@@ -100,10 +111,9 @@ pub(super) struct Forwarding {
     /// Leader: batches forwarded here, by local id (`ClientRef::conn_id`).
     remote: HashMap<u64, Remote>,
     next_remote_id: u64,
-    /// Leader: per follower, the (session, highest batch id) taken, newest
-    /// session last; reset with each new term of leadership.
+    /// Leader: per follower, the (session, highest batch id) taken in any
+    /// term, newest session last.
     taken: HashMap<NodeId, VecDeque<(u64, u64)>>,
-    taken_term: Term,
     /// Leader: follower read requests waiting for this turn's round.
     turn_read_requests: Vec<ReadRequest>,
     /// Leader: when a forwarded batch last arrived (a stopping node waits
@@ -136,7 +146,7 @@ impl Forwarding {
 }
 
 /// Pending requests waiting to be routed again (reads that lost their
-/// leader), oldest first.
+/// leader, writes whose batch was refused), oldest first.
 type Rerouted = Vec<super::routing::Pending>;
 
 impl Replica {
@@ -150,13 +160,21 @@ impl Replica {
     }
 
     /// Follower: the request joins this turn's forwarded writes or reads.
-    pub(super) fn route_as_follower(&mut self, client: ClientRef, request: Request) {
+    pub(super) fn route_as_follower(
+        &mut self,
+        client: ClientRef,
+        request: Request,
+        arrived_us: u64,
+    ) {
         let is_read = matches!(request, Request::Read { .. });
         self.forwarding
             .turn_kind
             .insert((client.key, client.conn_id), is_read);
         match request {
-            Request::Command(command) => self.forwarding.turn_writes.push((client, command)),
+            Request::Command(command) => self
+                .forwarding
+                .turn_writes
+                .push((client, command, arrived_us)),
             Request::Read { name } => self.forwarding.turn_reads.push((client, name)),
         }
     }
@@ -168,28 +186,30 @@ impl Replica {
             debug_assert!(self.forwarding.turn_writes.is_empty());
             return;
         };
-        let deadline_us = now.after_ms(limits::COMMAND_TIMEOUT_MS);
+        let reads_deadline_us = now.after_ms(limits::COMMAND_TIMEOUT_MS);
         let units = std::mem::take(&mut self.forwarding.turn_kind);
         self.forwarding.busy.extend(units.into_keys());
         let writes = std::mem::take(&mut self.forwarding.turn_writes);
         if !writes.is_empty() {
             let id = self.forwarding.next_id;
             self.forwarding.next_id += 1;
-            let (clients, commands): (Vec<ClientRef>, Vec<Command>) = writes.into_iter().unzip();
-            self.forwarding.forwarded.insert(
-                id,
-                Forwarded {
-                    leader,
-                    clients,
-                    deadline_us,
-                },
-            );
+            let first_arrival_us = writes.iter().map(|w| w.2).min().unwrap_or(now.monotonic_us);
+            let deadline_us = first_arrival_us + limits::COMMAND_TIMEOUT_MS * 1_000;
+            let commands: Vec<Command> = writes.iter().map(|w| w.1.clone()).collect();
             self.metrics.forwarded_commands += commands.len() as u64;
             let message = Message::ForwardCommands {
                 session: self.forwarding.session,
                 id,
                 batch: encode_batch(0, &commands),
             };
+            self.forwarding.forwarded.insert(
+                id,
+                Forwarded {
+                    leader,
+                    commands: writes,
+                    deadline_us,
+                },
+            );
             self.send_client_traffic(leader, message);
         }
         let reads = std::mem::take(&mut self.forwarding.turn_reads);
@@ -201,7 +221,7 @@ impl Replica {
                 FollowerReads {
                     leader,
                     reads,
-                    deadline_us,
+                    deadline_us: reads_deadline_us,
                     index: None,
                 },
             );
@@ -241,7 +261,9 @@ impl Replica {
                 session,
                 id,
                 answers,
-            } if session == self.forwarding.session => self.forward_answered(from, id, answers),
+            } if session == self.forwarding.session => {
+                self.forward_answered(from, id, answers, now)
+            }
             Message::ReadIndexRequest { session, id } => {
                 let request = ReadRequest { from, session, id };
                 if self.is_ready_for_reads() && term == self.raft.term() {
@@ -269,10 +291,6 @@ impl Replica {
         batch: &Bytes,
         now: Now,
     ) {
-        if self.raft.term() != self.forwarding.taken_term {
-            self.forwarding.taken.clear();
-            self.forwarding.taken_term = self.raft.term();
-        }
         self.forwarding.last_taken_us = now.monotonic_us;
         let commands = match decode_batch(batch) {
             Ok(batch) => batch.commands,
@@ -281,7 +299,22 @@ impl Replica {
                 return;
             }
         };
-        let fresh = term == self.raft.term() && self.note_taken(from, session, id);
+        if self.was_taken(from, session, id) {
+            // A duplicate (its first copy is answered) or overtaken.
+            return;
+        }
+        if term != self.raft.term() {
+            // Addressed to another term's leader and taken nowhere: refused,
+            // so the follower may route its commands again.
+            let refusal = Message::ForwardAnswers {
+                session,
+                id,
+                answers: Vec::new(),
+            };
+            self.send_client_traffic(from, refusal);
+            return;
+        }
+        self.note_taken(from, session, id);
         let local_id = self.forwarding.next_remote_id;
         self.forwarding.next_remote_id += 1;
         self.forwarding.remote.insert(
@@ -300,32 +333,29 @@ impl Replica {
                 conn_id: local_id,
                 seq: offset as u64,
             };
-            if fresh {
-                self.client_request(client, Request::Command(command), now);
-            } else {
-                // Not addressed to this term's leader, or already taken:
-                // never proposed here.
-                self.answer(client, Reply::Internal);
-            }
+            self.client_request(client, Request::Command(command), now);
         }
     }
 
-    /// Records batch `id` of `from`'s `session` as taken; false if it (or a
-    /// later one) already was.
-    fn note_taken(&mut self, from: NodeId, session: u64, id: u64) -> bool {
+    /// Whether batch `id` of `from`'s `session` (or a later one) was taken.
+    fn was_taken(&self, from: NodeId, session: u64, id: u64) -> bool {
+        self.forwarding.taken.get(&from).is_some_and(|sessions| {
+            sessions
+                .iter()
+                .any(|&(known, highest)| known == session && highest >= id)
+        })
+    }
+
+    /// Records batch `id` of `from`'s `session` as taken.
+    fn note_taken(&mut self, from: NodeId, session: u64, id: u64) {
         let sessions = self.forwarding.taken.entry(from).or_default();
         match sessions.iter_mut().find(|(known, _)| *known == session) {
-            Some((_, highest)) if *highest >= id => false,
-            Some((_, highest)) => {
-                *highest = id;
-                true
-            }
+            Some((_, highest)) => *highest = id,
             None => {
                 if sessions.len() >= SESSIONS_KEPT {
                     sessions.pop_front();
                 }
                 sessions.push_back((session, id));
-                true
             }
         }
     }
@@ -371,29 +401,15 @@ impl Replica {
         }
     }
 
-    /// Follower: another leader is known. A batch forwarded to the old one
-    /// has an unknown fate (ERR_INTERNAL at once, rather than after the
-    /// timeout); reads that were waiting for the old leader's read index
-    /// are routed again (a read changes nothing, so asking again is safe).
+    /// Follower: another leader is known. Reads that were waiting for the
+    /// old leader's read index are routed again (a read changes nothing, so
+    /// asking again is safe). A batch forwarded to the old leader waits for
+    /// its answer: the old leader answers what it took once the fate is
+    /// known, and refuses what it did not take.
     pub(super) fn maybe_leader_changed(&mut self, now: Now) {
         let Some(leader) = self.raft.leader_id() else {
             return;
         };
-        let orphaned: Vec<u64> = self
-            .forwarding
-            .forwarded
-            .iter()
-            .filter(|(_, forwarded)| forwarded.leader != leader)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in orphaned {
-            if let Some(forwarded) = self.forwarding.forwarded.remove(&id) {
-                for client in forwarded.clients {
-                    self.forwarding.busy.remove(&(client.key, client.conn_id));
-                    self.answer(client, Reply::Internal);
-                }
-            }
-        }
         let lost: Vec<u64> = self
             .forwarding
             .reads
@@ -414,7 +430,12 @@ impl Replica {
                 }
             }
         }
-        // Ahead of what their connections sent after them.
+        self.route_again(rerouted);
+    }
+
+    /// Requests routed again ahead of what their connections sent after
+    /// them.
+    fn route_again(&mut self, rerouted: Rerouted) {
         for pending in rerouted.into_iter().rev() {
             self.held.push_front(pending);
         }
@@ -426,7 +447,7 @@ impl Replica {
     }
 
     /// Follower: `from`'s answers to batch `id`.
-    fn forward_answered(&mut self, from: NodeId, id: u64, answers: Vec<Bytes>) {
+    fn forward_answered(&mut self, from: NodeId, id: u64, answers: Vec<Bytes>, now: Now) {
         if self
             .forwarding
             .forwarded
@@ -438,8 +459,24 @@ impl Replica {
         let Some(forwarded) = self.forwarding.forwarded.remove(&id) else {
             return;
         };
+        if answers.is_empty() {
+            // Refused: proposed nowhere, so routed again (within the
+            // commands' own deadline, counted from their arrival).
+            self.metrics.forwards_refused += 1;
+            let mut rerouted: Rerouted = Vec::new();
+            for (client, command, arrived_us) in forwarded.commands {
+                self.forwarding.busy.remove(&(client.key, client.conn_id));
+                rerouted.push(super::routing::Pending {
+                    client,
+                    request: Request::Command(command),
+                    arrived_us: arrived_us.min(now.monotonic_us),
+                });
+            }
+            self.route_again(rerouted);
+            return;
+        }
         let mut answers = answers.into_iter();
-        for client in forwarded.clients {
+        for (client, _, _) in forwarded.commands {
             self.forwarding.busy.remove(&(client.key, client.conn_id));
             match answers.next() {
                 Some(answer) => self.replies.push((client, answer)),
@@ -534,7 +571,7 @@ impl Replica {
             .collect();
         for id in late {
             if let Some(forwarded) = self.forwarding.forwarded.remove(&id) {
-                for client in forwarded.clients {
+                for (client, _, _) in forwarded.commands {
                     self.forwarding.busy.remove(&(client.key, client.conn_id));
                     self.answer(client, Reply::Internal);
                 }

@@ -98,7 +98,7 @@ impl Replica {
                     blocked.push(pending.client.conn_id);
                     self.held.push_back(pending);
                 } else {
-                    self.route_as_follower(pending.client, pending.request);
+                    self.route_as_follower(pending.client, pending.request, pending.arrived_us);
                 }
             } else if now.monotonic_us.saturating_sub(pending.arrived_us)
                 >= self.config.hold_while_leaderless_ms.saturating_mul(1_000)

@@ -128,7 +128,11 @@ enum Event {
         node: usize,
         generation: u64,
     },
-    Deliver(Envelope),
+    /// `receiver_generation`: the receiver's lifetime when it was sent.
+    Deliver {
+        envelope: Envelope,
+        receiver_generation: u64,
+    },
     SyncDone {
         node: usize,
         generation: u64,
@@ -604,7 +608,10 @@ impl Sim {
                 self.schedule(period, Event::Tick { node, generation });
                 self.turn(node)
             }
-            Event::Deliver(envelope) => self.deliver(envelope),
+            Event::Deliver {
+                envelope,
+                receiver_generation,
+            } => self.deliver(envelope, receiver_generation),
             Event::SyncDone {
                 node,
                 generation,
@@ -788,7 +795,7 @@ impl Sim {
             .deliver(node, to, answer, now_us, node_of_address)
     }
 
-    fn deliver(&mut self, envelope: Envelope) -> Result<(), String> {
+    fn deliver(&mut self, envelope: Envelope, receiver_generation: u64) -> Result<(), String> {
         let to = envelope.to;
         let Some(index) = self.position_of(to) else {
             return Err(format!("message addressed to unknown node {to}"));
@@ -796,11 +803,27 @@ impl Sim {
         if !self.net.admits(envelope.from, to) {
             return Ok(());
         }
+        if envelope.message.is_client_traffic()
+            && self.nodes[index].generation != receiver_generation
+        {
+            // Peer links are connections that die with the receiving
+            // process (a send queue is cleared, never replayed on the next
+            // connection): client traffic reaches at most the lifetime it
+            // was sent to, which forwarding's exactly-once relies on. Raft
+            // messages still cross lifetimes here, harsher than TCP.
+            return Ok(());
+        }
         if let Some(resume) = self.pause_left_us(index) {
             // Waits in the socket buffer of a stopped process; taken in some
             // order soon after it resumes.
             let jitter = self.rng.gen_range(0..=TICK_US / 2);
-            self.schedule(resume + jitter, Event::Deliver(envelope));
+            self.schedule(
+                resume + jitter,
+                Event::Deliver {
+                    envelope,
+                    receiver_generation,
+                },
+            );
             return Ok(());
         }
         let Some(replica) = self.nodes[index].replica.as_mut() else {
@@ -813,8 +836,18 @@ impl Sim {
     /// Put an envelope on the wire now.
     fn send(&mut self, envelope: Envelope) {
         let delays = self.net.route(&mut self.rng, envelope.from, envelope.to);
+        let receiver_generation = self
+            .position_of(envelope.to)
+            .map_or(0, |index| self.nodes[index].generation);
         for delay in delays {
-            self.schedule(delay, Event::Deliver(envelope.clone()));
+            let envelope = envelope.clone();
+            self.schedule(
+                delay,
+                Event::Deliver {
+                    envelope,
+                    receiver_generation,
+                },
+            );
         }
     }
 
@@ -1325,7 +1358,7 @@ impl Sim {
         let mut hash = mix(mix(self.trace_hash, self.step), self.now_us);
         hash = match event {
             Event::Tick { node, generation } => mix(mix(mix(hash, 1), *node as u64), *generation),
-            Event::Deliver(envelope) => mix(
+            Event::Deliver { envelope, .. } => mix(
                 mix(mix(mix(hash, 2), envelope.from), envelope.to),
                 mix(envelope.term, message_code(&envelope.message)),
             ),
@@ -1343,7 +1376,7 @@ impl Sim {
     fn describe(&self, event: &Event) -> String {
         let what = match event {
             Event::Tick { node, .. } => format!("tick node {}", self.nodes[*node].id),
-            Event::Deliver(envelope) => format!(
+            Event::Deliver { envelope, .. } => format!(
                 "deliver {} -> {} term {}: {}",
                 envelope.from,
                 envelope.to,
