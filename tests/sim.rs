@@ -220,7 +220,7 @@ fn seeded_schedules() {
 /// Seeds that found a bug (README, "The simulator"), replayed on every run
 /// whether or not they fall in the CI set: each is the schedule that once
 /// failed, kept as a regression check.
-const NAMED_SEEDS: [(u64, &str); 7] = [
+const NAMED_SEEDS: [(u64, &str); 8] = [
     (604, "a probe command lost with its node's crash (harness)"),
     (
         1433,
@@ -237,6 +237,10 @@ const NAMED_SEEDS: [(u64, &str); 7] = [
         "an append acknowledgement of an older term after truncation",
     ),
     (4647, "a write answered ERR_REDIRECT and then applied"),
+    (
+        6764061473182115213,
+        "stale snapshot-chunk answers each resent a window: a storm under duplication",
+    ),
 ];
 
 #[test]
