@@ -367,6 +367,7 @@ impl Reactor {
             }
             if self.stop_flag.load(Ordering::SeqCst) && stop_deadline.is_none() {
                 stop_deadline = Some(now + self.stop_grace);
+                self.replica.begin_stop();
                 match self.replica.transfer_leadership() {
                     Some(target) if target != self.replica.id() => {
                         log::info!("stopping: handing leadership to node {target}")
@@ -519,7 +520,7 @@ impl Reactor {
             };
             self.last_command_at = now;
             let reserved_bytes = match &parsed {
-                Parsed::Request(Request::Read { .. }) => {
+                Parsed::Request(Request::Read { .. } | Request::Watch { .. }) => {
                     self.max_file_bytes + limits::READ_REPLY_HEADER_BYTES_MAX
                 }
                 _ => 0,

@@ -25,6 +25,7 @@
 //! state they see (so a file never comes back after a leader change) and
 //! show the seconds left on the leader's clock.
 
+use super::watch::command_name;
 use super::{ClientRef, Now, Replica};
 use crate::error::{Error, Result};
 use crate::fsm::command::decode_batch_ref;
@@ -40,6 +41,9 @@ pub(super) struct AnchoredRead {
     pub offset: usize,
     pub client: ClientRef,
     pub name: Bytes,
+    /// A watch's VERSION: the state answers it only if the file's version
+    /// differs, else the watch arms there (`watch`).
+    pub watched_version: Option<u64>,
     /// The ReadIndex round that must also confirm leadership (reads
     /// anchored in an entry proposed before they arrived), if any.
     pub round: Option<u64>,
@@ -108,6 +112,7 @@ impl Replica {
         })?;
         self.max_stamp_ms = self.max_stamp_ms.max(batch.stamp_ms);
         let time_ms = self.fsm.begin_batch(batch.stamp_ms);
+        self.wake_expired_watches(time_ms);
         let display_ms = self.cluster_time_ms(self.now).max(time_ms);
         let (clients, reads) = match mine {
             Some(waiting) => (waiting.clients, waiting.reads),
@@ -116,20 +121,37 @@ impl Replica {
         let mut reads = reads.into_iter().peekable();
         for (offset, command) in batch.commands.into_iter().enumerate() {
             while let Some(read) = reads.next_if(|r| r.offset <= offset) {
-                let answer = self.render_read(&read.name, time_ms, display_ms);
-                self.release_read(read, answer);
+                self.answer_anchored(read, time_ms, display_ms);
             }
+            let name = command_name(&command);
             let outcome = self.fsm.apply_command(command, time_ms);
+            if matches!(outcome, Outcome::Written { .. } | Outcome::Deleted) {
+                self.wake_watches(name);
+            }
             if let Some(&client) = clients.get(offset) {
                 let answer = cut_answer(&mut self.reply_buffer, |out| encode_outcome(outcome, out));
                 self.replies.push((client, answer));
             }
         }
         for read in reads {
-            let answer = self.render_read(&read.name, time_ms, display_ms);
-            self.release_read(read, answer);
+            self.answer_anchored(read, time_ms, display_ms);
         }
         Ok(())
+    }
+
+    /// An anchored read (or watch check) meets its position: answer it
+    /// there, unless a watch arms instead.
+    fn answer_anchored(&mut self, read: AnchoredRead, live_ms: u64, display_ms: u64) {
+        let answer = self.answer_at(
+            read.client,
+            &read.name,
+            read.watched_version,
+            live_ms,
+            display_ms,
+        );
+        if let Some(answer) = answer {
+            self.release_read(read, answer);
+        }
     }
 
     /// A no-op entry carries no commands; reads anchored in one (never
@@ -139,8 +161,7 @@ impl Replica {
             let time_ms = self.fsm.cluster_time_ms();
             let display_ms = self.cluster_time_ms(self.now).max(time_ms);
             for read in waiting.reads {
-                let answer = self.render_read(&read.name, time_ms, display_ms);
-                self.release_read(read, answer);
+                self.answer_anchored(read, time_ms, display_ms);
             }
         }
         Ok(())

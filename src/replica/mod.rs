@@ -13,7 +13,8 @@
 //! sequence number), `connection_closed`, `accept_peer` and `step` (peer
 //! messages), `tick` (the time), `synced` / `sync_failed` (an fsync the
 //! replica asked for finished), `snapshot_done` (a snapshot the helper
-//! took), `transfer_leadership`; then `end_turn`, once per driver turn.
+//! took), `transfer_leadership`, `begin_stop`; then `end_turn`, once per
+//! driver turn.
 //! Outputs, drained by the driver after `end_turn`: `replies` (answers, each
 //! for one connection's sequence number; the driver puts them in order) and
 //! `messages` (envelopes that may leave now). Writes, fsync requests and
@@ -31,14 +32,18 @@
 //!    storage; applies run the file map and answer the waiting commands
 //!    (`apply`); what the turn wrote is handed to one fsync (group commit);
 //!    messages that promise durable state wait for the fsync covering it;
-//! 4. collect a finished snapshot, start one if due (`snapshot`).
+//! 4. route the watches that what was applied woke and the commands held
+//!    behind watches just answered, through steps 1-3 again (at most
+//!    `WATCH_PASSES_PER_TURN_MAX` times; `watch`);
+//! 5. collect a finished snapshot, start one if due (`snapshot`).
 //!
 //! Invariants: every command gets exactly one answer (its real result,
 //! `ERR_REDIRECT` if it was never applied, or `ERR_INTERNAL` when its fate
 //! cannot be known here or it waited `COMMAND_TIMEOUT_MS`); nothing that
 //! promises durable state leaves before the fsync covering it; after a
 //! failed fsync nothing more is acknowledged (`end_turn` fails from then
-//! on); reads are linearizable and in per-connection order (`routing`).
+//! on); reads are linearizable and in per-connection order (`routing`); a
+//! watch is answered only by such a read (`watch`).
 
 mod apply;
 mod clock;
@@ -46,6 +51,7 @@ mod durability;
 mod routing;
 mod snapshot;
 pub mod storage;
+mod watch;
 
 pub use snapshot::SnapshotDone;
 pub use storage::Storage;
@@ -67,6 +73,7 @@ use apply::{ReadGroup, Waiting};
 use durability::Durability;
 use routing::{ConnectionFloor, Pending, TurnBatch};
 use snapshot::Snapshots;
+use watch::Watches;
 
 /// Who is waiting for an answer: a connection's slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -177,6 +184,8 @@ pub struct Replica {
     /// Counters and histograms for `GET /metrics` (plain increments).
     pub metrics: ReplicaMetrics,
     snapshots: Snapshots,
+    /// Watches waiting on this node, and the commands held behind them.
+    watches: Watches,
     /// Why the node must stop (a failed fsync): nothing is acknowledged
     /// past it.
     failed: Option<String>,
@@ -236,6 +245,7 @@ impl Replica {
             messages: Vec::new(),
             metrics: ReplicaMetrics::default(),
             snapshots,
+            watches: Watches::default(),
             failed: None,
         }
     }
@@ -272,18 +282,53 @@ impl Replica {
 
     /// A client request, answered in this or a later `end_turn`.
     pub fn client_request(&mut self, client: ClientRef, request: Request, now: Now) {
-        self.incoming.push(Pending {
+        self.admit(Pending {
             client,
             request,
             arrived_us: now.monotonic_us,
         });
     }
 
-    /// The connection with this key closed: forget its floor.
+    /// A request joins the turn's incoming ones, unless a watch of its
+    /// connection holds it; a watch opens its connection's block (`watch`).
+    fn admit(&mut self, pending: Pending) {
+        let Some(pending) = self.watches.hold_if_blocked(pending) else {
+            return;
+        };
+        if let Request::Watch { name, version } = &pending.request {
+            if !self.watches.open(pending.client, name, *version) {
+                self.answer(pending.client, Reply::Internal);
+                return;
+            }
+        }
+        self.incoming.push(pending);
+    }
+
+    /// The connection with this key closed: forget its floor, its watch and
+    /// the commands held behind it.
     pub fn connection_closed(&mut self, key: usize) {
         if let Some(floor) = self.connection_floor.get_mut(key) {
             *floor = None;
         }
+        self.watches.connection_closed(key);
+    }
+
+    /// Watches outstanding on this node (waiting for a change or being
+    /// checked).
+    pub fn watches_outstanding(&self) -> usize {
+        self.watches.len()
+    }
+
+    /// Panics if the watch table and its indexes disagree (the simulator
+    /// checks after every step).
+    pub fn check_watch_invariants(&self) {
+        self.watches.check_invariants();
+    }
+
+    /// A graceful stop began: armed watches are handed to the next leader
+    /// (`watch`).
+    pub fn begin_stop(&mut self) {
+        self.watches.stopping = true;
     }
 
     /// Accept a peer's incarnation at handshake, or say why not.
@@ -330,13 +375,16 @@ impl Replica {
         self.raft.transfer_leadership(None).ok()
     }
 
-    /// Whether commands are still waiting for an answer.
+    /// Whether commands are still waiting for an answer. An armed watch
+    /// does not count: it may wait for ever (`watch`: a stopping node hands
+    /// it over instead).
     pub fn has_waiting(&self) -> bool {
         self.waiting
             .values()
             .any(|w| !w.expired || !w.reads.is_empty())
             || !self.read_groups.is_empty()
             || !self.held.is_empty()
+            || !self.incoming.is_empty()
     }
 
     /// Run one turn (see the module doc). An error means the node must stop
@@ -353,11 +401,22 @@ impl Replica {
             self.durability.note_written(true);
         }
         self.update_leader_clock(now);
+        let mut settled = self.settle_watches(0, now);
         self.route_requests(now);
         self.maybe_stamp_cluster_time(now);
         self.propose_batches(now);
         self.register_turn_reads(now);
         self.run_actions(storage)?;
+        for _ in 0..limits::WATCH_PASSES_PER_TURN_MAX {
+            settled = self.settle_watches(settled, now);
+            if self.incoming.is_empty() {
+                break;
+            }
+            self.route_requests(now);
+            self.propose_batches(now);
+            self.register_turn_reads(now);
+            self.run_actions(storage)?;
+        }
         self.maybe_snapshot(storage)?;
         Ok(())
     }

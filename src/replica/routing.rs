@@ -25,6 +25,10 @@
 //!   holds every acknowledged write once this term's first entry applied)
 //!   and released after this turn's ReadIndex round.
 //!
+//! A `watch` is routed exactly as a read is (`is_read_like`): its first
+//! check, and every check after a change woke it, is a read at one of these
+//! positions (`watch`).
+//!
 //! Invariants: a connection's floor only rises while its entry is
 //! unapplied (a read placed early in a batch never hides a later write of
 //! the same connection from the next read); an entry whose commands timed
@@ -79,7 +83,7 @@ impl Replica {
                 self.held.push_back(pending);
                 continue;
             }
-            let is_read = matches!(pending.request, Request::Read { .. });
+            let is_read = is_read_like(&pending.request);
             if self.is_ready_leader() && (!is_read || self.is_ready_for_reads()) {
                 self.route_as_leader(pending, now);
             } else if let Some(leader) = self.raft.leader_id().filter(|&l| l != self.raft.id()) {
@@ -134,17 +138,28 @@ impl Replica {
                     );
                 }
             }
-            Request::Read { name } => self.route_read(pending.client, name, now),
+            Request::Read { name } => self.route_read(pending.client, name, None, now),
+            Request::Watch { name, version } => {
+                self.route_read(pending.client, name, Some(version), now)
+            }
         }
     }
 
-    fn route_read(&mut self, client: ClientRef, name: Bytes, now: Now) {
+    /// A read (or a watch's check, `watched_version`) at its read position.
+    fn route_read(
+        &mut self,
+        client: ClientRef,
+        name: Bytes,
+        watched_version: Option<u64>,
+        now: Now,
+    ) {
         if let Some(batch) = self.batches.last_mut() {
             let offset = batch.commands.len();
             batch.reads.push(AnchoredRead {
                 offset,
                 client,
                 name,
+                watched_version,
                 round: None,
             });
             return;
@@ -159,14 +174,17 @@ impl Replica {
                     offset,
                     client,
                     name,
+                    watched_version,
                     round: Some(round),
                 });
                 self.turn_reads_anchored += 1;
                 return;
             }
         }
-        let answer = self.render_read(&name, self.fsm.cluster_time_ms(), self.cluster_time_ms(now));
-        self.turn_reads.push((client, answer));
+        let (live_ms, display_ms) = (self.fsm.cluster_time_ms(), self.cluster_time_ms(now));
+        if let Some(answer) = self.answer_at(client, &name, watched_version, live_ms, display_ms) {
+            self.turn_reads.push((client, answer));
+        }
     }
 
     /// The connection's floor: ((index, term), offset).
@@ -210,12 +228,18 @@ impl Replica {
             if batch.commands.is_empty() {
                 // Only reads: answer them like reads at the applied index.
                 for read in batch.reads {
-                    let answer = self.render_read(
+                    let (live_ms, display_ms) =
+                        (self.fsm.cluster_time_ms(), self.cluster_time_ms(now));
+                    let answer = self.answer_at(
+                        read.client,
                         &read.name,
-                        self.fsm.cluster_time_ms(),
-                        self.cluster_time_ms(now),
+                        read.watched_version,
+                        live_ms,
+                        display_ms,
                     );
-                    self.turn_reads.push((read.client, answer));
+                    if let Some(answer) = answer {
+                        self.turn_reads.push((read.client, answer));
+                    }
                 }
                 continue;
             }
@@ -283,6 +307,11 @@ impl Replica {
             }
         }
     }
+}
+
+/// Reads and watches: served only once this term's first entry applied.
+fn is_read_like(request: &Request) -> bool {
+    matches!(request, Request::Read { .. } | Request::Watch { .. })
 }
 
 fn command_size_bytes(command: &Command) -> usize {

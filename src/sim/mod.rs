@@ -30,8 +30,10 @@
 //! loss, duplication, reordering, slow and failing fsyncs, wall-clock
 //! jumps, leadership transfers; `faults.rs`). Then the liveness phase heals
 //! the network, restarts every node and requires, within a bound: a leader,
-//! every client command answered, a fresh write acknowledged and applied on
-//! every node, and final reads of every key answered.
+//! every client command answered (while watches wait, every key is written
+//! every `WAKE_INTERVAL_TICKS`: a watch must then be answered, none may be
+//! missed), a fresh write acknowledged and applied on every node, and final
+//! reads of every key answered.
 
 pub mod clients;
 pub mod config;
@@ -195,6 +197,10 @@ struct Liveness {
     probe_acknowledged: Option<Index>,
     final_reads_sent: bool,
     final_reads_answered: usize,
+    /// When the next round of wake writes may go (simulated µs).
+    next_wake_us: u64,
+    /// Wake writes sent so far (their contents are unique).
+    wake_writes: u64,
     done: bool,
     /// Probe commands waiting for an answer, by sequence number, with the
     /// node they were sent to.
@@ -209,7 +215,12 @@ struct Liveness {
 enum ProbeCommand {
     Write { leader: usize },
     FinalRead(lincheck::OpId),
+    /// A write of a client key that wakes the watches on it.
+    WakeWrite(lincheck::OpId),
 }
+
+/// Ticks between two rounds of wake writes in the liveness phase.
+const WAKE_INTERVAL_TICKS: u64 = 50;
 
 pub struct Sim {
     seed: u64,
@@ -833,7 +844,7 @@ impl Sim {
                         (!up.is_empty()).then(|| up[self.rng.gen_range(0..up.len())])
                     });
                 if let Some(index) = target {
-                    self.clients.connected(client, self.nodes[index].id);
+                    self.clients.connected(client, self.nodes[index].id, now_us);
                 }
                 Ok(())
             }
@@ -1061,6 +1072,7 @@ impl Sim {
                     node.disk.hard_state()
                 ));
             }
+            replica.check_watch_invariants();
             if replica.applied_index() > commit_index {
                 return Err(format!(
                     "node {id} applied through {} but its commit index is {commit_index}",
@@ -1173,6 +1185,13 @@ impl Sim {
         };
         self.liveness.leader_seen = true;
         if self.clients.outstanding() > 0 || !self.liveness.pending.is_empty() {
+            if self.clients.outstanding_watches() > 0
+                && self.liveness.pending.is_empty()
+                && self.now_us >= self.liveness.next_wake_us
+            {
+                self.liveness.next_wake_us = self.now_us + WAKE_INTERVAL_TICKS * TICK_US;
+                self.send_wake_writes(leader)?;
+            }
             return Ok(());
         }
         let Some(probe_index) = self.liveness.probe_acknowledged else {
@@ -1212,6 +1231,30 @@ impl Sim {
         }
         if self.liveness.final_reads_answered == keys {
             self.liveness.done = true;
+        }
+        Ok(())
+    }
+
+    /// Write every client key once through the leader (recorded in the
+    /// history, as clients' writes are): a watch waiting on it must then be
+    /// answered.
+    fn send_wake_writes(&mut self, leader: usize) -> Result<(), String> {
+        for key in 0..self.config.clients.keys.max(1) {
+            self.liveness.wake_writes += 1;
+            let name = Bytes::from(format!("k{key}"));
+            let content = Bytes::from(format!("wake.{}", self.liveness.wake_writes));
+            let op = lincheck::Op::Write {
+                name: name.to_vec(),
+                content: content.to_vec(),
+            };
+            let client = (self.clients.count() + self.config.clients.keys.max(1) + key) as u64;
+            let id = self.clients.history.invoke(client, op, self.now_us * 1_000);
+            let write = Request::Command(Command::Write {
+                name,
+                content,
+                exptime_s: 0,
+            });
+            self.probe_request(leader, write, ProbeCommand::WakeWrite(id))?;
         }
         Ok(())
     }
@@ -1268,6 +1311,13 @@ impl Sim {
                     self.clients.history.discard(op);
                     self.liveness.final_reads_sent = false;
                 }
+                // Lost with its connection: it may or may not have applied.
+                Some((_, ProbeCommand::WakeWrite(op))) => {
+                    let now_ns = self.now_us * 1_000;
+                    self.clients
+                        .history
+                        .complete(op, lincheck::Outcome::Indeterminate, now_ns);
+                }
                 None => {}
             }
         }
@@ -1300,6 +1350,14 @@ impl Sim {
                     }
                     // Redirected or indeterminate: try again.
                     _ => self.liveness.probe_sent = false,
+                }
+            }
+            ProbeCommand::WakeWrite(op) => {
+                match clients::interpret(clients::Kind::Write, answer)? {
+                    clients::Answer::Outcome(outcome) => {
+                        self.clients.history.complete(op, outcome, now_ns)
+                    }
+                    clients::Answer::Redirect(_) => self.clients.history.discard(op),
                 }
             }
             ProbeCommand::FinalRead(op) => match clients::interpret(clients::Kind::Read, answer)? {

@@ -74,6 +74,11 @@ pub fn encode(op: &Op) -> Vec<u8> {
             out.extend_from_slice(name);
             out.extend_from_slice(b"\r\n");
         }
+        Op::Watch { name, version } => {
+            out.extend_from_slice(b"watch ");
+            out.extend_from_slice(name);
+            out.extend_from_slice(format!(" {version}\r\n").as_bytes());
+        }
     }
     out
 }
@@ -104,10 +109,13 @@ pub fn classify(op: &Op, reply: &str) -> Classified {
             Some(current) => Classified::Outcome(Outcome::VersionMismatch { current }),
             None => Classified::Unexpected,
         },
-        ("ERR_FILE_NOT_FOUND", Op::Cas { .. } | Op::Delete { .. } | Op::Read { .. }) => {
+        (
+            "ERR_FILE_NOT_FOUND",
+            Op::Cas { .. } | Op::Delete { .. } | Op::Read { .. } | Op::Watch { .. },
+        ) => {
             Classified::Outcome(Outcome::NotFound)
         }
-        ("CONTENTS", Op::Read { .. }) => match (number, content) {
+        ("CONTENTS", Op::Read { .. } | Op::Watch { .. }) => match (number, content) {
             (Some(version), Some(content)) => Classified::Outcome(Outcome::Contents {
                 version,
                 content: content.as_bytes().to_vec(),
