@@ -53,6 +53,8 @@ struct Tally {
     commands: u64,
     answered: u64,
     indeterminate: u64,
+    watches: u64,
+    watches_woken: u64,
     snapshots_taken: u64,
     snapshots_installed: u64,
     lincheck_unknown: u64,
@@ -74,6 +76,8 @@ impl Tally {
                 self.commands += stats.commands;
                 self.answered += stats.answered;
                 self.indeterminate += stats.indeterminate;
+                self.watches += stats.watches;
+                self.watches_woken += stats.watches_woken;
                 self.snapshots_taken += stats.snapshots_taken;
                 self.snapshots_installed += stats.snapshots_installed;
                 self.lincheck_unknown += u64::from(stats.lincheck_unknown);
@@ -97,6 +101,8 @@ impl Tally {
         self.commands += other.commands;
         self.answered += other.answered;
         self.indeterminate += other.indeterminate;
+        self.watches += other.watches;
+        self.watches_woken += other.watches_woken;
         self.snapshots_taken += other.snapshots_taken;
         self.snapshots_installed += other.snapshots_installed;
         self.lincheck_unknown += other.lincheck_unknown;
@@ -107,7 +113,8 @@ impl Tally {
     fn report(&self, what: &str, elapsed: Duration) {
         eprintln!(
             "{what}: {} schedules in {:.1}s ({:.1} schedules/s; {} steps, {} committed entries, \
-             {} client commands ({} answered, {} indeterminate), {} crashes ({} power losses, \
+             {} client commands ({} answered, {} indeterminate; {} watches, {} woken by a \
+             change), {} crashes ({} power losses, \
              {} after a failed fsync), {} partitions, {} snapshots taken, {} installed, slowest \
              recovery {} ticks, {} histories too large to check in time), {} failed",
             self.schedules,
@@ -118,6 +125,8 @@ impl Tally {
             self.commands,
             self.answered,
             self.indeterminate,
+            self.watches,
+            self.watches_woken,
             self.crashes,
             self.power_losses,
             self.sync_failures,

@@ -47,6 +47,10 @@ pub(super) struct AnchoredRead {
     /// The ReadIndex round that must also confirm leadership (reads
     /// anchored in an entry proposed before they arrived), if any.
     pub round: Option<u64>,
+    /// `COMMAND_TIMEOUT_MS` after it arrived: it is then answered
+    /// `ERR_INTERNAL` unless its round is still pending (it then expires
+    /// with its round).
+    pub deadline_us: u64,
 }
 
 /// One entry this node proposed and whose commands wait for their fate.
@@ -240,21 +244,28 @@ impl Replica {
         }
     }
 
-    /// Commands and read rounds past their deadline get `ERR_INTERNAL`.
+    /// Commands, anchored reads and read rounds past their deadline get
+    /// `ERR_INTERNAL`. An anchored read has its own deadline: it may sit in
+    /// an entry that expired long ago (an expired entry stays a floor), and
+    /// once its round has confirmed nothing else would ever answer it while
+    /// no entry reaches that index (sim seed 138: a read anchored in a
+    /// truncated entry waited past the liveness bound).
     pub(super) fn expire_waiting(&mut self, now: Now) {
         let mut expired = Vec::new();
+        let confirmed_id = self.read_confirmed_id;
         for waiting in self.waiting.values_mut() {
-            if waiting.expired || waiting.deadline_us > now.monotonic_us {
-                continue;
+            if !waiting.expired && waiting.deadline_us <= now.monotonic_us {
+                waiting.expired = true;
+                expired.append(&mut waiting.clients);
             }
-            waiting.expired = true;
-            expired.append(&mut waiting.clients);
-            // Reads waiting for a round expire with their round.
+            // Reads whose round is pending expire with their round.
             waiting.reads.retain(|read| {
-                if read.round.is_none() {
+                let round_pending = read.round.is_some_and(|round| round > confirmed_id);
+                let expires = read.deadline_us <= now.monotonic_us && !round_pending;
+                if expires {
                     expired.push(read.client);
                 }
-                read.round.is_some()
+                !expires
             });
         }
         for client in expired {

@@ -319,6 +319,12 @@ impl Replica {
         self.watches.len()
     }
 
+    /// Watches woken since start (by a change, an install, a leaderless
+    /// spell), for the simulator's figures.
+    pub fn watches_woken(&self) -> u64 {
+        self.watches.woken_total
+    }
+
     /// Panics if the watch table and its indexes disagree (the simulator
     /// checks after every step).
     pub fn check_watch_invariants(&self) {
@@ -417,6 +423,9 @@ impl Replica {
             self.register_turn_reads(now);
             self.run_actions(storage)?;
         }
+        // The last pass's answers end their blocks too; what they release
+        // is routed next turn.
+        self.settle_watches(settled, now);
         self.maybe_snapshot(storage)?;
         Ok(())
     }

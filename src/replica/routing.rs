@@ -138,9 +138,11 @@ impl Replica {
                     );
                 }
             }
-            Request::Read { name } => self.route_read(pending.client, name, None, now),
+            Request::Read { name } => {
+                self.route_read(pending.client, pending.arrived_us, name, None, now)
+            }
             Request::Watch { name, version } => {
-                self.route_read(pending.client, name, Some(version), now)
+                self.route_read(pending.client, pending.arrived_us, name, Some(version), now)
             }
         }
     }
@@ -149,10 +151,12 @@ impl Replica {
     fn route_read(
         &mut self,
         client: ClientRef,
+        arrived_us: u64,
         name: Bytes,
         watched_version: Option<u64>,
         now: Now,
     ) {
+        let deadline_us = arrived_us.saturating_add(limits::COMMAND_TIMEOUT_MS * 1_000);
         if let Some(batch) = self.batches.last_mut() {
             let offset = batch.commands.len();
             batch.reads.push(AnchoredRead {
@@ -161,6 +165,7 @@ impl Replica {
                 name,
                 watched_version,
                 round: None,
+                deadline_us,
             });
             return;
         }
@@ -176,6 +181,7 @@ impl Replica {
                     name,
                     watched_version,
                     round: Some(round),
+                    deadline_us,
                 });
                 self.turn_reads_anchored += 1;
                 return;

@@ -128,6 +128,8 @@ pub(super) struct Watches {
     /// Since when (monotonic µs) no leader has been known, while armed
     /// watches wait.
     pub leaderless_since_us: Option<u64>,
+    /// Watches woken since start (a figure for tests and the simulator).
+    pub woken_total: u64,
 }
 
 /// The file a command changes.
@@ -214,7 +216,9 @@ impl Watches {
                 // change since would have woken it), so the deadlines agree;
                 // if they ever did not, the earlier one only wakes early.
                 debug_assert_eq!(armed.deadline_ms, deadline_ms);
-                if let Some(earlier) = deadline_ms.filter(|&d| armed.deadline_ms.is_none_or(|a| d < a)) {
+                if let Some(earlier) =
+                    deadline_ms.filter(|&d| armed.deadline_ms.is_none_or(|a| d < a))
+                {
                     if let Some(old) = armed.deadline_ms {
                         self.deadlines.remove(&(old, name.clone()));
                     }
@@ -299,6 +303,7 @@ impl Watches {
         };
         watch.armed = false;
         self.armed -= 1;
+        self.woken_total += 1;
         out.push(Pending {
             client: watch.client(key),
             request: Request::Watch {
@@ -361,8 +366,14 @@ impl Watches {
         let indexed: usize = self.by_name.values().map(|a| a.keys.len()).sum();
         assert_eq!(indexed, self.armed, "name index size");
         for (key, watch) in armed {
-            let entry = self.by_name.get(&watch.name[..]).expect("armed name indexed");
-            assert!(entry.keys.contains(key), "armed watch indexed under its name");
+            let entry = self
+                .by_name
+                .get(&watch.name[..])
+                .expect("armed name indexed");
+            assert!(
+                entry.keys.contains(key),
+                "armed watch indexed under its name"
+            );
         }
         let expiring: BTreeSet<(u64, Bytes)> = self
             .by_name

@@ -91,6 +91,8 @@ pub struct Clients {
     pub answered: u64,
     pub redirects: u64,
     pub indeterminate: u64,
+    /// Watches sent.
+    pub watches: u64,
 }
 
 impl Clients {
@@ -110,6 +112,7 @@ impl Clients {
             answered: 0,
             redirects: 0,
             indeterminate: 0,
+            watches: 0,
         }
     }
 
@@ -124,6 +127,29 @@ impl Clients {
             .filter_map(|client| client.connection.as_ref())
             .map(|connection| connection.outstanding.len())
             .sum()
+    }
+
+    /// Every unanswered command: client, node, connection, sequence, kind,
+    /// file and when it was sent (for liveness failure reports).
+    pub fn describe_outstanding(&self) -> String {
+        let mut lines = Vec::new();
+        for (index, client) in self.clients.iter().enumerate() {
+            let Some(connection) = client.connection.as_ref() else {
+                continue;
+            };
+            for outstanding in &connection.outstanding {
+                lines.push(format!(
+                    "client {index} node {} conn {} seq {} {:?} {:?} sent at tick {}",
+                    connection.node,
+                    connection.conn_id,
+                    outstanding.seq,
+                    outstanding.kind,
+                    String::from_utf8_lossy(&outstanding.name),
+                    outstanding.sent_us / super::TICK_US
+                ));
+            }
+        }
+        lines.join("; ")
     }
 
     /// Watches sent and not answered, over every client.
@@ -198,6 +224,7 @@ impl Clients {
             let seq = connection.next_seq;
             connection.next_seq += 1;
             let op = self.history.invoke(index as u64, op, now_us * 1_000);
+            self.watches += u64::from(kind == Kind::Watch);
             connection.outstanding.push_back(Outstanding {
                 seq,
                 op,

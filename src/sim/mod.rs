@@ -87,6 +87,10 @@ pub struct Stats {
     pub answered: u64,
     pub redirects: u64,
     pub indeterminate: u64,
+    /// Watches sent; watches woken by a change (or a snapshot install) on
+    /// some node, over every node and lifetime.
+    pub watches: u64,
+    pub watches_woken: u64,
     /// Snapshots taken and installed, over every node and lifetime.
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
@@ -172,6 +176,8 @@ struct SimNode {
     sync_failed: bool,
     /// Snapshots taken and installed in earlier lifetimes.
     snapshots_before: (u64, u64),
+    /// Watches woken in earlier lifetimes.
+    watches_woken_before: u64,
 }
 
 impl SimNode {
@@ -213,7 +219,9 @@ struct Liveness {
 /// A command the simulator itself sends in the liveness phase.
 #[derive(Clone, Copy, Debug)]
 enum ProbeCommand {
-    Write { leader: usize },
+    Write {
+        leader: usize,
+    },
     FinalRead(lincheck::OpId),
     /// A write of a client key that wakes the watches on it.
     WakeWrite(lincheck::OpId),
@@ -324,6 +332,7 @@ impl Sim {
                 applied_digest_seen: 0,
                 sync_failed: false,
                 snapshots_before: (0, 0),
+                watches_woken_before: 0,
             });
         }
         sim.rng = rng;
@@ -374,7 +383,7 @@ impl Sim {
                 let summary = self.summary();
                 return Err(self.failure(format!(
                     "liveness: {} within {} ticks of healing (backlog {backlog} entries, {} client \
-                     commands unanswered, probe {:?}, final reads answered {}); {summary}",
+                     commands unanswered [{}], probe {:?}, final reads answered {}); {summary}",
                     if late_leader {
                         "no leader"
                     } else if too_many_steps {
@@ -384,6 +393,7 @@ impl Sim {
                     },
                     (self.now_us - self.liveness.started_us) / TICK_US,
                     self.clients.outstanding(),
+                    self.clients.describe_outstanding(),
                     self.liveness.probe_acknowledged,
                     self.liveness.final_reads_answered,
                 )));
@@ -478,6 +488,8 @@ impl Sim {
             answered: self.clients.answered,
             redirects: self.clients.redirects,
             indeterminate: self.clients.indeterminate,
+            watches: self.clients.watches,
+            watches_woken: self.watches_woken(),
             snapshots_taken: taken,
             snapshots_installed: installed,
             lincheck_unknown: false,
@@ -488,6 +500,15 @@ impl Sim {
             },
             trace_hash: self.trace_hash,
         }
+    }
+
+    fn watches_woken(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|node| {
+                node.watches_woken_before + node.replica.as_ref().map_or(0, Replica::watches_woken)
+            })
+            .sum()
     }
 
     fn snapshot_counts(&self) -> (u64, u64) {
@@ -913,8 +934,10 @@ impl Sim {
         let node = &mut self.nodes[index];
         if let Some(replica) = node.replica.take() {
             let (taken, installed) = replica.snapshot_counts();
+            let woken = replica.watches_woken();
             node.snapshots_before.0 += taken;
             node.snapshots_before.1 += installed;
+            node.watches_woken_before += woken;
         }
         node.disk.crash(power_loss, kept);
         node.generation += 1;

@@ -112,9 +112,7 @@ pub fn classify(op: &Op, reply: &str) -> Classified {
         (
             "ERR_FILE_NOT_FOUND",
             Op::Cas { .. } | Op::Delete { .. } | Op::Read { .. } | Op::Watch { .. },
-        ) => {
-            Classified::Outcome(Outcome::NotFound)
-        }
+        ) => Classified::Outcome(Outcome::NotFound),
         ("CONTENTS", Op::Read { .. } | Op::Watch { .. }) => match (number, content) {
             (Some(version), Some(content)) => Classified::Outcome(Outcome::Contents {
                 version,
