@@ -5,7 +5,7 @@ Starts one single-member `raftfs node` (fsync off) on 127.0.0.1, then for
 each run measures the node's CPU (user + system, from /proc/PID/stat) over
 MEASURE seconds twice, in the same run: "before" with no client at all and
 "after" with N connections each holding a watch that waits (`watch idle-I 0`
-on files that do not exist). Prints a table of every run, the medians and
+on files that do not exist), and the node's RSS growth per watch. Prints a table of every run, the medians and
 the after/before ratio. The target is "after" under 1 % of one core: an idle
 watch costs no CPU (nothing is scanned per tick).
 
@@ -41,6 +41,14 @@ def cpu_ticks(pid):
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 def share_percent(pid):
@@ -93,6 +101,7 @@ def main():
             for run in range(RUNS):
                 time.sleep(0.5)
                 before = share_percent(node.pid)
+                rss_before = rss_kib(node.pid)
                 watchers = []
                 for index in range(WATCHES):
                     watcher = socket.create_connection(address, timeout=5)
@@ -100,6 +109,7 @@ def main():
                     watchers.append(watcher)
                 time.sleep(1.0)
                 after = share_percent(node.pid)
+                rss_growth = rss_kib(node.pid) - rss_before
                 for watcher in watchers:
                     # Reset instead of FIN: no TIME_WAIT left to exhaust the
                     # ephemeral ports over several runs.
@@ -110,7 +120,9 @@ def main():
                 rows.append((before, after))
                 print(
                     f"run {run + 1}: no watches {before:5.2f} %   "
-                    f"{WATCHES} watches {after:5.2f} %",
+                    f"{WATCHES} watches {after:5.2f} %   "
+                    f"RSS +{rss_growth} KiB ({rss_growth * 1024 // WATCHES} bytes a watch "
+                    "with its connection)",
                     flush=True,
                 )
             before = statistics.median(row[0] for row in rows)

@@ -31,8 +31,11 @@ pub const TICKS_PER_CALL_MAX: u32 = 10;
 /// every connection (a connection has at most one: a watch holds the later
 /// commands of its connection). Past it a new watch is answered
 /// `ERR_INTERNAL` at once (the server cannot take it now; the command was
-/// well formed, so not `ERR_CMD_ERR`). An armed watch costs about 200 bytes
-/// plus its name, so the bound caps watch memory near 60 MB.
+/// well formed, so not `ERR_CMD_ERR`). A waiting watch costs the replica a
+/// few hundred bytes plus its name (its table slot, a copy of the name, the
+/// name and deadline index entries), so the bound caps that near 100 MB;
+/// each watch also holds a client connection (1-4 KiB measured with it:
+/// `benches/watch_idle.py`).
 pub const WATCHES_MAX: usize = 200_000;
 /// Extra routing passes one replica turn makes for watches woken by what
 /// the turn applied and for the commands their answers release (the rest

@@ -66,6 +66,13 @@ struct Holding {
     died: bool,
 }
 
+/// kill -9 node `id`, and start it again after `down`.
+fn kill_9_for(cluster: &mut Cluster, id: u64, down: Duration) {
+    cluster.kill(id);
+    std::thread::sleep(down);
+    cluster.start_node(id);
+}
+
 fn three_nodes() -> Cluster {
     let cluster = Cluster::start(Options::new(3).fsync(false));
     cluster
@@ -74,41 +81,76 @@ fn three_nodes() -> Cluster {
     cluster
 }
 
-/// Uses the lock (or leadership) while trusted for `hold`, refreshing every
-/// third of the lease. Returns the last use.
+/// A lock or a leadership, as the tests use it.
+trait Lease {
+    fn token(&self) -> u64;
+    fn trusted(&self) -> bool;
+    /// Refresh; false once it is lost.
+    fn extend(&mut self, session: &mut Session) -> bool;
+}
+
+impl Lease for lock::Held {
+    fn token(&self) -> u64 {
+        lock::Held::token(self)
+    }
+    fn trusted(&self) -> bool {
+        self.is_trusted()
+    }
+    fn extend(&mut self, session: &mut Session) -> bool {
+        matches!(self.refresh(session), Ok(true))
+    }
+}
+
+impl Lease for election::Leadership {
+    fn token(&self) -> u64 {
+        self.term()
+    }
+    fn trusted(&self) -> bool {
+        self.is_leading()
+    }
+    fn extend(&mut self, session: &mut Session) -> bool {
+        matches!(self.keep(session), Ok(true))
+    }
+}
+
+/// Uses the lease while trusted for `hold`, refreshing every third of the
+/// lease; the holding as its holder saw it.
 fn use_while_trusted(
-    held: &mut lock::Held,
+    lease: &mut impl Lease,
     session: &mut Session,
     resource: &Mutex<Fenced>,
     who: &str,
     hold: Duration,
-) -> Instant {
-    let started = Instant::now();
-    let mut last_use = started;
-    let mut last_refresh = started;
+) -> Holding {
+    let acquired = Instant::now();
+    let mut last_use = acquired;
+    let mut last_refresh = acquired;
     let refresh_every = Duration::from_millis(LEASE_S * 1_000 / 3);
-    while started.elapsed() < hold {
-        if !held.is_trusted() {
-            break;
-        }
+    while acquired.elapsed() < hold {
         {
             let mut resource = resource.lock().expect("resource");
             // Checked under the resource's lock, so the use is in the lease.
-            if !held.is_trusted() {
+            if !lease.trusted() {
                 break;
             }
-            resource.touch(held.token(), who);
+            resource.touch(lease.token(), who);
             last_use = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(40));
         if last_refresh.elapsed() >= refresh_every {
             last_refresh = Instant::now();
-            if !matches!(held.refresh(session), Ok(true)) && !held.is_trusted() {
+            if !lease.extend(session) && !lease.trusted() {
                 break;
             }
         }
     }
-    last_use
+    Holding {
+        who: who.to_string(),
+        token: lease.token(),
+        acquired,
+        last_use,
+        died: false,
+    }
 }
 
 /// Holdings never overlap and tokens grow with every acquisition; the
@@ -164,23 +206,17 @@ fn lock_holders_take_turns_under_kill_9_of_the_holders_node_and_the_leader() {
                 for round in 0..ROUNDS {
                     let mut held = lock::acquire(&mut session, &config, deadline)
                         .unwrap_or_else(|f| panic!("{who} round {round}: {f:?}"));
-                    let acquired = Instant::now();
                     *holder_node.lock().expect("holder") = session.connected_to().map(String::from);
-                    let last_use = use_while_trusted(
+                    let mut holding = use_while_trusted(
                         &mut held,
                         &mut session,
                         &resource,
                         &who,
                         Duration::from_millis(700),
                     );
-                    let dies = index == 0 && round == 1;
-                    holdings.lock().expect("holdings").push(Holding {
-                        who: who.clone(),
-                        token: held.token(),
-                        acquired,
-                        last_use,
-                        died: dies,
-                    });
+                    holding.died = index == 0 && round == 1;
+                    let dies = holding.died;
+                    holdings.lock().expect("holdings").push(holding);
                     if dies {
                         // Dies holding the lock: no release, connection gone.
                         session = Session::new(addresses.clone());
@@ -201,16 +237,12 @@ fn lock_holders_take_turns_under_kill_9_of_the_holders_node_and_the_leader() {
         .and_then(|address| cluster.id_of_address(&address))
         .or_else(|| cluster.wait_leader(Duration::from_secs(5)))
         .expect("a node to kill");
-    cluster.kill(victim);
-    std::thread::sleep(Duration::from_secs(3));
-    cluster.start_node(victim);
+    kill_9_for(&mut cluster, victim, Duration::from_secs(3));
     std::thread::sleep(Duration::from_secs(2));
     let leader = cluster
         .wait_leader(Duration::from_secs(10))
         .expect("a leader");
-    cluster.kill(leader);
-    std::thread::sleep(Duration::from_secs(2));
-    cluster.start_node(leader);
+    kill_9_for(&mut cluster, leader, Duration::from_secs(2));
     for contender in contenders {
         contender.join().expect("a contender failed");
     }
@@ -249,28 +281,26 @@ fn one_leader_at_a_time_under_kill_9_of_the_leader() {
                 let who = format!("candidate-{index}");
                 let mut session = Session::new(addresses.clone());
                 for term_round in 0..2 {
-                    let leadership =
+                    let mut leadership =
                         election::campaign(&mut session, "elections/app", &who, LEASE_S, deadline)
                             .unwrap_or_else(|f| panic!("{who}: {f:?}"));
-                    let elected = Instant::now();
-                    let term = leadership.term();
-                    let mut held = leadership;
-                    let last_use = lead(&mut held, &mut session, &resource, &who);
-                    let dies = index == 1 && term_round == 0;
-                    leaderships.lock().expect("leaderships").push(Holding {
-                        who: who.clone(),
-                        token: term,
-                        acquired: elected,
-                        last_use,
-                        died: dies,
-                    });
+                    let mut holding = use_while_trusted(
+                        &mut leadership,
+                        &mut session,
+                        &resource,
+                        &who,
+                        Duration::from_millis(900),
+                    );
+                    holding.died = index == 1 && term_round == 0;
+                    let dies = holding.died;
+                    leaderships.lock().expect("leaderships").push(holding);
                     if dies {
                         // Dies leading.
                         session = Session::new(addresses.clone());
                         std::thread::sleep(Duration::from_secs(LEASE_S + 1));
                         continue;
                     }
-                    let _ = held.resign(&mut session);
+                    let _ = leadership.resign(&mut session);
                 }
             })
         })
@@ -300,9 +330,7 @@ fn one_leader_at_a_time_under_kill_9_of_the_leader() {
     let leader = cluster
         .wait_leader(Duration::from_secs(5))
         .expect("a leader");
-    cluster.kill(leader);
-    std::thread::sleep(Duration::from_secs(3));
-    cluster.start_node(leader);
+    kill_9_for(&mut cluster, leader, Duration::from_secs(3));
     for candidate in candidates {
         candidate.join().expect("a candidate failed");
     }
@@ -320,35 +348,6 @@ fn one_leader_at_a_time_under_kill_9_of_the_leader() {
             "observed {content:?}"
         );
     }
-}
-
-fn lead(
-    leadership: &mut election::Leadership,
-    session: &mut Session,
-    resource: &Mutex<Fenced>,
-    who: &str,
-) -> Instant {
-    let started = Instant::now();
-    let mut last_use = started;
-    let mut last_keep = started;
-    while started.elapsed() < Duration::from_millis(900) {
-        {
-            let mut resource = resource.lock().expect("resource");
-            if !leadership.is_leading() {
-                break;
-            }
-            resource.touch(leadership.term(), who);
-            last_use = Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(40));
-        if last_keep.elapsed() >= Duration::from_millis(LEASE_S * 1_000 / 3) {
-            last_keep = Instant::now();
-            if !matches!(leadership.keep(session), Ok(true)) && !leadership.is_leading() {
-                break;
-            }
-        }
-    }
-    last_use
 }
 
 #[test]

@@ -146,16 +146,25 @@ impl Replica {
     /// An anchored read (or watch check) meets its position: answer it
     /// there, unless a watch arms instead.
     fn answer_anchored(&mut self, read: AnchoredRead, live_ms: u64, display_ms: u64) {
-        let answer = self.answer_at(
+        if let Some(answer) = self.answer_read(&read, live_ms, display_ms) {
+            self.release_read(read, answer);
+        }
+    }
+
+    /// `answer_at` for an anchored read.
+    pub(super) fn answer_read(
+        &mut self,
+        read: &AnchoredRead,
+        live_ms: u64,
+        display_ms: u64,
+    ) -> Option<Bytes> {
+        self.answer_at(
             read.client,
             &read.name,
             read.watched_version,
             live_ms,
             display_ms,
-        );
-        if let Some(answer) = answer {
-            self.release_read(read, answer);
-        }
+        )
     }
 
     /// A no-op entry carries no commands; reads anchored in one (never
@@ -254,7 +263,13 @@ impl Replica {
         let mut expired = Vec::new();
         let confirmed_id = self.read_confirmed_id;
         for waiting in self.waiting.values_mut() {
-            if !waiting.expired && waiting.deadline_us <= now.monotonic_us {
+            if !waiting.expired {
+                // Not due yet: its reads wait with it (they arrived with or
+                // after its commands; one held while no leader was known is
+                // due with the entry, as before). Nothing scanned per tick.
+                if waiting.deadline_us > now.monotonic_us {
+                    continue;
+                }
                 waiting.expired = true;
                 expired.append(&mut waiting.clients);
             }

@@ -236,14 +236,7 @@ impl Replica {
                 for read in batch.reads {
                     let (live_ms, display_ms) =
                         (self.fsm.cluster_time_ms(), self.cluster_time_ms(now));
-                    let answer = self.answer_at(
-                        read.client,
-                        &read.name,
-                        read.watched_version,
-                        live_ms,
-                        display_ms,
-                    );
-                    if let Some(answer) = answer {
+                    if let Some(answer) = self.answer_read(&read, live_ms, display_ms) {
                         self.turn_reads.push((read.client, answer));
                     }
                 }
