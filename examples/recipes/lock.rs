@@ -5,10 +5,21 @@
 //! carries an expiry of `lease_s` seconds (SPEC §2, on cluster time): a
 //! holder that dies without releasing is freed when the lease runs out.
 //! - acquire: read NAME. `free` at version V: `cas NAME V` with the holder
-//!   text and the lease. Absent: `write` it (the one unconditional step),
-//!   then confirm with `cas` from that write's version (a concurrent writer
-//!   makes the confirm fail). Held by another at version V: `watch NAME V`
+//!   text and the lease. Held by another at version V: `watch NAME V`
 //!   (woken by a release, a refresh, or the lease's expiry) and look again.
+//!   Absent: `write` it — the one unconditional step, as the protocol has no
+//!   create-if-absent — then wait `create_settle` and confirm with `cas`
+//!   from that write's version; confirm only if the write was answered
+//!   within `create_freshness` of sending the `read` that saw the lock
+//!   absent. A write that missed that bound, or whose outcome is unknown, is
+//!   never confirmed: it is left to expire with its lease. Why: a write W
+//!   that lands after another contender's confirm was made on a view from
+//!   before that contender's write, which came `create_settle` before its
+//!   confirm; so W was answered more than `create_settle` ≥
+//!   `create_freshness` after its read was sent, and is not confirmed. It
+//!   can overwrite the holder (who fails its next refresh and stops), but
+//!   never makes a second holder; nobody takes the lock until W's lease
+//!   ends.
 //! - the fencing token is the version the acquiring `cas` returned: the
 //!   cluster-wide counter makes every later acquisition's token larger;
 //! - refresh: `cas NAME CURRENT` with the same text and lease, every third
@@ -40,6 +51,12 @@ pub struct LockConfig {
     pub drift_bound: f64,
     /// Subtracted from the lease for the round trip and scheduling.
     pub margin: Duration,
+    /// Creating an absent lock: a `write` answered later than this after
+    /// the `read` that saw the lock absent was sent is never confirmed.
+    pub create_freshness: Duration,
+    /// Creating an absent lock: the wait between the `write` and its
+    /// confirming `cas`; at least `create_freshness × (1 + ρ)²`.
+    pub create_settle: Duration,
 }
 
 impl LockConfig {
@@ -50,6 +67,8 @@ impl LockConfig {
             lease_s: lease_s.max(1),
             drift_bound: 0.01,
             margin: Duration::from_millis(100),
+            create_freshness: Duration::from_millis(500),
+            create_settle: Duration::from_millis(600),
         }
     }
 
@@ -148,30 +167,31 @@ pub fn acquire(
 ) -> Result<Held, Failure> {
     let text = format!("{} {:016x}", config.owner, nonce()).into_bytes();
     let name = config.name.as_str();
+    // What we saw last, and when the read that saw it was sent.
+    let mut observed_at = Instant::now();
     let mut seen = session.read(name, deadline)?;
     loop {
-        let sent = Instant::now();
         let attempt = match &seen {
-            Some((version, content)) if content == &text => {
-                // An earlier attempt of ours took it (its answer was lost):
-                // refresh to learn the lease's start.
-                session.cas(name, *version, &text, config.lease_s, deadline)
-            }
             Some((version, content)) if content == FREE => {
-                session.cas(name, *version, &text, config.lease_s, deadline)
+                let sent = Instant::now();
+                session
+                    .cas(name, *version, &text, config.lease_s, deadline)
+                    .map(|answer| (answer, sent))
             }
+            // Held by another, or by an unconfirmed write of ours: wait.
             Some((version, _)) => {
                 seen = session.watch(name, *version, deadline)?;
+                if seen.is_none() {
+                    // Absent: look again, so the observation is fresh.
+                    observed_at = Instant::now();
+                    seen = session.read(name, deadline)?;
+                }
                 continue;
             }
-            None => match session.write(name, &text, config.lease_s, deadline) {
-                // Confirm: nobody wrote in between.
-                Ok(version) => session.cas(name, version, &text, config.lease_s, deadline),
-                Err(failure) => Err(failure),
-            },
+            None => create(session, config, &text, observed_at, deadline),
         };
         match attempt {
-            Ok(Answer::Written(version)) => {
+            Ok((Answer::Written(version), sent)) => {
                 return Ok(Held {
                     config: config.clone(),
                     text,
@@ -180,10 +200,38 @@ pub fn acquire(
                     trusted_until: sent + config.trusted_for(),
                 })
             }
-            Ok(_) | Err(Failure::Unknown) => seen = session.read(name, deadline)?,
+            Ok(_) | Err(Failure::Unknown) => {
+                observed_at = Instant::now();
+                seen = session.read(name, deadline)?;
+            }
             Err(failure) => return Err(failure),
         }
     }
+}
+
+/// The absent path: write, settle, confirm (see the module doc). The
+/// confirming `cas`'s answer and when it was sent; `NotFound` when the
+/// write may not be confirmed.
+fn create(
+    session: &mut Session,
+    config: &LockConfig,
+    text: &[u8],
+    observed_at: Instant,
+    deadline: Instant,
+) -> Result<(Answer, Instant), Failure> {
+    let name = config.name.as_str();
+    let version = session.write(name, text, config.lease_s, deadline)?;
+    if observed_at.elapsed() > config.create_freshness {
+        // Possibly over a holder that came after our stale observation:
+        // never confirmed; it expires with its lease.
+        return Ok((Answer::NotFound, Instant::now()));
+    }
+    std::thread::sleep(config.create_settle);
+    let sent = Instant::now();
+    Ok((
+        session.cas(name, version, text, config.lease_s, deadline)?,
+        sent,
+    ))
 }
 
 /// Who holds the lock now: `(version, owner)`, or `None` when free.
