@@ -29,6 +29,18 @@
 //! check, and every check after a change woke it, is a read at one of these
 //! positions (`watch`).
 //!
+//! A floor entry that is no longer in this leader's log (its suffix was
+//! replaced while this node followed, and it leads again) is never waited
+//! for: it can never be committed. This node leads term T and has applied
+//! its own term-T entry at some index k, which is committed, so every later
+//! leader holds it; a later leader holding the floor entry (i, t), t < T,
+//! would hold a term below T after index k if i > k (terms never decrease
+//! along a log), or another entry than ours at a committed index if i ≤ k.
+//! Waiting for it would hold the connection's reads until the log reached
+//! index i (sim seed 13057182992639120356: a connection whose timed-out
+//! writes sat in a truncated entry above the log's end had every later read
+//! time out in a quiet cluster).
+//!
 //! Invariants: a connection's floor only rises while its entry is
 //! unapplied (a read placed early in a batch never hides a later write of
 //! the same connection from the next read); an entry whose commands timed
@@ -169,10 +181,12 @@ impl Replica {
             });
             return;
         }
+        // A floor entry that is not in this leader's log can never apply
+        // (see the module doc): the read does not wait for it.
         let floor = self.connection_floor(client);
-        if let Some((position, offset)) =
-            floor.filter(|&((index, _), _)| index > self.applied_index)
-        {
+        if let Some((position, offset)) = floor.filter(|&((index, term), _)| {
+            index > self.applied_index && self.raft.term_at(index) == Some(term)
+        }) {
             let round = self.next_read_id;
             if let Some(waiting) = self.waiting.get_mut(&position) {
                 waiting.reads.push(AnchoredRead {
