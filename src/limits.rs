@@ -18,6 +18,30 @@ pub const FILE_BYTES_MAX_DEFAULT: usize = 1 << 20;
 /// Hard ceiling for the configurable `max_file_bytes`.
 pub const FILE_BYTES_MAX_CEILING: usize = 64 << 20;
 
+/// Longest answer line a client accepts (not counting its `\r\n`); longer is
+/// a protocol error. The longest legal answer is `ERR_REDIRECT` and a
+/// HOST:PORT, far below this (`protocol::reply`).
+pub const REPLY_LINE_BYTES_MAX: usize = 1024;
+
+/// `raftfs client`: how long a connect to one member may take.
+pub const CLIENT_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// `raftfs client`: how long it waits for one answer (the server's bound
+/// plus slack); a `watch` waits without bound.
+pub const CLIENT_ANSWER_TIMEOUT_MS: u64 = COMMAND_TIMEOUT_MS + 1_000;
+/// `raftfs client`: how long one command may go on following redirects and
+/// retrying members before it is reported unavailable.
+pub const CLIENT_RETRY_WINDOW_MS: u64 = 5_000;
+/// `raftfs client`: pause before retrying while the leader moves or is down.
+pub const CLIENT_RETRY_PAUSE_MS: u64 = 100;
+/// `raftfs client`: how often a waiting `watch` checks for Ctrl-C.
+pub const CLIENT_WATCH_POLL_MS: u64 = 200;
+/// `raftfs client`: lines kept in the shell's history file.
+pub const CLIENT_HISTORY_LINES_MAX: usize = 1_000;
+
+/// A member whose peer link stays down this long is logged as down (once);
+/// shorter link churn is only logged at debug.
+pub const MEMBER_DOWN_LOG_GRACE_MS: u64 = 3_000;
+
 /// One reactor tick; Raft timeouts are counted in ticks of this length.
 pub const TICK_MS: u64 = 10;
 /// No client command waits longer than this for its answer (SPEC §3).

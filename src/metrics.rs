@@ -114,6 +114,8 @@ impl Histogram {
 pub struct ReplicaMetrics {
     /// Log entries this node proposed as leader.
     pub proposals: u64,
+    /// Client writes this node forwarded to the leader as a follower.
+    pub forwarded_commands: u64,
     /// Commands per proposed entry.
     pub batch_commands: Histogram,
     /// Duration of each WAL sync (write + fdatasync).
@@ -129,6 +131,7 @@ impl Default for ReplicaMetrics {
     fn default() -> Self {
         ReplicaMetrics {
             proposals: 0,
+            forwarded_commands: 0,
             batch_commands: Histogram::new(&BATCH_BOUNDS),
             fsync_seconds: Histogram::new(&DURATION_BOUNDS_S),
             fsync_slow: 0,

@@ -27,13 +27,16 @@
 //! - Bad input never panics: every index is checked against the buffer length.
 //!
 //! Leaves out: sockets, queues and the order of answers (the reactor), and what
-//! a command does (the file map).
+//! a command does (the file map). The client side (parsing answers) is the
+//! `reply` submodule.
 
 use bytes::{Buf, Bytes, BytesMut};
 use memchr::memchr;
 
 use crate::fsm::Command;
 use crate::limits::{LINE_BYTES_MAX, NAME_BYTES_MAX};
+
+pub mod reply;
 
 /// One framed client request.
 #[derive(Clone, Debug, PartialEq, Eq)]

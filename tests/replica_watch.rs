@@ -9,12 +9,18 @@
 //! file wakes nothing; commands after a watch wait behind it and take
 //! effect after it, and a watch sees its own connection's earlier write; a
 //! closed connection forgets its watch; the `WATCHES_MAX` bound
-//! (`ERR_INTERNAL`); a leader handing over (the woken watch is redirected);
+//! (`ERR_INTERNAL`); a leader handing over (the woken watch is served as a
+//! follower, or redirected in redirect mode); on a follower (forward mode):
+//! answered at once, woken by its own apply (write, delete, expiry, create),
+//! its connection's earlier write seen and later one held, across a failover
+//! of the leader, and `ERR_INTERNAL` once partitioned; redirect mode
+//! redirects it;
 //! a partitioned leader (its watch ends in `ERR_INTERNAL`, not silence); a
 //! graceful stop (armed watches redirected to the new leader, and they do
 //! not keep the node waiting).
 
 use bytes::Bytes;
+use raftfs::config::FollowerRequests;
 use raftfs::fsm::Command;
 use raftfs::protocol::Request;
 use raftfs::raft::{self, NodeId, Role};
@@ -44,7 +50,12 @@ struct Mini {
 }
 
 impl Mini {
+    /// Followers forward (the default, `follower_requests = "forward"`).
     fn new(size: u64) -> Mini {
+        Mini::with_followers(size, FollowerRequests::Forward)
+    }
+
+    fn with_followers(size: u64, follower_requests: FollowerRequests) -> Mini {
         let members: Vec<NodeId> = (1..=size).collect();
         let nodes = members
             .iter()
@@ -70,6 +81,8 @@ impl Mini {
                         .collect(),
                     hold_while_leaderless_ms: HOLD_WHILE_LEADERLESS_MS,
                     snapshot_entries: u64::MAX,
+                    follower_requests,
+                    session: 0x5e55_0000 + id,
                 };
                 let boot = disk.boot().expect("a fresh disk boots");
                 MiniNode {
@@ -467,8 +480,29 @@ fn past_the_bound_a_watch_is_answered_err_internal() {
 }
 
 #[test]
-fn a_watch_on_a_leader_that_hands_over_is_redirected_when_woken() {
+fn a_watch_on_a_leader_that_hands_over_is_served_as_a_follower_when_woken() {
     let mut mini = Mini::new(3);
+    let old = mini.settle();
+    let version = mini.write(old, "f", "one", 0);
+    let mut watcher = mini.connect();
+    let waiting = mini.send(old, &mut watcher, watch("f", version));
+    mini.run_ms(50);
+    mini.node(old).replica.transfer_leadership();
+    assert!(mini.run_until(2_000, |m| m.leader().is_some_and(|l| l != old)));
+    let new = mini.settle();
+    mini.run_ms(100);
+    assert_eq!(mini.answer_of(waiting), None);
+    let two = mini.write(new, "f", "two", 0);
+    // Woken by the old leader's own apply, checked by follower ReadIndex.
+    assert_eq!(
+        mini.wait_answer(waiting, 500),
+        format!("CONTENTS {two} 3 0\r\ntwo\r\n")
+    );
+}
+
+#[test]
+fn a_watch_on_a_leader_that_hands_over_is_redirected_when_woken_in_redirect_mode() {
+    let mut mini = Mini::with_followers(3, FollowerRequests::Redirect);
     let old = mini.settle();
     let version = mini.write(old, "f", "one", 0);
     let mut watcher = mini.connect();
@@ -522,11 +556,164 @@ fn a_stopping_node_redirects_armed_watches_and_does_not_wait_for_them() {
         !mini.node(old).replica.has_waiting(),
         "an armed watch keeps a stopping node alive"
     );
-    mini.node(old).replica.begin_stop();
+    mini.node(old).replica.drain();
     mini.node(old).replica.transfer_leadership();
     let answer = mini.wait_answer(waiting, 2_000);
     let new = mini.leader().expect("a new leader");
     assert_ne!(new, old);
     assert_eq!(answer, format!("ERR_REDIRECT node-{new}:8080\r\n"));
     assert!(!mini.node(old).replica.has_waiting());
+}
+
+/// A follower of a settled three-node cluster (forward mode unless asked).
+fn a_follower(mini: &Mini, leader: NodeId) -> NodeId {
+    (1..=mini.nodes.len() as NodeId)
+        .find(|&id| id != leader)
+        .expect("a follower")
+}
+
+#[test]
+fn a_watch_on_a_follower_is_served_there_and_woken_by_its_own_apply() {
+    let mut mini = Mini::new(3);
+    let leader = mini.settle();
+    let follower = a_follower(&mini, leader);
+    let one = mini.write(leader, "f", "one", 0);
+    let mut watcher = mini.connect();
+    // Already changed: answered at once, from the follower.
+    let at_once = mini.send(follower, &mut watcher, watch("f", one + 5));
+    assert_eq!(
+        mini.wait_answer(at_once, 100),
+        format!("CONTENTS {one} 3 0\r\none\r\n")
+    );
+    // Waits on the follower, not on the leader.
+    let waiting = mini.send(follower, &mut watcher, watch("f", one));
+    let behind = mini.send(follower, &mut watcher, read("f"));
+    mini.run_ms(300);
+    assert_eq!(mini.answer_of(waiting), None, "answered without a change");
+    assert_eq!(mini.answer_of(behind), None, "a read overtook the watch");
+    assert_eq!(mini.node(follower).replica.watches_outstanding(), 1);
+    assert_eq!(mini.node(leader).replica.watches_outstanding(), 0);
+    let two = mini.write(leader, "f", "two", 0);
+    assert_eq!(
+        mini.wait_answer(waiting, 100),
+        format!("CONTENTS {two} 3 0\r\ntwo\r\n")
+    );
+    assert!(mini
+        .wait_answer(behind, 100)
+        .starts_with(&format!("CONTENTS {two} ")));
+    assert_eq!(mini.node(follower).replica.watches_woken(), 1);
+    // A delete sent to the follower (forwarded) wakes a watch there.
+    let waiting = mini.send(follower, &mut watcher, watch("f", two));
+    mini.run_ms(50);
+    let mut other = mini.connect();
+    let deleted = mini.send(follower, &mut other, delete("f"));
+    assert_eq!(mini.wait_answer(deleted, 100), "OK\r\n");
+    assert_eq!(mini.wait_answer(waiting, 100), "ERR_FILE_NOT_FOUND\r\n");
+    // `watch NAME 0` on a follower waits for the file to exist.
+    let waiting = mini.send(follower, &mut watcher, watch("f", 0));
+    mini.run_ms(100);
+    assert_eq!(mini.answer_of(waiting), None);
+    let three = mini.write(leader, "f", "three", 0);
+    assert_eq!(
+        mini.wait_answer(waiting, 100),
+        format!("CONTENTS {three} 5 0\r\nthree\r\n")
+    );
+    // Expiry, applied on the follower from the leader's stamps.
+    let lease = mini.write(leader, "lease", "holder", 1);
+    let waiting = mini.send(follower, &mut watcher, watch("lease", lease));
+    mini.run_ms(500);
+    assert_eq!(mini.answer_of(waiting), None, "expired early");
+    assert_eq!(mini.wait_answer(waiting, 1_500), "ERR_FILE_NOT_FOUND\r\n");
+    let order = mini.answered_sequence(&watcher);
+    assert_eq!(order, (0..order.len() as u64).collect::<Vec<_>>());
+    assert_eq!(mini.node(follower).replica.watches_outstanding(), 0);
+}
+
+#[test]
+fn a_watch_on_a_follower_sees_its_connections_earlier_write_and_not_its_later_one() {
+    let mut mini = Mini::new(3);
+    let leader = mini.settle();
+    let follower = a_follower(&mini, leader);
+    let one = mini.write(leader, "f", "one", 0);
+    let mut connection = mini.connect();
+    let own_write = mini.send(follower, &mut connection, write("f", "mine", 0));
+    let sees_own = mini.send(follower, &mut connection, watch("f", one));
+    let own = mini.wait_answer(own_write, 100);
+    let own_version: u64 = own.trim_end()[3..].parse().expect("OK VERSION");
+    assert_eq!(
+        mini.wait_answer(sees_own, 100),
+        format!("CONTENTS {own_version} 4 0\r\nmine\r\n")
+    );
+    let waiting = mini.send(follower, &mut connection, watch("f", own_version));
+    let later_write = mini.send(follower, &mut connection, write("f", "later", 0));
+    mini.run_ms(300);
+    assert_eq!(
+        mini.answer_of(waiting),
+        None,
+        "woken by its own later write"
+    );
+    assert_eq!(mini.answer_of(later_write), None);
+    let theirs = mini.write(leader, "f", "theirs", 0);
+    assert_eq!(
+        mini.wait_answer(waiting, 100),
+        format!("CONTENTS {theirs} 6 0\r\ntheirs\r\n")
+    );
+    assert_eq!(
+        mini.wait_answer(later_write, 100),
+        format!("OK {}\r\n", theirs + 1)
+    );
+    assert_eq!(mini.answered_sequence(&connection), vec![0, 1, 2, 3]);
+}
+
+#[test]
+fn a_watch_on_a_follower_is_redirected_in_redirect_mode() {
+    let mut mini = Mini::with_followers(3, FollowerRequests::Redirect);
+    let leader = mini.settle();
+    let follower = a_follower(&mini, leader);
+    let one = mini.write(leader, "f", "one", 0);
+    let mut watcher = mini.connect();
+    let redirected = mini.send(follower, &mut watcher, watch("f", one));
+    assert_eq!(
+        mini.wait_answer(redirected, 100),
+        format!("ERR_REDIRECT node-{leader}:8080\r\n")
+    );
+    assert_eq!(mini.node(follower).replica.watches_outstanding(), 0);
+}
+
+#[test]
+fn a_watch_on_a_follower_survives_a_leader_failover() {
+    let mut mini = Mini::new(3);
+    let old = mini.settle();
+    let follower = a_follower(&mini, old);
+    let one = mini.write(old, "f", "one", 0);
+    let mut watcher = mini.connect();
+    let waiting = mini.send(follower, &mut watcher, watch("f", one));
+    mini.run_ms(50);
+    assert_eq!(mini.node(follower).replica.watches_outstanding(), 1);
+    mini.isolated.insert(old);
+    assert!(mini.run_until(3_000, |m| m.leader().is_some_and(|l| l != old)));
+    let new = mini.settle();
+    assert_eq!(mini.answer_of(waiting), None, "answered without a change");
+    let two = mini.write(new, "f", "two", 0);
+    assert_eq!(
+        mini.wait_answer(waiting, 500),
+        format!("CONTENTS {two} 3 0\r\ntwo\r\n")
+    );
+}
+
+#[test]
+fn a_watch_on_a_partitioned_follower_ends_in_an_answer_not_silence() {
+    let mut mini = Mini::new(3);
+    let leader = mini.settle();
+    let follower = a_follower(&mini, leader);
+    let one = mini.write(leader, "f", "one", 0);
+    let mut watcher = mini.connect();
+    let waiting = mini.send(follower, &mut watcher, watch("f", one));
+    mini.run_ms(50);
+    mini.isolated.insert(follower);
+    mini.write(leader, "f", "two", 0);
+    // The follower cannot apply the change; once it has known no leader
+    // for the hold, its watch is checked again and answered ERR_INTERNAL.
+    assert_eq!(mini.wait_answer(waiting, 3_000), "ERR_INTERNAL\r\n");
+    assert_eq!(mini.node(follower).replica.watches_outstanding(), 0);
 }

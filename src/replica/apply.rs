@@ -32,7 +32,7 @@ use crate::fsm::command::decode_batch_ref;
 use crate::fsm::{Fsm, Outcome};
 use crate::limits;
 use crate::protocol::{encode_reply, Reply};
-use crate::raft::{Entry, NodeId};
+use crate::raft::{Entry, Index, NodeId};
 use bytes::{Bytes, BytesMut};
 use std::time::Duration;
 
@@ -68,10 +68,12 @@ pub(super) struct Waiting {
     pub expired: bool,
 }
 
-/// Reads waiting for one ReadIndex round.
+/// Reads waiting for one ReadIndex round: this node's, and followers'
+/// requests (`forward`), answered with the round's index.
 pub(super) struct ReadGroup {
     pub id: u64,
     pub answers: Vec<(ClientRef, Bytes)>,
+    pub followers: Vec<super::forward::ReadRequest>,
     pub deadline_us: u64,
 }
 
@@ -194,11 +196,12 @@ impl Replica {
     }
 
     /// The core confirmed leadership for rounds up to `id`.
-    pub(super) fn read_confirmed(&mut self, id: u64) {
+    pub(super) fn read_confirmed(&mut self, id: u64, index: Index) {
         self.read_confirmed_id = self.read_confirmed_id.max(id);
         while self.read_groups.front().is_some_and(|group| group.id <= id) {
             if let Some(group) = self.read_groups.pop_front() {
                 self.replies.extend(group.answers);
+                self.answer_read_requests(group.followers, Some(index));
             }
         }
     }
@@ -211,6 +214,7 @@ impl Replica {
                 for (client, _) in group.answers {
                     self.answer_redirect(client, leader);
                 }
+                self.answer_read_requests(group.followers, None);
             }
         }
         self.fail_anchored_reads(id, leader);
@@ -295,6 +299,7 @@ impl Replica {
                 for (client, _) in group.answers {
                     self.answer(client, Reply::Internal);
                 }
+                self.answer_read_requests(group.followers, None);
                 let mut anchored = Vec::new();
                 for waiting in self.waiting.values_mut() {
                     waiting.reads.retain(|read| {

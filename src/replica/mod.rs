@@ -13,7 +13,7 @@
 //! sequence number), `connection_closed`, `accept_peer` and `step` (peer
 //! messages), `tick` (the time), `synced` / `sync_failed` (an fsync the
 //! replica asked for finished), `snapshot_done` (a snapshot the helper
-//! took), `transfer_leadership`, `begin_stop`; then `end_turn`, once per
+//! took), `transfer_leadership`, `drain`; then `end_turn`, once per
 //! driver turn.
 //! Outputs, drained by the driver after `end_turn`: `replies` (answers, each
 //! for one connection's sequence number; the driver puts them in order) and
@@ -48,6 +48,7 @@
 mod apply;
 mod clock;
 mod durability;
+mod forward;
 mod routing;
 mod snapshot;
 pub mod storage;
@@ -71,6 +72,7 @@ type WaitingEntries = BTreeMap<(Index, Term), Waiting>;
 
 use apply::{ReadGroup, Waiting};
 use durability::Durability;
+use forward::Forwarding;
 use routing::{ConnectionFloor, Pending, TurnBatch};
 use snapshot::Snapshots;
 use watch::Watches;
@@ -111,6 +113,11 @@ pub struct ReplicaConfig {
     pub hold_while_leaderless_ms: u64,
     /// Take a snapshot once this many entries were applied since the last.
     pub snapshot_entries: u64,
+    /// What this node does with client commands while it is not leader.
+    pub follower_requests: crate::config::FollowerRequests,
+    /// A number that differs on every start of this node (the reactor:
+    /// random; the simulator: from its seed); names its forwarded batches.
+    pub session: u64,
 }
 
 /// What a node starts from: its durable hard state and what
@@ -186,6 +193,10 @@ pub struct Replica {
     snapshots: Snapshots,
     /// Watches waiting on this node, and the commands held behind them.
     watches: Watches,
+    /// Followers serving commands (`forward`).
+    forwarding: Forwarding,
+    /// Stopping: new commands are sent to the leader (`drain`).
+    draining: bool,
     /// Why the node must stop (a failed fsync): nothing is acknowledged
     /// past it.
     failed: Option<String>,
@@ -213,6 +224,7 @@ impl Replica {
         let raft = raft::Node::new(config.raft.clone(), restored);
         let (applied_index, applied_term) = snapshot.map_or((0, 0), |s| (s.index, s.term));
         let snapshots = Snapshots::new(config.snapshot_entries, restore.kept);
+        let forwarding = Forwarding::new(config.session);
         Replica {
             raft,
             fsm: restore.fsm,
@@ -246,6 +258,8 @@ impl Replica {
             metrics: ReplicaMetrics::default(),
             snapshots,
             watches: Watches::default(),
+            forwarding,
+            draining: false,
             failed: None,
         }
     }
@@ -311,6 +325,7 @@ impl Replica {
             *floor = None;
         }
         self.watches.connection_closed(key);
+        self.forwarding.connection_closed(key);
     }
 
     /// Watches outstanding on this node (waiting for a change or being
@@ -331,12 +346,6 @@ impl Replica {
         self.watches.check_invariants();
     }
 
-    /// A graceful stop began: armed watches are handed to the next leader
-    /// (`watch`).
-    pub fn begin_stop(&mut self) {
-        self.watches.stopping = true;
-    }
-
     /// Accept a peer's incarnation at handshake, or say why not.
     pub fn accept_peer(
         &mut self,
@@ -350,6 +359,11 @@ impl Replica {
 
     /// A message from a peer. Refused messages are logged and dropped.
     pub fn step(&mut self, envelope: Envelope) {
+        if envelope.message.is_client_traffic() {
+            let now = self.now;
+            self.step_client_traffic(envelope, now);
+            return;
+        }
         if let Err(error) = self.raft.step(envelope) {
             log::warn!("dropped a peer message: {}", describe_step_error(&error));
         }
@@ -374,6 +388,26 @@ impl Replica {
             self.next_tick_us = now.monotonic_us.saturating_add(tick_us);
         }
         self.expire_waiting(now);
+        self.expire_forwarded(now);
+    }
+
+    /// This node is stopping: from now on, while it is not the leader, a
+    /// new command is answered `ERR_REDIRECT` naming the leader (nothing
+    /// applied: the client goes there) instead of being forwarded, while
+    /// the commands already taken get their answers. Clients of a follower
+    /// thus move away before it closes their connections (SPEC §3: a
+    /// rolling restart fails no request). A leader hands leadership over
+    /// first (`transfer_leadership`), then does the same.
+    /// Armed watches are handed to the leader too, once another is known
+    /// (`watch`).
+    pub fn drain(&mut self) {
+        self.draining = true;
+        self.watches.stopping = true;
+    }
+
+    /// Start an election now (`raft::Node::campaign_now`).
+    pub fn campaign_now(&mut self) {
+        self.raft.campaign_now();
     }
 
     /// Start handing leadership away (graceful stop). Returns the target.
@@ -391,6 +425,7 @@ impl Replica {
             || !self.read_groups.is_empty()
             || !self.held.is_empty()
             || !self.incoming.is_empty()
+            || self.forwarding.has_waiting()
     }
 
     /// Run one turn (see the module doc). An error means the node must stop
@@ -407,12 +442,15 @@ impl Replica {
             self.durability.note_written(true);
         }
         self.update_leader_clock(now);
+        self.maybe_leader_changed(now);
         let mut settled = self.settle_watches(0, now);
         self.route_requests(now);
         self.maybe_stamp_cluster_time(now);
         self.propose_batches(now);
         self.register_turn_reads(now);
+        self.send_turn_forwards(now);
         self.run_actions(storage)?;
+        self.maybe_answer_follower_reads();
         for _ in 0..limits::WATCH_PASSES_PER_TURN_MAX {
             settled = self.settle_watches(settled, now);
             if self.incoming.is_empty() {
@@ -421,12 +459,18 @@ impl Replica {
             self.route_requests(now);
             self.propose_batches(now);
             self.register_turn_reads(now);
+            self.send_turn_forwards(now);
             self.run_actions(storage)?;
+            self.maybe_answer_follower_reads();
         }
         // The last pass's answers end their blocks too; what they release
         // is routed next turn.
         self.settle_watches(settled, now);
         self.maybe_snapshot(storage)?;
+        self.gather_remote_answers();
+        // Client traffic queued after the actions ran (answers gathered
+        // now) leaves with this turn too.
+        self.durability.release_early(&mut self.messages);
         Ok(())
     }
 
@@ -462,7 +506,7 @@ impl Replica {
                     self.apply(entry)?;
                 }
             }
-            Action::ReadReady { id, .. } => self.read_confirmed(id),
+            Action::ReadReady { id, index } => self.read_confirmed(id, index),
             Action::ReadFailed { id } => self.read_failed(id),
             Action::SendSnapshotChunk {
                 envelope,

@@ -49,7 +49,9 @@
 //! if it commits later.
 
 use super::apply::{AnchoredRead, ReadGroup, Waiting};
+use super::forward::REMOTE_KEY;
 use super::{ClientRef, Now, Replica};
+use crate::config::FollowerRequests;
 use crate::fsm::command::encode_batch;
 use crate::fsm::Command;
 use crate::limits;
@@ -91,15 +93,29 @@ impl Replica {
         // wait behind it, so per-connection order is kept.
         let mut blocked: Vec<u64> = Vec::new();
         for pending in queue {
-            if blocked.contains(&pending.client.conn_id) {
+            // A connection with a command held this turn, or a forwarded
+            // unit outstanding, waits (per-connection order).
+            if blocked.contains(&pending.client.conn_id) || self.forwarding.is_busy(pending.client)
+            {
+                blocked.push(pending.client.conn_id);
                 self.held.push_back(pending);
                 continue;
             }
             let is_read = is_read_like(&pending.request);
+            let forwards = self.config.follower_requests == FollowerRequests::Forward
+                && pending.client.key != REMOTE_KEY
+                && !self.draining;
             if self.is_ready_leader() && (!is_read || self.is_ready_for_reads()) {
                 self.route_as_leader(pending, now);
             } else if let Some(leader) = self.raft.leader_id().filter(|&l| l != self.raft.id()) {
-                self.answer_redirect(pending.client, Some(leader));
+                if !forwards {
+                    self.answer_redirect(pending.client, Some(leader));
+                } else if self.conflicts_with_turn(pending.client, is_read) {
+                    blocked.push(pending.client.conn_id);
+                    self.held.push_back(pending);
+                } else {
+                    self.route_as_follower(pending.client, pending.request);
+                }
             } else if now.monotonic_us.saturating_sub(pending.arrived_us)
                 >= self.config.hold_while_leaderless_ms.saturating_mul(1_000)
             {
@@ -267,7 +283,9 @@ impl Replica {
                     self.last_proposed_stamp_ms = stamp_ms;
                     let position = (index, self.raft.term());
                     for (offset, client) in batch.clients.iter().enumerate() {
-                        self.set_connection_floor(*client, position, offset + 1);
+                        if client.key != REMOTE_KEY {
+                            self.set_connection_floor(*client, position, offset + 1);
+                        }
                     }
                     for read in &batch.reads {
                         self.set_connection_floor(read.client, position, read.offset);
@@ -300,7 +318,8 @@ impl Replica {
     /// heartbeat it sends leaves after all of them arrived.
     pub(super) fn register_turn_reads(&mut self, now: Now) {
         let anchored = std::mem::take(&mut self.turn_reads_anchored);
-        if self.turn_reads.is_empty() && anchored == 0 {
+        let followers = self.take_turn_read_requests();
+        if self.turn_reads.is_empty() && anchored == 0 && followers.is_empty() {
             return;
         }
         let answers = std::mem::take(&mut self.turn_reads);
@@ -310,12 +329,14 @@ impl Replica {
             Ok(()) => self.read_groups.push_back(ReadGroup {
                 id,
                 answers,
+                followers,
                 deadline_us: now.after_ms(limits::COMMAND_TIMEOUT_MS),
             }),
             Err(not_leader) => {
                 for (client, _) in answers {
                     self.answer_redirect(client, not_leader.leader);
                 }
+                self.answer_read_requests(followers, None);
                 self.fail_anchored_reads(id, not_leader.leader);
             }
         }

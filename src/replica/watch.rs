@@ -39,21 +39,26 @@
 //!
 //! Roles: armed watches wait on this node's applied state whatever its role
 //! (a follower applies the same log, so a change wakes them the same way).
-//! A woken watch is routed like a read on whatever the node is then: leader
-//! → answered or re-armed; follower → `ERR_REDIRECT` naming the leader, as
-//! a read gets (the client registers there again); no leader known → held
-//! like any command, then `ERR_INTERNAL`. A node that has known no leader
-//! for `hold_while_leaderless_ms` (partitioned: it may be missing changes it
+//! A check is routed like a read on whatever the node then is: leader →
+//! answered or armed at a read position; follower with
+//! `follower_requests = "forward"` → a follower ReadIndex read (`forward`):
+//! answered or armed at this node's applied state once it reached the
+//! leader's read index, so a watch on a follower is as good as one on the
+//! leader, and is woken by the follower's own apply; follower with
+//! `"redirect"`, or stopping → `ERR_REDIRECT` naming the leader, as a read
+//! gets (the client registers there again); no leader known → held like any
+//! command, then `ERR_INTERNAL`. A node that has known no leader for
+//! `hold_while_leaderless_ms` (partitioned: it may be missing changes it
 //! cannot apply) checks every armed watch again, which then ends in an
 //! answer or `ERR_INTERNAL` (etcd's "require leader" watches). So a leader
 //! change never loses a watch silently.
 //!
-//! Stopping (`Replica::begin_stop`): armed watches never keep a node alive
-//! (`has_waiting` leaves them out). Once another leader is known, a stopping
-//! node answers each armed watch `ERR_REDIRECT` to it, and the client
-//! registers the watch there, as a ZooKeeper or etcd client does with
-//! another server when its server goes away; with no other leader known the
-//! connection closes when the node exits.
+//! A woken watch on a follower asks the leader for a read index again
+//! rather than answering from its applied state at once. Answering at once
+//! would also be linearizable (the state is committed, and newer than the
+//! check that armed it), but one rule for every answer keeps the argument
+//! above whole; the cost is one round trip per turn that woke watches,
+//! shared by all of them (a turn's follower reads share one request).
 //!
 //! Costs: nothing per tick and nothing per apply while no watch waits. A
 //! change looks up one name; expiry pops the deadline index; only a snapshot
@@ -123,7 +128,7 @@ pub(super) struct Watches {
     /// Watches outstanding (armed or being checked).
     count: usize,
     armed: usize,
-    /// A graceful stop began (`Replica::begin_stop`).
+    /// A graceful stop began (`Replica::drain`).
     pub stopping: bool,
     /// Since when (monotonic µs) no leader has been known, while armed
     /// watches wait.

@@ -150,6 +150,8 @@ pub struct SimConfig {
     /// Replicas snapshot once this many entries were applied since the
     /// last one (`u64::MAX`: never).
     pub snapshot_entries: u64,
+    /// What followers do with client commands.
+    pub follower_requests: crate::config::FollowerRequests,
     /// Write every step to stderr.
     pub verbose: bool,
 }
@@ -208,6 +210,7 @@ impl SimConfig {
                 value_bytes_max: 16,
             },
             snapshot_entries: u64::MAX,
+            follower_requests: crate::config::FollowerRequests::Forward,
             verbose: false,
         }
     }
@@ -287,6 +290,10 @@ impl SimConfig {
         if rng.gen_bool(0.5) {
             config.snapshot_entries = [5, 20, 80][rng.gen_range(0..3)];
             config.crash_after_install_probability = [0.0, 0.3][rng.gen_range(0..2)];
+        }
+        // Drawn last, so the knobs above stay what they were for each seed.
+        if rng.gen_bool(0.2) {
+            config.follower_requests = crate::config::FollowerRequests::Redirect;
         }
         config
     }

@@ -41,6 +41,7 @@ pub mod disk;
 mod faults;
 pub mod invariants;
 pub mod net;
+pub mod script;
 
 pub use config::{
     ClientConfig, DiskConfig, FaultWeights, NetConfig, RaftKnobs, SimConfig, TICK_US,
@@ -276,7 +277,7 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Stats, Failure> {
 pub const LIVENESS_STEPS_MAX: u64 = 300_000;
 
 /// Wall time the linearizability check of one schedule may take.
-pub const LINCHECK_BUDGET: Duration = Duration::from_secs(10);
+pub const LINCHECK_BUDGET: Duration = Duration::from_secs(1);
 
 /// Where simulated wall clocks start (2026-01-01, in ms since the epoch).
 const WALL_CLOCK_START_MS: u64 = 1_767_225_600_000;
@@ -572,6 +573,8 @@ impl Sim {
                 .collect(),
             hold_while_leaderless_ms: knobs.election_timeout_ticks.1 * crate::limits::TICK_MS,
             snapshot_entries: self.config.snapshot_entries,
+            follower_requests: self.config.follower_requests,
+            session: self.rng.gen(),
         }
     }
 
@@ -1532,6 +1535,10 @@ fn message_code(message: &Message) -> u64 {
         Message::TimeoutNow => 19,
         Message::InstallSnapshot { offset, data, .. } => mix(20 + 100 * offset, data.len() as u64),
         Message::InstallSnapshotResponse { next_offset, .. } => 21 + 100 * next_offset,
+        Message::ForwardCommands { id, batch, .. } => mix(mix(22, *id), batch.len() as u64),
+        Message::ForwardAnswers { id, answers, .. } => mix(mix(23, *id), answers.len() as u64),
+        Message::ReadIndexRequest { id, .. } => mix(24, *id),
+        Message::ReadIndexResponse { id, index, .. } => mix(mix(25, *id), index.unwrap_or(0)),
     }
 }
 
