@@ -1,11 +1,13 @@
 //! `watch NAME VERSION` (SPEC §2) against real `raftfs node` processes on
-//! 127.0.0.1: its bytes; woken by another connection's write, by delete and
-//! by expiry; commands pipelined after it answered after it; a bad `watch`
-//! keeps the connection; on a follower (today: `ERR_REDIRECT`, as `read`);
-//! across a leader failover, both kill -9 (the connection closes, the client
-//! registers again and misses nothing) and SIGSTOP (the old leader, now a
-//! follower, applies the change and redirects the woken watch); and 10,000
-//! idle watches costing under 1 % of a core.
+//! 127.0.0.1, where a cluster is needed: on a follower (served there in
+//! forward mode, `ERR_REDIRECT` in redirect mode); across a leader failover,
+//! both kill -9 (a watch on the leader: the connection closes, the client
+//! registers again and misses nothing; a watch on a follower: it just keeps
+//! waiting there and is answered) and SIGSTOP (the old leader, now a
+//! follower, applies the change and answers the woken watch itself); and
+//! 10,000 idle watches costing under 1 % of a core. Its bytes, waking by
+//! write, delete, create and expiry, and pipelined order are protocol cases
+//! (`tests/protocol/cases.rs`), run against a leader and a follower.
 //!
 //! Every test holds `common::serial()` (clusters and CPU figures need the
 //! machine to themselves). Timing bounds carry slack for a loaded machine.
@@ -16,7 +18,7 @@ use common::client::{Client, Reply};
 use common::cluster::{command_traced, serial, Cluster, Options};
 use common::process::{clock_ticks_per_second, cpu_ticks, ensure_open_files};
 use common::single::Node;
-use std::io::{self, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -25,104 +27,6 @@ use std::time::{Duration, Instant};
 const ANSWER: Duration = Duration::from_secs(6);
 /// How long a waiting watch is watched for a wrong early answer.
 const SILENCE: Duration = Duration::from_millis(400);
-
-/// Asserts that nothing arrives on `client` for `SILENCE`.
-fn assert_silent(client: &mut Client, what: &str) {
-    client.set_timeout(SILENCE);
-    match client.reply_parts() {
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) => {}
-        other => panic!("{what}: expected no answer yet, got {other:?}"),
-    }
-    client.set_timeout(ANSWER);
-}
-
-fn written(client: &mut Client, request: &str) -> u64 {
-    client
-        .command_parts(request.as_bytes())
-        .expect("write")
-        .written_version()
-}
-
-#[test]
-fn a_watch_waits_for_a_write_delete_or_expiry_from_elsewhere() {
-    let _serial = serial();
-    let node = Node::start("");
-    let mut writer = node.connect();
-    let mut watcher = node.connect();
-    let first = writer.write_version("w-file", b"one");
-
-    // Already changed: answered at once, byte for byte what read answers.
-    watcher.exchange(b"watch w-file 0\r\n", b"CONTENTS 1 3 0\r\none\r\n");
-    assert_eq!(first, 1);
-    watcher.exchange(b"watch w-absent 9\r\n", b"ERR_FILE_NOT_FOUND\r\n");
-
-    // Waits for another connection's write.
-    watcher.send(b"watch w-file 1\r\n").expect("send");
-    assert_silent(&mut watcher, "watch on the current version");
-    let second = writer.write_version("w-file", b"second");
-    watcher.expect(format!("CONTENTS {second} 6 0\r\nsecond\r\n").as_bytes());
-
-    // Waits for a delete.
-    watcher
-        .send(format!("watch w-file {second}\r\n").as_bytes())
-        .expect("send");
-    assert_silent(&mut watcher, "watch before the delete");
-    writer.exchange(b"delete w-file\r\n", b"OK\r\n");
-    watcher.expect(b"ERR_FILE_NOT_FOUND\r\n");
-
-    // Waits for the file to exist (version 0).
-    watcher.send(b"watch w-file 0\r\n").expect("send");
-    assert_silent(&mut watcher, "watch for existence");
-    let third = writer.write_version("w-file", b"3");
-    watcher.expect(format!("CONTENTS {third} 1 0\r\n3\r\n").as_bytes());
-
-    // Waits for expiry (cluster time, stamped by the leader).
-    let leased = written(&mut writer, "write w-lease 4 1\r\nheld\r\n");
-    let registered = Instant::now();
-    watcher
-        .send(format!("watch w-lease {leased}\r\n").as_bytes())
-        .expect("send");
-    watcher.set_timeout(Duration::from_secs(4));
-    let answer = watcher.reply().expect("woken by expiry");
-    let waited = registered.elapsed();
-    assert_eq!(answer, "ERR_FILE_NOT_FOUND");
-    assert!(
-        waited >= Duration::from_millis(600) && waited < Duration::from_secs(3),
-        "expiry of a 1 s file woke the watch after {waited:?}"
-    );
-}
-
-#[test]
-fn commands_pipelined_after_a_watch_are_answered_after_it() {
-    let _serial = serial();
-    let node = Node::start("");
-    let mut writer = node.connect();
-    let mut watcher = node.connect();
-    let version = writer.write_version("p-file", b"a");
-    // A bad watch keeps the connection, like a bad read.
-    watcher.exchange(b"watch p-file\r\n", b"ERR_CMD_ERR\r\n");
-    watcher.exchange(b"watch p-file x\r\n", b"ERR_CMD_ERR\r\n");
-    // A watch, then a write to the same file and a read: neither runs yet.
-    watcher
-        .send(
-            format!("watch p-file {version}\r\nwrite p-file 4\r\nmine\r\nread p-file\r\n")
-                .as_bytes(),
-        )
-        .expect("send");
-    assert_silent(&mut watcher, "commands behind a waiting watch");
-    writer.exchange(
-        b"read p-file\r\n",
-        format!("CONTENTS {version} 1 0\r\na\r\n").as_bytes(),
-    );
-    let theirs = writer.write_version("p-file", b"theirs");
-    watcher.expect(format!("CONTENTS {theirs} 6 0\r\ntheirs\r\n").as_bytes());
-    let mine = theirs + 1;
-    watcher.expect(format!("OK {mine}\r\nCONTENTS {mine} 4 0\r\nmine\r\n").as_bytes());
-}
 
 /// A watcher that keeps its watch registered through failures, as a client
 /// library would: it follows `ERR_REDIRECT`, and after a closed connection
@@ -168,11 +72,11 @@ fn watch_until_answered(
     None
 }
 
-/// Starts a watcher thread on the leader; returns once its watch is
+/// Starts a watcher thread on node `at`; returns once its watch is
 /// registered there (and not answered: it waits).
 fn start_watcher(
     cluster: &Cluster,
-    leader: u64,
+    at: u64,
     name: &str,
     version: u64,
 ) -> (
@@ -181,7 +85,7 @@ fn start_watcher(
 ) {
     let (sender, events) = mpsc::channel();
     let addresses = cluster.client_addresses();
-    let first = cluster.client_address(leader);
+    let first = cluster.client_address(at);
     let name = name.to_string();
     let deadline = Instant::now() + Duration::from_secs(40);
     let watcher = std::thread::spawn(move || {
@@ -190,13 +94,13 @@ fn start_watcher(
     let registered = events.recv_timeout(ANSWER).expect("the watcher registers");
     assert_eq!(
         registered,
-        format!("registered at {}", cluster.client_address(leader))
+        format!("registered at {}", cluster.client_address(at))
     );
-    // Give the leader time to check it (a read round) and arm it.
+    // Give the node time to check it (a read round) and arm it.
     std::thread::sleep(SILENCE);
     assert!(
         events.try_recv().is_err(),
-        "the watch did not wait on the leader"
+        "the watch did not wait on node {at}"
     );
     (events, watcher)
 }
@@ -225,14 +129,47 @@ fn write_through_leader(cluster: &Cluster, name: &str, content: &str) -> (String
 }
 
 #[test]
-fn a_watch_on_a_follower_is_redirected_like_a_read() {
+fn a_watch_on_a_follower_is_redirected_like_a_read_in_redirect_mode() {
     let _serial = serial();
-    let (cluster, leader) = three_nodes();
+    let mut options = Options::new(3)
+        .fsync(false)
+        .extra("follower_requests = \"redirect\"");
+    options.log_level = "info";
+    let cluster = Cluster::start(options);
+    let leader = cluster
+        .wait_leader(Duration::from_secs(10))
+        .expect("a leader");
     let follower = cluster.ids().find(|&id| id != leader).expect("a follower");
     let mut client = Client::connect(&cluster.client_address(follower)).expect("connect");
     client.exchange(
         b"watch f-file 0\r\n",
         format!("ERR_REDIRECT {}\r\n", cluster.client_address(leader)).as_bytes(),
+    );
+}
+
+/// A watch registered on a follower (forward mode) is not touched by a
+/// kill -9 of the leader: it keeps waiting on the follower, whose own apply
+/// of the new leader's write wakes it, on the same connection.
+#[test]
+fn a_watch_on_a_follower_survives_kill_9_of_the_leader() {
+    let _serial = serial();
+    let (mut cluster, leader) = three_nodes();
+    let (_, version) = write_through_leader(&cluster, "fk-file", "before");
+    let follower = cluster.ids().find(|&id| id != leader).expect("a follower");
+    let (events, watcher) = start_watcher(&cluster, follower, "fk-file", version);
+    cluster.kill(leader);
+    let others: Vec<u64> = cluster.ids().filter(|&id| id != leader).collect();
+    cluster
+        .wait_leader_among(&others, Duration::from_secs(10))
+        .expect("a new leader");
+    let (_, changed) = write_through_leader(&cluster, "fk-file", "after");
+    let answer = watcher.join().expect("watcher").expect("answered");
+    assert_eq!(answer.line, format!("CONTENTS {changed} 5 0"));
+    assert_eq!(answer.content.as_deref(), Some(&b"after"[..]));
+    let steps: Vec<String> = events.try_iter().collect();
+    assert!(
+        steps.is_empty(),
+        "the watch on the follower was not answered where it waited: {steps:?}"
     );
 }
 
@@ -272,15 +209,15 @@ fn a_watch_on_a_deposed_leader_is_woken_by_what_it_applies_as_follower() {
     let (_, changed) = write_through_leader(&cluster, "s-file", "after");
     cluster.resume(old_leader);
     // The old leader hears the new term, applies the write as a follower,
-    // and its woken watch is checked again: redirected to the new leader,
-    // where the watcher registers again and gets the change.
+    // and its woken watch is checked again by follower ReadIndex (forward
+    // mode): answered there, on the same connection.
     let answer = watcher.join().expect("watcher").expect("answered");
     assert_eq!(answer.line, format!("CONTENTS {changed} 5 0"));
     let steps: Vec<String> = events.try_iter().collect();
-    let redirect = format!("ERR_REDIRECT {}", cluster.client_address(new_leader));
     assert!(
-        steps.first().is_some_and(|step| *step == redirect),
-        "expected the old leader to redirect the woken watch: {steps:?}"
+        steps.is_empty(),
+        "expected the old leader (node {old_leader}, new leader {new_leader}) to answer the \
+         woken watch itself: {steps:?}"
     );
 }
 
@@ -343,7 +280,7 @@ fn ten_thousand_idle_watches_cost_under_one_percent_of_a_core() {
     );
     let last = WATCHES - 1;
     let mut last_client = Client::from_stream(watchers[last].try_clone().expect("clone"));
-    assert_silent(&mut last_client, "an idle watch");
+    last_client.expect_silence(SILENCE, "an idle watch");
     let created = writer.write_version(&format!("idle-{last}"), b"z");
     last_client.expect(format!("CONTENTS {created} 1 0\r\nz\r\n").as_bytes());
 }

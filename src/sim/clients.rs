@@ -93,6 +93,8 @@ pub struct Clients {
     pub indeterminate: u64,
     /// Watches sent.
     pub watches: u64,
+    /// Watches answered with a state by a node that was a follower then.
+    pub watches_on_followers: u64,
 }
 
 impl Clients {
@@ -113,6 +115,7 @@ impl Clients {
             redirects: 0,
             indeterminate: 0,
             watches: 0,
+            watches_on_followers: 0,
         }
     }
 
@@ -280,11 +283,13 @@ impl Clients {
         }
     }
 
-    /// An answer from `node` for `to`. An answer for a connection that is
-    /// gone is dropped (as by a closed socket).
+    /// An answer from `node` (a follower then: `by_follower`) for `to`. An
+    /// answer for a connection that is gone is dropped (as by a closed
+    /// socket).
     pub fn deliver(
         &mut self,
         node: NodeId,
+        by_follower: bool,
         to: ClientRef,
         answer: Bytes,
         now_us: u64,
@@ -349,6 +354,8 @@ impl Clients {
                     }
                     if outcome == Outcome::Indeterminate {
                         self.indeterminate += 1;
+                    } else if by_follower && outstanding.kind == Kind::Watch {
+                        self.watches_on_followers += 1;
                     }
                     self.history
                         .complete(outstanding.op, outcome, now_us * 1_000);

@@ -92,6 +92,8 @@ pub struct Stats {
     /// some node, over every node and lifetime.
     pub watches: u64,
     pub watches_woken: u64,
+    /// Watches answered with a state by a node that was a follower then.
+    pub watches_on_followers: u64,
     /// Snapshots taken and installed, over every node and lifetime.
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
@@ -491,6 +493,7 @@ impl Sim {
             indeterminate: self.clients.indeterminate,
             watches: self.clients.watches,
             watches_woken: self.watches_woken(),
+            watches_on_followers: self.clients.watches_on_followers,
             snapshots_taken: taken,
             snapshots_installed: installed,
             lincheck_unknown: false,
@@ -733,6 +736,7 @@ impl Sim {
         let installed = replica.snapshot_counts().1 > installed_before;
         let messages = std::mem::take(&mut replica.messages);
         let replies = std::mem::take(&mut replica.replies);
+        let by_follower = replica.raft().role() == Role::Follower;
         let requests = std::mem::take(&mut node.disk.requests);
         if let Err(error) = result {
             if node.sync_failed {
@@ -752,7 +756,7 @@ impl Sim {
             self.send(envelope);
         }
         for (client, answer) in replies {
-            self.deliver_answer(id, client, answer)?;
+            self.deliver_answer(id, by_follower, client, answer)?;
         }
         let generation = self.nodes[index].generation;
         let crash_now = installed
@@ -802,7 +806,13 @@ impl Sim {
         Ok(())
     }
 
-    fn deliver_answer(&mut self, node: NodeId, to: ClientRef, answer: Bytes) -> Result<(), String> {
+    fn deliver_answer(
+        &mut self,
+        node: NodeId,
+        by_follower: bool,
+        to: ClientRef,
+        answer: Bytes,
+    ) -> Result<(), String> {
         if self.config.verbose {
             self.trace(format!(
                 "    node {node} answers key {} conn {} seq {}: {:?}",
@@ -817,7 +827,7 @@ impl Sim {
         }
         let now_us = self.now_us;
         self.clients
-            .deliver(node, to, answer, now_us, node_of_address)
+            .deliver(node, by_follower, to, answer, now_us, node_of_address)
     }
 
     fn deliver(&mut self, envelope: Envelope) -> Result<(), String> {
