@@ -1,7 +1,9 @@
 //! The recipes of docs/RECIPES.md (the library under `examples/recipes/`,
 //! which the examples wrap) against a real 3-node cluster, under kill -9 of
-//! the lock holder's node and of the leader (the same node while followers
-//! redirect, so both are killed in turn).
+//! the lock holder's node and of the leader, in turn (followers serve
+//! commands by default, so a session stays on the node it reached and the
+//! holder's node is often a follower; with redirecting followers both would
+//! be the leader).
 //!
 //! - lock: contenders take turns on one lock and touch a fenced resource
 //!   while they trust their lease; one dies holding it (its lease must free
@@ -229,8 +231,8 @@ fn lock_holders_take_turns_under_kill_9_of_the_holders_node_and_the_leader() {
             })
         })
         .collect();
-    // kill -9 the lock holder's node (the leader), bring it back, then kill
-    // the leader again.
+    // kill -9 the lock holder's node (leader or follower), bring it back,
+    // then kill the leader.
     std::thread::sleep(Duration::from_millis(1_500));
     let holder_address = holder_node.lock().expect("holder").clone();
     let victim = holder_address

@@ -199,7 +199,11 @@ impl Client {
     pub fn expect_silence(&mut self, quiet: Duration, what: &str) {
         self.set_timeout(quiet);
         match self.reply_parts() {
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             other => panic!("{what}: expected no answer yet, got {other:?}"),
         }
         self.set_timeout(CLIENT_TIMEOUT);
