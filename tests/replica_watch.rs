@@ -4,20 +4,19 @@
 //! simulated millisecond per step. (The seeded simulator, `tests/sim.rs`,
 //! runs watches under every fault; these tests pin each behaviour.)
 //!
-//! Covered: an immediate answer when the version already differs; waking by
-//! another connection's write, by delete and by expiry; a change to another
-//! file wakes nothing; commands after a watch wait behind it and take
-//! effect after it, and a watch sees its own connection's earlier write; a
-//! closed connection forgets its watch; the `WATCHES_MAX` bound
-//! (`ERR_INTERNAL`); a leader handing over (the woken watch is served as a
-//! follower, or redirected in redirect mode); on a follower (forward mode):
-//! answered at once, woken by its own apply (write, delete, expiry, create),
-//! its connection's earlier write seen and later one held, across a failover
-//! of the leader, and `ERR_INTERNAL` once partitioned; redirect mode
-//! redirects it;
-//! a partitioned leader (its watch ends in `ERR_INTERNAL`, not silence); a
-//! graceful stop (armed watches redirected to the new leader, and they do
-//! not keep the node waiting).
+//! Covered, each on a leader and on a follower (forward mode: the watch
+//! waits there, woken by the follower's own apply): an immediate answer when
+//! the version already differs; waking by another connection's write, by
+//! delete, by create and by expiry; a change to another file wakes nothing;
+//! commands after a watch wait behind it and take effect after it, and a
+//! watch sees its own connection's earlier write. Then: a closed connection
+//! forgets its watch; the `WATCHES_MAX` bound (`ERR_INTERNAL`); a leader
+//! handing over (the woken watch is served as a follower, or redirected in
+//! redirect mode); a follower in redirect mode redirects a watch; a watch on
+//! a follower outlives a failover of the leader; a partitioned leader or
+//! follower (its watch ends in `ERR_INTERNAL`, not silence); a graceful stop
+//! (armed watches redirected to the new leader, and they do not keep the
+//! node waiting).
 
 use bytes::Bytes;
 use raftfs::config::FollowerRequests;
@@ -292,142 +291,170 @@ fn delete(name: &str) -> Request {
     })
 }
 
-#[test]
-fn a_watch_on_a_version_the_file_no_longer_has_is_answered_at_once() {
+/// A follower of a settled three-node cluster.
+fn a_follower(mini: &Mini, leader: NodeId) -> NodeId {
+    (1..=mini.nodes.len() as NodeId)
+        .find(|&id| id != leader)
+        .expect("a follower")
+}
+
+/// Runs `case(mini, node, leader)` twice: with `node` the leader of a
+/// one-node cluster, and a follower of a three-node one (forward mode: the
+/// watch is served there, woken by the follower's own apply).
+fn on_leader_and_follower(case: impl Fn(&mut Mini, NodeId, NodeId)) {
     let mut mini = Mini::new(1);
     let leader = mini.settle();
-    let version = mini.write(leader, "f", "hello", 0);
-    let mut watcher = mini.connect();
-    for watched in [0, version + 5] {
-        let client = mini.send(leader, &mut watcher, watch("f", watched));
-        assert_eq!(
-            mini.wait_answer(client, 100),
-            format!("CONTENTS {version} 5 0\r\nhello\r\n")
-        );
-    }
-    // Absent and watched at a version: answered not-found at once.
-    let client = mini.send(leader, &mut watcher, watch("missing", 3));
-    assert_eq!(mini.wait_answer(client, 100), "ERR_FILE_NOT_FOUND\r\n");
-    assert_eq!(mini.node(leader).replica.watches_outstanding(), 0);
+    case(&mut mini, leader, leader);
+    let mut mini = Mini::new(3);
+    let leader = mini.settle();
+    let follower = a_follower(&mini, leader);
+    case(&mut mini, follower, leader);
 }
 
 #[test]
-fn a_waiting_watch_is_woken_by_another_connections_write_and_delete() {
-    let mut mini = Mini::new(1);
-    let leader = mini.settle();
-    let first = mini.write(leader, "f", "one", 0);
-    let mut watcher = mini.connect();
-    let waiting = mini.send(leader, &mut watcher, watch("f", first));
-    mini.run_ms(500);
-    assert_eq!(mini.answer_of(waiting), None, "answered without a change");
-    assert_eq!(mini.node(leader).replica.watches_outstanding(), 1);
-    let second = mini.write(leader, "f", "two", 0);
-    assert_eq!(
-        mini.wait_answer(waiting, 100),
-        format!("CONTENTS {second} 3 0\r\ntwo\r\n")
-    );
-    // Delete wakes a watch on the last version.
-    let waiting = mini.send(leader, &mut watcher, watch("f", second));
-    mini.run_ms(100);
-    assert_eq!(mini.answer_of(waiting), None);
-    let mut other = mini.connect();
-    let deleted = mini.send(leader, &mut other, delete("f"));
-    assert_eq!(mini.wait_answer(deleted, 100), "OK\r\n");
-    assert_eq!(mini.wait_answer(waiting, 100), "ERR_FILE_NOT_FOUND\r\n");
-    // `watch NAME 0` waits for the file to exist.
-    let waiting = mini.send(leader, &mut watcher, watch("f", 0));
-    mini.run_ms(100);
-    assert_eq!(mini.answer_of(waiting), None);
-    let third = mini.write(leader, "f", "three", 0);
-    assert_eq!(
-        mini.wait_answer(waiting, 100),
-        format!("CONTENTS {third} 5 0\r\nthree\r\n")
-    );
-    assert_eq!(mini.node(leader).replica.watches_outstanding(), 0);
+fn a_watch_on_a_version_the_file_no_longer_has_is_answered_at_once() {
+    on_leader_and_follower(|mini, node, leader| {
+        let version = mini.write(leader, "f", "hello", 0);
+        let mut watcher = mini.connect();
+        for watched in [0, version + 5] {
+            let client = mini.send(node, &mut watcher, watch("f", watched));
+            assert_eq!(
+                mini.wait_answer(client, 100),
+                format!("CONTENTS {version} 5 0\r\nhello\r\n")
+            );
+        }
+        // Absent and watched at a version: answered not-found at once.
+        let client = mini.send(node, &mut watcher, watch("missing", 3));
+        assert_eq!(mini.wait_answer(client, 100), "ERR_FILE_NOT_FOUND\r\n");
+        assert_eq!(mini.node(node).replica.watches_outstanding(), 0);
+    });
+}
+
+#[test]
+fn a_waiting_watch_is_woken_by_another_connections_write_delete_and_create() {
+    on_leader_and_follower(|mini, node, leader| {
+        let first = mini.write(leader, "f", "one", 0);
+        let mut watcher = mini.connect();
+        let waiting = mini.send(node, &mut watcher, watch("f", first));
+        mini.run_ms(500);
+        assert_eq!(mini.answer_of(waiting), None, "answered without a change");
+        // It waits where it was sent, nowhere else.
+        assert_eq!(mini.node(node).replica.watches_outstanding(), 1);
+        let elsewhere: usize = (1..=mini.nodes.len() as NodeId)
+            .filter(|&id| id != node)
+            .map(|id| mini.node(id).replica.watches_outstanding())
+            .sum();
+        assert_eq!(elsewhere, 0);
+        let second = mini.write(leader, "f", "two", 0);
+        assert_eq!(
+            mini.wait_answer(waiting, 100),
+            format!("CONTENTS {second} 3 0\r\ntwo\r\n")
+        );
+        // Delete (sent to the same node) wakes a watch on the last version.
+        let waiting = mini.send(node, &mut watcher, watch("f", second));
+        mini.run_ms(100);
+        assert_eq!(mini.answer_of(waiting), None);
+        let mut other = mini.connect();
+        let deleted = mini.send(node, &mut other, delete("f"));
+        assert_eq!(mini.wait_answer(deleted, 100), "OK\r\n");
+        assert_eq!(mini.wait_answer(waiting, 100), "ERR_FILE_NOT_FOUND\r\n");
+        // `watch NAME 0` waits for the file to exist.
+        let waiting = mini.send(node, &mut watcher, watch("f", 0));
+        mini.run_ms(100);
+        assert_eq!(mini.answer_of(waiting), None);
+        let third = mini.write(leader, "f", "three", 0);
+        assert_eq!(
+            mini.wait_answer(waiting, 100),
+            format!("CONTENTS {third} 5 0\r\nthree\r\n")
+        );
+        assert_eq!(mini.node(node).replica.watches_outstanding(), 0);
+        assert_eq!(mini.node(node).replica.watches_woken(), 3);
+    });
 }
 
 #[test]
 fn expiry_wakes_a_watch() {
-    let mut mini = Mini::new(1);
-    let leader = mini.settle();
-    let version = mini.write(leader, "lease", "holder", 1);
-    let mut watcher = mini.connect();
-    let waiting = mini.send(leader, &mut watcher, watch("lease", version));
-    mini.run_ms(700);
-    assert_eq!(mini.answer_of(waiting), None, "expired early");
-    // The file expires at 1 s of cluster time; the leader stamps the expiry.
-    assert_eq!(mini.wait_answer(waiting, 1_000), "ERR_FILE_NOT_FOUND\r\n");
+    on_leader_and_follower(|mini, node, leader| {
+        let version = mini.write(leader, "lease", "holder", 1);
+        let mut watcher = mini.connect();
+        let waiting = mini.send(node, &mut watcher, watch("lease", version));
+        mini.run_ms(700);
+        assert_eq!(mini.answer_of(waiting), None, "expired early");
+        // The file expires at 1 s of cluster time; the leader stamps the
+        // expiry (a follower applies the stamp).
+        assert_eq!(mini.wait_answer(waiting, 1_000), "ERR_FILE_NOT_FOUND\r\n");
+    });
 }
 
 #[test]
 fn a_change_to_another_file_wakes_nothing() {
-    let mut mini = Mini::new(1);
-    let leader = mini.settle();
-    let version = mini.write(leader, "watched", "x", 0);
-    let mut watchers: Vec<ClientRef> = Vec::new();
-    for _ in 0..50 {
-        let mut connection = mini.connect();
-        watchers.push(mini.send(leader, &mut connection, watch("watched", version)));
-    }
-    mini.run_ms(50);
-    for round in 0..20 {
-        mini.write(leader, "other", &format!("v{round}"), 0);
-    }
-    assert_eq!(mini.node(leader).replica.watches_woken(), 0);
-    assert!(watchers.iter().all(|&w| mini.answer_of(w).is_none()));
-    mini.write(leader, "watched", "y", 0);
-    for &waiting in &watchers {
-        assert!(mini.wait_answer(waiting, 100).starts_with("CONTENTS "));
-    }
-    assert_eq!(mini.node(leader).replica.watches_woken(), 50);
+    on_leader_and_follower(|mini, node, leader| {
+        let version = mini.write(leader, "watched", "x", 0);
+        let mut watchers: Vec<ClientRef> = Vec::new();
+        for _ in 0..50 {
+            let mut connection = mini.connect();
+            watchers.push(mini.send(node, &mut connection, watch("watched", version)));
+        }
+        mini.run_ms(50);
+        for round in 0..20 {
+            mini.write(leader, "other", &format!("v{round}"), 0);
+        }
+        assert_eq!(mini.node(node).replica.watches_woken(), 0);
+        assert!(watchers.iter().all(|&w| mini.answer_of(w).is_none()));
+        mini.write(leader, "watched", "y", 0);
+        for &waiting in &watchers {
+            assert!(mini.wait_answer(waiting, 100).starts_with("CONTENTS "));
+        }
+        assert_eq!(mini.node(node).replica.watches_woken(), 50);
+    });
 }
 
 #[test]
 fn commands_after_a_watch_wait_behind_it_and_take_effect_after_it() {
-    let mut mini = Mini::new(1);
-    let leader = mini.settle();
-    let first = mini.write(leader, "f", "one", 0);
-    let mut connection = mini.connect();
-    // A write before the watch on the same connection is seen by it.
-    let own_write = mini.send(leader, &mut connection, write("f", "mine", 0));
-    let sees_own = mini.send(leader, &mut connection, watch("f", first));
-    let own = mini.wait_answer(own_write, 100);
-    let own_version: u64 = own.trim_end()[3..].parse().expect("OK VERSION");
-    assert_eq!(
-        mini.wait_answer(sees_own, 100),
-        format!("CONTENTS {own_version} 4 0\r\nmine\r\n")
-    );
-    // A watch, then a write to its file and a read: both wait.
-    let waiting = mini.send(leader, &mut connection, watch("f", own_version));
-    let later_write = mini.send(leader, &mut connection, write("f", "later", 0));
-    let later_read = mini.send(leader, &mut connection, read("f"));
-    mini.run_ms(300);
-    assert_eq!(
-        mini.answer_of(waiting),
-        None,
-        "woken by its own later write"
-    );
-    assert_eq!(mini.answer_of(later_write), None);
-    assert_eq!(mini.answer_of(later_read), None);
-    // The file is untouched meanwhile.
-    let mut other = mini.connect();
-    let peek = mini.send(leader, &mut other, read("f"));
-    assert!(mini
-        .wait_answer(peek, 100)
-        .starts_with(&format!("CONTENTS {own_version} ")));
-    let woken_by = mini.write(leader, "f", "theirs", 0);
-    assert_eq!(
-        mini.wait_answer(waiting, 100),
-        format!("CONTENTS {woken_by} 6 0\r\ntheirs\r\n")
-    );
-    let later = mini.wait_answer(later_write, 100);
-    assert_eq!(later, format!("OK {}\r\n", woken_by + 1));
-    assert_eq!(
-        mini.wait_answer(later_read, 100),
-        format!("CONTENTS {} 5 0\r\nlater\r\n", woken_by + 1)
-    );
-    let order = mini.answered_sequence(&connection);
-    assert_eq!(order, vec![0, 1, 2, 3, 4], "answers out of order");
+    on_leader_and_follower(|mini, node, leader| {
+        let first = mini.write(leader, "f", "one", 0);
+        let mut connection = mini.connect();
+        // A write before the watch on the same connection is seen by it.
+        let own_write = mini.send(node, &mut connection, write("f", "mine", 0));
+        let sees_own = mini.send(node, &mut connection, watch("f", first));
+        let own = mini.wait_answer(own_write, 100);
+        let own_version: u64 = own.trim_end()[3..].parse().expect("OK VERSION");
+        assert_eq!(
+            mini.wait_answer(sees_own, 100),
+            format!("CONTENTS {own_version} 4 0\r\nmine\r\n")
+        );
+        // A watch, then a write to its file and a read: both wait.
+        let waiting = mini.send(node, &mut connection, watch("f", own_version));
+        let later_write = mini.send(node, &mut connection, write("f", "later", 0));
+        let later_read = mini.send(node, &mut connection, read("f"));
+        mini.run_ms(300);
+        assert_eq!(
+            mini.answer_of(waiting),
+            None,
+            "woken by its own later write"
+        );
+        assert_eq!(mini.answer_of(later_write), None);
+        assert_eq!(mini.answer_of(later_read), None);
+        // The file is untouched meanwhile.
+        let mut other = mini.connect();
+        let peek = mini.send(node, &mut other, read("f"));
+        assert!(mini
+            .wait_answer(peek, 100)
+            .starts_with(&format!("CONTENTS {own_version} ")));
+        let woken_by = mini.write(leader, "f", "theirs", 0);
+        assert_eq!(
+            mini.wait_answer(waiting, 100),
+            format!("CONTENTS {woken_by} 6 0\r\ntheirs\r\n")
+        );
+        let later = mini.wait_answer(later_write, 100);
+        assert_eq!(later, format!("OK {}\r\n", woken_by + 1));
+        assert_eq!(
+            mini.wait_answer(later_read, 100),
+            format!("CONTENTS {} 5 0\r\nlater\r\n", woken_by + 1)
+        );
+        let order = mini.answered_sequence(&connection);
+        assert_eq!(order, vec![0, 1, 2, 3, 4], "answers out of order");
+    });
 }
 
 #[test]
@@ -479,47 +506,31 @@ fn past_the_bound_a_watch_is_answered_err_internal() {
     assert_eq!(mini.node(leader).replica.watches_outstanding(), max);
 }
 
+/// The old leader, now a follower, keeps the watch; woken by its own apply,
+/// it serves it (forward mode: follower ReadIndex) or redirects it.
 #[test]
-fn a_watch_on_a_leader_that_hands_over_is_served_as_a_follower_when_woken() {
-    let mut mini = Mini::new(3);
-    let old = mini.settle();
-    let version = mini.write(old, "f", "one", 0);
-    let mut watcher = mini.connect();
-    let waiting = mini.send(old, &mut watcher, watch("f", version));
-    mini.run_ms(50);
-    mini.node(old).replica.transfer_leadership();
-    assert!(mini.run_until(2_000, |m| m.leader().is_some_and(|l| l != old)));
-    let new = mini.settle();
-    mini.run_ms(100);
-    assert_eq!(mini.answer_of(waiting), None);
-    let two = mini.write(new, "f", "two", 0);
-    // Woken by the old leader's own apply, checked by follower ReadIndex.
-    assert_eq!(
-        mini.wait_answer(waiting, 500),
-        format!("CONTENTS {two} 3 0\r\ntwo\r\n")
-    );
-}
-
-#[test]
-fn a_watch_on_a_leader_that_hands_over_is_redirected_when_woken_in_redirect_mode() {
-    let mut mini = Mini::with_followers(3, FollowerRequests::Redirect);
-    let old = mini.settle();
-    let version = mini.write(old, "f", "one", 0);
-    let mut watcher = mini.connect();
-    let waiting = mini.send(old, &mut watcher, watch("f", version));
-    mini.run_ms(50);
-    assert_eq!(mini.answer_of(waiting), None);
-    mini.node(old).replica.transfer_leadership();
-    assert!(mini.run_until(2_000, |m| m.leader().is_some_and(|l| l != old)));
-    let new = mini.settle();
-    // Still waiting on the old leader, now a follower: not lost, not early.
-    mini.run_ms(100);
-    assert_eq!(mini.answer_of(waiting), None);
-    mini.write(new, "f", "two", 0);
-    assert_eq!(
-        mini.wait_answer(waiting, 500),
-        format!("ERR_REDIRECT node-{new}:8080\r\n")
-    );
+fn a_watch_on_a_leader_that_hands_over_is_served_or_redirected_when_woken() {
+    for follower_requests in [FollowerRequests::Forward, FollowerRequests::Redirect] {
+        let mut mini = Mini::with_followers(3, follower_requests);
+        let old = mini.settle();
+        let version = mini.write(old, "f", "one", 0);
+        let mut watcher = mini.connect();
+        let waiting = mini.send(old, &mut watcher, watch("f", version));
+        mini.run_ms(50);
+        assert_eq!(mini.answer_of(waiting), None);
+        mini.node(old).replica.transfer_leadership();
+        assert!(mini.run_until(2_000, |m| m.leader().is_some_and(|l| l != old)));
+        let new = mini.settle();
+        // Still waiting on the old leader, now a follower: not lost, not early.
+        mini.run_ms(100);
+        assert_eq!(mini.answer_of(waiting), None);
+        let two = mini.write(new, "f", "two", 0);
+        let expected = match follower_requests {
+            FollowerRequests::Forward => format!("CONTENTS {two} 3 0\r\ntwo\r\n"),
+            FollowerRequests::Redirect => format!("ERR_REDIRECT node-{new}:8080\r\n"),
+        };
+        assert_eq!(mini.wait_answer(waiting, 500), expected);
+    }
 }
 
 #[test]
@@ -563,106 +574,6 @@ fn a_stopping_node_redirects_armed_watches_and_does_not_wait_for_them() {
     assert_ne!(new, old);
     assert_eq!(answer, format!("ERR_REDIRECT node-{new}:8080\r\n"));
     assert!(!mini.node(old).replica.has_waiting());
-}
-
-/// A follower of a settled three-node cluster (forward mode unless asked).
-fn a_follower(mini: &Mini, leader: NodeId) -> NodeId {
-    (1..=mini.nodes.len() as NodeId)
-        .find(|&id| id != leader)
-        .expect("a follower")
-}
-
-#[test]
-fn a_watch_on_a_follower_is_served_there_and_woken_by_its_own_apply() {
-    let mut mini = Mini::new(3);
-    let leader = mini.settle();
-    let follower = a_follower(&mini, leader);
-    let one = mini.write(leader, "f", "one", 0);
-    let mut watcher = mini.connect();
-    // Already changed: answered at once, from the follower.
-    let at_once = mini.send(follower, &mut watcher, watch("f", one + 5));
-    assert_eq!(
-        mini.wait_answer(at_once, 100),
-        format!("CONTENTS {one} 3 0\r\none\r\n")
-    );
-    // Waits on the follower, not on the leader.
-    let waiting = mini.send(follower, &mut watcher, watch("f", one));
-    let behind = mini.send(follower, &mut watcher, read("f"));
-    mini.run_ms(300);
-    assert_eq!(mini.answer_of(waiting), None, "answered without a change");
-    assert_eq!(mini.answer_of(behind), None, "a read overtook the watch");
-    assert_eq!(mini.node(follower).replica.watches_outstanding(), 1);
-    assert_eq!(mini.node(leader).replica.watches_outstanding(), 0);
-    let two = mini.write(leader, "f", "two", 0);
-    assert_eq!(
-        mini.wait_answer(waiting, 100),
-        format!("CONTENTS {two} 3 0\r\ntwo\r\n")
-    );
-    assert!(mini
-        .wait_answer(behind, 100)
-        .starts_with(&format!("CONTENTS {two} ")));
-    assert_eq!(mini.node(follower).replica.watches_woken(), 1);
-    // A delete sent to the follower (forwarded) wakes a watch there.
-    let waiting = mini.send(follower, &mut watcher, watch("f", two));
-    mini.run_ms(50);
-    let mut other = mini.connect();
-    let deleted = mini.send(follower, &mut other, delete("f"));
-    assert_eq!(mini.wait_answer(deleted, 100), "OK\r\n");
-    assert_eq!(mini.wait_answer(waiting, 100), "ERR_FILE_NOT_FOUND\r\n");
-    // `watch NAME 0` on a follower waits for the file to exist.
-    let waiting = mini.send(follower, &mut watcher, watch("f", 0));
-    mini.run_ms(100);
-    assert_eq!(mini.answer_of(waiting), None);
-    let three = mini.write(leader, "f", "three", 0);
-    assert_eq!(
-        mini.wait_answer(waiting, 100),
-        format!("CONTENTS {three} 5 0\r\nthree\r\n")
-    );
-    // Expiry, applied on the follower from the leader's stamps.
-    let lease = mini.write(leader, "lease", "holder", 1);
-    let waiting = mini.send(follower, &mut watcher, watch("lease", lease));
-    mini.run_ms(500);
-    assert_eq!(mini.answer_of(waiting), None, "expired early");
-    assert_eq!(mini.wait_answer(waiting, 1_500), "ERR_FILE_NOT_FOUND\r\n");
-    let order = mini.answered_sequence(&watcher);
-    assert_eq!(order, (0..order.len() as u64).collect::<Vec<_>>());
-    assert_eq!(mini.node(follower).replica.watches_outstanding(), 0);
-}
-
-#[test]
-fn a_watch_on_a_follower_sees_its_connections_earlier_write_and_not_its_later_one() {
-    let mut mini = Mini::new(3);
-    let leader = mini.settle();
-    let follower = a_follower(&mini, leader);
-    let one = mini.write(leader, "f", "one", 0);
-    let mut connection = mini.connect();
-    let own_write = mini.send(follower, &mut connection, write("f", "mine", 0));
-    let sees_own = mini.send(follower, &mut connection, watch("f", one));
-    let own = mini.wait_answer(own_write, 100);
-    let own_version: u64 = own.trim_end()[3..].parse().expect("OK VERSION");
-    assert_eq!(
-        mini.wait_answer(sees_own, 100),
-        format!("CONTENTS {own_version} 4 0\r\nmine\r\n")
-    );
-    let waiting = mini.send(follower, &mut connection, watch("f", own_version));
-    let later_write = mini.send(follower, &mut connection, write("f", "later", 0));
-    mini.run_ms(300);
-    assert_eq!(
-        mini.answer_of(waiting),
-        None,
-        "woken by its own later write"
-    );
-    assert_eq!(mini.answer_of(later_write), None);
-    let theirs = mini.write(leader, "f", "theirs", 0);
-    assert_eq!(
-        mini.wait_answer(waiting, 100),
-        format!("CONTENTS {theirs} 6 0\r\ntheirs\r\n")
-    );
-    assert_eq!(
-        mini.wait_answer(later_write, 100),
-        format!("OK {}\r\n", theirs + 1)
-    );
-    assert_eq!(mini.answered_sequence(&connection), vec![0, 1, 2, 3]);
 }
 
 #[test]
