@@ -51,6 +51,21 @@ pub const COMMAND_TIMEOUT_MS: u64 = 5_000;
 /// once).
 pub const TICKS_PER_CALL_MAX: u32 = 10;
 
+/// Watches (`watch NAME VERSION`, SPEC §2) waiting on one node at once, over
+/// every connection (a connection has at most one: a watch holds the later
+/// commands of its connection). Past it a new watch is answered
+/// `ERR_INTERNAL` at once (the server cannot take it now; the command was
+/// well formed, so not `ERR_CMD_ERR`). A waiting watch costs the replica a
+/// few hundred bytes plus its name (its table slot, a copy of the name, the
+/// name and deadline index entries), so the bound caps that near 100 MB;
+/// each watch also holds a client connection (1-4 KiB measured with it:
+/// `benches/watch_idle.py`).
+pub const WATCHES_MAX: usize = 200_000;
+/// Extra routing passes one replica turn makes for watches woken by what
+/// the turn applied and for the commands their answers release (the rest
+/// wait for the next turn); bounds the work of one turn.
+pub const WATCH_PASSES_PER_TURN_MAX: usize = 2;
+
 /// An idle leader writes cluster time into the log (an entry with a stamp
 /// and no command) this often, so a new leader, which starts from the last
 /// stamp in its log, lags real time by at most this plus the election: files
@@ -221,6 +236,7 @@ const _: () = assert!((SNAPSHOT_CHUNK_BYTES_MAX as usize) < PEER_FRAME_BYTES_MAX
 const _: () = assert!(SNAPSHOTS_KEPT >= 2);
 const _: () = assert!(HTTP_SNAPSHOT_DOWNLOADS_MAX >= 1 && HTTP_SNAPSHOT_CHUNK_BYTES >= 4 << 10);
 const _: () = assert!(CLUSTER_TIME_STAMP_INTERVAL_MS >= TICK_MS);
+const _: () = assert!(WATCHES_MAX >= 10_000 && WATCH_PASSES_PER_TURN_MAX >= 1);
 const _: () = assert!(PEER_RECONNECT_MIN_MS <= PEER_RECONNECT_MAX_MS);
 const _: () = assert!(PEER_REFUSE_REASON_BYTES_MAX + 64 <= PEER_HANDSHAKE_BYTES_MAX);
 const _: () = assert!(PEER_HANDSHAKE_BYTES_MAX < PEER_FRAME_BYTES_MAX);

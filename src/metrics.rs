@@ -144,8 +144,9 @@ impl Default for ReplicaMetrics {
     }
 }
 
-/// Command kinds as counted (`kind` label).
-pub const COMMAND_KINDS: [&str; 5] = ["read", "write", "cas", "delete", "malformed"];
+/// Command kinds as counted (`kind` label). A watch's latency is not
+/// measured (it waits for a change, without bound).
+pub const COMMAND_KINDS: [&str; 6] = ["read", "write", "cas", "delete", "malformed", "watch"];
 /// Error answers as counted (`kind` label), in the order of `ERROR_PREFIXES`.
 pub const ERROR_KINDS: [&str; 5] = [
     "redirect",
@@ -170,7 +171,7 @@ pub const REQUEST_KINDS: [&str; 4] = ["read", "write", "cas", "delete"];
 #[derive(Clone, Debug)]
 pub struct ReactorMetrics {
     /// Indexed like `COMMAND_KINDS`.
-    pub commands: [u64; 5],
+    pub commands: [u64; 6],
     /// Indexed like `ERROR_KINDS`.
     pub errors: [u64; 5],
     /// Time from reading a command to knowing its answer, indexed like
@@ -188,7 +189,7 @@ pub struct ReactorMetrics {
 impl Default for ReactorMetrics {
     fn default() -> Self {
         ReactorMetrics {
-            commands: [0; 5],
+            commands: [0; 6],
             errors: [0; 5],
             request_seconds: std::array::from_fn(|_| Histogram::new(&DURATION_BOUNDS_S)),
             connections_accepted: 0,

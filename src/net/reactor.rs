@@ -535,7 +535,7 @@ impl Reactor {
             };
             self.last_command_at = now;
             let reserved_bytes = match &parsed {
-                Parsed::Request(Request::Read { .. }) => {
+                Parsed::Request(Request::Read { .. } | Request::Watch { .. }) => {
                     self.max_file_bytes + limits::READ_REPLY_HEADER_BYTES_MAX
                 }
                 _ => 0,

@@ -8,7 +8,10 @@
 //! fate is known. A turn's reads share one `ReadIndexRequest`; the leader
 //! answers with its commit index once a heartbeat round sent after the
 //! request arrived confirmed its leadership; the follower answers the reads
-//! from its own state once it has applied through that index.
+//! from its own state once it has applied through that index. A `watch`'s
+//! check is such a read (`watch`): answered from this node's state at or
+//! after the read index if the file left VERSION, else armed here and woken
+//! by this node's own apply.
 //!
 //! Per-connection order: a connection has at most one unit outstanding —
 //! one forwarded batch of its consecutive writes, or one group of its
@@ -67,11 +70,31 @@ struct Forwarded {
     deadline_us: u64,
 }
 
+/// A read, or a watch's check (`watched_version`), served by a follower.
+struct FollowerRead {
+    client: ClientRef,
+    name: Bytes,
+    watched_version: Option<u64>,
+}
+
+impl FollowerRead {
+    /// The request it came from (routed again after losing its leader).
+    fn into_request(self) -> Request {
+        match self.watched_version {
+            Some(version) => Request::Watch {
+                name: self.name,
+                version,
+            },
+            None => Request::Read { name: self.name },
+        }
+    }
+}
+
 /// Reads of one turn waiting for the leader's read index, then for this
 /// node to apply through it.
 struct FollowerReads {
     leader: NodeId,
-    reads: Vec<(ClientRef, Bytes)>,
+    reads: Vec<FollowerRead>,
     deadline_us: u64,
     /// Known once the leader answered.
     index: Option<Index>,
@@ -101,7 +124,7 @@ pub(super) struct Forwarding {
     /// This turn's forwarded writes and reads, sent at the end of routing,
     /// and the kind each connection has in them (true: reads).
     turn_writes: Vec<(ClientRef, Command, u64)>,
-    turn_reads: Vec<(ClientRef, Bytes)>,
+    turn_reads: Vec<FollowerRead>,
     turn_kind: HashMap<(usize, u64), bool>,
     /// Follower: batches and reads outstanding, by id.
     forwarded: BTreeMap<u64, Forwarded>,
@@ -159,23 +182,37 @@ impl Replica {
             .is_some_and(|&unit_is_read| unit_is_read != is_read)
     }
 
-    /// Follower: the request joins this turn's forwarded writes or reads.
+    /// Follower: the request joins this turn's forwarded writes or reads
+    /// (a watch's check is a read).
     pub(super) fn route_as_follower(
         &mut self,
         client: ClientRef,
         request: Request,
         arrived_us: u64,
     ) {
-        let is_read = matches!(request, Request::Read { .. });
+        let read = match request {
+            Request::Command(command) => {
+                self.forwarding
+                    .turn_writes
+                    .push((client, command, arrived_us));
+                None
+            }
+            Request::Read { name } => Some(FollowerRead {
+                client,
+                name,
+                watched_version: None,
+            }),
+            Request::Watch { name, version } => Some(FollowerRead {
+                client,
+                name,
+                watched_version: Some(version),
+            }),
+        };
         self.forwarding
             .turn_kind
-            .insert((client.key, client.conn_id), is_read);
-        match request {
-            Request::Command(command) => self
-                .forwarding
-                .turn_writes
-                .push((client, command, arrived_us)),
-            Request::Read { name } => self.forwarding.turn_reads.push((client, name)),
+            .insert((client.key, client.conn_id), read.is_some());
+        if let Some(read) = read {
+            self.forwarding.turn_reads.push(read);
         }
     }
 
@@ -420,11 +457,12 @@ impl Replica {
         let mut rerouted: Rerouted = Vec::new();
         for id in lost {
             if let Some(reads) = self.forwarding.reads.remove(&id) {
-                for (client, name) in reads.reads {
+                for read in reads.reads {
+                    let client = read.client;
                     self.forwarding.busy.remove(&(client.key, client.conn_id));
                     rerouted.push(super::routing::Pending {
                         client,
-                        request: Request::Read { name },
+                        request: read.into_request(),
                         arrived_us: now.monotonic_us,
                     });
                 }
@@ -527,7 +565,7 @@ impl Replica {
             None => {
                 if let Some(reads) = self.forwarding.reads.remove(&id) {
                     let leader = self.raft.leader_id();
-                    for (client, _) in reads.reads {
+                    for FollowerRead { client, .. } in reads.reads {
                         self.forwarding.busy.remove(&(client.key, client.conn_id));
                         self.answer_redirect(client, leader);
                     }
@@ -536,7 +574,8 @@ impl Replica {
         }
     }
 
-    /// Follower: answer the reads whose read index this node has applied.
+    /// Follower: answer the reads whose read index this node has applied
+    /// (a watch whose file still has VERSION arms instead: `watch`).
     pub(super) fn maybe_answer_follower_reads(&mut self) {
         let applied = self.applied_index;
         let ready: Vec<u64> = self
@@ -552,10 +591,18 @@ impl Replica {
             };
             let live_ms = self.fsm.cluster_time_ms();
             let display_ms = self.cluster_time_ms(self.now).max(live_ms);
-            for (client, name) in reads.reads {
+            for read in reads.reads {
+                let client = read.client;
                 self.forwarding.busy.remove(&(client.key, client.conn_id));
-                let answer = self.render_read(&name, live_ms, display_ms);
-                self.replies.push((client, answer));
+                if let Some(answer) = self.answer_at(
+                    client,
+                    &read.name,
+                    read.watched_version,
+                    live_ms,
+                    display_ms,
+                ) {
+                    self.replies.push((client, answer));
+                }
             }
         }
     }
@@ -586,7 +633,7 @@ impl Replica {
             .collect();
         for id in late {
             if let Some(reads) = self.forwarding.reads.remove(&id) {
-                for (client, _) in reads.reads {
+                for FollowerRead { client, .. } in reads.reads {
                     self.forwarding.busy.remove(&(client.key, client.conn_id));
                     self.answer(client, Reply::Internal);
                 }

@@ -30,8 +30,10 @@
 //! loss, duplication, reordering, slow and failing fsyncs, wall-clock
 //! jumps, leadership transfers; `faults.rs`). Then the liveness phase heals
 //! the network, restarts every node and requires, within a bound: a leader,
-//! every client command answered, a fresh write acknowledged and applied on
-//! every node, and final reads of every key answered.
+//! every client command answered (while watches wait, every key is written
+//! every `WAKE_INTERVAL_TICKS`: a watch must then be answered, none may be
+//! missed), a fresh write acknowledged and applied on every node, and final
+//! reads of every key answered.
 
 pub mod clients;
 pub mod config;
@@ -86,6 +88,12 @@ pub struct Stats {
     pub answered: u64,
     pub redirects: u64,
     pub indeterminate: u64,
+    /// Watches sent; watches woken by a change (or a snapshot install) on
+    /// some node, over every node and lifetime.
+    pub watches: u64,
+    pub watches_woken: u64,
+    /// Watches answered with a state by a node that was a follower then.
+    pub watches_on_followers: u64,
     /// Snapshots taken and installed, over every node and lifetime.
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
@@ -175,6 +183,8 @@ struct SimNode {
     sync_failed: bool,
     /// Snapshots taken and installed in earlier lifetimes.
     snapshots_before: (u64, u64),
+    /// Watches woken in earlier lifetimes.
+    watches_woken_before: u64,
 }
 
 impl SimNode {
@@ -200,6 +210,10 @@ struct Liveness {
     probe_acknowledged: Option<Index>,
     final_reads_sent: bool,
     final_reads_answered: usize,
+    /// When the next round of wake writes may go (simulated µs).
+    next_wake_us: u64,
+    /// Wake writes sent so far (their contents are unique).
+    wake_writes: u64,
     done: bool,
     /// Probe commands waiting for an answer, by sequence number, with the
     /// node they were sent to.
@@ -212,9 +226,16 @@ struct Liveness {
 /// A command the simulator itself sends in the liveness phase.
 #[derive(Clone, Copy, Debug)]
 enum ProbeCommand {
-    Write { leader: usize },
+    Write {
+        leader: usize,
+    },
     FinalRead(lincheck::OpId),
+    /// A write of a client key that wakes the watches on it.
+    WakeWrite(lincheck::OpId),
 }
+
+/// Ticks between two rounds of wake writes in the liveness phase.
+const WAKE_INTERVAL_TICKS: u64 = 50;
 
 pub struct Sim {
     seed: u64,
@@ -318,6 +339,7 @@ impl Sim {
                 applied_digest_seen: 0,
                 sync_failed: false,
                 snapshots_before: (0, 0),
+                watches_woken_before: 0,
             });
         }
         sim.rng = rng;
@@ -368,7 +390,7 @@ impl Sim {
                 let summary = self.summary();
                 return Err(self.failure(format!(
                     "liveness: {} within {} ticks of healing (backlog {backlog} entries, {} client \
-                     commands unanswered, probe {:?}, final reads answered {}); {summary}",
+                     commands unanswered [{}], probe {:?}, final reads answered {}); {summary}",
                     if late_leader {
                         "no leader"
                     } else if too_many_steps {
@@ -378,6 +400,7 @@ impl Sim {
                     },
                     (self.now_us - self.liveness.started_us) / TICK_US,
                     self.clients.outstanding(),
+                    self.clients.describe_outstanding(),
                     self.liveness.probe_acknowledged,
                     self.liveness.final_reads_answered,
                 )));
@@ -472,6 +495,9 @@ impl Sim {
             answered: self.clients.answered,
             redirects: self.clients.redirects,
             indeterminate: self.clients.indeterminate,
+            watches: self.clients.watches,
+            watches_woken: self.watches_woken(),
+            watches_on_followers: self.clients.watches_on_followers,
             snapshots_taken: taken,
             snapshots_installed: installed,
             lincheck_unknown: false,
@@ -482,6 +508,15 @@ impl Sim {
             },
             trace_hash: self.trace_hash,
         }
+    }
+
+    fn watches_woken(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|node| {
+                node.watches_woken_before + node.replica.as_ref().map_or(0, Replica::watches_woken)
+            })
+            .sum()
     }
 
     fn snapshot_counts(&self) -> (u64, u64) {
@@ -708,6 +743,7 @@ impl Sim {
         let installed = replica.snapshot_counts().1 > installed_before;
         let messages = std::mem::take(&mut replica.messages);
         let replies = std::mem::take(&mut replica.replies);
+        let by_follower = replica.raft().role() == Role::Follower;
         let requests = std::mem::take(&mut node.disk.requests);
         if let Err(error) = result {
             if node.sync_failed {
@@ -727,7 +763,7 @@ impl Sim {
             self.send(envelope);
         }
         for (client, answer) in replies {
-            self.deliver_answer(id, client, answer)?;
+            self.deliver_answer(id, by_follower, client, answer)?;
         }
         let generation = self.nodes[index].generation;
         let crash_now = installed
@@ -777,7 +813,13 @@ impl Sim {
         Ok(())
     }
 
-    fn deliver_answer(&mut self, node: NodeId, to: ClientRef, answer: Bytes) -> Result<(), String> {
+    fn deliver_answer(
+        &mut self,
+        node: NodeId,
+        by_follower: bool,
+        to: ClientRef,
+        answer: Bytes,
+    ) -> Result<(), String> {
         if self.config.verbose {
             self.trace(format!(
                 "    node {node} answers key {} conn {} seq {}: {:?}",
@@ -792,7 +834,7 @@ impl Sim {
         }
         let now_us = self.now_us;
         self.clients
-            .deliver(node, to, answer, now_us, node_of_address)
+            .deliver(node, by_follower, to, answer, now_us, node_of_address)
     }
 
     fn deliver(&mut self, envelope: Envelope, receiver_generation: u64) -> Result<(), String> {
@@ -869,7 +911,7 @@ impl Sim {
                         (!up.is_empty()).then(|| up[self.rng.gen_range(0..up.len())])
                     });
                 if let Some(index) = target {
-                    self.clients.connected(client, self.nodes[index].id);
+                    self.clients.connected(client, self.nodes[index].id, now_us);
                 }
                 Ok(())
             }
@@ -938,8 +980,10 @@ impl Sim {
         let node = &mut self.nodes[index];
         if let Some(replica) = node.replica.take() {
             let (taken, installed) = replica.snapshot_counts();
+            let woken = replica.watches_woken();
             node.snapshots_before.0 += taken;
             node.snapshots_before.1 += installed;
+            node.watches_woken_before += woken;
         }
         node.disk.crash(power_loss, kept);
         node.generation += 1;
@@ -1097,6 +1141,7 @@ impl Sim {
                     node.disk.hard_state()
                 ));
             }
+            replica.check_watch_invariants();
             if replica.applied_index() > commit_index {
                 return Err(format!(
                     "node {id} applied through {} but its commit index is {commit_index}",
@@ -1209,6 +1254,13 @@ impl Sim {
         };
         self.liveness.leader_seen = true;
         if self.clients.outstanding() > 0 || !self.liveness.pending.is_empty() {
+            if self.clients.outstanding_watches() > 0
+                && self.liveness.pending.is_empty()
+                && self.now_us >= self.liveness.next_wake_us
+            {
+                self.liveness.next_wake_us = self.now_us + WAKE_INTERVAL_TICKS * TICK_US;
+                self.send_wake_writes(leader)?;
+            }
             return Ok(());
         }
         let Some(probe_index) = self.liveness.probe_acknowledged else {
@@ -1248,6 +1300,30 @@ impl Sim {
         }
         if self.liveness.final_reads_answered == keys {
             self.liveness.done = true;
+        }
+        Ok(())
+    }
+
+    /// Write every client key once through the leader (recorded in the
+    /// history, as clients' writes are): a watch waiting on it must then be
+    /// answered.
+    fn send_wake_writes(&mut self, leader: usize) -> Result<(), String> {
+        for key in 0..self.config.clients.keys.max(1) {
+            self.liveness.wake_writes += 1;
+            let name = Bytes::from(format!("k{key}"));
+            let content = Bytes::from(format!("wake.{}", self.liveness.wake_writes));
+            let op = lincheck::Op::Write {
+                name: name.to_vec(),
+                content: content.to_vec(),
+            };
+            let client = (self.clients.count() + self.config.clients.keys.max(1) + key) as u64;
+            let id = self.clients.history.invoke(client, op, self.now_us * 1_000);
+            let write = Request::Command(Command::Write {
+                name,
+                content,
+                exptime_s: 0,
+            });
+            self.probe_request(leader, write, ProbeCommand::WakeWrite(id))?;
         }
         Ok(())
     }
@@ -1304,6 +1380,13 @@ impl Sim {
                     self.clients.history.discard(op);
                     self.liveness.final_reads_sent = false;
                 }
+                // Lost with its connection: it may or may not have applied.
+                Some((_, ProbeCommand::WakeWrite(op))) => {
+                    let now_ns = self.now_us * 1_000;
+                    self.clients
+                        .history
+                        .complete(op, lincheck::Outcome::Indeterminate, now_ns);
+                }
                 None => {}
             }
         }
@@ -1336,6 +1419,14 @@ impl Sim {
                     }
                     // Redirected or indeterminate: try again.
                     _ => self.liveness.probe_sent = false,
+                }
+            }
+            ProbeCommand::WakeWrite(op) => {
+                match clients::interpret(clients::Kind::Write, answer)? {
+                    clients::Answer::Outcome(outcome) => {
+                        self.clients.history.complete(op, outcome, now_ns)
+                    }
+                    clients::Answer::Redirect(_) => self.clients.history.discard(op),
                 }
             }
             ProbeCommand::FinalRead(op) => match clients::interpret(clients::Kind::Read, answer)? {

@@ -194,6 +194,21 @@ impl Client {
         }
     }
 
+    /// Nothing arrives for `quiet` (a `watch` still waiting); the read
+    /// timeout is `CLIENT_TIMEOUT` again afterwards.
+    pub fn expect_silence(&mut self, quiet: Duration, what: &str) {
+        self.set_timeout(quiet);
+        match self.reply_parts() {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            other => panic!("{what}: expected no answer yet, got {other:?}"),
+        }
+        self.set_timeout(CLIENT_TIMEOUT);
+    }
+
     /// Sends `request` and expects exactly `answer`.
     pub fn exchange(&mut self, request: &[u8], answer: &[u8]) {
         self.send(request).expect("send to the node");

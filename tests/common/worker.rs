@@ -76,6 +76,11 @@ pub fn encode(op: &Op) -> Vec<u8> {
             out.extend_from_slice(name);
             out.extend_from_slice(b"\r\n");
         }
+        Op::Watch { name, version } => {
+            out.extend_from_slice(b"watch ");
+            out.extend_from_slice(name);
+            out.extend_from_slice(format!(" {version}\r\n").as_bytes());
+        }
     }
     out
 }
@@ -97,10 +102,11 @@ pub fn classify(op: &Op, reply: &Reply) -> Classified {
         (Parsed::VersionMismatch(current), Op::Cas { .. }) => {
             Classified::Outcome(Outcome::VersionMismatch { current: *current })
         }
-        (Parsed::FileNotFound, Op::Cas { .. } | Op::Delete { .. } | Op::Read { .. }) => {
-            Classified::Outcome(Outcome::NotFound)
-        }
-        (Parsed::Contents { version, .. }, Op::Read { .. }) => {
+        (
+            Parsed::FileNotFound,
+            Op::Cas { .. } | Op::Delete { .. } | Op::Read { .. } | Op::Watch { .. },
+        ) => Classified::Outcome(Outcome::NotFound),
+        (Parsed::Contents { version, .. }, Op::Read { .. } | Op::Watch { .. }) => {
             Classified::Outcome(Outcome::Contents {
                 version: *version,
                 content: reply.content.clone().unwrap_or_default(),

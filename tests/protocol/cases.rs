@@ -542,6 +542,84 @@ fn expiry_counts_down_and_later_writes_replace_it() {
     c.exchange(b"read exp-gone\r\n", &contents(reborn, b"new", 0));
 }
 
+/// How long a waiting `watch` is watched for a wrong early answer.
+const WATCH_SILENCE: Duration = Duration::from_millis(400);
+
+/// `watch NAME VERSION`: answered at once, with exactly what `read` would
+/// answer, if the file left VERSION; else woken by another connection's
+/// write, delete, create (VERSION 0) and expiry.
+#[test]
+fn a_watch_waits_for_a_write_delete_create_or_expiry_from_elsewhere() {
+    let _guard = shared();
+    let mut writer = node().connect();
+    let mut watcher = node().connect();
+    let first = writer.write_version("watch-w", b"one");
+    watcher.exchange(b"watch watch-w 0\r\n", &contents(first, b"one", 0));
+    watcher.exchange(b"watch watch-w-absent 9\r\n", NOT_FOUND);
+
+    watcher
+        .send(format!("watch watch-w {first}\r\n").as_bytes())
+        .expect("send to the node");
+    watcher.expect_silence(WATCH_SILENCE, "watch on the current version");
+    let second = writer.write_version("watch-w", b"second");
+    watcher.expect(&contents(second, b"second", 0));
+
+    watcher
+        .send(format!("watch watch-w {second}\r\n").as_bytes())
+        .expect("send to the node");
+    watcher.expect_silence(WATCH_SILENCE, "watch before the delete");
+    writer.exchange(b"delete watch-w\r\n", b"OK\r\n");
+    watcher.expect(NOT_FOUND);
+
+    watcher
+        .send(b"watch watch-w 0\r\n")
+        .expect("send to the node");
+    watcher.expect_silence(WATCH_SILENCE, "watch for existence");
+    let third = writer.write_version("watch-w", b"3");
+    watcher.expect(&contents(third, b"3", 0));
+
+    // Expiry: cluster time, stamped by the leader (and applied here).
+    writer
+        .send(b"write watch-lease 4 1\r\nheld\r\n")
+        .expect("send to the node");
+    let leased = writer.reply_parts().expect("reply").written_version();
+    let registered = Instant::now();
+    watcher
+        .send(format!("watch watch-lease {leased}\r\n").as_bytes())
+        .expect("send to the node");
+    watcher.expect(NOT_FOUND);
+    let waited = registered.elapsed();
+    assert!(
+        waited >= Duration::from_millis(600) && waited < Duration::from_secs(3),
+        "expiry of a 1 s file woke the watch after {waited:?}"
+    );
+}
+
+/// Commands pipelined after a waiting watch (even a write to its file) are
+/// answered after it, in order; a bad `watch` keeps the connection.
+#[test]
+fn commands_pipelined_after_a_watch_are_answered_after_it() {
+    let _guard = shared();
+    let mut writer = node().connect();
+    let mut watcher = node().connect();
+    let version = writer.write_version("watch-p", b"a");
+    watcher.exchange(b"watch watch-p\r\n", CMD_ERR);
+    watcher.exchange(b"watch watch-p x\r\n", CMD_ERR);
+    watcher
+        .send(
+            format!("watch watch-p {version}\r\nwrite watch-p 4\r\nmine\r\nread watch-p\r\n")
+                .as_bytes(),
+        )
+        .expect("send to the node");
+    watcher.expect_silence(WATCH_SILENCE, "commands behind a waiting watch");
+    writer.exchange(b"read watch-p\r\n", &contents(version, b"a", 0));
+    let theirs = writer.write_version("watch-p", b"theirs");
+    watcher.expect(&contents(theirs, b"theirs", 0));
+    let mine = watcher.reply_parts().expect("reply").written_version();
+    assert!(mine > theirs, "the write behind the watch ran before it");
+    watcher.expect(&contents(mine, b"mine", 0));
+}
+
 fn sleep_until(deadline: Instant) {
     let now = Instant::now();
     if deadline > now {

@@ -165,6 +165,8 @@ pub(super) fn command_kind(request: &crate::protocol::Request) -> usize {
         Request::Command(Command::Write { .. }) => 1,
         Request::Command(Command::Cas { .. }) => 2,
         Request::Command(Command::Delete { .. }) => 3,
+        // After "malformed" (4): appended, so the other indexes stay.
+        Request::Watch { .. } => 5,
     }
 }
 
