@@ -13,6 +13,7 @@
 //! - `lincheck`: the linearizability checker for client histories.
 //! - `metrics`: counters, histograms, Prometheus text and the health verdict.
 //! - `status`: `raftfs status` (asks each member over its peer port).
+//! - `member`: `raftfs member list|add|promote|remove` (membership change).
 //! - `restore`: `raftfs restore` (a backup snapshot into a new cluster).
 
 pub mod cluster;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod fsm;
 pub mod limits;
 pub mod lincheck;
+pub mod member;
 pub mod metrics;
 pub mod net;
 pub mod protocol;

@@ -75,6 +75,18 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
     let raft_config = raft::Config {
         id,
         members: config.members.iter().map(|m| m.id).collect(),
+        addresses: config
+            .members
+            .iter()
+            .map(|m| {
+                let addresses = raft::MemberAddresses {
+                    peer: m.peer.to_string(),
+                    client: m.client.clone(),
+                    metrics: m.metrics.map(|a| a.to_string()).unwrap_or_default(),
+                };
+                (m.id, addresses)
+            })
+            .collect(),
         incarnation: recovered.incarnation,
         election_timeout_ticks: config.election_timeout_ticks(),
         heartbeat_ticks: config.heartbeat_ticks(),

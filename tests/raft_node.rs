@@ -11,6 +11,7 @@ fn config(id: NodeId, members: &[NodeId]) -> Config {
     Config {
         id,
         members: members.to_vec(),
+        addresses: Default::default(),
         incarnation: 1000 + id,
         election_timeout_ticks: (10, 20),
         heartbeat_ticks: 3,
@@ -39,8 +40,9 @@ fn envelope(from: NodeId, to: NodeId, term: u64, message: Message) -> Envelope {
     }
 }
 
-/// Node 1 of {1, 2, 3} elected in term 1 by node 2's vote; returns it with
-/// its no-op (index 1) not yet persisted.
+/// Node 1 of {1, 2, 3} elected in term 1 (a first election, from empty
+/// logs, needs every voter: nodes 2 and 3 grant); returns it with its
+/// first entry (index 1, the bootstrap configuration) not yet persisted.
 fn leader_of_three() -> Node {
     let mut node = Node::new(config(1, &[1, 2, 3]), Restored::default());
     while node.role() != Role::Candidate {
@@ -48,6 +50,13 @@ fn leader_of_three() -> Node {
     }
     drain(&mut node);
     let vote = envelope(2, 1, 1, Message::RequestVoteResponse { granted: true });
+    assert_eq!(node.step(vote), Ok(()));
+    assert_eq!(
+        node.role(),
+        Role::Candidate,
+        "an empty log wins only with every voter"
+    );
+    let vote = envelope(3, 1, 1, Message::RequestVoteResponse { granted: true });
     assert_eq!(node.step(vote), Ok(()));
     assert_eq!(node.role(), Role::Leader);
     drain(&mut node);
@@ -71,10 +80,6 @@ fn refused_envelopes_change_nothing() {
         leader_commit: 0,
         read_round: 1,
     };
-    assert_eq!(
-        node.step(envelope(9, 1, 5, heartbeat.clone())),
-        Err(StepError::NotForUs)
-    );
     assert_eq!(
         node.step(envelope(2, 3, 5, heartbeat.clone())),
         Err(StepError::NotForUs)
@@ -188,6 +193,7 @@ fn restart_applies_again_from_the_start() {
             hard_state,
             entries,
             snapshot: None,
+            snapshot_configuration: None,
         },
     );
     assert_eq!(
@@ -241,4 +247,21 @@ fn malformed_append_is_dropped_without_panic() {
         .filter(|a| matches!(a, Action::Send(_)))
         .count();
     assert_eq!(sends, 0);
+}
+
+/// Thesis §4.1: a server answers whoever asks (a member it does not know of
+/// yet, e.g. while its own configuration lags); quorums are what count only
+/// members. A non-member's incarnation is not recorded.
+#[test]
+fn non_members_are_heard_but_not_recorded() {
+    let mut node = Node::new(config(1, &[1, 2, 3]), Restored::default());
+    assert_eq!(node.observe_incarnation(9, 99), Ok(()));
+    assert!(drain(&mut node).is_empty(), "nothing to persist");
+    let heartbeat = Message::Heartbeat {
+        leader_commit: 0,
+        read_round: 1,
+    };
+    assert_eq!(node.step(envelope(9, 1, 5, heartbeat)), Ok(()));
+    assert_eq!((node.term(), node.leader_id()), (5, Some(9)));
+    assert!(!node.hard_state().incarnations.contains_key(&9));
 }

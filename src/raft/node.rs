@@ -5,7 +5,14 @@
 //! follower; a lower-term message is answered with our term or dropped).
 //! The behaviours live in sibling modules that extend `Node`:
 //! `election` (§5.2, PreVote §9.6, CheckQuorum §6.2), `replication` (§5.3,
-//! §5.4, pipelining §10.2), `read` (ReadIndex §6.4, leadership transfer §3.10).
+//! §5.4, pipelining §10.2), `read` (ReadIndex §6.4, leadership transfer §3.10),
+//! `reconfigure` (membership change, thesis chapter 4; the rule and the
+//! configurations themselves are in `membership`).
+//!
+//! Messages are processed whoever sends them (thesis §4.1: a server does not
+//! consult its configuration to answer an RPC; quorums are counted over the
+//! configuration in force only), except from a removed data dir, which is
+//! refused (`StepError::Removed`).
 //!
 //! Invariants (asserted where they change): the term never decreases; the
 //! commit index never decreases and never passes the log's end; a hard state
@@ -15,6 +22,7 @@
 
 use super::action::Action;
 use super::log::Log;
+use super::membership::{Configuration, Configurations, MemberAddresses};
 use super::message::{Entry, Envelope, HardState, Index, Message, NodeId, SnapshotMeta, Term};
 use super::progress::Progress;
 use bytes::Bytes;
@@ -26,8 +34,13 @@ use std::collections::{BTreeMap, VecDeque};
 #[derive(Clone, Debug)]
 pub struct Config {
     pub id: NodeId,
-    /// Every voting member, including `id`.
+    /// The bootstrap voters (cluster.toml): the configuration in force
+    /// until the log holds one (see `membership`). Normally includes `id`;
+    /// a node that is not among them waits until a leader adds it.
     pub members: Vec<NodeId>,
+    /// The bootstrap members' addresses, written into the first
+    /// configuration entry (empty strings where unknown).
+    pub addresses: BTreeMap<NodeId, MemberAddresses>,
     /// This node's data-dir incarnation, stamped on every envelope it sends.
     pub incarnation: u64,
     /// Election timeout drawn uniformly from `[min, max)` ticks.
@@ -56,6 +69,9 @@ pub struct Restored {
     /// The snapshot the executor restored its state machine from; its index
     /// counts as committed and applied.
     pub snapshot: Option<SnapshotMeta>,
+    /// The configuration in force at the snapshot's index, if the snapshot
+    /// holds one (snapshots written before membership change do not).
+    pub snapshot_configuration: Option<Configuration>,
 }
 
 /// What `Node::install_snapshot` did.
@@ -91,8 +107,11 @@ pub enum StepError {
         recorded: u64,
         got: u64,
     },
-    /// The sender is not a member, or the message is not addressed to us.
+    /// The message is not addressed to us.
     NotForUs,
+    /// The sender's data dir was removed from the cluster (its id may have
+    /// been added again with a new data dir).
+    Removed { from: NodeId, incarnation: u64 },
 }
 
 /// A ReadIndex request waiting for its heartbeat round.
@@ -132,6 +151,18 @@ pub(super) struct Leader {
     /// one turn's proposals share messages.
     pub append_pending: bool,
     pub transfer: Option<Transfer>,
+    /// Members removed while this node led, still sent the log (in no
+    /// quorum) so they learn of their removal: id → (removal index, tick
+    /// removed, addresses).
+    pub retiring: BTreeMap<NodeId, Retiring>,
+}
+
+/// A member this leader removed and still replicates to for a while.
+#[derive(Clone, Debug)]
+pub(super) struct Retiring {
+    pub removal_index: Index,
+    pub since_tick: u64,
+    pub addresses: MemberAddresses,
 }
 
 pub struct Node {
@@ -158,6 +189,14 @@ pub struct Node {
     pub(super) votes: BTreeMap<NodeId, bool>,
     pub(super) leader: Option<Leader>,
     pub(super) actions: Vec<Action>,
+    /// The configurations the log holds; the last is in force.
+    pub(super) configurations: Configurations,
+    /// This node was a member of a configuration from the log (so leaving
+    /// the committed one means it was removed, not that it never joined).
+    pub(super) was_member: bool,
+    /// Bumped whenever the configuration in force changes (drivers compare
+    /// it to refresh address tables).
+    pub(super) configuration_version: u64,
 }
 
 impl Node {
@@ -168,8 +207,8 @@ impl Node {
         config.members.sort_unstable();
         config.members.dedup();
         assert!(
-            config.members.contains(&config.id),
-            "members must include the node's own id"
+            !config.members.is_empty() && !config.members.contains(&0),
+            "the bootstrap members must be positive ids, at least one"
         );
         let (timeout_min, timeout_max) = config.election_timeout_ticks;
         assert!(
@@ -187,7 +226,17 @@ impl Node {
             "snapshot chunks must be 1..=SNAPSHOT_CHUNK_BYTES_MAX bytes"
         );
         let snapshot = restored.snapshot.unwrap_or_default();
+        let bootstrap = Configuration::bootstrap(&config.members, &config.addresses);
+        let mut configurations = match restored.snapshot_configuration {
+            Some(configuration) => Configurations::starting(snapshot.index, configuration, true),
+            None => Configurations::starting(snapshot.index, bootstrap, false),
+        };
         let log = Log::from_snapshot(snapshot.index, snapshot.term, restored.entries);
+        if let Err(reason) = configurations.observe(log.slice(log.first_index(), log.last_index())) {
+            // The WAL's records passed their CRC: only a foreign format gets
+            // here. Keep the configurations read so far (logged).
+            log::error!("node {}: {reason}", config.id);
+        }
         let persisted_index = log.last_index();
         let mut node = Node {
             rng: Pcg64::seed_from_u64(config.seed),
@@ -206,7 +255,11 @@ impl Node {
             votes: BTreeMap::new(),
             leader: None,
             actions: Vec::new(),
+            configurations,
+            was_member: false,
+            configuration_version: 0,
         };
+        node.was_member = node.configurations.log_lists(node.config.id);
         node.reset_election_timer();
         node
     }
@@ -219,7 +272,13 @@ impl Node {
             Role::Follower | Role::PreCandidate | Role::Candidate => {
                 self.election_elapsed_ticks += 1;
                 if self.election_elapsed_ticks >= self.election_timeout_ticks {
-                    self.campaign(false);
+                    if self.is_voter() {
+                        self.campaign(false);
+                    } else {
+                        // A learner, or a node not (or no longer) a member:
+                        // it never starts an election.
+                        self.reset_election_timer();
+                    }
                 }
             }
         }
@@ -228,10 +287,7 @@ impl Node {
     /// Handle one message. Refused messages (`Err`) change nothing beyond
     /// what is documented on `StepError`.
     pub fn step(&mut self, envelope: Envelope) -> Result<(), StepError> {
-        if envelope.to != self.config.id
-            || envelope.from == self.config.id
-            || !self.is_member(envelope.from)
-        {
+        if envelope.to != self.config.id || envelope.from == self.config.id {
             return Err(StepError::NotForUs);
         }
         self.observe_incarnation(envelope.from, envelope.incarnation)?;
@@ -365,7 +421,7 @@ impl Node {
                 installed,
             } => self.handle_install_snapshot_response(from, index, next_offset, installed),
             Message::TimeoutNow => {
-                if self.accept_leader(from) {
+                if self.accept_leader(from) && self.is_voter() {
                     // thesis §3.10: campaign now, skipping PreVote and the
                     // voters' lease check.
                     self.campaign(true);
@@ -375,11 +431,17 @@ impl Node {
         Ok(())
     }
 
-    /// Record `from`'s data-dir incarnation the first time it is seen
-    /// (durably, via `PersistHardState`); refuse any other one afterwards.
+    /// Record a member's data-dir incarnation the first time it is seen
+    /// (durably, via `PersistHardState`); refuse any other one afterwards,
+    /// and a removed one always. A non-member (a node waiting to be added)
+    /// is neither recorded nor refused.
     pub fn observe_incarnation(&mut self, from: NodeId, incarnation: u64) -> Result<(), StepError> {
-        if !self.is_member(from) {
-            return Err(StepError::NotForUs);
+        let current = self.configurations.current();
+        if current.was_removed(from, incarnation) {
+            return Err(StepError::Removed { from, incarnation });
+        }
+        if !current.contains(from) {
+            return Ok(());
         }
         match self.hard_state.incarnations.get(&from) {
             Some(&recorded) if recorded == incarnation => Ok(()),
@@ -399,6 +461,10 @@ impl Node {
     /// Append `data` as a new entry (leader only; refused during a transfer).
     /// Returns the entry's index; it is sent to followers at the next drain.
     pub fn propose(&mut self, data: Bytes) -> Result<Index, NotLeader> {
+        debug_assert!(
+            !super::membership::is_configuration_entry(&data),
+            "configuration entries go through propose_membership_change"
+        );
         let term = self.hard_state.term;
         let index = self.log.last_index() + 1;
         let leader = self.leader_for_request()?;
@@ -485,9 +551,26 @@ impl Node {
             .as_ref()
             .and_then(|leader| leader.transfer.map(|transfer| transfer.target))
     }
-    /// The members, sorted.
-    pub fn members(&self) -> &[NodeId] {
-        &self.config.members
+    /// The configuration in force (the last in the log).
+    pub fn configuration(&self) -> &Configuration {
+        self.configurations.current()
+    }
+    /// The index of the entry that made the configuration in force.
+    pub fn configuration_index(&self) -> Index {
+        self.configurations.current_index()
+    }
+    /// The configuration in force at `index` and the index of its entry
+    /// (what a snapshot through `index` records).
+    pub fn configuration_at(&self, index: Index) -> (Index, &Configuration) {
+        self.configurations.at(index)
+    }
+    /// Changes whenever the configuration in force changes.
+    pub fn configuration_version(&self) -> u64 {
+        self.configuration_version
+    }
+    /// Whether this node votes in the configuration in force.
+    pub fn is_voter(&self) -> bool {
+        self.configurations.current().is_voter(self.config.id)
     }
     /// The cluster's commit index as far as this node knows: its own, or the
     /// largest one a leader announced (which may be ahead while catching up).
@@ -507,18 +590,23 @@ impl Node {
 
     // ---- shared helpers for the sibling modules ----
 
-    pub(super) fn is_member(&self, id: NodeId) -> bool {
-        self.config.members.binary_search(&id).is_ok()
+    /// Every voter but this node, in id order (whom a campaign asks).
+    pub(super) fn voter_peers(&self) -> Vec<NodeId> {
+        let own = self.config.id;
+        self.configurations
+            .current()
+            .voters()
+            .into_iter()
+            .filter(|id| *id != own)
+            .collect()
     }
 
-    /// Every member but this node, in id order.
-    pub(super) fn peers(&self) -> Vec<NodeId> {
-        self.config
-            .members
-            .iter()
-            .copied()
-            .filter(|id| *id != self.config.id)
-            .collect()
+    /// Whom the leader replicates to: every other member, and the members
+    /// it removed that are still retiring.
+    pub(super) fn replication_peers(&self) -> Vec<NodeId> {
+        self.leader
+            .as_ref()
+            .map_or_else(Vec::new, |leader| leader.progress.keys().copied().collect())
     }
 
     pub(super) fn send(&mut self, to: NodeId, message: Message) {
@@ -609,8 +697,10 @@ impl Node {
         if index <= self.commit_index {
             return;
         }
+        let committed_from = self.commit_index + 1;
         self.commit_index = index;
         debug_assert!(self.applied_index < self.commit_index);
+        self.on_commit_of_configurations(committed_from, index);
         let entries = self
             .log
             .slice(self.applied_index + 1, self.commit_index)

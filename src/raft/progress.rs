@@ -62,6 +62,8 @@ pub struct Progress {
     pub last_heard_tick: u64,
     /// Highest ReadIndex heartbeat round this follower has answered.
     pub read_round_acked: u64,
+    /// It answered something in this term (a learner's promotion needs it).
+    pub heard_this_term: bool,
     /// In `Snapshot`: the transfer.
     pub snapshot: Option<SnapshotSending>,
 }
@@ -76,6 +78,7 @@ impl Progress {
             inflight: VecDeque::new(),
             last_heard_tick: 0,
             read_round_acked: 0,
+            heard_this_term: false,
             snapshot: None,
         }
     }

@@ -43,10 +43,12 @@
 mod apply;
 mod clock;
 mod durability;
+mod members;
 mod routing;
 mod snapshot;
 pub mod storage;
 
+pub use members::{MemberView, MembershipView};
 pub use snapshot::SnapshotDone;
 pub use storage::Storage;
 
@@ -98,7 +100,8 @@ impl Now {
 
 pub struct ReplicaConfig {
     pub raft: raft::Config,
-    /// Advertised client address of every member, for ERR_REDIRECT.
+    /// Advertised client address of every member cluster.toml lists, for
+    /// ERR_REDIRECT (the configuration in force names the others).
     pub client_addresses: BTreeMap<NodeId, String>,
     /// How long a command is held while no leader is known.
     pub hold_while_leaderless_ms: u64,
@@ -200,6 +203,8 @@ impl Replica {
             hard_state,
             entries: restore.entries,
             snapshot,
+            snapshot_configuration: snapshot
+                .and_then(|_| members::snapshot_configuration(&restore.fsm)),
         };
         let raft = raft::Node::new(config.raft.clone(), restored);
         let (applied_index, applied_term) = snapshot.map_or((0, 0), |s| (s.index, s.term));
@@ -456,8 +461,13 @@ fn describe_step_error(error: &raft::StepError) -> String {
         raft::StepError::WrongIncarnation { from, recorded, got } => format!(
             "node {from} came back with data-dir incarnation {got:016x}, but this cluster knows it as \
              {recorded:016x}: its data dir was lost or replaced, so it may not rejoin under its old id \
-             (replacing a lost host needs membership change)"
+             (replace it: `raftfs member remove` its id, then add it again as a learner with the \
+             new data dir and promote it)"
         ),
-        raft::StepError::NotForUs => "message not addressed to this node or from a non-member".into(),
+        raft::StepError::NotForUs => "message not addressed to this node".into(),
+        raft::StepError::Removed { from, incarnation } => format!(
+            "node {from} (data-dir incarnation {incarnation:016x}) was removed from this cluster: \
+             it must stop; to add it back, give it an empty data dir and run `raftfs member add`"
+        ),
     }
 }

@@ -98,7 +98,7 @@ impl Replica {
     pub(super) fn answer_redirect(&mut self, client: ClientRef, leader: Option<NodeId>) {
         let address = leader
             .filter(|&l| l != self.raft.id())
-            .and_then(|l| self.config.client_addresses.get(&l))
+            .and_then(|l| self.client_address(l))
             .cloned();
         match address {
             Some(address) => self.answer(client, Reply::Redirect(&address)),

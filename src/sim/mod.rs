@@ -523,6 +523,7 @@ impl Sim {
             raft: crate::raft::Config {
                 id,
                 members: self.members.clone(),
+                addresses: BTreeMap::new(),
                 incarnation: incarnation_of(id),
                 election_timeout_ticks: knobs.election_timeout_ticks,
                 heartbeat_ticks: knobs.heartbeat_ticks,

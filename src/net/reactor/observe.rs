@@ -39,7 +39,8 @@ impl Reactor {
         NodeView {
             known_commit_index: self.replica.raft().known_commit_index(),
             snapshot_index: self.replica.raft().snapshot().index,
-            is_member: self.replica.raft().members().contains(&status.id),
+            is_member: self.replica.raft().is_voter(),
+            membership: self.replica.membership_view(),
             stopping: self.stop_flag.load(Ordering::SeqCst),
             status,
             client_connections: self.connections.len(),
@@ -97,6 +98,7 @@ impl Reactor {
                 last_index: view.status.last_index,
                 files: view.status.files as u64,
                 unhealthy: metrics::health(&view, HEALTH_APPLY_LAG_ENTRIES_MAX).err(),
+                membership: Some(crate::status::MembershipReport::of(&view.membership)),
             };
             match serde_json::to_vec(&report) {
                 Ok(bytes) => self

@@ -1,0 +1,172 @@
+//! Membership change as the replica sees it: operators' requests, the
+//! configuration's addresses, and leaving the cluster.
+//!
+//! Requests (`raftfs member add/promote/remove`) arrive through the driver
+//! (the reactor takes them off the peer port; the simulator makes them up)
+//! and are answered at once: `Proposed` names the log index of the entry
+//! that makes the change (the command is done once a member reports that
+//! index committed), anything else says why not, and whether to retry
+//! (`crate::member` has the wire types). Removing the leader starts a
+//! leadership transfer to the most up-to-date voter and answers `Retry`:
+//! the new leader removes it.
+//!
+//! Addresses: the configuration in force carries every member's addresses;
+//! redirects name a leader's client address from it (cluster.toml's table
+//! for members it does not list), and the driver dials what
+//! `peer_addresses` lists whenever `configuration_version` changes.
+//!
+//! Leaving: `removed` says why this node must stop (the committed
+//! configuration no longer lists it); the driver stops it with that line.
+
+use super::Replica;
+use crate::member::{MemberAnswer, MemberRequest};
+use crate::raft::{
+    Change, ChangeError, Configuration, Index, MemberAddresses, MemberRole, NodeId,
+};
+use std::collections::BTreeMap;
+
+/// One member as status and metrics show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberView {
+    pub id: NodeId,
+    pub role: MemberRole,
+    pub addresses: MemberAddresses,
+    /// Leader only: the member's log matches through this index.
+    pub match_index: Option<Index>,
+}
+
+/// The configuration in force as status and metrics show it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MembershipView {
+    /// The index of the entry that made it (0: cluster.toml's, not yet in
+    /// the log).
+    pub index: Index,
+    /// Whether that entry is committed (the configuration cannot go back).
+    pub committed: bool,
+    pub members: Vec<MemberView>,
+}
+
+impl Replica {
+    /// An operator's membership request (see the module doc).
+    pub fn member_request(&mut self, request: &MemberRequest) -> MemberAnswer {
+        let change = match request {
+            MemberRequest::Add {
+                id,
+                peer,
+                client,
+                metrics,
+            } => Change::AddLearner {
+                id: *id,
+                addresses: MemberAddresses {
+                    peer: peer.clone(),
+                    client: client.clone(),
+                    metrics: metrics.clone().unwrap_or_default(),
+                },
+            },
+            MemberRequest::Promote { id } => Change::Promote { id: *id },
+            MemberRequest::Remove { id } => Change::Remove { id: *id },
+        };
+        match self.raft.propose_membership_change(change) {
+            Ok(index) => MemberAnswer::Proposed { index },
+            Err(ChangeError::NotLeader { leader }) => MemberAnswer::NotLeader { leader },
+            Err(ChangeError::RemovesLeader { id }) => match self.raft.transfer_leadership(None) {
+                Ok(target) if target != id => MemberAnswer::Retry {
+                    reason: format!(
+                        "node {id} leads: it is handing leadership to node {target} first"
+                    ),
+                },
+                _ => MemberAnswer::Refused {
+                    reason: format!("node {id} leads and no other voter can take over"),
+                },
+            },
+            Err(error @ (ChangeError::TermNotCommitted | ChangeError::ChangePending { .. })) => {
+                MemberAnswer::Retry {
+                    reason: error.to_string(),
+                }
+            }
+            Err(error @ (ChangeError::NotCaughtUp { .. } | ChangeError::Invalid(_))) => {
+                MemberAnswer::Refused {
+                    reason: error.to_string(),
+                }
+            }
+        }
+    }
+
+    /// Why this node must stop, once the committed configuration no longer
+    /// lists it (None while it is a member, or waiting to be added).
+    pub fn removed(&self) -> Option<String> {
+        let index = self.raft.removed_at()?;
+        Some(format!(
+            "node {} was removed from the cluster (configuration at log index {index}): it stops \
+             and must not be started again with this data dir; to add it back, give it an empty \
+             data dir and run `raftfs member add`",
+            self.raft.id()
+        ))
+    }
+
+    /// The client address to name in a redirect to `leader`.
+    pub(super) fn client_address(&self, leader: NodeId) -> Option<&String> {
+        self.raft
+            .configuration()
+            .member(leader)
+            .map(|member| &member.addresses.client)
+            .filter(|address| !address.is_empty())
+            .or_else(|| self.config.client_addresses.get(&leader))
+    }
+
+    /// Where to reach every node this one sends to (see the module doc);
+    /// members whose configuration entry names no peer address (simulated
+    /// or pre-membership ones) are left to the driver's own table.
+    pub fn peer_addresses(&self) -> BTreeMap<NodeId, MemberAddresses> {
+        self.raft.peer_addresses()
+    }
+
+    /// Changes whenever the configuration in force changes.
+    pub fn configuration_version(&self) -> u64 {
+        self.raft.configuration_version()
+    }
+
+    /// The configuration in force, for status and metrics.
+    pub fn membership_view(&self) -> MembershipView {
+        let index = self.raft.configuration_index();
+        let matches: BTreeMap<NodeId, Index> = self.raft.match_indexes().into_iter().collect();
+        let leader = self.raft.role() == crate::raft::Role::Leader;
+        let own = self.raft.id();
+        MembershipView {
+            index,
+            committed: index <= self.raft.commit_index(),
+            members: self
+                .raft
+                .configuration()
+                .members()
+                .iter()
+                .map(|(id, member)| MemberView {
+                    id: *id,
+                    role: member.role,
+                    addresses: member.addresses.clone(),
+                    match_index: if *id == own && leader {
+                        Some(self.raft.last_index())
+                    } else {
+                        matches.get(id).copied()
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The configuration a snapshot's state machine records (None for one
+/// written before membership change, or undecodable: logged).
+pub(super) fn snapshot_configuration(fsm: &crate::fsm::Fsm) -> Option<Configuration> {
+    let data = fsm.membership();
+    if data.is_empty() {
+        return None;
+    }
+    match Configuration::decode(data) {
+        Ok(configuration) => Some(configuration),
+        Err(reason) => {
+            log::error!("the snapshot's configuration does not decode ({reason}); ignored");
+            None
+        }
+    }
+}
