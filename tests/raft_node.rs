@@ -265,3 +265,71 @@ fn non_members_are_heard_but_not_recorded() {
     assert_eq!((node.term(), node.leader_id()), (5, Some(9)));
     assert!(!node.hard_state().incarnations.contains_key(&9));
 }
+
+/// A configuration that removed node 3's data dir (incarnation 1003) refuses
+/// that data dir for good, forgets its incarnation once committed, and lets
+/// the id come back with a new data dir, recorded on first sight.
+#[test]
+fn a_removed_data_dir_is_refused_and_its_id_may_return() {
+    use raftfs::raft::{Change, Configuration, Entry, HardState, MemberAddresses};
+    let three = Configuration::bootstrap(&[1, 2, 3], &Default::default());
+    let without = three
+        .apply_change(&Change::Remove { id: 3 }, Some(1003))
+        .expect("remove 3");
+    let back = without
+        .apply_change(
+            &Change::AddLearner {
+                id: 3,
+                addresses: MemberAddresses {
+                    peer: "n3:9".into(),
+                    client: "n3:8".into(),
+                    metrics: String::new(),
+                },
+            },
+            None,
+        )
+        .expect("add 3 back");
+    let entry = |index, data: Bytes| Entry {
+        term: 1,
+        index,
+        data,
+    };
+    let mut node = Node::new(
+        config(1, &[1, 2, 3]),
+        Restored {
+            hard_state: HardState {
+                term: 1,
+                vote: None,
+                incarnations: [(2, 1002), (3, 1003)].into(),
+            },
+            entries: vec![
+                entry(1, three.encode()),
+                entry(2, without.encode()),
+                entry(3, back.encode()),
+            ],
+            snapshot: None,
+            snapshot_configuration: None,
+        },
+    );
+    assert_eq!(node.configuration(), &back);
+    assert_eq!(
+        node.observe_incarnation(3, 1003),
+        Err(StepError::Removed {
+            from: 3,
+            incarnation: 1003
+        })
+    );
+    // Committing the removal forgets the old incarnation (durably).
+    let heartbeat = Message::Heartbeat {
+        leader_commit: 3,
+        read_round: 1,
+    };
+    assert_eq!(node.step(envelope(2, 1, 1, heartbeat)), Ok(()));
+    let forgot = drain(&mut node).into_iter().any(|action| {
+        matches!(action, Action::PersistHardState(hs) if !hs.incarnations.contains_key(&3))
+    });
+    assert!(forgot, "the removed incarnation is forgotten");
+    assert_eq!(node.observe_incarnation(3, 2003), Ok(()));
+    assert_eq!(node.hard_state().incarnations.get(&3), Some(&2003));
+    assert!(node.observe_incarnation(3, 1003).is_err());
+}

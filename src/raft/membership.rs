@@ -649,11 +649,6 @@ impl Configurations {
             .chain(self.entries.iter().map(|(index, c)| (*index, c)))
     }
 
-    /// Whether a configuration from the log (not cluster.toml's) lists `id`.
-    pub fn log_lists(&self, id: NodeId) -> bool {
-        (self.base_from_log && self.base.contains(id))
-            || self.entries.iter().any(|(_, c)| c.contains(id))
-    }
 
     /// Entries were written to the log (after any truncation): note the
     /// configuration entries among them. Returns whether the configuration

@@ -191,9 +191,6 @@ pub struct Node {
     pub(super) actions: Vec<Action>,
     /// The configurations the log holds; the last is in force.
     pub(super) configurations: Configurations,
-    /// This node was a member of a configuration from the log (so leaving
-    /// the committed one means it was removed, not that it never joined).
-    pub(super) was_member: bool,
     /// Bumped whenever the configuration in force changes (drivers compare
     /// it to refresh address tables).
     pub(super) configuration_version: u64,
@@ -256,10 +253,8 @@ impl Node {
             leader: None,
             actions: Vec::new(),
             configurations,
-            was_member: false,
             configuration_version: 0,
         };
-        node.was_member = node.configurations.log_lists(node.config.id);
         node.reset_election_timer();
         node
     }
@@ -433,11 +428,16 @@ impl Node {
 
     /// Record a member's data-dir incarnation the first time it is seen
     /// (durably, via `PersistHardState`); refuse any other one afterwards,
-    /// and a removed one always. A non-member (a node waiting to be added)
-    /// is neither recorded nor refused.
+    /// and a removed one always (but while this leader still tells it of
+    /// its removal). A non-member (a node waiting to be added) is neither
+    /// recorded nor refused.
     pub fn observe_incarnation(&mut self, from: NodeId, incarnation: u64) -> Result<(), StepError> {
         let current = self.configurations.current();
-        if current.was_removed(from, incarnation) {
+        let retiring = self
+            .leader
+            .as_ref()
+            .is_some_and(|leader| leader.retiring.contains_key(&from));
+        if current.was_removed(from, incarnation) && !retiring {
             return Err(StepError::Removed { from, incarnation });
         }
         if !current.contains(from) {

@@ -149,9 +149,6 @@ impl Node {
         self.configuration_version += 1;
         let own = self.config.id;
         let configuration = self.configurations.current().clone();
-        if configuration.contains(own) && self.configurations.from_log() {
-            self.was_member = true;
-        }
         log::info!(
             "node {own}: configuration {configuration} in force (index {})",
             self.configurations.current_index()
@@ -270,17 +267,25 @@ impl Node {
         }
     }
 
-    /// Whether this node was removed from the cluster: the committed
-    /// configuration no longer lists it, though one from its log did (or
-    /// names this very data dir as removed). Returns that configuration's
-    /// index. A removed node must stop: it is in no quorum and is sent
-    /// nothing more.
+    /// Whether this data dir was removed from the cluster: the committed
+    /// configuration names its (id, incarnation) as removed (the id alone
+    /// says nothing: it may have been added again with a new data dir).
+    /// Returns that configuration's index. A removed node must stop: it is
+    /// in no quorum and is sent nothing more.
     pub fn removed_at(&self) -> Option<Index> {
-        let own = self.config.id;
         let (index, committed) = self.configurations.at(self.commit_index);
-        let listed = committed.contains(own);
-        let named = committed.was_removed(own, self.config.incarnation);
-        (!listed && (self.was_member || named)).then_some(index)
+        committed
+            .was_removed(self.config.id, self.config.incarnation)
+            .then_some(index)
+    }
+
+    /// Whether the configuration in force (committed or not) names this
+    /// data dir as removed: checked at start, where the commit index is
+    /// not known yet.
+    pub fn removal_pending(&self) -> bool {
+        self.configurations
+            .current()
+            .was_removed(self.config.id, self.config.incarnation)
     }
 
     /// Where to reach every node this one may send to: the other members

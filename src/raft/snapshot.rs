@@ -122,8 +122,6 @@ impl Node {
         self.on_commit_of_configurations(committed_from, snapshot.index);
         if *self.configurations.current() != before {
             self.on_configuration_changed();
-        } else {
-            self.was_member |= self.configurations.log_lists(self.config.id);
         }
         if log_kept {
             // The kept suffix stays durable as before; the snapshot is too.
