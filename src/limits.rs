@@ -178,6 +178,10 @@ pub const HTTP_SNAPSHOT_NICE: i32 = 10;
 pub const HTTP_SNAPSHOT_WRITE_STALL_TIMEOUT_MS: u64 = 30_000;
 /// `raftfs status`: time to connect to one member and get its answer.
 pub const STATUS_PROBE_TIMEOUT_MS: u64 = 1_000;
+/// Largest status report (or membership answer) a node sends on its peer
+/// port: room for a configuration of `MEMBERS_MAX` members with the
+/// longest addresses.
+pub const STATUS_REPORT_BYTES_MAX: usize = 32 << 10;
 
 const _: () = assert!(NAME_BYTES_MAX < LINE_BYTES_MAX);
 const _: () = assert!(FILE_BYTES_MAX_DEFAULT <= FILE_BYTES_MAX_CEILING);
@@ -228,6 +232,9 @@ pub const RETIRING_TICKS_MAX: u64 = 500;
 pub const MEMBER_COMMAND_TIMEOUT_MS: u64 = 30_000;
 
 const _: () = assert!(MEMBERS_MAX - 1 <= PEER_LINKS_MAX);
+const _: () = assert!(
+    MEMBERS_MAX * (3 * MEMBER_ADDRESS_BYTES_MAX + 256) + (4 << 10) <= STATUS_REPORT_BYTES_MAX
+);
 const _: () = assert!(MEMBER_ADDRESS_BYTES_MAX <= u8::MAX as usize);
 const _: () = assert!(MEMBERS_MAX <= u8::MAX as usize);
 const _: () = assert!(REMOVED_MEMBERS_REMEMBERED_MAX <= u8::MAX as usize);

@@ -54,6 +54,7 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
         .filter(|m| m.id != id)
         .map(|m| (m.id, m.peer))
         .collect();
+    let file_peer_addresses = peer_addresses.clone();
     let peers = Peers::new(
         poll.registry(),
         PEER_TOKEN_BASE,
@@ -115,6 +116,14 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
             restore,
         },
     );
+    if replica.raft().removal_pending() {
+        return Err(Error::Removed(format!(
+            "node {id}: data dir {} was removed from the cluster (its configuration in force \
+             says so): start this node with an empty data dir, then add it with `raftfs member \
+             add`",
+            node_dir.display()
+        )));
+    }
     let stop_grace = Duration::from_millis(config.election_timeout_ms.1 * 2);
     let mut reactor = Reactor::new(
         poll,
@@ -147,6 +156,7 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
         );
     }
     reactor.set_checksum_path(node_dir.join(crate::net::reactor::CHECKSUM_FILE_NAME));
+    reactor.set_file_peer_addresses(file_peer_addresses);
     Ok(reactor)
 }
 

@@ -23,14 +23,6 @@
 //! Leaves out: asking through a proxy.
 
 use crate::config::{ClusterConfig, Member};
-
-fn target_of(member: &Member) -> Target {
-    Target {
-        id: member.id,
-        client: member.client.clone(),
-        peer: member.peer.to_string(),
-    }
-}
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::net::peer::wire;
@@ -134,10 +126,26 @@ pub struct MemberStatus {
 
 /// Asks one node at `peer_address` for its report.
 pub fn probe(peer_address: SocketAddr, timeout: Duration) -> std::io::Result<StatusReport> {
+    let payload = exchange(peer_address, &wire::encode_status_probe(), timeout)?;
+    serde_json::from_slice(&payload).map_err(|error| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("undecodable status report: {error}"),
+        )
+    })
+}
+
+/// Sends one probe `frame` to the peer port at `peer_address` and returns
+/// the one frame answered (a report, or a membership answer).
+pub fn exchange(
+    peer_address: SocketAddr,
+    frame: &[u8],
+    timeout: Duration,
+) -> std::io::Result<bytes::Bytes> {
     let deadline = Instant::now() + timeout;
     let mut stream = TcpStream::connect_timeout(&peer_address, timeout)?;
     stream.set_nodelay(true)?;
-    stream.write_all(&wire::encode_status_probe())?;
+    stream.write_all(frame)?;
     let mut buffer = BytesMut::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -146,15 +154,8 @@ pub fn probe(peer_address: SocketAddr, timeout: Duration) -> std::io::Result<Sta
             return Err(std::io::ErrorKind::TimedOut.into());
         }
         stream.set_read_timeout(Some(remaining))?;
-        match wire::next_frame(&mut buffer, limits::PEER_HANDSHAKE_BYTES_MAX) {
-            Ok(Some(payload)) => {
-                return serde_json::from_slice(&payload).map_err(|error| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("undecodable status report: {error}"),
-                    )
-                })
-            }
+        match wire::next_frame(&mut buffer, limits::STATUS_REPORT_BYTES_MAX) {
+            Ok(Some(payload)) => return Ok(payload.freeze()),
             Ok(None) => {}
             Err(error) => {
                 return Err(std::io::Error::new(
@@ -176,17 +177,29 @@ pub fn probe(peer_address: SocketAddr, timeout: Duration) -> std::io::Result<Sta
 
 /// A member to ask: its id, client address (shown) and peer address.
 #[derive(Clone, Debug)]
-struct Target {
-    id: NodeId,
-    client: String,
-    peer: String,
+pub struct Target {
+    pub id: NodeId,
+    pub client: String,
+    pub peer: String,
 }
 
-type ProbeResult = (Target, std::result::Result<StatusReport, String>);
+impl Target {
+    /// cluster.toml's entry for a member.
+    pub fn of(member: &Member) -> Target {
+        Target {
+            id: member.id,
+            client: member.client.clone(),
+            peer: member.peer.to_string(),
+        }
+    }
+}
+
+/// A member asked, and its report or why there is none.
+pub type ProbeResult = (Target, std::result::Result<StatusReport, String>);
 
 /// Probes `targets` in parallel (a peer address that does not resolve is
 /// an error for that member only).
-fn probe_all(targets: Vec<Target>, timeout: Duration) -> Vec<ProbeResult> {
+pub fn probe_all(targets: Vec<Target>, timeout: Duration) -> Vec<ProbeResult> {
     let threads: Vec<_> = targets
         .into_iter()
         .map(|target| {
@@ -237,10 +250,10 @@ pub fn freshest_membership<'a>(
         .map(|(_, membership)| membership)
 }
 
-/// Probes every member cluster.toml lists and every member the reports
-/// name (in parallel, two rounds at most), and computes lags.
-pub fn collect(config: &ClusterConfig, timeout: Duration) -> Vec<MemberStatus> {
-    let targets: Vec<Target> = config.members.iter().map(target_of).collect();
+/// Probes `targets` and then the members the freshest configuration
+/// reported names that are not among them (in parallel, two rounds at
+/// most). Sorted by id.
+pub fn probe_cluster(targets: Vec<Target>, timeout: Duration) -> Vec<ProbeResult> {
     let mut results = probe_all(targets, timeout);
     let named: Vec<Target> = freshest_membership(
         results.iter().filter_map(|(_, result)| result.as_ref().ok()),
@@ -260,8 +273,16 @@ pub fn collect(config: &ClusterConfig, timeout: Duration) -> Vec<MemberStatus> {
     .unwrap_or_default();
     if !named.is_empty() {
         results.extend(probe_all(named, timeout));
-        results.sort_by_key(|(target, _)| target.id);
     }
+    results.sort_by_key(|(target, _)| target.id);
+    results
+}
+
+/// Probes every member cluster.toml lists and every member the reports
+/// name, and computes lags.
+pub fn collect(config: &ClusterConfig, timeout: Duration) -> Vec<MemberStatus> {
+    let targets: Vec<Target> = config.members.iter().map(Target::of).collect();
+    let results = probe_cluster(targets, timeout);
     let membership = freshest_membership(
         results.iter().filter_map(|(_, result)| result.as_ref().ok()),
     )

@@ -147,6 +147,11 @@ pub struct Reactor {
     checksum_flag: Arc<AtomicBool>,
     /// Where a checksum request writes; `None` = requests are ignored.
     checksum_path: Option<PathBuf>,
+    /// The replica's configuration version the peer links follow.
+    configuration_version_followed: u64,
+    /// cluster.toml's peer addresses (for members the configuration in
+    /// force names without one).
+    file_peer_addresses: std::collections::BTreeMap<NodeId, std::net::SocketAddr>,
 }
 
 /// Encoded once: the answers the reactor gives without the replica.
@@ -218,6 +223,8 @@ impl Reactor {
             logged: (None, 0, None),
             checksum_flag: Arc::new(AtomicBool::new(false)),
             checksum_path: None,
+            configuration_version_followed: u64::MAX,
+            file_peer_addresses: std::collections::BTreeMap::new(),
         })
     }
 
@@ -245,6 +252,15 @@ impl Reactor {
     /// Where checksum requests write (the node's data dir).
     pub fn set_checksum_path(&mut self, path: PathBuf) {
         self.checksum_path = Some(path);
+    }
+
+    /// cluster.toml's peer addresses, used where the configuration in
+    /// force names none for a member.
+    pub fn set_file_peer_addresses(
+        &mut self,
+        addresses: std::collections::BTreeMap<NodeId, std::net::SocketAddr>,
+    ) {
+        self.file_peer_addresses = addresses;
     }
 
     /// Writes the checksum line if one was requested; a failure is logged
@@ -376,7 +392,12 @@ impl Reactor {
                 }
             }
             self.replica.end_turn(replica_now, &mut self.storage)?;
+            self.follow_configuration();
             self.deliver(now)?;
+            if let Some(reason) = self.replica.removed() {
+                self.flush_all_connections();
+                return Err(Error::Removed(reason));
+            }
             self.refresh_status();
             self.log_transitions();
             self.maybe_write_checksum();
@@ -392,6 +413,36 @@ impl Reactor {
                 }
             }
         }
+    }
+
+    /// The configuration in force changed: dial its new members (and the
+    /// retiring ones a leader still tells of their removal), shut the
+    /// links of the others. Members whose entry names no usable peer
+    /// address keep cluster.toml's.
+    fn follow_configuration(&mut self) {
+        let version = self.replica.configuration_version();
+        if version == self.configuration_version_followed {
+            return;
+        }
+        self.configuration_version_followed = version;
+        let mut members = std::collections::BTreeMap::new();
+        for (id, addresses) in self.replica.peer_addresses() {
+            match addresses.peer.parse::<std::net::SocketAddr>() {
+                Ok(address) => {
+                    members.insert(id, address);
+                }
+                Err(_) => match self.file_peer_addresses.get(&id) {
+                    Some(address) => {
+                        members.insert(id, *address);
+                    }
+                    None => log::warn!(
+                        "node {id}'s peer address {:?} is not IP:PORT; it cannot be dialed",
+                        addresses.peer
+                    ),
+                },
+            }
+        }
+        self.peers.set_members(self.poll.registry(), members);
     }
 
     fn handle_peer_event(&mut self, event: &mio::event::Event, now: Instant) -> Result<()> {

@@ -85,6 +85,24 @@ impl Reactor {
                 }
             }
         }
+        for (key, request) in self.peers.member_requests() {
+            let answer = match serde_json::from_slice::<crate::member::MemberRequest>(&request) {
+                Ok(request) => {
+                    let answer = self.replica.member_request(&request);
+                    log::info!("membership request {request:?}: {answer:?}");
+                    answer
+                }
+                Err(error) => crate::member::MemberAnswer::Refused {
+                    reason: format!("not a membership request this node understands: {error}"),
+                },
+            };
+            match serde_json::to_vec(&answer) {
+                Ok(bytes) => self
+                    .peers
+                    .answer_member_request(self.poll.registry(), key, &bytes),
+                Err(error) => log::error!("cannot encode a membership answer: {error}"),
+            }
+        }
         if self.peers.status_probes_waiting() {
             let view = self.node_view();
             let report = crate::status::StatusReport {
