@@ -192,7 +192,11 @@ fn add_request(
                 Some(metrics) => Some(resolve_flag("metrics", metrics)?.to_string()),
                 None => None,
             };
-            (client.clone(), resolve_flag("peer", peer)?.to_string(), metrics)
+            (
+                client.clone(),
+                resolve_flag("peer", peer)?.to_string(),
+                metrics,
+            )
         }
         (None, None) => {
             let member = config.members.iter().find(|m| m.id == id).ok_or_else(|| {
@@ -291,7 +295,10 @@ fn change(config: &ClusterConfig, request: &MemberRequest, deadline: Instant) ->
         match answer {
             Ok(MemberAnswer::Proposed { index }) => proposed = Some(index),
             Ok(MemberAnswer::Refused { reason }) => {
-                return Err(Error::Refused(format!("node {} (leader): {reason}", target.id)))
+                return Err(Error::Refused(format!(
+                    "node {} (leader): {reason}",
+                    target.id
+                )))
             }
             Ok(MemberAnswer::Retry { reason }) => {
                 last_problem = reason;
@@ -353,7 +360,11 @@ pub struct Listing {
 
 /// The configuration in force, from the freshest report.
 pub fn listing(results: &[status::ProbeResult]) -> Option<Listing> {
-    let reports = || results.iter().filter_map(|(_, result)| result.as_ref().ok());
+    let reports = || {
+        results
+            .iter()
+            .filter_map(|(_, result)| result.as_ref().ok())
+    };
     let membership: &MembershipReport = status::freshest_membership(reports())?;
     let leader = reports()
         .filter(|report| report.role == "leader")

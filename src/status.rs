@@ -242,7 +242,12 @@ pub fn freshest_membership<'a>(
             let membership = report.membership.as_ref()?;
             let leads = report.role == "leader";
             Some((
-                (leads, report.term * u64::from(leads), membership.index, membership.committed),
+                (
+                    leads,
+                    report.term * u64::from(leads),
+                    membership.index,
+                    membership.committed,
+                ),
                 membership,
             ))
         })
@@ -256,7 +261,9 @@ pub fn freshest_membership<'a>(
 pub fn probe_cluster(targets: Vec<Target>, timeout: Duration) -> Vec<ProbeResult> {
     let mut results = probe_all(targets, timeout);
     let named: Vec<Target> = freshest_membership(
-        results.iter().filter_map(|(_, result)| result.as_ref().ok()),
+        results
+            .iter()
+            .filter_map(|(_, result)| result.as_ref().ok()),
     )
     .map(|membership| {
         membership
@@ -284,7 +291,9 @@ pub fn collect(config: &ClusterConfig, timeout: Duration) -> Vec<MemberStatus> {
     let targets: Vec<Target> = config.members.iter().map(Target::of).collect();
     let results = probe_cluster(targets, timeout);
     let membership = freshest_membership(
-        results.iter().filter_map(|(_, result)| result.as_ref().ok()),
+        results
+            .iter()
+            .filter_map(|(_, result)| result.as_ref().ok()),
     )
     .cloned();
     let member_role = |id: NodeId| {

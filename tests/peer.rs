@@ -400,7 +400,10 @@ fn an_unknown_sender_is_decided_by_the_caller() {
         }),
     );
     assert_eq!(by, 2);
-    assert!(reason.contains("node 9 (incarnation 1) was removed"), "{reason}");
+    assert!(
+        reason.contains("node 9 (incarnation 1) was removed"),
+        "{reason}"
+    );
 }
 
 /// A raw client that has completed a valid handshake with node `to`.

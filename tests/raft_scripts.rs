@@ -40,8 +40,8 @@
 use bytes::Bytes;
 use raftfs::raft::membership::is_configuration_entry;
 use raftfs::raft::{
-    Action, Change, Config, Configuration, Entry, Envelope, HardState, Installed,
-    MemberAddresses, Message, Node, NodeId, Restored, Role, SnapshotMeta, Term,
+    Action, Change, Config, Configuration, Entry, Envelope, HardState, Installed, MemberAddresses,
+    Message, Node, NodeId, Restored, Role, SnapshotMeta, Term,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -286,7 +286,10 @@ impl Harness {
             let mut config = Config {
                 id: *id,
                 members: bootstrap.clone(),
-                addresses: bootstrap.iter().map(|id| (*id, addresses_of(*id))).collect(),
+                addresses: bootstrap
+                    .iter()
+                    .map(|id| (*id, addresses_of(*id)))
+                    .collect(),
                 incarnation: 1000 * id,
                 election_timeout_ticks: (10, 20),
                 heartbeat_ticks: 3,
@@ -432,7 +435,10 @@ impl Harness {
         }
         let bytes = self.receiving.remove(&id).unwrap_or_default();
         let configuration = snapshot_configuration(&decode_snapshot(&bytes));
-        match self.node(id).install_snapshot(from, snapshot, configuration) {
+        match self
+            .node(id)
+            .install_snapshot(from, snapshot, configuration)
+        {
             Installed::Stale => format!("snapshot {} is stale", snapshot.index),
             Installed::Installed { log_kept } => {
                 let applied = decode_snapshot(&bytes);

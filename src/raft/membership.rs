@@ -175,11 +175,16 @@ pub enum ChangeError {
 impl fmt::Display for ChangeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ChangeError::NotLeader { leader: Some(leader) } => {
+            ChangeError::NotLeader {
+                leader: Some(leader),
+            } => {
                 write!(f, "not the leader (node {leader} leads)")
             }
             ChangeError::NotLeader { leader: None } => {
-                write!(f, "not the leader (no leader known, or leadership is being handed over)")
+                write!(
+                    f,
+                    "not the leader (no leader known, or leadership is being handed over)"
+                )
             }
             ChangeError::TermNotCommitted => write!(
                 f,
@@ -387,7 +392,8 @@ impl Configuration {
                 }
                 check_addresses(addresses)?;
                 for (other, member) in &self.members {
-                    for (what, address) in [("peer", &addresses.peer), ("client", &addresses.client)]
+                    for (what, address) in
+                        [("peer", &addresses.peer), ("client", &addresses.client)]
                     {
                         let taken = [&member.addresses.peer, &member.addresses.client];
                         if taken.contains(&address) {
@@ -439,7 +445,8 @@ impl Configuration {
 
     /// The data of the log entry holding this configuration.
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(4 + self.members.len() * 64 + self.removed.len() * 16);
+        let mut out =
+            BytesMut::with_capacity(4 + self.members.len() * 64 + self.removed.len() * 16);
         out.put_u8(CONFIGURATION_ENTRY_TAG);
         out.put_u8(CODEC_VERSION);
         // Counts and lengths are bounded by `apply_change`/`check_addresses`
@@ -539,7 +546,9 @@ fn check_addresses(addresses: &MemberAddresses) -> Result<(), ChangeError> {
         ("metrics", &addresses.metrics, false),
     ] {
         if required && text.is_empty() {
-            return Err(ChangeError::Invalid(format!("the {what} address is missing")));
+            return Err(ChangeError::Invalid(format!(
+                "the {what} address is missing"
+            )));
         }
         if text.len() > MEMBER_ADDRESS_BYTES_MAX {
             return Err(ChangeError::Invalid(format!(
@@ -649,7 +658,6 @@ impl Configurations {
             .chain(self.entries.iter().map(|(index, c)| (*index, c)))
     }
 
-
     /// Entries were written to the log (after any truncation): note the
     /// configuration entries among them. Returns whether the configuration
     /// in force changed; an entry that does not decode is an error (the
@@ -748,14 +756,15 @@ mod tests {
         assert!(with_learner.is_learner(4) && with_learner.voter_count() == 3);
         assert!(with_learner.reflects(&add));
         let error = with_learner.apply_change(&add, None).expect_err("twice");
-        assert_eq!(error.to_string(), "node 4 is already a learner (remove it first to change its addresses)");
+        assert_eq!(
+            error.to_string(),
+            "node 4 is already a learner (remove it first to change its addresses)"
+        );
         let promoted = with_learner
             .apply_change(&Change::Promote { id: 4 }, None)
             .expect("promote");
         assert_eq!(promoted.voters(), vec![1, 2, 3, 4]);
-        assert!(base
-            .apply_change(&Change::Promote { id: 4 }, None)
-            .is_err());
+        assert!(base.apply_change(&Change::Promote { id: 4 }, None).is_err());
         let clash = Change::AddLearner {
             id: 5,
             addresses: addresses(1),
@@ -788,7 +797,10 @@ mod tests {
                 .and_then(|c| c.apply_change(&Change::Remove { id: 9 }, Some(round)))
                 .expect("add and remove");
         }
-        assert_eq!(configuration.removed().len(), REMOVED_MEMBERS_REMEMBERED_MAX);
+        assert_eq!(
+            configuration.removed().len(),
+            REMOVED_MEMBERS_REMEMBERED_MAX
+        );
         assert!(!configuration.was_removed(9, 0));
         assert!(configuration.was_removed(9, REMOVED_MEMBERS_REMEMBERED_MAX as u64 + 2));
     }

@@ -229,7 +229,8 @@ impl Node {
             None => Configurations::starting(snapshot.index, bootstrap, false),
         };
         let log = Log::from_snapshot(snapshot.index, snapshot.term, restored.entries);
-        if let Err(reason) = configurations.observe(log.slice(log.first_index(), log.last_index())) {
+        if let Err(reason) = configurations.observe(log.slice(log.first_index(), log.last_index()))
+        {
             // The WAL's records passed their CRC: only a foreign format gets
             // here. Keep the configurations read so far (logged).
             log::error!("node {}: {reason}", config.id);

@@ -49,7 +49,8 @@ impl Node {
             return Ok(transfer.target);
         }
         let configuration = self.configurations.current();
-        let requested = to.filter(|id| leader.progress.contains_key(id) && configuration.is_voter(*id));
+        let requested =
+            to.filter(|id| leader.progress.contains_key(id) && configuration.is_voter(*id));
         // Most up to date voter: highest match index, ties to the lowest id.
         let best = leader
             .progress
@@ -100,7 +101,11 @@ impl Node {
 
     fn register_read(&mut self, id: u64, index: Index) {
         let own = self.config.id;
-        if self.configurations.current().has_majority(|voter| voter == own) {
+        if self
+            .configurations
+            .current()
+            .has_majority(|voter| voter == own)
+        {
             // A single voter is its own majority.
             self.actions.push(Action::ReadReady { id, index });
             return;

@@ -134,7 +134,9 @@ impl Node {
         let Some(progress) = leader.progress.get(&id) else {
             return Err(not_caught_up(0, None));
         };
-        let heard = progress.heard_this_term.then(|| leader.ticks - progress.last_heard_tick);
+        let heard = progress
+            .heard_this_term
+            .then(|| leader.ticks - progress.last_heard_tick);
         let recent = heard.is_some_and(|ticks| ticks < timeout_min);
         let close = progress.match_index + PROMOTION_LAG_ENTRIES_MAX >= self.commit_index;
         if recent && close && progress.state != ProgressState::Snapshot {
@@ -153,8 +155,7 @@ impl Node {
             "node {own}: configuration {configuration} in force (index {})",
             self.configurations.current_index()
         );
-        if !configuration.is_voter(own)
-            && matches!(self.role, Role::PreCandidate | Role::Candidate)
+        if !configuration.is_voter(own) && matches!(self.role, Role::PreCandidate | Role::Candidate)
         {
             self.become_follower(self.hard_state.term, None);
         }

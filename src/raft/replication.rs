@@ -19,10 +19,10 @@
 //! a `PersistEntries` before the acknowledgement is sent.
 
 use super::log::is_well_formed;
+use super::membership::{is_configuration_entry, Configuration};
 use super::message::{Index, Message, NodeId, Term};
 use super::node::{Node, Role};
 use super::progress::{Progress, ProgressState};
-use super::membership::{is_configuration_entry, Configuration};
 use super::{Action, Entry};
 
 impl Node {
@@ -322,7 +322,10 @@ impl Node {
             if id == own {
                 own_match
             } else {
-                leader.progress.get(&id).map_or(0, |progress| progress.match_index)
+                leader
+                    .progress
+                    .get(&id)
+                    .map_or(0, |progress| progress.match_index)
             }
         });
         if majority_index > self.commit_index

@@ -20,9 +20,7 @@
 
 use super::Replica;
 use crate::member::{MemberAnswer, MemberRequest};
-use crate::raft::{
-    Change, ChangeError, Configuration, Index, MemberAddresses, MemberRole, NodeId,
-};
+use crate::raft::{Change, ChangeError, Configuration, Index, MemberAddresses, MemberRole, NodeId};
 use std::collections::BTreeMap;
 
 /// One member as status and metrics show it.
