@@ -312,14 +312,8 @@ fn a_removed_data_dir_is_refused_and_its_id_may_return() {
         },
     );
     assert_eq!(node.configuration(), &back);
-    assert_eq!(
-        node.observe_incarnation(3, 1003),
-        Err(StepError::Removed {
-            from: 3,
-            incarnation: 1003
-        })
-    );
-    // Committing the removal forgets the old incarnation (durably).
+    // Committing the removal forgets the old incarnation (durably), and
+    // refuses it from then on.
     let heartbeat = Message::Heartbeat {
         leader_commit: 3,
         read_round: 1,
@@ -329,6 +323,13 @@ fn a_removed_data_dir_is_refused_and_its_id_may_return() {
         matches!(action, Action::PersistHardState(hs) if !hs.incarnations.contains_key(&3))
     });
     assert!(forgot, "the removed incarnation is forgotten");
+    assert_eq!(
+        node.observe_incarnation(3, 1003),
+        Err(StepError::Removed {
+            from: 3,
+            incarnation: 1003
+        })
+    );
     assert_eq!(node.observe_incarnation(3, 2003), Ok(()));
     assert_eq!(node.hard_state().incarnations.get(&3), Some(&2003));
     assert!(node.observe_incarnation(3, 1003).is_err());

@@ -55,6 +55,9 @@ struct Tally {
     indeterminate: u64,
     snapshots_taken: u64,
     snapshots_installed: u64,
+    membership_changes: u64,
+    removed_nodes: u64,
+    replaced_disks: u64,
     lincheck_unknown: u64,
     liveness_ticks_max: u64,
     failures: Vec<Failure>,
@@ -76,6 +79,9 @@ impl Tally {
                 self.indeterminate += stats.indeterminate;
                 self.snapshots_taken += stats.snapshots_taken;
                 self.snapshots_installed += stats.snapshots_installed;
+                self.membership_changes += stats.membership_changes;
+                self.removed_nodes += stats.removed_nodes;
+                self.replaced_disks += stats.replaced_disks;
                 self.lincheck_unknown += u64::from(stats.lincheck_unknown);
                 self.liveness_ticks_max = self.liveness_ticks_max.max(stats.liveness_ticks);
             }
@@ -99,6 +105,9 @@ impl Tally {
         self.indeterminate += other.indeterminate;
         self.snapshots_taken += other.snapshots_taken;
         self.snapshots_installed += other.snapshots_installed;
+        self.membership_changes += other.membership_changes;
+        self.removed_nodes += other.removed_nodes;
+        self.replaced_disks += other.replaced_disks;
         self.lincheck_unknown += other.lincheck_unknown;
         self.liveness_ticks_max = self.liveness_ticks_max.max(other.liveness_ticks_max);
         self.failures.extend(other.failures);
@@ -108,8 +117,9 @@ impl Tally {
         eprintln!(
             "{what}: {} schedules in {:.1}s ({:.1} schedules/s; {} steps, {} committed entries, \
              {} client commands ({} answered, {} indeterminate), {} crashes ({} power losses, \
-             {} after a failed fsync), {} partitions, {} snapshots taken, {} installed, slowest \
-             recovery {} ticks, {} histories too large to check in time), {} failed",
+             {} after a failed fsync), {} partitions, {} snapshots taken, {} installed, {} \
+             membership changes ({} nodes removed, {} disks replaced), slowest recovery {} ticks, \
+             {} histories too large to check in time), {} failed",
             self.schedules,
             elapsed.as_secs_f64(),
             self.schedules as f64 / elapsed.as_secs_f64().max(1e-9),
@@ -124,6 +134,9 @@ impl Tally {
             self.partitions,
             self.snapshots_taken,
             self.snapshots_installed,
+            self.membership_changes,
+            self.removed_nodes,
+            self.replaced_disks,
             self.liveness_ticks_max,
             self.lincheck_unknown,
             self.failures.len()

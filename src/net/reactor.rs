@@ -475,9 +475,13 @@ impl Reactor {
             match peer_event {
                 PeerEvent::Message(envelope) => self.replica.step(envelope),
                 PeerEvent::Refused { by, reason } => {
-                    return Err(Error::Refused(format!(
-                        "node {by} refused this node: {reason}"
-                    )));
+                    if let Err(line) = self.replica.peer_refused(by, &reason) {
+                        return Err(if reason.contains(crate::replica::REMOVED_REFUSAL_MARK) {
+                            Error::Removed(line)
+                        } else {
+                            Error::Refused(line)
+                        });
+                    }
                 }
                 // The link logs up (info) and down (warn, with the reason).
                 PeerEvent::LinkUp(id) => log::debug!("peer {id} link up"),

@@ -429,23 +429,33 @@ impl Node {
 
     /// Record a member's data-dir incarnation the first time it is seen
     /// (durably, via `PersistHardState`); refuse any other one afterwards,
-    /// and a removed one always (but while this leader still tells it of
-    /// its removal). A non-member (a node waiting to be added) is neither
-    /// recorded nor refused.
+    /// and one the committed configuration names as removed (but while
+    /// this leader still tells it of its removal). A non-member (a node
+    /// waiting to be added) is neither recorded nor refused. A node whose
+    /// log is empty has nothing another incarnation could corrupt (it
+    /// counts no vote or acknowledgement that matters: an empty log wins
+    /// only a unanimous first election), so it records a member's new
+    /// incarnation instead of refusing it: a node waiting to be added must
+    /// follow a replaced member that leads.
     pub fn observe_incarnation(&mut self, from: NodeId, incarnation: u64) -> Result<(), StepError> {
-        let current = self.configurations.current();
+        let (_, committed) = self.configurations.at(self.commit_index);
         let retiring = self
             .leader
             .as_ref()
             .is_some_and(|leader| leader.retiring.contains_key(&from));
-        if current.was_removed(from, incarnation) && !retiring {
+        if committed.was_removed(from, incarnation) && !retiring {
             return Err(StepError::Removed { from, incarnation });
         }
-        if !current.contains(from) {
+        if !committed.contains(from) && !self.configurations.current().contains(from) {
             return Ok(());
         }
         match self.hard_state.incarnations.get(&from) {
             Some(&recorded) if recorded == incarnation => Ok(()),
+            Some(_) if self.log.last_index() == 0 => {
+                self.hard_state.incarnations.insert(from, incarnation);
+                self.persist_hard_state();
+                Ok(())
+            }
             Some(&recorded) => Err(StepError::WrongIncarnation {
                 from,
                 recorded,
@@ -568,6 +578,11 @@ impl Node {
     /// Changes whenever the configuration in force changes.
     pub fn configuration_version(&self) -> u64 {
         self.configuration_version
+    }
+    /// Whether the configuration in force came from the log (else it is
+    /// cluster.toml's, not yet written by a leader).
+    pub fn configuration_from_log(&self) -> bool {
+        self.configurations.from_log()
     }
     /// Whether this node votes in the configuration in force.
     pub fn is_voter(&self) -> bool {

@@ -17,8 +17,16 @@
 //!
 //! Leaving: `removed` says why this node must stop (the committed
 //! configuration no longer lists it); the driver stops it with that line.
+//!
+//! Refusals (`peer_refused`): a member refuses this node's link when it
+//! knows another data dir under this id (SPEC §3) or this data dir as
+//! removed. That stops the node, except when this data dir was added by the
+//! cluster (a configuration from its log lists it) and the refusal is
+//! about its incarnation: the refusing member has not yet learned that the
+//! id was removed and added again. It learns it from a leader; if this
+//! node leads, it hands leadership to another voter so one can tell it.
 
-use super::Replica;
+use super::{Replica, REMOVED_REFUSAL_MARK};
 use crate::member::{MemberAnswer, MemberRequest};
 use crate::raft::{Change, ChangeError, Configuration, Index, MemberAddresses, MemberRole, NodeId};
 use std::collections::BTreeMap;
@@ -100,6 +108,36 @@ impl Replica {
              data dir and run `raftfs member add`",
             self.raft.id()
         ))
+    }
+
+    /// Member `by` refused this node's link, saying `reason` (see the
+    /// module doc): Ok to go on (logged), Err(line) to stop.
+    pub fn peer_refused(&mut self, by: NodeId, reason: &str) -> Result<(), String> {
+        let line = format!("node {by} refused this node: {reason}");
+        let own = self.raft.id();
+        let added = self.raft.configuration().contains(own) && self.raft.configuration_from_log();
+        if reason.contains(REMOVED_REFUSAL_MARK) || !added {
+            return Err(line);
+        }
+        log::warn!("{line}; it has not learned yet that node {own} was added again");
+        if self.raft.role() == crate::raft::Role::Leader {
+            let matches: BTreeMap<NodeId, Index> = self.raft.match_indexes().into_iter().collect();
+            let target = self
+                .raft
+                .configuration()
+                .voters()
+                .into_iter()
+                .filter(|&voter| voter != own && voter != by)
+                .max_by_key(|voter| (matches.get(voter).copied().unwrap_or(0), u64::MAX - voter));
+            if let Some(target) = target {
+                if let Ok(chosen) = self.raft.transfer_leadership(Some(target)) {
+                    log::info!(
+                        "node {own} hands leadership to node {chosen} so node {by} can catch up"
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The client address to name in a redirect to `leader`.

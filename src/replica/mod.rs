@@ -456,6 +456,10 @@ impl Replica {
     }
 }
 
+/// The words a refusal of a removed data dir carries (the refused node
+/// stops for good on them, `members::peer_refused`).
+pub const REMOVED_REFUSAL_MARK: &str = "removed from this cluster";
+
 fn describe_step_error(error: &raft::StepError) -> String {
     match error {
         raft::StepError::WrongIncarnation { from, recorded, got } => format!(
@@ -466,7 +470,7 @@ fn describe_step_error(error: &raft::StepError) -> String {
         ),
         raft::StepError::NotForUs => "message not addressed to this node".into(),
         raft::StepError::Removed { from, incarnation } => format!(
-            "node {from} (data-dir incarnation {incarnation:016x}) was removed from this cluster: \
+            "node {from} (data-dir incarnation {incarnation:016x}) was {REMOVED_REFUSAL_MARK}: \
              it must stop; to add it back, give it an empty data dir and run `raftfs member add`"
         ),
     }
