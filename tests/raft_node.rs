@@ -5,7 +5,10 @@
 //! are recorded durably on first sight.
 
 use bytes::Bytes;
-use raftfs::raft::{Action, Config, Envelope, Message, Node, NodeId, Restored, Role, StepError};
+use raftfs::raft::{
+    Action, Config, Configuration, Entry, Envelope, HardState, Message, Node, NodeId, Restored,
+    Role, StepError,
+};
 
 fn config(id: NodeId, members: &[NodeId]) -> Config {
     Config {
@@ -75,7 +78,21 @@ fn ack(node: &mut Node, from: NodeId, match_index: u64) {
 
 #[test]
 fn refused_envelopes_change_nothing() {
-    let mut node = Node::new(config(1, &[1, 2, 3]), Restored::default());
+    // A node holding a log (one with an empty log lets a member's new data
+    // dir replace the recorded one: `empty_log_follows_a_replaced_member`).
+    let restored = Restored {
+        hard_state: HardState {
+            term: 1,
+            ..HardState::default()
+        },
+        entries: vec![Entry {
+            index: 1,
+            term: 1,
+            data: Bytes::new(),
+        }],
+        ..Restored::default()
+    };
+    let mut node = Node::new(config(1, &[1, 2, 3]), restored);
     let heartbeat = Message::Heartbeat {
         leader_commit: 0,
         read_round: 1,
@@ -107,9 +124,70 @@ fn refused_envelopes_change_nothing() {
             got: 7
         })
     );
-    assert_eq!(node.term(), 0, "a refused message must not change the term");
+    assert_eq!(node.term(), 1, "a refused message must not change the term");
     assert_eq!(node.leader_id(), None);
     assert!(drain(&mut node).is_empty());
+}
+
+/// Node 1 restarted with a log whose one entry (index 1, term 1) is the
+/// configuration {1, 2, 3} binding voter `id` to data dir `bindings(id)`.
+fn node_with_bound_voters(bindings: impl Fn(NodeId) -> u64) -> Node {
+    let configuration = Configuration::bootstrap(&[1, 2, 3], &Default::default())
+        .binding_voters(|id| Some(bindings(id)));
+    let restored = Restored {
+        hard_state: HardState {
+            term: 1,
+            ..HardState::default()
+        },
+        entries: vec![Entry {
+            index: 1,
+            term: 1,
+            data: configuration.encode(),
+        }],
+        ..Restored::default()
+    };
+    Node::new(config(1, &[1, 2, 3]), restored)
+}
+
+#[test]
+fn a_voter_counts_only_as_its_data_dir() {
+    // Node 1's log binds voter 1 to another data dir (its predecessor's):
+    // this one never campaigns (sim seed 72: a replaced node holding an old
+    // configuration elected itself with another new data dir's vote).
+    let mut ghost = node_with_bound_voters(|id| if id == 1 { 9001 } else { 1000 + id });
+    assert!(!ghost.is_voter());
+    for _ in 0..100 {
+        ghost.tick();
+    }
+    assert_eq!(ghost.role(), Role::Follower);
+    assert_eq!(ghost.term(), 1);
+
+    // Bound to this data dir, it campaigns, and a vote from a data dir
+    // other than the one voter 2 is bound to does not count.
+    let mut node = node_with_bound_voters(|id| 1000 + id);
+    assert!(node.is_voter());
+    while node.role() != Role::Candidate {
+        node.tick();
+    }
+    let term = node.term();
+    let mut stranger = envelope(2, 1, term, Message::RequestVoteResponse { granted: true });
+    stranger.incarnation = 2002;
+    assert_eq!(node.step(stranger), Ok(()));
+    assert_eq!(node.role(), Role::Candidate, "a stranger's vote counted");
+    let vote = envelope(3, 1, term, Message::RequestVoteResponse { granted: true });
+    assert_eq!(node.step(vote), Ok(()));
+    assert_eq!(node.role(), Role::Leader);
+}
+
+#[test]
+fn empty_log_follows_a_replaced_member() {
+    // A node waiting to be added (empty log) that recorded node 2's data
+    // dir follows node 2's new one: nothing in its log can be corrupted.
+    let mut node = Node::new(config(1, &[1, 2, 3]), Restored::default());
+    assert_eq!(node.observe_incarnation(2, 1002), Ok(()));
+    drain(&mut node);
+    assert_eq!(node.observe_incarnation(2, 2002), Ok(()));
+    assert_eq!(node.hard_state().incarnations.get(&2), Some(&2002));
 }
 
 #[test]

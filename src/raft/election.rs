@@ -198,7 +198,20 @@ impl Node {
         let data = if self.configurations.from_log() {
             Bytes::new()
         } else {
-            self.configurations.current().encode()
+            // Each voter bound to the data dir that voted for this leader
+            // (membership's "Voters are data dirs").
+            let own = (self.config.id, self.config.incarnation);
+            let incarnations = &self.hard_state.incarnations;
+            self.configurations
+                .current()
+                .binding_voters(|id| {
+                    if id == own.0 {
+                        Some(own.1)
+                    } else {
+                        incarnations.get(&id).copied()
+                    }
+                })
+                .encode()
         };
         let noop = Entry {
             term,

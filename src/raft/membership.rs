@@ -58,6 +58,25 @@
 //! cluster, all of whose logs are empty, elects its first leader once every
 //! member has started.
 //!
+//! # Voters are data dirs, not ids
+//!
+//! An id can come back with a new data dir once removed (a replaced host).
+//! Its new data dir starts empty and receives the log from the start, so
+//! for a while it holds configurations, written before its predecessor was
+//! removed, that list its id as a voter. Were a vote or acknowledgement
+//! counted by id alone, such a node (and other new data dirs) could elect a
+//! leader of that old configuration without any of the voters that hold
+//! the later log: the simulator found exactly that (seed 72). So a voter is
+//! bound to its data dir: the first leader writes the bootstrap
+//! configuration with every voter's incarnation (it heard from each in its
+//! unanimous election), and a promotion records the learner's incarnation
+//! (the leader just heard from it: it is caught up). A node counts as a
+//! voter, for itself (`counts_as_voter`) and in every vote and
+//! acknowledgement tally of others (`Node::step` drops responses from a
+//! data dir other than the one a configuration binds), only as that data
+//! dir. Unbound voters (incarnation 0: cluster.toml's configuration before
+//! a leader wrote it, or a log from before this rule) count by id.
+//!
 //! Invariants: a configuration has at least one voter, at most
 //! `MEMBERS_MAX` members, no member id 0, addresses of at most
 //! `MEMBER_ADDRESS_BYTES_MAX` bytes; `decode(encode(c)) == c`; decoding
@@ -78,7 +97,7 @@ use std::fmt;
 /// with its own format byte, 1; an empty entry is the no-op).
 pub const CONFIGURATION_ENTRY_TAG: u8 = 0xC1;
 /// The encoding's version, the second byte.
-const CODEC_VERSION: u8 = 1;
+const CODEC_VERSION: u8 = 2;
 
 const ROLE_VOTER: u8 = 1;
 const ROLE_LEARNER: u8 = 2;
@@ -116,6 +135,10 @@ pub struct MemberAddresses {
 pub struct Member {
     pub role: MemberRole,
     pub addresses: MemberAddresses,
+    /// The data-dir incarnation this member votes as (0: not bound, as for
+    /// a learner, or a voter of a log written before voters were bound).
+    /// See "Voters are data dirs" in the module doc.
+    pub incarnation: u64,
 }
 
 /// One configuration: the members and the removed (id, incarnation)s.
@@ -240,6 +263,7 @@ impl Configuration {
                         Member {
                             role: MemberRole::Voter,
                             addresses: addresses.get(&id).cloned().unwrap_or_default(),
+                            incarnation: 0,
                         },
                     )
                 })
@@ -264,6 +288,36 @@ impl Configuration {
         self.members
             .get(&id)
             .is_some_and(|member| member.role == MemberRole::Voter)
+    }
+
+    /// Whether data dir `incarnation` of node `id` is a voter here: the
+    /// id is a voter bound to that data dir, or to none.
+    pub fn counts_as_voter(&self, id: NodeId, incarnation: u64) -> bool {
+        self.members.get(&id).is_some_and(|member| {
+            member.role == MemberRole::Voter
+                && (member.incarnation == 0 || member.incarnation == incarnation)
+        })
+    }
+
+    /// The data dir voter `id` is bound to, if it is a voter bound to one.
+    pub fn bound_incarnation(&self, id: NodeId) -> Option<u64> {
+        self.members
+            .get(&id)
+            .filter(|member| member.role == MemberRole::Voter && member.incarnation != 0)
+            .map(|member| member.incarnation)
+    }
+
+    /// This configuration with each voter bound to its data dir as
+    /// `incarnations` knows it (the first leader writes the bootstrap
+    /// configuration so; voters it does not know stay unbound).
+    pub fn binding_voters(&self, incarnations: impl Fn(NodeId) -> Option<u64>) -> Configuration {
+        let mut bound = self.clone();
+        for (id, member) in &mut bound.members {
+            if member.role == MemberRole::Voter && member.incarnation == 0 {
+                member.incarnation = incarnations(*id).unwrap_or(0);
+            }
+        }
+        bound
     }
 
     pub fn is_learner(&self, id: NodeId) -> bool {
@@ -364,12 +418,13 @@ impl Configuration {
     }
 
     /// The configuration after `change`, or why the change rule refuses it.
-    /// `removed_incarnation` is the removed member's data-dir incarnation,
-    /// remembered so that data dir stays refused.
+    /// `incarnation` is the data dir of the member the change is about, if
+    /// known: a removed one is remembered so that data dir stays refused, a
+    /// promoted one is the data dir the new voter is bound to.
     pub fn apply_change(
         &self,
         change: &Change,
-        removed_incarnation: Option<u64>,
+        incarnation: Option<u64>,
     ) -> Result<Configuration, ChangeError> {
         let invalid = |reason: String| Err(ChangeError::Invalid(reason));
         let mut next = self.clone();
@@ -408,12 +463,14 @@ impl Configuration {
                     Member {
                         role: MemberRole::Learner,
                         addresses: addresses.clone(),
+                        incarnation: 0,
                     },
                 );
             }
             Change::Promote { id } => match next.members.get_mut(id) {
                 Some(member) if member.role == MemberRole::Learner => {
                     member.role = MemberRole::Voter;
+                    member.incarnation = incarnation.unwrap_or(0);
                 }
                 Some(_) => return invalid(format!("node {id} is already a voter")),
                 None => {
@@ -430,7 +487,7 @@ impl Configuration {
                     return invalid(format!("node {id} is the last voter"));
                 }
                 next.members.remove(id);
-                if let Some(incarnation) = removed_incarnation {
+                if let Some(incarnation) = incarnation {
                     next.removed.push((*id, incarnation));
                     let excess = next
                         .removed
@@ -446,7 +503,7 @@ impl Configuration {
     /// The data of the log entry holding this configuration.
     pub fn encode(&self) -> Bytes {
         let mut out =
-            BytesMut::with_capacity(4 + self.members.len() * 64 + self.removed.len() * 16);
+            BytesMut::with_capacity(4 + self.members.len() * 72 + self.removed.len() * 16);
         out.put_u8(CONFIGURATION_ENTRY_TAG);
         out.put_u8(CODEC_VERSION);
         // Counts and lengths are bounded by `apply_change`/`check_addresses`
@@ -458,6 +515,7 @@ impl Configuration {
                 MemberRole::Voter => ROLE_VOTER,
                 MemberRole::Learner => ROLE_LEARNER,
             });
+            out.put_u64_le(member.incarnation);
             for text in [
                 &member.addresses.peer,
                 &member.addresses.client,
@@ -499,12 +557,22 @@ impl Configuration {
                 ROLE_LEARNER => MemberRole::Learner,
                 other => return Err(format!("member {id} has unknown role {other}")),
             };
+            let incarnation = reader.u64()?;
             let addresses = MemberAddresses {
                 peer: reader.text()?,
                 client: reader.text()?,
                 metrics: reader.text()?,
             };
-            if id == 0 || members.insert(id, Member { role, addresses }).is_some() {
+            if id == 0 || members
+                    .insert(
+                        id,
+                        Member {
+                            role,
+                            addresses,
+                            incarnation,
+                        },
+                    )
+                    .is_some() {
                 return Err(format!("member id {id} is 0 or repeated"));
             }
         }

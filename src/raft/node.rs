@@ -287,6 +287,28 @@ impl Node {
             return Err(StepError::NotForUs);
         }
         self.observe_incarnation(envelope.from, envelope.incarnation)?;
+        let answers = matches!(
+            envelope.message,
+            Message::PreVoteResponse { .. }
+                | Message::RequestVoteResponse { .. }
+                | Message::AppendEntriesResponse { .. }
+                | Message::HeartbeatResponse { .. }
+                | Message::InstallSnapshotResponse { .. }
+        );
+        let bound = self.configurations.current().bound_incarnation(envelope.from);
+        if answers && bound.is_some_and(|bound| bound != envelope.incarnation) {
+            // A vote or acknowledgement counts only from the data dir the
+            // configuration binds (membership's "Voters are data dirs"):
+            // this one is a new data dir under a removed voter's id.
+            log::debug!(
+                "node {}: ignored an answer from node {} data dir {:016x}: the configuration in \
+                 force binds that voter to another one",
+                self.config.id,
+                envelope.from,
+                envelope.incarnation
+            );
+            return Ok(());
+        }
         let Envelope {
             from,
             term,
@@ -584,9 +606,12 @@ impl Node {
     pub fn configuration_from_log(&self) -> bool {
         self.configurations.from_log()
     }
-    /// Whether this node votes in the configuration in force.
+    /// Whether this node (this data dir) votes in the configuration in
+    /// force.
     pub fn is_voter(&self) -> bool {
-        self.configurations.current().is_voter(self.config.id)
+        self.configurations
+            .current()
+            .counts_as_voter(self.config.id, self.config.incarnation)
     }
     /// The cluster's commit index as far as this node knows: its own, or the
     /// largest one a leader announced (which may be ahead while catching up).

@@ -65,12 +65,16 @@ impl Node {
         if let Change::Promote { id } = change {
             self.check_caught_up(id)?;
         }
-        let removed_incarnation = match change {
-            Change::Remove { id } => self.hard_state.incarnations.get(&id).copied(),
-            _ => None,
+        // The data dir the change is about: the one removed (refused from
+        // then on) or the one promoted (the new voter is bound to it).
+        let incarnation = match change {
+            Change::Remove { id } | Change::Promote { id } => {
+                self.hard_state.incarnations.get(&id).copied()
+            }
+            Change::AddLearner { .. } => None,
         };
-        let next = current.apply_change(&change, removed_incarnation)?;
-        debug_assert!(next.is_voter(self.config.id));
+        let next = current.apply_change(&change, incarnation)?;
+        debug_assert!(next.counts_as_voter(self.config.id, self.config.incarnation));
         let entry = Entry {
             term: self.hard_state.term,
             index: self.log.last_index() + 1,
@@ -155,7 +159,8 @@ impl Node {
             "node {own}: configuration {configuration} in force (index {})",
             self.configurations.current_index()
         );
-        if !configuration.is_voter(own) && matches!(self.role, Role::PreCandidate | Role::Candidate)
+        if !configuration.counts_as_voter(own, self.config.incarnation)
+            && matches!(self.role, Role::PreCandidate | Role::Candidate)
         {
             self.become_follower(self.hard_state.term, None);
         }

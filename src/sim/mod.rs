@@ -245,6 +245,8 @@ pub struct Sim {
     members: Vec<NodeId>,
     /// The bootstrap voters (cluster.toml's members).
     bootstrap: Vec<NodeId>,
+    /// Every node has started once (cluster.toml lists them all since).
+    started: bool,
     net: Net,
     clients: Clients,
     observations: Observations,
@@ -310,6 +312,7 @@ impl Sim {
             nodes: Vec::new(),
             members: members.clone(),
             bootstrap,
+            started: false,
             net: Net::new(config.net.clone()),
             clients: Clients::new(config.clients.clone()),
             observations: Observations::default(),
@@ -356,6 +359,7 @@ impl Sim {
                 panic!("node {} does not start fresh: {message}", index + 1);
             }
         }
+        sim.started = true;
         if sim.fault_phase {
             for client in 0..sim.clients.count() {
                 let gap = sim.gap_us(sim.config.clients.gap_us_mean);
@@ -557,11 +561,23 @@ impl Sim {
     fn replica_config(&mut self, index: usize) -> ReplicaConfig {
         let knobs = &self.config.raft;
         let id = self.nodes[index].id;
-        // A spare's cluster.toml lists the bootstrap voters and itself.
-        let mut listed = self.bootstrap.clone();
-        if !listed.contains(&id) {
-            listed.push(id);
-        }
+        // cluster.toml as the operator keeps it: at the first start the
+        // bootstrap voters (and a spare itself); afterwards every node's
+        // table, as the file grows with each node the operator starts (a
+        // replaced host restarts with the current file). A new data dir
+        // whose file listed only the bootstrap voters could, once every
+        // one of those was replaced, bootstrap a second cluster with the
+        // other new data dirs (seed 118): the unanimous first election
+        // needs every listed node, and a live member refuses it.
+        let listed = if self.started {
+            self.members.clone()
+        } else {
+            let mut listed = self.bootstrap.clone();
+            if !listed.contains(&id) {
+                listed.push(id);
+            }
+            listed
+        };
         ReplicaConfig {
             raft: crate::raft::Config {
                 id,
