@@ -31,7 +31,8 @@
 //! client traffic and faults (crashes and power losses, pauses, partitions,
 //! loss, duplication, reordering, slow and failing fsyncs, wall-clock
 //! jumps, leadership transfers, membership changes; `faults.rs`). Then the
-//! liveness phase heals the network, restarts every node and requires,
+//! liveness phase heals the network, restarts every node (a removed one
+//! with a new disk) and requires,
 //! within a bound: a leader, every client command answered, a fresh write
 //! acknowledged and applied on every member of the leader's configuration,
 //! and final reads of every key answered.
@@ -992,6 +993,19 @@ impl Sim {
             node.snapshots_before.1 += installed;
         }
         node.disk.crash(power_loss, kept);
+        if power_loss {
+            // Entries this node wrote as leader of a term its disk lost
+            // were never sent (nothing leaves while a new term is
+            // unsynced), so the same term, won again, may fill those
+            // indexes differently (seed 286: a sole voter re-elected in
+            // the term a power loss took): forget them.
+            let surviving_term = node.disk.durable().hard_state.term;
+            let id = node.id;
+            self.observations
+                .positions
+                .retain(|&(_, term), record| record.node != id || term <= surviving_term);
+        }
+        let node = &mut self.nodes[index];
         node.generation += 1;
         node.paused_until_us = 0;
         let generation = node.generation;
@@ -1356,6 +1370,15 @@ impl Sim {
     /// leader acknowledged and applied everywhere; a final read of every key
     /// (so the history ends with what the cluster holds).
     fn advance_liveness(&mut self) -> Result<(), String> {
+        for index in 0..self.nodes.len() {
+            if self.nodes[index].retired {
+                // The operator gives every removed host a new disk: one
+                // the configuration still lists (added again while its
+                // removed data dir ran, seeds 221 and 390) must be able to
+                // catch up.
+                self.replace_disk(index)?;
+            }
+        }
         let Some(leader) = self.leader_position() else {
             return Ok(());
         };
