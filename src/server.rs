@@ -116,9 +116,13 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
             restore,
         },
     );
-    if replica.raft().removal_pending() {
+    // Only a removal known committed (in the snapshot) stops it here: an
+    // uncommitted one in its log may have been overwritten since (sim seed
+    // 4707); a member refuses a data dir whose removal it committed, and
+    // that stops it as soon as it dials one.
+    if replica.removed().is_some() {
         return Err(Error::Removed(format!(
-            "node {id}: data dir {} was removed from the cluster (its configuration in force \
+            "node {id}: data dir {} was removed from the cluster (its committed configuration \
              says so): start this node with an empty data dir, then add it with `raftfs member \
              add`",
             node_dir.display()

@@ -309,6 +309,23 @@ impl Node {
             );
             return Ok(());
         }
+        let fresh_next_index = self.log.last_index() + 1;
+        if let Some(progress) = self
+            .leader
+            .as_mut()
+            .and_then(|leader| leader.progress.get_mut(&envelope.from))
+        {
+            if progress.incarnation != envelope.incarnation {
+                if progress.incarnation != 0 {
+                    // A new data dir under a removed member's id (its
+                    // predecessor still retiring): what the old one matched
+                    // means nothing for it (sim seed 3552: probing above an
+                    // empty log forever).
+                    *progress = Progress::new(fresh_next_index);
+                }
+                progress.incarnation = envelope.incarnation;
+            }
+        }
         let Envelope {
             from,
             term,

@@ -66,6 +66,9 @@ pub struct Progress {
     pub heard_this_term: bool,
     /// In `Snapshot`: the transfer.
     pub snapshot: Option<SnapshotSending>,
+    /// The data dir (incarnation) whose answers this progress follows; 0
+    /// until one answered. Another one under the id starts afresh.
+    pub incarnation: u64,
 }
 
 impl Progress {
@@ -80,6 +83,7 @@ impl Progress {
             read_round_acked: 0,
             heard_this_term: false,
             snapshot: None,
+            incarnation: 0,
         }
     }
 

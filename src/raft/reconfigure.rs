@@ -285,15 +285,6 @@ impl Node {
             .then_some(index)
     }
 
-    /// Whether the configuration in force (committed or not) names this
-    /// data dir as removed: checked at start, where the commit index is
-    /// not known yet.
-    pub fn removal_pending(&self) -> bool {
-        self.configurations
-            .current()
-            .was_removed(self.config.id, self.config.incarnation)
-    }
-
     /// Where to reach every node this one may send to: the other members
     /// of the configuration in force and, on a leader, the retiring ones.
     pub fn peer_addresses(&self) -> BTreeMap<NodeId, MemberAddresses> {

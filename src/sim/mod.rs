@@ -617,8 +617,9 @@ impl Sim {
             .boot()
             .map_err(|e| format!("node {} cannot restart: {e}", node.id))?;
         let replica = Replica::new(config, boot);
-        if replica.raft().removal_pending() {
-            // As `raftfs node` refuses to start a removed data dir.
+        if replica.removed().is_some() {
+            // As `raftfs node` refuses to start a data dir whose removal
+            // it knows committed.
             node.retired = true;
             self.removed_nodes += 1;
             return Ok(());
