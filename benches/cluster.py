@@ -15,6 +15,12 @@ Run through benches/cluster.sh (it builds release first). Knobs (environment):
   BENCH_RAFTFS   the raftfs binary to measure (default target/release/raftfs;
                  an older build gives a before/after in one session)
   BENCH_HGRM_DIR write loadgen's .hgrm percentile files there
+  BENCH_SPREAD   "leader", "spread" or "leader,spread" (default leader):
+                 every client on the leader, or clients spread over every
+                 node (loadgen --spread: followers forward writes and serve
+                 reads with follower ReadIndex)
+The "leader CPU" column is the leader node's thread alone (its share of the
+work; spreading clients should lower it).
 Only 127.0.0.1 is used. Every run is bounded by its duration.
 """
 
@@ -80,13 +86,46 @@ class Cluster:
         if not fsync:
             args.append("--no-fsync")
         self.log = open(os.path.join(self.dir, "cluster.log"), "w")
-        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
-                                        env=dict(os.environ, RUST_LOG="warn"))
+        self.log_path = self.log.name
+        self.process = subprocess.Popen(
+            args, stdout=self.log, stderr=subprocess.STDOUT,
+            env=dict(os.environ, RUST_LOG="warn,raftfs::net::reactor::observe=info"))
+        self.nodes = nodes
         self.addresses = ",".join(f"127.0.0.1:{BASE_PORT + i}" for i in range(nodes))
         for i in range(nodes):
             if not wait_port(BASE_PORT + i):
                 raise SystemExit(f"node {i + 1} did not start; see {self.log.name}")
         time.sleep(1.0)  # an election
+
+    def leader(self):
+        """The id of the node that last won an election (from the log)."""
+        self.log.flush()
+        leader = None
+        with open(self.log_path) as f:
+            for line in f:
+                if "won the election" in line:
+                    leader = int(line.split("node ", 1)[1].split()[0])
+        return leader
+
+    def leader_first(self):
+        """The client addresses with the leader's first (loadgen without
+        --spread puts every client on the first address)."""
+        leader = self.leader() or 1
+        ports = [BASE_PORT + leader - 1] + [BASE_PORT + i for i in range(self.nodes)
+                                            if i != leader - 1]
+        return ",".join(f"127.0.0.1:{p}" for p in ports)
+
+    def thread_cpu_seconds(self, node_id):
+        """CPU time of node `node_id`'s thread (threads are named node-N)."""
+        for task in os.listdir(f"/proc/{self.process.pid}/task"):
+            try:
+                with open(f"/proc/{self.process.pid}/task/{task}/comm") as f:
+                    if f.read().strip() != f"node-{node_id}":
+                        continue
+                return cpu_seconds(f"{self.process.pid}/task/{task}")
+            except OSError:
+                continue
+        return 0.0
 
     def stop(self):
         self.process.send_signal(signal.SIGTERM)
@@ -99,9 +138,11 @@ class Cluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def run_loadgen(addresses, mix, keys, size, clients, pipeline, secs, hgrm=None):
+def run_loadgen(addresses, mix, keys, size, clients, pipeline, secs, hgrm=None, spread=False):
     args = [LOADGEN, "--addr", addresses, "--clients", str(clients), "--pipeline", str(pipeline),
             "--duration", str(secs), "--mix", mix, "--size", str(size), "--keys", str(keys), "--json"]
+    if spread:
+        args.append("--spread")
     if hgrm:
         args += ["--hgrm", hgrm]
     out = subprocess.run(args, capture_output=True, text=True, timeout=secs + 60)
@@ -149,14 +190,15 @@ def main():
     workloads = env_list("BENCH_WORKLOADS", "write,read,mix,cas")
     sizes = [int(s) for s in env_list("BENCH_SIZES", "100,4096")]
     shapes = [tuple(int(x) for x in s.split("x")) for s in env_list("BENCH_SHAPES", "1x1,64x16,256x4")]
+    spreads = env_list("BENCH_SPREAD", "leader")
     with_redis = os.environ.get("BENCH_REDIS") == "1"
     hgrm_dir = os.environ.get("BENCH_HGRM_DIR")
     if hgrm_dir:
         os.makedirs(hgrm_dir, exist_ok=True)
 
     redis = {}
-    header = ["fsync", "workload", "size", "clients×pipeline", "ops/s", "p50 ms", "p99 ms",
-              "p99.9 ms", "CPU µs/op (all nodes)", "errors"]
+    header = ["fsync", "workload", "clients on", "size", "clients×pipeline", "ops/s", "p50 ms",
+              "p99 ms", "p99.9 ms", "CPU µs/op (all nodes)", "leader CPU µs/op", "errors"]
     if with_redis:
         header.append("vs redis")
     rows = []
@@ -169,34 +211,42 @@ def main():
                 mix, keys = WORKLOADS[workload]
                 for size in sizes:
                     for clients, pipeline in shapes:
-                        results = []
-                        for rep in range(reps):
-                            hgrm = None
-                            if hgrm_dir:
-                                hgrm = os.path.join(hgrm_dir, f"{fsync}-{workload}-{size}-{clients}x{pipeline}-{rep}.hgrm")
-                            cpu_before = cpu_seconds(cluster.process.pid)
-                            report = run_loadgen(cluster.addresses, mix, keys, size, clients, pipeline, secs, hgrm)
-                            cpu_used = cpu_seconds(cluster.process.pid) - cpu_before
-                            report["cpu_us_per_op"] = cpu_used * 1e6 / max(report["ops"], 1)
-                            results.append(report)
-                        median = sorted(results, key=lambda r: r["throughput"])[len(results) // 2]
-                        row = [fsync, workload, str(size), f"{clients}×{pipeline}",
-                               f"{median['throughput']:,.0f}", f"{median['p50_us'] / 1000:.2f}",
-                               f"{median['p99_us'] / 1000:.2f}", f"{median['p999_us'] / 1000:.2f}",
-                               f"{statistics.median(r['cpu_us_per_op'] for r in results):.1f}",
-                               str(sum(r['errors'] for r in results))]
-                        if with_redis:
-                            key = {"write": "SET", "read": "GET"}.get(workload)
-                            ratio = ""
-                            if key and clients > 1:
-                                if (size, clients, pipeline) not in redis:
-                                    redis[(size, clients, pipeline)] = redis_figures(size, clients, pipeline, secs) or {}
-                                reference = redis[(size, clients, pipeline)].get(key)
-                                if reference:
-                                    ratio = f"{median['throughput'] / reference:.0%} of {reference:,.0f}"
-                            row.append(ratio)
-                        rows.append(row)
-                        print("  " + " | ".join(row), file=sys.stderr)
+                        for spread in spreads:
+                            results = []
+                            for rep in range(reps):
+                                hgrm = None
+                                if hgrm_dir:
+                                    hgrm = os.path.join(hgrm_dir, f"{fsync}-{workload}-{spread}-{size}-{clients}x{pipeline}-{rep}.hgrm")
+                                leader = cluster.leader() or 1
+                                cpu_before = cpu_seconds(cluster.process.pid)
+                                leader_before = cluster.thread_cpu_seconds(leader)
+                                report = run_loadgen(cluster.leader_first(), mix, keys, size, clients,
+                                                     pipeline, secs, hgrm, spread == "spread")
+                                cpu_used = cpu_seconds(cluster.process.pid) - cpu_before
+                                leader_used = cluster.thread_cpu_seconds(leader) - leader_before
+                                report["cpu_us_per_op"] = cpu_used * 1e6 / max(report["ops"], 1)
+                                report["leader_cpu_us_per_op"] = leader_used * 1e6 / max(report["ops"], 1)
+                                results.append(report)
+                            median = sorted(results, key=lambda r: r["throughput"])[len(results) // 2]
+                            row = [fsync, workload, "every node" if spread == "spread" else "leader",
+                                   str(size), f"{clients}×{pipeline}",
+                                   f"{median['throughput']:,.0f}", f"{median['p50_us'] / 1000:.2f}",
+                                   f"{median['p99_us'] / 1000:.2f}", f"{median['p999_us'] / 1000:.2f}",
+                                   f"{statistics.median(r['cpu_us_per_op'] for r in results):.1f}",
+                                   f"{statistics.median(r['leader_cpu_us_per_op'] for r in results):.1f}",
+                                   str(sum(r['errors'] for r in results))]
+                            if with_redis:
+                                key = {"write": "SET", "read": "GET"}.get(workload)
+                                ratio = ""
+                                if key and clients > 1:
+                                    if (size, clients, pipeline) not in redis:
+                                        redis[(size, clients, pipeline)] = redis_figures(size, clients, pipeline, secs) or {}
+                                    reference = redis[(size, clients, pipeline)].get(key)
+                                    if reference:
+                                        ratio = f"{median['throughput'] / reference:.0%} of {reference:,.0f}"
+                                row.append(ratio)
+                            rows.append(row)
+                            print("  " + " | ".join(row), file=sys.stderr)
             rss = rss_kib(cluster.process.pid)
             print(f"cluster RSS after the fsync={fsync} runs: {rss / 1024:.0f} MiB (all nodes)",
                   file=sys.stderr)

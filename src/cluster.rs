@@ -92,7 +92,7 @@ pub fn run(config: &ClusterConfig) -> Result<()> {
                     .map(|(_, a)| a.as_str())
                     .unwrap_or("?");
                 println!(
-                    "raftfs: node {id} leads (term {term}); connect with: telnet {}",
+                    "raftfs: node {id} leads (term {term}); connect with: raftfs client --addr {address} (or telnet {})",
                     address.replace(':', " ")
                 );
             }

@@ -35,7 +35,21 @@ struct RawConfig {
     #[serde(default)]
     snapshot_token_file: Option<PathBuf>,
     #[serde(default)]
+    follower_requests: FollowerRequests,
+    #[serde(default)]
     node: Vec<RawMember>,
+}
+
+/// What a node that is not the leader does with a client command (SPEC §1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FollowerRequests {
+    /// Serve it: forward writes to the leader, answer reads with follower
+    /// ReadIndex (`replica::forward`).
+    #[default]
+    Forward,
+    /// Answer `ERR_REDIRECT HOST:PORT` naming the leader (the seed's way).
+    Redirect,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +110,8 @@ pub struct ClusterConfig {
     /// A file holding the bearer token `GET /snapshot` requires (`None`:
     /// no token). Relative paths are resolved against the working directory.
     pub snapshot_token_file: Option<PathBuf>,
+    /// What a follower does with client commands.
+    pub follower_requests: FollowerRequests,
     /// Sorted by id.
     pub members: Vec<Member>,
 }
@@ -202,6 +218,7 @@ impl ClusterConfig {
             max_file_bytes: raw.max_file_bytes as usize,
             data_dir: raw.data_dir,
             snapshot_entries: raw.snapshot_entries,
+            follower_requests: raw.follower_requests,
             snapshot_token_file: raw.snapshot_token_file,
             members,
         })

@@ -11,17 +11,21 @@
 //! - `net`: connections, peers, the reactor.
 //! - `sim`: the deterministic simulator.
 //! - `lincheck`: the linearizability checker for client histories.
+//! - `logging`: the logger (text or `--log-format json`).
 //! - `metrics`: counters, histograms, Prometheus text and the health verdict.
 //! - `status`: `raftfs status` (asks each member over its peer port).
 //! - `member`: `raftfs member list|add|promote|remove` (membership change).
 //! - `restore`: `raftfs restore` (a backup snapshot into a new cluster).
+//! - `client`: `raftfs client` (the interactive shell and one-shot commands).
 
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fsm;
 pub mod limits;
 pub mod lincheck;
+pub mod logging;
 pub mod member;
 pub mod metrics;
 pub mod net;

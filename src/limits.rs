@@ -18,6 +18,30 @@ pub const FILE_BYTES_MAX_DEFAULT: usize = 1 << 20;
 /// Hard ceiling for the configurable `max_file_bytes`.
 pub const FILE_BYTES_MAX_CEILING: usize = 64 << 20;
 
+/// Longest answer line a client accepts (not counting its `\r\n`); longer is
+/// a protocol error. The longest legal answer is `ERR_REDIRECT` and a
+/// HOST:PORT, far below this (`protocol::reply`).
+pub const REPLY_LINE_BYTES_MAX: usize = 1024;
+
+/// `raftfs client`: how long a connect to one member may take.
+pub const CLIENT_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// `raftfs client`: how long it waits for one answer (the server's bound
+/// plus slack); a `watch` waits without bound.
+pub const CLIENT_ANSWER_TIMEOUT_MS: u64 = COMMAND_TIMEOUT_MS + 1_000;
+/// `raftfs client`: how long one command may go on following redirects and
+/// retrying members before it is reported unavailable.
+pub const CLIENT_RETRY_WINDOW_MS: u64 = 5_000;
+/// `raftfs client`: pause before retrying while the leader moves or is down.
+pub const CLIENT_RETRY_PAUSE_MS: u64 = 100;
+/// `raftfs client`: how often a waiting `watch` checks for Ctrl-C.
+pub const CLIENT_WATCH_POLL_MS: u64 = 200;
+/// `raftfs client`: lines kept in the shell's history file.
+pub const CLIENT_HISTORY_LINES_MAX: usize = 1_000;
+
+/// A member whose peer link stays down this long is logged as down (once);
+/// shorter link churn is only logged at debug.
+pub const MEMBER_DOWN_LOG_GRACE_MS: u64 = 3_000;
+
 /// One reactor tick; Raft timeouts are counted in ticks of this length.
 pub const TICK_MS: u64 = 10;
 /// No client command waits longer than this for its answer (SPEC §3).
@@ -26,6 +50,21 @@ pub const COMMAND_TIMEOUT_MS: u64 = 5_000;
 /// catches up over several turns instead of firing every missed timeout at
 /// once).
 pub const TICKS_PER_CALL_MAX: u32 = 10;
+
+/// Watches (`watch NAME VERSION`, SPEC §2) waiting on one node at once, over
+/// every connection (a connection has at most one: a watch holds the later
+/// commands of its connection). Past it a new watch is answered
+/// `ERR_INTERNAL` at once (the server cannot take it now; the command was
+/// well formed, so not `ERR_CMD_ERR`). A waiting watch costs the replica a
+/// few hundred bytes plus its name (its table slot, a copy of the name, the
+/// name and deadline index entries), so the bound caps that near 100 MB;
+/// each watch also holds a client connection (1-4 KiB measured with it:
+/// `benches/watch_idle.py`).
+pub const WATCHES_MAX: usize = 200_000;
+/// Extra routing passes one replica turn makes for watches woken by what
+/// the turn applied and for the commands their answers release (the rest
+/// wait for the next turn); bounds the work of one turn.
+pub const WATCH_PASSES_PER_TURN_MAX: usize = 2;
 
 /// An idle leader writes cluster time into the log (an entry with a stamp
 /// and no command) this often, so a new leader, which starts from the last
@@ -201,6 +240,7 @@ const _: () = assert!((SNAPSHOT_CHUNK_BYTES_MAX as usize) < PEER_FRAME_BYTES_MAX
 const _: () = assert!(SNAPSHOTS_KEPT >= 2);
 const _: () = assert!(HTTP_SNAPSHOT_DOWNLOADS_MAX >= 1 && HTTP_SNAPSHOT_CHUNK_BYTES >= 4 << 10);
 const _: () = assert!(CLUSTER_TIME_STAMP_INTERVAL_MS >= TICK_MS);
+const _: () = assert!(WATCHES_MAX >= 10_000 && WATCH_PASSES_PER_TURN_MAX >= 1);
 const _: () = assert!(PEER_RECONNECT_MIN_MS <= PEER_RECONNECT_MAX_MS);
 const _: () = assert!(PEER_REFUSE_REASON_BYTES_MAX + 64 <= PEER_HANDSHAKE_BYTES_MAX);
 const _: () = assert!(PEER_HANDSHAKE_BYTES_MAX < PEER_FRAME_BYTES_MAX);

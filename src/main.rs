@@ -1,10 +1,11 @@
 //! The `raftfs` command line: `cluster` (local demo), `node` (one member of a
-//! real deployment), `status`, `member` and `restore`. Flags and config are validated before
+//! real deployment), `status`, `member`, `restore` and `client`. Flags and config are validated before
 //! anything starts; a problem is one clear line on stderr and exit code 2.
 
 use clap::{Parser, Subcommand};
 use raftfs::config::ClusterConfig;
 use raftfs::error::Error;
+use raftfs::logging::LogFormat;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,20 +36,30 @@ enum Command {
         /// Do not fsync (fast, NOT crash-safe; like etcd's --unsafe-no-fsync).
         #[arg(long)]
         no_fsync: bool,
+        /// Log lines as text, or as one JSON object per line.
+        #[arg(long, value_enum, default_value_t, env = "RAFTFS_LOG_FORMAT")]
+        log_format: LogFormat,
     },
     /// Run one node of a deployment described by a cluster.toml.
+    /// Every flag can also come from the environment (RAFTFS_CONFIG,
+    /// RAFTFS_ID, RAFTFS_DATA_DIR, RAFTFS_LOG_FORMAT); a flag wins.
     Node {
         /// The cluster.toml every node is given.
-        #[arg(long)]
+        #[arg(long, env = "RAFTFS_CONFIG")]
         config: PathBuf,
         /// This node's id (one of the [[node]] ids in the config).
-        #[arg(long)]
+        #[arg(long, env = "RAFTFS_ID")]
         id: u64,
         /// This node's data dir (default: <data_dir from the config>/<id>).
-        #[arg(long)]
+        #[arg(long, env = "RAFTFS_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Log lines as text, or as one JSON object per line.
+        #[arg(long, value_enum, default_value_t, env = "RAFTFS_LOG_FORMAT")]
+        log_format: LogFormat,
     },
-    /// Ask every member for its state and print one line per member.
+    /// Ask every member for its state and print one line per member. Exit
+    /// 0: a leader and every member up; 1: a member down or unhealthy;
+    /// 3: no leader (or no member answers).
     Status {
         /// The cluster.toml of the cluster.
         #[arg(long)]
@@ -72,31 +83,42 @@ enum Command {
         #[arg(long)]
         addr: String,
     },
+    /// Talk to a cluster: an interactive shell, or one command (read, write,
+    /// cas, delete, watch). Exit 0 ok, 1 not found or version mismatch,
+    /// 2 usage, 3 unavailable.
+    Client(raftfs::client::ClientArgs),
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
-    raftfs::service::exit_on_panic();
     let cli = Cli::parse();
+    raftfs::logging::init(match &cli.command {
+        Command::Cluster { log_format, .. } | Command::Node { log_format, .. } => *log_format,
+        _ => LogFormat::Text,
+    });
+    raftfs::service::exit_on_panic();
     raise_open_files_limit();
     let result = match cli.command {
+        Command::Client(args) => return raftfs::client::run(args),
         Command::Cluster {
             nodes,
             base_port,
             data_dir,
             no_fsync,
+            ..
         } => ClusterConfig::local(nodes, base_port, data_dir, !no_fsync)
             .and_then(|c| raftfs::cluster::run(&c)),
         Command::Node {
             config,
             id,
             data_dir,
+            ..
         } => ClusterConfig::load(&config)
             .and_then(|c| raftfs::cluster::run_node(&c, id, data_dir.as_deref())),
         Command::Status { config, json } => {
-            ClusterConfig::load(&config).and_then(|c| raftfs::status::run(&c, json))
+            match ClusterConfig::load(&config).and_then(|c| raftfs::status::run(&c, json)) {
+                Ok(code) => return ExitCode::from(code),
+                Err(error) => Err(error),
+            }
         }
         Command::Member { command } => ClusterConfig::load(command.config_path())
             .and_then(|c| raftfs::member::run(&c, &command)),

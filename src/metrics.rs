@@ -114,6 +114,11 @@ impl Histogram {
 pub struct ReplicaMetrics {
     /// Log entries this node proposed as leader.
     pub proposals: u64,
+    /// Client writes this node forwarded to the leader as a follower.
+    pub forwarded_commands: u64,
+    /// Forwarded batches the leader refused (it had left the term they were
+    /// addressed to); their commands were routed again.
+    pub forwards_refused: u64,
     /// Commands per proposed entry.
     pub batch_commands: Histogram,
     /// Duration of each WAL sync (write + fdatasync).
@@ -129,6 +134,8 @@ impl Default for ReplicaMetrics {
     fn default() -> Self {
         ReplicaMetrics {
             proposals: 0,
+            forwarded_commands: 0,
+            forwards_refused: 0,
             batch_commands: Histogram::new(&BATCH_BOUNDS),
             fsync_seconds: Histogram::new(&DURATION_BOUNDS_S),
             fsync_slow: 0,
@@ -137,8 +144,9 @@ impl Default for ReplicaMetrics {
     }
 }
 
-/// Command kinds as counted (`kind` label).
-pub const COMMAND_KINDS: [&str; 5] = ["read", "write", "cas", "delete", "malformed"];
+/// Command kinds as counted (`kind` label). A watch's latency is not
+/// measured (it waits for a change, without bound).
+pub const COMMAND_KINDS: [&str; 6] = ["read", "write", "cas", "delete", "malformed", "watch"];
 /// Error answers as counted (`kind` label), in the order of `ERROR_PREFIXES`.
 pub const ERROR_KINDS: [&str; 5] = [
     "redirect",
@@ -163,7 +171,7 @@ pub const REQUEST_KINDS: [&str; 4] = ["read", "write", "cas", "delete"];
 #[derive(Clone, Debug)]
 pub struct ReactorMetrics {
     /// Indexed like `COMMAND_KINDS`.
-    pub commands: [u64; 5],
+    pub commands: [u64; 6],
     /// Indexed like `ERROR_KINDS`.
     pub errors: [u64; 5],
     /// Time from reading a command to knowing its answer, indexed like
@@ -181,7 +189,7 @@ pub struct ReactorMetrics {
 impl Default for ReactorMetrics {
     fn default() -> Self {
         ReactorMetrics {
-            commands: [0; 5],
+            commands: [0; 6],
             errors: [0; 5],
             request_seconds: std::array::from_fn(|_| Histogram::new(&DURATION_BOUNDS_S)),
             connections_accepted: 0,
@@ -456,6 +464,18 @@ pub fn render(view: &NodeView<'_>) -> String {
         "raftfs_proposals_total",
         "Log entries proposed by this node as leader.",
         view.replica.proposals,
+    );
+    counter(
+        &mut out,
+        "raftfs_forwarded_commands_total",
+        "Client writes this node forwarded to the leader as a follower.",
+        view.replica.forwarded_commands,
+    );
+    counter(
+        &mut out,
+        "raftfs_forwards_refused_total",
+        "Forwarded batches refused by a node that had left the term they were addressed to (their commands were routed again).",
+        view.replica.forwards_refused,
     );
     let _ = writeln!(
         out,

@@ -18,6 +18,7 @@
 //!   `LINE_BYTES_MAX + 2 + max_file_bytes + 2` buffered bytes.
 //! - Keep/close policy (SPEC §2): an error whose command end is still known
 //!   (an empty line; `read`/`delete` with a bad name or argument count;
+//!   `watch` with a bad name, VERSION or argument count;
 //!   `write`/`cas` with a valid NUMBYTES but a bad name, VERSION, EXPTIME or
 //!   argument count, whose content is skipped) keeps the connection. Any other
 //!   error (unknown command, missing or bad NUMBYTES, NUMBYTES over the limit,
@@ -26,13 +27,16 @@
 //! - Bad input never panics: every index is checked against the buffer length.
 //!
 //! Leaves out: sockets, queues and the order of answers (the reactor), and what
-//! a command does (the file map).
+//! a command does (the file map). The client side (parsing answers) is the
+//! `reply` submodule.
 
 use bytes::{Buf, Bytes, BytesMut};
 use memchr::memchr;
 
 use crate::fsm::Command;
 use crate::limits::{LINE_BYTES_MAX, NAME_BYTES_MAX};
+
+pub mod reply;
 
 /// One framed client request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +45,9 @@ pub enum Request {
     Read { name: Bytes },
     /// `write`, `cas` or `delete`: goes through the Raft log.
     Command(Command),
+    /// `watch NAME VERSION` (an extension, SPEC §2): answered like `read NAME`
+    /// as soon as the file's version differs from `version` (0 = absent).
+    Watch { name: Bytes, version: u64 },
 }
 
 /// The outcome of framing the command at the front of a buffer.
@@ -102,11 +109,13 @@ pub fn parse_next(buf: &mut BytesMut, max_file_bytes: usize) -> Option<Parsed> {
         Some(b"delete") => Verb::Delete,
         Some(b"write") => Verb::Write,
         Some(b"cas") => Verb::Cas,
+        Some(b"watch") => Verb::Watch,
         Some(_) => return Some(close(buf)),
     };
 
     match verb {
         Verb::Read | Verb::Delete => Some(parse_name_only(buf, &fields, verb, line_end)),
+        Verb::Watch => Some(parse_watch(buf, &fields, line_end)),
         Verb::Write | Verb::Cas => parse_with_content(buf, &fields, verb, line_end, max_file_bytes),
     }
 }
@@ -117,6 +126,7 @@ enum Verb {
     Delete,
     Write,
     Cas,
+    Watch,
 }
 
 /// `read NAME` / `delete NAME`: the line alone is the command.
@@ -132,6 +142,22 @@ fn parse_name_only(buf: &mut BytesMut, fields: &Fields, verb: Verb, line_end: us
         Verb::Read => Request::Read { name },
         _ => Request::Command(Command::Delete { name }),
     })
+}
+
+/// `watch NAME VERSION`: the line alone is the command, so every error keeps
+/// the connection (as for `read`).
+fn parse_watch(buf: &mut BytesMut, fields: &Fields, line_end: usize) -> Parsed {
+    let name_range = fields.range(1);
+    let version = fields.get(buf, 2).and_then(parse_decimal_u64);
+    let version = match version {
+        Some(version) if fields.count == 3 && is_valid_name(&buf[name_range.clone()]) => version,
+        _ => {
+            buf.advance(line_end);
+            return Parsed::Malformed { close: false };
+        }
+    };
+    let name = split_field(buf, line_end, name_range);
+    Parsed::Request(Request::Watch { name, version })
 }
 
 /// `write NAME NUMBYTES [EXPTIME]` / `cas NAME VERSION NUMBYTES [EXPTIME]`,

@@ -23,9 +23,11 @@
 //! Leaves out: restoring the old versions (that needs log compaction and
 //! InstallSnapshot, a later release).
 
+use crate::client::Command;
 use crate::error::{Error, Result};
 use crate::fsm::Fsm;
-use std::io::{BufRead, BufReader, Read, Write};
+use crate::protocol::reply::{read_reply, Reply, ReplyParser};
+use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
@@ -45,15 +47,12 @@ pub fn run(path: &Path, address: &str) -> Result<usize> {
         let Some(file) = fsm.read(name, now_ms) else {
             continue; // expired at the snapshot's cluster time
         };
-        let mut command = Vec::with_capacity(name.len() + file.content.len() + 48);
-        command.extend_from_slice(b"write ");
-        command.extend_from_slice(name);
-        command.extend_from_slice(
-            format!(" {} {}\r\n", file.content.len(), file.expires_in_s).as_bytes(),
-        );
-        command.extend_from_slice(file.content);
-        command.extend_from_slice(b"\r\n");
-        commands.push((name.to_vec(), command));
+        let command = Command::Write {
+            name: name.to_vec(),
+            content: file.content.to_vec(),
+            exptime_s: file.expires_in_s,
+        };
+        commands.push((name.to_vec(), command.encode()));
     }
     let mut target = address.to_string();
     let mut connection = connect(&target)?;
@@ -110,6 +109,7 @@ pub fn load_backup(path: &Path) -> Result<Fsm> {
 struct Connection {
     writer: TcpStream,
     reader: BufReader<TcpStream>,
+    parser: ReplyParser,
 }
 
 fn connect(address: &str) -> Result<Connection> {
@@ -126,6 +126,7 @@ fn connect(address: &str) -> Result<Connection> {
     Ok(Connection {
         writer: stream,
         reader: BufReader::new(reader),
+        parser: ReplyParser::new(),
     })
 }
 
@@ -143,27 +144,16 @@ fn send_group(connection: &mut Connection, group: &[(Vec<u8>, Vec<u8>)]) -> Resu
         .map_err(|error| Error::io("sending writes", error))?;
     let mut redirect = None;
     for (name, _) in group {
-        let mut line = String::new();
-        let read = connection
-            .reader
-            .read_line(&mut line)
+        let reply = read_reply(&mut connection.reader, &mut connection.parser)
             .map_err(|error| Error::io("reading an answer", error))?;
-        if read == 0 {
-            return Err(Error::Refused(
-                "restore: the node closed the connection".into(),
-            ));
-        }
-        let line = line.trim_end();
-        if line.starts_with("OK ") {
-            continue;
-        }
-        match line.strip_prefix("ERR_REDIRECT ") {
-            Some(leader) => {
-                redirect.get_or_insert_with(|| leader.to_string());
+        match reply {
+            Reply::OkVersion(_) => {}
+            Reply::Redirect(leader) => {
+                redirect.get_or_insert(leader);
             }
-            None => {
+            other => {
                 return Err(Error::Refused(format!(
-                    "restore: writing {:?} got {line:?}",
+                    "restore: writing {:?} got {other}",
                     String::from_utf8_lossy(name)
                 )))
             }

@@ -107,6 +107,11 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
             .collect(),
         hold_while_leaderless_ms: config.election_timeout_ms.1,
         snapshot_entries: config.snapshot_entries,
+        follower_requests: config.follower_requests,
+        session: {
+            use rand::RngCore;
+            rand::rngs::OsRng.next_u64()
+        },
     };
     let restore = snapshot::restore(&node_dir, recovered.entries, recovered.log_start)?;
     let replica = Replica::new(

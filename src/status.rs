@@ -378,9 +378,54 @@ pub fn render_table(members: &[MemberStatus]) -> String {
     out
 }
 
-/// `raftfs status`: prints the table (or JSON). Fails (exit 1) only when no
-/// member answers at all.
-pub fn run(config: &ClusterConfig, json: bool) -> Result<()> {
+/// `raftfs status` exit code: a leader, and every member up and healthy.
+pub const EXIT_HEALTHY: u8 = 0;
+/// `raftfs status` exit code: a leader, but a member is down or unhealthy.
+pub const EXIT_DEGRADED: u8 = 1;
+/// `raftfs status` exit code: no member is leader (or no member answers).
+pub const EXIT_NO_LEADER: u8 = 3;
+
+/// The exit code for `members` and, unless healthy, why (one line).
+pub fn verdict(members: &[MemberStatus]) -> (u8, Option<String>) {
+    let has_leader = members
+        .iter()
+        .any(|member| member.up && member.role.as_deref() == Some("leader"));
+    if !has_leader {
+        let reason = if members.iter().any(|member| member.up) {
+            "no leader".to_string()
+        } else {
+            "no member answered the status probe".to_string()
+        };
+        return (EXIT_NO_LEADER, Some(reason));
+    }
+    let down: Vec<String> = members
+        .iter()
+        .filter(|member| !member.up)
+        .map(|member| member.id.to_string())
+        .collect();
+    let unhealthy: Vec<String> = members
+        .iter()
+        .filter(|member| member.up && member.healthy == Some(false))
+        .map(|member| member.id.to_string())
+        .collect();
+    let mut problems = Vec::new();
+    if !down.is_empty() {
+        problems.push(format!("down: member {}", down.join(", ")));
+    }
+    if !unhealthy.is_empty() {
+        problems.push(format!("unhealthy: member {}", unhealthy.join(", ")));
+    }
+    if problems.is_empty() {
+        (EXIT_HEALTHY, None)
+    } else {
+        (EXIT_DEGRADED, Some(problems.join("; ")))
+    }
+}
+
+/// `raftfs status`: prints the table (or JSON) and returns the exit code
+/// (`EXIT_HEALTHY`, `EXIT_DEGRADED` or `EXIT_NO_LEADER`, see `verdict`;
+/// unless healthy, one line on stderr says why).
+pub fn run(config: &ClusterConfig, json: bool) -> Result<u8> {
     let members = collect(
         config,
         Duration::from_millis(limits::STATUS_PROBE_TIMEOUT_MS),
@@ -392,13 +437,11 @@ pub fn run(config: &ClusterConfig, json: bool) -> Result<()> {
     } else {
         print!("{}", render_table(&members));
     }
-    if members.iter().all(|member| !member.up) {
-        return Err(Error::Io {
-            context: "no member answered the status probe".into(),
-            source: std::io::Error::new(std::io::ErrorKind::NotConnected, "cluster unreachable"),
-        });
+    let (code, reason) = verdict(&members);
+    if let Some(reason) = reason {
+        eprintln!("raftfs status: {reason}");
     }
-    Ok(())
+    Ok(code)
 }
 
 #[cfg(test)]
@@ -438,6 +481,29 @@ mod tests {
         assert!(
             lines[1].contains("127.0.0.1:8001") && lines[1].contains(" 9 "),
             "{table}"
+        );
+    }
+
+    #[test]
+    fn verdict_needs_a_leader_and_every_member_up() {
+        let mut leader = member(1, true, Some(true));
+        leader.role = Some("leader".to_string());
+        let follower = member(2, true, Some(true));
+        assert_eq!(
+            verdict(&[leader.clone(), follower.clone()]),
+            (EXIT_HEALTHY, None)
+        );
+        let (code, reason) = verdict(&[leader.clone(), member(2, false, None)]);
+        assert_eq!(code, EXIT_DEGRADED);
+        assert_eq!(reason.as_deref(), Some("down: member 2"));
+        let (code, _) = verdict(&[leader, member(2, true, Some(false))]);
+        assert_eq!(code, EXIT_DEGRADED);
+        assert_eq!(verdict(std::slice::from_ref(&follower)).0, EXIT_NO_LEADER);
+        let (code, reason) = verdict(&[member(1, false, None)]);
+        assert_eq!(code, EXIT_NO_LEADER);
+        assert_eq!(
+            reason.as_deref(),
+            Some("no member answered the status probe")
         );
     }
 

@@ -191,6 +191,8 @@ fn single_member_replica(dir: &std::path::Path) -> (Replica, NodeStorage) {
         client_addresses: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
         hold_while_leaderless_ms: 100,
         snapshot_entries: u64::MAX,
+        follower_requests: raftfs::config::FollowerRequests::Forward,
+        session: 1,
     };
     let restore =
         raftfs::snapshot::restore(dir, recovered.entries, recovered.log_start).expect("restore");

@@ -11,6 +11,7 @@ mod common;
 
 use common::client::{show, Client};
 use common::cluster::serial;
+use common::process::ensure_open_files;
 use common::single::Node;
 use rand::{Rng, SeedableRng};
 use std::io::{self, Read, Write};
@@ -89,28 +90,6 @@ fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
                 "the server did not close the connection: {e} (got {:?})",
                 show(&received)
             ),
-        }
-    }
-}
-
-/// Raise this process's descriptor limit to what `needed` requires (the node
-/// is a separate process and raises its own limit at start).
-fn ensure_open_files(needed: u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only touch the struct we pass.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        assert!(
-            limit.rlim_max >= needed,
-            "this test needs {needed} open files; the hard limit is {}",
-            limit.rlim_max
-        );
-        if limit.rlim_cur < needed {
-            limit.rlim_cur = limit.rlim_max;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
         }
     }
 }

@@ -76,10 +76,13 @@ fn others(cluster: &Cluster, but: &[u64]) -> Vec<u64> {
     cluster.ids().filter(|id| !but.contains(id)).collect()
 }
 
-/// (1) A leader within 2 s (3 s with slack); followers redirect to it; the
-/// seed session byte for byte.
+/// (1) SPEC §2/§3: a leader is elected; the seed session works against a
+/// follower (any node serves: writes are forwarded, reads use follower
+/// ReadIndex) and every node then reads the same; with
+/// `follower_requests = "redirect"` a follower answers `ERR_REDIRECT` naming
+/// the leader and applies nothing.
 #[test]
-fn leader_elected_followers_redirect_and_seed_session() {
+fn leader_elected_followers_serve_and_seed_session() {
     let _serial = serial();
     let started = Instant::now();
     let cluster = Cluster::start(Options::new(5).with_metrics());
@@ -87,17 +90,8 @@ fn leader_elected_followers_redirect_and_seed_session() {
         .wait_leader(Duration::from_secs(3))
         .expect("a leader within 3 s");
     eprintln!("leader {leader} after {:?}", started.elapsed());
-    let leader_address = cluster.client_address(leader);
-    for follower in others(&cluster, &[leader]) {
-        let mut client = Client::connect(&cluster.client_address(follower)).expect("connect");
-        client.set_timeout(COMMAND_TIMEOUT);
-        // A write sent to a follower is redirected and not applied: the
-        // seed session below still gets version 1.
-        let expected = format!("ERR_REDIRECT {leader_address}\r\n");
-        expect_bytes(&mut client, b"write foo 3\r\nxyz\r\n", expected.as_bytes());
-        expect_bytes(&mut client, b"read foo\r\n", expected.as_bytes());
-    }
-    let mut client = Client::connect(&leader_address).expect("connect");
+    let follower = others(&cluster, &[leader])[0];
+    let mut client = Client::connect(&cluster.client_address(follower)).expect("connect");
     client.set_timeout(COMMAND_TIMEOUT);
     expect_bytes(&mut client, b"write foo 6\r\nabcdef\r\n", b"OK 1\r\n");
     expect_bytes(
@@ -111,6 +105,37 @@ fn leader_elected_followers_redirect_and_seed_session() {
         b"read foo\r\n",
         b"CONTENTS 2 7 0\r\nghijklm\r\n",
     );
+    for id in cluster.ids() {
+        let mut other = Client::connect(&cluster.client_address(id)).expect("connect");
+        other.set_timeout(COMMAND_TIMEOUT);
+        expect_bytes(
+            &mut other,
+            b"read foo\r\n",
+            b"CONTENTS 2 7 0\r\nghijklm\r\n",
+        );
+    }
+    drop(cluster);
+
+    let cluster = Cluster::start(
+        Options::new(3)
+            .with_metrics()
+            .extra("follower_requests = \"redirect\"\n"),
+    );
+    let leader = cluster
+        .wait_leader(Duration::from_secs(3))
+        .expect("a leader within 3 s");
+    let leader_address = cluster.client_address(leader);
+    for follower in others(&cluster, &[leader]) {
+        let mut client = Client::connect(&cluster.client_address(follower)).expect("connect");
+        client.set_timeout(COMMAND_TIMEOUT);
+        // Redirected and not applied: the write below still gets version 1.
+        let expected = format!("ERR_REDIRECT {leader_address}\r\n");
+        expect_bytes(&mut client, b"write foo 3\r\nxyz\r\n", expected.as_bytes());
+        expect_bytes(&mut client, b"read foo\r\n", expected.as_bytes());
+    }
+    let mut client = Client::connect(&leader_address).expect("connect");
+    client.set_timeout(COMMAND_TIMEOUT);
+    expect_bytes(&mut client, b"write foo 6\r\nabcdef\r\n", b"OK 1\r\n");
 }
 
 /// (2) kill -9 the leader: a new leader within 3 s, every acknowledged write

@@ -31,6 +31,12 @@ fn delete(name: &str) -> Op {
 fn read(name: &str) -> Op {
     Op::Read { name: name.into() }
 }
+fn watch(name: &str, version: u64) -> Op {
+    Op::Watch {
+        name: name.into(),
+        version,
+    }
+}
 fn written(version: u64) -> Outcome {
     Outcome::Written { version }
 }
@@ -323,6 +329,63 @@ fn other_impossible_answers_are_rejected() {
     // Delete of a file never written.
     let mut history = History::new();
     record(&mut history, 1, delete("f"), 0, 10, Outcome::Deleted);
+    assert_rejected(&history, "f");
+}
+
+#[test]
+fn watches_are_reads_inside_their_interval_that_show_another_version() {
+    // A watch on version 1 that waits through a write and answers it.
+    let mut history = History::new();
+    record(&mut history, 1, write("f", "a"), 0, 10, written(1));
+    record(&mut history, 2, watch("f", 1), 20, 100, contents(2, "b"));
+    record(&mut history, 1, write("f", "b"), 50, 60, written(2));
+    // Waiting for existence, answered by a write; and a watch on a version
+    // the file no longer has answers at once, even with a later state.
+    record(&mut history, 3, watch("g", 0), 0, 80, contents(3, "g"));
+    record(&mut history, 1, write("g", "g"), 70, 75, written(3));
+    record(&mut history, 3, watch("f", 7), 110, 120, contents(2, "b"));
+    // A deleted file answers a watch on its last version.
+    record(&mut history, 1, delete("f"), 130, 140, Outcome::Deleted);
+    record(&mut history, 2, watch("f", 2), 125, 150, Outcome::NotFound);
+    // Indeterminate watches are dropped, as reads are.
+    record(
+        &mut history,
+        4,
+        watch("f", 2),
+        0,
+        500,
+        Outcome::Indeterminate,
+    );
+    assert_linearizable(&history);
+}
+
+#[test]
+fn a_watch_showing_its_own_version_is_rejected() {
+    let mut history = History::new();
+    record(&mut history, 1, write("f", "a"), 0, 10, written(1));
+    record(&mut history, 2, watch("f", 1), 20, 30, contents(1, "a"));
+    let explanation = assert_rejected(&history, "f");
+    assert!(explanation.contains("watch"), "{explanation}");
+    // Absent is version 0: `watch f 0` never answers not-found.
+    let mut history = History::new();
+    record(&mut history, 2, watch("f", 0), 20, 30, Outcome::NotFound);
+    assert_rejected(&history, "f");
+}
+
+#[test]
+fn a_watch_reporting_a_change_from_before_it_began_is_rejected() {
+    // Version 2 replaced version 1 before the watch began: a watch on 2
+    // cannot answer with version 1 (a stale state, reported as new)...
+    let mut history = History::new();
+    record(&mut history, 1, write("f", "a"), 0, 10, written(1));
+    record(&mut history, 1, write("f", "b"), 20, 30, written(2));
+    record(&mut history, 2, watch("f", 2), 40, 90, contents(1, "a"));
+    assert_rejected(&history, "f");
+    // ... nor show a state that only existed after it was answered.
+    let mut history = History::new();
+    record(&mut history, 1, write("f", "a"), 0, 10, written(1));
+    record(&mut history, 2, watch("f", 1), 20, 30, contents(2, "b"));
+    record(&mut history, 1, write("f", "b"), 40, 50, written(2));
     assert_rejected(&history, "f");
 }
 

@@ -47,6 +47,13 @@ fn cas(name: &[u8], version: u64, content: &[u8], exptime_s: u64) -> Parsed {
     }))
 }
 
+fn watch(name: &[u8], version: u64) -> Parsed {
+    Parsed::Request(Request::Watch {
+        name: bytes(name),
+        version,
+    })
+}
+
 /// Parses `input` with `max_file_bytes`: the first result and what is left.
 fn parse_one_with(input: &[u8], max_file_bytes: usize) -> (Option<Parsed>, Vec<u8>) {
     let mut buffer = BytesMut::from(input);
@@ -114,6 +121,25 @@ fn cas_with_and_without_exptime() {
     assert_whole(b"cas foo 7 5\r\nhello\r\n", cas(b"foo", 7, b"hello", 0));
     assert_whole(b"cas foo 7 5 9\r\nhello\r\n", cas(b"foo", 7, b"hello", 9));
     assert_whole(b"cas foo 7 5 9\nhello\r\n", cas(b"foo", 7, b"hello", 9));
+}
+
+#[test]
+fn watch_parses() {
+    assert_whole(b"watch foo 0\r\n", watch(b"foo", 0));
+    assert_whole(b"watch foo 42\n", watch(b"foo", 42));
+    assert_whole(b"  watch   foo   007  \r\n", watch(b"foo", 7));
+    assert_whole(
+        b"watch \xc3\xa9t\xc3\xa9 18446744073709551615\r\n",
+        watch("été".as_bytes(), u64::MAX),
+    );
+    // Pipelined: what follows a watch is framed as usual (its order is the
+    // node's business).
+    assert_eq!(
+        parse_all(b"watch a 1\r\nread b\r\nwatch c 0\r\n"),
+        (vec![watch(b"a", 1), read(b"b"), watch(b"c", 0)], Vec::new())
+    );
+    // Incomplete: waits.
+    assert_eq!(parse_one(b"watch foo 1"), (None, b"watch foo 1".to_vec()));
 }
 
 #[test]
@@ -350,6 +376,31 @@ fn read_and_delete_with_bad_arguments_keep_the_connection() {
 }
 
 #[test]
+fn watch_with_bad_arguments_keeps_the_connection() {
+    let too_long = [b"watch ", &[b'n'; 251][..], b" 1\r\n"].concat();
+    for bad in [
+        &b"watch\r\n"[..],
+        b"watch foo\r\n",
+        b"watch foo 1 2\r\n",
+        b"watch foo -1\r\n",
+        b"watch foo +1\r\n",
+        b"watch foo 1x\r\n",
+        b"watch foo 18446744073709551616\r\n",
+        b"watch fo\x7fo 1\r\n",
+        b"watch a\tb 1\r\n",
+        &too_long,
+    ] {
+        let input = [bad, b"read next\r\n"].concat();
+        assert_eq!(
+            parse_all(&input),
+            (vec![KEEP, read(b"next")], Vec::new()),
+            "input {:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
+
+#[test]
 fn write_and_cas_with_valid_numbytes_but_bad_fields_skip_their_content() {
     let too_long = [b"write ", &[b'n'; 251][..], b" 5\r\n"].concat();
     for bad_line in [
@@ -394,6 +445,8 @@ fn assert_closes(input: &[u8]) {
 fn unknown_or_upper_case_command_closes() {
     assert_closes(b"get foo\r\nread foo\r\n");
     assert_closes(b"READ foo\r\n");
+    assert_closes(b"WATCH foo 1\r\n");
+    assert_closes(b"watches foo 1\r\n");
     assert_closes(b"Write foo 1\r\nx\r\n");
     assert_closes(b"readfoo\r\n");
     // A tab is not a separator, so this is the unknown command "read\tfoo".

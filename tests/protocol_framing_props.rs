@@ -34,6 +34,10 @@ fn request_strategy() -> impl Strategy<Value = Request> {
         name_strategy().prop_map(|name| Request::Command(Command::Delete {
             name: Bytes::from(name)
         })),
+        (name_strategy(), any::<u64>()).prop_map(|(name, version)| Request::Watch {
+            name: Bytes::from(name),
+            version,
+        }),
         (name_strategy(), content_strategy(), exptime.clone()).prop_map(
             |(name, content, exptime_s)| {
                 Request::Command(Command::Write {
@@ -108,6 +112,9 @@ fn serialise(request: &Request, layout: &Layout, out: &mut Vec<u8>) {
     };
     match request {
         Request::Read { name } => fields.extend([b"read".to_vec(), name.to_vec()]),
+        Request::Watch { name, version } => {
+            fields.extend([b"watch".to_vec(), name.to_vec(), number(*version)])
+        }
         Request::Command(Command::Delete { name }) => {
             fields.extend([b"delete".to_vec(), name.to_vec()])
         }

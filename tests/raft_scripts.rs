@@ -200,6 +200,8 @@ fn format_envelope(envelope: &Envelope) -> String {
         } => format!(
             "InstallSnapshotResponse index={index} next_offset={next_offset} installed={installed}"
         ),
+        // Client traffic is the replica's; the core never sends it.
+        other => format!("{other:?}"),
     };
     format!(
         "{}->{} t{} {body}",

@@ -7,12 +7,16 @@
 //!   prints how many ran; `RAFTFS_SIM_SCHEDULES=<n>` runs the first `n` CI
 //!   seeds instead of `CI_SCHEDULES`. Every failure prints its seed.
 //! - `same_seed_same_trace`: the simulator is deterministic.
+//! - `followers_serve_watches_when_they_forward`: in a steady cluster,
+//!   followers answer watches themselves in forward mode, never in redirect
+//!   mode.
 //! - `checkers_catch_planted_violations`: each invariant function rejects a
 //!   fabricated violation, so none can pass silently;
 //!   `simulator_runs_the_checkers` plants observations inside a running
 //!   simulator and expects the next steps to fail.
 
 use bytes::Bytes;
+use raftfs::config::FollowerRequests;
 use raftfs::raft::{Entry, Envelope, HardState, Message};
 use raftfs::sim::{self, invariants, Failure, Sim, SimConfig, Stats};
 use std::collections::{BTreeMap, HashMap};
@@ -53,6 +57,9 @@ struct Tally {
     commands: u64,
     answered: u64,
     indeterminate: u64,
+    watches: u64,
+    watches_woken: u64,
+    watches_on_followers: u64,
     snapshots_taken: u64,
     snapshots_installed: u64,
     membership_changes: u64,
@@ -77,6 +84,9 @@ impl Tally {
                 self.commands += stats.commands;
                 self.answered += stats.answered;
                 self.indeterminate += stats.indeterminate;
+                self.watches += stats.watches;
+                self.watches_woken += stats.watches_woken;
+                self.watches_on_followers += stats.watches_on_followers;
                 self.snapshots_taken += stats.snapshots_taken;
                 self.snapshots_installed += stats.snapshots_installed;
                 self.membership_changes += stats.membership_changes;
@@ -103,6 +113,9 @@ impl Tally {
         self.commands += other.commands;
         self.answered += other.answered;
         self.indeterminate += other.indeterminate;
+        self.watches += other.watches;
+        self.watches_woken += other.watches_woken;
+        self.watches_on_followers += other.watches_on_followers;
         self.snapshots_taken += other.snapshots_taken;
         self.snapshots_installed += other.snapshots_installed;
         self.membership_changes += other.membership_changes;
@@ -116,7 +129,8 @@ impl Tally {
     fn report(&self, what: &str, elapsed: Duration) {
         eprintln!(
             "{what}: {} schedules in {:.1}s ({:.1} schedules/s; {} steps, {} committed entries, \
-             {} client commands ({} answered, {} indeterminate), {} crashes ({} power losses, \
+             {} client commands ({} answered, {} indeterminate; {} watches, {} woken by a \
+             change, {} answered by a follower), {} crashes ({} power losses, \
              {} after a failed fsync), {} partitions, {} snapshots taken, {} installed, {} \
              membership changes ({} nodes removed, {} disks replaced), slowest recovery {} ticks, \
              {} histories too large to check in time), {} failed",
@@ -128,6 +142,9 @@ impl Tally {
             self.commands,
             self.answered,
             self.indeterminate,
+            self.watches,
+            self.watches_woken,
+            self.watches_on_followers,
             self.crashes,
             self.power_losses,
             self.sync_failures,
@@ -230,6 +247,41 @@ fn seeded_schedules() {
     assert_eq!(tally.schedules, schedules);
 }
 
+/// Seeds that found a bug (README, "The simulator"), replayed on every run
+/// whether or not they fall in the CI set: each is the schedule that once
+/// failed, kept as a regression check.
+const NAMED_SEEDS: [(u64, &str); 8] = [
+    (604, "a probe command lost with its node's crash (harness)"),
+    (
+        1433,
+        "a forwarded batch's answer from an earlier process matched a new batch",
+    ),
+    (
+        1629,
+        "a duplicate forwarded batch delivered to the receiver's next lifetime",
+    ),
+    (1969, "a probe command lost with its node's crash (harness)"),
+    (3083, "a write answered ERR_REDIRECT and then applied"),
+    (
+        3233,
+        "an append acknowledgement of an older term after truncation",
+    ),
+    (4647, "a write answered ERR_REDIRECT and then applied"),
+    (
+        6764061473182115213,
+        "stale snapshot-chunk answers each resent a window: a storm under duplication",
+    ),
+];
+
+#[test]
+fn named_seeds_pass() {
+    for (seed, bug) in NAMED_SEEDS {
+        if let Err(failure) = sim::run(seed, &config_for(seed)) {
+            panic!("named seed {seed} ({bug}) fails again: {failure}");
+        }
+    }
+}
+
 #[test]
 fn same_seed_same_trace() {
     for seed in [7, 8] {
@@ -254,6 +306,20 @@ fn quiet_cluster_elects_and_commits() {
         assert!(stats.committed_entries >= 2, "{stats:?}");
         let stats = sim::run(2, &steady(node_count)).expect("a steady cluster serves");
         assert!(stats.answered > 100, "{stats:?}");
+    }
+}
+
+#[test]
+fn followers_serve_watches_when_they_forward() {
+    for follower_requests in [FollowerRequests::Forward, FollowerRequests::Redirect] {
+        let mut config = steady(3);
+        config.follower_requests = follower_requests;
+        let stats = sim::run(3, &config).expect("a steady cluster serves");
+        assert!(stats.watches > 20, "{stats:?}");
+        match follower_requests {
+            FollowerRequests::Forward => assert!(stats.watches_on_followers > 0, "{stats:?}"),
+            FollowerRequests::Redirect => assert_eq!(stats.watches_on_followers, 0, "{stats:?}"),
+        }
     }
 }
 

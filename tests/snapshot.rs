@@ -11,7 +11,7 @@ mod common;
 
 use common::cluster::{command_anywhere, command_traced, Cluster, Options};
 use common::files::{dir_bytes, files_ending};
-use common::workload::write_pipelined;
+use common::workload::{write_all, write_pipelined};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -129,37 +129,9 @@ fn data_dir_stays_bounded_and_restart_serves_every_write() {
     }
 }
 
-/// Writes `first..first + count` (write `n` puts `value(n)` into
-/// `key-<n % keys>`) until every one is acknowledged: on a leader change
-/// (a loaded machine) it finds the new leader and resumes from the first
-/// write not acknowledged. Re-sending the same values in the same order
-/// keeps each key's last value `value` of its last `n`, whatever became of
-/// the write whose answer was lost. `leader` follows the leader.
-fn write_all(
-    cluster: &Cluster,
-    leader: &mut u64,
-    first: u64,
-    count: u64,
-    value: impl Fn(u64) -> String,
-) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let end = first + count;
-    let mut next = first;
-    loop {
-        let address = cluster.client_address(*leader);
-        next += write_pipelined(&address, next, end - next, 200, 2, &value);
-        if next == end {
-            return;
-        }
-        assert!(Instant::now() < deadline, "writes stalled at {next}");
-        *leader = cluster
-            .wait_leader(Duration::from_secs(10))
-            .expect("a leader");
-    }
-}
-
 #[test]
 fn lagging_follower_catches_up_by_install_snapshot_and_then_serves() {
+    const KEYS: u64 = 200;
     let mut cluster = Cluster::start(Options::new(5).fsync(false).extra("snapshot_entries = 300"));
     let mut leader = cluster
         .wait_leader(Duration::from_secs(10))
@@ -168,9 +140,9 @@ fn lagging_follower_catches_up_by_install_snapshot_and_then_serves() {
     let mut last: BTreeMap<u64, String> = BTreeMap::new();
     // Some history the lagging node holds, then it stops.
     let value = |n: u64| format!("v{n}");
-    write_all(&cluster, &mut leader, 0, 500, value);
+    write_all(&cluster, &mut leader, 0, 500, KEYS, 2, value);
     for n in 0..500 {
-        last.insert(n % 200, value(n));
+        last.insert(n % KEYS, value(n));
     }
     std::thread::sleep(Duration::from_millis(500));
     cluster.kill(lagging);
@@ -180,9 +152,9 @@ fn lagging_follower_catches_up_by_install_snapshot_and_then_serves() {
         log.matches(" taken: ").count() >= 3
     }) {
         assert!(n < 200_000, "the leader never compacted");
-        write_all(&cluster, &mut leader, n, 1_000, value);
+        write_all(&cluster, &mut leader, n, 1_000, KEYS, 2, value);
         for m in n..n + 1_000 {
-            last.insert(m % 200, value(m));
+            last.insert(m % KEYS, value(m));
         }
         n += 1_000;
     }

@@ -18,7 +18,11 @@
 //!   version this file had before; `cas` succeeds iff the file is present
 //!   with exactly the expected version, answers `ERR_VERSION` with the current
 //!   version otherwise and `ERR_FILE_NOT_FOUND` when absent; `delete` succeeds
-//!   iff present; `read` returns the current version and content or not-found.
+//!   iff present; `read` returns the current version and content or not-found;
+//!   `watch NAME VERSION` is a read observed at some point inside its own
+//!   interval (SPEC §2), so it steps the model exactly as a read does, and
+//!   its answer must also show another version than VERSION (absent counts
+//!   as 0), which is a property of the answer alone (`answer_fits_command`).
 //! - across files (`global`): one version is never seen on two files nor
 //!   returned by two successful writes; and a write/cas invoked after another
 //!   operation was answered gets a version greater than every version that
@@ -27,11 +31,14 @@
 //! Indeterminate operations (`ERR_INTERNAL`, timeout, dropped connection, or
 //! never completed) may take effect at any point after their invocation or
 //! never; their version is unknown until a later answer reveals it (the model
-//! carries a lower bound, see `model`). Indeterminate reads are dropped.
+//! carries a lower bound, see `model`). Indeterminate reads and watches are
+//! dropped.
 //! Operations answered `ERR_REDIRECT` or `ERR_CMD_ERR` did not take effect:
 //! the harness calls [`History::discard`] (or never records them).
 //!
-//! Not checked (documented gaps): expiry; the per-connection order of
+//! Not checked (documented gaps): expiry; when a watch is answered (that it
+//! is answered at all after a change is liveness: the simulator checks it);
+//! the per-connection order of
 //! pipelined commands (SPEC §3: commands on one connection take effect in the
 //! order sent) beyond what real time already implies; that the global
 //! counter has no gaps (an indeterminate write may consume a number unseen);
@@ -79,6 +86,11 @@ pub enum Op {
     Read {
         name: Vec<u8>,
     },
+    /// `watch NAME VERSION`.
+    Watch {
+        name: Vec<u8>,
+        version: u64,
+    },
 }
 
 impl Op {
@@ -88,7 +100,8 @@ impl Op {
             Op::Write { name, .. }
             | Op::Cas { name, .. }
             | Op::Delete { name }
-            | Op::Read { name } => name,
+            | Op::Read { name }
+            | Op::Watch { name, .. } => name,
         }
     }
 }
@@ -102,9 +115,9 @@ pub enum Outcome {
     VersionMismatch { current: u64 },
     /// `OK` to a `delete`.
     Deleted,
-    /// `ERR_FILE_NOT_FOUND` to a `cas`, `delete` or `read`.
+    /// `ERR_FILE_NOT_FOUND` to a `cas`, `delete`, `read` or `watch`.
     NotFound,
-    /// `CONTENTS VERSION ...` to a `read`.
+    /// `CONTENTS VERSION ...` to a `read` or `watch`.
     Contents { version: u64, content: Vec<u8> },
     /// `ERR_INTERNAL`, a timeout or a dropped connection: the command may or
     /// may not have taken effect.
@@ -366,7 +379,8 @@ fn build_file_ops(records: &[Record], indexes: &[usize], taken: &HashSet<u64>) -
                 content: sent_id(content),
             },
             Op::Delete { .. } => Action::Delete,
-            Op::Read { .. } => Action::Read,
+            // The version condition is checked on the answer up front.
+            Op::Read { .. } | Op::Watch { .. } => Action::Read,
         };
         let answer = match &record.completion {
             None | Some((Outcome::Indeterminate, _)) => Answer::Unknown,

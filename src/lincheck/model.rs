@@ -275,7 +275,12 @@ pub(crate) fn answer_fits_command(op: &Op, outcome: &Outcome) -> bool {
                 Op::Read { .. },
                 Outcome::Contents { .. } | Outcome::NotFound
             )
-    )
+    ) || match (op, outcome) {
+        // A watch answers only once the version differs (absent = 0).
+        (Op::Watch { version, .. }, Outcome::Contents { version: shown, .. }) => shown != version,
+        (Op::Watch { version, .. }, Outcome::NotFound) => *version != 0,
+        _ => false,
+    }
 }
 
 #[cfg(test)]

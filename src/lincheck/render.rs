@@ -42,6 +42,7 @@ fn describe_op(op: &Op) -> String {
         }
         Op::Delete { name } => format!("delete {}", quote(name)),
         Op::Read { name } => format!("read {}", quote(name)),
+        Op::Watch { name, version } => format!("watch {} {version}", quote(name)),
     }
 }
 

@@ -43,6 +43,7 @@ use crate::limits;
 use crate::metrics::ReactorMetrics;
 use crate::net::conn::{Connection, ReadStatus};
 use crate::net::http::{HttpServer, Route};
+use crate::net::member_log::MemberLog;
 use crate::net::peer::{PeerEvent, Peers};
 use crate::protocol::{encode_reply, parse_next, Parsed, Reply, Request};
 use crate::raft::{NodeId, Role, Term};
@@ -142,6 +143,8 @@ pub struct Reactor {
     metrics: ReactorMetrics,
     /// Role, term and leader as last logged.
     logged: (Option<Role>, Term, Option<NodeId>),
+    /// Members' links, for the member down / up again lines.
+    member_log: MemberLog,
     /// When the last client command was read (a stopping node waits for quiet).
     last_command_at: Instant,
     checksum_flag: Arc<AtomicBool>,
@@ -191,6 +194,11 @@ impl Reactor {
         let mut buffer = BytesMut::new();
         encode_reply(&Reply::CmdErr, &mut buffer);
         let status = Arc::new(Mutex::new(replica.status()));
+        let member_log = MemberLog::new(
+            replica.id(),
+            peers.link_states().into_iter().map(|link| link.peer),
+            Instant::now(),
+        );
         Ok(Reactor {
             poll,
             listener,
@@ -221,6 +229,7 @@ impl Reactor {
             http_requests: Vec::new(),
             metrics: ReactorMetrics::default(),
             logged: (None, 0, None),
+            member_log,
             checksum_flag: Arc::new(AtomicBool::new(false)),
             checksum_path: None,
             configuration_version_followed: u64::MAX,
@@ -383,6 +392,7 @@ impl Reactor {
             }
             if self.stop_flag.load(Ordering::SeqCst) && stop_deadline.is_none() {
                 stop_deadline = Some(now + self.stop_grace);
+                self.replica.drain();
                 match self.replica.transfer_leadership() {
                     Some(target) if target != self.replica.id() => {
                         log::info!("stopping: handing leadership to node {target}")
@@ -395,18 +405,25 @@ impl Reactor {
             self.follow_configuration();
             self.deliver(now)?;
             if let Some(reason) = self.replica.removed() {
+                self.replica.leave();
+                self.deliver(now)?;
                 self.flush_all_connections();
                 return Err(Error::Removed(reason));
             }
             self.refresh_status();
             self.log_transitions();
+            self.member_log.log_changes(now);
             self.maybe_write_checksum();
             if let Some(deadline) = stop_deadline {
                 // Stop once leadership is gone, every command read has its
                 // answer, and clients have had a moment to follow their
                 // redirects (so a rolling restart fails no request).
                 let leading = self.replica.status().role == Some(crate::raft::Role::Leader);
-                let quiet = now.saturating_duration_since(self.last_command_at) >= STOP_QUIET;
+                let quiet = now.saturating_duration_since(self.last_command_at) >= STOP_QUIET
+                    && replica_now
+                        .monotonic_us
+                        .saturating_sub(self.replica.last_forward_taken_us())
+                        >= STOP_QUIET.as_micros() as u64;
                 if (!leading && !self.replica.has_waiting() && quiet) || now >= deadline {
                     self.flush_all_connections();
                     return Ok(());
@@ -483,9 +500,10 @@ impl Reactor {
                         });
                     }
                 }
-                // The link logs up (info) and down (warn, with the reason).
-                PeerEvent::LinkUp(id) => log::debug!("peer {id} link up"),
-                PeerEvent::LinkDown(id) => log::debug!("peer {id} link down"),
+                // The link logs up and down at debug (with the reason); a
+                // member down for a while gets one line (`MemberLog`).
+                PeerEvent::LinkUp(id) => self.member_log.link_changed(id, true, Instant::now()),
+                PeerEvent::LinkDown(id) => self.member_log.link_changed(id, false, Instant::now()),
             }
         }
         Ok(())
@@ -574,7 +592,7 @@ impl Reactor {
             };
             self.last_command_at = now;
             let reserved_bytes = match &parsed {
-                Parsed::Request(Request::Read { .. }) => {
+                Parsed::Request(Request::Read { .. } | Request::Watch { .. }) => {
                     self.max_file_bytes + limits::READ_REPLY_HEADER_BYTES_MAX
                 }
                 _ => 0,

@@ -129,4 +129,50 @@ pub enum Message {
         next_offset: u64,
         installed: bool,
     },
+    // Client traffic between replicas (SPEC §3, `follower_requests =
+    // "forward"`): carried on the same links, handled by the replica
+    // (`replica::forward`), never by the Raft core. Appended last so the
+    // variants above keep their wire numbers.
+    /// Follower → leader: client writes to propose, in order (`batch` is a
+    /// command batch in the log's encoding; its stamp is ignored). `session`
+    /// names the follower process, `id` grows with every batch it sends.
+    ForwardCommands {
+        session: u64,
+        id: u64,
+        batch: Bytes,
+    },
+    /// Leader → follower: the answer to each command of batch `id` of the
+    /// follower's `session`, in order, as the protocol bytes the client gets.
+    ForwardAnswers {
+        session: u64,
+        id: u64,
+        answers: Vec<Bytes>,
+    },
+    /// Follower → leader: a ReadIndex (thesis §6.4) for the follower's
+    /// reads of one turn.
+    ReadIndexRequest {
+        session: u64,
+        id: u64,
+    },
+    /// Leader → follower: reads `id` of `session` may be answered once the
+    /// follower has applied through `index` (leadership was confirmed after
+    /// the request arrived); `None` if this node could not confirm it.
+    ReadIndexResponse {
+        session: u64,
+        id: u64,
+        index: Option<Index>,
+    },
+}
+
+impl Message {
+    /// Client traffic between replicas, which the Raft core never sees.
+    pub fn is_client_traffic(&self) -> bool {
+        matches!(
+            self,
+            Message::ForwardCommands { .. }
+                | Message::ForwardAnswers { .. }
+                | Message::ReadIndexRequest { .. }
+                | Message::ReadIndexResponse { .. }
+        )
+    }
 }

@@ -280,10 +280,22 @@ impl Node {
         }
     }
 
+    /// Start an election now, as a `TimeoutNow` would (thesis §3.10: no
+    /// PreVote, and voters skip their leader-lease check). For scripted
+    /// schedules and operator tooling (etcd's `Campaign`); a leader ignores it.
+    pub fn campaign_now(&mut self) {
+        if self.role != Role::Leader {
+            self.campaign(true);
+        }
+    }
+
     /// Handle one message. Refused messages (`Err`) change nothing beyond
     /// what is documented on `StepError`.
     pub fn step(&mut self, envelope: Envelope) -> Result<(), StepError> {
-        if envelope.to != self.config.id || envelope.from == self.config.id {
+        if envelope.to != self.config.id
+            || envelope.from == self.config.id
+            || envelope.message.is_client_traffic()
+        {
             return Err(StepError::NotForUs);
         }
         self.observe_incarnation(envelope.from, envelope.incarnation)?;
@@ -455,6 +467,11 @@ impl Node {
                 next_offset,
                 installed,
             } => self.handle_install_snapshot_response(from, index, next_offset, installed),
+            // Refused above: the replica handles client traffic.
+            Message::ForwardCommands { .. }
+            | Message::ForwardAnswers { .. }
+            | Message::ReadIndexRequest { .. }
+            | Message::ReadIndexResponse { .. } => return Err(StepError::NotForUs),
             Message::TimeoutNow => {
                 if self.accept_leader(from) && self.is_voter() {
                     // thesis §3.10: campaign now, skipping PreVote and the

@@ -25,13 +25,14 @@
 //! state they see (so a file never comes back after a leader change) and
 //! show the seconds left on the leader's clock.
 
+use super::watch::command_name;
 use super::{ClientRef, Now, Replica};
 use crate::error::{Error, Result};
 use crate::fsm::command::decode_batch_ref;
 use crate::fsm::{Fsm, Outcome};
 use crate::limits;
 use crate::protocol::{encode_reply, Reply};
-use crate::raft::{Entry, NodeId};
+use crate::raft::{Entry, Index, NodeId};
 use bytes::{Bytes, BytesMut};
 use std::time::Duration;
 
@@ -40,9 +41,16 @@ pub(super) struct AnchoredRead {
     pub offset: usize,
     pub client: ClientRef,
     pub name: Bytes,
+    /// A watch's VERSION: the state answers it only if the file's version
+    /// differs, else the watch arms there (`watch`).
+    pub watched_version: Option<u64>,
     /// The ReadIndex round that must also confirm leadership (reads
     /// anchored in an entry proposed before they arrived), if any.
     pub round: Option<u64>,
+    /// `COMMAND_TIMEOUT_MS` after it arrived: it is then answered
+    /// `ERR_INTERNAL` unless its round is still pending (it then expires
+    /// with its round).
+    pub deadline_us: u64,
 }
 
 /// One entry this node proposed and whose commands wait for their fate.
@@ -60,10 +68,12 @@ pub(super) struct Waiting {
     pub expired: bool,
 }
 
-/// Reads waiting for one ReadIndex round.
+/// Reads waiting for one ReadIndex round: this node's, and followers'
+/// requests (`forward`), answered with the round's index.
 pub(super) struct ReadGroup {
     pub id: u64,
     pub answers: Vec<(ClientRef, Bytes)>,
+    pub followers: Vec<super::forward::ReadRequest>,
     pub deadline_us: u64,
 }
 
@@ -113,6 +123,7 @@ impl Replica {
         })?;
         self.max_stamp_ms = self.max_stamp_ms.max(batch.stamp_ms);
         let time_ms = self.fsm.begin_batch(batch.stamp_ms);
+        self.wake_expired_watches(time_ms);
         let display_ms = self.cluster_time_ms(self.now).max(time_ms);
         let (clients, reads) = match mine {
             Some(waiting) => (waiting.clients, waiting.reads),
@@ -121,20 +132,46 @@ impl Replica {
         let mut reads = reads.into_iter().peekable();
         for (offset, command) in batch.commands.into_iter().enumerate() {
             while let Some(read) = reads.next_if(|r| r.offset <= offset) {
-                let answer = self.render_read(&read.name, time_ms, display_ms);
-                self.release_read(read, answer);
+                self.answer_anchored(read, time_ms, display_ms);
             }
+            let name = command_name(&command);
             let outcome = self.fsm.apply_command(command, time_ms);
+            if matches!(outcome, Outcome::Written { .. } | Outcome::Deleted) {
+                self.wake_watches(name);
+            }
             if let Some(&client) = clients.get(offset) {
                 let answer = cut_answer(&mut self.reply_buffer, |out| encode_outcome(outcome, out));
                 self.replies.push((client, answer));
             }
         }
         for read in reads {
-            let answer = self.render_read(&read.name, time_ms, display_ms);
-            self.release_read(read, answer);
+            self.answer_anchored(read, time_ms, display_ms);
         }
         Ok(())
+    }
+
+    /// An anchored read (or watch check) meets its position: answer it
+    /// there, unless a watch arms instead.
+    fn answer_anchored(&mut self, read: AnchoredRead, live_ms: u64, display_ms: u64) {
+        if let Some(answer) = self.answer_read(&read, live_ms, display_ms) {
+            self.release_read(read, answer);
+        }
+    }
+
+    /// `answer_at` for an anchored read.
+    pub(super) fn answer_read(
+        &mut self,
+        read: &AnchoredRead,
+        live_ms: u64,
+        display_ms: u64,
+    ) -> Option<Bytes> {
+        self.answer_at(
+            read.client,
+            &read.name,
+            read.watched_version,
+            live_ms,
+            display_ms,
+        )
     }
 
     /// A no-op entry carries no commands; reads anchored in one (never
@@ -144,8 +181,7 @@ impl Replica {
             let time_ms = self.fsm.cluster_time_ms();
             let display_ms = self.cluster_time_ms(self.now).max(time_ms);
             for read in waiting.reads {
-                let answer = self.render_read(&read.name, time_ms, display_ms);
-                self.release_read(read, answer);
+                self.answer_anchored(read, time_ms, display_ms);
             }
         }
         Ok(())
@@ -165,11 +201,12 @@ impl Replica {
     }
 
     /// The core confirmed leadership for rounds up to `id`.
-    pub(super) fn read_confirmed(&mut self, id: u64) {
+    pub(super) fn read_confirmed(&mut self, id: u64, index: Index) {
         self.read_confirmed_id = self.read_confirmed_id.max(id);
         while self.read_groups.front().is_some_and(|group| group.id <= id) {
             if let Some(group) = self.read_groups.pop_front() {
                 self.replies.extend(group.answers);
+                self.answer_read_requests(group.followers, Some(index));
             }
         }
     }
@@ -182,6 +219,7 @@ impl Replica {
                 for (client, _) in group.answers {
                     self.answer_redirect(client, leader);
                 }
+                self.answer_read_requests(group.followers, None);
             }
         }
         self.fail_anchored_reads(id, leader);
@@ -224,21 +262,34 @@ impl Replica {
         }
     }
 
-    /// Commands and read rounds past their deadline get `ERR_INTERNAL`.
+    /// Commands, anchored reads and read rounds past their deadline get
+    /// `ERR_INTERNAL`. An anchored read has its own deadline: it may sit in
+    /// an entry that expired long ago (an expired entry stays a floor), and
+    /// once its round has confirmed nothing else would ever answer it while
+    /// no entry reaches that index (sim seed 138: a read anchored in a
+    /// truncated entry waited past the liveness bound).
     pub(super) fn expire_waiting(&mut self, now: Now) {
         let mut expired = Vec::new();
+        let confirmed_id = self.read_confirmed_id;
         for waiting in self.waiting.values_mut() {
-            if waiting.expired || waiting.deadline_us > now.monotonic_us {
-                continue;
+            if !waiting.expired {
+                // Not due yet: its reads wait with it (they arrived with or
+                // after its commands; one held while no leader was known is
+                // due with the entry, as before). Nothing scanned per tick.
+                if waiting.deadline_us > now.monotonic_us {
+                    continue;
+                }
+                waiting.expired = true;
+                expired.append(&mut waiting.clients);
             }
-            waiting.expired = true;
-            expired.append(&mut waiting.clients);
-            // Reads waiting for a round expire with their round.
+            // Reads whose round is pending expire with their round.
             waiting.reads.retain(|read| {
-                if read.round.is_none() {
+                let round_pending = read.round.is_some_and(|round| round > confirmed_id);
+                let expires = read.deadline_us <= now.monotonic_us && !round_pending;
+                if expires {
                     expired.push(read.client);
                 }
-                read.round.is_some()
+                !expires
             });
         }
         for client in expired {
@@ -253,6 +304,7 @@ impl Replica {
                 for (client, _) in group.answers {
                     self.answer(client, Reply::Internal);
                 }
+                self.answer_read_requests(group.followers, None);
                 let mut anchored = Vec::new();
                 for waiting in self.waiting.values_mut() {
                     waiting.reads.retain(|read| {

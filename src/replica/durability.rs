@@ -92,8 +92,13 @@ impl Durability {
 
     /// Only a leader's appends and heartbeats promise nothing durable;
     /// everything else waits for an fsync, and so does everything while a
-    /// new term or vote is unsynced.
+    /// new term or vote is unsynced. Client traffic between replicas
+    /// (`forward`) promises nothing about this node's disk at all.
     pub(super) fn queue_send(&mut self, envelope: Envelope) {
+        if envelope.message.is_client_traffic() {
+            self.early_messages.push(envelope);
+            return;
+        }
         let promises_nothing = matches!(
             envelope.message,
             Message::AppendEntries { .. } | Message::Heartbeat { .. }
@@ -103,6 +108,11 @@ impl Durability {
         } else {
             self.durable_messages.push(envelope);
         }
+    }
+
+    /// Messages queued since the actions ran that may leave now.
+    pub(super) fn release_early(&mut self, out: &mut Vec<Envelope>) {
+        out.append(&mut self.early_messages);
     }
 
     /// The turn's durable messages wait for everything written before them:

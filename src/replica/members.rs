@@ -110,6 +110,28 @@ impl Replica {
         ))
     }
 
+    /// This node was removed (`removed`) and stops now: answer every
+    /// command it holds, as a draining node does, so no client is left
+    /// without one. Forwarded writes whose batch left get `ERR_INTERNAL`
+    /// (a leader may have taken them); everything else, never sent to a
+    /// leader, is redirected to the leader (`ERR_INTERNAL` if none is
+    /// known). A removed node forwards nothing more.
+    pub fn leave(&mut self) {
+        self.drain();
+        self.abandon_forwarding();
+        let leader = self.raft.leader_id();
+        let unrouted: Vec<_> = self
+            .held
+            .drain(..)
+            .chain(self.incoming.drain(..))
+            .map(|pending| pending.client)
+            .filter(|client| client.key != super::forward::REMOTE_KEY)
+            .collect();
+        for client in unrouted {
+            self.answer_redirect(client, leader);
+        }
+    }
+
     /// Member `by` refused this node's link, saying `reason` (see the
     /// module doc): Ok to go on (logged), Err(line) to stop.
     pub fn peer_refused(&mut self, by: NodeId, reason: &str) -> Result<(), String> {

@@ -13,7 +13,8 @@
 //! sequence number), `connection_closed`, `accept_peer` and `step` (peer
 //! messages), `tick` (the time), `synced` / `sync_failed` (an fsync the
 //! replica asked for finished), `snapshot_done` (a snapshot the helper
-//! took), `transfer_leadership`; then `end_turn`, once per driver turn.
+//! took), `transfer_leadership`, `drain`; then `end_turn`, once per
+//! driver turn.
 //! Outputs, drained by the driver after `end_turn`: `replies` (answers, each
 //! for one connection's sequence number; the driver puts them in order) and
 //! `messages` (envelopes that may leave now). Writes, fsync requests and
@@ -31,22 +32,28 @@
 //!    storage; applies run the file map and answer the waiting commands
 //!    (`apply`); what the turn wrote is handed to one fsync (group commit);
 //!    messages that promise durable state wait for the fsync covering it;
-//! 4. collect a finished snapshot, start one if due (`snapshot`).
+//! 4. route the watches that what was applied woke and the commands held
+//!    behind watches just answered, through steps 1-3 again (at most
+//!    `WATCH_PASSES_PER_TURN_MAX` times; `watch`);
+//! 5. collect a finished snapshot, start one if due (`snapshot`).
 //!
 //! Invariants: every command gets exactly one answer (its real result,
 //! `ERR_REDIRECT` if it was never applied, or `ERR_INTERNAL` when its fate
 //! cannot be known here or it waited `COMMAND_TIMEOUT_MS`); nothing that
 //! promises durable state leaves before the fsync covering it; after a
 //! failed fsync nothing more is acknowledged (`end_turn` fails from then
-//! on); reads are linearizable and in per-connection order (`routing`).
+//! on); reads are linearizable and in per-connection order (`routing`); a
+//! watch is answered only by such a read (`watch`).
 
 mod apply;
 mod clock;
 mod durability;
+mod forward;
 mod members;
 mod routing;
 mod snapshot;
 pub mod storage;
+mod watch;
 
 pub use members::{MemberView, MembershipView};
 pub use snapshot::SnapshotDone;
@@ -67,8 +74,10 @@ type WaitingEntries = BTreeMap<(Index, Term), Waiting>;
 
 use apply::{ReadGroup, Waiting};
 use durability::Durability;
+use forward::Forwarding;
 use routing::{ConnectionFloor, Pending, TurnBatch};
 use snapshot::Snapshots;
+use watch::Watches;
 
 /// Who is waiting for an answer: a connection's slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -107,6 +116,11 @@ pub struct ReplicaConfig {
     pub hold_while_leaderless_ms: u64,
     /// Take a snapshot once this many entries were applied since the last.
     pub snapshot_entries: u64,
+    /// What this node does with client commands while it is not leader.
+    pub follower_requests: crate::config::FollowerRequests,
+    /// A number that differs on every start of this node (the reactor:
+    /// random; the simulator: from its seed); names its forwarded batches.
+    pub session: u64,
 }
 
 /// What a node starts from: its durable hard state and what
@@ -180,6 +194,12 @@ pub struct Replica {
     /// Counters and histograms for `GET /metrics` (plain increments).
     pub metrics: ReplicaMetrics,
     snapshots: Snapshots,
+    /// Watches waiting on this node, and the commands held behind them.
+    watches: Watches,
+    /// Followers serving commands (`forward`).
+    forwarding: Forwarding,
+    /// Stopping: new commands are sent to the leader (`drain`).
+    draining: bool,
     /// Why the node must stop (a failed fsync): nothing is acknowledged
     /// past it.
     failed: Option<String>,
@@ -209,6 +229,7 @@ impl Replica {
         let raft = raft::Node::new(config.raft.clone(), restored);
         let (applied_index, applied_term) = snapshot.map_or((0, 0), |s| (s.index, s.term));
         let snapshots = Snapshots::new(config.snapshot_entries, restore.kept);
+        let forwarding = Forwarding::new(config.session);
         Replica {
             raft,
             fsm: restore.fsm,
@@ -241,6 +262,9 @@ impl Replica {
             messages: Vec::new(),
             metrics: ReplicaMetrics::default(),
             snapshots,
+            watches: Watches::default(),
+            forwarding,
+            draining: false,
             failed: None,
         }
     }
@@ -277,18 +301,54 @@ impl Replica {
 
     /// A client request, answered in this or a later `end_turn`.
     pub fn client_request(&mut self, client: ClientRef, request: Request, now: Now) {
-        self.incoming.push(Pending {
+        self.admit(Pending {
             client,
             request,
             arrived_us: now.monotonic_us,
         });
     }
 
-    /// The connection with this key closed: forget its floor.
+    /// A request joins the turn's incoming ones, unless a watch of its
+    /// connection holds it; a watch opens its connection's block (`watch`).
+    fn admit(&mut self, pending: Pending) {
+        let Some(pending) = self.watches.hold_if_blocked(pending) else {
+            return;
+        };
+        if let Request::Watch { name, version } = &pending.request {
+            if !self.watches.open(pending.client, name, *version) {
+                self.answer(pending.client, Reply::Internal);
+                return;
+            }
+        }
+        self.incoming.push(pending);
+    }
+
+    /// The connection with this key closed: forget its floor, its watch and
+    /// the commands held behind it.
     pub fn connection_closed(&mut self, key: usize) {
         if let Some(floor) = self.connection_floor.get_mut(key) {
             *floor = None;
         }
+        self.watches.connection_closed(key);
+        self.forwarding.connection_closed(key);
+    }
+
+    /// Watches outstanding on this node (waiting for a change or being
+    /// checked).
+    pub fn watches_outstanding(&self) -> usize {
+        self.watches.len()
+    }
+
+    /// Watches woken since start (by a change, an install, a leaderless
+    /// spell), for the simulator's figures.
+    pub fn watches_woken(&self) -> u64 {
+        self.watches.woken_total
+    }
+
+    /// Panics if the watch table and its indexes disagree (the simulator
+    /// checks after every step).
+    pub fn check_watch_invariants(&self) {
+        self.watches.check_invariants();
     }
 
     /// Accept a peer's incarnation at handshake, or say why not.
@@ -304,6 +364,11 @@ impl Replica {
 
     /// A message from a peer. Refused messages are logged and dropped.
     pub fn step(&mut self, envelope: Envelope) {
+        if envelope.message.is_client_traffic() {
+            let now = self.now;
+            self.step_client_traffic(envelope, now);
+            return;
+        }
         if let Err(error) = self.raft.step(envelope) {
             log::warn!("dropped a peer message: {}", describe_step_error(&error));
         }
@@ -328,6 +393,26 @@ impl Replica {
             self.next_tick_us = now.monotonic_us.saturating_add(tick_us);
         }
         self.expire_waiting(now);
+        self.expire_forwarded(now);
+    }
+
+    /// This node is stopping: from now on, while it is not the leader, a
+    /// new command is answered `ERR_REDIRECT` naming the leader (nothing
+    /// applied: the client goes there) instead of being forwarded, while
+    /// the commands already taken get their answers. Clients of a follower
+    /// thus move away before it closes their connections (SPEC §3: a
+    /// rolling restart fails no request). A leader hands leadership over
+    /// first (`transfer_leadership`), then does the same.
+    /// Armed watches are handed to the leader too, once another is known
+    /// (`watch`).
+    pub fn drain(&mut self) {
+        self.draining = true;
+        self.watches.stopping = true;
+    }
+
+    /// Start an election now (`raft::Node::campaign_now`).
+    pub fn campaign_now(&mut self) {
+        self.raft.campaign_now();
     }
 
     /// Start handing leadership away (graceful stop). Returns the target.
@@ -335,13 +420,17 @@ impl Replica {
         self.raft.transfer_leadership(None).ok()
     }
 
-    /// Whether commands are still waiting for an answer.
+    /// Whether commands are still waiting for an answer. An armed watch
+    /// does not count: it may wait for ever (`watch`: a stopping node hands
+    /// it over instead).
     pub fn has_waiting(&self) -> bool {
         self.waiting
             .values()
             .any(|w| !w.expired || !w.reads.is_empty())
             || !self.read_groups.is_empty()
             || !self.held.is_empty()
+            || !self.incoming.is_empty()
+            || self.forwarding.has_waiting()
     }
 
     /// Run one turn (see the module doc). An error means the node must stop
@@ -358,12 +447,35 @@ impl Replica {
             self.durability.note_written(true);
         }
         self.update_leader_clock(now);
+        self.maybe_leader_changed(now);
+        let mut settled = self.settle_watches(0, now);
         self.route_requests(now);
         self.maybe_stamp_cluster_time(now);
         self.propose_batches(now);
         self.register_turn_reads(now);
+        self.send_turn_forwards(now);
         self.run_actions(storage)?;
+        self.maybe_answer_follower_reads();
+        for _ in 0..limits::WATCH_PASSES_PER_TURN_MAX {
+            settled = self.settle_watches(settled, now);
+            if self.incoming.is_empty() {
+                break;
+            }
+            self.route_requests(now);
+            self.propose_batches(now);
+            self.register_turn_reads(now);
+            self.send_turn_forwards(now);
+            self.run_actions(storage)?;
+            self.maybe_answer_follower_reads();
+        }
+        // The last pass's answers end their blocks too; what they release
+        // is routed next turn.
+        self.settle_watches(settled, now);
         self.maybe_snapshot(storage)?;
+        self.gather_remote_answers();
+        // Client traffic queued after the actions ran (answers gathered
+        // now) leaves with this turn too.
+        self.durability.release_early(&mut self.messages);
         Ok(())
     }
 
@@ -399,7 +511,7 @@ impl Replica {
                     self.apply(entry)?;
                 }
             }
-            Action::ReadReady { id, .. } => self.read_confirmed(id),
+            Action::ReadReady { id, index } => self.read_confirmed(id, index),
             Action::ReadFailed { id } => self.read_failed(id),
             Action::SendSnapshotChunk {
                 envelope,

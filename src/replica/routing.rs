@@ -25,6 +25,22 @@
 //!   holds every acknowledged write once this term's first entry applied)
 //!   and released after this turn's ReadIndex round.
 //!
+//! A `watch` is routed exactly as a read is (`is_read_like`): its first
+//! check, and every check after a change woke it, is a read at one of these
+//! positions (`watch`).
+//!
+//! A floor entry that is no longer in this leader's log (its suffix was
+//! replaced while this node followed, and it leads again) is never waited
+//! for: it can never be committed. This node leads term T and has applied
+//! its own term-T entry at some index k, which is committed, so every later
+//! leader holds it; a later leader holding the floor entry (i, t), t < T,
+//! would hold a term below T after index k if i > k (terms never decrease
+//! along a log), or another entry than ours at a committed index if i ≤ k.
+//! Waiting for it would hold the connection's reads until the log reached
+//! index i (sim seed 13057182992639120356: a connection whose timed-out
+//! writes sat in a truncated entry above the log's end had every later read
+//! time out in a quiet cluster).
+//!
 //! Invariants: a connection's floor only rises while its entry is
 //! unapplied (a read placed early in a batch never hides a later write of
 //! the same connection from the next read); an entry whose commands timed
@@ -33,7 +49,9 @@
 //! if it commits later.
 
 use super::apply::{AnchoredRead, ReadGroup, Waiting};
+use super::forward::REMOTE_KEY;
 use super::{ClientRef, Now, Replica};
+use crate::config::FollowerRequests;
 use crate::fsm::command::encode_batch;
 use crate::fsm::Command;
 use crate::limits;
@@ -75,15 +93,29 @@ impl Replica {
         // wait behind it, so per-connection order is kept.
         let mut blocked: Vec<u64> = Vec::new();
         for pending in queue {
-            if blocked.contains(&pending.client.conn_id) {
+            // A connection with a command held this turn, or a forwarded
+            // unit outstanding, waits (per-connection order).
+            if blocked.contains(&pending.client.conn_id) || self.forwarding.is_busy(pending.client)
+            {
+                blocked.push(pending.client.conn_id);
                 self.held.push_back(pending);
                 continue;
             }
-            let is_read = matches!(pending.request, Request::Read { .. });
+            let is_read = is_read_like(&pending.request);
+            let forwards = self.config.follower_requests == FollowerRequests::Forward
+                && pending.client.key != REMOTE_KEY
+                && !self.draining;
             if self.is_ready_leader() && (!is_read || self.is_ready_for_reads()) {
                 self.route_as_leader(pending, now);
             } else if let Some(leader) = self.raft.leader_id().filter(|&l| l != self.raft.id()) {
-                self.answer_redirect(pending.client, Some(leader));
+                if !forwards {
+                    self.answer_redirect(pending.client, Some(leader));
+                } else if self.conflicts_with_turn(pending.client, is_read) {
+                    blocked.push(pending.client.conn_id);
+                    self.held.push_back(pending);
+                } else {
+                    self.route_as_follower(pending.client, pending.request, pending.arrived_us);
+                }
             } else if now.monotonic_us.saturating_sub(pending.arrived_us)
                 >= self.config.hold_while_leaderless_ms.saturating_mul(1_000)
             {
@@ -134,39 +166,61 @@ impl Replica {
                     );
                 }
             }
-            Request::Read { name } => self.route_read(pending.client, name, now),
+            Request::Read { name } => {
+                self.route_read(pending.client, pending.arrived_us, name, None, now)
+            }
+            Request::Watch { name, version } => {
+                self.route_read(pending.client, pending.arrived_us, name, Some(version), now)
+            }
         }
     }
 
-    fn route_read(&mut self, client: ClientRef, name: Bytes, now: Now) {
+    /// A read (or a watch's check, `watched_version`) at its read position.
+    fn route_read(
+        &mut self,
+        client: ClientRef,
+        arrived_us: u64,
+        name: Bytes,
+        watched_version: Option<u64>,
+        now: Now,
+    ) {
+        let deadline_us = arrived_us.saturating_add(limits::COMMAND_TIMEOUT_MS * 1_000);
         if let Some(batch) = self.batches.last_mut() {
             let offset = batch.commands.len();
             batch.reads.push(AnchoredRead {
                 offset,
                 client,
                 name,
+                watched_version,
                 round: None,
+                deadline_us,
             });
             return;
         }
+        // A floor entry that is not in this leader's log can never apply
+        // (see the module doc): the read does not wait for it.
         let floor = self.connection_floor(client);
-        if let Some((position, offset)) =
-            floor.filter(|&((index, _), _)| index > self.applied_index)
-        {
+        if let Some((position, offset)) = floor.filter(|&((index, term), _)| {
+            index > self.applied_index && self.raft.term_at(index) == Some(term)
+        }) {
             let round = self.next_read_id;
             if let Some(waiting) = self.waiting.get_mut(&position) {
                 waiting.reads.push(AnchoredRead {
                     offset,
                     client,
                     name,
+                    watched_version,
                     round: Some(round),
+                    deadline_us,
                 });
                 self.turn_reads_anchored += 1;
                 return;
             }
         }
-        let answer = self.render_read(&name, self.fsm.cluster_time_ms(), self.cluster_time_ms(now));
-        self.turn_reads.push((client, answer));
+        let (live_ms, display_ms) = (self.fsm.cluster_time_ms(), self.cluster_time_ms(now));
+        if let Some(answer) = self.answer_at(client, &name, watched_version, live_ms, display_ms) {
+            self.turn_reads.push((client, answer));
+        }
     }
 
     /// The connection's floor: ((index, term), offset).
@@ -210,12 +264,11 @@ impl Replica {
             if batch.commands.is_empty() {
                 // Only reads: answer them like reads at the applied index.
                 for read in batch.reads {
-                    let answer = self.render_read(
-                        &read.name,
-                        self.fsm.cluster_time_ms(),
-                        self.cluster_time_ms(now),
-                    );
-                    self.turn_reads.push((read.client, answer));
+                    let (live_ms, display_ms) =
+                        (self.fsm.cluster_time_ms(), self.cluster_time_ms(now));
+                    if let Some(answer) = self.answer_read(&read, live_ms, display_ms) {
+                        self.turn_reads.push((read.client, answer));
+                    }
                 }
                 continue;
             }
@@ -230,7 +283,9 @@ impl Replica {
                     self.last_proposed_stamp_ms = stamp_ms;
                     let position = (index, self.raft.term());
                     for (offset, client) in batch.clients.iter().enumerate() {
-                        self.set_connection_floor(*client, position, offset + 1);
+                        if client.key != REMOTE_KEY {
+                            self.set_connection_floor(*client, position, offset + 1);
+                        }
                     }
                     for read in &batch.reads {
                         self.set_connection_floor(read.client, position, read.offset);
@@ -263,7 +318,8 @@ impl Replica {
     /// heartbeat it sends leaves after all of them arrived.
     pub(super) fn register_turn_reads(&mut self, now: Now) {
         let anchored = std::mem::take(&mut self.turn_reads_anchored);
-        if self.turn_reads.is_empty() && anchored == 0 {
+        let followers = self.take_turn_read_requests();
+        if self.turn_reads.is_empty() && anchored == 0 && followers.is_empty() {
             return;
         }
         let answers = std::mem::take(&mut self.turn_reads);
@@ -273,16 +329,23 @@ impl Replica {
             Ok(()) => self.read_groups.push_back(ReadGroup {
                 id,
                 answers,
+                followers,
                 deadline_us: now.after_ms(limits::COMMAND_TIMEOUT_MS),
             }),
             Err(not_leader) => {
                 for (client, _) in answers {
                     self.answer_redirect(client, not_leader.leader);
                 }
+                self.answer_read_requests(followers, None);
                 self.fail_anchored_reads(id, not_leader.leader);
             }
         }
     }
+}
+
+/// Reads and watches: served only once this term's first entry applied.
+fn is_read_like(request: &Request) -> bool {
+    matches!(request, Request::Read { .. } | Request::Watch { .. })
 }
 
 fn command_size_bytes(command: &Command) -> usize {

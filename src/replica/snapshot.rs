@@ -259,6 +259,7 @@ impl Replica {
                     self.durability.note_written(false);
                 }
                 self.fsm = *fsm;
+                self.wake_all_watches();
                 self.fail_waiting_covered_by(snapshot.index);
                 self.applied_index = snapshot.index;
                 self.applied_term = snapshot.term;

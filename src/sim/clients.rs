@@ -4,12 +4,15 @@
 //!
 //! A client holds at most one connection. It pipelines up to
 //! `pipeline_max` commands (`write`, `cas` on the version it last saw,
-//! `delete`, `read`, over a few keys) and takes answers in sequence order,
+//! `delete`, `read`, `watch` on the version it last saw or 0, over a few
+//! keys) and takes answers in sequence order,
 //! as a socket would deliver them (the replica may finish them out of
 //! order). `ERR_REDIRECT` discards the command (it was not applied) and,
 //! once nothing else is outstanding, moves the client to the named node;
 //! `ERR_INTERNAL` makes it indeterminate. A client that waits longer than
-//! `timeout_us` for an answer, or whose node crashes, loses its connection:
+//! `timeout_us` for an answer (`watch_timeout_us` while the oldest command
+//! is a watch, which waits for a change; commands behind a watch count from
+//! the last answer), or whose node crashes, loses its connection:
 //! everything outstanding is indeterminate, and it reconnects elsewhere.
 //!
 //! Checked here, per answer: it belongs to a command sent on that
@@ -44,6 +47,7 @@ pub(super) enum Kind {
     Cas,
     Delete,
     Read,
+    Watch,
 }
 
 struct Connection {
@@ -55,6 +59,8 @@ struct Connection {
     early: BTreeMap<u64, Bytes>,
     /// Stop sending: a redirect named another node.
     draining: bool,
+    /// When the last answer came (or the connection opened).
+    last_answer_us: u64,
 }
 
 struct Client {
@@ -85,6 +91,10 @@ pub struct Clients {
     pub answered: u64,
     pub redirects: u64,
     pub indeterminate: u64,
+    /// Watches sent.
+    pub watches: u64,
+    /// Watches answered with a state by a node that was a follower then.
+    pub watches_on_followers: u64,
 }
 
 impl Clients {
@@ -104,6 +114,8 @@ impl Clients {
             answered: 0,
             redirects: 0,
             indeterminate: 0,
+            watches: 0,
+            watches_on_followers: 0,
         }
     }
 
@@ -118,6 +130,39 @@ impl Clients {
             .filter_map(|client| client.connection.as_ref())
             .map(|connection| connection.outstanding.len())
             .sum()
+    }
+
+    /// Every unanswered command: client, node, connection, sequence, kind,
+    /// file and when it was sent (for liveness failure reports).
+    pub fn describe_outstanding(&self) -> String {
+        let mut lines = Vec::new();
+        for (index, client) in self.clients.iter().enumerate() {
+            let Some(connection) = client.connection.as_ref() else {
+                continue;
+            };
+            for outstanding in &connection.outstanding {
+                lines.push(format!(
+                    "client {index} node {} conn {} seq {} {:?} {:?} sent at tick {}",
+                    connection.node,
+                    connection.conn_id,
+                    outstanding.seq,
+                    outstanding.kind,
+                    String::from_utf8_lossy(&outstanding.name),
+                    outstanding.sent_us / super::TICK_US
+                ));
+            }
+        }
+        lines.join("; ")
+    }
+
+    /// Watches sent and not answered, over every client.
+    pub fn outstanding_watches(&self) -> usize {
+        self.clients
+            .iter()
+            .filter_map(|client| client.connection.as_ref())
+            .flat_map(|connection| &connection.outstanding)
+            .filter(|outstanding| outstanding.kind == Kind::Watch)
+            .count()
     }
 
     /// Client `index`'s connection (key = the client's index).
@@ -141,11 +186,15 @@ impl Clients {
                 Intent::Nothing
             };
         };
-        if connection
-            .outstanding
-            .front()
-            .is_some_and(|oldest| now_us.saturating_sub(oldest.sent_us) > timeout_us)
-        {
+        let watch_timeout_us = self.config.watch_timeout_us;
+        if connection.outstanding.front().is_some_and(|oldest| {
+            let limit_us = if oldest.kind == Kind::Watch {
+                watch_timeout_us
+            } else {
+                timeout_us
+            };
+            now_us.saturating_sub(oldest.sent_us.max(connection.last_answer_us)) > limit_us
+        }) {
             let client_ref = Clients::client_ref(index, connection, 0);
             return Intent::Close(connection.node, client_ref);
         }
@@ -178,6 +227,7 @@ impl Clients {
             let seq = connection.next_seq;
             connection.next_seq += 1;
             let op = self.history.invoke(index as u64, op, now_us * 1_000);
+            self.watches += u64::from(kind == Kind::Watch);
             connection.outstanding.push_back(Outstanding {
                 seq,
                 op,
@@ -194,7 +244,7 @@ impl Clients {
     }
 
     /// Client `index` connected to `node`.
-    pub fn connected(&mut self, index: usize, node: NodeId) {
+    pub fn connected(&mut self, index: usize, node: NodeId, now_us: u64) {
         let conn_id = self.next_conn_id;
         self.next_conn_id += 1;
         self.clients[index].connection = Some(Connection {
@@ -204,6 +254,7 @@ impl Clients {
             outstanding: VecDeque::new(),
             early: BTreeMap::new(),
             draining: false,
+            last_answer_us: now_us,
         });
     }
 
@@ -232,11 +283,13 @@ impl Clients {
         }
     }
 
-    /// An answer from `node` for `to`. An answer for a connection that is
-    /// gone is dropped (as by a closed socket).
+    /// An answer from `node` (a follower then: `by_follower`) for `to`. An
+    /// answer for a connection that is gone is dropped (as by a closed
+    /// socket).
     pub fn deliver(
         &mut self,
         node: NodeId,
+        by_follower: bool,
         to: ClientRef,
         answer: Bytes,
         now_us: u64,
@@ -275,6 +328,7 @@ impl Clients {
                 break;
             };
             self.answered += 1;
+            connection.last_answer_us = now_us;
             let outcome = interpret(outstanding.kind, &answer).map_err(|problem| {
                 format!(
                     "node {node} answered {:?} {:?} with {:?}: {problem}",
@@ -292,10 +346,16 @@ impl Clients {
                         Outcome::VersionMismatch { current } => {
                             client.versions.insert(outstanding.name.clone(), *current);
                         }
+                        // The next watch on it waits for the file to exist.
+                        Outcome::NotFound if outstanding.kind == Kind::Watch => {
+                            client.versions.remove(&outstanding.name);
+                        }
                         _ => {}
                     }
                     if outcome == Outcome::Indeterminate {
                         self.indeterminate += 1;
+                    } else if by_follower && outstanding.kind == Kind::Watch {
+                        self.watches_on_followers += 1;
                     }
                     self.history
                         .complete(outstanding.op, outcome, now_us * 1_000);
@@ -326,6 +386,24 @@ fn next_command(
 ) -> (Request, Op, Kind, Bytes) {
     let name = Bytes::from(format!("k{}", rng.gen_range(0..config.keys.max(1))));
     let roll: f64 = rng.gen();
+    if roll >= 1.0 - config.watch_probability {
+        // Mostly the version last seen (so it waits); sometimes 0 (wait
+        // for the file to exist) or one it may never have had.
+        let version = match rng.gen_range(0..10) {
+            0 => 0,
+            1 => rng.gen_range(1..4),
+            _ => client.versions.get(&name).copied().unwrap_or(0),
+        };
+        let op = Op::Watch {
+            name: name.to_vec(),
+            version,
+        };
+        let request = Request::Watch {
+            name: name.clone(),
+            version,
+        };
+        return (request, op, Kind::Watch, name);
+    }
     if roll < config.read_probability {
         let op = Op::Read {
             name: name.to_vec(),
@@ -402,10 +480,11 @@ pub(super) fn interpret(kind: Kind, answer: &[u8]) -> Result<Answer, String> {
             _ => return Err("OK to a read, or a delete with a version".into()),
         },
         "ERR_FILE_NOT_FOUND" if kind != Kind::Write => Outcome::NotFound,
+        // (Whether a watch's answer shows another version is lincheck's.)
         "ERR_VERSION" if kind == Kind::Cas => Outcome::VersionMismatch {
             current: number(fields.next())?,
         },
-        "CONTENTS" if kind == Kind::Read => {
+        "CONTENTS" if matches!(kind, Kind::Read | Kind::Watch) => {
             let version = number(fields.next())?;
             let length = number(fields.next())? as usize;
             let _expires_in_s = number(fields.next())?;

@@ -12,6 +12,9 @@ use crate::limits::TICK_MS;
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 
+/// Seeds the draw of a schedule's watch share (see `mixed`).
+const WATCH_MIX_SALT: u64 = 0x3a7c_4000_0000_0001;
+
 /// Simulated microseconds in one Raft tick.
 pub const TICK_US: u64 = TICK_MS * 1_000;
 
@@ -75,6 +78,11 @@ pub struct ClientConfig {
     /// A client that waits this long for an answer closes its connection
     /// (its outstanding commands become indeterminate) and reconnects.
     pub timeout_us: u64,
+    /// Share of commands that are `watch` (taken from the top of the roll,
+    /// so the other shares keep their meaning).
+    pub watch_probability: f64,
+    /// `timeout_us` for a watch, which waits for a change.
+    pub watch_timeout_us: u64,
     /// Largest value written (values are random text up to this length).
     pub value_bytes_max: usize,
 }
@@ -154,6 +162,8 @@ pub struct SimConfig {
     /// Replicas snapshot once this many entries were applied since the
     /// last one (`u64::MAX`: never).
     pub snapshot_entries: u64,
+    /// What followers do with client commands.
+    pub follower_requests: crate::config::FollowerRequests,
     /// Write every step to stderr.
     pub verbose: bool,
 }
@@ -208,9 +218,12 @@ impl SimConfig {
                 cas_probability: 0.2,
                 delete_probability: 0.05,
                 timeout_us: 700 * TICK_US,
+                watch_probability: 0.1,
+                watch_timeout_us: 3_000 * TICK_US,
                 value_bytes_max: 16,
             },
             snapshot_entries: u64::MAX,
+            follower_requests: crate::config::FollowerRequests::Forward,
             verbose: false,
         }
     }
@@ -282,6 +295,10 @@ impl SimConfig {
             cas_probability: [0.0, 0.2, 0.4][rng.gen_range(0..3)],
             delete_probability: [0.0, 0.05, 0.15][rng.gen_range(0..3)],
             timeout_us: 700 * TICK_US,
+            // Drawn apart, so the rest of a seed's mix is what it was.
+            watch_probability: [0.0, 0.05, 0.1, 0.2]
+                [Pcg64::seed_from_u64(seed ^ WATCH_MIX_SALT).gen_range(0..4)],
+            watch_timeout_us: 3_000 * TICK_US,
             value_bytes_max: [8, 64, 600][rng.gen_range(0..3)],
         };
         if rng.gen_bool(0.5) {
@@ -289,6 +306,9 @@ impl SimConfig {
             config.crash_after_install_probability = [0.0, 0.3][rng.gen_range(0..2)];
         }
         // Drawn last, so the knobs above stay what they were for each seed.
+        if rng.gen_bool(0.2) {
+            config.follower_requests = crate::config::FollowerRequests::Redirect;
+        }
         if rng.gen_bool(0.5) {
             config.spare_nodes = rng.gen_range(1..=2);
             config.faults.membership = rng.gen_range(1..=4);

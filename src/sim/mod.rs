@@ -30,12 +30,13 @@
 //! A schedule has two phases. The fault phase runs `fault_steps` steps of
 //! client traffic and faults (crashes and power losses, pauses, partitions,
 //! loss, duplication, reordering, slow and failing fsyncs, wall-clock
-//! jumps, leadership transfers, membership changes; `faults.rs`). Then the
-//! liveness phase heals the network, restarts every node (a removed one
-//! with a new disk) and requires,
-//! within a bound: a leader, every client command answered, a fresh write
-//! acknowledged and applied on every member of the leader's configuration,
-//! and final reads of every key answered.
+//! jumps, leadership transfers, membership changes; `faults.rs`). Then
+//! the liveness phase heals the network, restarts every node (a removed
+//! one with a new disk) and requires, within a bound: a leader, every
+//! client command answered (while watches wait, every key is written every
+//! `WAKE_INTERVAL_TICKS`: a watch must then be answered, none may be
+//! missed), a fresh write acknowledged and applied on every member of the
+//! leader's configuration, and final reads of every key answered.
 //!
 //! Membership (`SimConfig::spare_nodes`): spare nodes start with empty
 //! disks, not members, as a node an operator starts before adding it. A
@@ -51,6 +52,7 @@ pub mod disk;
 mod faults;
 pub mod invariants;
 pub mod net;
+pub mod script;
 
 pub use config::{
     ClientConfig, DiskConfig, FaultWeights, NetConfig, RaftKnobs, SimConfig, TICK_US,
@@ -97,6 +99,12 @@ pub struct Stats {
     pub answered: u64,
     pub redirects: u64,
     pub indeterminate: u64,
+    /// Watches sent; watches woken by a change (or a snapshot install) on
+    /// some node, over every node and lifetime.
+    pub watches: u64,
+    pub watches_woken: u64,
+    /// Watches answered with a state by a node that was a follower then.
+    pub watches_on_followers: u64,
     /// Snapshots taken and installed, over every node and lifetime.
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
@@ -145,7 +153,11 @@ enum Event {
         node: usize,
         generation: u64,
     },
-    Deliver(Envelope),
+    /// `receiver_generation`: the receiver's lifetime when it was sent.
+    Deliver {
+        envelope: Envelope,
+        receiver_generation: u64,
+    },
     SyncDone {
         node: usize,
         generation: u64,
@@ -192,6 +204,8 @@ struct SimNode {
     sync_failed: bool,
     /// Snapshots taken and installed in earlier lifetimes.
     snapshots_before: (u64, u64),
+    /// Watches woken in earlier lifetimes.
+    watches_woken_before: u64,
 }
 
 impl SimNode {
@@ -217,6 +231,10 @@ struct Liveness {
     probe_acknowledged: Option<Index>,
     final_reads_sent: bool,
     final_reads_answered: usize,
+    /// When the next round of wake writes may go (simulated µs).
+    next_wake_us: u64,
+    /// Wake writes sent so far (their contents are unique).
+    wake_writes: u64,
     done: bool,
     /// Probe commands waiting for an answer, by sequence number, with the
     /// node they were sent to.
@@ -229,9 +247,16 @@ struct Liveness {
 /// A command the simulator itself sends in the liveness phase.
 #[derive(Clone, Copy, Debug)]
 enum ProbeCommand {
-    Write { leader: usize },
+    Write {
+        leader: usize,
+    },
     FinalRead(lincheck::OpId),
+    /// A write of a client key that wakes the watches on it.
+    WakeWrite(lincheck::OpId),
 }
+
+/// Ticks between two rounds of wake writes in the liveness phase.
+const WAKE_INTERVAL_TICKS: u64 = 50;
 
 pub struct Sim {
     seed: u64,
@@ -287,7 +312,7 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Stats, Failure> {
 pub const LIVENESS_STEPS_MAX: u64 = 300_000;
 
 /// Wall time the linearizability check of one schedule may take.
-pub const LINCHECK_BUDGET: Duration = Duration::from_secs(10);
+pub const LINCHECK_BUDGET: Duration = Duration::from_secs(1);
 
 /// Where simulated wall clocks start (2026-01-01, in ms since the epoch).
 const WALL_CLOCK_START_MS: u64 = 1_767_225_600_000;
@@ -352,6 +377,7 @@ impl Sim {
                 applied_digest_seen: 0,
                 sync_failed: false,
                 snapshots_before: (0, 0),
+                watches_woken_before: 0,
             });
         }
         sim.rng = rng;
@@ -403,7 +429,7 @@ impl Sim {
                 let summary = self.summary();
                 return Err(self.failure(format!(
                     "liveness: {} within {} ticks of healing (backlog {backlog} entries, {} client \
-                     commands unanswered, probe {:?}, final reads answered {}); {summary}",
+                     commands unanswered [{}], probe {:?}, final reads answered {}); {summary}",
                     if late_leader {
                         "no leader"
                     } else if too_many_steps {
@@ -413,6 +439,7 @@ impl Sim {
                     },
                     (self.now_us - self.liveness.started_us) / TICK_US,
                     self.clients.outstanding(),
+                    self.clients.describe_outstanding(),
                     self.liveness.probe_acknowledged,
                     self.liveness.final_reads_answered,
                 )));
@@ -507,6 +534,9 @@ impl Sim {
             answered: self.clients.answered,
             redirects: self.clients.redirects,
             indeterminate: self.clients.indeterminate,
+            watches: self.clients.watches,
+            watches_woken: self.watches_woken(),
+            watches_on_followers: self.clients.watches_on_followers,
             snapshots_taken: taken,
             snapshots_installed: installed,
             lincheck_unknown: false,
@@ -520,6 +550,15 @@ impl Sim {
             replaced_disks: self.replaced_disks,
             trace_hash: self.trace_hash,
         }
+    }
+
+    fn watches_woken(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|node| {
+                node.watches_woken_before + node.replica.as_ref().map_or(0, Replica::watches_woken)
+            })
+            .sum()
     }
 
     fn snapshot_counts(&self) -> (u64, u64) {
@@ -600,6 +639,8 @@ impl Sim {
                 .collect(),
             hold_while_leaderless_ms: knobs.election_timeout_ticks.1 * crate::limits::TICK_MS,
             snapshot_entries: self.config.snapshot_entries,
+            follower_requests: self.config.follower_requests,
+            session: self.rng.gen(),
         }
     }
 
@@ -672,7 +713,10 @@ impl Sim {
                 self.schedule(period, Event::Tick { node, generation });
                 self.turn(node)
             }
-            Event::Deliver(envelope) => self.deliver(envelope),
+            Event::Deliver {
+                envelope,
+                receiver_generation,
+            } => self.deliver(envelope, receiver_generation),
             Event::SyncDone {
                 node,
                 generation,
@@ -769,6 +813,7 @@ impl Sim {
         let installed = replica.snapshot_counts().1 > installed_before;
         let messages = std::mem::take(&mut replica.messages);
         let replies = std::mem::take(&mut replica.replies);
+        let by_follower = replica.raft().role() == Role::Follower;
         let requests = std::mem::take(&mut node.disk.requests);
         if let Err(error) = result {
             if node.sync_failed {
@@ -788,14 +833,26 @@ impl Sim {
             self.send(envelope);
         }
         for (client, answer) in replies {
-            self.deliver_answer(id, client, answer)?;
+            self.deliver_answer(id, by_follower, client, answer)?;
         }
         let removed = self.nodes[index]
             .replica
             .as_ref()
             .and_then(|replica| replica.removed());
         if let Some(reason) = removed {
-            // The real node stops here (exit code 4), its messages sent.
+            // The real node stops here (exit code 4), its messages sent and
+            // every command it holds answered (`Replica::leave`).
+            let replies = self.nodes[index]
+                .replica
+                .as_mut()
+                .map(|replica| {
+                    replica.leave();
+                    std::mem::take(&mut replica.replies)
+                })
+                .unwrap_or_default();
+            for (client, answer) in replies {
+                self.deliver_answer(id, by_follower, client, answer)?;
+            }
             self.retire_node(index, &reason);
             return Ok(());
         }
@@ -847,7 +904,13 @@ impl Sim {
         Ok(())
     }
 
-    fn deliver_answer(&mut self, node: NodeId, to: ClientRef, answer: Bytes) -> Result<(), String> {
+    fn deliver_answer(
+        &mut self,
+        node: NodeId,
+        by_follower: bool,
+        to: ClientRef,
+        answer: Bytes,
+    ) -> Result<(), String> {
         if self.config.verbose {
             self.trace(format!(
                 "    node {node} answers key {} conn {} seq {}: {:?}",
@@ -862,10 +925,10 @@ impl Sim {
         }
         let now_us = self.now_us;
         self.clients
-            .deliver(node, to, answer, now_us, node_of_address)
+            .deliver(node, by_follower, to, answer, now_us, node_of_address)
     }
 
-    fn deliver(&mut self, envelope: Envelope) -> Result<(), String> {
+    fn deliver(&mut self, envelope: Envelope, receiver_generation: u64) -> Result<(), String> {
         let to = envelope.to;
         let Some(index) = self.position_of(to) else {
             return Err(format!("message addressed to unknown node {to}"));
@@ -873,11 +936,27 @@ impl Sim {
         if !self.net.admits(envelope.from, to) {
             return Ok(());
         }
+        if envelope.message.is_client_traffic()
+            && self.nodes[index].generation != receiver_generation
+        {
+            // Peer links are connections that die with the receiving
+            // process (a send queue is cleared, never replayed on the next
+            // connection): client traffic reaches at most the lifetime it
+            // was sent to, which forwarding's exactly-once relies on. Raft
+            // messages still cross lifetimes here, harsher than TCP.
+            return Ok(());
+        }
         if let Some(resume) = self.pause_left_us(index) {
             // Waits in the socket buffer of a stopped process; taken in some
             // order soon after it resumes.
             let jitter = self.rng.gen_range(0..=TICK_US / 2);
-            self.schedule(resume + jitter, Event::Deliver(envelope));
+            self.schedule(
+                resume + jitter,
+                Event::Deliver {
+                    envelope,
+                    receiver_generation,
+                },
+            );
             return Ok(());
         }
         let Some(replica) = self.nodes[index].replica.as_mut() else {
@@ -898,8 +977,18 @@ impl Sim {
     /// Put an envelope on the wire now.
     fn send(&mut self, envelope: Envelope) {
         let delays = self.net.route(&mut self.rng, envelope.from, envelope.to);
+        let receiver_generation = self
+            .position_of(envelope.to)
+            .map_or(0, |index| self.nodes[index].generation);
         for delay in delays {
-            self.schedule(delay, Event::Deliver(envelope.clone()));
+            let envelope = envelope.clone();
+            self.schedule(
+                delay,
+                Event::Deliver {
+                    envelope,
+                    receiver_generation,
+                },
+            );
         }
     }
 
@@ -921,7 +1010,7 @@ impl Sim {
                         (!up.is_empty()).then(|| up[self.rng.gen_range(0..up.len())])
                     });
                 if let Some(index) = target {
-                    self.clients.connected(client, self.nodes[index].id);
+                    self.clients.connected(client, self.nodes[index].id, now_us);
                 }
                 Ok(())
             }
@@ -990,8 +1079,10 @@ impl Sim {
         let node = &mut self.nodes[index];
         if let Some(replica) = node.replica.take() {
             let (taken, installed) = replica.snapshot_counts();
+            let woken = replica.watches_woken();
             node.snapshots_before.0 += taken;
             node.snapshots_before.1 += installed;
+            node.watches_woken_before += woken;
         }
         node.disk.crash(power_loss, kept);
         if power_loss {
@@ -1264,6 +1355,7 @@ impl Sim {
                     node.disk.hard_state()
                 ));
             }
+            replica.check_watch_invariants();
             if replica.applied_index() > commit_index {
                 return Err(format!(
                     "node {id} applied through {} but its commit index is {commit_index}",
@@ -1385,6 +1477,13 @@ impl Sim {
         };
         self.liveness.leader_seen = true;
         if self.clients.outstanding() > 0 || !self.liveness.pending.is_empty() {
+            if self.clients.outstanding_watches() > 0
+                && self.liveness.pending.is_empty()
+                && self.now_us >= self.liveness.next_wake_us
+            {
+                self.liveness.next_wake_us = self.now_us + WAKE_INTERVAL_TICKS * TICK_US;
+                self.send_wake_writes(leader)?;
+            }
             return Ok(());
         }
         let Some(probe_index) = self.liveness.probe_acknowledged else {
@@ -1441,6 +1540,30 @@ impl Sim {
         Ok(())
     }
 
+    /// Write every client key once through the leader (recorded in the
+    /// history, as clients' writes are): a watch waiting on it must then be
+    /// answered.
+    fn send_wake_writes(&mut self, leader: usize) -> Result<(), String> {
+        for key in 0..self.config.clients.keys.max(1) {
+            self.liveness.wake_writes += 1;
+            let name = Bytes::from(format!("k{key}"));
+            let content = Bytes::from(format!("wake.{}", self.liveness.wake_writes));
+            let op = lincheck::Op::Write {
+                name: name.to_vec(),
+                content: content.to_vec(),
+            };
+            let client = (self.clients.count() + self.config.clients.keys.max(1) + key) as u64;
+            let id = self.clients.history.invoke(client, op, self.now_us * 1_000);
+            let write = Request::Command(Command::Write {
+                name,
+                content,
+                exptime_s: 0,
+            });
+            self.probe_request(leader, write, ProbeCommand::WakeWrite(id))?;
+        }
+        Ok(())
+    }
+
     /// The connection key of the simulator's own commands (after the
     /// clients': keys index a vector in the replica).
     fn probe_key(&self) -> usize {
@@ -1493,6 +1616,13 @@ impl Sim {
                     self.clients.history.discard(op);
                     self.liveness.final_reads_sent = false;
                 }
+                // Lost with its connection: it may or may not have applied.
+                Some((_, ProbeCommand::WakeWrite(op))) => {
+                    let now_ns = self.now_us * 1_000;
+                    self.clients
+                        .history
+                        .complete(op, lincheck::Outcome::Indeterminate, now_ns);
+                }
                 None => {}
             }
         }
@@ -1527,6 +1657,14 @@ impl Sim {
                     _ => self.liveness.probe_sent = false,
                 }
             }
+            ProbeCommand::WakeWrite(op) => {
+                match clients::interpret(clients::Kind::Write, answer)? {
+                    clients::Answer::Outcome(outcome) => {
+                        self.clients.history.complete(op, outcome, now_ns)
+                    }
+                    clients::Answer::Redirect(_) => self.clients.history.discard(op),
+                }
+            }
             ProbeCommand::FinalRead(op) => match clients::interpret(clients::Kind::Read, answer)? {
                 clients::Answer::Outcome(outcome)
                     if outcome != lincheck::Outcome::Indeterminate =>
@@ -1547,7 +1685,7 @@ impl Sim {
         let mut hash = mix(mix(self.trace_hash, self.step), self.now_us);
         hash = match event {
             Event::Tick { node, generation } => mix(mix(mix(hash, 1), *node as u64), *generation),
-            Event::Deliver(envelope) => mix(
+            Event::Deliver { envelope, .. } => mix(
                 mix(mix(mix(hash, 2), envelope.from), envelope.to),
                 mix(envelope.term, message_code(&envelope.message)),
             ),
@@ -1565,7 +1703,7 @@ impl Sim {
     fn describe(&self, event: &Event) -> String {
         let what = match event {
             Event::Tick { node, .. } => format!("tick node {}", self.nodes[*node].id),
-            Event::Deliver(envelope) => format!(
+            Event::Deliver { envelope, .. } => format!(
                 "deliver {} -> {} term {}: {}",
                 envelope.from,
                 envelope.to,
@@ -1688,6 +1826,10 @@ fn message_code(message: &Message) -> u64 {
         Message::TimeoutNow => 19,
         Message::InstallSnapshot { offset, data, .. } => mix(20 + 100 * offset, data.len() as u64),
         Message::InstallSnapshotResponse { next_offset, .. } => 21 + 100 * next_offset,
+        Message::ForwardCommands { id, batch, .. } => mix(mix(22, *id), batch.len() as u64),
+        Message::ForwardAnswers { id, answers, .. } => mix(mix(23, *id), answers.len() as u64),
+        Message::ReadIndexRequest { id, .. } => mix(24, *id),
+        Message::ReadIndexResponse { id, index, .. } => mix(mix(25, *id), index.unwrap_or(0)),
     }
 }
 

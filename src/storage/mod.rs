@@ -110,7 +110,7 @@ pub fn open_with(dir: &Path, options: WalOptions) -> Result<(Wal, Recovered)> {
         }
         _ => 0,
     };
-    log::info!(
+    log::debug!(
         "opened {}: incarnation {incarnation:016x}, {last_index} entries, segment {}",
         dir.display(),
         newest.sequence

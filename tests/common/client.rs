@@ -2,19 +2,22 @@
 //! connecting, sending, reading one answer (its line and, for `CONTENTS`, its
 //! content), and byte-exact expectations for protocol tests.
 //!
-//! Answers are read strictly (SPEC §2): a line must end with `\r\n`, a
-//! `CONTENTS` line must name its length and its content must be followed by
+//! Answers are read with raftfs's one reply parser (`protocol::reply`) in
+//! its strict mode (SPEC §2, byte exact): a line must end with `\r\n`, have
+//! single spaces and plain numbers, a `CONTENTS` content must be followed by
 //! `\r\n`; anything else is an `InvalidData`/`UnexpectedEof` error, never a
-//! made-up answer. Two views of one answer: `Reply` (line and raw content),
-//! and text (`reply`, `command`: the line, plus `\n` and the content read as
-//! UTF-8, lossily, for `CONTENTS`).
+//! made-up answer. Two views of one answer: `Reply` (the parsed answer, its
+//! line and raw content), and text (`reply`, `command`: the line, plus `\n`
+//! and the content read as UTF-8, lossily, for `CONTENTS`).
 //!
 //! Leaves out: retries, redirects and leaders (`cluster`), recording
 //! histories (`workload`, `worker`).
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
+
+use raftfs::protocol::reply::{read_reply, Reply as Parsed, ReplyParser};
 
 /// How long a client waits for one answer when the test relies on SPEC §3
 /// (no command waits more than 5 s): 5 s plus slack.
@@ -23,10 +26,15 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(6);
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default connect timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest content a test client accepts in one answer (the server's
+/// `max_file_bytes` ceiling).
+const CONTENT_BYTES_MAX: usize = raftfs::limits::FILE_BYTES_MAX_CEILING;
 
-/// One answer: its first line without `\r\n`, and the content of `CONTENTS`.
+/// One answer: the parsed answer, its first line without `\r\n`, and the
+/// content of `CONTENTS`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
+    pub parsed: Parsed,
     pub line: String,
     pub content: Option<Vec<u8>>,
 }
@@ -34,18 +42,22 @@ pub struct Reply {
 impl Reply {
     /// `OK VERSION` → VERSION.
     pub fn written_version(&self) -> u64 {
-        ok_version(&self.line).unwrap_or_else(|| panic!("expected OK VERSION, got {:?}", self.line))
+        match self.parsed {
+            Parsed::OkVersion(version) => version,
+            _ => panic!("expected OK VERSION, got {:?}", self.line),
+        }
     }
 
     /// `CONTENTS VERSION NUMBYTES EXPREMAINING` → (VERSION, EXPREMAINING).
     pub fn contents_fields(&self) -> (u64, u64) {
-        let fields: Vec<u64> = self
-            .line
-            .strip_prefix("CONTENTS ")
-            .map(|rest| rest.split(' ').filter_map(|f| f.parse().ok()).collect())
-            .unwrap_or_default();
-        assert_eq!(fields.len(), 3, "expected CONTENTS, got {:?}", self.line);
-        (fields[0], fields[2])
+        match self.parsed {
+            Parsed::Contents {
+                version,
+                expiry_remaining_s,
+                ..
+            } => (version, expiry_remaining_s),
+            _ => panic!("expected CONTENTS, got {:?}", self.line),
+        }
     }
 
     /// The text view: the line, plus `\n` and the content for `CONTENTS`.
@@ -61,6 +73,7 @@ impl Reply {
 pub struct Client {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
+    parser: ReplyParser,
 }
 
 impl Client {
@@ -96,6 +109,9 @@ impl Client {
         Ok(Client {
             reader: BufReader::with_capacity(64 << 10, stream),
             writer,
+            parser: ReplyParser::new()
+                .strict()
+                .keeping_content(CONTENT_BYTES_MAX),
         })
     }
 
@@ -113,36 +129,13 @@ impl Client {
 
     /// Reads one answer.
     pub fn reply_parts(&mut self) -> io::Result<Reply> {
-        let mut line = Vec::new();
-        self.reader.read_until(b'\n', &mut line)?;
-        if !line.ends_with(b"\r\n") {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("incomplete answer line {:?}", show(&line)),
-            ));
-        }
-        line.truncate(line.len() - 2);
-        let line = String::from_utf8(line)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        let mut content = None;
-        if let Some(rest) = line.strip_prefix("CONTENTS ") {
-            let length: usize = rest
-                .split(' ')
-                .nth(1)
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, line.clone()))?;
-            let mut bytes = vec![0u8; length + 2];
-            self.reader.read_exact(&mut bytes)?;
-            if !bytes.ends_with(b"\r\n") {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "content not followed by \\r\\n",
-                ));
-            }
-            bytes.truncate(length);
-            content = Some(bytes);
-        }
-        Ok(Reply { line, content })
+        let parsed = read_reply(&mut self.reader, &mut self.parser)?;
+        let content = matches!(parsed, Parsed::Contents { .. }).then(|| self.parser.take_content());
+        Ok(Reply {
+            line: parsed.to_string(),
+            parsed,
+            content,
+        })
     }
 
     /// Reads one answer, as text.
@@ -199,6 +192,21 @@ impl Client {
             Ok(got) => assert_eq!(show(&got), show(expected), "answer differs"),
             Err(e) => panic!("waiting for {:?}: {e}", show(expected)),
         }
+    }
+
+    /// Nothing arrives for `quiet` (a `watch` still waiting); the read
+    /// timeout is `CLIENT_TIMEOUT` again afterwards.
+    pub fn expect_silence(&mut self, quiet: Duration, what: &str) {
+        self.set_timeout(quiet);
+        match self.reply_parts() {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            other => panic!("{what}: expected no answer yet, got {other:?}"),
+        }
+        self.set_timeout(CLIENT_TIMEOUT);
     }
 
     /// Sends `request` and expects exactly `answer`.

@@ -114,13 +114,18 @@ impl Cluster {
     /// Asks every running node for its `fsm.checksum` and reads them back
     /// (the old file is removed first; the node renames a whole new one in).
     pub fn checksums(&self) -> BTreeMap<u64, Option<FsmChecksum>> {
-        for id in self.ids() {
+        self.checksums_of(&self.ids().collect::<Vec<_>>())
+    }
+
+    /// `checksums` of the nodes `ids` only (a node not asked costs no wait).
+    pub fn checksums_of(&self, ids: &[u64]) -> BTreeMap<u64, Option<FsmChecksum>> {
+        for &id in ids {
             let _ = std::fs::remove_file(self.data_dir(id).join("fsm.checksum"));
             self.signal(id, libc::SIGUSR1);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut result = BTreeMap::new();
-        for id in self.ids() {
+        for &id in ids {
             let path = self.data_dir(id).join("fsm.checksum");
             let mut value = None;
             while Instant::now() < deadline {
@@ -137,11 +142,20 @@ impl Cluster {
 
     /// Waits until every node reports the same applied index and digest.
     pub fn wait_converged(&self, timeout: Duration) -> Result<FsmChecksum, String> {
+        self.wait_converged_among(&self.ids().collect::<Vec<_>>(), timeout)
+    }
+
+    /// `wait_converged` over the nodes `ids` only (the others may be down).
+    pub fn wait_converged_among(
+        &self,
+        ids: &[u64],
+        timeout: Duration,
+    ) -> Result<FsmChecksum, String> {
         let deadline = Instant::now() + timeout;
         let mut last = BTreeMap::new();
         while Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
-            last = self.checksums();
+            last = self.checksums_of(ids);
             let values: Vec<&Option<FsmChecksum>> = last.values().collect();
             if let Some(Some(first)) = values.first() {
                 if values.iter().all(|v| v.as_ref() == Some(first)) && first.applied_index > 0 {
@@ -149,7 +163,7 @@ impl Cluster {
                 }
             }
         }
-        Err(format!("nodes did not converge: {last:?}"))
+        Err(format!("nodes {ids:?} did not converge: {last:?}"))
     }
 }
 

@@ -97,3 +97,43 @@ pub fn open_fds(pid: u32) -> usize {
         .map(|entries| entries.count())
         .unwrap_or(0)
 }
+
+/// CPU time process `pid` has used so far (user + system), in clock ticks
+/// of `clock_ticks_per_second` (fields 14 and 15 of /proc/PID/stat).
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from after its ')'.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some(user + system)
+}
+
+/// The kernel's clock ticks per second (`sysconf(_SC_CLK_TCK)`).
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf reads a constant of the running kernel.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).unwrap_or(100).max(1)
+}
+
+/// Raise this process's descriptor limit to what `needed` requires (the node
+/// is a separate process and raises its own limit at start).
+pub fn ensure_open_files(needed: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only touch the struct we pass.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        assert!(
+            limit.rlim_max >= needed,
+            "this test needs {needed} open files; the hard limit is {}",
+            limit.rlim_max
+        );
+        if limit.rlim_cur < needed {
+            limit.rlim_cur = limit.rlim_max;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+}

@@ -19,10 +19,13 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// accept backlog, where a SYN is retried after 1 s and 3 s).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A running one-member cluster.
+/// A running one-member cluster, or one follower of a three-member one
+/// (`start_follower`).
 pub struct Node {
     pub address: SocketAddr,
     pub pid: u32,
+    /// The member the address belongs to.
+    id: u64,
     cluster: Cluster,
 }
 
@@ -67,6 +70,7 @@ impl Node {
                 return Ok(Node {
                     address,
                     pid,
+                    id: 1,
                     cluster,
                 });
             }
@@ -74,13 +78,52 @@ impl Node {
         Err(format!("node not ready in time: {}", cluster.log_text(1)))
     }
 
+    /// Starts a fresh three-member cluster (as `start`) and returns one of
+    /// its followers, once it serves (`follower_requests = "forward"`).
+    pub fn start_follower(extra_config: &str) -> Node {
+        let mut options = Options::new(3).fsync(false).extra(extra_config);
+        options.election_timeout_ms = (150, 300);
+        options.heartbeat_ms = 30;
+        options.log_level = "warn";
+        let mut cluster = Cluster::configure(options);
+        for id in 1..=3 {
+            cluster.start_node(id);
+        }
+        let leader = cluster
+            .wait_leader_among(&[1, 2, 3], READY_TIMEOUT)
+            .unwrap_or_else(|| panic!("no leader: {}", cluster.log_text(1)));
+        let id = (1..=3).find(|&id| id != leader).expect("a follower");
+        let address: SocketAddr = cluster.client_address(id).parse().expect("client address");
+        let pid = cluster.pid(id).expect("a process");
+        // Ready once the follower answers a read through the leader.
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let mut client = Client::connect_within(&address.to_string(), CONNECT_TIMEOUT)
+                .expect("connect to the follower");
+            if client
+                .command(b"read follower-ready\r\n")
+                .is_ok_and(|answer| answer == "ERR_FILE_NOT_FOUND")
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the follower does not serve");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Node {
+            address,
+            pid,
+            id,
+            cluster,
+        }
+    }
+
     pub fn log_text(&self) -> String {
-        self.cluster.log_text(1)
+        self.cluster.log_text(self.id)
     }
 
     /// Whether the node process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.cluster.try_exit(1).is_none() && self.cluster.is_running(1)
+        self.cluster.try_exit(self.id).is_none() && self.cluster.is_running(self.id)
     }
 
     /// The node's resident memory in KiB (VmRSS).

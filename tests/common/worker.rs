@@ -19,7 +19,9 @@ use raftfs::lincheck::{History, Op, Outcome};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
-use super::client::{Client, ANSWER_TIMEOUT};
+use raftfs::protocol::reply::Reply as Parsed;
+
+use super::client::{Client, Reply, ANSWER_TIMEOUT};
 
 /// What a worker saw, summed over workers.
 #[derive(Clone, Debug, Default)]
@@ -74,6 +76,11 @@ pub fn encode(op: &Op) -> Vec<u8> {
             out.extend_from_slice(name);
             out.extend_from_slice(b"\r\n");
         }
+        Op::Watch { name, version } => {
+            out.extend_from_slice(b"watch ");
+            out.extend_from_slice(name);
+            out.extend_from_slice(format!(" {version}\r\n").as_bytes());
+        }
     }
     out
 }
@@ -86,40 +93,28 @@ pub enum Classified {
     Unexpected,
 }
 
-pub fn classify(op: &Op, reply: &str) -> Classified {
-    let (line, content) = match reply.split_once('\n') {
-        Some((line, content)) => (line, Some(content)),
-        None => (reply, None),
-    };
-    let mut fields = line.split(' ');
-    let head = fields.next().unwrap_or("");
-    let number = fields.next().and_then(|n| n.parse::<u64>().ok());
-    match (head, op) {
-        ("OK", Op::Write { .. } | Op::Cas { .. }) => match number {
-            Some(version) => Classified::Outcome(Outcome::Written { version }),
-            None => Classified::Unexpected,
-        },
-        ("OK", Op::Delete { .. }) if number.is_none() => Classified::Outcome(Outcome::Deleted),
-        ("ERR_VERSION", Op::Cas { .. }) => match number {
-            Some(current) => Classified::Outcome(Outcome::VersionMismatch { current }),
-            None => Classified::Unexpected,
-        },
-        ("ERR_FILE_NOT_FOUND", Op::Cas { .. } | Op::Delete { .. } | Op::Read { .. }) => {
-            Classified::Outcome(Outcome::NotFound)
+pub fn classify(op: &Op, reply: &Reply) -> Classified {
+    match (&reply.parsed, op) {
+        (Parsed::OkVersion(version), Op::Write { .. } | Op::Cas { .. }) => {
+            Classified::Outcome(Outcome::Written { version: *version })
         }
-        ("CONTENTS", Op::Read { .. }) => match (number, content) {
-            (Some(version), Some(content)) => Classified::Outcome(Outcome::Contents {
-                version,
-                content: content.as_bytes().to_vec(),
-            }),
-            _ => Classified::Unexpected,
-        },
-        ("ERR_INTERNAL", _) => Classified::Outcome(Outcome::Indeterminate),
-        ("ERR_REDIRECT", _) => match fields.clone().count() {
-            0 => Classified::Redirect(line.trim_start_matches("ERR_REDIRECT ").to_string()),
-            _ => Classified::Unexpected,
-        },
-        ("ERR_CMD_ERR", _) => Classified::CommandError,
+        (Parsed::Ok, Op::Delete { .. }) => Classified::Outcome(Outcome::Deleted),
+        (Parsed::VersionMismatch(current), Op::Cas { .. }) => {
+            Classified::Outcome(Outcome::VersionMismatch { current: *current })
+        }
+        (
+            Parsed::FileNotFound,
+            Op::Cas { .. } | Op::Delete { .. } | Op::Read { .. } | Op::Watch { .. },
+        ) => Classified::Outcome(Outcome::NotFound),
+        (Parsed::Contents { version, .. }, Op::Read { .. } | Op::Watch { .. }) => {
+            Classified::Outcome(Outcome::Contents {
+                version: *version,
+                content: reply.content.clone().unwrap_or_default(),
+            })
+        }
+        (Parsed::Internal, _) => Classified::Outcome(Outcome::Indeterminate),
+        (Parsed::Redirect(address), _) => Classified::Redirect(address.clone()),
+        (Parsed::CommandError, _) => Classified::CommandError,
         _ => Classified::Unexpected,
     }
 }
@@ -242,7 +237,7 @@ impl Worker {
             .expect("history")
             .invoke(self.id, op.clone(), invoked);
         let result = match self.client.as_mut() {
-            Some(client) => client.command(&bytes),
+            Some(client) => client.command_parts(&bytes),
             None => Err(std::io::ErrorKind::NotConnected.into()),
         };
         let completed = self.now_ns();
@@ -293,7 +288,9 @@ impl Worker {
             Classified::CommandError => {
                 self.history.lock().expect("history").discard(id);
                 self.stats.command_errors += 1;
-                self.stats.unexpected.push(format!("{op:?} -> {reply}"));
+                self.stats
+                    .unexpected
+                    .push(format!("{op:?} -> {}", reply.line));
                 None
             }
             Classified::Unexpected => {
@@ -302,7 +299,9 @@ impl Worker {
                     Outcome::Indeterminate,
                     completed,
                 );
-                self.stats.unexpected.push(format!("{op:?} -> {reply}"));
+                self.stats
+                    .unexpected
+                    .push(format!("{op:?} -> {}", reply.line));
                 self.pick_random_target();
                 None
             }

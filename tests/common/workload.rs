@@ -20,7 +20,7 @@
 //!
 //! Also `sequential_writer`: one client writing fresh files one at a time,
 //! following redirects, counting failures (for the rolling-restart test), and
-//! `write_pipelined` (for the snapshot tests).
+//! `write_pipelined` and `write_all` (for the snapshot tests).
 
 use super::client::{ok_version, Client, ANSWER_TIMEOUT};
 use super::cluster::Cluster;
@@ -196,7 +196,7 @@ impl Worker {
                     .expect("history")
                     .invoke(self.client, op.clone(), at)
             };
-            let result = client.command(&bytes);
+            let result = client.command_parts(&bytes);
             let at = self.now_ns();
             let history_handle = self.history.clone();
             let mut history = history_handle.lock().expect("history");
@@ -379,4 +379,36 @@ pub fn write_pipelined(
         n = batch_end;
     }
     acknowledged
+}
+
+/// Writes `first..first + count` (write `n` puts `value(n)` into
+/// `key-<n % keys>`, pipelined `depth` deep) until every one is
+/// acknowledged, within 60 s: on a leader change (a loaded machine) it finds
+/// the new leader and resumes from the first write not acknowledged.
+/// Re-sending the same values in the same order keeps each key's last value
+/// `value` of its last `n`, whatever became of the write whose answer was
+/// lost. `leader` follows the leader.
+pub fn write_all(
+    cluster: &Cluster,
+    leader: &mut u64,
+    first: u64,
+    count: u64,
+    keys: u64,
+    depth: u64,
+    value: impl Fn(u64) -> String,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let end = first + count;
+    let mut next = first;
+    loop {
+        let address = cluster.client_address(*leader);
+        next += write_pipelined(&address, next, end - next, keys, depth, &value);
+        if next == end {
+            return;
+        }
+        assert!(Instant::now() < deadline, "writes stalled at {next}");
+        *leader = cluster
+            .wait_leader(Duration::from_secs(10))
+            .expect("a leader");
+    }
 }

@@ -295,7 +295,7 @@ impl Inbound {
                     incarnation: hello.incarnation,
                 };
                 self.set_reply(&HelloReply::Accept);
-                log::info!(
+                log::debug!(
                     "peer connection from node {} at {} accepted",
                     hello.from,
                     self.address

@@ -249,7 +249,7 @@ impl Link {
                         blocked_since: context.now,
                     };
                     self.backoff_ms = limits::PEER_RECONNECT_MIN_MS;
-                    log::info!("peer link to node {} at {} is up", self.peer, self.address);
+                    log::debug!("peer link to node {} at {} is up", self.peer, self.address);
                     context.out.push(PeerEvent::LinkUp(self.peer));
                 }
                 Ok(Some(HelloReply::Refuse { reason })) => {
@@ -393,7 +393,7 @@ impl Link {
         }
         let dropped_frames = self.queue.clear();
         if was_up {
-            log::warn!(
+            log::debug!(
                 "peer link to node {} at {} is down ({reason}); {dropped_frames} queued frames dropped, retry in {delay_ms} ms",
                 self.peer,
                 self.address

@@ -1,9 +1,9 @@
 //! What the reactor shows operators: the `NodeView` behind `GET /metrics`,
 //! `/health`, `/livez`, `/readyz` and status probes (gathered only when one
 //! is asked for; /proc and the data dir are read for `/metrics` only), the
-//! leader-change count, and one log line per role, term or leader change.
-//! (`GET /snapshot` never reaches the reactor: `net::http` streams it from
-//! disk on a helper thread.)
+//! leader-change count, and the log lines of leader changes (members going
+//! down or coming back: `net::member_log`). (`GET /snapshot` never reaches
+//! the reactor: `net::http` streams it from disk on a helper thread.)
 //!
 //! `/livez` is answered by this loop, so any answer proves the reactor
 //! turns; a stuck loop answers nothing and the probe times out.
@@ -127,7 +127,10 @@ impl Reactor {
         }
     }
 
-    /// One info line per change of role, term or known leader.
+    /// One info line when this node wins an election or steps down; the
+    /// rest of the role, term and leader changes (campaigns, a follower
+    /// learning the leader) at debug, so a leader change is one info line
+    /// in the cluster's logs, written by the new leader.
     pub(super) fn log_transitions(&mut self) {
         let raft = self.replica.raft();
         let now = (Some(raft.role()), raft.term(), raft.leader_id());
@@ -144,7 +147,7 @@ impl Reactor {
             Some(Role::Candidate)
                 if self.logged.0 != Some(Role::Candidate) || self.logged.1 != term =>
             {
-                log::info!("node {id} campaigns in term {term}")
+                log::debug!("node {id} campaigns in term {term}")
             }
             _ if self.logged.0 == Some(Role::Leader) => log::info!(
                 "node {id} stepped down ({}): term {term}, leader {}",
@@ -156,16 +159,16 @@ impl Reactor {
                 leader.map_or_else(|| "unknown".to_string(), |l| l.to_string())
             ),
             _ if self.logged.0 == Some(Role::Candidate) && role != Some(Role::Leader) => {
-                log::info!(
+                log::debug!(
                     "node {id} lost the election: term {term}, leader {}",
                     leader.map_or_else(|| "unknown".to_string(), |l| l.to_string())
                 )
             }
             _ if leader != self.logged.2 || term != self.logged.1 => {
                 if let Some(leader) = leader {
-                    log::info!("node {id}: term {term}, leader {leader}")
+                    log::debug!("node {id}: term {term}, leader {leader}")
                 } else if term != self.logged.1 {
-                    log::info!("node {id}: term {term}, no leader known")
+                    log::debug!("node {id}: term {term}, no leader known")
                 }
             }
             _ => {}
@@ -182,6 +185,8 @@ pub(super) fn command_kind(request: &crate::protocol::Request) -> usize {
         Request::Command(Command::Write { .. }) => 1,
         Request::Command(Command::Cas { .. }) => 2,
         Request::Command(Command::Delete { .. }) => 3,
+        // After "malformed" (4): appended, so the other indexes stay.
+        Request::Watch { .. } => 5,
     }
 }
 

@@ -8,7 +8,9 @@
 //! re-sent; each leaves that state exactly once, counted as an answer or an
 //! error in `Context::stats`; a redirect moves the redirected command and
 //! everything behind it, in order, to a new connection to the named address
-//! (keeping their send time, so latency includes the redirect); after a
+//! (keeping their send and intended times, so latency includes the
+//! redirect; latency counts from the intended time, which is the send time
+//! in a closed loop and the scheduled time with `--rate`); after a
 //! timeout, a close or an unparsable reply the connection is dropped, since
 //! later bytes could no longer be matched to commands. Leaves out: choosing
 //! commands (see `source`) and the poll loop (see `worker`).
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+use raftfs::protocol::reply::{Reply, ReplyParser};
 
 use crate::command::Operation;
 use crate::config::Kind;
@@ -27,7 +30,6 @@ use crate::limits::{
     MAX_RECONNECT_BACKOFF_MS, MAX_REDIRECT_HOPS, MIN_RECONNECT_BACKOFF_MS, OUTPUT_HIGH_WATER_BYTES,
     READ_CHUNK_BYTES,
 };
-use crate::reply::{Reply, ReplyParser};
 use crate::source::{Source, Versions};
 use crate::stats::{Answer, ErrorKind, Stats};
 
@@ -56,7 +58,11 @@ pub struct Context<'a> {
 #[derive(Clone, Copy, Debug)]
 struct InFlight {
     operation: Operation,
+    /// When it was first sent (its timeout counts from here).
     sent_at: Instant,
+    /// When it was meant to start (its latency counts from here: the send
+    /// time in a closed loop, the scheduled time in an open loop).
+    intended_at: Instant,
     redirect_hops: u8,
 }
 
@@ -81,6 +87,8 @@ pub struct Client {
     via_redirect: bool,
     link: Link,
     backoff_ms: u64,
+    /// Connects that failed since the last one that worked.
+    connect_failures_in_a_row: usize,
     answered_on_link: u64,
     output: Vec<u8>,
     output_position: usize,
@@ -109,6 +117,7 @@ impl Client {
             via_redirect: false,
             link: Link::Down { retry_at: now },
             backoff_ms: 0,
+            connect_failures_in_a_row: 0,
             answered_on_link: 0,
             output: Vec::new(),
             output_position: 0,
@@ -132,6 +141,11 @@ impl Client {
     /// Connected.
     pub fn is_up(&self) -> bool {
         matches!(self.link, Link::Up { .. })
+    }
+
+    /// Connected, or every one of `address_count` addresses refused it in a row.
+    pub fn is_settled(&self, address_count: usize) -> bool {
+        self.is_up() || self.connect_failures_in_a_row >= address_count.max(1)
     }
 
     /// Timers: command timeouts, connect timeouts, due reconnects (only when
@@ -217,6 +231,7 @@ impl Client {
 
     fn connect_failed(&mut self, context: &mut Context<'_>, now: Instant) {
         context.stats.connect_failures += 1;
+        self.connect_failures_in_a_row += 1;
         let error = if self.via_redirect {
             ErrorKind::Redirect
         } else {
@@ -289,6 +304,7 @@ impl Client {
         // Latency matters more than packet count for a load generator.
         let _ = stream.set_nodelay(true);
         self.link = Link::Up { stream };
+        self.connect_failures_in_a_row = 0;
         context.stats.connections_opened += 1;
         context.last_progress = now;
         for command in std::mem::take(&mut self.to_resend) {
@@ -302,12 +318,17 @@ impl Client {
         }
     }
 
+    /// Connected with a free pipeline slot.
+    pub fn can_take_work(&self, pipeline: usize) -> bool {
+        self.is_up() && self.in_flight.len() + self.to_resend.len() < pipeline
+    }
+
     /// Tops the pipeline up from the source and writes what it can.
-    fn fill_and_flush(&mut self, context: &mut Context<'_>, now: Instant) {
+    pub fn fill_and_flush(&mut self, context: &mut Context<'_>, now: Instant) {
         while self.in_flight.len() < context.pipeline
             && self.output.len() - self.output_position < OUTPUT_HIGH_WATER_BYTES
         {
-            let Some(operation) = context.source.next(now, context.versions) else {
+            let Some((operation, intended_at)) = context.source.next(now, context.versions) else {
                 break;
             };
             context.stats.record_sent(operation.kind);
@@ -320,6 +341,7 @@ impl Client {
             self.in_flight.push_back(InFlight {
                 operation,
                 sent_at: now,
+                intended_at,
                 redirect_hops: 0,
             });
         }
@@ -426,8 +448,11 @@ impl Client {
         self.answered_on_link += 1;
         context.last_progress = now;
         let operation = command.operation;
-        let latency_us = u64::try_from(now.saturating_duration_since(command.sent_at).as_micros())
-            .unwrap_or(u64::MAX);
+        let latency_us = u64::try_from(
+            now.saturating_duration_since(command.intended_at)
+                .as_micros(),
+        )
+        .unwrap_or(u64::MAX);
         let answer = match (&reply, operation.kind) {
             (Reply::Contents { version, .. }, Kind::Read)
             | (Reply::OkVersion(version), Kind::Write | Kind::Cas) => {

@@ -1,12 +1,14 @@
 //! The command line: flags, their defaults and validation, and the `--mix`
 //! syntax.
 //!
-//! Owns: `Config` (the parsed, validated flags), `Kind` (the four commands)
-//! and `Mix` (relative weights of the kinds). Invariants: a `Config` that
-//! parsed has at least one address, at least one client, key and thread, a
-//! pipeline depth of at least 1, a positive finite duration and a mix with a
-//! positive total weight; a bad flag is refused by clap with one clear line.
-//! Leaves out: running anything (see `run`).
+//! Owns: `Config` (the parsed, validated flags), `Kind` (the four commands),
+//! `Mix` (relative weights of the kinds) and `KeyDist` (how keys are drawn).
+//! Invariants: a `Config` that parsed has at least one address (from
+//! `--addr` or the members of `--config`), at least one client, key and
+//! thread, a pipeline depth of at least 1, a positive finite duration or
+//! `--total` (or both), a positive finite `--rate` if any, and a mix with a
+//! positive total weight; a bad flag (or an unreadable `--config`) is
+//! refused with one clear line. Leaves out: running anything (see `run`).
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -16,6 +18,58 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::limits;
+
+/// Measured seconds when neither `--duration` nor `--total` is given.
+pub const DEFAULT_DURATION_S: f64 = 10.0;
+
+/// Default skew of `--key-dist zipfian` (YCSB's).
+pub const DEFAULT_ZIPFIAN_THETA: f64 = 0.99;
+
+/// How the key of each measured command is drawn.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KeyDist {
+    /// Every key equally likely.
+    Uniform,
+    /// Zipfian with exponent `theta`: key `k` (0-based) is drawn with
+    /// probability proportional to `1 / (k + 1)^theta`, so `key-0` is the
+    /// hottest.
+    Zipfian { theta: f64 },
+}
+
+impl fmt::Display for KeyDist {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyDist::Uniform => formatter.write_str("uniform"),
+            KeyDist::Zipfian { theta } => write!(formatter, "zipfian:{theta}"),
+        }
+    }
+}
+
+/// Parses `uniform`, `zipfian` or `zipfian:THETA` (0 < THETA <= `MAX_ZIPFIAN_THETA`).
+pub fn parse_key_dist(text: &str) -> Result<KeyDist, String> {
+    match text.trim().split_once(':') {
+        None if text.trim() == "uniform" => Ok(KeyDist::Uniform),
+        None if text.trim() == "zipfian" => Ok(KeyDist::Zipfian {
+            theta: DEFAULT_ZIPFIAN_THETA,
+        }),
+        Some(("zipfian", theta)) => {
+            let theta: f64 = theta
+                .parse()
+                .map_err(|_| format!("zipfian skew `{theta}` is not a number"))?;
+            if theta.is_finite() && theta > 0.0 && theta <= limits::MAX_ZIPFIAN_THETA {
+                Ok(KeyDist::Zipfian { theta })
+            } else {
+                Err(format!(
+                    "zipfian skew must be above 0 and at most {}, got {theta}",
+                    limits::MAX_ZIPFIAN_THETA
+                ))
+            }
+        }
+        _ => Err(format!(
+            "`{text}`: use uniform, zipfian or zipfian:THETA (e.g. zipfian:0.99)"
+        )),
+    }
+}
 
 /// One kind of command loadgen sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -176,6 +230,31 @@ fn parse_duration_s(text: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of operations per second"))?;
+    if rate.is_finite() && rate > 0.0 && rate <= limits::MAX_RATE_OPS {
+        Ok(rate)
+    } else {
+        Err(format!(
+            "rate must be above 0 and at most {} ops/s, got `{text}`",
+            limits::MAX_RATE_OPS
+        ))
+    }
+}
+
+fn parse_total(text: &str) -> Result<u64, String> {
+    let total: u64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number"))?;
+    if total >= 1 {
+        Ok(total)
+    } else {
+        Err("total must be at least 1".to_string())
+    }
+}
+
 fn parse_bounded(text: &str, low: usize, high: usize) -> Result<usize, String> {
     let value: usize = text
         .parse()
@@ -240,9 +319,19 @@ fn parse_timeout_ms(text: &str) -> Result<u64, String> {
     about = "Load generator for raftfs (the fs protocol): pipelined clients, redirect following, HdrHistogram latencies"
 )]
 pub struct Config {
-    /// Server client addresses, HOST:PORT[,HOST:PORT...]; client i starts on address i mod N.
-    #[arg(long = "addr", value_name = "HOST:PORT[,HOST:PORT...]", value_delimiter = ',', required = true, value_parser = parse_address)]
+    /// Server client addresses, HOST:PORT[,HOST:PORT...]. Every client starts
+    /// on the first (and moves to the next while one is down); see --spread.
+    #[arg(long = "addr", value_name = "HOST:PORT[,HOST:PORT...]", value_delimiter = ',', required_unless_present = "cluster_config", value_parser = parse_address)]
     pub addresses: Vec<SocketAddr>,
+
+    /// Take the addresses from a raftfs cluster.toml: every member's client address.
+    #[arg(long = "config", value_name = "FILE", conflicts_with = "addresses")]
+    pub cluster_config: Option<PathBuf>,
+
+    /// Client i starts on address i mod N (round-robin over every address)
+    /// instead of all on the first.
+    #[arg(long)]
+    pub spread: bool,
 
     /// Number of connections (clients) in total.
     #[arg(long, default_value = "16", value_parser = parse_clients)]
@@ -252,9 +341,27 @@ pub struct Config {
     #[arg(long, default_value = "1", value_parser = parse_pipeline)]
     pub pipeline: usize,
 
-    /// Measured run time in seconds (fractions allowed).
-    #[arg(long = "duration", value_name = "SECS", default_value = "10", value_parser = parse_duration_s)]
-    pub duration_s: f64,
+    /// Measured run time in seconds (fractions allowed). Default 10, or no
+    /// limit with --total.
+    #[arg(long = "duration", value_name = "SECS", value_parser = parse_duration_s)]
+    pub duration_s: Option<f64>,
+
+    /// Stop after N measured operations (all clients together), or at
+    /// --duration if that comes first.
+    #[arg(long = "total", value_name = "N", value_parser = parse_total)]
+    pub total: Option<u64>,
+
+    /// Open loop: start OPS operations per second (all clients together) at
+    /// fixed intended times, whatever the answers do; latency counts from
+    /// the intended time, so a stalled server shows in the tail (no
+    /// coordinated omission). Without it: closed loop (each connection
+    /// sends when an answer frees a pipeline slot).
+    #[arg(long = "rate", value_name = "OPS", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+
+    /// How keys are drawn: uniform, or zipfian[:THETA] (default THETA 0.99; key-0 hottest).
+    #[arg(long = "key-dist", value_name = "uniform|zipfian[:THETA]", default_value = "uniform", value_parser = parse_key_dist)]
+    pub key_dist: KeyDist,
 
     /// Relative weights, e.g. write=1,read=9 (missing kinds weigh 0).
     #[arg(long, value_name = "write=W,read=R,cas=X,delete=D", default_value = "write=1,read=1", value_parser = parse_mix)]
@@ -309,7 +416,16 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        Config::try_parse_from(args)
+        let mut config = Config::try_parse_from(args)?;
+        if let Some(path) = &config.cluster_config {
+            config.addresses = addresses_of_cluster(path).map_err(|problem| {
+                clap::Error::raw(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("--config {}: {problem}\n", path.display()),
+                )
+            })?;
+        }
+        Ok(config)
     }
 
     /// The threads actually used: `--threads`, but never more than `--clients`.
@@ -322,9 +438,14 @@ impl Config {
         Duration::from_millis(self.timeout_ms)
     }
 
-    /// `--duration` as a `Duration`.
-    pub fn duration(&self) -> Duration {
-        Duration::from_secs_f64(self.duration_s)
+    /// How long the measured phase may run: `--duration`, else unbounded
+    /// with `--total`, else `DEFAULT_DURATION_S`.
+    pub fn duration(&self) -> Option<Duration> {
+        match (self.duration_s, self.total) {
+            (Some(seconds), _) => Some(Duration::from_secs_f64(seconds)),
+            (None, Some(_)) => None,
+            (None, None) => Some(Duration::from_secs_f64(DEFAULT_DURATION_S)),
+        }
     }
 
     /// True when the keys are written once before measuring.
@@ -333,9 +454,69 @@ impl Config {
     }
 }
 
+/// Every member's client address in a raftfs cluster.toml, resolved.
+fn addresses_of_cluster(path: &std::path::Path) -> Result<Vec<SocketAddr>, String> {
+    let cluster = raftfs::config::ClusterConfig::load(path).map_err(|error| error.to_string())?;
+    cluster
+        .members
+        .iter()
+        .map(|member| parse_address(&member.client))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_dist_parses_and_refuses_nonsense() {
+        assert_eq!(parse_key_dist("uniform"), Ok(KeyDist::Uniform));
+        assert_eq!(
+            parse_key_dist("zipfian"),
+            Ok(KeyDist::Zipfian { theta: 0.99 })
+        );
+        assert_eq!(
+            parse_key_dist("zipfian:1.2"),
+            Ok(KeyDist::Zipfian { theta: 1.2 })
+        );
+        assert_eq!(KeyDist::Zipfian { theta: 1.2 }.to_string(), "zipfian:1.2");
+        for bad in [
+            "zipf",
+            "zipfian:0",
+            "zipfian:-1",
+            "zipfian:x",
+            "uniform:1",
+            "zipfian:1e9",
+        ] {
+            assert!(parse_key_dist(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn duration_defaults_to_ten_seconds_unless_a_total_is_given() {
+        let parse = |flags: &str| {
+            Config::try_from_args(std::iter::once("loadgen").chain(flags.split_whitespace()))
+                .expect("valid flags")
+        };
+        assert_eq!(
+            parse("--addr 127.0.0.1:1").duration(),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(parse("--addr 127.0.0.1:1 --total 5").duration(), None);
+        assert_eq!(
+            parse("--addr 127.0.0.1:1 --total 5 --duration 2").duration(),
+            Some(Duration::from_secs(2))
+        );
+        assert!(
+            Config::try_from_args(["loadgen", "--addr", "127.0.0.1:1", "--rate", "0"]).is_err()
+        );
+        assert!(
+            Config::try_from_args(["loadgen", "--addr", "127.0.0.1:1", "--total", "0"]).is_err()
+        );
+        assert!(
+            Config::try_from_args(["loadgen", "--config", "/nonexistent/cluster.toml"]).is_err()
+        );
+    }
 
     #[test]
     fn mix_parses_subsets_and_refuses_nonsense() {

@@ -7,7 +7,8 @@
 //! Module map:
 //! - `config`  — flags (clap), `Mix`, `Kind`
 //! - `command` — encoding of commands and the written content
-//! - `reply`   — streaming reply parser (content never buffered)
+//! - replies are parsed by `raftfs::protocol::reply` (content never buffered),
+//!   re-exported here as `Reply`, `ReplyError`, `ReplyParser`
 //! - `source`  — prefill and measured command sequences, versions seen per key
 //! - `client`  — one connection: pipeline, redirects, timeouts, reconnects
 //! - `worker`  — one thread's poll loop over its clients, phase by phase
@@ -25,7 +26,6 @@ pub mod client;
 pub mod command;
 pub mod config;
 pub mod limits;
-pub mod reply;
 pub mod report;
 pub mod run;
 pub mod source;
@@ -33,7 +33,7 @@ pub mod stats;
 pub mod worker;
 
 pub use config::{Config, Kind, Mix};
-pub use reply::{Reply, ReplyError, ReplyParser};
+pub use raftfs::protocol::reply::{Reply, ReplyError, ReplyParser};
 pub use report::{Percentiles, PrefillSummary, Report};
 pub use run::{run, RunError};
 pub use stats::{Answer, ErrorKind, Stats};

@@ -1,13 +1,10 @@
 //! Fixed limits and tunables of the load generator, in one place.
 //!
 //! Owns: every numeric constant the other modules use (buffer sizes, retry
-//! backoff, redirect hop limit, reply-line limit). Invariants: all values are
+//! backoff, redirect hop limit; the reply-line limit is raftfs's
+//! `REPLY_LINE_BYTES_MAX`). Invariants: all values are
 //! small enough that a misbehaving server cannot make loadgen allocate without
 //! bound. Leaves out: anything a user sets on the command line (see `config`).
-
-/// Longest reply line accepted (not counting `\r\n`); longer is a protocol error.
-/// The longest legal reply is `ERR_REDIRECT` plus a host:port, far below this.
-pub const MAX_REPLY_LINE_BYTES: usize = 1024;
 
 /// How many times one command may be redirected before the redirect counts as
 /// one it cannot follow (a loop, or a cluster that never settles).
@@ -52,3 +49,9 @@ pub const HISTOGRAM_SIGNIFICANT_FIGURES: u8 = 3;
 
 /// Largest `--keys` accepted (loadgen keeps one 8-byte version per key).
 pub const MAX_KEYS: u64 = 50_000_000;
+
+/// Largest `--rate` accepted, in operations per second.
+pub const MAX_RATE_OPS: f64 = 100_000_000.0;
+
+/// Largest zipfian skew (`--key-dist zipfian:THETA`) accepted.
+pub const MAX_ZIPFIAN_THETA: f64 = 10.0;

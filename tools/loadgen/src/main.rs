@@ -1,8 +1,10 @@
 //! The `loadgen` binary: parse flags, run, print the report.
 //!
-//! Exit status: 0 after a run (errors counted in the report are results, not
-//! failures), 1 when nothing could be measured or the `.hgrm` file cannot be
-//! written, 2 for bad flags (clap's one-line error).
+//! Exit status: 0 after a run in which some operation was answered (errors
+//! counted in the report are results, not failures); 1 when nothing could
+//! be measured, when no operation was answered (every one failed; the
+//! report is still printed), or when the `.hgrm` file cannot be written; 2
+//! for bad flags (clap's one-line error).
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -38,5 +40,16 @@ fn main() -> ExitCode {
         let _ = writeln!(stdout, "{}", report.to_json());
     }
     let _ = stdout.flush();
+    if report.ops() == 0 {
+        if report.errors() > 0 {
+            eprintln!(
+                "loadgen: error: every operation failed ({} errors)",
+                report.errors()
+            );
+        } else {
+            eprintln!("loadgen: error: no operation was sent in the measured phase");
+        }
+        status = ExitCode::FAILURE;
+    }
     status
 }

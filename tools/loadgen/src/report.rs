@@ -110,15 +110,24 @@ impl Report {
         let mut text = String::new();
         let _ = writeln!(
             text,
-            "loadgen: {} | {} clients x pipeline {} on {} threads | mix {} | size {} B | {} keys",
+            "loadgen: {} | {} clients x pipeline {} on {} threads{} | mix {} | size {} B | {} keys ({})",
             addresses.join(","),
             config.clients,
             config.pipeline,
             self.threads,
+            if config.spread { ", spread" } else { "" },
             config.mix,
             config.size_bytes,
-            config.keys
+            config.keys,
+            config.key_dist
         );
+        if let Some(rate) = config.rate {
+            let _ = writeln!(
+                text,
+                "open loop  {rate} ops/s scheduled, latency from the intended start; {} due but never sent (no free pipeline slot)",
+                self.stats.unsent
+            );
+        }
         if let Some(prefill) = &self.prefill {
             let _ = writeln!(
                 text,
@@ -237,6 +246,11 @@ impl Report {
             "mix": mix,
             "kinds": kinds,
             "addr": config.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "spread": config.spread,
+            "rate": config.rate,
+            "total": config.total,
+            "unsent": self.stats.unsent,
+            "key_dist": config.key_dist.to_string(),
             "clients": config.clients,
             "pipeline": config.pipeline,
             "threads": self.threads,

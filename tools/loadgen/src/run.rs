@@ -3,12 +3,16 @@
 //! Owns: `run` and `RunError`. A run is: every worker connects its clients
 //! and (for a mix with reads or cas) writes its share of the keys, not
 //! measured; all workers and the main thread meet at a barrier; the measured
-//! phase runs `--duration`, then drains answers for at most `--timeout-ms`;
-//! meanwhile the calling thread prints one progress line per second.
+//! phase runs `--duration` (or until `--total` operations, each worker its
+//! share), closed loop or at `--rate` (open loop, each worker its share of
+//! the schedule), then drains answers for at most `--timeout-ms`; meanwhile
+//! the calling thread prints one progress line per second.
 //! Invariants: the measured phase of every worker ends by
-//! `start + duration + timeout` whatever the server does; no worker thread
-//! outlives `run`; client i belongs to worker i mod T. Leaves out: formatting
-//! the report (see `report`).
+//! `start + duration + timeout` whatever the server does (with `--total`
+//! alone: once its share is answered or failed, or once no client has been
+//! connected for `--timeout-ms`); no worker thread outlives `run`; client i
+//! belongs to worker i mod T. Leaves out: formatting the report (see
+//! `report`).
 
 use std::fmt;
 use std::io::Write;
@@ -21,7 +25,7 @@ use std::time::{Duration, Instant};
 use crate::command::content_pattern;
 use crate::config::{Config, Kind};
 use crate::report::{PrefillSummary, Report};
-use crate::source::{Source, Versions};
+use crate::source::{share_of_total, Plan, Schedule, Source, Versions};
 use crate::stats::Stats;
 use crate::worker::{PhaseLimit, Progress, Worker};
 
@@ -237,15 +241,34 @@ fn worker_main(shared: &Shared<'_>, worker_index: usize, sender: mpsc::Sender<Wo
     let mut measured = Stats::new();
     if let Some(worker) = worker.as_mut() {
         if shared.connected_clients.load(Ordering::SeqCst) > 0 {
-            let deadline = start + config.duration();
-            let mut source =
-                Source::mix(config.seed, worker_index, config.mix, config.keys, deadline);
-            worker.run_phase(
-                &mut source,
-                &mut measured,
-                PhaseLimit::Deadline(deadline + config.timeout()),
-                progress,
-            );
+            let deadline = config.duration().map(|duration| start + duration);
+            let plan = Plan {
+                mix: config.mix,
+                keys: config.keys,
+                key_dist: config.key_dist,
+                deadline,
+                total: config
+                    .total
+                    .map(|total| share_of_total(total, worker_index, shared.threads)),
+                schedule: config
+                    .rate
+                    .map(|rate| Schedule::new(start, rate, worker_index, shared.threads)),
+            };
+            match Source::measured(config.seed, worker_index, plan) {
+                Ok(mut source) => {
+                    let limit = match deadline {
+                        Some(deadline) => PhaseLimit::Deadline(deadline + config.timeout()),
+                        None => PhaseLimit::UntilDone(config.timeout()),
+                    };
+                    worker.run_phase(&mut source, &mut measured, limit, progress);
+                    measured.unsent = source.unsent(Instant::now());
+                }
+                Err(problem) => {
+                    shared.note_problem(format!("worker {worker_index}: {problem}"));
+                    worker.close_all();
+                    return;
+                }
+            }
         }
         worker.close_all();
     } else {

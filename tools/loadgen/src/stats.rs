@@ -129,6 +129,9 @@ pub struct Stats {
     pub connections_opened: u64,
     /// Connection attempts that failed (refused, unreachable, timed out).
     pub connect_failures: u64,
+    /// Open loop: operations due before the end that were never sent (no
+    /// pipeline slot was free); neither answers nor errors.
+    pub unsent: u64,
 }
 
 impl Default for Stats {
@@ -152,6 +155,7 @@ impl Stats {
             redirects_followed: 0,
             connections_opened: 0,
             connect_failures: 0,
+            unsent: 0,
         }
     }
 
@@ -211,6 +215,7 @@ impl Stats {
         self.redirects_followed += other.redirects_followed;
         self.connections_opened += other.connections_opened;
         self.connect_failures += other.connect_failures;
+        self.unsent += other.unsent;
     }
 }
 

@@ -4,9 +4,13 @@
 //! phase loop, plus `Progress`, the counters a worker publishes for the
 //! once-a-second progress line. Invariants: a phase ends by itself — a
 //! measured phase when its source is exhausted and every command is answered,
-//! or at its hard deadline (outstanding commands then count as timeouts);
-//! a setup/prefill phase when its work is done or nothing progressed for
-//! `--timeout-ms`. Timers are checked at least every `POLL_TICK_MS`.
+//! or at its hard deadline (outstanding commands then count as timeouts), or
+//! (with `--total` and no duration) when no client has been connected and
+//! nothing progressed for `--timeout-ms`; a setup/prefill phase when its
+//! work is done or nothing progressed for `--timeout-ms`. Timers are checked
+//! at least every `POLL_TICK_MS`; an open-loop source's next intended time
+//! wakes the loop, and due operations go to the connected clients with a
+//! free pipeline slot, taken round-robin.
 //! Leaves out: threads, barriers and the report (see `run`).
 
 use std::io;
@@ -38,6 +42,10 @@ pub enum PhaseLimit {
     Stall(Duration),
     /// Measured: stop at this instant whatever is outstanding.
     Deadline(Instant),
+    /// Measured without a deadline (`--total` alone): stop when the source is
+    /// exhausted and answered, or when no client is connected and nothing
+    /// progressed for this long.
+    UntilDone(Duration),
 }
 
 /// A worker's poll loop and clients.
@@ -66,10 +74,14 @@ impl<'a> Worker<'a> {
         let registry = poll.registry().try_clone()?;
         let now = Instant::now();
         let addresses: &[SocketAddr] = &config.addresses;
+        // Every client starts on the first address, or on address i mod N with --spread.
         let clients = client_numbers
             .into_iter()
             .enumerate()
-            .map(|(slot, number)| Client::new(Token(slot), number, addresses, now))
+            .map(|(slot, number)| {
+                let first_address = if config.spread { number } else { 0 };
+                Client::new(Token(slot), first_address, addresses, now)
+            })
             .collect();
         Ok(Worker {
             config,
@@ -98,7 +110,9 @@ impl<'a> Worker<'a> {
         progress: &Progress,
     ) {
         let tick = Duration::from_millis(POLL_TICK_MS);
-        let measured = matches!(limit, PhaseLimit::Deadline(_));
+        let measured = !matches!(limit, PhaseLimit::Stall(_));
+        // Where the round-robin hand-out of due open-loop work starts.
+        let mut next_taker = 0;
         let Worker {
             config,
             versions,
@@ -147,6 +161,19 @@ impl<'a> Worker<'a> {
                     client.on_event(&mut context, now);
                 }
             }
+            if measured && context.source.next_due().is_some() {
+                let count = clients.len();
+                for offset in 0..count {
+                    if !context.source.has_due(now) {
+                        break;
+                    }
+                    let index = (next_taker + offset) % count;
+                    if clients[index].can_take_work(context.pipeline) {
+                        clients[index].fill_and_flush(&mut context, now);
+                        next_taker = index + 1;
+                    }
+                }
+            }
             let exhausted = context.source.is_exhausted(now);
             let want_connection = !measured || !exhausted;
             let tick_due = last_tick.is_none_or(|last| now.saturating_duration_since(last) >= tick);
@@ -157,10 +184,17 @@ impl<'a> Worker<'a> {
                 }
                 publish(progress, context.stats);
             }
+            // Connecting only: done once every client is connected, or has
+            // found every address refusing it (then it moves on to the next
+            // address: the first may be a member that is down).
+            let connect_only = matches!(context.source, Source::Nothing);
+            let address_count = context.addresses.len();
             if exhausted
-                && clients
-                    .iter()
-                    .all(|client| client.is_idle() && !client.is_connecting())
+                && clients.iter().all(|client| {
+                    client.is_idle()
+                        && !client.is_connecting()
+                        && (!connect_only || client.is_settled(address_count))
+                })
             {
                 break;
             }
@@ -168,6 +202,10 @@ impl<'a> Worker<'a> {
                 PhaseLimit::Deadline(deadline) => now >= deadline,
                 PhaseLimit::Stall(stall) => {
                     now.saturating_duration_since(context.last_progress) >= stall
+                }
+                PhaseLimit::UntilDone(stall) => {
+                    now.saturating_duration_since(context.last_progress) >= stall
+                        && !clients.iter().any(Client::is_up)
                 }
             };
             if give_up {
@@ -183,9 +221,11 @@ impl<'a> Worker<'a> {
             if let PhaseLimit::Deadline(deadline) = limit {
                 wait = wait.min(deadline.saturating_duration_since(now));
             }
-            if !exhausted {
-                if let Source::Mix { deadline, .. } = context.source {
-                    wait = wait.min(deadline.saturating_duration_since(now));
+            // Wake for the next intended start or the deadline; work already
+            // due waits for a free slot, which an answer (an event) brings.
+            if let Some(wake_at) = context.source.wake_at().filter(|_| !exhausted) {
+                if wake_at > now {
+                    wait = wait.min(wake_at - now);
                 }
             }
         }

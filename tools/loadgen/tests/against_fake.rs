@@ -341,7 +341,7 @@ fn several_addresses_spread_the_clients() {
     let first = FakeServer::start(Mode::Fixed(b"OK\r\n".to_vec()));
     let second = FakeServer::start(Mode::Fixed(b"OK\r\n".to_vec()));
     let report = run(&format!(
-        "--addr {},{} --clients 4 --duration 0.2 --mix delete=1",
+        "--addr {},{} --clients 4 --duration 0.2 --mix delete=1 --spread",
         first.address, second.address
     ));
     assert_eq!(report.errors(), 0);
@@ -349,6 +349,62 @@ fn several_addresses_spread_the_clients() {
     second.wait_for_connections(2);
     assert_eq!(first.stats.connections.load(Ordering::SeqCst), 2);
     assert_eq!(second.stats.connections.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn without_spread_every_client_starts_on_the_first_address_and_skips_it_when_down() {
+    let first = FakeServer::start(Mode::Fixed(b"OK\r\n".to_vec()));
+    let second = FakeServer::start(Mode::Fixed(b"OK\r\n".to_vec()));
+    let report = run(&format!(
+        "--addr {},{} --clients 4 --duration 0.2 --mix delete=1",
+        first.address, second.address
+    ));
+    assert_eq!(report.errors(), 0);
+    first.wait_for_connections(4);
+    assert_eq!(first.stats.connections.load(Ordering::SeqCst), 4);
+    assert_eq!(second.stats.connections.load(Ordering::SeqCst), 0);
+
+    let down = fake::closed_address();
+    let report = run(&format!(
+        "--addr {down},{} --clients 2 --duration 0.2 --mix delete=1",
+        second.address
+    ));
+    assert!(report.ops() > 0, "{}", report.text());
+    second.wait_for_connections(2);
+}
+
+#[test]
+fn addresses_come_from_a_cluster_config() {
+    let server = FakeServer::start(Mode::Fixed(b"OK\r\n".to_vec()));
+    let directory = tempfile_dir("config");
+    let path = directory.join("cluster.toml");
+    let peer = fake::closed_address();
+    std::fs::write(
+        &path,
+        format!(
+            "[[node]]\nid = 1\nclient = \"{}\"\npeer = \"{peer}\"\n",
+            server.address
+        ),
+    )
+    .expect("write cluster.toml");
+    let report = run(&format!(
+        "--config {} --clients 2 --duration 0.2 --mix delete=1",
+        path.display()
+    ));
+    assert_eq!(report.config.addresses, vec![server.address]);
+    assert!(
+        report.ops() > 0 && report.errors() == 0,
+        "{}",
+        report.text()
+    );
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
+/// A fresh directory under the system temp dir for one test.
+fn tempfile_dir(label: &str) -> std::path::PathBuf {
+    let directory = std::env::temp_dir().join(format!("loadgen-{label}-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).expect("temp dir");
+    directory
 }
 
 #[test]

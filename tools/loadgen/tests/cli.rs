@@ -107,3 +107,28 @@ fn nothing_listening_fails_with_one_line() {
     );
     assert!(output.stdout.is_empty());
 }
+
+#[test]
+fn every_operation_failing_is_a_failure_status() {
+    let server = FakeServer::start(Mode::Fixed(b"ERR_INTERNAL\r\n".to_vec()));
+    let output = loadgen(&[
+        "--addr",
+        &server.address.to_string(),
+        "--clients",
+        "2",
+        "--duration",
+        "0.3",
+        "--mix",
+        "write=1",
+        "--json",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("every operation failed"), "{stderr}");
+    // The report is still printed, the JSON last.
+    let stdout = String::from_utf8(output.stdout).expect("utf-8");
+    let json: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON");
+    assert_eq!(json["ops"].as_u64(), Some(0));
+    assert!(json["errors_by_kind"]["internal"].as_u64() > Some(0));
+}
