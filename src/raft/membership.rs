@@ -563,7 +563,8 @@ impl Configuration {
                 client: reader.text()?,
                 metrics: reader.text()?,
             };
-            if id == 0 || members
+            if id == 0
+                || members
                     .insert(
                         id,
                         Member {
@@ -572,7 +573,8 @@ impl Configuration {
                             incarnation,
                         },
                     )
-                    .is_some() {
+                    .is_some()
+            {
                 return Err(format!("member id {id} is 0 or repeated"));
             }
         }

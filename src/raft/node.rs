@@ -274,6 +274,7 @@ impl Node {
                         // A learner, or a node not (or no longer) a member:
                         // it never starts an election.
                         self.reset_election_timer();
+                        self.ask_whether_removed();
                     }
                 }
             }
@@ -307,7 +308,10 @@ impl Node {
                 | Message::HeartbeatResponse { .. }
                 | Message::InstallSnapshotResponse { .. }
         );
-        let bound = self.configurations.current().bound_incarnation(envelope.from);
+        let bound = self
+            .configurations
+            .current()
+            .bound_incarnation(envelope.from);
         if answers && bound.is_some_and(|bound| bound != envelope.incarnation) {
             // A vote or acknowledgement counts only from the data dir the
             // configuration binds (membership's "Voters are data dirs"):
@@ -666,6 +670,37 @@ impl Node {
     // ---- shared helpers for the sibling modules ----
 
     /// Every voter but this node, in id order (whom a campaign asks).
+    /// A node whose log removes it, but which has not heard the removal
+    /// committed (a new leader, or one whose retiring window passed while
+    /// it was cut off, sends it nothing more), would wait for ever. So at
+    /// each election timeout it sends the voters a PreVote (which changes
+    /// no state anywhere): a member that committed the removal refuses the
+    /// sender's removed data dir, which stops it (sim seed 1586); if the
+    /// removal was overwritten instead, a leader replicates to it again.
+    fn ask_whether_removed(&mut self) {
+        let own = self.config.id;
+        if !self.configurations.from_log()
+            || self.configurations.current().contains(own)
+            || self.removed_at().is_some()
+        {
+            // A member, a node waiting to be added, or one that knows it
+            // was removed (its driver stops it).
+            return;
+        }
+        let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
+        let campaign_term = self.hard_state.term + 1;
+        for peer in self.voter_peers() {
+            self.send_with_term(
+                peer,
+                campaign_term,
+                Message::PreVote {
+                    last_log_index,
+                    last_log_term,
+                },
+            );
+        }
+    }
+
     pub(super) fn voter_peers(&self) -> Vec<NodeId> {
         let own = self.config.id;
         self.configurations
