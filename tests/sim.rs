@@ -252,7 +252,7 @@ fn seeded_schedules() {
 /// failed, kept as a regression check. The membership seeds (72 on) were
 /// found before followers' mode joined the mix, so they now replay other
 /// membership schedules: still regression runs, no longer those exact ones.
-const NAMED_SEEDS: [(u64, &str); 19] = [
+const NAMED_SEEDS: [(u64, &str); 20] = [
     (604, "a probe command lost with its node's crash (harness)"),
     (
         1433,
@@ -313,6 +313,10 @@ const NAMED_SEEDS: [(u64, &str); 19] = [
     (
         1586,
         "a removed node that never heard its removal committed served on",
+    ),
+    (
+        5268,
+        "a learner removed before its removal reached it waited for ever",
     ),
 ];
 

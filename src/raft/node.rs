@@ -670,21 +670,18 @@ impl Node {
     // ---- shared helpers for the sibling modules ----
 
     /// Every voter but this node, in id order (whom a campaign asks).
-    /// A node whose log removes it, but which has not heard the removal
-    /// committed (a new leader, or one whose retiring window passed while
-    /// it was cut off, sends it nothing more), would wait for ever. So at
-    /// each election timeout it sends the voters a PreVote (which changes
-    /// no state anywhere): a member that committed the removal refuses the
-    /// sender's removed data dir, which stops it (sim seed 1586); if the
-    /// removal was overwritten instead, a leader replicates to it again.
+    /// A non-voter that hears no leader for an election timeout may have
+    /// been removed without hearing it committed, or at all (a new leader,
+    /// or one whose retiring window passed while it was cut off, sends it
+    /// nothing more): it would wait for ever. So it sends the voters a
+    /// PreVote (which changes no state anywhere): a member that committed
+    /// its removal refuses the sender's removed data dir, which stops it
+    /// (sim seeds 1586, 5268); if it is still a member, a leader
+    /// replicates to it again.
     fn ask_whether_removed(&mut self) {
-        let own = self.config.id;
-        if !self.configurations.from_log()
-            || self.configurations.current().contains(own)
-            || self.removed_at().is_some()
-        {
-            // A member, a node waiting to be added, or one that knows it
-            // was removed (its driver stops it).
+        if !self.configurations.from_log() || self.removed_at().is_some() {
+            // A node waiting to be added, or one that knows it was removed
+            // (its driver stops it).
             return;
         }
         let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());

@@ -239,6 +239,17 @@ impl Inbound {
                             envelope.from, envelope.incarnation, envelope.to
                         ));
                     }
+                    if matches!(envelope.message, crate::raft::Message::PreVote { .. }) {
+                        // A data dir removed since this link was accepted
+                        // asks with PreVotes whether its removal committed
+                        // (`raft::Node::ask_whether_removed`): asked again,
+                        // the caller may refuse it now; closing the link
+                        // makes it dial again and hear the refusal.
+                        if let Err(reason) = (context.accept_incarnation)(from, incarnation) {
+                            log::info!("closing the link of node {from}: {reason}");
+                            return Verdict::Close;
+                        }
+                    }
                     context.stats.frames_received += 1;
                     context.out.push(PeerEvent::Message(envelope));
                 }
