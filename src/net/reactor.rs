@@ -147,6 +147,9 @@ pub struct Reactor {
     member_log: MemberLog,
     /// When the last client command was read (a stopping node waits for quiet).
     last_command_at: Instant,
+    /// Removed from the cluster: why (the exit line). The node then stops
+    /// as a stopping one does, answering what it holds first.
+    leaving: Option<String>,
     checksum_flag: Arc<AtomicBool>,
     /// Where a checksum request writes; `None` = requests are ignored.
     checksum_path: Option<PathBuf>,
@@ -222,6 +225,7 @@ impl Reactor {
             touched: Vec::new(),
             stop_grace,
             last_command_at: Instant::now(),
+            leaving: None,
             static_replies: StaticReplies {
                 command_error: buffer.freeze(),
             },
@@ -404,11 +408,19 @@ impl Reactor {
             self.replica.end_turn(replica_now, &mut self.storage)?;
             self.follow_configuration();
             self.deliver(now)?;
-            if let Some(reason) = self.replica.removed() {
+            if self.leaving.is_none() {
+                self.leaving = self.replica.removed();
+            }
+            if self.leaving.is_some() && stop_deadline.is_none() {
+                // Removed: answer every command held (`Replica::leave`),
+                // redirect new ones meanwhile, and stop as a stopping node
+                // does once quiet, so no client is left without an answer.
+                log::info!(
+                    "removed from the cluster: answering what this node holds, then stopping"
+                );
+                stop_deadline = Some(now + self.stop_grace);
                 self.replica.leave();
                 self.deliver(now)?;
-                self.flush_all_connections();
-                return Err(Error::Removed(reason));
             }
             self.refresh_status();
             self.log_transitions();
@@ -426,7 +438,10 @@ impl Reactor {
                         >= STOP_QUIET.as_micros() as u64;
                 if (!leading && !self.replica.has_waiting() && quiet) || now >= deadline {
                     self.flush_all_connections();
-                    return Ok(());
+                    return match self.leaving.take() {
+                        Some(reason) => Err(Error::Removed(reason)),
+                        None => Ok(()),
+                    };
                 }
             }
         }
@@ -493,11 +508,14 @@ impl Reactor {
                 PeerEvent::Message(envelope) => self.replica.step(envelope),
                 PeerEvent::Refused { by, reason } => {
                     if let Err(line) = self.replica.peer_refused(by, &reason) {
-                        return Err(if reason.contains(crate::replica::REMOVED_REFUSAL_MARK) {
-                            Error::Removed(line)
-                        } else {
-                            Error::Refused(line)
-                        });
+                        if !reason.contains(crate::replica::REMOVED_REFUSAL_MARK) {
+                            return Err(Error::Refused(line));
+                        }
+                        // Removed: the run loop stops it as it stops a
+                        // node that learned its removal.
+                        if self.leaving.is_none() {
+                            self.leaving = Some(line);
+                        }
                     }
                 }
                 // The link logs up and down at debug (with the reason); a
