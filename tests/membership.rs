@@ -53,6 +53,8 @@ struct Writer {
     phase: Arc<AtomicU64>,
     counts: Arc<Mutex<BTreeMap<u64, PhaseCounts>>>,
     acknowledged: Arc<Mutex<Vec<(String, String)>>>,
+    /// The client address the writer is connected to (or dialing).
+    connected_to: Arc<Mutex<String>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -62,21 +64,23 @@ impl Writer {
         let phase = Arc::new(AtomicU64::new(0));
         let counts = Arc::new(Mutex::new(BTreeMap::new()));
         let acknowledged = Arc::new(Mutex::new(Vec::new()));
+        let connected_to = Arc::new(Mutex::new(first_address.clone()));
         let thread = {
-            let (stop, phase, counts, acknowledged) = (
+            let (stop, phase, counts, acknowledged, connected_to) = (
                 stop.clone(),
                 phase.clone(),
                 counts.clone(),
                 acknowledged.clone(),
+                connected_to.clone(),
             );
             std::thread::spawn(move || {
                 write_loop(
-                    first_address,
                     candidates,
                     &stop,
                     &phase,
                     &counts,
                     &acknowledged,
+                    &connected_to,
                 )
             })
         };
@@ -85,8 +89,14 @@ impl Writer {
             phase,
             counts,
             acknowledged,
+            connected_to,
             thread: Some(thread),
         }
+    }
+
+    /// The client address the writer uses now.
+    fn connected_to(&self) -> String {
+        self.connected_to.lock().expect("connected_to").clone()
     }
 
     fn set_phase(&self, phase: u64) {
@@ -105,17 +115,18 @@ impl Writer {
 }
 
 fn write_loop(
-    first_address: String,
     candidates: Vec<String>,
     stop: &AtomicBool,
     phase: &AtomicU64,
     counts: &Mutex<BTreeMap<u64, PhaseCounts>>,
     acknowledged: &Mutex<Vec<(String, String)>>,
+    connected_to: &Mutex<String>,
 ) {
-    let mut address = first_address;
+    let mut address = connected_to.lock().expect("connected_to").clone();
     let mut next_candidate = 0;
     let mut sequence = 0u64;
     while !stop.load(Ordering::SeqCst) {
+        *connected_to.lock().expect("connected_to") = address.clone();
         let Ok(mut client) = Client::connect(&address) else {
             address = candidates[next_candidate % candidates.len()].clone();
             next_candidate += 1;
@@ -362,14 +373,17 @@ fn grow_remove_the_leader_shrink_and_replace_under_load() {
     note_phase(3, before, leader_and_term(&cluster));
 
     // Phase 4: a follower loses its disk. Remove it, start the new data
-    // dir, add it as a learner, promote it once caught up.
+    // dir, add it as a learner, promote it once caught up. Not the node the
+    // writer uses (followers forward, so it may be one): losing a disk is
+    // a crash, and a crash may leave a pipeline unanswered.
     writer.set_phase(4);
     let before = leader_and_term(&cluster);
     let (leader, _) = before;
+    let writers_node = writer.connected_to();
     let lost = *remaining
         .iter()
-        .find(|id| **id != leader)
-        .expect("a follower");
+        .find(|id| **id != leader && cluster.client_address(**id) != writers_node)
+        .expect("a follower the writer does not use");
     cluster.wipe(lost);
     let lost_text = lost.to_string();
     let (code, output) = member_until_ok(
