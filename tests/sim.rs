@@ -252,7 +252,7 @@ fn seeded_schedules() {
 /// failed, kept as a regression check. The membership seeds (72 on) were
 /// found before followers' mode joined the mix, so they now replay other
 /// membership schedules: still regression runs, no longer those exact ones.
-const NAMED_SEEDS: [(u64, &str); 20] = [
+const NAMED_SEEDS: [(u64, &str); 22] = [
     (604, "a probe command lost with its node's crash (harness)"),
     (
         1433,
@@ -317,6 +317,14 @@ const NAMED_SEEDS: [(u64, &str); 20] = [
     (
         5268,
         "a learner removed before its removal reached it waited for ever",
+    ),
+    (
+        7052,
+        "one stale member's refusals kept a re-added empty node exiting",
+    ),
+    (
+        1178,
+        "nodes with empty logs kept deposing leaders with RequestVotes (PreVote off)",
     ),
 ];
 

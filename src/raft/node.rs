@@ -354,6 +354,17 @@ impl Node {
                 // counting grants changes no durable state (thesis §9.6).
                 Message::PreVote { .. } | Message::PreVoteResponse { granted: true } => {}
                 Message::RequestVote {
+                    last_log_index: 0, ..
+                } if self.log.last_index() > 0 => {
+                    // A candidate with an empty log (a node waiting to be
+                    // added, or a new data dir) can never get this vote:
+                    // refuse it without taking its term, so such a node
+                    // cannot keep deposing the cluster's leaders (sim seed
+                    // 1178, PreVote off).
+                    self.send(from, Message::RequestVoteResponse { granted: false });
+                    return Ok(());
+                }
+                Message::RequestVote {
                     leadership_transfer: false,
                     ..
                 } if self.in_lease() => {

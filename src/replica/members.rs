@@ -20,9 +20,10 @@
 //!
 //! Refusals (`peer_refused`): a member refuses this node's link when it
 //! knows another data dir under this id (SPEC §3) or this data dir as
-//! removed. That stops the node, except when this data dir was added by the
-//! cluster (a configuration from its log lists it) and the refusal is
-//! about its incarnation: the refusing member has not yet learned that the
+//! removed. That stops the node, except when the refusal is about its
+//! incarnation and either its log is empty and fewer than a majority of its
+//! voters refused it (a stale member), or this data dir was added by the
+//! cluster (a configuration from its log lists it): the refusing member has not yet learned that the
 //! id was removed and added again. It learns it from a leader; if this
 //! node leads, it hands leadership to another voter so one can tell it.
 
@@ -138,8 +139,30 @@ impl Replica {
         let line = format!("node {by} refused this node: {reason}");
         let own = self.raft.id();
         let added = self.raft.configuration().contains(own) && self.raft.configuration_from_log();
-        if reason.contains(REMOVED_REFUSAL_MARK) || !added {
+        if reason.contains(REMOVED_REFUSAL_MARK) {
             return Err(line);
+        }
+        if !added {
+            // An empty log has nothing another data dir's history could
+            // corrupt: it stops only once a majority of its voters refused
+            // it (its id is another data dir's), not on one stale member
+            // that has not learned the id was removed and added again (sim
+            // seed 7052: such refusals kept a re-added node exiting before
+            // the leader could send it the log).
+            if self.raft.last_index() != 0 {
+                return Err(line);
+            }
+            self.refused_by.insert(by);
+            let voters = self.raft.configuration().voters();
+            let refusing = voters
+                .iter()
+                .filter(|voter| self.refused_by.contains(voter))
+                .count();
+            if refusing >= crate::raft::quorum::majority(voters.len()) {
+                return Err(line);
+            }
+            log::warn!("{line}; waiting for a leader");
+            return Ok(());
         }
         log::warn!("{line}; it has not learned yet that node {own} was added again");
         if self.raft.role() == crate::raft::Role::Leader {

@@ -200,6 +200,8 @@ pub struct Replica {
     forwarding: Forwarding,
     /// Stopping: new commands are sent to the leader (`drain`).
     draining: bool,
+    /// Members that refused this node's data dir (`members::peer_refused`).
+    refused_by: std::collections::BTreeSet<NodeId>,
     /// Why the node must stop (a failed fsync): nothing is acknowledged
     /// past it.
     failed: Option<String>,
@@ -265,6 +267,7 @@ impl Replica {
             watches: Watches::default(),
             forwarding,
             draining: false,
+            refused_by: std::collections::BTreeSet::new(),
             failed: None,
         }
     }
