@@ -257,14 +257,13 @@ impl ClusterConfig {
         })
     }
 
-    /// A cluster id derived from the member list, so nodes of different
-    /// clusters never talk to each other by mistake.
+    /// The cluster id peer handshakes carry. It can no longer be derived
+    /// from the member list: membership change edits cluster.toml while
+    /// the cluster runs (nodes started before and after must still talk),
+    /// so every raftfs cluster shares this one until the id is made once
+    /// and stored in each data dir.
     pub fn cluster_id(&self) -> u64 {
-        let mut text = String::new();
-        for member in &self.members {
-            text.push_str(&format!("{}={};", member.id, member.peer));
-        }
-        crc32c::crc32c(text.as_bytes()) as u64 | ((self.members.len() as u64) << 32)
+        u64::from_le_bytes(*b"raftfs\0\x01")
     }
 
     /// The data dir of node `id`: `override_dir` if given, else `<data_dir>/<id>`.

@@ -21,6 +21,9 @@ pub enum Error {
     Corrupt(String),
     /// Another node or data dir is not who it claims to be (SPEC §3 incarnations).
     Refused(String),
+    /// This node's data dir was removed from the cluster (membership
+    /// change): it must not run again (exit code 4, not restarted).
+    Removed(String),
 }
 
 impl Error {
@@ -39,6 +42,7 @@ impl fmt::Display for Error {
             Error::Io { context, source } => write!(f, "I/O error: {context}: {source}"),
             Error::Corrupt(message) => write!(f, "corrupt data: {message}"),
             Error::Refused(message) => write!(f, "refused: {message}"),
+            Error::Removed(message) => write!(f, "removed: {message}"),
         }
     }
 }

@@ -14,6 +14,7 @@
 //! - `logging`: the logger (text or `--log-format json`).
 //! - `metrics`: counters, histograms, Prometheus text and the health verdict.
 //! - `status`: `raftfs status` (asks each member over its peer port).
+//! - `member`: `raftfs member list|add|promote|remove` (membership change).
 //! - `restore`: `raftfs restore` (a backup snapshot into a new cluster).
 //! - `client`: `raftfs client` (the interactive shell and one-shot commands).
 
@@ -25,6 +26,7 @@ pub mod fsm;
 pub mod limits;
 pub mod lincheck;
 pub mod logging;
+pub mod member;
 pub mod metrics;
 pub mod net;
 pub mod protocol;

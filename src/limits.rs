@@ -217,6 +217,10 @@ pub const HTTP_SNAPSHOT_NICE: i32 = 10;
 pub const HTTP_SNAPSHOT_WRITE_STALL_TIMEOUT_MS: u64 = 30_000;
 /// `raftfs status`: time to connect to one member and get its answer.
 pub const STATUS_PROBE_TIMEOUT_MS: u64 = 1_000;
+/// Largest status report (or membership answer) a node sends on its peer
+/// port: room for a configuration of `MEMBERS_MAX` members with the
+/// longest addresses.
+pub const STATUS_REPORT_BYTES_MAX: usize = 32 << 10;
 
 const _: () = assert!(NAME_BYTES_MAX < LINE_BYTES_MAX);
 const _: () = assert!(FILE_BYTES_MAX_DEFAULT <= FILE_BYTES_MAX_CEILING);
@@ -240,3 +244,37 @@ const _: () = assert!(WATCHES_MAX >= 10_000 && WATCH_PASSES_PER_TURN_MAX >= 1);
 const _: () = assert!(PEER_RECONNECT_MIN_MS <= PEER_RECONNECT_MAX_MS);
 const _: () = assert!(PEER_REFUSE_REASON_BYTES_MAX + 64 <= PEER_HANDSHAKE_BYTES_MAX);
 const _: () = assert!(PEER_HANDSHAKE_BYTES_MAX < PEER_FRAME_BYTES_MAX);
+
+// ---- Membership change (src/raft/membership.rs) ----
+
+/// Most members (voters and learners) one configuration holds: SPEC §1's
+/// largest cluster. With the members a leader still tells of their removal
+/// (`RETIRING_TICKS_MAX`) it never holds more than this, so one node needs
+/// at most `MEMBERS_MAX - 1` peer links.
+pub const MEMBERS_MAX: usize = 9;
+/// A removed member's (id, incarnation) is remembered in the configuration
+/// (so that data dir is refused for good, SPEC §3) for this many removals.
+pub const REMOVED_MEMBERS_REMEMBERED_MAX: usize = 16;
+/// Longest member address (`peer`, `client`, `metrics`) a configuration
+/// entry carries.
+pub const MEMBER_ADDRESS_BYTES_MAX: usize = 255;
+/// A learner counts as caught up (and may be promoted to voter) when its
+/// log matches the leader's through at most this many entries below the
+/// leader's commit index, and it answered the leader within the last
+/// election timeout (it is not being sent a snapshot).
+pub const PROMOTION_LAG_ENTRIES_MAX: u64 = 1_000;
+/// A leader keeps replicating to a member it removed for this many ticks,
+/// so the member learns of its removal, commits it and stops (it is
+/// counted in no quorum meanwhile).
+pub const RETIRING_TICKS_MAX: u64 = 500;
+/// `raftfs member`: how long a command tries (finding the leader, retrying
+/// during elections and leadership handovers) before it gives up.
+pub const MEMBER_COMMAND_TIMEOUT_MS: u64 = 30_000;
+
+const _: () = assert!(MEMBERS_MAX - 1 <= PEER_LINKS_MAX);
+const _: () = assert!(
+    MEMBERS_MAX * (3 * MEMBER_ADDRESS_BYTES_MAX + 256) + (4 << 10) <= STATUS_REPORT_BYTES_MAX
+);
+const _: () = assert!(MEMBER_ADDRESS_BYTES_MAX <= u8::MAX as usize);
+const _: () = assert!(MEMBERS_MAX <= u8::MAX as usize);
+const _: () = assert!(REMOVED_MEMBERS_REMEMBERED_MAX <= u8::MAX as usize);

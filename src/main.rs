@@ -1,5 +1,5 @@
 //! The `raftfs` command line: `cluster` (local demo), `node` (one member of a
-//! real deployment), `status`, `restore` and `client`. Flags and config are validated before
+//! real deployment), `status`, `member`, `restore` and `client`. Flags and config are validated before
 //! anything starts; a problem is one clear line on stderr and exit code 2.
 
 use clap::{Parser, Subcommand};
@@ -68,6 +68,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Change or list the members: list, add (a learner), promote, remove.
+    Member {
+        #[command(subcommand)]
+        command: raftfs::member::MemberCommand,
+    },
     /// Load a backup (taken with GET /snapshot on a node's metrics listener)
     /// into a new, empty, running cluster. Versions are renumbered.
     Restore {
@@ -115,6 +120,8 @@ fn main() -> ExitCode {
                 Err(error) => Err(error),
             }
         }
+        Command::Member { command } => ClusterConfig::load(command.config_path())
+            .and_then(|c| raftfs::member::run(&c, &command)),
         Command::Restore { snapshot, addr } => {
             raftfs::restore::run(&snapshot, &addr).map(|files| {
                 println!("raftfs: restored {files} files into the cluster at {addr}");
@@ -127,6 +134,7 @@ fn main() -> ExitCode {
             eprintln!("raftfs: {error}");
             match error {
                 Error::Config(_) => ExitCode::from(2),
+                Error::Removed(_) => ExitCode::from(4),
                 _ => ExitCode::from(1),
             }
         }

@@ -23,7 +23,7 @@
 //! Leaves out: the HTTP server (`net::http`).
 
 use crate::net::peer::{LinkState, LinkStatus};
-use crate::raft::{Index, Role, Term};
+use crate::raft::{Index, MemberRole, Role, Term};
 use crate::replica::Status;
 use std::fmt::Write;
 use std::path::Path;
@@ -249,6 +249,8 @@ pub struct NodeView<'a> {
     pub snapshot_index: Index,
     /// Whether this node is a voting member of the configuration in force.
     pub is_member: bool,
+    /// The configuration in force (members, roles, leader's match indexes).
+    pub membership: crate::replica::MembershipView,
     /// The node was asked to stop and is handing over or draining.
     pub stopping: bool,
     pub client_connections: usize,
@@ -456,6 +458,7 @@ pub fn render(view: &NodeView<'_>) -> String {
         "1 when this node is a voting member of the configuration in force.",
         u64::from(view.is_member),
     );
+    render_membership(&mut out, view);
     counter(
         &mut out,
         "raftfs_proposals_total",
@@ -608,6 +611,55 @@ pub fn render(view: &NodeView<'_>) -> String {
 
 /// The standard `process_*` series (the names Prometheus client libraries
 /// use, so stock dashboards work).
+/// The configuration in force: member counts by role, its index, each
+/// member's role, and (leader only) how many entries each member's log is
+/// behind the leader's.
+fn render_membership(out: &mut String, view: &NodeView<'_>) {
+    let membership = &view.membership;
+    let _ = writeln!(
+        out,
+        "# HELP raftfs_members Members of the configuration in force, by role.\n# TYPE raftfs_members gauge"
+    );
+    for role in [MemberRole::Voter, MemberRole::Learner] {
+        let count = membership.members.iter().filter(|m| m.role == role).count();
+        let _ = writeln!(out, "raftfs_members{{role=\"{}\"}} {count}", role.name());
+    }
+    let _ = writeln!(
+        out,
+        "# HELP raftfs_configuration_index Log index of the configuration in force (0: cluster.toml's, not yet in the log).\n\
+         # TYPE raftfs_configuration_index gauge\nraftfs_configuration_index {}",
+        membership.index
+    );
+    let _ = writeln!(
+        out,
+        "# HELP raftfs_member_voter 1 when the member votes, 0 for a learner (configuration in force).\n\
+         # TYPE raftfs_member_voter gauge"
+    );
+    for member in &membership.members {
+        let _ = writeln!(
+            out,
+            "raftfs_member_voter{{member=\"{}\"}} {}",
+            member.id,
+            u64::from(member.role == MemberRole::Voter)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP raftfs_member_lag_entries Leader only: entries each member's log is behind the leader's.\n\
+         # TYPE raftfs_member_lag_entries gauge"
+    );
+    for member in &membership.members {
+        if let Some(match_index) = member.match_index {
+            let _ = writeln!(
+                out,
+                "raftfs_member_lag_entries{{member=\"{}\"}} {}",
+                member.id,
+                view.status.last_index.saturating_sub(match_index)
+            );
+        }
+    }
+}
+
 fn render_process(process: &ProcessStats, out: &mut String) {
     let series: [(&str, &str, &str, Option<String>); 6] = [
         (
@@ -727,6 +779,7 @@ mod tests {
             known_commit_index,
             snapshot_index: 60,
             is_member: true,
+            membership: crate::replica::MembershipView::default(),
             stopping: false,
             client_connections: 0,
             peers: Vec::new(),

@@ -54,6 +54,7 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
         .filter(|m| m.id != id)
         .map(|m| (m.id, m.peer))
         .collect();
+    let file_peer_addresses = peer_addresses.clone();
     let peers = Peers::new(
         poll.registry(),
         PEER_TOKEN_BASE,
@@ -75,6 +76,18 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
     let raft_config = raft::Config {
         id,
         members: config.members.iter().map(|m| m.id).collect(),
+        addresses: config
+            .members
+            .iter()
+            .map(|m| {
+                let addresses = raft::MemberAddresses {
+                    peer: m.peer.to_string(),
+                    client: m.client.clone(),
+                    metrics: m.metrics.map(|a| a.to_string()).unwrap_or_default(),
+                };
+                (m.id, addresses)
+            })
+            .collect(),
         incarnation: recovered.incarnation,
         election_timeout_ticks: config.election_timeout_ticks(),
         heartbeat_ticks: config.heartbeat_ticks(),
@@ -108,6 +121,18 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
             restore,
         },
     );
+    // Only a removal known committed (in the snapshot) stops it here: an
+    // uncommitted one in its log may have been overwritten since (sim seed
+    // 4707); a member refuses a data dir whose removal it committed, and
+    // that stops it as soon as it dials one.
+    if replica.removed().is_some() {
+        return Err(Error::Removed(format!(
+            "node {id}: data dir {} was removed from the cluster (its committed configuration \
+             says so): start this node with an empty data dir, then add it with `raftfs member \
+             add`",
+            node_dir.display()
+        )));
+    }
     let stop_grace = Duration::from_millis(config.election_timeout_ms.1 * 2);
     let mut reactor = Reactor::new(
         poll,
@@ -140,6 +165,7 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
         );
     }
     reactor.set_checksum_path(node_dir.join(crate::net::reactor::CHECKSUM_FILE_NAME));
+    reactor.set_file_peer_addresses(file_peer_addresses);
     Ok(reactor)
 }
 

@@ -12,7 +12,15 @@
 //! Lag: the largest commit index any member reports (normally the leader's)
 //! minus the member's applied index.
 //!
-//! Leaves out: asking through a proxy, and membership change.
+//! Membership: each report carries the configuration in force as that node
+//! sees it (voters, learners, their addresses, and on the leader how far
+//! each member's log matches). The members asked are cluster.toml's and,
+//! once a report names them, the configuration's (a member added since
+//! cluster.toml was written); each line says whether the member is a voter
+//! or a learner of the freshest configuration reported (the leader's, else
+//! the one at the highest index), or not a member.
+//!
+//! Leaves out: asking through a proxy.
 
 use crate::config::{ClusterConfig, Member};
 use crate::error::{Error, Result};
@@ -41,6 +49,58 @@ pub struct StatusReport {
     pub files: u64,
     /// The node's `GET /health` verdict: None = healthy, else the reason.
     pub unhealthy: Option<String>,
+    /// The configuration in force as this node sees it (None from a build
+    /// without membership change).
+    #[serde(default)]
+    pub membership: Option<MembershipReport>,
+}
+
+/// The configuration in force, as one node reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipReport {
+    /// The log index of the entry that made it (0: cluster.toml's, not yet
+    /// in the log).
+    pub index: Index,
+    /// Whether that entry is committed.
+    pub committed: bool,
+    pub members: Vec<MemberReport>,
+}
+
+/// One member of a configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberReport {
+    pub id: NodeId,
+    /// "voter" or "learner".
+    pub role: String,
+    pub peer: String,
+    pub client: String,
+    pub metrics: Option<String>,
+    /// Reported by the leader only: the member's log matches the leader's
+    /// through this index.
+    pub match_index: Option<Index>,
+}
+
+impl MembershipReport {
+    /// The report of the replica's view.
+    pub fn of(view: &crate::replica::MembershipView) -> MembershipReport {
+        MembershipReport {
+            index: view.index,
+            committed: view.committed,
+            members: view
+                .members
+                .iter()
+                .map(|member| MemberReport {
+                    id: member.id,
+                    role: member.role.name().to_string(),
+                    peer: member.addresses.peer.clone(),
+                    client: member.addresses.client.clone(),
+                    metrics: (!member.addresses.metrics.is_empty())
+                        .then(|| member.addresses.metrics.clone()),
+                    match_index: member.match_index,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One line of `raftfs status`.
@@ -53,6 +113,8 @@ pub struct MemberStatus {
     /// Why it counts as down (when `up` is false).
     pub error: Option<String>,
     pub role: Option<String>,
+    /// "voter", "learner" or "none" in the freshest configuration reported.
+    pub member: Option<String>,
     pub term: Option<Term>,
     pub leader: Option<NodeId>,
     pub commit_index: Option<Index>,
@@ -64,10 +126,26 @@ pub struct MemberStatus {
 
 /// Asks one node at `peer_address` for its report.
 pub fn probe(peer_address: SocketAddr, timeout: Duration) -> std::io::Result<StatusReport> {
+    let payload = exchange(peer_address, &wire::encode_status_probe(), timeout)?;
+    serde_json::from_slice(&payload).map_err(|error| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("undecodable status report: {error}"),
+        )
+    })
+}
+
+/// Sends one probe `frame` to the peer port at `peer_address` and returns
+/// the one frame answered (a report, or a membership answer).
+pub fn exchange(
+    peer_address: SocketAddr,
+    frame: &[u8],
+    timeout: Duration,
+) -> std::io::Result<bytes::Bytes> {
     let deadline = Instant::now() + timeout;
     let mut stream = TcpStream::connect_timeout(&peer_address, timeout)?;
     stream.set_nodelay(true)?;
-    stream.write_all(&wire::encode_status_probe())?;
+    stream.write_all(frame)?;
     let mut buffer = BytesMut::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -76,15 +154,8 @@ pub fn probe(peer_address: SocketAddr, timeout: Duration) -> std::io::Result<Sta
             return Err(std::io::ErrorKind::TimedOut.into());
         }
         stream.set_read_timeout(Some(remaining))?;
-        match wire::next_frame(&mut buffer, limits::PEER_HANDSHAKE_BYTES_MAX) {
-            Ok(Some(payload)) => {
-                return serde_json::from_slice(&payload).map_err(|error| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("undecodable status report: {error}"),
-                    )
-                })
-            }
+        match wire::next_frame(&mut buffer, limits::STATUS_REPORT_BYTES_MAX) {
+            Ok(Some(payload)) => return Ok(payload.freeze()),
             Ok(None) => {}
             Err(error) => {
                 return Err(std::io::Error::new(
@@ -104,32 +175,136 @@ pub fn probe(peer_address: SocketAddr, timeout: Duration) -> std::io::Result<Sta
     }
 }
 
-/// Probes every member (in parallel) and computes lags.
-pub fn collect(config: &ClusterConfig, timeout: Duration) -> Vec<MemberStatus> {
-    let threads: Vec<(
-        Member,
-        std::thread::JoinHandle<std::io::Result<StatusReport>>,
-    )> = config
-        .members
-        .iter()
-        .map(|member| {
-            let address = member.peer;
-            (
-                member.clone(),
-                std::thread::spawn(move || probe(address, timeout)),
-            )
-        })
-        .collect();
-    let results: Vec<(Member, std::result::Result<StatusReport, String>)> = threads
+/// A member to ask: its id, client address (shown) and peer address.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub id: NodeId,
+    pub client: String,
+    pub peer: String,
+}
+
+impl Target {
+    /// cluster.toml's entry for a member.
+    pub fn of(member: &Member) -> Target {
+        Target {
+            id: member.id,
+            client: member.client.clone(),
+            peer: member.peer.to_string(),
+        }
+    }
+}
+
+/// A member asked, and its report or why there is none.
+pub type ProbeResult = (Target, std::result::Result<StatusReport, String>);
+
+/// Probes `targets` in parallel (a peer address that does not resolve is
+/// an error for that member only).
+pub fn probe_all(targets: Vec<Target>, timeout: Duration) -> Vec<ProbeResult> {
+    let threads: Vec<_> = targets
         .into_iter()
-        .map(|(member, thread)| {
-            let result = match thread.join() {
-                Ok(result) => result.map_err(|error| error.to_string()),
-                Err(_) => Err("probe thread panicked".to_string()),
-            };
-            (member, result)
+        .map(|target| {
+            let peer = target.peer.clone();
+            let thread = std::thread::spawn(move || {
+                let address = resolve(&peer)?;
+                probe(address, timeout).map_err(|error| error.to_string())
+            });
+            (target, thread)
         })
         .collect();
+    threads
+        .into_iter()
+        .map(|(target, thread)| {
+            let result = thread
+                .join()
+                .unwrap_or_else(|_| Err("probe thread panicked".to_string()));
+            (target, result)
+        })
+        .collect()
+}
+
+/// The first socket address `address` (HOST:PORT) names.
+pub fn resolve(address: &str) -> std::result::Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    address
+        .to_socket_addrs()
+        .map_err(|error| format!("cannot resolve {address}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("{address} resolves to no address"))
+}
+
+/// The freshest configuration among reports: the leader's of the highest
+/// term, else the one at the highest index (committed first).
+pub fn freshest_membership<'a>(
+    reports: impl Iterator<Item = &'a StatusReport>,
+) -> Option<&'a MembershipReport> {
+    reports
+        .filter_map(|report| {
+            let membership = report.membership.as_ref()?;
+            let leads = report.role == "leader";
+            Some((
+                (
+                    leads,
+                    report.term * u64::from(leads),
+                    membership.index,
+                    membership.committed,
+                ),
+                membership,
+            ))
+        })
+        .max_by_key(|(key, _)| *key)
+        .map(|(_, membership)| membership)
+}
+
+/// Probes `targets` and then the members the freshest configuration
+/// reported names that are not among them (in parallel, two rounds at
+/// most). Sorted by id.
+pub fn probe_cluster(targets: Vec<Target>, timeout: Duration) -> Vec<ProbeResult> {
+    let mut results = probe_all(targets, timeout);
+    let named: Vec<Target> = freshest_membership(
+        results
+            .iter()
+            .filter_map(|(_, result)| result.as_ref().ok()),
+    )
+    .map(|membership| {
+        membership
+            .members
+            .iter()
+            .filter(|member| !results.iter().any(|(target, _)| target.id == member.id))
+            .map(|member| Target {
+                id: member.id,
+                client: member.client.clone(),
+                peer: member.peer.clone(),
+            })
+            .collect()
+    })
+    .unwrap_or_default();
+    if !named.is_empty() {
+        results.extend(probe_all(named, timeout));
+    }
+    results.sort_by_key(|(target, _)| target.id);
+    results
+}
+
+/// Probes every member cluster.toml lists and every member the reports
+/// name, and computes lags.
+pub fn collect(config: &ClusterConfig, timeout: Duration) -> Vec<MemberStatus> {
+    let targets: Vec<Target> = config.members.iter().map(Target::of).collect();
+    let results = probe_cluster(targets, timeout);
+    let membership = freshest_membership(
+        results
+            .iter()
+            .filter_map(|(_, result)| result.as_ref().ok()),
+    )
+    .cloned();
+    let member_role = |id: NodeId| {
+        membership.as_ref().map(|membership| {
+            membership
+                .members
+                .iter()
+                .find(|member| member.id == id)
+                .map_or_else(|| "none".to_string(), |member| member.role.clone())
+        })
+    };
     let cluster_commit = results
         .iter()
         .filter_map(|(_, result)| result.as_ref().ok())
@@ -144,6 +319,7 @@ pub fn collect(config: &ClusterConfig, timeout: Duration) -> Vec<MemberStatus> {
                 up: true,
                 error: None,
                 role: Some(report.role),
+                member: member_role(member.id),
                 term: Some(report.term),
                 leader: report.leader,
                 commit_index: Some(report.commit_index),
@@ -157,6 +333,7 @@ pub fn collect(config: &ClusterConfig, timeout: Duration) -> Vec<MemberStatus> {
                 up: false,
                 error: Some(error),
                 role: None,
+                member: member_role(member.id),
                 term: None,
                 leader: None,
                 commit_index: None,
@@ -172,8 +349,8 @@ pub fn collect(config: &ClusterConfig, timeout: Duration) -> Vec<MemberStatus> {
 pub fn render_table(members: &[MemberStatus]) -> String {
     let dash = || "-".to_string();
     let mut out = format!(
-        "{:<4} {:<22} {:<12} {:>6} {:>10} {:>10} {:>6} {:<5}\n",
-        "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "STATE"
+        "{:<4} {:<22} {:<12} {:<8} {:>6} {:>10} {:>10} {:>6} {:<5}\n",
+        "ID", "ADDRESS", "ROLE", "MEMBER", "TERM", "COMMIT", "APPLIED", "LAG", "STATE"
     );
     for member in members {
         let state = match (member.up, member.healthy) {
@@ -182,10 +359,11 @@ pub fn render_table(members: &[MemberStatus]) -> String {
             (true, _) => "up".to_string(),
         };
         out.push_str(&format!(
-            "{:<4} {:<22} {:<12} {:>6} {:>10} {:>10} {:>6} {}",
+            "{:<4} {:<22} {:<12} {:<8} {:>6} {:>10} {:>10} {:>6} {}",
             member.id,
             member.address,
             member.role.clone().unwrap_or_else(dash),
+            member.member.clone().unwrap_or_else(dash),
             member.term.map_or_else(dash, |v| v.to_string()),
             member.commit_index.map_or_else(dash, |v| v.to_string()),
             member.applied_index.map_or_else(dash, |v| v.to_string()),
@@ -277,6 +455,7 @@ mod tests {
             up,
             error: (!up).then(|| "Connection refused".to_string()),
             role: up.then(|| "follower".to_string()),
+            member: Some("voter".to_string()),
             term: up.then_some(3),
             leader: up.then_some(1),
             commit_index: up.then_some(10),

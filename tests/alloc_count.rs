@@ -177,6 +177,7 @@ fn single_member_replica(dir: &std::path::Path) -> (Replica, NodeStorage) {
         raft: raft::Config {
             id: 1,
             members: vec![1],
+            addresses: Default::default(),
             incarnation: recovered.incarnation,
             election_timeout_ticks: (2, 4),
             heartbeat_ticks: 1,

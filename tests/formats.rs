@@ -62,18 +62,18 @@ fn a_snapshot_file_of_another_format_is_refused_by_name() {
     let fsm = raftfs::fsm::Fsm::new();
     let (_, path) = raftfs::snapshot::write_file(dir.path(), &fsm, 7, 2, false).expect("written");
     let mut bytes = std::fs::read(&path).expect("read");
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
     // A newer build would write a valid trailer over its own header.
     let body = bytes.len() - 4;
     let crc = crc32c::crc32c(&bytes[..body]);
     bytes[body..].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(&path, &bytes).expect("write");
     let error = match raftfs::snapshot::load(&path) {
-        Ok(_) => panic!("a format-2 snapshot was read"),
+        Ok(_) => panic!("a format-3 snapshot was read"),
         Err(error) => error.to_string(),
     };
     assert!(
-        error.contains("format 2, this build reads only 1"),
+        error.contains("format 3, this build reads only 1 to 2"),
         "{error}"
     );
 }

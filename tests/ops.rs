@@ -97,7 +97,7 @@ fn metrics_and_health_endpoints() {
     assert!(value("raftfs_apply_latency_seconds_count") >= 1.0);
     assert_eq!(
         value(&format!(
-            "raftfs_build_info{{version=\"{}\",wal_format=\"1\",snapshot_format=\"1\"}}",
+            "raftfs_build_info{{version=\"{}\",wal_format=\"1\",snapshot_format=\"2\"}}",
             env!("CARGO_PKG_VERSION")
         )),
         1.0

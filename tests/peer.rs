@@ -337,12 +337,21 @@ fn a_refused_incarnation_reaches_the_sender_and_no_envelope_is_delivered() {
 
 /// Starts A with a mutated config against a normal B; returns A's refusal.
 fn refusal_for(change: impl FnOnce(&mut PeerConfig, SocketAddr)) -> (NodeId, String, Node) {
+    refusal_with(change, Box::new(|_, _| Ok(())))
+}
+
+/// As `refusal_for`, with B's handshake decision `decide`.
+fn refusal_with(
+    change: impl FnOnce(&mut PeerConfig, SocketAddr),
+    decide: Decide,
+) -> (NodeId, String, Node) {
     let mut configs = mesh(2);
     let (config_b, listener_b) = configs.pop().unwrap();
     let (mut config_a, listener_a) = configs.pop().unwrap();
     change(&mut config_a, config_b.listen);
     let mut a = Node::start(config_a, Some(listener_a));
     let mut b = Node::start(config_b, Some(listener_b));
+    b.decide = decide;
     drive(&mut [&mut a, &mut b], Duration::from_secs(5), |nodes| {
         nodes[0]
             .notices
@@ -375,11 +384,26 @@ fn a_wrong_receiver_id_is_refused() {
     assert!(reason.contains("this is node 2, not node 3"), "{reason}");
 }
 
+/// Membership is the caller's to decide (the configuration in force lives
+/// in the replica; a node waiting to be added is accepted there): the
+/// links pass any sender to it, and its refusal reaches the dialer.
 #[test]
-fn an_unknown_sender_is_refused() {
-    let (by, reason, _) = refusal_for(|config, _| config.my_id = 9);
+fn an_unknown_sender_is_decided_by_the_caller() {
+    let (by, reason, _) = refusal_with(
+        |config, _| config.my_id = 9,
+        Box::new(|from, _| {
+            if from == 9 {
+                Err("node 9 (incarnation 1) was removed from this cluster".to_string())
+            } else {
+                Ok(())
+            }
+        }),
+    );
     assert_eq!(by, 2);
-    assert!(reason.contains("node 9 is not a member"), "{reason}");
+    assert!(
+        reason.contains("node 9 (incarnation 1) was removed"),
+        "{reason}"
+    );
 }
 
 /// A raw client that has completed a valid handshake with node `to`.

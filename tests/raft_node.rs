@@ -5,12 +5,16 @@
 //! are recorded durably on first sight.
 
 use bytes::Bytes;
-use raftfs::raft::{Action, Config, Envelope, Message, Node, NodeId, Restored, Role, StepError};
+use raftfs::raft::{
+    Action, Config, Configuration, Entry, Envelope, HardState, Message, Node, NodeId, Restored,
+    Role, StepError,
+};
 
 fn config(id: NodeId, members: &[NodeId]) -> Config {
     Config {
         id,
         members: members.to_vec(),
+        addresses: Default::default(),
         incarnation: 1000 + id,
         election_timeout_ticks: (10, 20),
         heartbeat_ticks: 3,
@@ -39,8 +43,9 @@ fn envelope(from: NodeId, to: NodeId, term: u64, message: Message) -> Envelope {
     }
 }
 
-/// Node 1 of {1, 2, 3} elected in term 1 by node 2's vote; returns it with
-/// its no-op (index 1) not yet persisted.
+/// Node 1 of {1, 2, 3} elected in term 1 (a first election, from empty
+/// logs, needs every voter: nodes 2 and 3 grant); returns it with its
+/// first entry (index 1, the bootstrap configuration) not yet persisted.
 fn leader_of_three() -> Node {
     let mut node = Node::new(config(1, &[1, 2, 3]), Restored::default());
     while node.role() != Role::Candidate {
@@ -48,6 +53,13 @@ fn leader_of_three() -> Node {
     }
     drain(&mut node);
     let vote = envelope(2, 1, 1, Message::RequestVoteResponse { granted: true });
+    assert_eq!(node.step(vote), Ok(()));
+    assert_eq!(
+        node.role(),
+        Role::Candidate,
+        "an empty log wins only with every voter"
+    );
+    let vote = envelope(3, 1, 1, Message::RequestVoteResponse { granted: true });
     assert_eq!(node.step(vote), Ok(()));
     assert_eq!(node.role(), Role::Leader);
     drain(&mut node);
@@ -66,15 +78,25 @@ fn ack(node: &mut Node, from: NodeId, match_index: u64) {
 
 #[test]
 fn refused_envelopes_change_nothing() {
-    let mut node = Node::new(config(1, &[1, 2, 3]), Restored::default());
+    // A node holding a log (one with an empty log lets a member's new data
+    // dir replace the recorded one: `empty_log_follows_a_replaced_member`).
+    let restored = Restored {
+        hard_state: HardState {
+            term: 1,
+            ..HardState::default()
+        },
+        entries: vec![Entry {
+            index: 1,
+            term: 1,
+            data: Bytes::new(),
+        }],
+        ..Restored::default()
+    };
+    let mut node = Node::new(config(1, &[1, 2, 3]), restored);
     let heartbeat = Message::Heartbeat {
         leader_commit: 0,
         read_round: 1,
     };
-    assert_eq!(
-        node.step(envelope(9, 1, 5, heartbeat.clone())),
-        Err(StepError::NotForUs)
-    );
     assert_eq!(
         node.step(envelope(2, 3, 5, heartbeat.clone())),
         Err(StepError::NotForUs)
@@ -102,9 +124,70 @@ fn refused_envelopes_change_nothing() {
             got: 7
         })
     );
-    assert_eq!(node.term(), 0, "a refused message must not change the term");
+    assert_eq!(node.term(), 1, "a refused message must not change the term");
     assert_eq!(node.leader_id(), None);
     assert!(drain(&mut node).is_empty());
+}
+
+/// Node 1 restarted with a log whose one entry (index 1, term 1) is the
+/// configuration {1, 2, 3} binding voter `id` to data dir `bindings(id)`.
+fn node_with_bound_voters(bindings: impl Fn(NodeId) -> u64) -> Node {
+    let configuration = Configuration::bootstrap(&[1, 2, 3], &Default::default())
+        .binding_voters(|id| Some(bindings(id)));
+    let restored = Restored {
+        hard_state: HardState {
+            term: 1,
+            ..HardState::default()
+        },
+        entries: vec![Entry {
+            index: 1,
+            term: 1,
+            data: configuration.encode(),
+        }],
+        ..Restored::default()
+    };
+    Node::new(config(1, &[1, 2, 3]), restored)
+}
+
+#[test]
+fn a_voter_counts_only_as_its_data_dir() {
+    // Node 1's log binds voter 1 to another data dir (its predecessor's):
+    // this one never campaigns (sim seed 72: a replaced node holding an old
+    // configuration elected itself with another new data dir's vote).
+    let mut ghost = node_with_bound_voters(|id| if id == 1 { 9001 } else { 1000 + id });
+    assert!(!ghost.is_voter());
+    for _ in 0..100 {
+        ghost.tick();
+    }
+    assert_eq!(ghost.role(), Role::Follower);
+    assert_eq!(ghost.term(), 1);
+
+    // Bound to this data dir, it campaigns, and a vote from a data dir
+    // other than the one voter 2 is bound to does not count.
+    let mut node = node_with_bound_voters(|id| 1000 + id);
+    assert!(node.is_voter());
+    while node.role() != Role::Candidate {
+        node.tick();
+    }
+    let term = node.term();
+    let mut stranger = envelope(2, 1, term, Message::RequestVoteResponse { granted: true });
+    stranger.incarnation = 2002;
+    assert_eq!(node.step(stranger), Ok(()));
+    assert_eq!(node.role(), Role::Candidate, "a stranger's vote counted");
+    let vote = envelope(3, 1, term, Message::RequestVoteResponse { granted: true });
+    assert_eq!(node.step(vote), Ok(()));
+    assert_eq!(node.role(), Role::Leader);
+}
+
+#[test]
+fn empty_log_follows_a_replaced_member() {
+    // A node waiting to be added (empty log) that recorded node 2's data
+    // dir follows node 2's new one: nothing in its log can be corrupted.
+    let mut node = Node::new(config(1, &[1, 2, 3]), Restored::default());
+    assert_eq!(node.observe_incarnation(2, 1002), Ok(()));
+    drain(&mut node);
+    assert_eq!(node.observe_incarnation(2, 2002), Ok(()));
+    assert_eq!(node.hard_state().incarnations.get(&2), Some(&2002));
 }
 
 #[test]
@@ -188,6 +271,7 @@ fn restart_applies_again_from_the_start() {
             hard_state,
             entries,
             snapshot: None,
+            snapshot_configuration: None,
         },
     );
     assert_eq!(
@@ -241,4 +325,90 @@ fn malformed_append_is_dropped_without_panic() {
         .filter(|a| matches!(a, Action::Send(_)))
         .count();
     assert_eq!(sends, 0);
+}
+
+/// Thesis §4.1: a server answers whoever asks (a member it does not know of
+/// yet, e.g. while its own configuration lags); quorums are what count only
+/// members. A non-member's incarnation is not recorded.
+#[test]
+fn non_members_are_heard_but_not_recorded() {
+    let mut node = Node::new(config(1, &[1, 2, 3]), Restored::default());
+    assert_eq!(node.observe_incarnation(9, 99), Ok(()));
+    assert!(drain(&mut node).is_empty(), "nothing to persist");
+    let heartbeat = Message::Heartbeat {
+        leader_commit: 0,
+        read_round: 1,
+    };
+    assert_eq!(node.step(envelope(9, 1, 5, heartbeat)), Ok(()));
+    assert_eq!((node.term(), node.leader_id()), (5, Some(9)));
+    assert!(!node.hard_state().incarnations.contains_key(&9));
+}
+
+/// A configuration that removed node 3's data dir (incarnation 1003) refuses
+/// that data dir for good, forgets its incarnation once committed, and lets
+/// the id come back with a new data dir, recorded on first sight.
+#[test]
+fn a_removed_data_dir_is_refused_and_its_id_may_return() {
+    use raftfs::raft::{Change, Configuration, Entry, HardState, MemberAddresses};
+    let three = Configuration::bootstrap(&[1, 2, 3], &Default::default());
+    let without = three
+        .apply_change(&Change::Remove { id: 3 }, Some(1003))
+        .expect("remove 3");
+    let back = without
+        .apply_change(
+            &Change::AddLearner {
+                id: 3,
+                addresses: MemberAddresses {
+                    peer: "n3:9".into(),
+                    client: "n3:8".into(),
+                    metrics: String::new(),
+                },
+            },
+            None,
+        )
+        .expect("add 3 back");
+    let entry = |index, data: Bytes| Entry {
+        term: 1,
+        index,
+        data,
+    };
+    let mut node = Node::new(
+        config(1, &[1, 2, 3]),
+        Restored {
+            hard_state: HardState {
+                term: 1,
+                vote: None,
+                incarnations: [(2, 1002), (3, 1003)].into(),
+            },
+            entries: vec![
+                entry(1, three.encode()),
+                entry(2, without.encode()),
+                entry(3, back.encode()),
+            ],
+            snapshot: None,
+            snapshot_configuration: None,
+        },
+    );
+    assert_eq!(node.configuration(), &back);
+    // Committing the removal forgets the old incarnation (durably), and
+    // refuses it from then on.
+    let heartbeat = Message::Heartbeat {
+        leader_commit: 3,
+        read_round: 1,
+    };
+    assert_eq!(node.step(envelope(2, 1, 1, heartbeat)), Ok(()));
+    let forgot = drain(&mut node).into_iter().any(|action| {
+        matches!(action, Action::PersistHardState(hs) if !hs.incarnations.contains_key(&3))
+    });
+    assert!(forgot, "the removed incarnation is forgotten");
+    assert_eq!(
+        node.observe_incarnation(3, 1003),
+        Err(StepError::Removed {
+            from: 3,
+            incarnation: 1003
+        })
+    );
+    assert_eq!(node.observe_incarnation(3, 2003), Ok(()));
+    assert_eq!(node.hard_state().incarnations.get(&3), Some(&2003));
+    assert!(node.observe_incarnation(3, 1003).is_err());
 }

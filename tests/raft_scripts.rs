@@ -9,7 +9,10 @@
 //! rewrites the files; review the diff before committing it.
 //!
 //! Commands (ids are node ids, 1-based):
-//! - `cluster N [prevote=false] [checkquorum=false] [inflight=K] [bytes=B]`
+//! - `cluster N [prevote=false] [checkquorum=false] [inflight=K] [bytes=B]
+//!   [spares=K]` — N voters; K more nodes (N+1..) start with an empty log
+//!   and cluster.toml's members plus themselves, as a node waiting to be
+//!   added does
 //! - `tick IDS|all [xN]` — tick the nodes N times (default 1)
 //! - `run N` — N rounds of: tick every running node, deliver until quiet
 //! - `campaign ID` — tick ID until it sends PreVote or RequestVote
@@ -18,6 +21,9 @@
 //! - `queue` — list queued messages
 //! - `partition 1 | 2 3` / `heal` — cut / restore links between groups
 //! - `propose ID "data"`, `read ID READ_ID...`, `transfer ID [TARGET]`
+//! - `add ID NEW`, `promote ID TARGET`, `remove ID TARGET` — node ID (the
+//!   leader) proposes a membership change; `config IDS|all` — each node's
+//!   configuration in force, its index and whether it is committed
 //! - `drop all` — lose every queued message
 //! - `crash IDS`, `restart IDS`, `wipe ID` (crash + lose the disk + a new
 //!   incarnation)
@@ -28,11 +34,14 @@
 //! After every command the runner checks election safety (one leader per
 //! term) and state machine safety (applied sequences are prefixes of each
 //! other), so a golden file cannot silently record a safety violation.
+//! A snapshot records the configuration in force at its index (the last
+//! configuration entry among the entries it holds).
 
 use bytes::Bytes;
+use raftfs::raft::membership::is_configuration_entry;
 use raftfs::raft::{
-    Action, Config, Entry, Envelope, HardState, Installed, Message, Node, NodeId, Restored, Role,
-    SnapshotMeta, Term,
+    Action, Change, Config, Configuration, Entry, Envelope, HardState, Installed, MemberAddresses,
+    Message, Node, NodeId, Restored, Role, SnapshotMeta, Term,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -55,6 +64,24 @@ fn decode_snapshot(bytes: &[u8]) -> Vec<Entry> {
     bincode::deserialize(bytes).expect("snapshot bytes decode")
 }
 
+/// The configuration a snapshot of these applied entries records.
+fn snapshot_configuration(entries: &[Entry]) -> Option<Configuration> {
+    entries
+        .iter()
+        .rev()
+        .find(|entry| is_configuration_entry(&entry.data))
+        .map(|entry| Configuration::decode(&entry.data).expect("a configuration entry decodes"))
+}
+
+/// The addresses the harness gives node `id` (only carried, never dialed).
+fn addresses_of(id: NodeId) -> MemberAddresses {
+    MemberAddresses {
+        peer: format!("n{id}:9"),
+        client: format!("n{id}:8"),
+        metrics: String::new(),
+    }
+}
+
 struct Harness {
     configs: BTreeMap<NodeId, Config>,
     nodes: BTreeMap<NodeId, Option<Node>>,
@@ -73,6 +100,11 @@ struct Harness {
 fn format_entry(entry: &Entry) -> String {
     if entry.data.is_empty() {
         format!("{}@{} noop", entry.index, entry.term)
+    } else if is_configuration_entry(&entry.data) {
+        match Configuration::decode(&entry.data) {
+            Ok(configuration) => format!("{}@{} config {configuration}", entry.index, entry.term),
+            Err(reason) => format!("{}@{} bad config ({reason})", entry.index, entry.term),
+        }
     } else {
         format!(
             "{}@{} {:?}",
@@ -243,10 +275,23 @@ impl Harness {
             .and_then(|n| n.parse().ok())
             .expect("cluster N");
         let members: Vec<NodeId> = (1..=size).collect();
-        for id in &members {
+        let spares: u64 = args[1..]
+            .iter()
+            .find_map(|option| option.strip_prefix("spares="))
+            .map_or(0, |count| count.parse().expect("spares=K"));
+        for id in 1..=size + spares {
+            let id = &id;
+            let mut bootstrap = members.clone();
+            if *id > size {
+                bootstrap.push(*id);
+            }
             let mut config = Config {
                 id: *id,
-                members: members.clone(),
+                members: bootstrap.clone(),
+                addresses: bootstrap
+                    .iter()
+                    .map(|id| (*id, addresses_of(*id)))
+                    .collect(),
                 incarnation: 1000 * id,
                 election_timeout_ticks: (10, 20),
                 heartbeat_ticks: 3,
@@ -264,6 +309,7 @@ impl Harness {
                     "checkquorum" => config.check_quorum = value == "true",
                     "inflight" => config.inflight_appends_max = value.parse().expect("inflight"),
                     "bytes" => config.append_bytes_max = value.parse().expect("bytes"),
+                    "spares" => {}
                     _ => panic!("unknown cluster option {key}"),
                 }
             }
@@ -390,7 +436,11 @@ impl Harness {
             return format!("stored snapshot {} bytes ..{held}", snapshot.index);
         }
         let bytes = self.receiving.remove(&id).unwrap_or_default();
-        match self.node(id).install_snapshot(from, snapshot) {
+        let configuration = snapshot_configuration(&decode_snapshot(&bytes));
+        match self
+            .node(id)
+            .install_snapshot(from, snapshot, configuration)
+        {
             Installed::Stale => format!("snapshot {} is stale", snapshot.index),
             Installed::Installed { log_kept } => {
                 let applied = decode_snapshot(&bytes);
@@ -474,9 +524,12 @@ impl Harness {
         let disk = self.disks.get(&id).cloned().unwrap_or_default();
         let config = self.configs[&id].clone();
         self.receiving.remove(&id);
+        let mut snapshot_config = None;
         match &disk.snapshot {
             Some((_, bytes)) => {
-                self.applied.insert(id, decode_snapshot(bytes));
+                let applied = decode_snapshot(bytes);
+                snapshot_config = snapshot_configuration(&applied);
+                self.applied.insert(id, applied);
             }
             None => {
                 self.applied.remove(&id);
@@ -490,6 +543,7 @@ impl Harness {
                     hard_state: disk.hard_state,
                     entries: disk.entries,
                     snapshot: disk.snapshot.map(|(meta, _)| meta),
+                    snapshot_configuration: snapshot_config,
                 },
             )),
         );
@@ -650,6 +704,54 @@ impl Harness {
                     self.line(format!("n{id}: read {read} -> {result:?}"));
                 }
                 self.process(id, "");
+            }
+            "add" | "promote" | "remove" => {
+                let id = parse_id(&args[0]);
+                let target = parse_id(&args[1]);
+                let change = match words[0].as_str() {
+                    "add" => Change::AddLearner {
+                        id: target,
+                        addresses: addresses_of(target),
+                    },
+                    "promote" => Change::Promote { id: target },
+                    _ => Change::Remove { id: target },
+                };
+                let result = self.node(id).propose_membership_change(change);
+                let shown = match result {
+                    Ok(index) => format!("Ok({index})"),
+                    Err(error) => format!("Err({error})"),
+                };
+                self.line(format!("n{id}: {} {target} -> {shown}", words[0]));
+                self.process(id, "");
+            }
+            "config" => {
+                let ids: Vec<NodeId> = if args.first().map(String::as_str) == Some("all") {
+                    self.nodes.keys().copied().collect()
+                } else {
+                    args.iter().map(|id| parse_id(id)).collect()
+                };
+                for id in ids {
+                    let line = match self.nodes.get(&id) {
+                        Some(Some(node)) => {
+                            let index = node.configuration_index();
+                            let committed = if index <= node.commit_index() {
+                                "committed"
+                            } else {
+                                "pending"
+                            };
+                            let removed = node
+                                .removed_at()
+                                .map_or(String::new(), |at| format!(" removed_at={at}"));
+                            format!(
+                                "n{id} config {} at {index} ({committed}) voter={}{removed}",
+                                node.configuration(),
+                                node.is_voter()
+                            )
+                        }
+                        _ => format!("n{id} down"),
+                    };
+                    self.line(line);
+                }
             }
             "transfer" => {
                 let id = parse_id(&args[0]);

@@ -64,6 +64,7 @@ impl Mini {
                     raft: raft::Config {
                         id,
                         members: members.clone(),
+                        addresses: Default::default(),
                         incarnation: 0x1_0000 + id,
                         election_timeout_ticks: (10, 20),
                         heartbeat_ticks: 2,

@@ -32,6 +32,7 @@ impl Cluster {
                 let config = Config {
                     id: *id,
                     members: members.clone(),
+                    addresses: Default::default(),
                     incarnation: 100 + id,
                     election_timeout_ticks: (10, 20),
                     heartbeat_ticks: 3,

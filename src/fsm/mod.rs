@@ -26,6 +26,11 @@
 //! before the first command runs), and `apply` returns the error: the node must
 //! stop rather than diverge from replicas that might have applied it.
 //!
+//! Raft configuration entries (`raft::membership`) are not commands: apply
+//! keeps the last one's bytes as they are (`membership`), so a snapshot of
+//! the map records the configuration in force at its index, and touches
+//! nothing else.
+//!
 //! Submodules: `command` (the batch codec inside log entries), `files` (the
 //! slab arena, name index, version counter and expiry queue), `snapshot` (the
 //! whole state as bytes, for log compaction and InstallSnapshot).
@@ -80,6 +85,9 @@ pub struct Fsm {
     files: Files,
     /// The largest stamp applied so far.
     cluster_time_ms: u64,
+    /// The data of the last configuration entry applied (empty: none), so
+    /// snapshots carry the configuration in force; opaque here.
+    membership: Bytes,
 }
 
 /// The deadline of a file written at `now_ms` with `exptime_s`; `None` = never.
@@ -104,6 +112,10 @@ impl Fsm {
         if data.is_empty() {
             return Ok(());
         }
+        if crate::raft::membership::is_configuration_entry(data) {
+            self.set_membership(data.clone());
+            return Ok(());
+        }
         let batch = decode_batch_ref(data)?;
         let now_ms = self.begin_batch(batch.stamp_ms);
         outcomes.reserve(batch.commands.len());
@@ -124,6 +136,16 @@ impl Fsm {
         self.cluster_time_ms = self.cluster_time_ms.max(stamp_ms);
         self.files.expire_through(self.cluster_time_ms);
         self.cluster_time_ms
+    }
+
+    /// A configuration entry was applied: keep its data (see the module doc).
+    pub fn set_membership(&mut self, data: Bytes) {
+        self.membership = data;
+    }
+
+    /// The data of the last configuration entry applied (empty: none).
+    pub fn membership(&self) -> &Bytes {
+        &self.membership
     }
 
     /// Apply one command of the batch begun at `now_ms` (see `begin_batch`).

@@ -5,9 +5,15 @@
 //! Format, little-endian (the same name and content encodings as a batch):
 //!
 //! ```text
-//! snapshot := format:u8 (= 1)  version_counter:u64  cluster_time_ms:u64  count:u64  file{count}
+//! snapshot := format:u8 (= 2)  version_counter:u64  cluster_time_ms:u64
+//!             membership:(len:u32 bytes)  count:u64  file{count}
 //! file     := name:(len:u8 bytes)  version:u64  deadline_ms:u64 (0 = never)  content:(len:u32 bytes)
 //! ```
+//!
+//! `membership` is the last Raft configuration entry applied (empty: none;
+//! `raft::membership`), so a snapshot says which members were in force at
+//! its index. Format 1 (written before membership change existed) has no
+//! `membership` field and still loads, with none.
 //!
 //! Streaming: `write_snapshot` encodes file by file into any `Write` and
 //! `read_snapshot` decodes file by file from any `Read`, so a snapshot file
@@ -36,9 +42,14 @@ use super::files::File;
 use super::{DecodeError, Fsm};
 use crate::limits::{FILE_BYTES_MAX_CEILING, NAME_BYTES_MAX};
 
-/// The format byte that opens every snapshot.
-pub const SNAPSHOT_FORMAT: u8 = 1;
-const SNAPSHOT_HEADER_BYTES: usize = 1 + 8 + 8 + 8;
+/// The format byte that opens every snapshot written.
+pub const SNAPSHOT_FORMAT: u8 = 2;
+/// The format before membership change (read, never written).
+const SNAPSHOT_FORMAT_WITHOUT_MEMBERSHIP: u8 = 1;
+/// Format, version counter, cluster time, membership length, file count.
+const SNAPSHOT_HEADER_BYTES: usize = 1 + 8 + 8 + 4 + 8;
+/// Most bytes a snapshot's membership field may hold.
+const MEMBERSHIP_BYTES_MAX: usize = 64 << 10;
 /// The smallest encoded file: a one-byte name and empty content.
 const FILE_BYTES_MIN: u64 = 1 + 1 + 8 + 8 + 4;
 
@@ -59,18 +70,23 @@ impl Fsm {
 
     /// The length of `snapshot()` in bytes, without encoding it.
     pub fn snapshot_len(&self) -> u64 {
-        SNAPSHOT_HEADER_BYTES as u64 + self.files.iter().map(encoded_file_len).sum::<u64>()
+        SNAPSHOT_HEADER_BYTES as u64
+            + self.membership.len() as u64
+            + self.files.iter().map(encoded_file_len).sum::<u64>()
     }
 
     /// Encodes the whole state into `out`, file by file: exactly
     /// `snapshot_len()` bytes, the same as `snapshot()`.
     pub fn write_snapshot<W: Write>(&self, out: &mut W) -> io::Result<()> {
-        let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
+        let mut header = [0u8; 1 + 8 + 8 + 4];
         header[0] = SNAPSHOT_FORMAT;
         header[1..9].copy_from_slice(&self.files.version_counter().to_le_bytes());
         header[9..17].copy_from_slice(&self.cluster_time_ms.to_le_bytes());
-        header[17..25].copy_from_slice(&(self.files.len() as u64).to_le_bytes());
+        // Configuration entries are small (bounded by the member limits).
+        header[17..21].copy_from_slice(&(self.membership.len() as u32).to_le_bytes());
         out.write_all(&header)?;
+        out.write_all(&self.membership)?;
+        out.write_all(&(self.files.len() as u64).to_le_bytes())?;
         for file in self.files.iter() {
             // Names and contents in the map came through the codec's bounds,
             // so these casts cannot truncate.
@@ -107,11 +123,23 @@ impl Fsm {
             remaining: payload_bytes,
         };
         let format = reader.u8()?;
-        if format != SNAPSHOT_FORMAT {
+        if format != SNAPSHOT_FORMAT && format != SNAPSHOT_FORMAT_WITHOUT_MEMBERSHIP {
             return Err(DecodeError::UnknownFormat(format));
         }
         let version_counter = reader.u64()?;
         let cluster_time_ms = reader.u64()?;
+        let mut membership = Vec::new();
+        if format == SNAPSHOT_FORMAT {
+            let len = reader.u32()? as usize;
+            if len > MEMBERSHIP_BYTES_MAX {
+                return Err(DecodeError::ContentTooLong(len));
+            }
+            if len as u64 > reader.remaining {
+                return Err(DecodeError::Truncated);
+            }
+            membership.resize(len, 0);
+            reader.fill(&mut membership)?;
+        }
         let count = reader.u64()?;
         if count > reader.remaining / FILE_BYTES_MIN {
             return Err(DecodeError::Truncated);
@@ -119,6 +147,7 @@ impl Fsm {
         let mut fsm = Fsm::new();
         fsm.files.set_version_counter(version_counter);
         fsm.cluster_time_ms = cluster_time_ms;
+        fsm.membership = Bytes::from(membership);
         let mut name = [0u8; NAME_BYTES_MAX];
         let mut content = Vec::new();
         for _ in 0..count {

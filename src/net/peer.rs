@@ -31,8 +31,13 @@
 //! turn's read budget, inbound connections by `PEER_INBOUND_CONNECTIONS_MAX`.
 //! A dead or slow peer therefore never stalls the loop or grows memory.
 //!
+//! Membership change: `set_members` follows the configuration in force
+//! (new members are dialed, departed ones' links shut); a link keeps its
+//! token slot for its whole life, so tokens never move under mio. Which
+//! senders to accept is the caller's decision (`accept_incarnation`).
+//!
 //! Leaves out: encryption and authentication beyond the handshake checks
-//! (peers run on a trusted network), and membership change.
+//! (peers run on a trusted network).
 
 mod inbound;
 mod link;
@@ -160,14 +165,17 @@ pub struct PeerStats {
 pub struct Peers {
     my_id: NodeId,
     cluster_id: u64,
+    queue_bytes_max: usize,
+    write_stall_timeout: Duration,
     token_base: usize,
     members: BTreeMap<NodeId, SocketAddr>,
     hello: wire::Hello,
     listener: TcpListener,
     /// The listener stopped at the per-call accept budget.
     listener_pending: bool,
-    /// Sorted by peer id; link `i` has token `token_base + 1 + i`.
-    links: Vec<Link>,
+    /// `PEER_LINKS_MAX` slots; the link in slot `i` has token
+    /// `token_base + 1 + i` (see `set_members`).
+    links: Vec<Option<Link>>,
     /// Key `k` has token `token_base + 1 + PEER_LINKS_MAX + k`.
     inbound: Slab<Inbound>,
     /// Frames are encoded here and split off, sharing its allocation.
@@ -243,27 +251,25 @@ impl Peers {
         }
         registry.register(&mut listener, Token(token_base), Interest::READABLE)?;
         let now = Instant::now();
-        let links = config
-            .members
-            .iter()
-            .enumerate()
-            .map(|(index, (peer, address))| {
-                Link::new(
-                    *peer,
-                    *address,
-                    Token(token_base + 1 + index),
-                    config.queue_bytes_max,
-                    Duration::from_millis(config.write_stall_timeout_ms),
-                    now,
-                )
-            })
-            .collect();
+        let mut links: Vec<Option<Link>> = (0..limits::PEER_LINKS_MAX).map(|_| None).collect();
+        for (slot, (peer, address)) in config.members.iter().enumerate() {
+            links[slot] = Some(Link::new(
+                *peer,
+                *address,
+                Token(token_base + 1 + slot),
+                config.queue_bytes_max,
+                Duration::from_millis(config.write_stall_timeout_ms),
+                now,
+            ));
+        }
         let clock_seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_nanos() as u64);
         let mut peers = Peers {
             my_id: config.my_id,
             cluster_id: config.cluster_id,
+            queue_bytes_max: config.queue_bytes_max,
+            write_stall_timeout: Duration::from_millis(config.write_stall_timeout_ms),
             token_base,
             hello: wire::Hello {
                 cluster_id: config.cluster_id,
@@ -318,7 +324,7 @@ impl Peers {
         if offset == 0 {
             self.accept_connections(registry, now);
         } else if offset <= limits::PEER_LINKS_MAX {
-            if let Some(link) = self.links.get_mut(offset - 1) {
+            if let Some(Some(link)) = self.links.get_mut(offset - 1) {
                 link.on_ready(&mut LinkContext {
                     registry,
                     now,
@@ -376,15 +382,16 @@ impl Peers {
     /// share it with the log (`wire::encode_envelope`). Dropped (and
     /// counted) when the link is down or the receiver unknown.
     pub fn send(&mut self, envelope: &Envelope) {
-        let Ok(index) = self
+        let Some(link) = self
             .links
-            .binary_search_by_key(&envelope.to, |link| link.peer)
+            .iter_mut()
+            .flatten()
+            .find(|link| link.peer == envelope.to)
         else {
             log::debug!("no peer link to node {}; envelope dropped", envelope.to);
             self.stats.envelopes_unsendable += 1;
             return;
         };
-        let link = &mut self.links[index];
         if link.state() == LinkState::Down {
             link.frames_dropped_down += 1;
             return;
@@ -407,7 +414,7 @@ impl Peers {
     /// Writes queued frames on every connected link (vectored writes, until
     /// the queue is empty or the socket is full). Call once per turn.
     pub fn flush(&mut self, registry: &Registry, now: Instant, out: &mut Vec<PeerEvent>) {
-        for link in &mut self.links {
+        for link in self.links.iter_mut().flatten() {
             link.flush(&mut LinkContext {
                 registry,
                 now,
@@ -421,7 +428,7 @@ impl Peers {
     /// Reconnects links whose backoff expired and closes connections whose
     /// handshake ran past `PEER_HANDSHAKE_TIMEOUT_MS`. Call every tick.
     pub fn tick(&mut self, registry: &Registry, now: Instant, out: &mut Vec<PeerEvent>) {
-        for link in &mut self.links {
+        for link in self.links.iter_mut().flatten() {
             link.tick(&mut LinkContext {
                 registry,
                 now,
@@ -445,9 +452,55 @@ impl Peers {
         }
     }
 
+    /// Follows the configuration in force: `members` (this node excluded)
+    /// is everyone to send to. A member without a link gets one in a free
+    /// slot and is dialed at the next `tick`; a link whose member left, or
+    /// whose address changed, is shut (and the member redialed at its new
+    /// address). More members than `PEER_LINKS_MAX` are not dialed (logged;
+    /// the configuration's own limit keeps this from happening).
+    pub fn set_members(&mut self, registry: &Registry, members: BTreeMap<NodeId, SocketAddr>) {
+        let now = Instant::now();
+        for slot in &mut self.links {
+            let keep = slot
+                .as_ref()
+                .is_some_and(|link| members.get(&link.peer) == Some(&link.address));
+            if !keep {
+                if let Some(mut link) = slot.take() {
+                    log::info!(
+                        "peer link to node {} at {} closed: not a member any more",
+                        link.peer,
+                        link.address
+                    );
+                    link.shut(registry);
+                }
+            }
+        }
+        for (peer, address) in &members {
+            if *peer == self.my_id || self.links.iter().flatten().any(|l| l.peer == *peer) {
+                continue;
+            }
+            let Some(slot) = self.links.iter().position(Option::is_none) else {
+                log::error!("no peer link slot left for node {peer} at {address}");
+                continue;
+            };
+            log::info!("peer link to node {peer} at {address} opened: a new member");
+            self.links[slot] = Some(Link::new(
+                *peer,
+                *address,
+                Token(self.token_base + 1 + slot),
+                self.queue_bytes_max,
+                self.write_stall_timeout,
+                now,
+            ));
+        }
+        self.members = members;
+    }
+
     pub fn link_states(&self) -> Vec<LinkStatus> {
-        self.links
-            .iter()
+        let mut links: Vec<&Link> = self.links.iter().flatten().collect();
+        links.sort_by_key(|link| link.peer);
+        links
+            .into_iter()
             .map(|link| LinkStatus {
                 peer: link.peer,
                 address: link.address,
@@ -497,6 +550,37 @@ impl Peers {
             if verdict == Verdict::Close {
                 self.close_inbound(registry, key);
             }
+        }
+    }
+
+    /// The membership requests waiting probes carry: (connection key, the
+    /// request's bytes). Each is answered with `answer_member_request`.
+    pub fn member_requests(&self) -> Vec<(usize, Bytes)> {
+        self.inbound
+            .iter()
+            .filter_map(|(key, connection)| connection.member_request().map(|r| (key, r.clone())))
+            .collect()
+    }
+
+    /// Answers the membership request of connection `key` with `answer`
+    /// (one frame) and closes it once written.
+    pub fn answer_member_request(&mut self, registry: &Registry, key: usize, answer: &[u8]) {
+        let frame = match wire::encode_raw_frame(answer) {
+            Ok(frame) => frame,
+            Err(error) => {
+                log::error!("membership answer not sent: {error}");
+                self.close_inbound(registry, key);
+                return;
+            }
+        };
+        let verdict = match self.inbound.get_mut(key) {
+            Some(connection) if connection.member_request().is_some() => {
+                connection.answer_status(frame)
+            }
+            _ => return,
+        };
+        if verdict == Verdict::Close {
+            self.close_inbound(registry, key);
         }
     }
 
@@ -566,7 +650,6 @@ impl Peers {
         let verdict = connection.on_ready(&mut InboundContext {
             my_id: self.my_id,
             cluster_id: self.cluster_id,
-            members: &self.members,
             accept_incarnation,
             out,
             stats: &mut self.stats,

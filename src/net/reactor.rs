@@ -147,9 +147,17 @@ pub struct Reactor {
     member_log: MemberLog,
     /// When the last client command was read (a stopping node waits for quiet).
     last_command_at: Instant,
+    /// Removed from the cluster: why (the exit line). The node then stops
+    /// as a stopping one does, answering what it holds first.
+    leaving: Option<String>,
     checksum_flag: Arc<AtomicBool>,
     /// Where a checksum request writes; `None` = requests are ignored.
     checksum_path: Option<PathBuf>,
+    /// The replica's configuration version the peer links follow.
+    configuration_version_followed: u64,
+    /// cluster.toml's peer addresses (for members the configuration in
+    /// force names without one).
+    file_peer_addresses: std::collections::BTreeMap<NodeId, std::net::SocketAddr>,
 }
 
 /// Encoded once: the answers the reactor gives without the replica.
@@ -217,6 +225,7 @@ impl Reactor {
             touched: Vec::new(),
             stop_grace,
             last_command_at: Instant::now(),
+            leaving: None,
             static_replies: StaticReplies {
                 command_error: buffer.freeze(),
             },
@@ -227,6 +236,8 @@ impl Reactor {
             member_log,
             checksum_flag: Arc::new(AtomicBool::new(false)),
             checksum_path: None,
+            configuration_version_followed: u64::MAX,
+            file_peer_addresses: std::collections::BTreeMap::new(),
         })
     }
 
@@ -254,6 +265,15 @@ impl Reactor {
     /// Where checksum requests write (the node's data dir).
     pub fn set_checksum_path(&mut self, path: PathBuf) {
         self.checksum_path = Some(path);
+    }
+
+    /// cluster.toml's peer addresses, used where the configuration in
+    /// force names none for a member.
+    pub fn set_file_peer_addresses(
+        &mut self,
+        addresses: std::collections::BTreeMap<NodeId, std::net::SocketAddr>,
+    ) {
+        self.file_peer_addresses = addresses;
     }
 
     /// Writes the checksum line if one was requested; a failure is logged
@@ -386,7 +406,22 @@ impl Reactor {
                 }
             }
             self.replica.end_turn(replica_now, &mut self.storage)?;
+            self.follow_configuration();
             self.deliver(now)?;
+            if self.leaving.is_none() {
+                self.leaving = self.replica.removed();
+            }
+            if self.leaving.is_some() && stop_deadline.is_none() {
+                // Removed: answer every command held (`Replica::leave`),
+                // redirect new ones meanwhile, and stop as a stopping node
+                // does once quiet, so no client is left without an answer.
+                log::info!(
+                    "removed from the cluster: answering what this node holds, then stopping"
+                );
+                stop_deadline = Some(now + self.stop_grace);
+                self.replica.leave();
+                self.deliver(now)?;
+            }
             self.refresh_status();
             self.log_transitions();
             self.member_log.log_changes(now);
@@ -403,10 +438,43 @@ impl Reactor {
                         >= STOP_QUIET.as_micros() as u64;
                 if (!leading && !self.replica.has_waiting() && quiet) || now >= deadline {
                     self.flush_all_connections();
-                    return Ok(());
+                    return match self.leaving.take() {
+                        Some(reason) => Err(Error::Removed(reason)),
+                        None => Ok(()),
+                    };
                 }
             }
         }
+    }
+
+    /// The configuration in force changed: dial its new members (and the
+    /// retiring ones a leader still tells of their removal), shut the
+    /// links of the others. Members whose entry names no usable peer
+    /// address keep cluster.toml's.
+    fn follow_configuration(&mut self) {
+        let version = self.replica.configuration_version();
+        if version == self.configuration_version_followed {
+            return;
+        }
+        self.configuration_version_followed = version;
+        let mut members = std::collections::BTreeMap::new();
+        for (id, addresses) in self.replica.peer_addresses() {
+            match addresses.peer.parse::<std::net::SocketAddr>() {
+                Ok(address) => {
+                    members.insert(id, address);
+                }
+                Err(_) => match self.file_peer_addresses.get(&id) {
+                    Some(address) => {
+                        members.insert(id, *address);
+                    }
+                    None => log::warn!(
+                        "node {id}'s peer address {:?} is not IP:PORT; it cannot be dialed",
+                        addresses.peer
+                    ),
+                },
+            }
+        }
+        self.peers.set_members(self.poll.registry(), members);
     }
 
     fn handle_peer_event(&mut self, event: &mio::event::Event, now: Instant) -> Result<()> {
@@ -439,9 +507,16 @@ impl Reactor {
             match peer_event {
                 PeerEvent::Message(envelope) => self.replica.step(envelope),
                 PeerEvent::Refused { by, reason } => {
-                    return Err(Error::Refused(format!(
-                        "node {by} refused this node: {reason}"
-                    )));
+                    if let Err(line) = self.replica.peer_refused(by, &reason) {
+                        if !reason.contains(crate::replica::REMOVED_REFUSAL_MARK) {
+                            return Err(Error::Refused(line));
+                        }
+                        // Removed: the run loop stops it as it stops a
+                        // node that learned its removal.
+                        if self.leaving.is_none() {
+                            self.leaving = Some(line);
+                        }
+                    }
                 }
                 // The link logs up and down at debug (with the reason); a
                 // member down for a while gets one line (`MemberLog`).

@@ -13,13 +13,17 @@
 //! - A leader that has not heard from a majority during an election timeout
 //!   steps down (CheckQuorum), so clients on a minority side are not stuck.
 //! - A new leader appends an empty no-op entry of its term so earlier entries
-//!   can commit (§5.4.2, Figure 8) and reads can be served (§6.4).
+//!   can commit (§5.4.2, Figure 8) and reads can be served (§6.4); the
+//!   first leader of a log that holds no configuration appends the
+//!   bootstrap configuration instead, which serves as that entry.
+//! - Only voters of the configuration in force campaign, are asked, and are
+//!   counted; a candidate whose log is empty needs every voter
+//!   (`membership`: a new node must not decide a cluster of its own).
 
 use super::message::{Entry, Index, Message, NodeId, Term};
 use super::node::{Leader, Node, Role};
 use super::progress::Progress;
-use super::quorum::{self, VoteResult};
-use super::Action;
+use super::quorum::VoteResult;
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -40,7 +44,7 @@ impl Node {
         self.reset_election_timer();
         let campaign_term = self.hard_state.term + 1;
         let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
-        for peer in self.peers() {
+        for peer in self.voter_peers() {
             self.send_with_term(
                 peer,
                 campaign_term,
@@ -62,7 +66,7 @@ impl Node {
         self.votes = BTreeMap::from([(self.config.id, true)]);
         self.reset_election_timer();
         let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
-        for peer in self.peers() {
+        for peer in self.voter_peers() {
             self.send(
                 peer,
                 Message::RequestVote {
@@ -76,8 +80,10 @@ impl Node {
     }
 
     fn maybe_finish_campaign(&mut self) {
+        // An empty log cannot tell a new cluster from one it is to join.
+        let unanimous = self.log.last_index() == 0;
         match (
-            quorum::tally(self.config.members.len(), &self.votes),
+            self.configurations.current().tally(&self.votes, unanimous),
             self.role,
         ) {
             (VoteResult::Won, Role::PreCandidate) => self.become_candidate(false),
@@ -175,18 +181,42 @@ impl Node {
         debug_assert_eq!(self.hard_state.vote, Some(self.config.id));
         let term = self.hard_state.term;
         let next_index = self.log.last_index() + 1;
+        let own = self.config.id;
         let progress = self
-            .peers()
-            .into_iter()
-            .map(|peer| (peer, Progress::new(next_index)))
+            .configurations
+            .current()
+            .members()
+            .keys()
+            .filter(|id| **id != own)
+            .map(|peer| (*peer, Progress::new(next_index)))
             .collect();
         self.role = Role::Leader;
         self.leader_id = Some(self.config.id);
         self.votes.clear();
+        // The term's first entry: the no-op, or the bootstrap configuration
+        // if the log holds none yet (it then lives in the log for good).
+        let data = if self.configurations.from_log() {
+            Bytes::new()
+        } else {
+            // Each voter bound to the data dir that voted for this leader
+            // (membership's "Voters are data dirs").
+            let own = (self.config.id, self.config.incarnation);
+            let incarnations = &self.hard_state.incarnations;
+            self.configurations
+                .current()
+                .binding_voters(|id| {
+                    if id == own.0 {
+                        Some(own.1)
+                    } else {
+                        incarnations.get(&id).copied()
+                    }
+                })
+                .encode()
+        };
         let noop = Entry {
             term,
             index: next_index,
-            data: Bytes::new(),
+            data,
         };
         self.leader = Some(Leader {
             progress,
@@ -198,9 +228,9 @@ impl Node {
             reads_before_noop: Vec::new(),
             append_pending: false,
             transfer: None,
+            retiring: BTreeMap::new(),
         });
-        self.log.append(noop.clone());
-        self.actions.push(Action::PersistEntries(vec![noop]));
+        self.append_own_entry(noop);
         self.broadcast_append();
     }
 
@@ -208,20 +238,23 @@ impl Node {
         let timeout_min = self.config.election_timeout_ticks.0;
         let heartbeat_ticks = self.config.heartbeat_ticks;
         let check_quorum = self.config.check_quorum;
-        let members = self.config.members.len();
+        let own = self.config.id;
         let Some(leader) = self.leader.as_mut() else {
             return;
         };
         leader.ticks += 1;
         // CheckQuorum, evaluated every tick so the leader steps down exactly
-        // one election timeout after it last heard from a majority.
+        // one election timeout after it last heard from a majority of the
+        // voters in force.
         let ticks = leader.ticks;
-        let active = 1 + leader
-            .progress
-            .values()
-            .filter(|progress| ticks - progress.last_heard_tick < timeout_min)
-            .count();
-        if check_quorum && active < quorum::majority(members) {
+        let progress = &leader.progress;
+        let active = |id: NodeId| {
+            id == own
+                || progress
+                    .get(&id)
+                    .is_some_and(|progress| ticks - progress.last_heard_tick < timeout_min)
+        };
+        if check_quorum && !self.configurations.current().has_majority(active) {
             log::info!(
                 "node {} steps down: no quorum heard in an election timeout",
                 self.config.id
@@ -241,7 +274,9 @@ impl Node {
             }
         }
         leader.heartbeat_elapsed_ticks += 1;
-        if leader.heartbeat_elapsed_ticks >= heartbeat_ticks {
+        let heartbeat_due = leader.heartbeat_elapsed_ticks >= heartbeat_ticks;
+        self.tick_retiring();
+        if heartbeat_due {
             self.broadcast_heartbeat();
         }
     }

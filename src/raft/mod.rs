@@ -25,21 +25,30 @@
 //! simulator.
 //!
 //! - §7 log compaction and InstallSnapshot, streamed in chunks (`snapshot`);
-//!   the executor owns the snapshot bytes (contract in `action`).
+//!   the executor owns the snapshot bytes (contract in `action`);
+//! - thesis chapter 4 membership change, one member at a time, with
+//!   learners (`membership`: the configurations and the change rule, with
+//!   the safety argument; `reconfigure`: the node's side). Every quorum
+//!   (commit, elections, PreVote, CheckQuorum, ReadIndex rounds, the
+//!   transfer target) is counted over the voters of the configuration in
+//!   force.
 //!
-//! Left out: membership change, learners.
+//! Left out: joint consensus.
 
 pub mod action;
 mod election;
 pub mod log;
+pub mod membership;
 pub mod message;
 pub mod node;
 pub mod progress;
 pub mod quorum;
 mod read;
+mod reconfigure;
 mod replication;
 mod snapshot;
 
 pub use action::Action;
+pub use membership::{Change, ChangeError, Configuration, MemberAddresses, MemberRole};
 pub use message::{Entry, Envelope, HardState, Index, Message, NodeId, SnapshotMeta, Term};
 pub use node::{Config, Installed, Node, NotLeader, Restored, Role, StepError};

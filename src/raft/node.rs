@@ -5,7 +5,14 @@
 //! follower; a lower-term message is answered with our term or dropped).
 //! The behaviours live in sibling modules that extend `Node`:
 //! `election` (§5.2, PreVote §9.6, CheckQuorum §6.2), `replication` (§5.3,
-//! §5.4, pipelining §10.2), `read` (ReadIndex §6.4, leadership transfer §3.10).
+//! §5.4, pipelining §10.2), `read` (ReadIndex §6.4, leadership transfer §3.10),
+//! `reconfigure` (membership change, thesis chapter 4; the rule and the
+//! configurations themselves are in `membership`).
+//!
+//! Messages are processed whoever sends them (thesis §4.1: a server does not
+//! consult its configuration to answer an RPC; quorums are counted over the
+//! configuration in force only), except from a removed data dir, which is
+//! refused (`StepError::Removed`).
 //!
 //! Invariants (asserted where they change): the term never decreases; the
 //! commit index never decreases and never passes the log's end; a hard state
@@ -15,6 +22,7 @@
 
 use super::action::Action;
 use super::log::Log;
+use super::membership::{Configuration, Configurations, MemberAddresses};
 use super::message::{Entry, Envelope, HardState, Index, Message, NodeId, SnapshotMeta, Term};
 use super::progress::Progress;
 use bytes::Bytes;
@@ -26,8 +34,13 @@ use std::collections::{BTreeMap, VecDeque};
 #[derive(Clone, Debug)]
 pub struct Config {
     pub id: NodeId,
-    /// Every voting member, including `id`.
+    /// The bootstrap voters (cluster.toml): the configuration in force
+    /// until the log holds one (see `membership`). Normally includes `id`;
+    /// a node that is not among them waits until a leader adds it.
     pub members: Vec<NodeId>,
+    /// The bootstrap members' addresses, written into the first
+    /// configuration entry (empty strings where unknown).
+    pub addresses: BTreeMap<NodeId, MemberAddresses>,
     /// This node's data-dir incarnation, stamped on every envelope it sends.
     pub incarnation: u64,
     /// Election timeout drawn uniformly from `[min, max)` ticks.
@@ -56,6 +69,9 @@ pub struct Restored {
     /// The snapshot the executor restored its state machine from; its index
     /// counts as committed and applied.
     pub snapshot: Option<SnapshotMeta>,
+    /// The configuration in force at the snapshot's index, if the snapshot
+    /// holds one (snapshots written before membership change do not).
+    pub snapshot_configuration: Option<Configuration>,
 }
 
 /// What `Node::install_snapshot` did.
@@ -91,8 +107,11 @@ pub enum StepError {
         recorded: u64,
         got: u64,
     },
-    /// The sender is not a member, or the message is not addressed to us.
+    /// The message is not addressed to us.
     NotForUs,
+    /// The sender's data dir was removed from the cluster (its id may have
+    /// been added again with a new data dir).
+    Removed { from: NodeId, incarnation: u64 },
 }
 
 /// A ReadIndex request waiting for its heartbeat round.
@@ -132,6 +151,18 @@ pub(super) struct Leader {
     /// one turn's proposals share messages.
     pub append_pending: bool,
     pub transfer: Option<Transfer>,
+    /// Members removed while this node led, still sent the log (in no
+    /// quorum) so they learn of their removal: id → (removal index, tick
+    /// removed, addresses).
+    pub retiring: BTreeMap<NodeId, Retiring>,
+}
+
+/// A member this leader removed and still replicates to for a while.
+#[derive(Clone, Debug)]
+pub(super) struct Retiring {
+    pub removal_index: Index,
+    pub since_tick: u64,
+    pub addresses: MemberAddresses,
 }
 
 pub struct Node {
@@ -158,6 +189,11 @@ pub struct Node {
     pub(super) votes: BTreeMap<NodeId, bool>,
     pub(super) leader: Option<Leader>,
     pub(super) actions: Vec<Action>,
+    /// The configurations the log holds; the last is in force.
+    pub(super) configurations: Configurations,
+    /// Bumped whenever the configuration in force changes (drivers compare
+    /// it to refresh address tables).
+    pub(super) configuration_version: u64,
 }
 
 impl Node {
@@ -168,8 +204,8 @@ impl Node {
         config.members.sort_unstable();
         config.members.dedup();
         assert!(
-            config.members.contains(&config.id),
-            "members must include the node's own id"
+            !config.members.is_empty() && !config.members.contains(&0),
+            "the bootstrap members must be positive ids, at least one"
         );
         let (timeout_min, timeout_max) = config.election_timeout_ticks;
         assert!(
@@ -187,7 +223,18 @@ impl Node {
             "snapshot chunks must be 1..=SNAPSHOT_CHUNK_BYTES_MAX bytes"
         );
         let snapshot = restored.snapshot.unwrap_or_default();
+        let bootstrap = Configuration::bootstrap(&config.members, &config.addresses);
+        let mut configurations = match restored.snapshot_configuration {
+            Some(configuration) => Configurations::starting(snapshot.index, configuration, true),
+            None => Configurations::starting(snapshot.index, bootstrap, false),
+        };
         let log = Log::from_snapshot(snapshot.index, snapshot.term, restored.entries);
+        if let Err(reason) = configurations.observe(log.slice(log.first_index(), log.last_index()))
+        {
+            // The WAL's records passed their CRC: only a foreign format gets
+            // here. Keep the configurations read so far (logged).
+            log::error!("node {}: {reason}", config.id);
+        }
         let persisted_index = log.last_index();
         let mut node = Node {
             rng: Pcg64::seed_from_u64(config.seed),
@@ -206,6 +253,8 @@ impl Node {
             votes: BTreeMap::new(),
             leader: None,
             actions: Vec::new(),
+            configurations,
+            configuration_version: 0,
         };
         node.reset_election_timer();
         node
@@ -219,7 +268,14 @@ impl Node {
             Role::Follower | Role::PreCandidate | Role::Candidate => {
                 self.election_elapsed_ticks += 1;
                 if self.election_elapsed_ticks >= self.election_timeout_ticks {
-                    self.campaign(false);
+                    if self.is_voter() {
+                        self.campaign(false);
+                    } else {
+                        // A learner, or a node not (or no longer) a member:
+                        // it never starts an election.
+                        self.reset_election_timer();
+                        self.ask_whether_removed();
+                    }
                 }
             }
         }
@@ -239,12 +295,53 @@ impl Node {
     pub fn step(&mut self, envelope: Envelope) -> Result<(), StepError> {
         if envelope.to != self.config.id
             || envelope.from == self.config.id
-            || !self.is_member(envelope.from)
             || envelope.message.is_client_traffic()
         {
             return Err(StepError::NotForUs);
         }
         self.observe_incarnation(envelope.from, envelope.incarnation)?;
+        let answers = matches!(
+            envelope.message,
+            Message::PreVoteResponse { .. }
+                | Message::RequestVoteResponse { .. }
+                | Message::AppendEntriesResponse { .. }
+                | Message::HeartbeatResponse { .. }
+                | Message::InstallSnapshotResponse { .. }
+        );
+        let bound = self
+            .configurations
+            .current()
+            .bound_incarnation(envelope.from);
+        if answers && bound.is_some_and(|bound| bound != envelope.incarnation) {
+            // A vote or acknowledgement counts only from the data dir the
+            // configuration binds (membership's "Voters are data dirs"):
+            // this one is a new data dir under a removed voter's id.
+            log::debug!(
+                "node {}: ignored an answer from node {} data dir {:016x}: the configuration in \
+                 force binds that voter to another one",
+                self.config.id,
+                envelope.from,
+                envelope.incarnation
+            );
+            return Ok(());
+        }
+        let fresh_next_index = self.log.last_index() + 1;
+        if let Some(progress) = self
+            .leader
+            .as_mut()
+            .and_then(|leader| leader.progress.get_mut(&envelope.from))
+        {
+            if progress.incarnation != envelope.incarnation {
+                if progress.incarnation != 0 {
+                    // A new data dir under a removed member's id (its
+                    // predecessor still retiring): what the old one matched
+                    // means nothing for it (sim seed 3552: probing above an
+                    // empty log forever).
+                    *progress = Progress::new(fresh_next_index);
+                }
+                progress.incarnation = envelope.incarnation;
+            }
+        }
         let Envelope {
             from,
             term,
@@ -256,6 +353,17 @@ impl Node {
                 // A PreVote names a term nobody is in yet; granting one and
                 // counting grants changes no durable state (thesis §9.6).
                 Message::PreVote { .. } | Message::PreVoteResponse { granted: true } => {}
+                Message::RequestVote {
+                    last_log_index: 0, ..
+                } if self.log.last_index() > 0 => {
+                    // A candidate with an empty log (a node waiting to be
+                    // added, or a new data dir) can never get this vote:
+                    // refuse it without taking its term, so such a node
+                    // cannot keep deposing the cluster's leaders (sim seed
+                    // 1178, PreVote off).
+                    self.send(from, Message::RequestVoteResponse { granted: false });
+                    return Ok(());
+                }
                 Message::RequestVote {
                     leadership_transfer: false,
                     ..
@@ -380,7 +488,7 @@ impl Node {
             | Message::ReadIndexRequest { .. }
             | Message::ReadIndexResponse { .. } => return Err(StepError::NotForUs),
             Message::TimeoutNow => {
-                if self.accept_leader(from) {
+                if self.accept_leader(from) && self.is_voter() {
                     // thesis §3.10: campaign now, skipping PreVote and the
                     // voters' lease check.
                     self.campaign(true);
@@ -390,14 +498,35 @@ impl Node {
         Ok(())
     }
 
-    /// Record `from`'s data-dir incarnation the first time it is seen
-    /// (durably, via `PersistHardState`); refuse any other one afterwards.
+    /// Record a member's data-dir incarnation the first time it is seen
+    /// (durably, via `PersistHardState`); refuse any other one afterwards,
+    /// and one the committed configuration names as removed (but while
+    /// this leader still tells it of its removal). A non-member (a node
+    /// waiting to be added) is neither recorded nor refused. A node whose
+    /// log is empty has nothing another incarnation could corrupt (it
+    /// counts no vote or acknowledgement that matters: an empty log wins
+    /// only a unanimous first election), so it records a member's new
+    /// incarnation instead of refusing it: a node waiting to be added must
+    /// follow a replaced member that leads.
     pub fn observe_incarnation(&mut self, from: NodeId, incarnation: u64) -> Result<(), StepError> {
-        if !self.is_member(from) {
-            return Err(StepError::NotForUs);
+        let (_, committed) = self.configurations.at(self.commit_index);
+        let retiring = self
+            .leader
+            .as_ref()
+            .is_some_and(|leader| leader.retiring.contains_key(&from));
+        if committed.was_removed(from, incarnation) && !retiring {
+            return Err(StepError::Removed { from, incarnation });
+        }
+        if !committed.contains(from) && !self.configurations.current().contains(from) {
+            return Ok(());
         }
         match self.hard_state.incarnations.get(&from) {
             Some(&recorded) if recorded == incarnation => Ok(()),
+            Some(_) if self.log.last_index() == 0 => {
+                self.hard_state.incarnations.insert(from, incarnation);
+                self.persist_hard_state();
+                Ok(())
+            }
             Some(&recorded) => Err(StepError::WrongIncarnation {
                 from,
                 recorded,
@@ -414,6 +543,10 @@ impl Node {
     /// Append `data` as a new entry (leader only; refused during a transfer).
     /// Returns the entry's index; it is sent to followers at the next drain.
     pub fn propose(&mut self, data: Bytes) -> Result<Index, NotLeader> {
+        debug_assert!(
+            !super::membership::is_configuration_entry(&data),
+            "configuration entries go through propose_membership_change"
+        );
         let term = self.hard_state.term;
         let index = self.log.last_index() + 1;
         let leader = self.leader_for_request()?;
@@ -500,9 +633,34 @@ impl Node {
             .as_ref()
             .and_then(|leader| leader.transfer.map(|transfer| transfer.target))
     }
-    /// The members, sorted.
-    pub fn members(&self) -> &[NodeId] {
-        &self.config.members
+    /// The configuration in force (the last in the log).
+    pub fn configuration(&self) -> &Configuration {
+        self.configurations.current()
+    }
+    /// The index of the entry that made the configuration in force.
+    pub fn configuration_index(&self) -> Index {
+        self.configurations.current_index()
+    }
+    /// The configuration in force at `index` and the index of its entry
+    /// (what a snapshot through `index` records).
+    pub fn configuration_at(&self, index: Index) -> (Index, &Configuration) {
+        self.configurations.at(index)
+    }
+    /// Changes whenever the configuration in force changes.
+    pub fn configuration_version(&self) -> u64 {
+        self.configuration_version
+    }
+    /// Whether the configuration in force came from the log (else it is
+    /// cluster.toml's, not yet written by a leader).
+    pub fn configuration_from_log(&self) -> bool {
+        self.configurations.from_log()
+    }
+    /// Whether this node (this data dir) votes in the configuration in
+    /// force.
+    pub fn is_voter(&self) -> bool {
+        self.configurations
+            .current()
+            .counts_as_voter(self.config.id, self.config.incarnation)
     }
     /// The cluster's commit index as far as this node knows: its own, or the
     /// largest one a leader announced (which may be ahead while catching up).
@@ -522,18 +680,51 @@ impl Node {
 
     // ---- shared helpers for the sibling modules ----
 
-    pub(super) fn is_member(&self, id: NodeId) -> bool {
-        self.config.members.binary_search(&id).is_ok()
+    /// Every voter but this node, in id order (whom a campaign asks).
+    /// A non-voter that hears no leader for an election timeout may have
+    /// been removed without hearing it committed, or at all (a new leader,
+    /// or one whose retiring window passed while it was cut off, sends it
+    /// nothing more): it would wait for ever. So it sends the voters a
+    /// PreVote (which changes no state anywhere): a member that committed
+    /// its removal refuses the sender's removed data dir, which stops it
+    /// (sim seeds 1586, 5268); if it is still a member, a leader
+    /// replicates to it again.
+    fn ask_whether_removed(&mut self) {
+        if !self.configurations.from_log() || self.removed_at().is_some() {
+            // A node waiting to be added, or one that knows it was removed
+            // (its driver stops it).
+            return;
+        }
+        let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
+        let campaign_term = self.hard_state.term + 1;
+        for peer in self.voter_peers() {
+            self.send_with_term(
+                peer,
+                campaign_term,
+                Message::PreVote {
+                    last_log_index,
+                    last_log_term,
+                },
+            );
+        }
     }
 
-    /// Every member but this node, in id order.
-    pub(super) fn peers(&self) -> Vec<NodeId> {
-        self.config
-            .members
-            .iter()
-            .copied()
-            .filter(|id| *id != self.config.id)
+    pub(super) fn voter_peers(&self) -> Vec<NodeId> {
+        let own = self.config.id;
+        self.configurations
+            .current()
+            .voters()
+            .into_iter()
+            .filter(|id| *id != own)
             .collect()
+    }
+
+    /// Whom the leader replicates to: every other member, and the members
+    /// it removed that are still retiring.
+    pub(super) fn replication_peers(&self) -> Vec<NodeId> {
+        self.leader
+            .as_ref()
+            .map_or_else(Vec::new, |leader| leader.progress.keys().copied().collect())
     }
 
     pub(super) fn send(&mut self, to: NodeId, message: Message) {
@@ -624,8 +815,10 @@ impl Node {
         if index <= self.commit_index {
             return;
         }
+        let committed_from = self.commit_index + 1;
         self.commit_index = index;
         debug_assert!(self.applied_index < self.commit_index);
+        self.on_commit_of_configurations(committed_from, index);
         let entries = self
             .log
             .slice(self.applied_index + 1, self.commit_index)

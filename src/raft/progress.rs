@@ -62,8 +62,13 @@ pub struct Progress {
     pub last_heard_tick: u64,
     /// Highest ReadIndex heartbeat round this follower has answered.
     pub read_round_acked: u64,
+    /// It answered something in this term (a learner's promotion needs it).
+    pub heard_this_term: bool,
     /// In `Snapshot`: the transfer.
     pub snapshot: Option<SnapshotSending>,
+    /// The data dir (incarnation) whose answers this progress follows; 0
+    /// until one answered. Another one under the id starts afresh.
+    pub incarnation: u64,
 }
 
 impl Progress {
@@ -76,7 +81,9 @@ impl Progress {
             inflight: VecDeque::new(),
             last_heard_tick: 0,
             read_round_acked: 0,
+            heard_this_term: false,
             snapshot: None,
+            incarnation: 0,
         }
     }
 

@@ -18,7 +18,6 @@
 
 use super::message::{Index, Message, NodeId};
 use super::node::{Node, NotLeader, PendingRead, Role, Transfer};
-use super::quorum;
 use super::Action;
 
 impl Node {
@@ -49,11 +48,14 @@ impl Node {
         if let Some(transfer) = leader.transfer {
             return Ok(transfer.target);
         }
-        let requested = to.filter(|id| leader.progress.contains_key(id));
-        // Most up to date: highest match index, ties to the lowest id.
+        let configuration = self.configurations.current();
+        let requested =
+            to.filter(|id| leader.progress.contains_key(id) && configuration.is_voter(*id));
+        // Most up to date voter: highest match index, ties to the lowest id.
         let best = leader
             .progress
             .iter()
+            .filter(|(id, _)| configuration.is_voter(**id))
             .max_by(|(a_id, a), (b_id, b)| a.match_index.cmp(&b.match_index).then(b_id.cmp(a_id)))
             .map(|(id, _)| *id);
         let Some(target) = requested.or(best) else {
@@ -90,15 +92,21 @@ impl Node {
             .progress
             .get(&peer)
             .is_some_and(|progress| progress.match_index == last_index);
-        if transfer.target == peer && !transfer.timeout_now_sent && caught_up {
+        let voter = self.configurations.current().is_voter(peer);
+        if transfer.target == peer && !transfer.timeout_now_sent && caught_up && voter {
             transfer.timeout_now_sent = true;
             self.send(peer, Message::TimeoutNow);
         }
     }
 
     fn register_read(&mut self, id: u64, index: Index) {
-        if self.config.members.len() == 1 {
-            // A single member is its own majority.
+        let own = self.config.id;
+        if self
+            .configurations
+            .current()
+            .has_majority(|voter| voter == own)
+        {
+            // A single voter is its own majority.
             self.actions.push(Action::ReadReady { id, index });
             return;
         }
@@ -109,19 +117,23 @@ impl Node {
         leader.reads.push_back(PendingRead { id, index, round });
     }
 
-    /// Emit ReadReady for every pending read whose round a majority answered.
+    /// Emit ReadReady for every pending read whose round a majority of the
+    /// voters in force answered.
     pub(super) fn maybe_confirm_reads(&mut self) {
-        let majority = quorum::majority(self.config.members.len());
+        let own = self.config.id;
+        let configuration = self.configurations.current();
         let Some(leader) = self.leader.as_mut() else {
             return;
         };
         while let Some(read) = leader.reads.front().copied() {
-            let acked = 1 + leader
-                .progress
-                .values()
-                .filter(|progress| progress.read_round_acked >= read.round)
-                .count();
-            if acked < majority {
+            let progress = &leader.progress;
+            let acked = configuration.has_majority(|id| {
+                id == own
+                    || progress
+                        .get(&id)
+                        .is_some_and(|progress| progress.read_round_acked >= read.round)
+            });
+            if !acked {
                 break;
             }
             leader.reads.pop_front();

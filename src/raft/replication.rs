@@ -19,16 +19,16 @@
 //! a `PersistEntries` before the acknowledgement is sent.
 
 use super::log::is_well_formed;
+use super::membership::{is_configuration_entry, Configuration};
 use super::message::{Index, Message, NodeId, Term};
 use super::node::{Node, Role};
 use super::progress::{Progress, ProgressState};
-use super::quorum;
 use super::{Action, Entry};
 
 impl Node {
     /// Send whatever each follower's window allows.
     pub(super) fn broadcast_append(&mut self) {
-        for peer in self.peers() {
+        for peer in self.replication_peers() {
             while self.maybe_send_append(peer) {}
         }
     }
@@ -158,6 +158,19 @@ impl Node {
             );
             return;
         }
+        if let Some(reason) = entries.iter().find_map(|entry| {
+            is_configuration_entry(&entry.data)
+                .then(|| Configuration::decode(&entry.data).err())
+                .flatten()
+                .map(|reason| format!("entry {}: {reason}", entry.index))
+        }) {
+            // Never write a configuration this build cannot follow.
+            log::error!(
+                "node {} drops an AppendEntries from {from} with a configuration it cannot read: {reason}",
+                self.config.id
+            );
+            return;
+        }
         if !self.log.matches(prev_log_index, prev_log_term) {
             let (conflict_index, conflict_term) = self.log.conflict_hint(prev_log_index);
             // On failure `match_index` echoes the rejected prev_log_index so
@@ -175,18 +188,24 @@ impl Node {
         }
         let merged = self.log.merge(prev_log_index, entries);
         if let Some(first_written) = merged.first_written {
+            let mut configuration_changed = false;
             if merged.truncated {
                 debug_assert!(
                     first_written > self.commit_index,
                     "a committed entry was truncated"
                 );
                 self.persisted_index = self.persisted_index.min(first_written - 1);
+                configuration_changed = self.configurations.truncate_from(first_written);
             }
             let written = self
                 .log
                 .slice(first_written, self.log.last_index())
                 .to_vec();
+            configuration_changed |= self.observe_configurations(&written);
             self.actions.push(Action::PersistEntries(written));
+            if configuration_changed {
+                self.on_configuration_changed();
+            }
         }
         let match_index = prev_log_index + entries.len() as Index;
         self.leader_commit_seen = self.leader_commit_seen.max(leader_commit);
@@ -254,6 +273,7 @@ impl Node {
         let ticks = leader.ticks;
         let progress = leader.progress.get_mut(&from)?;
         progress.last_heard_tick = ticks;
+        progress.heard_this_term = true;
         Some((ticks, progress))
     }
 
@@ -290,19 +310,24 @@ impl Node {
         self.maybe_confirm_reads();
     }
 
-    /// Leader: commit the highest index a majority holds, if of this term.
+    /// Leader: commit the highest index a majority of the voters in force
+    /// holds, if of this term.
     pub(super) fn maybe_commit(&mut self) {
         let Some(leader) = self.leader.as_ref() else {
             return;
         };
-        let own = self.persisted_index.min(self.log.last_index());
-        let mut match_indexes: Vec<Index> = leader
-            .progress
-            .values()
-            .map(|progress| progress.match_index)
-            .chain([own])
-            .collect();
-        let majority_index = quorum::committed_index(&mut match_indexes);
+        let own_match = self.persisted_index.min(self.log.last_index());
+        let own = self.config.id;
+        let majority_index = self.configurations.current().committed_index(|id| {
+            if id == own {
+                own_match
+            } else {
+                leader
+                    .progress
+                    .get(&id)
+                    .map_or(0, |progress| progress.match_index)
+            }
+        });
         if majority_index > self.commit_index
             && self.log.term_at(majority_index) == Some(self.hard_state.term)
         {

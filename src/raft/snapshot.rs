@@ -17,10 +17,15 @@
 //! applies receiver rules 6-8: keep the log after the snapshot if it matches,
 //! else discard it; commit and applied jump to the snapshot's index.
 //!
+//! A snapshot records the configuration in force at its index (the executor
+//! keeps it beside the state machine; `Node::configuration_at`), and an
+//! installed snapshot's configuration replaces the log's (`membership`).
+//!
 //! Invariants: `snapshot.index <= applied_index <= commit_index`; compaction
 //! only drops applied entries; an installed snapshot's index is above the
 //! commit index it replaces (commit never goes backwards).
 
+use super::membership::{Configuration, Configurations};
 use super::message::{Envelope, Index, Message, NodeId, SnapshotMeta};
 use super::node::{Installed, Node, Role};
 use super::progress::ProgressState;
@@ -43,6 +48,7 @@ impl Node {
         if !self.log.compact(index) {
             return false;
         }
+        self.configurations.compact_to(index);
         self.snapshot = SnapshotMeta {
             index,
             term,
@@ -74,10 +80,17 @@ impl Node {
     }
 
     /// Follower: the executor holds all of `snapshot` from `from`, checked
-    /// and durable. On `Installed` it must replace its state machine with
-    /// the snapshot's (and, if the log was not kept, record durably that the
-    /// log starts after `snapshot.index`) before this turn's sends leave.
-    pub fn install_snapshot(&mut self, from: NodeId, snapshot: SnapshotMeta) -> Installed {
+    /// and durable, recording `configuration` (None for a snapshot written
+    /// before membership change). On `Installed` it must replace its state
+    /// machine with the snapshot's (and, if the log was not kept, record
+    /// durably that the log starts after `snapshot.index`) before this
+    /// turn's sends leave.
+    pub fn install_snapshot(
+        &mut self,
+        from: NodeId,
+        snapshot: SnapshotMeta,
+        configuration: Option<Configuration>,
+    ) -> Installed {
         if self.role != Role::Follower || self.leader_id != Some(from) || snapshot.size_bytes == 0 {
             return Installed::Stale;
         }
@@ -86,9 +99,30 @@ impl Node {
             return Installed::Stale;
         }
         let log_kept = self.log.install(snapshot.index, snapshot.term);
+        let before = self.configurations.current().clone();
+        let (base, from_log) = match configuration {
+            Some(configuration) => (configuration, true),
+            None => {
+                let from_log = self.configurations.from_log();
+                (self.configurations.at(snapshot.index).1.clone(), from_log)
+            }
+        };
+        self.configurations = Configurations::starting(snapshot.index, base, from_log);
+        if log_kept {
+            let kept = self
+                .log
+                .slice(snapshot.index + 1, self.log.last_index())
+                .to_vec();
+            self.observe_configurations(&kept);
+        }
+        let committed_from = self.commit_index + 1;
         self.snapshot = snapshot;
         self.commit_index = snapshot.index;
         self.applied_index = snapshot.index;
+        self.on_commit_of_configurations(committed_from, snapshot.index);
+        if *self.configurations.current() != before {
+            self.on_configuration_changed();
+        }
         if log_kept {
             // The kept suffix stays durable as before; the snapshot is too.
             self.persisted_index = self.persisted_index.max(snapshot.index);

@@ -107,6 +107,11 @@ impl Replica {
                 .apply_latency_seconds
                 .record_duration(Duration::from_micros(latency_us));
         }
+        if crate::raft::membership::is_configuration_entry(&entry.data) {
+            // Not a command: kept beside the map so snapshots record it.
+            self.fsm.set_membership(entry.data.clone());
+            return self.answer_reads_of_empty_entry(mine);
+        }
         if entry.data.is_empty() {
             return self.answer_reads_of_empty_entry(mine);
         }

@@ -287,7 +287,11 @@ impl Replica {
             message,
             ..
         } = envelope;
-        if !self.raft.members().contains(&from) || from == self.raft.id() {
+        // Members of the configuration in force only (a learner forwards
+        // like a follower); a removed node's traffic is dropped: what it
+        // forwarded was never taken, and it answers its clients itself as
+        // it stops (`Replica::removed`).
+        if !self.raft.configuration().contains(from) || from == self.raft.id() {
             return;
         }
         match message {
@@ -605,6 +609,39 @@ impl Replica {
                 }
             }
         }
+    }
+
+    /// This node was removed and stops (`Replica::leave`): nothing more is
+    /// forwarded. A batch already sent may have been taken, so its
+    /// commands get `ERR_INTERNAL` (fate unknown, never a blind retry);
+    /// writes not yet sent and reads (which change nothing) are redirected
+    /// to the leader.
+    pub(super) fn abandon_forwarding(&mut self) {
+        let leader = self.raft.leader_id();
+        let sent = std::mem::take(&mut self.forwarding.forwarded);
+        for (client, _, _) in sent.into_values().flat_map(|batch| batch.commands) {
+            self.answer(client, Reply::Internal);
+        }
+        let unsent: Vec<ClientRef> = std::mem::take(&mut self.forwarding.turn_writes)
+            .into_iter()
+            .map(|(client, _, _)| client)
+            .chain(
+                std::mem::take(&mut self.forwarding.turn_reads)
+                    .into_iter()
+                    .map(|read| read.client),
+            )
+            .chain(
+                std::mem::take(&mut self.forwarding.reads)
+                    .into_values()
+                    .flat_map(|reads| reads.reads)
+                    .map(|read| read.client),
+            )
+            .collect();
+        for client in unsent {
+            self.answer_redirect(client, leader);
+        }
+        self.forwarding.turn_kind.clear();
+        self.forwarding.busy.clear();
     }
 
     /// Follower: forwarded commands and reads past their deadline.

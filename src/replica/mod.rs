@@ -49,11 +49,13 @@ mod apply;
 mod clock;
 mod durability;
 mod forward;
+mod members;
 mod routing;
 mod snapshot;
 pub mod storage;
 mod watch;
 
+pub use members::{MemberView, MembershipView};
 pub use snapshot::SnapshotDone;
 pub use storage::Storage;
 
@@ -107,7 +109,8 @@ impl Now {
 
 pub struct ReplicaConfig {
     pub raft: raft::Config,
-    /// Advertised client address of every member, for ERR_REDIRECT.
+    /// Advertised client address of every member cluster.toml lists, for
+    /// ERR_REDIRECT (the configuration in force names the others).
     pub client_addresses: BTreeMap<NodeId, String>,
     /// How long a command is held while no leader is known.
     pub hold_while_leaderless_ms: u64,
@@ -197,6 +200,8 @@ pub struct Replica {
     forwarding: Forwarding,
     /// Stopping: new commands are sent to the leader (`drain`).
     draining: bool,
+    /// Members that refused this node's data dir (`members::peer_refused`).
+    refused_by: std::collections::BTreeSet<NodeId>,
     /// Why the node must stop (a failed fsync): nothing is acknowledged
     /// past it.
     failed: Option<String>,
@@ -220,6 +225,8 @@ impl Replica {
             hard_state,
             entries: restore.entries,
             snapshot,
+            snapshot_configuration: snapshot
+                .and_then(|_| members::snapshot_configuration(&restore.fsm)),
         };
         let raft = raft::Node::new(config.raft.clone(), restored);
         let (applied_index, applied_term) = snapshot.map_or((0, 0), |s| (s.index, s.term));
@@ -260,6 +267,7 @@ impl Replica {
             watches: Watches::default(),
             forwarding,
             draining: false,
+            refused_by: std::collections::BTreeSet::new(),
             failed: None,
         }
     }
@@ -563,13 +571,22 @@ impl Replica {
     }
 }
 
+/// The words a refusal of a removed data dir carries (the refused node
+/// stops for good on them, `members::peer_refused`).
+pub const REMOVED_REFUSAL_MARK: &str = "removed from this cluster";
+
 fn describe_step_error(error: &raft::StepError) -> String {
     match error {
         raft::StepError::WrongIncarnation { from, recorded, got } => format!(
             "node {from} came back with data-dir incarnation {got:016x}, but this cluster knows it as \
              {recorded:016x}: its data dir was lost or replaced, so it may not rejoin under its old id \
-             (replacing a lost host needs membership change)"
+             (replace it: `raftfs member remove` its id, then add it again as a learner with the \
+             new data dir and promote it)"
         ),
-        raft::StepError::NotForUs => "message not addressed to this node or from a non-member".into(),
+        raft::StepError::NotForUs => "message not addressed to this node".into(),
+        raft::StepError::Removed { from, incarnation } => format!(
+            "node {from} (data-dir incarnation {incarnation:016x}) was {REMOVED_REFUSAL_MARK}: \
+             it must stop; to add it back, give it an empty data dir and run `raftfs member add`"
+        ),
     }
 }

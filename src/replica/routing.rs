@@ -102,9 +102,13 @@ impl Replica {
                 continue;
             }
             let is_read = is_read_like(&pending.request);
+            // A node the configuration in force does not list (removed, or
+            // waiting to be added) forwards nothing: the leader would not
+            // take it (`forward::step_client_traffic`); it redirects.
             let forwards = self.config.follower_requests == FollowerRequests::Forward
                 && pending.client.key != REMOTE_KEY
-                && !self.draining;
+                && !self.draining
+                && self.raft.configuration().contains(self.raft.id());
             if self.is_ready_leader() && (!is_read || self.is_ready_for_reads()) {
                 self.route_as_leader(pending, now);
             } else if let Some(leader) = self.raft.leader_id().filter(|&l| l != self.raft.id()) {
@@ -130,7 +134,7 @@ impl Replica {
     pub(super) fn answer_redirect(&mut self, client: ClientRef, leader: Option<NodeId>) {
         let address = leader
             .filter(|&l| l != self.raft.id())
-            .and_then(|l| self.config.client_addresses.get(&l))
+            .and_then(|l| self.client_address(l))
             .cloned();
         match address {
             Some(address) => self.answer(client, Reply::Redirect(&address)),

@@ -246,7 +246,8 @@ impl Replica {
             }
             Stored::Complete(fsm) => fsm,
         };
-        match self.raft.install_snapshot(from, snapshot) {
+        let configuration = super::members::snapshot_configuration(&fsm);
+        match self.raft.install_snapshot(from, snapshot, configuration) {
             Installed::Stale => {
                 storage.discard_received_snapshot();
                 Ok(())

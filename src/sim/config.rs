@@ -3,7 +3,8 @@
 //! Everything a schedule does follows from `(seed, SimConfig)`; `mixed(seed)`
 //! derives a whole fault mix (3 or 5 nodes, loss, partitions, crashes and
 //! power losses, pauses, slow and failing disks, wall-clock jumps, Raft
-//! options, snapshots in half of them, client load) from the seed alone, so
+//! options, snapshots in half of them, membership changes with one or two
+//! spare nodes in half of them, client load) from the seed alone, so
 //! a seed printed by a failing test is all that is needed to replay it.
 //! Time is simulated microseconds; one Raft tick is `limits::TICK_MS` of it.
 
@@ -101,6 +102,11 @@ pub struct FaultWeights {
     pub transfer_leadership: u32,
     /// Move a node's wall clock by up to a year, either way.
     pub clock_jump: u32,
+    /// A membership change through the leader, as an operator makes it:
+    /// add a waiting node as a learner, promote a learner, remove a member
+    /// (the leader included), or give a removed node a new disk to add it
+    /// back (`SimConfig::spare_nodes`).
+    pub membership: u32,
 }
 
 impl FaultWeights {
@@ -115,12 +121,18 @@ impl FaultWeights {
             + self.network_weather
             + self.transfer_leadership
             + self.clock_jump
+            + self.membership
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
+    /// The bootstrap voters, ids `1..=node_count`.
     pub node_count: usize,
+    /// Nodes `node_count + 1..` that start with empty disks, not members:
+    /// membership changes add them (their cluster.toml lists the bootstrap
+    /// voters and themselves, as an operator's would).
+    pub spare_nodes: usize,
     /// Steps (events) in the fault phase; then the liveness phase starts.
     pub fault_steps: u64,
     /// After the faults stop, a leader must exist, a fresh write must be
@@ -162,6 +174,7 @@ impl SimConfig {
     pub fn quiet(node_count: usize) -> SimConfig {
         SimConfig {
             node_count,
+            spare_nodes: 0,
             fault_steps: 0,
             liveness_ticks_max: 300,
             catch_up_ticks_per_entry: 3,
@@ -239,6 +252,7 @@ impl SimConfig {
             network_weather: rng.gen_range(0..3),
             transfer_leadership: rng.gen_range(0..2),
             clock_jump: rng.gen_range(0..2),
+            membership: 0,
         };
         if config.faults.total() == config.faults.heal {
             // At least one fault that breaks something.
@@ -294,6 +308,10 @@ impl SimConfig {
         // Drawn last, so the knobs above stay what they were for each seed.
         if rng.gen_bool(0.2) {
             config.follower_requests = crate::config::FollowerRequests::Redirect;
+        }
+        if rng.gen_bool(0.5) {
+            config.spare_nodes = rng.gen_range(1..=2);
+            config.faults.membership = rng.gen_range(1..=4);
         }
         config
     }

@@ -73,6 +73,9 @@ pub struct SimDisk {
     /// The lowest log index written since the simulator last looked (its
     /// Log Matching check starts there).
     pub written_from: Option<Index>,
+    /// The term of each log entry as far as it is durable (the commit rule
+    /// check asks which voters durably hold an entry).
+    durable_terms: BTreeMap<Index, Term>,
 }
 
 impl SimDisk {
@@ -98,6 +101,10 @@ impl SimDisk {
             let kept = (self.synced + unsynced_kept).min(self.records.len());
             self.records.truncate(kept);
             // What reached the platter is durable from now on.
+            for position in self.synced..kept {
+                let record = self.records[position].clone();
+                self.note_durable(&record);
+            }
             self.synced = self.records.len();
         }
         self.sync_points.clear();
@@ -131,16 +138,45 @@ impl SimDisk {
     /// The fsync `id` finished: what it covers is durable.
     pub fn complete_sync(&mut self, id: u64) {
         if let Some(&covered) = self.sync_points.get(&id) {
-            for record in self.records.get(self.synced..covered).unwrap_or(&[]) {
+            let records: Vec<Record> = self
+                .records
+                .get(self.synced..covered)
+                .unwrap_or(&[])
+                .to_vec();
+            for record in &records {
                 match record {
                     Record::HardState(state) => self.synced_hard_state = state.clone(),
                     Record::Entry(entry) => self.synced_last_index = entry.index,
                     Record::LogStart { index, .. } => self.synced_last_index = *index,
                 }
+                self.note_durable(record);
             }
             self.synced = self.synced.max(covered);
         }
         self.sync_points.retain(|&other, _| other > id);
+    }
+
+    /// A record became durable: follow the log it describes.
+    fn note_durable(&mut self, record: &Record) {
+        match record {
+            Record::Entry(entry) => {
+                // An entry replaces the suffix from its index (a truncation).
+                self.durable_terms.split_off(&entry.index);
+                self.durable_terms.insert(entry.index, entry.term);
+            }
+            Record::LogStart { index, term } => {
+                self.durable_terms.clear();
+                self.durable_terms.insert(*index, *term);
+            }
+            Record::HardState(_) => {}
+        }
+    }
+
+    /// Whether this disk durably holds the entry at `index` of `term`: in
+    /// its synced WAL, or covered by a snapshot file.
+    pub fn durably_holds(&self, index: Index, term: Term) -> bool {
+        self.durable_terms.get(&index) == Some(&term)
+            || self.snapshots.keys().any(|&(covered, _)| covered >= index)
     }
 
     /// The snapshot job `id` finished: its file appears, durable. Returns
@@ -210,6 +246,8 @@ impl SimDisk {
     /// Drops the durable WAL records every kept snapshot covers (those of
     /// entries through `through`), keeping the latest hard state.
     fn compact_wal(&mut self, through: Index) {
+        // A kept snapshot covers these now (`durably_holds`).
+        self.durable_terms = self.durable_terms.split_off(&through);
         let mut cut = 0;
         let mut hard_state = None;
         while cut < self.synced {

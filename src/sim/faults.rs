@@ -7,9 +7,14 @@
 //! time); symmetric partitions, isolating the leader, one-way link cuts,
 //! healing; changing loss, duplication and delay; leadership transfer; a
 //! jump of one node's wall clock by up to a year either way (cluster time
-//! must not care).
+//! must not care); a membership change asked of the leader, as `raftfs
+//! member` asks it (add a waiting node as a learner, promote a learner,
+//! remove any member, the leader included), or a new disk for a removed
+//! node so it can be added again. The other faults go on meanwhile, so
+//! crashes and partitions strike during changes.
 
-use super::{Sim, TICK_US};
+use super::{address_of, Sim, TICK_US};
+use crate::member::MemberRequest;
 use crate::raft::NodeId;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -113,6 +118,8 @@ impl Sim {
                 }
                 self.turn(leader)?;
             }
+        } else if chosen(weights.membership) {
+            self.membership_fault()?;
         } else if chosen(weights.clock_jump) {
             if let Some(&victim) = up.choose(&mut self.rng) {
                 let jump_ms = self.rng.gen_range(-YEAR_MS..=YEAR_MS);
@@ -123,6 +130,77 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// One membership change through the leader (see the module doc).
+    fn membership_fault(&mut self) -> Result<(), String> {
+        let retired: Vec<usize> = (0..self.nodes.len())
+            .filter(|&index| self.nodes[index].retired)
+            .collect();
+        let Some(leader) = self
+            .leader_position()
+            .filter(|&leader| self.pause_left_us(leader).is_none())
+        else {
+            // No leader to ask: give a removed node its new disk meanwhile.
+            if let Some(&index) = retired.choose(&mut self.rng) {
+                self.trace_fault(format!("new disk for node {}", self.nodes[index].id));
+                self.replace_disk(index)?;
+            }
+            return Ok(());
+        };
+        let Some(configuration) = self.nodes[leader]
+            .replica
+            .as_ref()
+            .map(|replica| replica.raft().configuration().clone())
+        else {
+            return Ok(());
+        };
+        let waiting: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|node| node.is_up() && !configuration.contains(node.id))
+            .map(|node| node.id)
+            .collect();
+        let learners = configuration.learners();
+        let members: Vec<NodeId> = configuration.members().keys().copied().collect();
+        let mut actions: Vec<Option<MemberRequest>> = Vec::new();
+        if let Some(&id) = waiting.choose(&mut self.rng) {
+            actions.push(Some(MemberRequest::Add {
+                id,
+                peer: format!("node-{id}:9080"),
+                client: address_of(id),
+                metrics: None,
+            }));
+        }
+        if let Some(&id) = learners.choose(&mut self.rng) {
+            actions.push(Some(MemberRequest::Promote { id }));
+        }
+        if let Some(&id) = members.choose(&mut self.rng) {
+            actions.push(Some(MemberRequest::Remove { id }));
+        }
+        if !retired.is_empty() {
+            // None: a new disk for a removed node.
+            actions.push(None);
+        }
+        let Some(action) = actions.choose(&mut self.rng).cloned() else {
+            return Ok(());
+        };
+        let Some(request) = action else {
+            if let Some(&index) = retired.choose(&mut self.rng) {
+                self.trace_fault(format!("new disk for node {}", self.nodes[index].id));
+                self.replace_disk(index)?;
+            }
+            return Ok(());
+        };
+        let Some(replica) = self.nodes[leader].replica.as_mut() else {
+            return Ok(());
+        };
+        let answer = replica.member_request(&request);
+        if matches!(answer, crate::member::MemberAnswer::Proposed { .. }) {
+            self.membership_changes += 1;
+        }
+        self.trace_fault(format!("membership {request:?}: {answer:?}"));
+        self.turn(leader)
     }
 
     fn trace_fault(&self, line: String) {

@@ -377,6 +377,35 @@ pub fn replicas_agree(
     }
 }
 
+/// The commit rule across configurations (Raft §5.3-5.4.2, thesis §4.2):
+/// when leader `leader` of `term` commits index `index`, the entry there is
+/// durable on a majority of the voters of the configuration in force on
+/// that leader. `voters` are that configuration's voters and `holders` the
+/// nodes whose disks durably hold the entry (or a snapshot covering it).
+/// With one voter changed per configuration this is what makes every later
+/// leader (elected by a majority of its own configuration, one change away)
+/// hold the entry.
+pub fn commit_has_majority(
+    leader: NodeId,
+    term: Term,
+    index: Index,
+    voters: &[NodeId],
+    holders: &[NodeId],
+) -> Result<(), String> {
+    let holding: Vec<NodeId> = voters
+        .iter()
+        .copied()
+        .filter(|voter| holders.contains(voter))
+        .collect();
+    if 2 * holding.len() > voters.len() {
+        return Ok(());
+    }
+    Err(format!(
+        "commit rule: node {leader}, leader of term {term}, committed index {index} but only \
+         {holding:?} of the voters {voters:?} in force hold it durably"
+    ))
+}
+
 /// A node's commit index never decreases during one lifetime (it restarts
 /// from what it relearns after a crash).
 pub fn commit_index_monotonic(node: NodeId, previous: Index, current: Index) -> Result<(), String> {

@@ -17,7 +17,9 @@
 //! Checked after every step: Election Safety, Log Matching (on what each
 //! node wrote), Leader Completeness (on each new leader and each new
 //! commit), State Machine Safety (the same entry committed at each index
-//! everywhere), commit indexes never going back, every node's Raft state
+//! everywhere), the commit rule against the configuration in force (each
+//! entry a leader commits is durable on a majority of its voters), commit
+//! indexes never going back, every node's Raft state
 //! matching what it asked its disk to persist, every promise (vote, append
 //! acknowledgement, installed snapshot) leaving only once durable, every
 //! two replicas holding the same file map at the same applied index, and
@@ -28,12 +30,21 @@
 //! A schedule has two phases. The fault phase runs `fault_steps` steps of
 //! client traffic and faults (crashes and power losses, pauses, partitions,
 //! loss, duplication, reordering, slow and failing fsyncs, wall-clock
-//! jumps, leadership transfers; `faults.rs`). Then the liveness phase heals
-//! the network, restarts every node and requires, within a bound: a leader,
-//! every client command answered (while watches wait, every key is written
-//! every `WAKE_INTERVAL_TICKS`: a watch must then be answered, none may be
-//! missed), a fresh write acknowledged and applied on every node, and final
-//! reads of every key answered.
+//! jumps, leadership transfers, membership changes; `faults.rs`). Then
+//! the liveness phase heals the network, restarts every node (a removed
+//! one with a new disk) and requires, within a bound: a leader, every
+//! client command answered (while watches wait, every key is written every
+//! `WAKE_INTERVAL_TICKS`: a watch must then be answered, none may be
+//! missed), a fresh write acknowledged and applied on every member of the
+//! leader's configuration, and final reads of every key answered.
+//!
+//! Membership (`SimConfig::spare_nodes`): spare nodes start with empty
+//! disks, not members, as a node an operator starts before adding it. A
+//! node that learns it was removed stops for good, as the real one does
+//! (exit code 4); so does one whose messages a member refuses because the
+//! committed configuration names its data dir as removed (the peer
+//! handshake's refusal). A removed node may later get a new disk (a new
+//! incarnation) and be added again: a replaced host.
 
 pub mod clients;
 pub mod config;
@@ -101,6 +112,12 @@ pub struct Stats {
     pub lincheck_unknown: bool,
     /// Ticks from the end of the fault phase until the liveness checks passed.
     pub liveness_ticks: u64,
+    /// Membership changes proposed (add, promote, remove), nodes that
+    /// stopped because they were removed, and removed nodes given a new
+    /// disk to join again.
+    pub membership_changes: u64,
+    pub removed_nodes: u64,
+    pub replaced_disks: u64,
     /// Hash of every event and every node's visible state after each step.
     pub trace_hash: u64,
 }
@@ -166,6 +183,10 @@ struct SimNode {
     id: NodeId,
     replica: Option<Replica>,
     disk: SimDisk,
+    /// The data-dir incarnation of its current disk.
+    incarnation: u64,
+    /// Removed from the cluster and stopped for good (until a new disk).
+    retired: bool,
     /// Bumped by each crash; events of an older lifetime are ignored.
     generation: u64,
     tick_period_us: u64,
@@ -246,7 +267,12 @@ pub struct Sim {
     queue: BTreeMap<(u64, u64), Event>,
     event_sequence: u64,
     nodes: Vec<SimNode>,
+    /// Every node's id (the bootstrap voters, then the spares).
     members: Vec<NodeId>,
+    /// The bootstrap voters (cluster.toml's members).
+    bootstrap: Vec<NodeId>,
+    /// Every node has started once (cluster.toml lists them all since).
+    started: bool,
     net: Net,
     clients: Clients,
     observations: Observations,
@@ -258,6 +284,9 @@ pub struct Sim {
     power_losses: u64,
     sync_failures: u64,
     partitions: u64,
+    membership_changes: u64,
+    removed_nodes: u64,
+    replaced_disks: u64,
     trace_hash: u64,
 }
 
@@ -296,7 +325,9 @@ impl Sim {
     /// client turns and faults scheduled.
     pub fn new(seed: u64, config: SimConfig) -> Sim {
         let mut rng = Pcg64::seed_from_u64(seed);
-        let members: Vec<NodeId> = (1..=config.node_count as NodeId).collect();
+        let bootstrap: Vec<NodeId> = (1..=config.node_count as NodeId).collect();
+        let members: Vec<NodeId> =
+            (1..=(config.node_count + config.spare_nodes) as NodeId).collect();
         let mut sim = Sim {
             seed,
             rng: Pcg64::seed_from_u64(0),
@@ -306,6 +337,8 @@ impl Sim {
             event_sequence: 0,
             nodes: Vec::new(),
             members: members.clone(),
+            bootstrap,
+            started: false,
             net: Net::new(config.net.clone()),
             clients: Clients::new(config.clients.clone()),
             observations: Observations::default(),
@@ -320,6 +353,9 @@ impl Sim {
             power_losses: 0,
             sync_failures: 0,
             partitions: 0,
+            membership_changes: 0,
+            removed_nodes: 0,
+            replaced_disks: 0,
             trace_hash: FNV_OFFSET,
             config,
         };
@@ -330,6 +366,8 @@ impl Sim {
                 id,
                 replica: None,
                 disk: SimDisk::new(),
+                incarnation: incarnation_of(id, 0),
+                retired: false,
                 generation: 0,
                 tick_period_us: TICK_US * per_mille / 1_000,
                 paused_until_us: 0,
@@ -348,6 +386,7 @@ impl Sim {
                 panic!("node {} does not start fresh: {message}", index + 1);
             }
         }
+        sim.started = true;
         if sim.fault_phase {
             for client in 0..sim.clients.count() {
                 let gap = sim.gap_us(sim.config.clients.gap_us_mean);
@@ -506,6 +545,9 @@ impl Sim {
             } else {
                 0
             },
+            membership_changes: self.membership_changes,
+            removed_nodes: self.removed_nodes,
+            replaced_disks: self.replaced_disks,
             trace_hash: self.trace_hash,
         }
     }
@@ -559,11 +601,29 @@ impl Sim {
     fn replica_config(&mut self, index: usize) -> ReplicaConfig {
         let knobs = &self.config.raft;
         let id = self.nodes[index].id;
+        // cluster.toml as the operator keeps it: at the first start the
+        // bootstrap voters (and a spare itself); afterwards every node's
+        // table, as the file grows with each node the operator starts (a
+        // replaced host restarts with the current file). A new data dir
+        // whose file listed only the bootstrap voters could, once every
+        // one of those was replaced, bootstrap a second cluster with the
+        // other new data dirs (seed 118): the unanimous first election
+        // needs every listed node, and a live member refuses it.
+        let listed = if self.started {
+            self.members.clone()
+        } else {
+            let mut listed = self.bootstrap.clone();
+            if !listed.contains(&id) {
+                listed.push(id);
+            }
+            listed
+        };
         ReplicaConfig {
             raft: crate::raft::Config {
                 id,
-                members: self.members.clone(),
-                incarnation: incarnation_of(id),
+                members: listed.clone(),
+                addresses: listed.iter().map(|&id| (id, addresses_of(id))).collect(),
+                incarnation: self.nodes[index].incarnation,
                 election_timeout_ticks: knobs.election_timeout_ticks,
                 heartbeat_ticks: knobs.heartbeat_ticks,
                 inflight_appends_max: knobs.inflight_appends_max,
@@ -573,8 +633,7 @@ impl Sim {
                 check_quorum: knobs.check_quorum,
                 seed: self.rng.gen(),
             },
-            client_addresses: self
-                .members
+            client_addresses: listed
                 .iter()
                 .map(|&member| (member, address_of(member)))
                 .collect(),
@@ -589,13 +648,24 @@ impl Sim {
     /// start its tick chain. A node that cannot start is a failure: a crash
     /// at any moment must never brick a node.
     fn start_node(&mut self, index: usize) -> Result<(), String> {
+        if self.nodes[index].retired {
+            return Ok(());
+        }
         let config = self.replica_config(index);
         let node = &mut self.nodes[index];
         let boot = node
             .disk
             .boot()
             .map_err(|e| format!("node {} cannot restart: {e}", node.id))?;
-        node.replica = Some(Replica::new(config, boot));
+        let replica = Replica::new(config, boot);
+        if replica.removed().is_some() {
+            // As `raftfs node` refuses to start a data dir whose removal
+            // it knows committed.
+            node.retired = true;
+            self.removed_nodes += 1;
+            return Ok(());
+        }
+        node.replica = Some(replica);
         node.commit_index_seen = 0;
         node.commit_observed = 0;
         node.applied_digest_seen = 0;
@@ -765,6 +835,27 @@ impl Sim {
         for (client, answer) in replies {
             self.deliver_answer(id, by_follower, client, answer)?;
         }
+        let removed = self.nodes[index]
+            .replica
+            .as_ref()
+            .and_then(|replica| replica.removed());
+        if let Some(reason) = removed {
+            // The real node stops here (exit code 4), its messages sent and
+            // every command it holds answered (`Replica::leave`).
+            let replies = self.nodes[index]
+                .replica
+                .as_mut()
+                .map(|replica| {
+                    replica.leave();
+                    std::mem::take(&mut replica.replies)
+                })
+                .unwrap_or_default();
+            for (client, answer) in replies {
+                self.deliver_answer(id, by_follower, client, answer)?;
+            }
+            self.retire_node(index, &reason);
+            return Ok(());
+        }
         let generation = self.nodes[index].generation;
         let crash_now = installed
             && self
@@ -871,6 +962,14 @@ impl Sim {
         let Some(replica) = self.nodes[index].replica.as_mut() else {
             return Ok(());
         };
+        // The peer handshake's decision, taken per message here (a real
+        // link asks once per connection): a refused message is dropped and
+        // its sender told, as a refused dialer is.
+        if let Err(reason) = replica.accept_peer(envelope.from, envelope.incarnation) {
+            self.turn(index)?;
+            let (from, incarnation) = (envelope.from, envelope.incarnation);
+            return self.refused(from, incarnation, to, &reason);
+        }
         replica.step(envelope);
         self.turn(index)
     }
@@ -986,6 +1085,19 @@ impl Sim {
             node.watches_woken_before += woken;
         }
         node.disk.crash(power_loss, kept);
+        if power_loss {
+            // Entries this node wrote as leader of a term its disk lost
+            // were never sent (nothing leaves while a new term is
+            // unsynced), so the same term, won again, may fill those
+            // indexes differently (seed 286: a sole voter re-elected in
+            // the term a power loss took): forget them.
+            let surviving_term = node.disk.durable().hard_state.term;
+            let id = node.id;
+            self.observations
+                .positions
+                .retain(|&(_, term), record| record.node != id || term <= surviving_term);
+        }
+        let node = &mut self.nodes[index];
         node.generation += 1;
         node.paused_until_us = 0;
         let generation = node.generation;
@@ -1013,6 +1125,91 @@ impl Sim {
                 generation,
             },
         );
+    }
+
+    /// Node `index` stops for good: removed from the cluster (it learned so,
+    /// or a member refused its removed data dir). Its disk stays; only a
+    /// new disk (`replace_disk`) brings it back.
+    fn retire_node(&mut self, index: usize, reason: &str) {
+        let now_us = self.now_us;
+        let node = &mut self.nodes[index];
+        if node.retired {
+            return;
+        }
+        node.retired = true;
+        if let Some(replica) = node.replica.take() {
+            let (taken, installed) = replica.snapshot_counts();
+            node.snapshots_before.0 += taken;
+            node.snapshots_before.1 += installed;
+        }
+        node.generation += 1;
+        node.paused_until_us = 0;
+        let id = node.id;
+        self.clients.node_crashed(id, now_us);
+        self.probes_lost(id);
+        self.removed_nodes += 1;
+        if self.config.verbose {
+            self.trace(format!("    node {id} stops for good: {reason}"));
+        }
+    }
+
+    /// Node `to` refused a message from node `from`'s data dir
+    /// `incarnation` for `reason`: the sender (if still that data dir)
+    /// hears of it as a refused dialer does, and stops for good (removed),
+    /// exits to be restarted (another incarnation of a member), or goes on.
+    fn refused(
+        &mut self,
+        from: NodeId,
+        incarnation: u64,
+        to: NodeId,
+        reason: &str,
+    ) -> Result<(), String> {
+        let Some(sender) = self.position_of(from) else {
+            return Ok(());
+        };
+        if self.nodes[sender].incarnation != incarnation || !self.nodes[sender].is_up() {
+            return Ok(());
+        }
+        let verdict = match self.nodes[sender].replica.as_mut() {
+            Some(replica) => replica.peer_refused(to, reason),
+            None => return Ok(()),
+        };
+        match verdict {
+            Ok(()) => self.turn(sender),
+            Err(line) if reason.contains(crate::replica::REMOVED_REFUSAL_MARK) => {
+                self.retire_node(sender, &line);
+                Ok(())
+            }
+            Err(line) => {
+                if self.config.verbose {
+                    self.trace(format!("    node {from} exits: {line}"));
+                }
+                // The process exits (code 1); its supervisor restarts it.
+                self.crash_node(sender, false);
+                Ok(())
+            }
+        }
+    }
+
+    /// A removed node gets an empty disk (a new incarnation) and starts
+    /// again, not a member, waiting to be added: a replaced host.
+    fn replace_disk(&mut self, index: usize) -> Result<(), String> {
+        let node = &mut self.nodes[index];
+        if !node.retired || node.replica.is_some() {
+            return Ok(());
+        }
+        node.retired = false;
+        node.disk = SimDisk::new();
+        node.generation += 1;
+        node.incarnation = incarnation_of(node.id, node.generation);
+        node.commit_index_seen = 0;
+        self.replaced_disks += 1;
+        if self.config.verbose {
+            let id = self.nodes[index].id;
+            self.trace(format!("    node {id} gets a new disk"));
+        }
+        self.start_node(index)?;
+        self.turn(index)
     }
 
     /// Microseconds until node `index` resumes, if it is paused.
@@ -1045,7 +1242,7 @@ impl Sim {
     ) -> Result<(), String> {
         let node = &self.nodes[index];
         let id = node.id;
-        if envelope.from != id || envelope.incarnation != incarnation_of(id) {
+        if envelope.from != id || envelope.incarnation != node.incarnation {
             return Err(format!(
                 "node {id} sent an envelope stamped from {} incarnation {}",
                 envelope.from, envelope.incarnation
@@ -1128,6 +1325,23 @@ impl Sim {
             );
             let node = &self.nodes[index];
             invariants::commit_index_monotonic(id, node.commit_index_seen, commit_index)?;
+            if role == Role::Leader && commit_index > node.commit_index_seen {
+                let voters = raft.configuration().voters();
+                let entry_term = raft.term_at(commit_index);
+                let holders: Vec<NodeId> = voters
+                    .iter()
+                    .copied()
+                    .filter(|&voter| {
+                        let holds = |term| {
+                            self.position_of(voter).is_some_and(|position| {
+                                self.nodes[position].disk.durably_holds(commit_index, term)
+                            })
+                        };
+                        entry_term.is_some_and(holds)
+                    })
+                    .collect();
+                invariants::commit_has_majority(id, term, commit_index, &voters, &holders)?;
+            }
             if last_index != node.disk.last_index() {
                 return Err(format!(
                     "node {id} reports last index {last_index} but asked to persist a log through {}",
@@ -1249,6 +1463,15 @@ impl Sim {
     /// leader acknowledged and applied everywhere; a final read of every key
     /// (so the history ends with what the cluster holds).
     fn advance_liveness(&mut self) -> Result<(), String> {
+        for index in 0..self.nodes.len() {
+            if self.nodes[index].retired {
+                // The operator gives every removed host a new disk: one
+                // the configuration still lists (added again while its
+                // removed data dir ran, seeds 221 and 390) must be able to
+                // catch up.
+                self.replace_disk(index)?;
+            }
+        }
         let Some(leader) = self.leader_position() else {
             return Ok(());
         };
@@ -1275,11 +1498,24 @@ impl Sim {
             }
             return Ok(());
         };
-        let caught_up = self.nodes.iter().all(|node| {
-            node.replica
-                .as_ref()
-                .is_some_and(|replica| replica.applied_index() >= probe_index)
-        });
+        // Every member of the leader's configuration (others are not sent
+        // the log: nodes waiting to be added, removed ones).
+        let Some(configuration) = self.nodes[leader]
+            .replica
+            .as_ref()
+            .map(|replica| replica.raft().configuration().clone())
+        else {
+            return Ok(());
+        };
+        let caught_up = self
+            .nodes
+            .iter()
+            .filter(|node| configuration.contains(node.id))
+            .all(|node| {
+                node.replica
+                    .as_ref()
+                    .is_some_and(|replica| replica.applied_index() >= probe_index)
+            });
         if !caught_up {
             return Ok(());
         }
@@ -1526,9 +1762,21 @@ impl Sim {
     }
 }
 
-/// Each node keeps one data dir (and so one incarnation) for the whole run.
-fn incarnation_of(id: NodeId) -> u64 {
-    0x1_0000 + id
+/// The incarnation of node `id`'s data dir made in its `generation`th
+/// lifetime (a node keeps its data dir across crashes; only a replaced
+/// disk gets a new one).
+fn incarnation_of(id: NodeId, generation: u64) -> u64 {
+    0x1_0000 + id + (generation << 20)
+}
+
+/// The addresses the simulator gives node `id` (only carried: the
+/// simulated network routes by id).
+fn addresses_of(id: NodeId) -> crate::raft::MemberAddresses {
+    crate::raft::MemberAddresses {
+        peer: format!("node-{id}:9080"),
+        client: address_of(id),
+        metrics: String::new(),
+    }
 }
 
 /// The client address the simulator gives node `id` (what redirects name).

@@ -130,6 +130,7 @@ impl Script {
             raft: crate::raft::Config {
                 id,
                 members: self.members.clone(),
+                addresses: Default::default(),
                 incarnation: 0x1_0000 + id,
                 // Only the script starts elections (`campaign`): timeouts
                 // longer than any script waits.

@@ -5,11 +5,17 @@
 //! `snapshot-<index:020>-<term:020>.snap`, so name order is index order:
 //!
 //! ```text
-//! header (40 bytes): magic "RAFTFSSN" | format u32 (= 1) | reserved u32 (0)
+//! header (40 bytes): magic "RAFTFSSN" | format u32 (= 2) | reserved u32 (0)
 //!                    | index u64 | term u64 | payload length u64
-//! payload:           Fsm::snapshot() (files, version counter, cluster time)
+//! payload:           Fsm::snapshot() (files, version counter, cluster time,
+//!                    and the Raft configuration in force at `index`)
 //! trailer:           crc32c u32 of header and payload
 //! ```
+//!
+//! Format 2 differs from format 1 only in its payload, which records the
+//! configuration in force (membership change); format-1 files, from data
+//! dirs written before, still load: their configuration is the one
+//! cluster.toml bootstraps, until the log holds one.
 //!
 //! The whole file is the byte string InstallSnapshot streams, so a follower
 //! writes chunks straight to disk and checks the very same trailer.
@@ -46,7 +52,9 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"RAFTFSSN";
-pub const SNAPSHOT_FILE_FORMAT: u32 = 1;
+pub const SNAPSHOT_FILE_FORMAT: u32 = 2;
+/// The oldest file format this build reads.
+pub const SNAPSHOT_FILE_FORMAT_OLDEST: u32 = 1;
 pub const HEADER_BYTES: usize = 40;
 pub const TRAILER_BYTES: usize = 4;
 
@@ -129,9 +137,10 @@ pub fn decode_from<R: Read>(
         u64::from_le_bytes(word)
     };
     let format = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
-    if format != SNAPSHOT_FILE_FORMAT {
+    if !(SNAPSHOT_FILE_FORMAT_OLDEST..=SNAPSHOT_FILE_FORMAT).contains(&format) {
         return Err(format!(
-            "format {format}, this build reads only {SNAPSHOT_FILE_FORMAT}"
+            "format {format}, this build reads only {SNAPSHOT_FILE_FORMAT_OLDEST} to \
+             {SNAPSHOT_FILE_FORMAT}"
         ));
     }
     let (index, term, payload_bytes) = (word(16), word(24), word(32));

@@ -103,8 +103,14 @@ impl Options {
     }
 
     /// The cluster.toml text for clusters at `base_port` with data in
-    /// `data_dir`.
+    /// `data_dir`, listing every node.
     fn config_text(&self, base_port: u16, data_dir: &Path) -> String {
+        let ids: Vec<u64> = (1..=self.size as u64).collect();
+        self.config_text_of(&ids, base_port, data_dir)
+    }
+
+    /// The cluster.toml text listing the nodes `ids` only.
+    fn config_text_of(&self, ids: &[u64], base_port: u16, data_dir: &Path) -> String {
         let mut text = format!(
             "election_timeout_ms = [{}, {}]\nheartbeat_ms = {}\nfsync = {}\ndata_dir = {:?}\n{}\n",
             self.election_timeout_ms.0,
@@ -114,7 +120,7 @@ impl Options {
             data_dir.display().to_string(),
             self.extra
         );
-        for id in 1..=self.size as u64 {
+        for &id in ids {
             let port = |offset: u16| base_port + offset + id as u16 - 1;
             text.push_str(&format!(
                 "[[node]]\nid = {id}\nclient = \"127.0.0.1:{}\"\n",
@@ -204,6 +210,37 @@ impl Cluster {
 
     pub fn ids(&self) -> impl Iterator<Item = u64> {
         1..=self.size as u64
+    }
+
+    /// Rewrites cluster.toml to list the nodes `ids` only (membership
+    /// change: the file bootstraps the first members and gives a new
+    /// member its addresses; running nodes never read it again).
+    pub fn write_config_listing(&self, ids: &[u64]) {
+        let text = self
+            .options
+            .config_text_of(ids, self.base_port, &self.dir.path().join("data"));
+        std::fs::write(&self.config_path, text).expect("write config");
+    }
+
+    /// kill -9 node `id` and delete its data dir (a lost disk).
+    pub fn wipe(&mut self, id: u64) {
+        self.kill(id);
+        let _ = std::fs::remove_dir_all(self.data_dir(id));
+    }
+
+    /// Runs `raftfs member <args> --config <cluster.toml>`: its exit code
+    /// and its stdout and stderr.
+    pub fn member(&self, args: &[&str]) -> (i32, String) {
+        let output = Command::new(binary())
+            .arg("member")
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()
+            .expect("run raftfs member");
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        (output.status.code().unwrap_or(-1), text)
     }
 
     fn port(&self, offset: u16, id: u64) -> u16 {

@@ -77,11 +77,17 @@ impl WorkloadResult {
 impl Workload {
     /// Starts `clients` threads on files `hot-0..hot-<files>` of `cluster`.
     pub fn start(cluster: &Cluster, clients: u64, files: usize, seed: u64) -> Workload {
+        let addresses: Vec<String> = cluster.ids().map(|id| cluster.client_address(id)).collect();
+        Workload::start_on(addresses, clients, files, seed)
+    }
+
+    /// As `start`, the clients first connecting to `addresses` (they follow
+    /// redirects anywhere).
+    pub fn start_on(addresses: Vec<String>, clients: u64, files: usize, seed: u64) -> Workload {
         let origin = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let history = Arc::new(Mutex::new(History::new()));
         let unexpected = Arc::new(Mutex::new(Vec::new()));
-        let addresses: Vec<String> = cluster.ids().map(|id| cluster.client_address(id)).collect();
         let threads = (0..clients)
             .map(|client| {
                 let mut worker = Worker {

@@ -3,8 +3,8 @@
 //! Owns: the accepted socket, its read buffer, and the handshake decision's
 //! mechanics. The first frame must be a hello of at most
 //! `PEER_HANDSHAKE_BYTES_MAX` bytes; it is checked here (format version,
-//! cluster id, intended receiver, known member) and then by the caller's
-//! incarnation closure, in the same turn, so no envelope of an undecided
+//! cluster id, intended receiver) and then by the caller's incarnation
+//! closure (which also decides membership), in the same turn, so no envelope of an undecided
 //! connection is ever delivered. A refusal is logged, answered with its
 //! reason, and followed by a lingering close (write side shut, input read and
 //! discarded until the dialer hangs up or the handshake deadline passes) so
@@ -25,7 +25,6 @@ use crate::limits;
 use crate::raft::NodeId;
 use bytes::{Bytes, BytesMut};
 use mio::net::TcpStream;
-use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::Instant;
@@ -38,9 +37,11 @@ enum Phase {
         from: NodeId,
         incarnation: u64,
     },
-    /// A status probe waiting for the owner's report (`answer_status`).
+    /// A status probe waiting for the owner's report (`answer_status`);
+    /// `request` is the membership request it carries (empty: none).
     AwaitingStatus {
         deadline: Instant,
+        request: Bytes,
     },
     /// Refused or answered a probe: the answer is being written, then the
     /// dialer's close awaited.
@@ -54,7 +55,6 @@ enum Phase {
 pub(super) struct InboundContext<'a> {
     pub my_id: NodeId,
     pub cluster_id: u64,
-    pub members: &'a BTreeMap<NodeId, SocketAddr>,
     pub accept_incarnation: &'a mut dyn FnMut(NodeId, u64) -> Result<(), String>,
     pub out: &'a mut Vec<PeerEvent>,
     pub stats: &'a mut PeerStats,
@@ -106,20 +106,29 @@ impl Inbound {
     pub fn expired(&self, now: Instant) -> bool {
         match self.phase {
             Phase::AwaitingHello { deadline }
-            | Phase::AwaitingStatus { deadline }
+            | Phase::AwaitingStatus { deadline, .. }
             | Phase::Closing { deadline, .. } => now >= deadline,
             Phase::Accepted { .. } => false,
         }
     }
 
-    /// Whether this is a status probe waiting for its report.
+    /// Whether this is a plain status probe waiting for its report.
     pub fn awaits_status(&self) -> bool {
-        matches!(self.phase, Phase::AwaitingStatus { .. })
+        matches!(&self.phase, Phase::AwaitingStatus { request, .. } if request.is_empty())
     }
 
-    /// Answers a status probe with `frame` and closes after it is written.
+    /// The membership request a waiting probe carries, if any.
+    pub fn member_request(&self) -> Option<&Bytes> {
+        match &self.phase {
+            Phase::AwaitingStatus { request, .. } if !request.is_empty() => Some(request),
+            _ => None,
+        }
+    }
+
+    /// Answers a status probe (or the request it carries) with `frame` and
+    /// closes after it is written.
     pub fn answer_status(&mut self, frame: Bytes) -> Verdict {
-        let Phase::AwaitingStatus { deadline } = self.phase else {
+        let Phase::AwaitingStatus { deadline, .. } = self.phase else {
             return Verdict::Keep;
         };
         self.reply = frame;
@@ -201,7 +210,9 @@ impl Inbound {
             };
             match self.phase {
                 Phase::AwaitingHello { deadline } if wire::is_status_probe(&payload) => {
-                    self.phase = Phase::AwaitingStatus { deadline };
+                    let start = wire::probe_request_offset().min(payload.len());
+                    let request = Bytes::copy_from_slice(&payload[start..]);
+                    self.phase = Phase::AwaitingStatus { deadline, request };
                     return verdict;
                 }
                 Phase::AwaitingHello { deadline } => {
@@ -227,6 +238,17 @@ impl Inbound {
                              (incarnation {incarnation:#x})",
                             envelope.from, envelope.incarnation, envelope.to
                         ));
+                    }
+                    if matches!(envelope.message, crate::raft::Message::PreVote { .. }) {
+                        // A data dir removed since this link was accepted
+                        // asks with PreVotes whether its removal committed
+                        // (`raft::Node::ask_whether_removed`): asked again,
+                        // the caller may refuse it now; closing the link
+                        // makes it dial again and hear the refusal.
+                        if let Err(reason) = (context.accept_incarnation)(from, incarnation) {
+                            log::info!("closing the link of node {from}: {reason}");
+                            return Verdict::Close;
+                        }
                     }
                     context.stats.frames_received += 1;
                     context.out.push(PeerEvent::Message(envelope));
@@ -270,12 +292,11 @@ impl Inbound {
                 "this is node {}, not node {}",
                 context.my_id, hello.to
             ))
-        } else if !context.members.contains_key(&hello.from) {
-            Err(format!(
-                "node {} is not a member of this cluster",
-                hello.from
-            ))
         } else {
+            // Membership is the caller's decision (the configuration in
+            // force lives in the replica): a node waiting to be added, or
+            // one this node does not know of yet, is accepted; a removed
+            // data dir or another incarnation is refused there.
             (context.accept_incarnation)(hello.from, hello.incarnation)
         };
         match decision {

@@ -354,6 +354,21 @@ impl Link {
         }
     }
 
+    /// Ends the link for good (its member left the configuration):
+    /// deregisters any socket; queued frames are dropped with it.
+    pub fn shut(&mut self, registry: &Registry) {
+        let now = Instant::now();
+        match std::mem::replace(&mut self.phase, Phase::Down { retry_at: now }) {
+            Phase::Connecting { mut stream, .. }
+            | Phase::Handshaking { mut stream, .. }
+            | Phase::Up { mut stream, .. } => {
+                let _ = registry.deregister(&mut stream);
+            }
+            Phase::Down { .. } => {}
+        }
+        self.queue.clear();
+    }
+
     /// Ends the current connection (if any) and schedules the next attempt.
     fn close(&mut self, context: &mut LinkContext<'_>, reason: &str, retry: Retry) {
         if retry == Retry::Slowest {

@@ -15,6 +15,9 @@
 //! 4 bytes `STATUS_MAGIC` and the format version: the receiver answers with
 //! one frame holding its status report (its encoding belongs to `status`)
 //! and closes. It needs no cluster id, so an operator's tool can ask any node.
+//! A probe may carry a membership request after the version (`raftfs
+//! member`; its encoding belongs to `member`): the answer is then the
+//! request's, not the report.
 //!
 //! Invariants: decoding never panics and never allocates more than the frame
 //! it was given (bincode runs with a byte limit over a slice); a frame longer
@@ -332,18 +335,41 @@ pub fn encode_status_probe() -> Bytes {
     frame.freeze()
 }
 
+/// The one frame of a status probe carrying a membership request (at most
+/// a handshake frame's size).
+pub fn encode_member_probe(request: &[u8]) -> Result<Bytes, EncodeError> {
+    let payload_bytes = STATUS_MAGIC.len() + 4 + request.len();
+    if payload_bytes > limits::PEER_HANDSHAKE_BYTES_MAX {
+        return Err(EncodeError::FrameTooLarge {
+            length_bytes: payload_bytes as u64,
+            max_bytes: limits::PEER_HANDSHAKE_BYTES_MAX,
+        });
+    }
+    let mut frame = BytesMut::with_capacity(FRAME_HEADER_BYTES + payload_bytes);
+    frame.put_u32_le(payload_bytes as u32);
+    frame.put_slice(&STATUS_MAGIC);
+    frame.put_u32_le(FORMAT_VERSION);
+    frame.put_slice(request);
+    Ok(frame.freeze())
+}
+
+/// Where a probe's membership request starts in its payload.
+pub fn probe_request_offset() -> usize {
+    STATUS_MAGIC.len() + 4
+}
+
 /// Whether a first frame is a status probe rather than a hello.
 pub fn is_status_probe(payload: &[u8]) -> bool {
     payload.get(..STATUS_MAGIC.len()) == Some(&STATUS_MAGIC[..])
 }
 
-/// `payload` as one frame (a status report), or an error if it is too large
-/// for a handshake-sized frame.
+/// `payload` as one frame (a status report or a membership answer), or an
+/// error if it is over `STATUS_REPORT_BYTES_MAX`.
 pub fn encode_raw_frame(payload: &[u8]) -> Result<Bytes, EncodeError> {
-    if payload.len() > limits::PEER_HANDSHAKE_BYTES_MAX {
+    if payload.len() > limits::STATUS_REPORT_BYTES_MAX {
         return Err(EncodeError::FrameTooLarge {
             length_bytes: payload.len() as u64,
-            max_bytes: limits::PEER_HANDSHAKE_BYTES_MAX,
+            max_bytes: limits::STATUS_REPORT_BYTES_MAX,
         });
     }
     let mut frame = BytesMut::with_capacity(FRAME_HEADER_BYTES + payload.len());
@@ -627,7 +653,14 @@ mod tests {
         assert!(!is_status_probe(&hello[FRAME_HEADER_BYTES..]));
         let report = encode_raw_frame(b"{}").unwrap();
         assert_eq!(&report[..], b"\x02\x00\x00\x00{}");
-        assert!(encode_raw_frame(&vec![0; limits::PEER_HANDSHAKE_BYTES_MAX + 1]).is_err());
+        assert!(encode_raw_frame(&vec![0; limits::STATUS_REPORT_BYTES_MAX + 1]).is_err());
+        let mut frame = BytesMut::from(&encode_member_probe(b"{}").unwrap()[..]);
+        let payload = next_frame(&mut frame, limits::PEER_HANDSHAKE_BYTES_MAX)
+            .unwrap()
+            .unwrap();
+        assert!(is_status_probe(&payload));
+        assert_eq!(&payload[probe_request_offset()..], b"{}");
+        assert!(encode_member_probe(&vec![b' '; limits::PEER_HANDSHAKE_BYTES_MAX]).is_err());
     }
 
     #[test]

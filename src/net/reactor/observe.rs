@@ -39,7 +39,8 @@ impl Reactor {
         NodeView {
             known_commit_index: self.replica.raft().known_commit_index(),
             snapshot_index: self.replica.raft().snapshot().index,
-            is_member: self.replica.raft().members().contains(&status.id),
+            is_member: self.replica.raft().is_voter(),
+            membership: self.replica.membership_view(),
             stopping: self.stop_flag.load(Ordering::SeqCst),
             status,
             client_connections: self.connections.len(),
@@ -84,6 +85,24 @@ impl Reactor {
                 }
             }
         }
+        for (key, request) in self.peers.member_requests() {
+            let answer = match serde_json::from_slice::<crate::member::MemberRequest>(&request) {
+                Ok(request) => {
+                    let answer = self.replica.member_request(&request);
+                    log::info!("membership request {request:?}: {answer:?}");
+                    answer
+                }
+                Err(error) => crate::member::MemberAnswer::Refused {
+                    reason: format!("not a membership request this node understands: {error}"),
+                },
+            };
+            match serde_json::to_vec(&answer) {
+                Ok(bytes) => self
+                    .peers
+                    .answer_member_request(self.poll.registry(), key, &bytes),
+                Err(error) => log::error!("cannot encode a membership answer: {error}"),
+            }
+        }
         if self.peers.status_probes_waiting() {
             let view = self.node_view();
             let report = crate::status::StatusReport {
@@ -97,6 +116,7 @@ impl Reactor {
                 last_index: view.status.last_index,
                 files: view.status.files as u64,
                 unhealthy: metrics::health(&view, HEALTH_APPLY_LAG_ENTRIES_MAX).err(),
+                membership: Some(crate::status::MembershipReport::of(&view.membership)),
             };
             match serde_json::to_vec(&report) {
                 Ok(bytes) => self
