@@ -252,7 +252,7 @@ fn seeded_schedules() {
 /// failed, kept as a regression check. The membership seeds (72 on) were
 /// found before followers' mode joined the mix, so they now replay other
 /// membership schedules: still regression runs, no longer those exact ones.
-const NAMED_SEEDS: [(u64, &str); 22] = [
+const NAMED_SEEDS: [(u64, &str); 23] = [
     (604, "a probe command lost with its node's crash (harness)"),
     (
         1433,
@@ -325,6 +325,10 @@ const NAMED_SEEDS: [(u64, &str); 22] = [
     (
         1178,
         "nodes with empty logs kept deposing leaders with RequestVotes (PreVote off)",
+    ),
+    (
+        6728,
+        "a restarted follower holding one delayed chunk was never resent the rest",
     ),
 ];
 

@@ -723,7 +723,7 @@ impl Configurations {
     }
 
     /// Every configuration held, oldest first, with its entry's index.
-    pub fn all(&self) -> impl Iterator<Item = (Index, &Configuration)> {
+    pub fn all(&self) -> impl DoubleEndedIterator<Item = (Index, &Configuration)> {
         std::iter::once((self.base_index, &self.base))
             .chain(self.entries.iter().map(|(index, c)| (*index, c)))
     }

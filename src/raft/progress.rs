@@ -39,6 +39,10 @@ pub struct SnapshotSending {
     pub sent_offset: u64,
     /// The leader tick of the last chunk sent or acknowledgement heard.
     pub progress_tick: u64,
+    /// The lowest answer below `acked_offset` heard since the last
+    /// progress: stale, or the follower lost what it held. Believed only
+    /// if nothing moves for a window timeout.
+    pub lower_answer: Option<u64>,
 }
 
 /// One AppendEntries in flight: its last entry index and when it left.
@@ -180,6 +184,7 @@ impl Progress {
             acked_offset: 0,
             sent_offset: 0,
             progress_tick: tick,
+            lower_answer: None,
         });
     }
 
@@ -218,11 +223,19 @@ impl Progress {
             return false;
         }
         if next_offset < sending.acked_offset && next_offset != 0 {
-            // An older answer overtaken by a newer one (a follower's answers
-            // only grow until it loses everything): following it would
-            // resend a window per stale answer, and with duplication that
-            // multiplies without bound (sim seed 6764061473182115213: 300k
-            // chunks for one 2 KB snapshot).
+            // Most likely an older answer overtaken by a newer one:
+            // following each at once would resend a window per stale
+            // answer, and with duplication that multiplies without bound
+            // (sim seed 6764061473182115213: 300k chunks for one 2 KB
+            // snapshot). But a follower that restarted and then got a
+            // delayed first chunk holds a little and answers exactly this
+            // forever (sim seed 6728): remembered for
+            // `maybe_restart_snapshot_window`.
+            sending.lower_answer = Some(
+                sending
+                    .lower_answer
+                    .map_or(next_offset, |lower| lower.min(next_offset)),
+            );
             return false;
         }
         if next_offset < sending.acked_offset || next_offset > sending.sent_offset {
@@ -233,20 +246,30 @@ impl Progress {
         }
         sending.acked_offset = next_offset;
         sending.progress_tick = tick;
+        sending.lower_answer = None;
         true
     }
 
-    /// Resend from the acknowledged offset if chunks are outstanding and
-    /// nothing moved for `ticks` (chunks were lost, or the link dropped).
-    pub fn maybe_restart_snapshot_window(&mut self, tick: u64, ticks: u64) {
-        if let Some(sending) = self.snapshot.as_mut() {
-            if sending.sent_offset > sending.acked_offset
-                && tick.saturating_sub(sending.progress_tick) >= ticks
-            {
-                sending.sent_offset = sending.acked_offset;
-                sending.progress_tick = tick;
-            }
+    /// If chunks are outstanding and nothing moved for `ticks` (chunks were
+    /// lost, or the link dropped), resend from the acknowledged offset, or
+    /// from a lower answer heard meanwhile (the follower lost what it held:
+    /// returns true, and the caller may start over with a newer snapshot).
+    pub fn maybe_restart_snapshot_window(&mut self, tick: u64, ticks: u64) -> bool {
+        let Some(sending) = self.snapshot.as_mut() else {
+            return false;
+        };
+        if sending.sent_offset <= sending.acked_offset
+            || tick.saturating_sub(sending.progress_tick) < ticks
+        {
+            return false;
         }
+        let lost = sending.lower_answer.take();
+        if let Some(held) = lost {
+            sending.acked_offset = held;
+        }
+        sending.sent_offset = sending.acked_offset;
+        sending.progress_tick = tick;
+        lost.is_some()
     }
 
     /// The snapshot through `index` is installed: replicate from after it.
@@ -353,6 +376,24 @@ mod tests {
             progress.next_snapshot_chunk(100, 2, 9),
             Some((snapshot, 200, 50)),
             "the window goes on from where it was, not from 50"
+        );
+        assert!(
+            !progress.maybe_restart_snapshot_window(10, 5),
+            "not stalled yet"
+        );
+        assert!(
+            progress.maybe_restart_snapshot_window(14, 5),
+            "stalled after a lower answer: the follower holds only that"
+        );
+        assert_eq!(
+            progress.next_snapshot_chunk(100, 2, 14),
+            Some((snapshot, 50, 100)),
+            "resent from the lower answer"
+        );
+        assert!(progress.on_snapshot_ack(50, 150, 15));
+        assert!(
+            !progress.maybe_restart_snapshot_window(30, 5),
+            "nothing outstanding beyond the answer"
         );
         assert!(progress.on_snapshot_ack(50, 0, 9), "the follower restarted");
         assert_eq!(

@@ -155,8 +155,17 @@ impl Node {
         self.configuration_version += 1;
         let own = self.config.id;
         let configuration = self.configurations.current().clone();
-        log::info!(
-            "node {own}: configuration {configuration} in force (index {})",
+        // Said at info only when the members shown change: the first
+        // leader's entry binding cluster.toml's voters to their data dirs
+        // is news to nobody.
+        let shown = configuration.to_string();
+        let level = match self.configurations.all().rev().nth(1) {
+            Some((_, previous)) if previous.to_string() == shown => log::Level::Debug,
+            _ => log::Level::Info,
+        };
+        log::log!(
+            level,
+            "node {own}: configuration {shown} in force (index {})",
             self.configurations.current_index()
         );
         if !configuration.counts_as_voter(own, self.config.incarnation)

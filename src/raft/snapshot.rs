@@ -311,7 +311,11 @@ impl Node {
         let Some(progress) = leader.progress.get_mut(&from) else {
             return;
         };
-        progress.maybe_restart_snapshot_window(ticks, heartbeat_ticks);
+        if progress.maybe_restart_snapshot_window(ticks, heartbeat_ticks) {
+            // The follower holds less than it said: as after a restart, an
+            // older snapshot may be gone by now.
+            self.restart_with_newest_snapshot(from);
+        }
         self.maybe_send_snapshot_chunks(from);
     }
 }
