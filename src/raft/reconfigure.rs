@@ -204,8 +204,8 @@ impl Node {
             let addresses = self
                 .configurations
                 .all()
-                .filter_map(|(_, c)| c.member(id))
-                .last()
+                .rev()
+                .find_map(|(_, c)| c.member(id))
                 .map(|member| member.addresses.clone())
                 .unwrap_or_default();
             leader.retiring.insert(
