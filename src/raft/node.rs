@@ -840,11 +840,20 @@ impl Node {
         let Some(leader) = self.leader.as_ref() else {
             return;
         };
-        if leader
+        // At most one read round in flight: reads registered while one is
+        // unanswered wait for it, then share the next. Under load one round
+        // then serves every read of the turns it took (not one round per
+        // turn, and per follower asking); a lost answer delays them by at
+        // most the heartbeat interval, whose round serves them.
+        let newest_waits = leader
             .reads
             .back()
-            .is_some_and(|read| read.round > leader.read_round)
-        {
+            .is_some_and(|read| read.round > leader.read_round);
+        let round_in_flight = leader
+            .reads
+            .front()
+            .is_some_and(|read| read.round <= leader.read_round);
+        if newest_waits && !round_in_flight {
             self.broadcast_heartbeat();
         }
     }

@@ -6,7 +6,8 @@
 //! by a majority (this node counting itself): no newer leader can have
 //! committed anything then, so state as of that index is current. One round
 //! serves every read registered before its heartbeats left; rounds are sent
-//! at drain time, so one turn's reads share one round. The leader serves no
+//! at drain time, so one turn's reads share one round, and at most one
+//! round is unanswered: reads registered meanwhile share the next. The leader serves no
 //! read until its term's no-op has committed (before that its commit index
 //! may lag entries committed by earlier leaders); such reads are queued. A
 //! deposed leader fails every pending read. `ReadReady{id, index}` tells the
