@@ -572,7 +572,8 @@ impl Node {
 
     /// Move every pending action into `out`, in order. Proposals and reads
     /// registered since the last drain are sent first (one AppendEntries per
-    /// follower window, one heartbeat round for all new reads).
+    /// follower window, one heartbeat round for the waiting reads
+    /// unless a round is already in flight).
     pub fn drain_actions(&mut self, out: &mut Vec<Action>) {
         self.flush();
         out.append(&mut self.actions);

@@ -464,8 +464,8 @@ impl Cluster {
         false
     }
 
-    /// The node that answers a read itself (not with a redirect), found by
-    /// asking every running, unstopped node; waits up to `timeout`.
+    /// The node that leads: it answers a read and its status probe says
+    /// leader; asks every running, unstopped node; waits up to `timeout`.
     pub fn wait_leader(&self, timeout: Duration) -> Option<u64> {
         self.wait_leader_among(&self.ids().collect::<Vec<_>>(), timeout)
     }
@@ -481,8 +481,9 @@ impl Cluster {
                 if let Ok(mut client) = Client::connect(&self.client_address(id)) {
                     client.set_timeout(Duration::from_millis(1500));
                     if let Ok(reply) = client.command(b"read __leader_probe__\r\n") {
-                        if reply.starts_with("ERR_FILE_NOT_FOUND") || reply.starts_with("CONTENTS")
-                        {
+                        let serves = reply.starts_with("ERR_FILE_NOT_FOUND")
+                            || reply.starts_with("CONTENTS");
+                        if serves && self.says_it_leads(id) {
                             return Some(id);
                         }
                     }
@@ -491,6 +492,17 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(30));
         }
         None
+    }
+
+    /// Whether node `id` reports the leader role (`raftfs status`'s probe on
+    /// its peer port). A read answered is not enough: followers answer
+    /// reads themselves when they forward (the default), so a test that
+    /// took the first node answering for the leader killed the real leader
+    /// as "a follower".
+    fn says_it_leads(&self, id: u64) -> bool {
+        let address = SocketAddr::from(([127, 0, 0, 1], self.peer_port(id)));
+        raftfs::status::probe(address, Duration::from_millis(1500))
+            .is_ok_and(|report| report.role == "leader")
     }
 
     /// A client connected to the leader, waiting up to `timeout` for one.
