@@ -3,10 +3,15 @@
 //! misread), through the library and through a real `raftfs node`; and the
 //! hard state records format-1 data dirs hold (bincode's bytes, before the
 //! WAL's own codec) still read back.
+//!
+//! The tests run one at a time: a node spawned by one test can inherit,
+//! between its fork and its exec, another test's data dir lock, which then
+//! outlives that test's `drop` of its WAL (seen once in CI as "in use by
+//! another raftfs node" at a reopen).
 
 mod common;
 
-use common::cluster::{Cluster, Options};
+use common::cluster::{serial, Cluster, Options};
 use raftfs::error::Error;
 use raftfs::storage::{self, segment};
 use std::path::{Path, PathBuf};
@@ -34,6 +39,7 @@ fn set_segment_version(path: &Path, version: u32) {
 
 #[test]
 fn a_wal_segment_of_another_format_version_is_refused_by_name() {
+    let _serial = serial();
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut wal, _) = storage::open(dir.path(), false).expect("open");
     wal.append(&[raftfs::raft::Entry {
@@ -58,6 +64,7 @@ fn a_wal_segment_of_another_format_version_is_refused_by_name() {
 
 #[test]
 fn a_snapshot_file_of_another_format_is_refused_by_name() {
+    let _serial = serial();
     let dir = tempfile::tempdir().expect("temp dir");
     let fsm = raftfs::fsm::Fsm::new();
     let (_, path) = raftfs::snapshot::write_file(dir.path(), &fsm, 7, 2, false).expect("written");
@@ -83,6 +90,7 @@ fn a_snapshot_file_of_another_format_is_refused_by_name() {
 /// WAL frames every record.
 #[test]
 fn a_hard_state_record_written_by_bincode_reads_back() {
+    let _serial = serial();
     let dir = tempfile::tempdir().expect("temp dir");
     let (wal, _) = storage::open(dir.path(), false).expect("open");
     drop(wal);
@@ -119,6 +127,7 @@ fn a_hard_state_record_written_by_bincode_reads_back() {
 
 #[test]
 fn a_node_refuses_a_data_dir_of_another_wal_version_in_one_line() {
+    let _serial = serial();
     let mut cluster = Cluster::start(Options::new(1).fsync(false));
     assert!(
         cluster.wait_leader(Duration::from_secs(10)).is_some(),
