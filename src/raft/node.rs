@@ -345,6 +345,7 @@ impl Node {
         let Envelope {
             from,
             term,
+            incarnation,
             message,
             ..
         } = envelope;
@@ -355,12 +356,23 @@ impl Node {
                 Message::PreVote { .. } | Message::PreVoteResponse { granted: true } => {}
                 Message::RequestVote {
                     last_log_index: 0, ..
-                } if self.log.last_index() > 0 => {
-                    // A candidate with an empty log (a node waiting to be
-                    // added, or a new data dir) can never get this vote:
-                    // refuse it without taking its term, so such a node
-                    // cannot keep deposing the cluster's leaders (sim seed
-                    // 1178, PreVote off).
+                } if self.log.last_index() > 0
+                    && !self
+                        .configurations
+                        .current()
+                        .counts_as_voter(from, incarnation) =>
+                {
+                    // A candidate with an empty log that is no voter here
+                    // (a node waiting to be added, or a new data dir under
+                    // another's id) can never get this vote: refuse it
+                    // without taking its term, so such a node cannot keep
+                    // deposing the cluster's leaders (sim seed 1178,
+                    // PreVote off). A voter whose log a power loss emptied
+                    // is answered as Raft answers anyone: its term is
+                    // taken, so this node's next candidacy outbids it
+                    // (sim seed 4552018912604097780: taking no term from
+                    // two emptied voters kept the one holding an entry a
+                    // term behind them at every election, for ever).
                     self.send(from, Message::RequestVoteResponse { granted: false });
                     return Ok(());
                 }
