@@ -415,7 +415,11 @@ fn the_peer_port_withstands_strangers_garbage_and_forgeries() {
             round += 1;
             // A member's id with a made-up incarnation, with and without
             // the cluster id: refused at the handshake.
-            let known = if round.is_multiple_of(2) { cluster_id } else { 0 };
+            let known = if round.is_multiple_of(2) {
+                cluster_id
+            } else {
+                0
+            };
             let (mut stream, reply) = hello(
                 &address,
                 &wire::Hello {

@@ -261,7 +261,7 @@ impl Identity {
                 format!("cannot store the cluster id: {error}")
             })?;
         }
-        log::info!("this node joins cluster {cluster_id:016x} (learned from {source})");
+        log::debug!("this node joins cluster {cluster_id:016x} (learned from {source})");
         self.cluster_id = cluster_id;
         self.changed = true;
         Ok(())
@@ -487,8 +487,11 @@ impl Peers {
                 break candidate;
             }
         };
-        self.identity
-            .adopt(cluster_id, "nobody: this node forms the cluster")?;
+        self.identity.adopt(cluster_id, "itself")?;
+        log::info!(
+            "node {} forms cluster {cluster_id:016x} (its first leader)",
+            self.my_id
+        );
         let mut out = Vec::new();
         self.after_identity_change(registry, Instant::now(), None, &mut out);
         Ok(())

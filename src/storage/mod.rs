@@ -268,8 +268,8 @@ fn write_incarnation(dir: &Path, incarnation: u64) -> io::Result<()> {
     write_id_file(dir, INCARNATION_FILE_NAME, incarnation)
 }
 
-/// Reads the data dir's cluster id (0 if it has none yet).
-fn load_cluster_id(dir: &Path) -> Result<u64> {
+/// Reads the data dir's cluster id (0 if it has none yet, or no such dir).
+pub fn load_cluster_id(dir: &Path) -> Result<u64> {
     let path = dir.join(CLUSTER_ID_FILE_NAME);
     match std::fs::read(&path) {
         Ok(bytes) => parse_incarnation(&bytes).ok_or_else(|| {
