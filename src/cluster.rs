@@ -57,6 +57,7 @@ pub fn run_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -> 
 
 /// The local demo cluster: every node of `config` in this process.
 pub fn run(config: &ClusterConfig) -> Result<()> {
+    check_data_dirs(config)?;
     let mut reactors = Vec::new();
     for member in &config.members {
         reactors.push((member.id, start_node(config, member.id, None)?));
@@ -99,6 +100,54 @@ pub fn run(config: &ClusterConfig) -> Result<()> {
             last_leader = leader;
         }
     })
+}
+
+/// The demo defines its own membership, so the data dirs under its
+/// `data_dir` must be fresh or all of one cluster among these nodes: a
+/// 3-node run after a 5-node one would otherwise restart nodes 1-3
+/// of the 5-node cluster (its log says so) with two members missing.
+/// Refused with one line naming the dirs; every node dir is
+/// `<data_dir>/<id>`, so any numbered dir there holding a cluster id counts.
+fn check_data_dirs(config: &ClusterConfig) -> Result<()> {
+    let mut found: Vec<(NodeId, u64)> = Vec::new();
+    let Ok(listing) = std::fs::read_dir(&config.data_dir) else {
+        return Ok(());
+    };
+    for item in listing.flatten() {
+        let Some(id) = item
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<NodeId>().ok())
+        else {
+            continue;
+        };
+        let cluster_id = crate::storage::load_cluster_id(&item.path())?;
+        if cluster_id != 0 {
+            found.push((id, cluster_id));
+        }
+    }
+    found.sort_unstable();
+    let Some(&(_, first)) = found.first() else {
+        return Ok(());
+    };
+    let members: Vec<NodeId> = config.members.iter().map(|m| m.id).collect();
+    let ids: Vec<NodeId> = found.iter().map(|(id, _)| *id).collect();
+    let one_cluster = found.iter().all(|(_, cluster_id)| *cluster_id == first);
+    // Some members' dirs may lack the id yet (a first run stopped before
+    // they adopted it): those are fresh, not another cluster's.
+    if one_cluster && ids.iter().all(|id| members.contains(id)) {
+        return Ok(());
+    }
+    let held = found
+        .iter()
+        .map(|(id, cluster_id)| format!("{id}: cluster {cluster_id:016x}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(crate::error::Error::Refused(format!(
+        "{} holds the data of another cluster (node dirs {held}); this cluster has nodes {members:?}: \
+         use another --data-dir, or remove it",
+        config.data_dir.display()
+    )))
 }
 
 fn run_reactors(

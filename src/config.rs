@@ -257,15 +257,6 @@ impl ClusterConfig {
         })
     }
 
-    /// The cluster id peer handshakes carry. It can no longer be derived
-    /// from the member list: membership change edits cluster.toml while
-    /// the cluster runs (nodes started before and after must still talk),
-    /// so every raftfs cluster shares this one until the id is made once
-    /// and stored in each data dir.
-    pub fn cluster_id(&self) -> u64 {
-        u64::from_le_bytes(*b"raftfs\0\x01")
-    }
-
     /// The data dir of node `id`: `override_dir` if given, else `<data_dir>/<id>`.
     pub fn node_data_dir(&self, id: NodeId, override_dir: Option<&Path>) -> PathBuf {
         match override_dir {

@@ -116,19 +116,44 @@ pub const PROPOSAL_COMMANDS_PER_TURN_MAX: usize = 16_384;
 /// Bytes queued for one peer before the link is considered too slow and its
 /// queue is dropped (the Raft core retransmits by probing).
 pub const PEER_QUEUE_BYTES_MAX: usize = 64 << 20;
-/// Largest peer frame accepted from the network.
-pub const PEER_FRAME_BYTES_MAX: usize = 256 << 20;
+/// Largest peer frame accepted from the network: the largest legal frame
+/// is an AppendEntries holding one entry with a command at the ceiling of
+/// `max_file_bytes` (an entry over `APPEND_BYTES_MAX` goes alone), or a
+/// batch of `APPEND_BYTES_MAX`; an InstallSnapshot chunk or a forwarded
+/// batch is smaller. So: that ceiling, plus one append's worth, plus 1 MiB
+/// of headroom for headers (was 256 MiB: a hostile length could make a
+/// node buffer that much per connection).
+pub const PEER_FRAME_BYTES_MAX: usize = FILE_BYTES_MAX_CEILING + APPEND_BYTES_MAX + (1 << 20);
+/// Most entries one AppendEntries may carry: the leader cuts a batch at
+/// `APPEND_BYTES_MAX`, and every entry counts at least 16 bytes there
+/// (`Entry::size_bytes`). More is a malformed frame (its decoding stops
+/// before reading an element).
+pub const PEER_APPEND_ENTRIES_MAX: usize = APPEND_BYTES_MAX / 16 + 1;
+/// Most commands one forwarded batch (`ForwardCommands`) carries, and so
+/// answers one `ForwardAnswers`; a follower cuts a turn's writes into
+/// batches of at most this many commands and `APPEND_BYTES_MAX` bytes (a
+/// single larger command goes alone).
+pub const PEER_FORWARD_COMMANDS_MAX: usize = 8_192;
+/// A peer message whose term is more than this above the receiver's is
+/// malformed (dropped and its link closed): terms grow by one per election
+/// (PreVote keeps partitioned nodes from inflating theirs), so a legal gap
+/// this large would take a billion elections; a forged `u64::MAX` term would
+/// otherwise freeze the cluster at a term nobody can exceed.
+pub const PEER_TERM_GAP_MAX: u64 = 1 << 30;
 /// Reconnect backoff bounds for peer links.
 pub const PEER_RECONNECT_MIN_MS: u64 = 20;
 pub const PEER_RECONNECT_MAX_MS: u64 = 1_000;
 /// Outbound peer links one node keeps: one per other member of a cluster of
 /// at most 9 (SPEC §1).
 pub const PEER_LINKS_MAX: usize = 8;
-/// Inbound peer connections held at once (accepted or still in handshake);
-/// more are accepted and closed at once.
+/// Inbound peer connections held at once (accepted or still in handshake).
+/// When all are taken, a new connection evicts the oldest one that has not
+/// completed a handshake (a stranger holding slots cannot lock a member
+/// out); only if every slot holds an accepted link is the new one closed.
 pub const PEER_INBOUND_CONNECTIONS_MAX: usize = 32;
 /// Time a peer connection may take from dial (or accept) to an answered
-/// handshake before it is closed.
+/// handshake before it is closed (an accepted connection that sends no
+/// hello at all is closed after this too).
 pub const PEER_HANDSHAKE_TIMEOUT_MS: u64 = 2_000;
 /// A connected link whose socket took no byte for this long while frames
 /// waited is closed and redialed (a peer host that vanished without a reset

@@ -33,8 +33,12 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
             storage::lost_unsynced::LOSE_UNSYNCED_ENV
         );
     }
+    let cluster = match recovered.cluster_id {
+        0 => "no cluster yet".to_string(),
+        cluster_id => format!("cluster {cluster_id:016x}"),
+    };
     log::info!(
-        "node {id}: data dir {} (incarnation {:016x}), recovered {} entries, term {}",
+        "node {id}: data dir {} (incarnation {:016x}, {cluster}), recovered {} entries, term {}",
         node_dir.display(),
         recovered.incarnation,
         recovered.entries.len(),
@@ -58,13 +62,16 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
     let peers = Peers::new(
         poll.registry(),
         PEER_TOKEN_BASE,
-        PeerConfig::new(
-            id,
-            recovered.incarnation,
-            config.cluster_id(),
-            member.listen_peer,
-            peer_addresses,
-        ),
+        PeerConfig {
+            cluster_id_dir: Some(node_dir.clone()),
+            ..PeerConfig::new(
+                id,
+                recovered.incarnation,
+                recovered.cluster_id,
+                member.listen_peer,
+                peer_addresses,
+            )
+        },
     )
     .map_err(|e| {
         Error::Config(format!(

@@ -44,10 +44,15 @@ fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
 /// and one more second; returns every line printed until then, then stops
 /// it with SIGTERM.
 fn cluster_start_lines(nodes: usize, extra: &[&str]) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    cluster_start_lines_in(&dir, nodes, extra)
+}
+
+/// As `cluster_start_lines`, with the data under `dir`.
+fn cluster_start_lines_in(dir: &tempfile::TempDir, nodes: usize, extra: &[&str]) -> Vec<String> {
     // Client ports P.., peer ports P+1000..: two blocks 1000 ports apart.
     let stride = (1000 / ports::PORT_BLOCK_SIZE) as u32;
     let base = ports::reserve_port_blocks(&[0, stride]);
-    let dir = tempfile::tempdir().expect("tempdir");
     let mut command = Command::new(binary());
     command
         .args(["cluster", "--no-fsync", "--nodes", &nodes.to_string()])
@@ -75,6 +80,42 @@ fn cluster_start_lines(nodes: usize, extra: &[&str]) -> Vec<String> {
     let _ = child.wait();
     assert!(settled.is_some(), "no leader line: {lines:#?}");
     lines
+}
+
+/// A 1-node demo after a 3-node one in the same data dir would restart
+/// node 1 of the 3-node cluster: refused at start with one line.
+#[test]
+fn the_cluster_command_refuses_another_clusters_data_dirs() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    cluster_start_lines_in(&dir, 3, &[]);
+    let mut cluster_ids = Vec::new();
+    for id in 1..=3 {
+        let path = dir
+            .path()
+            .join("data")
+            .join(id.to_string())
+            .join("cluster_id");
+        let text = std::fs::read_to_string(&path).expect("every member stored the cluster id");
+        cluster_ids.push(text);
+    }
+    assert!(
+        cluster_ids.windows(2).all(|pair| pair[0] == pair[1]),
+        "{cluster_ids:?}"
+    );
+    let output = Command::new(binary())
+        .args(["cluster", "--no-fsync", "--nodes", "1", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run raftfs cluster");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("holds the data of another cluster"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -65,17 +65,12 @@ impl Node {
         for event in self.events.iter() {
             assert!(self.peers.owns(event.token()));
             self.events_handled += 1;
-            self.peers.handle_event(
-                self.poll.registry(),
-                event,
-                now,
-                &mut *self.decide,
-                &mut out,
-            );
+            self.peers
+                .handle_event(self.poll.registry(), event, now, &mut self.decide, &mut out);
         }
         if self.peers.has_pending_reads() {
             self.peers
-                .resume_reads(self.poll.registry(), now, &mut *self.decide, &mut out);
+                .resume_reads(self.poll.registry(), now, &mut self.decide, &mut out);
         }
         self.peers.flush(self.poll.registry(), now, &mut out);
         self.peers.tick(self.poll.registry(), now, &mut out);
@@ -313,7 +308,7 @@ fn a_refused_incarnation_reaches_the_sender_and_no_envelope_is_delivered() {
         !nodes[0].notices.is_empty()
     });
     match &a.notices[0] {
-        PeerEvent::Refused { by: 2, reason } => {
+        PeerEvent::Refused { by: 2, reason, .. } => {
             assert!(reason.contains("incarnation 0x3e9"), "{reason}")
         }
         other => panic!("expected a refusal, got {other:?}"),
@@ -360,7 +355,7 @@ fn refusal_with(
     });
     assert_eq!(b.peers.stats().handshakes_refused, 1);
     let refusal = a.notices.iter().find_map(|notice| match notice {
-        PeerEvent::Refused { by, reason } => Some((*by, reason.clone())),
+        PeerEvent::Refused { by, reason, .. } => Some((*by, reason.clone())),
         _ => None,
     });
     let (by, reason) = refusal.unwrap();
@@ -368,10 +363,124 @@ fn refusal_with(
 }
 
 #[test]
-fn a_wrong_cluster_id_is_refused() {
-    let (by, reason, _) = refusal_for(|config, _| config.cluster_id = CLUSTER + 1);
-    assert_eq!(by, 2);
-    assert!(reason.contains("cluster id"), "{reason}");
+fn a_wrong_cluster_id_is_refused_and_the_refusal_is_not_fatal() {
+    let (_, _, b) = refusal_for(|config, _| config.cluster_id = CLUSTER + 1);
+    assert!(b.received.is_empty());
+    let mut configs = mesh(2);
+    let (config_b, listener_b) = configs.pop().unwrap();
+    let (mut config_a, listener_a) = configs.pop().unwrap();
+    config_a.cluster_id = CLUSTER + 1;
+    let mut a = Node::start(config_a, Some(listener_a));
+    let mut b = Node::start(config_b, Some(listener_b));
+    drive(&mut [&mut a, &mut b], Duration::from_secs(5), |nodes| {
+        !nodes[0].notices.is_empty()
+    });
+    match &a.notices[0] {
+        PeerEvent::Refused { by, reason, fatal } => {
+            assert_eq!(*by, 2);
+            assert!(reason.contains("another cluster"), "{reason}");
+            assert!(!fatal, "another cluster's refusal must not stop the dialer");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Neither side changed its cluster.
+    assert_eq!(a.peers.cluster_id(), CLUSTER + 1);
+    assert_eq!(b.peers.cluster_id(), CLUSTER);
+}
+
+/// A data dir that has not met its cluster (id 0) adopts the id from the
+/// first Accept or accepted hello; then both sides' links work.
+#[test]
+fn a_node_without_a_cluster_id_adopts_its_peers() {
+    for unknown in [0usize, 1] {
+        let mut configs = mesh(2);
+        configs[unknown].0.cluster_id = 0;
+        let (config_b, listener_b) = configs.pop().unwrap();
+        let (config_a, listener_a) = configs.pop().unwrap();
+        let mut a = Node::start(config_a, Some(listener_a));
+        let mut b = Node::start(config_b, Some(listener_b));
+        drive(&mut [&mut a, &mut b], Duration::from_secs(5), all_links_up);
+        assert_eq!(a.peers.cluster_id(), CLUSTER);
+        assert_eq!(b.peers.cluster_id(), CLUSTER);
+        let envelope = a.envelope(2, 1, 10);
+        a.peers.send(&envelope);
+        drive(&mut [&mut a, &mut b], Duration::from_secs(5), |nodes| {
+            !nodes[1].received.is_empty()
+        });
+    }
+}
+
+/// Strangers holding every inbound slot without a word are evicted, the
+/// oldest first, when a member dials: it is never locked out.
+#[test]
+fn strangers_holding_every_slot_do_not_lock_out_a_member() {
+    let mut configs = mesh(2);
+    let (config_b, listener_b) = configs.pop().unwrap();
+    let (config_a, listener_a) = configs.pop().unwrap();
+    let mut b = Node::start(config_b, Some(listener_b));
+    let address = b.peers.local_addr().unwrap();
+    let mut strangers = Vec::new();
+    for _ in 0..limits::PEER_INBOUND_CONNECTIONS_MAX + 8 {
+        strangers.push(TcpStream::connect(address).unwrap());
+        b.turn(Duration::from_millis(1));
+    }
+    for _ in 0..20 {
+        b.turn(Duration::from_millis(1));
+    }
+    assert_eq!(
+        b.peers.inbound_connections(),
+        limits::PEER_INBOUND_CONNECTIONS_MAX
+    );
+    let start = Instant::now();
+    let mut a = Node::start(config_a, Some(listener_a));
+    drive(&mut [&mut a, &mut b], Duration::from_secs(5), |nodes| {
+        nodes[0].link_state(2) == LinkState::Connected
+    });
+    assert!(
+        start.elapsed() < Duration::from_millis(limits::PEER_HANDSHAKE_TIMEOUT_MS),
+        "the member waited {:?}",
+        start.elapsed()
+    );
+    assert!(b.peers.stats().connections_evicted >= 9);
+    // Silent strangers are closed once the handshake time is up.
+    let until = Instant::now() + Duration::from_millis(limits::PEER_HANDSHAKE_TIMEOUT_MS + 500);
+    while Instant::now() < until {
+        b.turn(Duration::from_millis(5));
+        a.turn(Duration::from_millis(1));
+    }
+    assert_eq!(b.peers.inbound_connections(), 1, "only A's link is left");
+    drop(strangers);
+}
+
+/// A newer connection claiming a connected node's id, from another data
+/// dir (incarnation), is refused; the live link stays.
+#[test]
+fn a_second_connection_claiming_a_connected_id_does_not_replace_it() {
+    let mut nodes = start_mesh(2);
+    let [a, b] = &mut nodes[..] else {
+        unreachable!()
+    };
+    drive(&mut [a, b], Duration::from_secs(5), all_links_up);
+    let address = b.peers.local_addr().unwrap();
+    let mut impostor = TcpStream::connect(address).unwrap();
+    let hello = wire::Hello {
+        cluster_id: CLUSTER,
+        from: 1,
+        incarnation: 5555,
+        to: 2,
+    };
+    impostor
+        .write_all(&wire::encode_hello(&hello).unwrap())
+        .unwrap();
+    expect_closed(&mut impostor, b);
+    assert_eq!(b.peers.stats().handshakes_refused, 1);
+    let envelope = a.envelope(2, 3, 3);
+    a.peers.send(&envelope);
+    drive(&mut [a, b], Duration::from_secs(5), |nodes| {
+        !nodes[1].received.is_empty()
+    });
+    assert!(!a.notices.contains(&PeerEvent::LinkDown(2)));
+    assert_eq!(b.received, vec![envelope]);
 }
 
 #[test]
@@ -441,7 +550,9 @@ fn raw_accepted_client(
     let payload = wire::next_frame(&mut buffer, 4096).unwrap().unwrap();
     assert_eq!(
         wire::decode_reply(&payload).unwrap(),
-        wire::HelloReply::Accept
+        wire::HelloReply::Accept {
+            cluster_id: CLUSTER
+        }
     );
     stream
 }

@@ -317,7 +317,12 @@ fn malformed_append_is_dropped_without_panic() {
         entries,
         leader_commit: 9,
     };
-    assert_eq!(node.step(envelope(1, 2, 1, message)), Ok(()));
+    // Refused before anything moves (`raft::validate`): not even the term.
+    assert!(matches!(
+        node.step(envelope(1, 2, 1, message)),
+        Err(StepError::Malformed(_))
+    ));
+    assert_eq!(node.term(), 0);
     assert_eq!(node.last_index(), 0);
     assert_eq!(node.commit_index(), 0);
     let sends = drain(&mut node)
@@ -411,4 +416,89 @@ fn a_removed_data_dir_is_refused_and_its_id_may_return() {
     assert_eq!(node.observe_incarnation(3, 2003), Ok(()));
     assert_eq!(node.hard_state().incarnations.get(&3), Some(&2003));
     assert!(node.observe_incarnation(3, 1003).is_err());
+}
+
+/// Forged or malformed messages are refused before anything changes
+/// (`raft::validate`), in release builds too.
+#[test]
+fn malformed_or_forged_messages_change_nothing() {
+    let mut node = Node::new(config(1, &[1, 2, 3]), Restored::default());
+    drain(&mut node);
+    let entry = |term, index| raftfs::raft::Entry {
+        term,
+        index,
+        data: bytes::Bytes::new(),
+    };
+    let forged = [
+        // A huge term from a member.
+        envelope(
+            2,
+            1,
+            u64::MAX,
+            Message::Heartbeat {
+                leader_commit: 0,
+                read_round: 0,
+            },
+        ),
+        // Entries not contiguous, or above the message's term.
+        envelope(
+            2,
+            1,
+            5,
+            Message::AppendEntries {
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries: vec![entry(5, 1), entry(5, 3)],
+                leader_commit: 0,
+            },
+        ),
+        envelope(
+            2,
+            1,
+            5,
+            Message::AppendEntries {
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries: vec![entry(6, 1)],
+                leader_commit: 0,
+            },
+        ),
+        // A snapshot chunk past its snapshot's end.
+        envelope(
+            2,
+            1,
+            5,
+            Message::InstallSnapshot {
+                snapshot: raftfs::raft::SnapshotMeta {
+                    index: 9,
+                    term: 5,
+                    size_bytes: 10,
+                },
+                offset: 8,
+                data: bytes::Bytes::from_static(b"abc"),
+            },
+        ),
+        // A vote from no member.
+        envelope(9, 1, 0, Message::RequestVoteResponse { granted: true }),
+    ];
+    for message in forged {
+        assert!(node.check_message(&message).is_err(), "{message:?}");
+        assert!(
+            matches!(node.step(message), Err(StepError::Malformed(_))),
+            "refused by step too"
+        );
+        assert_eq!(node.term(), 0);
+        assert!(drain(&mut node).is_empty(), "nothing changed");
+    }
+    // A well-formed one passes.
+    let fine = envelope(
+        2,
+        1,
+        5,
+        Message::Heartbeat {
+            leader_commit: 0,
+            read_round: 0,
+        },
+    );
+    assert_eq!(node.check_message(&fine), Ok(()));
 }

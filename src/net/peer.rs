@@ -7,14 +7,34 @@
 //! `inbound`.
 //!
 //! Topology and handshake: every node dials every other member once. The
-//! dialer's hello names the format version, the cluster id (derived by the
-//! caller from the member list, see `cluster_id`), its id and incarnation,
-//! and the member it means to reach. The receiver refuses a mismatch (logged,
-//! answered with the reason); otherwise the caller's `accept_incarnation`
-//! closure decides, in the same turn, so no envelope from an undecided
-//! connection is ever delivered. A refusal reaches the dialer's caller as
-//! `PeerEvent::Refused`. Every received envelope must match its connection's
-//! handshake (`from`, `incarnation`, `to`).
+//! dialer's hello names the format version, its cluster id (0 while its
+//! data dir has not met its cluster), its id and incarnation, and the member
+//! it means to reach. The receiver refuses a mismatch (logged, answered with
+//! the reason); otherwise the caller's `PeerGate` decides, in the same turn,
+//! so no envelope from an undecided connection is ever delivered. A refusal
+//! reaches the dialer's caller as `PeerEvent::Refused`; only a `fatal` one
+//! (SPEC §3's removed or replaced data dir) may stop it, so a stranger
+//! refusing or another cluster's node cannot stop a member. Every received
+//! envelope must match its connection's handshake (`from`, `incarnation`,
+//! `to`) and pass `PeerGate::check` before it is delivered.
+//!
+//! The cluster id (`Identity`): random, made once by the cluster's first
+//! leader (`ensure_cluster_id`, called by the reactor when its replica leads
+//! and none is known) and stored in the data dir before it is announced. A
+//! node whose data dir has none adopts, durably, the one named by the first
+//! accepted hello or Accept it gets, before it accepts anything on that
+//! connection. Whenever the id becomes known every outbound link is redialed
+//! so its handshake carries it. Why the first leader and not each member at
+//! first start: five members starting at once would make five ids and need
+//! an agreement of their own; the first leader is elected unanimously by
+//! the members (an empty log wins only so, `raft::membership`), every entry
+//! any node holds came over a link that named the id first, and a node with
+//! entries therefore always knows it, so no second leader can make another.
+//!
+//! Inbound slots (`PEER_INBOUND_CONNECTIONS_MAX`): a connection that has not
+//! completed a handshake holds one for at most `PEER_HANDSHAKE_TIMEOUT_MS`,
+//! and when all are taken a new connection evicts the oldest such one, so
+//! strangers holding connections cannot lock a member out.
 //!
 //! Tokens: `token_base..token_base + PEER_TOKENS` belong to this component
 //! (listener, links, inbound connections); the reactor routes events in that
@@ -34,17 +54,18 @@
 //! Membership change: `set_members` follows the configuration in force
 //! (new members are dialed, departed ones' links shut); a link keeps its
 //! token slot for its whole life, so tokens never move under mio. Which
-//! senders to accept is the caller's decision (`accept_incarnation`).
+//! senders to accept is the caller's decision (`PeerGate`).
 //!
-//! Leaves out: encryption and authentication beyond the handshake checks
-//! (peers run on a trusted network).
+//! Leaves out: encryption and authentication beyond the handshake checks:
+//! without TLS, anyone who can read a data dir or the network learns the
+//! cluster id, and a node that does not know its cluster yet (before the
+//! first election, or added but not yet contacted) trusts the first member
+//! that names one.
 
 mod inbound;
 mod link;
 mod queue;
 pub mod wire;
-
-pub use wire::cluster_id;
 
 use crate::limits;
 use crate::raft::{Envelope, NodeId};
@@ -60,6 +81,7 @@ use slab::Slab;
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Tokens reserved from `token_base`: the listener, the links, the inbound
@@ -76,8 +98,12 @@ pub struct PeerConfig {
     pub my_id: NodeId,
     /// This node's data-dir incarnation (SPEC §3).
     pub my_incarnation: u64,
-    /// Same on every node given the same member list (see `cluster_id`).
+    /// The cluster id stored in the data dir (0: none yet; see the module
+    /// doc).
     pub cluster_id: u64,
+    /// The data dir a cluster id made or adopted is stored in (`None`: kept
+    /// in memory only, for tests of the links alone).
+    pub cluster_id_dir: Option<PathBuf>,
     /// Where the peer listener binds (used by `Peers::new`).
     pub listen: SocketAddr,
     /// The other members' peer addresses, excluding this node.
@@ -100,6 +126,7 @@ impl PeerConfig {
             my_id,
             my_incarnation,
             cluster_id,
+            cluster_id_dir: None,
             listen,
             members,
             queue_bytes_max: limits::PEER_QUEUE_BYTES_MAX,
@@ -113,8 +140,13 @@ impl PeerConfig {
 pub enum PeerEvent {
     /// An envelope from an accepted connection, checked against its handshake.
     Message(Envelope),
-    /// Member `by` refused our link (SPEC §3: the node should stop).
-    Refused { by: NodeId, reason: String },
+    /// Member `by` refused our link. `fatal`: SPEC §3's removed or
+    /// replaced data dir (the node should stop); otherwise the link retries.
+    Refused {
+        by: NodeId,
+        reason: String,
+        fatal: bool,
+    },
     /// Our link to this member completed its handshake.
     LinkUp(NodeId),
     /// Our link to this member, which was up, is gone (it will be redialed).
@@ -146,6 +178,96 @@ pub struct LinkStatus {
     pub connect_attempts: u64,
 }
 
+/// Why a hello is refused, and whether the dialer must stop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: String,
+    /// SPEC §3: this data dir was removed, or its id is bound to another one.
+    pub fatal: bool,
+}
+
+impl Refusal {
+    /// A refusal the dialer survives (it retries, slowly).
+    pub fn retry(reason: String) -> Refusal {
+        Refusal {
+            reason,
+            fatal: false,
+        }
+    }
+}
+
+/// The node's side of every peer decision the links cannot make alone.
+pub trait PeerGate {
+    /// Decides a hello that passed the receiver and cluster checks.
+    /// `knows_cluster`: the hello named this node's cluster id (false: it
+    /// named none, as a data dir that has not met its cluster does).
+    fn accept(
+        &mut self,
+        from: NodeId,
+        incarnation: u64,
+        knows_cluster: bool,
+    ) -> Result<(), Refusal>;
+    /// The incarnation durably recorded for `from`, if any.
+    fn recorded_incarnation(&self, _from: NodeId) -> Option<u64> {
+        None
+    }
+    /// Checks an envelope from an accepted connection before it is
+    /// delivered; `Err` closes the connection.
+    fn check(&mut self, _envelope: &Envelope) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A plain closure decides the incarnation alone (tests of the links):
+/// every refusal is fatal, every envelope passes.
+impl<F: FnMut(NodeId, u64) -> Result<(), String> + ?Sized> PeerGate for F {
+    fn accept(&mut self, from: NodeId, incarnation: u64, _: bool) -> Result<(), Refusal> {
+        self(from, incarnation).map_err(|reason| Refusal {
+            reason,
+            fatal: true,
+        })
+    }
+}
+
+/// This node's cluster id and where it is stored.
+#[derive(Debug)]
+pub(crate) struct Identity {
+    cluster_id: u64,
+    dir: Option<PathBuf>,
+    /// Set when the id became known in the current call (links redial).
+    changed: bool,
+}
+
+impl Identity {
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// Takes `cluster_id` (nonzero) as this node's, stored durably first.
+    /// `source` names who told it, for the log line.
+    pub fn adopt(&mut self, cluster_id: u64, source: &str) -> Result<(), String> {
+        if cluster_id == 0 || self.cluster_id == cluster_id {
+            return Ok(());
+        }
+        if self.cluster_id != 0 {
+            return Err(format!(
+                "cluster {cluster_id:016x} is not this node's ({:016x})",
+                self.cluster_id
+            ));
+        }
+        if let Some(dir) = &self.dir {
+            crate::storage::store_cluster_id(dir, cluster_id).map_err(|error| {
+                log::error!("cannot store cluster id {cluster_id:016x}: {error}");
+                format!("cannot store the cluster id: {error}")
+            })?;
+        }
+        log::debug!("this node joins cluster {cluster_id:016x} (learned from {source})");
+        self.cluster_id = cluster_id;
+        self.changed = true;
+        Ok(())
+    }
+}
+
 /// Counters over all peer connections.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeerStats {
@@ -157,6 +279,8 @@ pub struct PeerStats {
     pub connections_closed_for_errors: u64,
     /// Hellos this node refused.
     pub handshakes_refused: u64,
+    /// Connections closed before their handshake to free a slot.
+    pub connections_evicted: u64,
     /// Envelopes not sent: unknown receiver or not encodable within the
     /// frame limit.
     pub envelopes_unsendable: u64,
@@ -164,7 +288,7 @@ pub struct PeerStats {
 
 pub struct Peers {
     my_id: NodeId,
-    cluster_id: u64,
+    identity: Identity,
     queue_bytes_max: usize,
     write_stall_timeout: Duration,
     token_base: usize,
@@ -267,7 +391,11 @@ impl Peers {
             .map_or(0, |elapsed| elapsed.as_nanos() as u64);
         let mut peers = Peers {
             my_id: config.my_id,
-            cluster_id: config.cluster_id,
+            identity: Identity {
+                cluster_id: config.cluster_id,
+                dir: config.cluster_id_dir,
+                changed: false,
+            },
             queue_bytes_max: config.queue_bytes_max,
             write_stall_timeout: Duration::from_millis(config.write_stall_timeout_ms),
             token_base,
@@ -307,15 +435,14 @@ impl Peers {
     }
 
     /// Handles one readiness event for a token in this component's range.
-    /// `accept_incarnation(from, incarnation)` decides inbound handshakes that
-    /// passed the cluster, receiver and membership checks; `Err(reason)` is
-    /// sent to the dialer as the refusal reason.
+    /// `gate` decides inbound handshakes that passed the receiver and
+    /// cluster checks and checks every envelope before it is delivered.
     pub fn handle_event(
         &mut self,
         registry: &Registry,
         event: &Event,
         now: Instant,
-        accept_incarnation: &mut dyn FnMut(NodeId, u64) -> Result<(), String>,
+        gate: &mut dyn PeerGate,
         out: &mut Vec<PeerEvent>,
     ) {
         let Some(offset) = event.token().0.checked_sub(self.token_base) else {
@@ -329,17 +456,73 @@ impl Peers {
                     registry,
                     now,
                     hello: &self.hello,
+                    identity: &mut self.identity,
                     rng: &mut self.rng,
                     out,
                 });
             }
+            self.after_identity_change(registry, now, Some(offset - 1), out);
         } else if offset < PEER_TOKENS {
-            self.inbound_ready(
+            self.inbound_ready(registry, offset - 1 - limits::PEER_LINKS_MAX, gate, out);
+            self.after_identity_change(registry, now, None, out);
+        }
+    }
+
+    /// This node's cluster id (0: not known yet).
+    pub fn cluster_id(&self) -> u64 {
+        self.identity.cluster_id
+    }
+
+    /// Makes this node's cluster id if it has none (the first leader of a
+    /// cluster calls this before it sends anything as leader): random,
+    /// nonzero, stored durably, then every link redials to announce it.
+    pub fn ensure_cluster_id(&mut self, registry: &Registry) -> Result<(), String> {
+        if self.identity.cluster_id != 0 {
+            return Ok(());
+        }
+        let cluster_id = loop {
+            use rand::RngCore;
+            let candidate = rand::rngs::OsRng.next_u64();
+            if candidate != 0 {
+                break candidate;
+            }
+        };
+        self.identity.adopt(cluster_id, "itself")?;
+        log::info!(
+            "node {} forms cluster {cluster_id:016x} (its first leader)",
+            self.my_id
+        );
+        let mut out = Vec::new();
+        self.after_identity_change(registry, Instant::now(), None, &mut out);
+        Ok(())
+    }
+
+    /// Once the cluster id became known: every outbound link but `except`
+    /// (the one that just told us) redials so its handshake names it.
+    fn after_identity_change(
+        &mut self,
+        registry: &Registry,
+        now: Instant,
+        except: Option<usize>,
+        out: &mut Vec<PeerEvent>,
+    ) {
+        if !std::mem::take(&mut self.identity.changed) {
+            return;
+        }
+        self.hello.cluster_id = self.identity.cluster_id;
+        for (slot, link) in self.links.iter_mut().enumerate() {
+            let Some(link) = link else { continue };
+            if Some(slot) == except {
+                continue;
+            }
+            link.redial(&mut LinkContext {
                 registry,
-                offset - 1 - limits::PEER_LINKS_MAX,
-                accept_incarnation,
+                now,
+                hello: &self.hello,
+                identity: &mut self.identity,
+                rng: &mut self.rng,
                 out,
-            );
+            });
         }
     }
 
@@ -359,7 +542,7 @@ impl Peers {
         &mut self,
         registry: &Registry,
         now: Instant,
-        accept_incarnation: &mut dyn FnMut(NodeId, u64) -> Result<(), String>,
+        gate: &mut dyn PeerGate,
         out: &mut Vec<PeerEvent>,
     ) {
         if self.listener_pending {
@@ -372,8 +555,9 @@ impl Peers {
             .map(|(key, _)| key)
             .collect();
         for key in pending {
-            self.inbound_ready(registry, key, accept_incarnation, out);
+            self.inbound_ready(registry, key, gate, out);
         }
+        self.after_identity_change(registry, now, None, out);
     }
 
     /// Queues `envelope` for `envelope.to`, encoded once into that link's
@@ -419,10 +603,12 @@ impl Peers {
                 registry,
                 now,
                 hello: &self.hello,
+                identity: &mut self.identity,
                 rng: &mut self.rng,
                 out,
             });
         }
+        self.after_identity_change(registry, now, None, out);
     }
 
     /// Reconnects links whose backoff expired and closes connections whose
@@ -433,6 +619,7 @@ impl Peers {
                 registry,
                 now,
                 hello: &self.hello,
+                identity: &mut self.identity,
                 rng: &mut self.rng,
                 out,
             });
@@ -617,11 +804,31 @@ impl Peers {
         now: Instant,
     ) {
         if self.inbound.len() >= limits::PEER_INBOUND_CONNECTIONS_MAX {
-            log::warn!(
-                "peer connection from {address} closed: {} already open",
-                self.inbound.len()
-            );
-            return;
+            // Evict the oldest connection that has not completed a
+            // handshake: a stranger holding slots cannot lock a member out.
+            let oldest = self
+                .inbound
+                .iter()
+                .filter(|(_, connection)| connection.accepted().is_none())
+                .min_by_key(|(_, connection)| connection.accepted_at)
+                .map(|(key, connection)| (key, connection.address()));
+            match oldest {
+                Some((key, evicted)) => {
+                    log::debug!(
+                        "peer connection from {evicted} closed: no handshake yet, and its slot \
+                         is needed"
+                    );
+                    self.stats.connections_evicted += 1;
+                    self.close_inbound(registry, key);
+                }
+                None => {
+                    log::warn!(
+                        "peer connection from {address} closed: {} accepted links already open",
+                        self.inbound.len()
+                    );
+                    return;
+                }
+            }
         }
         let entry = self.inbound.vacant_entry();
         let token = Token(self.token_base + 1 + limits::PEER_LINKS_MAX + entry.key());
@@ -633,7 +840,7 @@ impl Peers {
         }
         let _ = stream.set_nodelay(true);
         let deadline = now + Duration::from_millis(limits::PEER_HANDSHAKE_TIMEOUT_MS);
-        entry.insert(Inbound::new(stream, address, deadline));
+        entry.insert(Inbound::new(stream, address, now, deadline));
         self.stats.connections_accepted += 1;
     }
 
@@ -641,16 +848,23 @@ impl Peers {
         &mut self,
         registry: &Registry,
         key: usize,
-        accept_incarnation: &mut dyn FnMut(NodeId, u64) -> Result<(), String>,
+        gate: &mut dyn PeerGate,
         out: &mut Vec<PeerEvent>,
     ) {
+        let established: Vec<(NodeId, u64)> = self
+            .inbound
+            .iter()
+            .filter(|(other, _)| *other != key)
+            .filter_map(|(_, connection)| connection.accepted())
+            .collect();
         let Some(connection) = self.inbound.get_mut(key) else {
             return;
         };
         let verdict = connection.on_ready(&mut InboundContext {
             my_id: self.my_id,
-            cluster_id: self.cluster_id,
-            accept_incarnation,
+            identity: &mut self.identity,
+            gate,
+            established: &established,
             out,
             stats: &mut self.stats,
             read_scratch: &mut self.read_scratch,
@@ -659,13 +873,14 @@ impl Peers {
             Verdict::Keep => {}
             Verdict::Close => self.close_inbound(registry, key),
             Verdict::Accepted(from) => {
-                // A newer connection from the same node replaces older ones
-                // (the dialer keeps one link; an old one is half-dead).
+                // A newer connection from the same data dir replaces older
+                // ones (the dialer keeps one link; an old one is half-dead);
+                // the handshake refused it otherwise.
                 let stale: Vec<usize> = self
                     .inbound
                     .iter()
                     .filter(|(other, connection)| {
-                        *other != key && connection.accepted_from() == Some(from)
+                        *other != key && connection.accepted().map(|(id, _)| id) == Some(from)
                     })
                     .map(|(other, _)| other)
                     .collect();

@@ -480,25 +480,16 @@ impl Reactor {
     fn handle_peer_event(&mut self, event: &mio::event::Event, now: Instant) -> Result<()> {
         let mut peer_events = Vec::new();
         let replica = &mut self.replica;
-        self.peers.handle_event(
-            self.poll.registry(),
-            event,
-            now,
-            &mut |from, incarnation| replica.accept_peer(from, incarnation),
-            &mut peer_events,
-        );
+        self.peers
+            .handle_event(self.poll.registry(), event, now, replica, &mut peer_events);
         self.process_peer_events(peer_events)
     }
 
     fn resume_peer_reads(&mut self, now: Instant) -> Result<()> {
         let mut peer_events = Vec::new();
         let replica = &mut self.replica;
-        self.peers.resume_reads(
-            self.poll.registry(),
-            now,
-            &mut |from, incarnation| replica.accept_peer(from, incarnation),
-            &mut peer_events,
-        );
+        self.peers
+            .resume_reads(self.poll.registry(), now, replica, &mut peer_events);
         self.process_peer_events(peer_events)
     }
 
@@ -506,7 +497,11 @@ impl Reactor {
         for peer_event in peer_events {
             match peer_event {
                 PeerEvent::Message(envelope) => self.replica.step(envelope),
-                PeerEvent::Refused { by, reason } => {
+                // Not fatal: another cluster, another node, not a member
+                // yet (the link logged it once and retries): a stranger
+                // cannot stop this node.
+                PeerEvent::Refused { fatal: false, .. } => {}
+                PeerEvent::Refused { by, reason, .. } => {
                     if let Err(line) = self.replica.peer_refused(by, &reason) {
                         if !reason.contains(crate::replica::REMOVED_REFUSAL_MARK) {
                             return Err(Error::Refused(line));
@@ -659,6 +654,13 @@ impl Reactor {
 
     /// Hand this turn's replies and messages to their sockets.
     fn deliver(&mut self, now: Instant) -> Result<()> {
+        if self.peers.cluster_id() == 0 && self.replica.raft().role() == crate::raft::Role::Leader {
+            // The cluster's first leader makes its id, durably, before it
+            // sends anything as leader (`net::peer`: the cluster id).
+            self.peers
+                .ensure_cluster_id(self.poll.registry())
+                .map_err(Error::Refused)?;
+        }
         for envelope in self.replica.messages.drain(..) {
             self.peers.send(&envelope);
         }

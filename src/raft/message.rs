@@ -4,6 +4,13 @@
 //! by `net::peer`). Every envelope names its sender's data-dir incarnation so
 //! a node that lost its disk is recognised (SPEC §3). `Entry::data` is opaque
 //! to Raft; an empty `data` is the leader's no-op.
+//!
+//! Decoding a hostile envelope never allocates beyond its bounds: the two
+//! lists a message carries (`AppendEntries::entries`, `ForwardAnswers::
+//! answers`) are decoded by `bounded_list`, which refuses a declared count
+//! over its limit before reading an element and reserves at most
+//! `DECODE_PREALLOC_ITEMS_MAX` slots up front (the rest grows only with
+//! elements actually decoded, each of which consumes payload bytes).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -88,6 +95,7 @@ pub enum Message {
     AppendEntries {
         prev_log_index: Index,
         prev_log_term: Term,
+        #[serde(deserialize_with = "bounded_entries")]
         entries: Vec<Entry>,
         leader_commit: Index,
     },
@@ -146,6 +154,7 @@ pub enum Message {
     ForwardAnswers {
         session: u64,
         id: u64,
+        #[serde(deserialize_with = "bounded_answers")]
         answers: Vec<Bytes>,
     },
     /// Follower → leader: a ReadIndex (thesis §6.4) for the follower's
@@ -175,4 +184,59 @@ impl Message {
                 | Message::ReadIndexResponse { .. }
         )
     }
+}
+
+/// Slots a decoded list reserves before its elements arrive.
+const DECODE_PREALLOC_ITEMS_MAX: usize = 256;
+
+fn bounded_entries<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Entry>, D::Error> {
+    bounded_list(deserializer, crate::limits::PEER_APPEND_ENTRIES_MAX)
+}
+
+fn bounded_answers<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Bytes>, D::Error> {
+    bounded_list(deserializer, crate::limits::PEER_FORWARD_COMMANDS_MAX)
+}
+
+/// A sequence of at most `max_items` elements (a larger declared count is
+/// an error before any element is read).
+fn bounded_list<'de, D, T>(deserializer: D, max_items: usize) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Bounded<T> {
+        max_items: usize,
+        element: std::marker::PhantomData<T>,
+    }
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(formatter, "a list of at most {} items", self.max_items)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let declared = seq.size_hint().unwrap_or(0);
+            if declared > self.max_items {
+                return Err(serde::de::Error::custom(format!(
+                    "a list of {declared} items exceeds the limit of {}",
+                    self.max_items
+                )));
+            }
+            let mut items = Vec::with_capacity(declared.min(DECODE_PREALLOC_ITEMS_MAX));
+            while let Some(item) = seq.next_element()? {
+                if items.len() == self.max_items {
+                    return Err(serde::de::Error::custom("too many items"));
+                }
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+    deserializer.deserialize_seq(Bounded {
+        max_items,
+        element: std::marker::PhantomData,
+    })
 }

@@ -33,6 +33,9 @@
 //!   transfer target) is counted over the voters of the configuration in
 //!   force.
 //!
+//! - every peer message is checked before it changes anything (`validate`):
+//!   a forged or malformed one is refused in release builds too.
+//!
 //! Left out: joint consensus.
 
 pub mod action;
@@ -47,6 +50,7 @@ mod read;
 mod reconfigure;
 mod replication;
 mod snapshot;
+mod validate;
 
 pub use action::Action;
 pub use membership::{Change, ChangeError, Configuration, MemberAddresses, MemberRole};

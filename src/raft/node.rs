@@ -112,6 +112,8 @@ pub enum StepError {
     /// The sender's data dir was removed from the cluster (its id may have
     /// been added again with a new data dir).
     Removed { from: NodeId, incarnation: u64 },
+    /// The message failed `check_message` (forged or malformed).
+    Malformed(String),
 }
 
 /// A ReadIndex request waiting for its heartbeat round.
@@ -299,6 +301,8 @@ impl Node {
         {
             return Err(StepError::NotForUs);
         }
+        self.check_message(&envelope)
+            .map_err(StepError::Malformed)?;
         self.observe_incarnation(envelope.from, envelope.incarnation)?;
         let answers = matches!(
             envelope.message,

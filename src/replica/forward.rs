@@ -226,8 +226,25 @@ impl Replica {
         let reads_deadline_us = now.after_ms(limits::COMMAND_TIMEOUT_MS);
         let units = std::mem::take(&mut self.forwarding.turn_kind);
         self.forwarding.busy.extend(units.into_keys());
-        let writes = std::mem::take(&mut self.forwarding.turn_writes);
-        if !writes.is_empty() {
+        let mut writes = std::mem::take(&mut self.forwarding.turn_writes);
+        // One batch per `PEER_FORWARD_COMMANDS_MAX` commands and
+        // `APPEND_BYTES_MAX` bytes (a larger command alone), so every
+        // batch and its answers fit the peer frame and list limits.
+        while !writes.is_empty() {
+            let mut take = 0;
+            let mut batch_bytes = 0usize;
+            for (_, command, _) in &writes {
+                let bytes = command.encoded_len();
+                if take == limits::PEER_FORWARD_COMMANDS_MAX
+                    || (take > 0 && batch_bytes + bytes > limits::APPEND_BYTES_MAX)
+                {
+                    break;
+                }
+                take += 1;
+                batch_bytes += bytes;
+            }
+            let rest = writes.split_off(take);
+            let writes = std::mem::replace(&mut writes, rest);
             let id = self.forwarding.next_id;
             self.forwarding.next_id += 1;
             let first_arrival_us = writes.iter().map(|w| w.2).min().unwrap_or(now.monotonic_us);

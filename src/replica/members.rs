@@ -251,3 +251,46 @@ pub(super) fn snapshot_configuration(fsm: &crate::fsm::Fsm) -> Option<Configurat
         }
     }
 }
+
+/// The replica's side of peer handshakes and message checks.
+impl crate::net::peer::PeerGate for Replica {
+    /// A hello that names no cluster id comes from a data dir that has not
+    /// met its cluster: accepted only while this cluster forms (its sender
+    /// is one of cluster.toml's members and no leader wrote a configuration
+    /// yet) or from the very data dir recorded for that member (its
+    /// incarnation is the proof: 64 random bits). A node added later learns
+    /// the id when the leader dials it. Then the incarnation rule (SPEC §3):
+    /// a removed or replaced data dir is refused, fatally.
+    fn accept(
+        &mut self,
+        from: NodeId,
+        incarnation: u64,
+        knows_cluster: bool,
+    ) -> std::result::Result<(), crate::net::peer::Refusal> {
+        if !knows_cluster {
+            let recorded = self.raft.hard_state().incarnations.get(&from) == Some(&incarnation);
+            let forming =
+                !self.raft.configuration_from_log() && self.raft.configuration().contains(from);
+            if !recorded && !forming {
+                return Err(crate::net::peer::Refusal::retry(format!(
+                    "node {from} names no cluster id and is not a data dir this cluster knows \
+                     (a node added with `raftfs member add` learns the id when the leader dials it)"
+                )));
+            }
+        }
+        self.raft
+            .observe_incarnation(from, incarnation)
+            .map_err(|error| crate::net::peer::Refusal {
+                reason: super::describe_step_error(&error),
+                fatal: true,
+            })
+    }
+
+    fn recorded_incarnation(&self, from: NodeId) -> Option<u64> {
+        self.raft.hard_state().incarnations.get(&from).copied()
+    }
+
+    fn check(&mut self, envelope: &crate::raft::Envelope) -> std::result::Result<(), String> {
+        self.raft.check_message(envelope)
+    }
+}

@@ -354,17 +354,6 @@ impl Replica {
         self.watches.check_invariants();
     }
 
-    /// Accept a peer's incarnation at handshake, or say why not.
-    pub fn accept_peer(
-        &mut self,
-        from: NodeId,
-        incarnation: u64,
-    ) -> std::result::Result<(), String> {
-        self.raft
-            .observe_incarnation(from, incarnation)
-            .map_err(|e| describe_step_error(&e))
-    }
-
     /// A message from a peer. Refused messages are logged and dropped.
     pub fn step(&mut self, envelope: Envelope) {
         if envelope.message.is_client_traffic() {
@@ -584,6 +573,7 @@ fn describe_step_error(error: &raft::StepError) -> String {
              new data dir and promote it)"
         ),
         raft::StepError::NotForUs => "message not addressed to this node".into(),
+        raft::StepError::Malformed(reason) => format!("malformed or forged message: {reason}"),
         raft::StepError::Removed { from, incarnation } => format!(
             "node {from} (data-dir incarnation {incarnation:016x}) was {REMOVED_REFUSAL_MARK}: \
              it must stop; to add it back, give it an empty data dir and run `raftfs member add`"

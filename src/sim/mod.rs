@@ -965,10 +965,14 @@ impl Sim {
         // The peer handshake's decision, taken per message here (a real
         // link asks once per connection): a refused message is dropped and
         // its sender told, as a refused dialer is.
-        if let Err(reason) = replica.accept_peer(envelope.from, envelope.incarnation) {
+        // The simulated cluster knows its id from the start (the cluster
+        // id is the peer layer's, tested with real processes).
+        let decision =
+            crate::net::peer::PeerGate::accept(replica, envelope.from, envelope.incarnation, true);
+        if let Err(refusal) = decision {
             self.turn(index)?;
             let (from, incarnation) = (envelope.from, envelope.incarnation);
-            return self.refused(from, incarnation, to, &reason);
+            return self.refused(from, incarnation, to, &refusal.reason);
         }
         replica.step(envelope);
         self.turn(index)

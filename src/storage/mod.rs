@@ -5,6 +5,11 @@
 //!   made when the dir is first created (SPEC §3: a node that lost its data
 //!   dir must not come back as the same voter). Written to a temporary file,
 //!   fsynced, renamed into place, directory fsynced; never changed after.
+//! - `cluster_id`: the same format, the random id of the cluster this data
+//!   dir belongs to; absent until it is made (by the cluster's first leader)
+//!   or learned from a member (`net::peer`), then never changed. Written the
+//!   same crash-safe way before the node announces it or accepts anything
+//!   from a member that named it.
 //! - `LOCK`: held with `flock` while a Wal is open, so two processes never
 //!   append to one log.
 //! - `synced.position`: only in the lost-fsync test mode (`lost_unsynced`).
@@ -52,6 +57,8 @@ use std::path::Path;
 
 /// The name of the incarnation file inside a data dir.
 pub const INCARNATION_FILE_NAME: &str = "incarnation";
+/// The name of the cluster id file inside a data dir.
+pub const CLUSTER_ID_FILE_NAME: &str = "cluster_id";
 const LOCK_FILE_NAME: &str = "LOCK";
 
 /// What a data dir held when it was opened.
@@ -59,6 +66,8 @@ const LOCK_FILE_NAME: &str = "LOCK";
 pub struct Recovered {
     /// This data dir's identity, made when it was created.
     pub incarnation: u64,
+    /// The cluster it belongs to (0: not known yet).
+    pub cluster_id: u64,
     /// The last hard state saved (the default one if none ever was).
     pub hard_state: HardState,
     /// The log, contiguous; from index 1 unless compaction deleted older
@@ -89,6 +98,7 @@ pub fn open_with(dir: &Path, options: WalOptions) -> Result<(Wal, Recovered)> {
     remove_temporary_files(dir)?;
     let segments = replay::list_segments(dir)?;
     let incarnation = load_or_create_incarnation(dir, !segments.is_empty())?;
+    let cluster_id = load_cluster_id(dir)?;
     let mut replayed = replay::replay(dir, &segments, options.fsync)?;
     let last_index = replayed.last_index();
     let newest = match replayed.newest.take() {
@@ -117,6 +127,7 @@ pub fn open_with(dir: &Path, options: WalOptions) -> Result<(Wal, Recovered)> {
     );
     let recovered = Recovered {
         incarnation,
+        cluster_id,
         hard_state: replayed.hard_state.clone().unwrap_or_default(),
         log_start: replayed.base_index.unwrap_or(0),
         entries: replayed.entries,
@@ -254,21 +265,86 @@ fn new_incarnation() -> u64 {
 }
 
 fn write_incarnation(dir: &Path, incarnation: u64) -> io::Result<()> {
-    let temporary = dir.join(format!("{INCARNATION_FILE_NAME}.tmp"));
+    write_id_file(dir, INCARNATION_FILE_NAME, incarnation)
+}
+
+/// Reads the data dir's cluster id (0 if it has none yet, or no such dir).
+pub fn load_cluster_id(dir: &Path) -> Result<u64> {
+    let path = dir.join(CLUSTER_ID_FILE_NAME);
+    match std::fs::read(&path) {
+        Ok(bytes) => parse_incarnation(&bytes).ok_or_else(|| {
+            Error::Corrupt(format!(
+                "{}: not a cluster id (16 hex digits)",
+                path.display()
+            ))
+        }),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(error) => Err(Error::io(format!("reading {}", path.display()), error)),
+    }
+}
+
+/// Stores `cluster_id` (nonzero) in the data dir `dir`, durably (temporary
+/// file, fsync, rename, directory fsync), refusing to overwrite another one.
+pub fn store_cluster_id(dir: &Path, cluster_id: u64) -> io::Result<()> {
+    match std::fs::read(dir.join(CLUSTER_ID_FILE_NAME)) {
+        Ok(bytes) => {
+            return match parse_incarnation(&bytes) {
+                Some(stored) if stored == cluster_id => Ok(()),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{CLUSTER_ID_FILE_NAME} holds another cluster id"),
+                )),
+            }
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    if cluster_id == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a cluster id is never 0",
+        ));
+    }
+    write_id_file(dir, CLUSTER_ID_FILE_NAME, cluster_id)
+}
+
+/// Writes `value` as 16 hex digits and a newline to `dir/name`, crash-safe.
+fn write_id_file(dir: &Path, name: &str, value: u64) -> io::Result<()> {
+    let temporary = dir.join(format!("{name}.tmp"));
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(&temporary)?;
-    file.write_all(format!("{incarnation:016x}\n").as_bytes())?;
+    file.write_all(format!("{value:016x}\n").as_bytes())?;
     file.sync_all()?;
-    std::fs::rename(&temporary, dir.join(INCARNATION_FILE_NAME))?;
+    std::fs::rename(&temporary, dir.join(name))?;
     sync_dir(dir)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_id_is_stored_once_and_read_back() {
+        let dir = std::env::temp_dir().join(format!(
+            "raftfs-cluster-id-{}-{}",
+            std::process::id(),
+            new_incarnation()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(load_cluster_id(&dir).unwrap(), 0);
+        store_cluster_id(&dir, 0xfeed).unwrap();
+        assert_eq!(load_cluster_id(&dir).unwrap(), 0xfeed);
+        store_cluster_id(&dir, 0xfeed).unwrap();
+        assert!(store_cluster_id(&dir, 0xbeef).is_err());
+        assert_eq!(load_cluster_id(&dir).unwrap(), 0xfeed);
+        assert!(!dir.join("cluster_id.tmp").exists());
+        std::fs::write(dir.join(CLUSTER_ID_FILE_NAME), b"nonsense\n").unwrap();
+        assert!(load_cluster_id(&dir).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn incarnation_text_parses_strictly() {

@@ -3,24 +3,32 @@
 //! Owns: the accepted socket, its read buffer, and the handshake decision's
 //! mechanics. The first frame must be a hello of at most
 //! `PEER_HANDSHAKE_BYTES_MAX` bytes; it is checked here (format version,
-//! cluster id, intended receiver) and then by the caller's incarnation
-//! closure (which also decides membership), in the same turn, so no envelope of an undecided
-//! connection is ever delivered. A refusal is logged, answered with its
+//! intended receiver, cluster id: a hello naming another cluster is refused,
+//! one naming none is passed to the gate as not knowing it) and then by the
+//! caller's `PeerGate` (membership, incarnation), in the same turn, so no
+//! envelope of an undecided connection is ever delivered. A receiver that
+//! does not know its cluster yet adopts the one an accepted hello names,
+//! durably, before it answers (`Identity::adopt`). A newer hello from a node
+//! that already has an accepted connection replaces it only if it names the
+//! same incarnation, or the one the gate has recorded for that node: a
+//! stranger claiming a member's id cannot cut a live link. A refusal is logged, answered with its
 //! reason, and followed by a lingering close (write side shut, input read and
 //! discarded until the dialer hangs up or the handshake deadline passes) so
 //! the answer is not lost to a reset.
 //!
 //! Invariants: after Accept, every frame must decode as an `Envelope` whose
-//! `from`, `incarnation` and `to` match the handshake; anything else (an
-//! oversized frame, bytes that do not decode, a mismatched envelope) closes
-//! this connection with a log line and never panics. At most
+//! `from`, `incarnation` and `to` match the handshake and that the gate's
+//! `check` passes (sender a member, terms, indexes, counts and sizes sane);
+//! anything else (an oversized frame, bytes that do not decode, a mismatched
+//! or malformed envelope) closes this connection with one log line, is never
+//! delivered, and never panics. At most
 //! `PEER_READ_BYTES_PER_TURN_MAX` bytes are read per call (fairness); the
 //! connection is then marked `read_pending` so the owner resumes it.
 //!
 //! Leaves out: the listener and token bookkeeping (`net::peer`).
 
 use super::wire::{self, HelloReply, WireError};
-use super::{read_into, PeerEvent, PeerStats};
+use super::{read_into, Identity, PeerEvent, PeerGate, PeerStats, Refusal};
 use crate::limits;
 use crate::raft::NodeId;
 use bytes::{Bytes, BytesMut};
@@ -54,8 +62,10 @@ enum Phase {
 /// What the connection needs from its owner for one call.
 pub(super) struct InboundContext<'a> {
     pub my_id: NodeId,
-    pub cluster_id: u64,
-    pub accept_incarnation: &'a mut dyn FnMut(NodeId, u64) -> Result<(), String>,
+    pub identity: &'a mut Identity,
+    pub gate: &'a mut dyn PeerGate,
+    /// (sender, incarnation) of every connection accepted so far.
+    pub established: &'a [(NodeId, u64)],
     pub out: &'a mut Vec<PeerEvent>,
     pub stats: &'a mut PeerStats,
     pub read_scratch: &'a mut [u8],
@@ -73,6 +83,8 @@ pub(super) enum Verdict {
 pub(super) struct Inbound {
     pub stream: TcpStream,
     address: SocketAddr,
+    /// When it was accepted (the oldest undecided one is evicted first).
+    pub accepted_at: Instant,
     phase: Phase,
     read_buffer: BytesMut,
     reply: Bytes,
@@ -82,10 +94,11 @@ pub(super) struct Inbound {
 }
 
 impl Inbound {
-    pub fn new(stream: TcpStream, address: SocketAddr, deadline: Instant) -> Self {
+    pub fn new(stream: TcpStream, address: SocketAddr, now: Instant, deadline: Instant) -> Self {
         Inbound {
             stream,
             address,
+            accepted_at: now,
             phase: Phase::AwaitingHello { deadline },
             read_buffer: BytesMut::new(),
             reply: Bytes::new(),
@@ -94,12 +107,17 @@ impl Inbound {
         }
     }
 
-    /// The accepted sender, if the handshake succeeded.
-    pub fn accepted_from(&self) -> Option<NodeId> {
+    /// The accepted sender and its incarnation, if the handshake succeeded.
+    pub fn accepted(&self) -> Option<(NodeId, u64)> {
         match self.phase {
-            Phase::Accepted { from, .. } => Some(from),
+            Phase::Accepted { from, incarnation } => Some((from, incarnation)),
             _ => None,
         }
+    }
+
+    /// The address it came from.
+    pub fn address(&self) -> SocketAddr {
+        self.address
     }
 
     /// True once an undecided or refused connection ran past its deadline.
@@ -239,14 +257,17 @@ impl Inbound {
                             envelope.from, envelope.incarnation, envelope.to
                         ));
                     }
+                    if let Err(reason) = context.gate.check(&envelope) {
+                        return self.protocol_error(&format!("from node {from}: {reason}"));
+                    }
                     if matches!(envelope.message, crate::raft::Message::PreVote { .. }) {
                         // A data dir removed since this link was accepted
                         // asks with PreVotes whether its removal committed
                         // (`raft::Node::ask_whether_removed`): asked again,
                         // the caller may refuse it now; closing the link
                         // makes it dial again and hear the refusal.
-                        if let Err(reason) = (context.accept_incarnation)(from, incarnation) {
-                            log::info!("closing the link of node {from}: {reason}");
+                        if let Err(refusal) = context.gate.accept(from, incarnation, true) {
+                            log::info!("closing the link of node {from}: {}", refusal.reason);
                             return Verdict::Close;
                         }
                     }
@@ -273,31 +294,48 @@ impl Inbound {
                     deadline,
                     context,
                     None,
-                    format!(
+                    Refusal::retry(format!(
                         "peer format version {version} is not {}",
                         wire::FORMAT_VERSION
-                    ),
+                    )),
                 );
                 return Verdict::Keep;
             }
             Err(error) => return self.protocol_error(&format!("bad hello: {error}")),
         };
-        let decision = if hello.cluster_id != context.cluster_id {
-            Err(format!(
-                "cluster id {:#018x} differs from {:#018x} (the member lists differ)",
-                hello.cluster_id, context.cluster_id
+        let mine = context.identity.cluster_id();
+        let decision = if hello.from == 0 || hello.incarnation == 0 {
+            Err(Refusal::retry(
+                "node id and incarnation must not be 0".into(),
             ))
         } else if hello.to != context.my_id {
-            Err(format!(
+            Err(Refusal::retry(format!(
                 "this is node {}, not node {}",
                 context.my_id, hello.to
-            ))
+            )))
+        } else if hello.cluster_id != 0 && mine != 0 && hello.cluster_id != mine {
+            Err(Refusal::retry(format!(
+                "another cluster: the dialer's data dir belongs to cluster {:016x}, this node's \
+                 to cluster {mine:016x}",
+                hello.cluster_id
+            )))
         } else {
-            // Membership is the caller's decision (the configuration in
-            // force lives in the replica): a node waiting to be added, or
-            // one this node does not know of yet, is accepted; a removed
-            // data dir or another incarnation is refused there.
-            (context.accept_incarnation)(hello.from, hello.incarnation)
+            // Membership and incarnations are the gate's decision (the
+            // configuration in force lives in the replica).
+            context
+                .gate
+                .accept(hello.from, hello.incarnation, hello.cluster_id != 0)
+                .and_then(|()| self.check_established(&hello, context))
+                .and_then(|()| {
+                    if mine == 0 && hello.cluster_id != 0 {
+                        context
+                            .identity
+                            .adopt(hello.cluster_id, &format!("node {}", hello.from))
+                            .map_err(Refusal::retry)
+                    } else {
+                        Ok(())
+                    }
+                })
         };
         match decision {
             Ok(()) => {
@@ -305,7 +343,9 @@ impl Inbound {
                     from: hello.from,
                     incarnation: hello.incarnation,
                 };
-                self.set_reply(&HelloReply::Accept);
+                self.set_reply(&HelloReply::Accept {
+                    cluster_id: context.identity.cluster_id(),
+                });
                 log::debug!(
                     "peer connection from node {} at {} accepted",
                     hello.from,
@@ -313,11 +353,38 @@ impl Inbound {
                 );
                 Verdict::Accepted(hello.from)
             }
-            Err(reason) => {
-                self.refuse(deadline, context, Some(hello.from), reason);
+            Err(refusal) => {
+                self.refuse(deadline, context, Some(hello.from), refusal);
                 Verdict::Keep
             }
         }
+    }
+
+    /// A newer connection from a node that already has an accepted one
+    /// replaces it only with the same incarnation (its data dir redialed),
+    /// or the one the gate recorded for it (the established one is then the
+    /// impostor).
+    fn check_established(
+        &self,
+        hello: &wire::Hello,
+        context: &mut InboundContext<'_>,
+    ) -> Result<(), Refusal> {
+        let Some(&(_, established)) = context
+            .established
+            .iter()
+            .find(|(from, _)| *from == hello.from)
+        else {
+            return Ok(());
+        };
+        if established == hello.incarnation
+            || context.gate.recorded_incarnation(hello.from) == Some(hello.incarnation)
+        {
+            return Ok(());
+        }
+        Err(Refusal::retry(format!(
+            "node {} is connected already from another data dir ({established:016x})",
+            hello.from
+        )))
     }
 
     fn refuse(
@@ -325,8 +392,9 @@ impl Inbound {
         deadline: Instant,
         context: &mut InboundContext<'_>,
         from: Option<NodeId>,
-        reason: String,
+        refusal: Refusal,
     ) {
+        let Refusal { reason, fatal } = refusal;
         match from {
             Some(from) => log::warn!(
                 "refused peer connection from {} claiming node {from}: {reason}",
@@ -335,7 +403,7 @@ impl Inbound {
             None => log::warn!("refused peer connection from {}: {reason}", self.address),
         }
         context.stats.handshakes_refused += 1;
-        self.set_reply(&HelloReply::Refuse { reason });
+        self.set_reply(&HelloReply::Refuse { reason, fatal });
         self.phase = Phase::Closing {
             deadline,
             write_shut: false,

@@ -15,7 +15,9 @@
 //! are dropped and counted rather than kept for a peer that may be gone for
 //! long. Retries wait a jittered, doubling delay between
 //! `PEER_RECONNECT_MIN_MS` and `PEER_RECONNECT_MAX_MS`; a refusal waits the
-//! maximum. The receiver never sends after Accept, so any byte read on an
+//! maximum (and is logged once while its reason stays the same). An
+//! `Accept` naming a cluster id this node does not know yet is adopted
+//! (durably, `Identity::adopt`) before the link counts as up. The receiver never sends after Accept, so any byte read on an
 //! `Up` link is a protocol error and end of stream means the peer is gone.
 //! An `Up` link whose socket takes no byte for the write stall timeout is
 //! closed and redialed: a host that vanished without a reset is noticed
@@ -25,7 +27,7 @@
 
 use super::queue::SendQueue;
 use super::wire::{self, Hello, HelloReply};
-use super::{read_into, LinkState, PeerEvent};
+use super::{read_into, Identity, LinkState, PeerEvent};
 use crate::limits;
 use crate::raft::NodeId;
 use bytes::{Bytes, BytesMut};
@@ -66,6 +68,7 @@ pub(super) struct LinkContext<'a> {
     pub now: Instant,
     /// This node's hello; `to` is filled in per link.
     pub hello: &'a Hello,
+    pub identity: &'a mut Identity,
     pub rng: &'a mut Pcg64Mcg,
     pub out: &'a mut Vec<PeerEvent>,
 }
@@ -77,6 +80,8 @@ enum Retry {
     Backoff,
     /// The longest wait: the receiver refused us and will likely do so again.
     Slowest,
+    /// At once (the hello changed: announce the cluster id).
+    Now,
 }
 
 pub(super) struct Link {
@@ -92,6 +97,8 @@ pub(super) struct Link {
     pub bytes_sent: u64,
     /// Envelopes dropped because the link was down when they were sent.
     pub frames_dropped_down: u64,
+    /// The last refusal's reason, logged once until it changes.
+    last_refusal: Option<String>,
 }
 
 impl Link {
@@ -115,6 +122,7 @@ impl Link {
             frames_sent: 0,
             bytes_sent: 0,
             frames_dropped_down: 0,
+            last_refusal: None,
         }
     }
 
@@ -234,7 +242,14 @@ impl Link {
         if let Phase::Handshaking { .. } = self.phase {
             match self.handshake_step() {
                 Ok(None) => return,
-                Ok(Some(HelloReply::Accept)) => {
+                Ok(Some(HelloReply::Accept { cluster_id })) => {
+                    if cluster_id != 0 && cluster_id != context.identity.cluster_id() {
+                        let source = format!("node {}", self.peer);
+                        if let Err(reason) = context.identity.adopt(cluster_id, &source) {
+                            return self.close(context, &reason, Retry::Slowest);
+                        }
+                    }
+                    self.last_refusal = None;
                     let Phase::Handshaking { stream, .. } = std::mem::replace(
                         &mut self.phase,
                         Phase::Down {
@@ -252,15 +267,25 @@ impl Link {
                     log::debug!("peer link to node {} at {} is up", self.peer, self.address);
                     context.out.push(PeerEvent::LinkUp(self.peer));
                 }
-                Ok(Some(HelloReply::Refuse { reason })) => {
-                    log::warn!(
-                        "node {} at {} refused our link: {reason}",
-                        self.peer,
-                        self.address
-                    );
+                Ok(Some(HelloReply::Refuse { reason, fatal })) => {
+                    if self.last_refusal.as_deref() == Some(reason.as_str()) {
+                        log::debug!(
+                            "node {} at {} refused our link again: {reason}",
+                            self.peer,
+                            self.address
+                        );
+                    } else {
+                        log::warn!(
+                            "node {} at {} refused our link: {reason}",
+                            self.peer,
+                            self.address
+                        );
+                        self.last_refusal = Some(reason.clone());
+                    }
                     context.out.push(PeerEvent::Refused {
                         by: self.peer,
                         reason,
+                        fatal,
                     });
                     return self.close(context, "refused", Retry::Slowest);
                 }
@@ -369,6 +394,13 @@ impl Link {
         self.queue.clear();
     }
 
+    /// Ends the current connection (if any) and dials again at once, so the
+    /// new handshake carries the hello as it is now.
+    pub fn redial(&mut self, context: &mut LinkContext<'_>) {
+        self.backoff_ms = limits::PEER_RECONNECT_MIN_MS;
+        self.close(context, "the cluster id became known", Retry::Now);
+    }
+
     /// Ends the current connection (if any) and schedules the next attempt.
     fn close(&mut self, context: &mut LinkContext<'_>, reason: &str, retry: Retry) {
         if retry == Retry::Slowest {
@@ -376,11 +408,16 @@ impl Link {
         }
         // Equal jitter: half the backoff fixed, half random, so nodes that
         // lost a peer together do not all redial in the same instant.
-        let delay_ms = context
-            .rng
-            .gen_range(self.backoff_ms / 2..=self.backoff_ms)
-            .max(limits::PEER_RECONNECT_MIN_MS);
-        self.backoff_ms = (self.backoff_ms * 2).min(limits::PEER_RECONNECT_MAX_MS);
+        let delay_ms = if retry == Retry::Now {
+            0
+        } else {
+            let delay_ms = context
+                .rng
+                .gen_range(self.backoff_ms / 2..=self.backoff_ms)
+                .max(limits::PEER_RECONNECT_MIN_MS);
+            self.backoff_ms = (self.backoff_ms * 2).min(limits::PEER_RECONNECT_MAX_MS);
+            delay_ms
+        };
         let retry_at = context.now + Duration::from_millis(delay_ms);
         let was_up = matches!(self.phase, Phase::Up { .. });
         match std::mem::replace(&mut self.phase, Phase::Down { retry_at }) {

@@ -10,6 +10,14 @@
 //! answers with one `HelloReply` frame; after `Accept` the dialer sends only
 //! `Envelope` frames and the receiver sends nothing more.
 //!
+//! The cluster id is random, made once by the cluster's first leader and
+//! stored in every data dir (`storage`); 0 in a hello means "not known yet"
+//! (a data dir that has not met its cluster). `Accept` names the receiver's
+//! cluster id so such a dialer adopts it. A `Refuse` says whether it is
+//! `fatal` (this data dir was removed, or its id is bound to another data
+//! dir: SPEC §3, the dialer stops) or not (another cluster, another node,
+//! not a member yet: the dialer logs it and retries, slowly).
+//!
 //!
 //! A status probe (`raftfs status`) is a connection whose first frame is the
 //! 4 bytes `STATUS_MAGIC` and the format version: the receiver answers with
@@ -20,7 +28,9 @@
 //! request's, not the report.
 //!
 //! Invariants: decoding never panics and never allocates more than the frame
-//! it was given (bincode runs with a byte limit over a slice); a frame longer
+//! it was given (bincode runs over a slice with a byte limit equal to the
+//! payload's own length, so no declared length or count can make it
+//! reserve more than the bytes actually present); a frame longer
 //! than the caller's maximum is an error as soon as its header is seen, before
 //! its bytes are buffered. Encoding writes straight into a `BytesMut`;
 //! `encode_envelope` yields the same bytes as segments, so an entry's data is
@@ -35,7 +45,6 @@ use bincode::Options;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::net::SocketAddr;
 
 /// Bytes of the length prefix in front of every frame.
 pub const FRAME_HEADER_BYTES: usize = 4;
@@ -45,19 +54,24 @@ pub const HELLO_MAGIC: [u8; 4] = *b"RFSP";
 pub const STATUS_MAGIC: [u8; 4] = *b"RFSQ";
 /// Bumped whenever a frame's meaning changes; peers of another version are
 /// refused with a reason.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: the cluster id is persisted and announced in `Accept`; `Refuse` says
+/// whether it is fatal.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The bincode configuration of every payload: varint integers (indexes and
 /// terms are mostly small), little endian, trailing bytes rejected, and a size
-/// limit so a hostile length inside a payload cannot make decoding allocate.
-fn options() -> impl Options {
-    bincode::DefaultOptions::new().with_limit(limits::PEER_FRAME_BYTES_MAX as u64)
+/// limit (`limit_bytes`) so a hostile length inside a payload cannot make
+/// decoding allocate: bincode checks each declared length against what is
+/// left of the limit before it reserves, so with the limit set to the
+/// payload's length a claim beyond the bytes present fails at once.
+fn options(limit_bytes: usize) -> impl Options {
+    bincode::DefaultOptions::new().with_limit(limit_bytes as u64)
 }
 
 /// What a dialer says about itself before sending any envelope.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
-    /// Derived by each node from the member list (see `cluster_id`).
+    /// The dialer's cluster (0: it does not know its cluster yet).
     pub cluster_id: u64,
     pub from: NodeId,
     /// The sender's data-dir incarnation (SPEC §3).
@@ -69,8 +83,10 @@ pub struct Hello {
 /// The receiver's answer to a hello.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HelloReply {
-    Accept,
-    Refuse { reason: String },
+    /// `cluster_id`: the receiver's (0: it does not know it yet either).
+    Accept { cluster_id: u64 },
+    /// `fatal`: the dialer must stop (SPEC §3); else it retries later.
+    Refuse { reason: String, fatal: bool },
 }
 
 /// Why bytes could not be taken as a frame or a payload.
@@ -167,7 +183,7 @@ pub fn encode_frame<T: Serialize>(
     buffer: &mut BytesMut,
     max_bytes: usize,
 ) -> Result<Bytes, EncodeError> {
-    let payload_bytes = options()
+    let payload_bytes = options(limits::PEER_FRAME_BYTES_MAX)
         .serialized_size(value)
         .map_err(|error| EncodeError::Serialize(error.to_string()))?;
     if payload_bytes > max_bytes as u64 || payload_bytes > u64::from(u32::MAX) {
@@ -180,7 +196,9 @@ pub fn encode_frame<T: Serialize>(
     // frames from allocating one by one.
     buffer.reserve((FRAME_HEADER_BYTES + payload_bytes as usize).max(64 << 10));
     buffer.put_u32_le(payload_bytes as u32);
-    if let Err(error) = options().serialize_into(&mut (&mut *buffer).writer(), value) {
+    if let Err(error) =
+        options(limits::PEER_FRAME_BYTES_MAX).serialize_into(&mut (&mut *buffer).writer(), value)
+    {
         buffer.clear();
         return Err(EncodeError::Serialize(error.to_string()));
     }
@@ -314,7 +332,7 @@ fn put_varint(buffer: &mut BytesMut, value: u64) {
 
 /// Encodes a hello frame (magic and version in front of the bincode body).
 pub fn encode_hello(hello: &Hello) -> Result<Bytes, EncodeError> {
-    let body = options()
+    let body = options(limits::PEER_HANDSHAKE_BYTES_MAX)
         .serialize(hello)
         .map_err(|error| EncodeError::Serialize(error.to_string()))?;
     let payload_bytes = HELLO_MAGIC.len() + 4 + body.len();
@@ -399,13 +417,16 @@ pub fn decode_hello(payload: &[u8]) -> Result<Hello, WireError> {
 /// boundary so the frame stays under `PEER_HANDSHAKE_BYTES_MAX`.
 pub fn encode_reply(reply: &HelloReply) -> Result<Bytes, EncodeError> {
     let reply = match reply {
-        HelloReply::Refuse { reason } if reason.len() > limits::PEER_REFUSE_REASON_BYTES_MAX => {
+        HelloReply::Refuse { reason, fatal }
+            if reason.len() > limits::PEER_REFUSE_REASON_BYTES_MAX =>
+        {
             let mut end = limits::PEER_REFUSE_REASON_BYTES_MAX;
             while !reason.is_char_boundary(end) {
                 end -= 1;
             }
             HelloReply::Refuse {
                 reason: reason[..end].to_string(),
+                fatal: *fatal,
             }
         }
         other => other.clone(),
@@ -426,30 +447,9 @@ pub fn decode_envelope(payload: &[u8]) -> Result<Envelope, WireError> {
 }
 
 fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, WireError> {
-    options()
+    options(payload.len())
         .deserialize(payload)
         .map_err(|error| WireError::Malformed(error.to_string()))
-}
-
-/// A stable id for a member list: FNV-1a over each member's id and peer
-/// address, in id order. Nodes given different member lists get different
-/// ids and refuse each other's links.
-pub fn cluster_id<'a>(members: impl IntoIterator<Item = (NodeId, &'a SocketAddr)>) -> u64 {
-    let mut sorted: Vec<(NodeId, &SocketAddr)> = members.into_iter().collect();
-    sorted.sort();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for byte in bytes {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    for (id, address) in sorted {
-        feed(&id.to_le_bytes());
-        feed(address.to_string().as_bytes());
-        feed(b";");
-    }
-    hash
 }
 
 #[cfg(test)]
@@ -666,16 +666,22 @@ mod tests {
     #[test]
     fn refusal_reasons_are_cut_to_the_limit() {
         let reason = "é".repeat(limits::PEER_REFUSE_REASON_BYTES_MAX);
-        let mut frame = BytesMut::from(&encode_reply(&HelloReply::Refuse { reason }).unwrap()[..]);
+        let mut frame = BytesMut::from(
+            &encode_reply(&HelloReply::Refuse {
+                reason,
+                fatal: false,
+            })
+            .unwrap()[..],
+        );
         let payload = next_frame(&mut frame, limits::PEER_HANDSHAKE_BYTES_MAX)
             .unwrap()
             .unwrap();
         match decode_reply(&payload).unwrap() {
-            HelloReply::Refuse { reason } => {
+            HelloReply::Refuse { reason, .. } => {
                 assert!(reason.len() <= limits::PEER_REFUSE_REASON_BYTES_MAX);
                 assert!(reason.len() > limits::PEER_REFUSE_REASON_BYTES_MAX - 2);
             }
-            HelloReply::Accept => panic!("expected a refusal"),
+            HelloReply::Accept { .. } => panic!("expected a refusal"),
         }
     }
 
@@ -711,16 +717,5 @@ mod tests {
             decode_envelope(&valid).is_ok(),
             "the hostile cases differ from a valid one only in length"
         );
-    }
-
-    #[test]
-    fn cluster_id_depends_on_members_not_their_order() {
-        let a: SocketAddr = "127.0.0.1:9080".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:9081".parse().unwrap();
-        let c: SocketAddr = "127.0.0.1:9082".parse().unwrap();
-        let id = cluster_id([(1, &a), (2, &b)]);
-        assert_eq!(id, cluster_id([(2, &b), (1, &a)]));
-        assert_ne!(id, cluster_id([(1, &a), (2, &c)]));
-        assert_ne!(id, cluster_id([(1, &a), (3, &b)]));
     }
 }
