@@ -36,8 +36,10 @@
 //! token slot for its whole life, so tokens never move under mio. Which
 //! senders to accept is the caller's decision (`accept_incarnation`).
 //!
-//! Leaves out: encryption and authentication beyond the handshake checks
-//! (peers run on a trusted network).
+//! TLS: with `PeerConfig::tls` every link is mutual TLS (`net::tls`): the
+//! dialer verifies the receiver as `node-<id>.raftfs`, the receiver accepts
+//! only certificates of the cluster CA and refuses a hello whose `from` is
+//! not the id its certificate names. Without it, links are plain TCP.
 
 mod inbound;
 mod link;
@@ -47,6 +49,7 @@ pub mod wire;
 pub use wire::cluster_id;
 
 use crate::limits;
+use crate::net::tls::{PeerTls, Stream};
 use crate::raft::{Envelope, NodeId};
 use bytes::{Bytes, BytesMut};
 use inbound::{Inbound, InboundContext, Verdict};
@@ -60,6 +63,7 @@ use slab::Slab;
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Tokens reserved from `token_base`: the listener, the links, the inbound
@@ -86,6 +90,8 @@ pub struct PeerConfig {
     pub queue_bytes_max: usize,
     /// See `PEER_WRITE_STALL_TIMEOUT_MS` (the default); at least one tick.
     pub write_stall_timeout_ms: u64,
+    /// Mutual TLS on every link (None: plain TCP).
+    pub tls: Option<Arc<PeerTls>>,
 }
 
 impl PeerConfig {
@@ -104,6 +110,7 @@ impl PeerConfig {
             members,
             queue_bytes_max: limits::PEER_QUEUE_BYTES_MAX,
             write_stall_timeout_ms: limits::PEER_WRITE_STALL_TIMEOUT_MS,
+            tls: None,
         }
     }
 }
@@ -186,6 +193,7 @@ pub struct Peers {
     read_scratch: Box<[u8]>,
     rng: Pcg64Mcg,
     stats: PeerStats,
+    tls: Option<Arc<PeerTls>>,
 }
 
 impl Peers {
@@ -285,6 +293,7 @@ impl Peers {
             encode_buffer: BytesMut::new(),
             frame_segments: Vec::new(),
             read_scratch: vec![0u8; READ_CHUNK_BYTES].into_boxed_slice(),
+            tls: config.tls.clone(),
             rng: Pcg64Mcg::seed_from_u64(
                 config.my_id ^ config.my_incarnation.rotate_left(32) ^ clock_seed,
             ),
@@ -331,6 +340,7 @@ impl Peers {
                     hello: &self.hello,
                     rng: &mut self.rng,
                     out,
+                    tls: self.tls.as_deref(),
                 });
             }
         } else if offset < PEER_TOKENS {
@@ -421,6 +431,7 @@ impl Peers {
                 hello: &self.hello,
                 rng: &mut self.rng,
                 out,
+                tls: self.tls.as_deref(),
             });
         }
     }
@@ -435,6 +446,7 @@ impl Peers {
                 hello: &self.hello,
                 rng: &mut self.rng,
                 out,
+                tls: self.tls.as_deref(),
             });
         }
         let expired: Vec<usize> = self
@@ -612,10 +624,20 @@ impl Peers {
     fn register_inbound(
         &mut self,
         registry: &Registry,
-        mut stream: TcpStream,
+        stream: TcpStream,
         address: SocketAddr,
         now: Instant,
     ) {
+        let mut stream = match &self.tls {
+            Some(tls) => match tls.accept(stream) {
+                Ok(stream) => stream,
+                Err(error) => {
+                    log::warn!("peer connection from {address} closed: {error}");
+                    return;
+                }
+            },
+            None => Stream::Plain(stream),
+        };
         if self.inbound.len() >= limits::PEER_INBOUND_CONNECTIONS_MAX {
             log::warn!(
                 "peer connection from {address} closed: {} already open",
@@ -707,7 +729,7 @@ struct ReadOutcome {
 /// Bytes land in `scratch` first and are appended from there, so only the
 /// bytes read are copied and no per-call buffer is zero-filled.
 fn read_into(
-    stream: &mut TcpStream,
+    stream: &mut impl Read,
     buffer: &mut BytesMut,
     budget_bytes: usize,
     scratch: &mut [u8],

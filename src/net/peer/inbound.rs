@@ -17,14 +17,17 @@
 //! `PEER_READ_BYTES_PER_TURN_MAX` bytes are read per call (fairness); the
 //! connection is then marked `read_pending` so the owner resumes it.
 //!
+//! With TLS the hello's `from` must also be the node id the sender's
+//! certificate names (`Stream::check_peer_identity`), else it is refused.
+//!
 //! Leaves out: the listener and token bookkeeping (`net::peer`).
 
 use super::wire::{self, HelloReply, WireError};
 use super::{read_into, PeerEvent, PeerStats};
 use crate::limits;
+use crate::net::tls::Stream;
 use crate::raft::NodeId;
 use bytes::{Bytes, BytesMut};
-use mio::net::TcpStream;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::Instant;
@@ -71,7 +74,7 @@ pub(super) enum Verdict {
 }
 
 pub(super) struct Inbound {
-    pub stream: TcpStream,
+    pub stream: Stream,
     address: SocketAddr,
     phase: Phase,
     read_buffer: BytesMut,
@@ -82,7 +85,7 @@ pub(super) struct Inbound {
 }
 
 impl Inbound {
-    pub fn new(stream: TcpStream, address: SocketAddr, deadline: Instant) -> Self {
+    pub fn new(stream: Stream, address: SocketAddr, deadline: Instant) -> Self {
         Inbound {
             stream,
             address,
@@ -292,6 +295,8 @@ impl Inbound {
                 "this is node {}, not node {}",
                 context.my_id, hello.to
             ))
+        } else if let Err(reason) = self.stream.check_peer_identity(hello.from) {
+            Err(reason)
         } else {
             // Membership is the caller's decision (the configuration in
             // force lives in the replica): a node waiting to be added, or
