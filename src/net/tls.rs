@@ -215,10 +215,7 @@ pub type NodeTls = (Option<Arc<PeerTls>>, Option<Arc<ServerConfig>>);
 /// TLS, each if configured. A bad or missing file is one `Error::Config`
 /// line. A node whose peer address is not loopback and has no peer TLS says
 /// so in one warning line.
-pub fn node_tls(
-    config: &ClusterConfig,
-    id: NodeId,
-) -> crate::error::Result<NodeTls> {
+pub fn node_tls(config: &ClusterConfig, id: NodeId) -> crate::error::Result<NodeTls> {
     let member = config.member(id)?;
     let peer = match &config.peer_tls {
         Some(files) => {
@@ -478,6 +475,12 @@ pub struct ToolTls {
     config: Arc<ClientConfig>,
 }
 
+impl std::fmt::Debug for ToolTls {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("ToolTls")
+    }
+}
+
 impl ToolTls {
     pub fn load(ca: &Path, cert_and_key: Option<(&Path, &Path)>) -> Result<ToolTls, String> {
         let builder = ClientConfig::builder_with_provider(provider())
@@ -514,6 +517,16 @@ impl ToolTls {
         Ok(ToolStream::Tls(Box::new(rustls::StreamOwned::new(
             connection, socket,
         ))))
+    }
+
+    /// Wraps a connected non-blocking mio socket (a load generator's), the
+    /// server verified by its IP address.
+    pub fn wrap_nonblocking(&self, socket: TcpStream) -> io::Result<Stream> {
+        let ip = socket.peer_addr()?.ip();
+        let connection =
+            ClientConnection::new(self.config.clone(), ServerName::IpAddress(ip.into()))
+                .map_err(tls_error)?;
+        Ok(Stream::tls(socket, connection.into(), false))
     }
 
     /// Connects to `address` within `timeout` and verifies it by its IP.
