@@ -231,7 +231,8 @@ class NodesCluster:
             self.processes.append(subprocess.Popen(
                 [RAFTFS, "node", "--config", config, "--id", str(i + 1)], cwd=self.dir,
                 stdout=log, stderr=subprocess.STDOUT,
-                env=dict(os.environ, RUST_LOG="warn,raftfs::net::reactor::observe=info")))
+                env=dict(os.environ, RUST_LOG=os.environ.get(
+                    "BENCH_RUST_LOG", "warn,raftfs::net::reactor::observe=info"))))
             log.close()
         for i in range(nodes):
             if not wait_port(BASE_PORT + i):

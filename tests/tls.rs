@@ -192,6 +192,9 @@ fn mutual_tls_peers_elect_commit_and_refuse_strangers() {
     assert_eq!(code, 0, "status over TLS: {table}{stderr}");
     assert_eq!(table.matches(" up").count(), 3, "{table}");
     let leader_and_term = leader_row(&table);
+    let (code, listing, stderr) = raftfs(&["member", "list"], &cluster.config_path);
+    assert_eq!(code, 0, "member list over TLS: {listing}{stderr}");
+    assert_eq!(listing.matches("voter").count(), 3, "{listing}");
 
     // A certificate from another CA: the TLS handshake fails at node 1.
     let other = make_certs(&cluster, "other");

@@ -27,7 +27,7 @@ use crate::net::tls::Stream;
 use bytes::{Buf, Bytes, BytesMut};
 use mio::net::TcpStream;
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Write};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
@@ -111,7 +111,9 @@ impl Connection {
         while read_bytes < limits::CONN_READ_BYTES_PER_TURN_MAX {
             let received = match &mut self.stream {
                 Stream::Plain(socket) => receive_into_spare_capacity(socket, &mut self.read_buffer),
-                Stream::Tls(_) => receive_via_read(&mut self.stream, &mut self.read_buffer),
+                Stream::Tls(_) => self
+                    .stream
+                    .read_into(&mut self.read_buffer, READ_CHUNK_BYTES),
             };
             match received {
                 Ok(0) => {
@@ -242,16 +244,6 @@ impl Connection {
         let drained = self.output.is_empty() && !self.stream.has_pending_output();
         drained && self.slots.is_empty() && (self.closing || self.input_closed)
     }
-}
-
-/// One `read` of a TLS stream into the buffer's spare capacity (zeroed
-/// once per chunk: decrypted bytes come from rustls, not the kernel).
-fn receive_via_read(stream: &mut Stream, buffer: &mut BytesMut) -> io::Result<usize> {
-    let start = buffer.len();
-    buffer.resize(start + READ_CHUNK_BYTES, 0);
-    let result = stream.read(&mut buffer[start..]);
-    buffer.truncate(start + *result.as_ref().unwrap_or(&0));
-    result
 }
 
 /// One `recv` straight into the buffer's spare capacity (at least

@@ -226,13 +226,8 @@ pub fn node_tls(config: &ClusterConfig, id: NodeId) -> crate::error::Result<Node
             Some(Arc::new(tls))
         }
         None => {
-            if !member.peer.ip().is_loopback() || !member.listen_peer.ip().is_loopback() {
-                log::warn!(
-                    "node {id}: peer links on {} are plain TCP, neither encrypted nor \
-                     authenticated: set [peer_tls] (raftfs certs makes the files), or keep the \
-                     peer network private",
-                    member.listen_peer
-                );
+            if let Some(warning) = plain_peer_warning(member) {
+                log::warn!("{warning}");
             }
             None
         }
@@ -247,6 +242,19 @@ pub fn node_tls(config: &ClusterConfig, id: NodeId) -> crate::error::Result<Node
         None => None,
     };
     Ok((peer, client))
+}
+
+/// The start-up warning of a member whose peer links would be plain TCP
+/// off loopback (advertised or bound address).
+pub fn plain_peer_warning(member: &crate::config::Member) -> Option<String> {
+    if member.peer.ip().is_loopback() && member.listen_peer.ip().is_loopback() {
+        return None;
+    }
+    Some(format!(
+        "node {}: peer links on {} are plain TCP, neither encrypted nor authenticated: set \
+         [peer_tls] (raftfs certs makes the files), or keep the peer network private",
+        member.id, member.listen_peer
+    ))
 }
 
 fn tls_error(error: impl std::fmt::Display) -> io::Error {
@@ -351,8 +359,18 @@ impl TlsStream {
     }
 
     fn read_plain(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        self.read_with(|reader| reader.read(buffer))
+    }
+
+    /// Reads by `take`, which hands decrypted bytes on from rustls's reader:
+    /// `WouldBlock` from it means none are buffered, so more TLS records are
+    /// read from the socket, until the socket would block too.
+    fn read_with(
+        &mut self,
+        mut take: impl FnMut(&mut rustls::Reader<'_>) -> io::Result<usize>,
+    ) -> io::Result<usize> {
         loop {
-            match self.tls.reader().read(buffer) {
+            match take(&mut self.tls.reader()) {
                 Ok(read) => return Ok(read),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // The peer closed without close_notify: an end of stream.
@@ -398,6 +416,33 @@ impl TlsStream {
         let written = self.tls.writer().write_vectored(slices)?;
         self.push_output()?;
         Ok(written)
+    }
+}
+
+impl Stream {
+    /// Appends at most `max_bytes` decrypted bytes to `buffer`, without
+    /// zero-filling it first (TLS streams; `read` semantics otherwise).
+    pub fn read_into(
+        &mut self,
+        buffer: &mut bytes::BytesMut,
+        max_bytes: usize,
+    ) -> io::Result<usize> {
+        match self {
+            Stream::Plain(socket) => {
+                let start = buffer.len();
+                buffer.resize(start + max_bytes, 0);
+                let result = socket.read(&mut buffer[start..]);
+                buffer.truncate(start + *result.as_ref().unwrap_or(&0));
+                result
+            }
+            Stream::Tls(stream) => stream.read_with(|reader| {
+                let chunk = std::io::BufRead::fill_buf(reader)?;
+                let taken = chunk.len().min(max_bytes);
+                buffer.extend_from_slice(&chunk[..taken]);
+                std::io::BufRead::consume(reader, taken);
+                Ok(taken)
+            }),
+        }
     }
 }
 
@@ -691,6 +736,24 @@ mod tests {
         assert_eq!(host_of("127.0.0.1:8080"), "127.0.0.1");
         assert_eq!(host_of("[::1]:8080"), "::1");
         assert_eq!(host_of("db.example:1"), "db.example");
+    }
+
+    #[test]
+    fn plain_peers_off_loopback_are_warned_about() {
+        let config = ClusterConfig::parse(
+            "[[node]]\nid = 1\nclient = \"127.0.0.1:8080\"\npeer = \"127.0.0.1:9080\"\n\
+             [[node]]\nid = 2\nclient = \"127.0.0.1:8081\"\npeer = \"127.0.0.1:9081\"\n\
+             listen_peer = \"0.0.0.0:9081\"\n\
+             [[node]]\nid = 3\nclient = \"127.0.0.1:8082\"\npeer = \"127.0.0.3:9082\"\n",
+        )
+        .expect("parses");
+        assert_eq!(plain_peer_warning(&config.members[0]), None);
+        let warning = plain_peer_warning(&config.members[1]).expect("0.0.0.0 is not loopback");
+        assert!(
+            warning.contains("node 2") && warning.contains("[peer_tls]"),
+            "{warning}"
+        );
+        assert_eq!(plain_peer_warning(&config.members[2]), None);
     }
 
     #[test]
