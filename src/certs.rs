@@ -6,13 +6,18 @@
 //! `DIR/client.key` for the tools (`raftfs status`, `member`, `client`
 //! against ports that require a client certificate).
 //!
+//! With `ca.pem` and `ca.key` already in DIR, only the missing node (and
+//! client) files are made, signed by that CA: a member added later gets its
+//! certificate without touching the others.
+//!
 //! Invariants: a node certificate names its node (SAN DNS
 //! `node-<id>.raftfs`, which peer links check) and every host of its
 //! addresses (client, peer, metrics and listen addresses, as written and as
 //! resolved; unspecified addresses such as 0.0.0.0 are left out), and is
 //! valid for both server and client authentication. Keys are written with
-//! mode 0600. Nothing is written when any target file exists, unless
-//! `force`; every file is checked before the first is written.
+//! mode 0600. No existing file is ever overwritten unless `force`
+//! (which makes a new CA and every file); every file is checked before the
+//! first is written.
 
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
@@ -29,57 +34,79 @@ use std::path::{Path, PathBuf};
 /// The DNS name of the tools' certificate (`client.pem`).
 pub const CLIENT_NAME: &str = "client.raftfs";
 
-/// Makes every file in `out`; returns the paths written.
+/// Makes the files in `out`; returns the paths written. When `out` already
+/// holds `ca.pem` and `ca.key` (and not `force`), that CA signs the
+/// certificates of the nodes that have none yet (a member added later) and
+/// nothing existing is touched.
 pub fn run(config: &ClusterConfig, out: &Path, force: bool) -> Result<Vec<PathBuf>> {
-    let mut names = vec!["ca".to_string(), "client".to_string()];
+    let mut names = vec!["client".to_string()];
     names.extend(config.members.iter().map(|m| format!("node-{}", m.id)));
-    let targets: Vec<PathBuf> = names
-        .iter()
-        .flat_map(|name| {
-            [
-                out.join(format!("{name}.pem")),
-                out.join(format!("{name}.key")),
-            ]
-        })
-        .collect();
+    let pair = |name: &str| {
+        (
+            out.join(format!("{name}.pem")),
+            out.join(format!("{name}.key")),
+        )
+    };
+    let (ca_pem_path, ca_key_path) = pair("ca");
+    let reuse_ca = !force && ca_pem_path.exists() && ca_key_path.exists();
     if !force {
-        if let Some(existing) = targets.iter().find(|path| path.exists()) {
+        if !reuse_ca {
+            names.insert(0, "ca".to_string());
+        }
+        let mut missing = Vec::new();
+        for name in names {
+            let (cert, key) = pair(&name);
+            match (cert.exists(), key.exists()) {
+                (false, false) => missing.push(name),
+                (true, true) if reuse_ca => {}
+                (true, _) => return Err(refusing(&cert)),
+                (false, true) => return Err(refusing(&key)),
+            }
+        }
+        if missing.is_empty() {
             return Err(Error::Config(format!(
-                "{} exists: refusing to overwrite it (--force replaces every file)",
-                existing.display()
+                "every file already exists in {}: nothing to make (--force replaces them all, \
+                 with a new CA)",
+                out.display()
             )));
         }
+        names = missing;
+    } else {
+        names.insert(0, "ca".to_string());
     }
     std::fs::create_dir_all(out)
         .map_err(|e| Error::Config(format!("cannot create {}: {e}", out.display())))?;
 
     let failed = |what: &str, e: rcgen::Error| Error::Config(format!("cannot make {what}: {e}"));
-    let ca_key = KeyPair::generate().map_err(|e| failed("the CA key", e))?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())
-        .map_err(|e| failed("the CA certificate", e))?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "raftfs cluster CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    set_validity(&mut ca_params);
-    let ca_cert = ca_params
-        .self_signed(&ca_key)
-        .map_err(|e| failed("the CA certificate", e))?;
-    let issuer = Issuer::new(ca_params, &ca_key);
-
+    let ca_key = if reuse_ca {
+        let text = std::fs::read_to_string(&ca_key_path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", ca_key_path.display())))?;
+        KeyPair::from_pem(&text).map_err(|e| {
+            Error::Config(format!(
+                "{}: not a usable CA key: {e}",
+                ca_key_path.display()
+            ))
+        })?
+    } else {
+        KeyPair::generate().map_err(|e| failed("the CA key", e))?
+    };
+    let ca_params = ca_params().map_err(|e| failed("the CA certificate", e))?;
     let mut written = Vec::new();
-    write_pair(
-        out,
-        "ca",
-        &ca_cert.pem(),
-        &ca_key.serialize_pem(),
-        &mut written,
-    )?;
+    if !reuse_ca {
+        let ca_cert = ca_params
+            .self_signed(&ca_key)
+            .map_err(|e| failed("the CA certificate", e))?;
+        write_pair(
+            out,
+            "ca",
+            &ca_cert.pem(),
+            &ca_key.serialize_pem(),
+            &mut written,
+        )?;
+    }
+    // The issuer is the CA's name, key usages and key: what `raftfs certs`
+    // made it with, so a reused CA (ca.key) signs the same way.
+    let issuer = Issuer::new(ca_params, &ca_key);
     let mut leaf = |name: &str, common_name: &str, sans: Vec<String>| -> Result<()> {
         let key = KeyPair::generate().map_err(|e| failed(name, e))?;
         let mut params = CertificateParams::new(sans).map_err(|e| failed(name, e))?;
@@ -100,12 +127,39 @@ pub fn run(config: &ClusterConfig, out: &Path, force: bool) -> Result<Vec<PathBu
             .map_err(|e| failed(name, e))?;
         write_pair(out, name, &cert.pem(), &key.serialize_pem(), &mut written)
     };
-    leaf("client", CLIENT_NAME, vec![CLIENT_NAME.to_string()])?;
+    if names.iter().any(|name| name == "client") {
+        leaf("client", CLIENT_NAME, vec![CLIENT_NAME.to_string()])?;
+    }
     for member in &config.members {
-        let name = node_name(member.id);
-        leaf(&format!("node-{}", member.id), &name, node_sans(member))?;
+        let file = format!("node-{}", member.id);
+        if names.contains(&file) {
+            leaf(&file, &node_name(member.id), node_sans(member))?;
+        }
     }
     Ok(written)
+}
+
+fn refusing(path: &Path) -> Error {
+    Error::Config(format!(
+        "{} exists: refusing to overwrite it (--force replaces every file, with a new CA)",
+        path.display()
+    ))
+}
+
+/// The cluster CA's parameters (a made CA and a reused one alike).
+fn ca_params() -> std::result::Result<CertificateParams, rcgen::Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "raftfs cluster CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    set_validity(&mut params);
+    Ok(params)
 }
 
 /// The names a member's certificate carries: its node name, then each host
@@ -219,9 +273,91 @@ mod tests {
         )
         .expect("usable");
         let error = run(&config(), &out, false).unwrap_err().to_string();
-        assert!(error.contains("refusing to overwrite"), "{error}");
+        assert!(error.contains("nothing to make"), "{error}");
         assert!(!error.contains('\n'));
+        std::fs::remove_file(out.join("node-1.key")).expect("remove");
+        let error = run(&config(), &out, false).unwrap_err().to_string();
+        assert!(
+            error.contains("node-1.pem exists: refusing to overwrite"),
+            "{error}"
+        );
         assert_eq!(run(&config(), &out, true).expect("forced").len(), 6);
+        // A member added later: the existing CA signs only its files.
+        let ca_before = std::fs::read(out.join("ca.pem")).expect("ca");
+        let node_1_before = std::fs::read(out.join("node-1.pem")).expect("node 1");
+        let grown = ClusterConfig::parse(
+            "[[node]]\nid = 1\nclient = \"127.0.0.1:8080\"\npeer = \"127.0.0.2:9080\"\n\
+             [[node]]\nid = 2\nclient = \"127.0.0.1:8081\"\npeer = \"127.0.0.2:9081\"\n\
+             [[node]]\nid = 3\nclient = \"127.0.0.1:8082\"\npeer = \"127.0.0.2:9082\"\n",
+        )
+        .expect("parses");
+        let written = run(&grown, &out, false).expect("adds nodes 2 and 3");
+        assert_eq!(written.len(), 4, "{written:?}");
+        assert_eq!(std::fs::read(out.join("ca.pem")).expect("ca"), ca_before);
+        assert_eq!(
+            std::fs::read(out.join("node-1.pem")).expect("n1"),
+            node_1_before
+        );
+        // Node 3's new certificate chains to the old CA: a TLS handshake
+        // between node 1 (old) and node 3 (new) succeeds.
+        handshake(&out, 1, 3);
+    }
+
+    /// Node `client`'s certificate dials node `server` in memory.
+    fn handshake(out: &Path, client: u64, server: u64) {
+        use crate::net::tls::{load_certs, load_key, load_roots};
+        use rustls::pki_types::ServerName;
+        let roots = load_roots(&out.join("ca.pem")).expect("roots");
+        let file = |id: u64, ext: &str| out.join(format!("node-{id}.{ext}"));
+        let provider = std::sync::Arc::new(
+            #[allow(deprecated)]
+            rustls::crypto::ring::default_provider(),
+        );
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .expect("verifier");
+        let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                load_certs(&file(server, "pem")).unwrap(),
+                load_key(&file(server, "key")).unwrap(),
+            )
+            .expect("server config");
+        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                load_certs(&file(client, "pem")).unwrap(),
+                load_key(&file(client, "key")).unwrap(),
+            )
+            .expect("client config");
+        let name = ServerName::try_from(node_name(server)).expect("name");
+        let mut client_side =
+            rustls::ClientConnection::new(std::sync::Arc::new(client_config), name)
+                .expect("client");
+        let mut server_side =
+            rustls::ServerConnection::new(std::sync::Arc::new(server_config)).expect("server");
+        for _ in 0..10 {
+            let mut bytes = Vec::new();
+            client_side.write_tls(&mut bytes).expect("client writes");
+            server_side.read_tls(&mut &bytes[..]).expect("server reads");
+            server_side
+                .process_new_packets()
+                .expect("server accepts the client certificate");
+            let mut bytes = Vec::new();
+            server_side.write_tls(&mut bytes).expect("server writes");
+            client_side.read_tls(&mut &bytes[..]).expect("client reads");
+            client_side
+                .process_new_packets()
+                .expect("client accepts the server certificate");
+        }
+        assert!(!client_side.is_handshaking() && !server_side.is_handshaking());
     }
 
     #[test]
