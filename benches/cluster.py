@@ -19,6 +19,12 @@ Run through benches/cluster.sh (it builds release first). Knobs (environment):
                  every client on the leader, or clients spread over every
                  node (loadgen --spread: followers forward writes and serve
                  reads with follower ReadIndex)
+  BENCH_TLS      "off", "on" or "off,on" (unset: `raftfs cluster`, one
+                 process): with it, each node is its own `raftfs node`
+                 process from a generated cluster.toml, so plain and TLS
+                 compare the same layout; "on" makes certificates with
+                 `raftfs certs` and turns on [peer_tls] and [client_tls]
+                 (loadgen --tls-ca). CPU columns are then whole processes.
 The "leader CPU" column is the leader node's thread alone (its share of the
 work; spreading clients should lower it).
 Only 127.0.0.1 is used. Every run is bounded by its duration.
@@ -127,6 +133,15 @@ class Cluster:
                 continue
         return 0.0
 
+    tls = False
+    ca = None
+
+    def cpu_seconds(self):
+        return cpu_seconds(self.process.pid)
+
+    def rss_kib(self):
+        return rss_kib(self.process.pid)
+
     def stop(self):
         self.process.send_signal(signal.SIGTERM)
         try:
@@ -138,11 +153,14 @@ class Cluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def run_loadgen(addresses, mix, keys, size, clients, pipeline, secs, hgrm=None, spread=False):
+def run_loadgen(addresses, mix, keys, size, clients, pipeline, secs, hgrm=None, spread=False,
+                tls_ca=None):
     args = [LOADGEN, "--addr", addresses, "--clients", str(clients), "--pipeline", str(pipeline),
             "--duration", str(secs), "--mix", mix, "--size", str(size), "--keys", str(keys), "--json"]
     if spread:
         args.append("--spread")
+    if tls_ca:
+        args += ["--tls-ca", tls_ca]
     if hgrm:
         args += ["--hgrm", hgrm]
     out = subprocess.run(args, capture_output=True, text=True, timeout=secs + 60)
@@ -182,6 +200,80 @@ def redis_figures(size, clients, pipeline, secs):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+class NodesCluster:
+    """`nodes` separate `raftfs node` processes (BENCH_TLS), plain or TLS on
+    both ports; the same interface as Cluster."""
+
+    def __init__(self, nodes, fsync, tls):
+        self.dir = tempfile.mkdtemp(prefix="raftfs-bench-")
+        self.nodes = nodes
+        self.tls = tls
+        config = os.path.join(self.dir, "cluster.toml")
+        with open(config, "w") as f:
+            f.write(f"fsync = {'true' if fsync else 'false'}\ndata_dir = \"data\"\n")
+            if tls:
+                f.write('[peer_tls]\nca = "certs/ca.pem"\ncert = "certs/node-{id}.pem"\n'
+                        'key = "certs/node-{id}.key"\n'
+                        '[client_tls]\ncert = "certs/node-{id}.pem"\nkey = "certs/node-{id}.key"\n')
+            for i in range(nodes):
+                f.write(f'[[node]]\nid = {i + 1}\nclient = "127.0.0.1:{BASE_PORT + i}"\n'
+                        f'peer = "127.0.0.1:{BASE_PORT + 1000 + i}"\n')
+        self.ca = os.path.join(self.dir, "certs", "ca.pem") if tls else None
+        if tls:
+            subprocess.run([RAFTFS, "certs", "--config", config, "--out",
+                            os.path.join(self.dir, "certs")], check=True, capture_output=True)
+        self.processes = []
+        self.log_paths = []
+        for i in range(nodes):
+            log_path = os.path.join(self.dir, f"node-{i + 1}.log")
+            log = open(log_path, "w")
+            self.log_paths.append(log_path)
+            self.processes.append(subprocess.Popen(
+                [RAFTFS, "node", "--config", config, "--id", str(i + 1)], cwd=self.dir,
+                stdout=log, stderr=subprocess.STDOUT,
+                env=dict(os.environ, RUST_LOG=os.environ.get(
+                    "BENCH_RUST_LOG", "warn,raftfs::net::reactor::observe=info"))))
+            log.close()
+        for i in range(nodes):
+            if not wait_port(BASE_PORT + i):
+                raise SystemExit(f"node {i + 1} did not start; see {self.log_paths[i]}")
+        time.sleep(1.5)  # an election
+
+    def leader(self):
+        latest = None
+        for log_path in self.log_paths:
+            with open(log_path) as f:
+                for line in f:
+                    if "won the election" in line:
+                        stamp = line.split()[0]
+                        node = int(line.split("node ", 1)[1].split()[0])
+                        if latest is None or stamp > latest[0]:
+                            latest = (stamp, node)
+        return latest[1] if latest else None
+
+    leader_first = Cluster.leader_first
+
+    def cpu_seconds(self):
+        return sum(cpu_seconds(p.pid) for p in self.processes)
+
+    def thread_cpu_seconds(self, node_id):
+        return cpu_seconds(self.processes[node_id - 1].pid)
+
+    def rss_kib(self):
+        return sum(rss_kib(p.pid) for p in self.processes)
+
+    def stop(self):
+        for p in self.processes:
+            p.send_signal(signal.SIGTERM)
+        for p in self.processes:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def main():
     secs = float(os.environ.get("BENCH_SECS", "10"))
     reps = int(os.environ.get("BENCH_REPS", "3"))
@@ -197,6 +289,7 @@ def main():
         os.makedirs(hgrm_dir, exist_ok=True)
 
     redis = {}
+    tls_modes = env_list("BENCH_TLS", "")
     header = ["fsync", "workload", "clients on", "size", "clients×pipeline", "ops/s", "p50 ms",
               "p99 ms", "p99.9 ms", "CPU µs/op (all nodes)", "leader CPU µs/op", "errors"]
     if with_redis:
@@ -204,8 +297,13 @@ def main():
     rows = []
     print(f"raftfs cluster benchmark: {nodes} nodes, {secs:g} s per run, median of {reps}",
           file=sys.stderr)
-    for fsync in fsyncs:
-        cluster = Cluster(nodes, fsync == "on")
+    if tls_modes:
+        header.insert(1, "TLS")
+    for fsync, tls_mode in [(f, t) for f in fsyncs for t in (tls_modes or [None])]:
+        if tls_mode is None:
+            cluster = Cluster(nodes, fsync == "on")
+        else:
+            cluster = NodesCluster(nodes, fsync == "on", tls_mode == "on")
         try:
             for workload in workloads:
                 mix, keys = WORKLOADS[workload]
@@ -216,13 +314,14 @@ def main():
                             for rep in range(reps):
                                 hgrm = None
                                 if hgrm_dir:
-                                    hgrm = os.path.join(hgrm_dir, f"{fsync}-{workload}-{spread}-{size}-{clients}x{pipeline}-{rep}.hgrm")
+                                    hgrm = os.path.join(hgrm_dir, f"{fsync}-{tls_mode or 'plain'}-{workload}-{spread}-{size}-{clients}x{pipeline}-{rep}.hgrm")
                                 leader = cluster.leader() or 1
-                                cpu_before = cpu_seconds(cluster.process.pid)
+                                cpu_before = cluster.cpu_seconds()
                                 leader_before = cluster.thread_cpu_seconds(leader)
                                 report = run_loadgen(cluster.leader_first(), mix, keys, size, clients,
-                                                     pipeline, secs, hgrm, spread == "spread")
-                                cpu_used = cpu_seconds(cluster.process.pid) - cpu_before
+                                                     pipeline, secs, hgrm, spread == "spread",
+                                                     cluster.ca)
+                                cpu_used = cluster.cpu_seconds() - cpu_before
                                 leader_used = cluster.thread_cpu_seconds(leader) - leader_before
                                 report["cpu_us_per_op"] = cpu_used * 1e6 / max(report["ops"], 1)
                                 report["leader_cpu_us_per_op"] = leader_used * 1e6 / max(report["ops"], 1)
@@ -235,6 +334,8 @@ def main():
                                    f"{statistics.median(r['cpu_us_per_op'] for r in results):.1f}",
                                    f"{statistics.median(r['leader_cpu_us_per_op'] for r in results):.1f}",
                                    str(sum(r['errors'] for r in results))]
+                            if tls_modes:
+                                row.insert(1, tls_mode)
                             if with_redis:
                                 key = {"write": "SET", "read": "GET"}.get(workload)
                                 ratio = ""
@@ -247,7 +348,7 @@ def main():
                                 row.append(ratio)
                             rows.append(row)
                             print("  " + " | ".join(row), file=sys.stderr)
-            rss = rss_kib(cluster.process.pid)
+            rss = cluster.rss_kib()
             print(f"cluster RSS after the fsync={fsync} runs: {rss / 1024:.0f} MiB (all nodes)",
                   file=sys.stderr)
         finally:

@@ -37,7 +37,61 @@ struct RawConfig {
     #[serde(default)]
     follower_requests: FollowerRequests,
     #[serde(default)]
+    peer_tls: Option<RawPeerTls>,
+    #[serde(default)]
+    client_tls: Option<RawClientTls>,
+    #[serde(default)]
     node: Vec<RawMember>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeerTls {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientTls {
+    cert: String,
+    key: String,
+    ca: Option<String>,
+}
+
+/// TLS files from `[peer_tls]` or `[client_tls]`, as written: `{id}` in a
+/// path stands for the node's id, and a relative path is resolved against
+/// the config file's directory (`TlsFiles::for_node`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The CA certificate(s) to verify the other side with. Always set for
+    /// peers; for clients, set = clients must present a certificate.
+    pub ca: Option<String>,
+    pub cert: String,
+    pub key: String,
+    /// The config file's directory ("" when parsed from text).
+    pub base: PathBuf,
+}
+
+/// `TlsFiles` with `{id}` filled in and relative paths resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeTlsFiles {
+    pub ca: Option<PathBuf>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The paths for node `id`.
+    pub fn for_node(&self, id: NodeId) -> NodeTlsFiles {
+        let path = |text: &str| self.base.join(text.replace("{id}", &id.to_string()));
+        NodeTlsFiles {
+            ca: self.ca.as_deref().map(path),
+            cert: path(&self.cert),
+            key: path(&self.key),
+        }
+    }
 }
 
 /// What a node that is not the leader does with a client command (SPEC §1).
@@ -112,6 +166,10 @@ pub struct ClusterConfig {
     pub snapshot_token_file: Option<PathBuf>,
     /// What a follower does with client commands.
     pub follower_requests: FollowerRequests,
+    /// `[peer_tls]`: mutual TLS on every peer link (None: plain TCP).
+    pub peer_tls: Option<TlsFiles>,
+    /// `[client_tls]`: the client port serves only TLS (None: plain TCP).
+    pub client_tls: Option<TlsFiles>,
     /// Sorted by id.
     pub members: Vec<Member>,
 }
@@ -120,10 +178,19 @@ impl ClusterConfig {
     pub fn load(path: &Path) -> Result<ClusterConfig> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-        Self::parse(&text).map_err(|e| match e {
+        let mut config = Self::parse(&text).map_err(|e| match e {
             Error::Config(message) => Error::Config(format!("{}: {message}", path.display())),
             other => other,
-        })
+        })?;
+        // TLS paths are relative to the config file's directory.
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        for files in [&mut config.peer_tls, &mut config.client_tls]
+            .into_iter()
+            .flatten()
+        {
+            files.base = base.clone();
+        }
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<ClusterConfig> {
@@ -220,6 +287,18 @@ impl ClusterConfig {
             snapshot_entries: raw.snapshot_entries,
             follower_requests: raw.follower_requests,
             snapshot_token_file: raw.snapshot_token_file,
+            peer_tls: raw.peer_tls.map(|tls| TlsFiles {
+                ca: Some(tls.ca),
+                cert: tls.cert,
+                key: tls.key,
+                base: PathBuf::new(),
+            }),
+            client_tls: raw.client_tls.map(|tls| TlsFiles {
+                ca: tls.ca,
+                cert: tls.cert,
+                key: tls.key,
+                base: PathBuf::new(),
+            }),
             members,
         })
     }
@@ -436,6 +515,33 @@ mod tests {
             .join("[[node]]");
         let error = ClusterConfig::parse(&two).unwrap_err().to_string();
         assert!(error.contains("odd number"), "{error}");
+    }
+
+    #[test]
+    fn tls_paths_fill_in_the_id_and_resolve_against_the_config_dir() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("cluster.toml");
+        std::fs::write(
+            &path,
+            three(
+                "[peer_tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-{id}.pem\"\n\
+                 key = \"/abs/node-{id}.key\"\n[client_tls]\ncert = \"c-{id}.pem\"\nkey = \"k.pem\"\n",
+            ),
+        )
+        .expect("write");
+        let config = ClusterConfig::load(&path).expect("parses");
+        let peer = config.peer_tls.as_ref().expect("peer_tls").for_node(2);
+        assert_eq!(peer.ca, Some(dir.path().join("certs/ca.pem")));
+        assert_eq!(peer.cert, dir.path().join("certs/node-2.pem"));
+        assert_eq!(peer.key, PathBuf::from("/abs/node-2.key"));
+        let client = config.client_tls.as_ref().expect("client_tls").for_node(3);
+        assert_eq!(client.ca, None);
+        assert_eq!(client.cert, dir.path().join("c-3.pem"));
+        let error = ClusterConfig::parse(&three("[peer_tls]\nca = \"a\"\ncert = \"b\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("key"), "{error}");
+        assert!(ClusterConfig::parse(&three("")).unwrap().peer_tls.is_none());
     }
 
     #[test]

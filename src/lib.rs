@@ -18,6 +18,7 @@
 //! - `restore`: `raftfs restore` (a backup snapshot into a new cluster).
 //! - `client`: `raftfs client` (the interactive shell and one-shot commands).
 
+pub mod certs;
 pub mod client;
 pub mod cluster;
 pub mod config;

@@ -295,6 +295,12 @@ pub const RETIRING_TICKS_MAX: u64 = 500;
 /// `raftfs member`: how long a command tries (finding the leader, retrying
 /// during elections and leadership handovers) before it gives up.
 pub const MEMBER_COMMAND_TIMEOUT_MS: u64 = 30_000;
+/// TLS (peer links, a TLS client port): encrypted bytes one connection's
+/// rustls may hold unsent (one write's worth; a write waits while any are
+/// left), and plaintext written before the handshake ends.
+pub const TLS_BUFFER_BYTES_MAX: usize = 64 << 10;
+/// `raftfs certs`: how long the certificates it makes are valid.
+pub const CERT_VALIDITY_YEARS: i32 = 10;
 
 const _: () = assert!(MEMBERS_MAX - 1 <= PEER_LINKS_MAX);
 const _: () = assert!(

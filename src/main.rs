@@ -1,11 +1,12 @@
 //! The `raftfs` command line: `cluster` (local demo), `node` (one member of a
-//! real deployment), `status`, `member`, `restore` and `client`. Flags and config are validated before
+//! real deployment), `status`, `member`, `restore`, `client` and `certs`. Flags and config are validated before
 //! anything starts; a problem is one clear line on stderr and exit code 2.
 
 use clap::{Parser, Subcommand};
 use raftfs::config::ClusterConfig;
 use raftfs::error::Error;
 use raftfs::logging::LogFormat;
+use raftfs::net::tls::TlsArgs;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -67,11 +68,30 @@ enum Command {
         /// Print JSON (one object per member, in an array) for scripts.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Change or list the members: list, add (a learner), promote, remove.
     Member {
         #[command(subcommand)]
         command: raftfs::member::MemberCommand,
+        #[command(flatten)]
+        tls: TlsArgs,
+    },
+    /// Make a cluster CA and one certificate per node of the config for
+    /// mutual TLS: DIR/ca.pem, ca.key, node-<id>.pem, node-<id>.key, and
+    /// client.pem, client.key for the tools. Refuses to overwrite a file
+    /// unless --force.
+    Certs {
+        /// The cluster.toml whose [[node]] tables get certificates.
+        #[arg(long)]
+        config: PathBuf,
+        /// Where the files go (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace existing files (a new CA: every node needs the new files).
+        #[arg(long)]
+        force: bool,
     },
     /// Load a backup (taken with GET /snapshot on a node's metrics listener)
     /// into a new, empty, running cluster. Versions are renumbered.
@@ -114,14 +134,27 @@ fn main() -> ExitCode {
             ..
         } => ClusterConfig::load(&config)
             .and_then(|c| raftfs::cluster::run_node(&c, id, data_dir.as_deref())),
-        Command::Status { config, json } => {
-            match ClusterConfig::load(&config).and_then(|c| raftfs::status::run(&c, json)) {
+        Command::Status { config, json, tls } => {
+            match ClusterConfig::load(&config)
+                .and_then(|c| use_peer_tls(&tls, &c).map(|()| c))
+                .and_then(|c| raftfs::status::run(&c, json))
+            {
                 Ok(code) => return ExitCode::from(code),
                 Err(error) => Err(error),
             }
         }
-        Command::Member { command } => ClusterConfig::load(command.config_path())
+        Command::Member { command, tls } => ClusterConfig::load(command.config_path())
+            .and_then(|c| use_peer_tls(&tls, &c).map(|()| c))
             .and_then(|c| raftfs::member::run(&c, &command)),
+        Command::Certs { config, out, force } => ClusterConfig::load(&config)
+            .and_then(|c| raftfs::certs::run(&c, &out, force))
+            .map(|written| {
+                println!(
+                    "raftfs: wrote {} files to {} (keys readable by their owner only)",
+                    written.len(),
+                    out.display()
+                );
+            }),
         Command::Restore { snapshot, addr } => {
             raftfs::restore::run(&snapshot, &addr).map(|files| {
                 println!("raftfs: restored {files} files into the cluster at {addr}");
@@ -139,6 +172,15 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `raftfs status` and `member` probe the peer ports with TLS when the
+/// flags or the config's `[peer_tls]` ask for it.
+fn use_peer_tls(args: &TlsArgs, config: &ClusterConfig) -> Result<(), Error> {
+    if let Some(tls) = args.for_peers(config).map_err(Error::Config)? {
+        raftfs::status::use_peer_tls(tls);
+    }
+    Ok(())
 }
 
 /// Raise the soft limit on open files to the hard limit: every client is a

@@ -20,6 +20,7 @@ use std::time::Duration;
 /// Build a ready-to-run node. `data_dir` overrides `<data_dir>/<id>`.
 pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -> Result<Reactor> {
     let member = config.member(id)?.clone();
+    let (peer_tls, client_tls) = crate::net::tls::node_tls(config, id)?;
     let snapshot_token = match member.metrics {
         Some(_) => config.snapshot_token()?,
         None => None,
@@ -64,6 +65,7 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
         PEER_TOKEN_BASE,
         PeerConfig {
             cluster_id_dir: Some(node_dir.clone()),
+            tls: peer_tls,
             ..PeerConfig::new(
                 id,
                 recovered.incarnation,
@@ -170,6 +172,9 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
         log::info!(
             "node {id}: metrics on http://{address}/metrics (also /health, /livez, /readyz, /snapshot)"
         );
+    }
+    if let Some(client_tls) = client_tls {
+        reactor.set_client_tls(client_tls);
     }
     reactor.set_checksum_path(node_dir.join(crate::net::reactor::CHECKSUM_FILE_NAME));
     reactor.set_file_peer_addresses(file_peer_addresses);

@@ -20,12 +20,17 @@
 //! or a learner of the freshest configuration reported (the leader's, else
 //! the one at the highest index), or not a member.
 //!
+//! TLS: with `[peer_tls]` (or `--ca`) every probe is mutual TLS
+//! (`use_peer_tls`), the node verified by the IP address of its peer port
+//! (`raftfs certs` writes it into each node's certificate).
+//!
 //! Leaves out: asking through a proxy.
 
 use crate::config::{ClusterConfig, Member};
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::net::peer::wire;
+use crate::net::tls::{ToolStream, ToolTls};
 use crate::raft::{Index, NodeId, Term};
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
@@ -124,9 +129,28 @@ pub struct MemberStatus {
     pub healthy: Option<bool>,
 }
 
-/// Asks one node at `peer_address` for its report.
+/// TLS for every probe of this process (`raftfs status` and `member` set
+/// it once from `--ca/--cert/--key` or the config's `[peer_tls]`).
+static PEER_TLS: std::sync::OnceLock<ToolTls> = std::sync::OnceLock::new();
+
+/// Probes from now on use `tls` (the first call wins).
+pub fn use_peer_tls(tls: ToolTls) {
+    let _ = PEER_TLS.set(tls);
+}
+
+/// Asks one node at `peer_address` for its report (over the process's
+/// probe TLS, if `use_peer_tls` set one).
 pub fn probe(peer_address: SocketAddr, timeout: Duration) -> std::io::Result<StatusReport> {
-    let payload = exchange(peer_address, &wire::encode_status_probe(), timeout)?;
+    probe_with(peer_address, timeout, PEER_TLS.get())
+}
+
+/// `probe` over `tls` (plain TCP for `None`).
+pub fn probe_with(
+    peer_address: SocketAddr,
+    timeout: Duration,
+    tls: Option<&ToolTls>,
+) -> std::io::Result<StatusReport> {
+    let payload = exchange_with(peer_address, &wire::encode_status_probe(), timeout, tls)?;
     serde_json::from_slice(&payload).map_err(|error| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -142,9 +166,21 @@ pub fn exchange(
     frame: &[u8],
     timeout: Duration,
 ) -> std::io::Result<bytes::Bytes> {
+    exchange_with(peer_address, frame, timeout, PEER_TLS.get())
+}
+
+fn exchange_with(
+    peer_address: SocketAddr,
+    frame: &[u8],
+    timeout: Duration,
+    tls: Option<&ToolTls>,
+) -> std::io::Result<bytes::Bytes> {
     let deadline = Instant::now() + timeout;
-    let mut stream = TcpStream::connect_timeout(&peer_address, timeout)?;
-    stream.set_nodelay(true)?;
+    let mut stream = match tls {
+        Some(tls) => tls.connect(peer_address, timeout)?,
+        None => ToolStream::Plain(TcpStream::connect_timeout(&peer_address, timeout)?),
+    };
+    stream.socket().set_nodelay(true)?;
     stream.write_all(frame)?;
     let mut buffer = BytesMut::new();
     let mut chunk = [0u8; 4096];
@@ -153,7 +189,7 @@ pub fn exchange(
         if remaining.is_zero() {
             return Err(std::io::ErrorKind::TimedOut.into());
         }
-        stream.set_read_timeout(Some(remaining))?;
+        stream.socket().set_read_timeout(Some(remaining))?;
         match wire::next_frame(&mut buffer, limits::STATUS_REPORT_BYTES_MAX) {
             Ok(Some(payload)) => return Ok(payload.freeze()),
             Ok(None) => {}

@@ -16,6 +16,10 @@
 //! `OK VERSION`, `delete` prints `OK`; every other answer goes to stderr as
 //! one line with the protocol's word and its meaning.
 //!
+//! TLS: `--ca` (or a config with `[client_tls]`) makes every connection TLS,
+//! the node verified by the host of the address dialed; `--cert/--key` (or
+//! `client.pem` beside the CA when `[client_tls]` requires it) is presented.
+//!
 //! Leaves out: connections, redirects and retries (`session`), line editing
 //! (`shell`).
 
@@ -72,6 +76,9 @@ pub struct ClientArgs {
     /// Take the members' client addresses from this cluster.toml.
     #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
+    /// TLS to the client ports (`[client_tls]`).
+    #[command(flatten)]
+    tls: crate::net::tls::TlsArgs,
     #[command(subcommand)]
     command: Option<OneShot>,
 }
@@ -147,15 +154,23 @@ fn usage(message: impl std::fmt::Display) -> ExitCode {
 
 /// Runs `raftfs client` and returns its exit code.
 pub fn run(args: ClientArgs) -> ExitCode {
-    let addresses = match (&args.config, args.addresses.is_empty()) {
-        (Some(path), _) => match ClusterConfig::load(path) {
-            Ok(config) => config.members.iter().map(|m| m.client.clone()).collect(),
+    let config = match &args.config {
+        Some(path) => match ClusterConfig::load(path) {
+            Ok(config) => Some(config),
             Err(error) => return usage(error),
         },
+        None => None,
+    };
+    let addresses = match (&config, args.addresses.is_empty()) {
+        (Some(config), _) => config.members.iter().map(|m| m.client.clone()).collect(),
         (None, false) => args.addresses,
         (None, true) => DEFAULT_ADDRESSES.split(',').map(String::from).collect(),
     };
-    let mut session = Session::new(addresses);
+    let tls = match args.tls.for_clients(config.as_ref()) {
+        Ok(tls) => tls,
+        Err(error) => return usage(error),
+    };
+    let mut session = Session::new(addresses).with_tls(tls);
     let Some(one_shot) = args.command else {
         return shell::run(&mut session);
     };

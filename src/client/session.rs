@@ -35,6 +35,7 @@ use crate::limits::{
     CLIENT_ANSWER_TIMEOUT_MS, CLIENT_CONNECT_TIMEOUT_MS, CLIENT_RETRY_PAUSE_MS,
     CLIENT_RETRY_WINDOW_MS, CLIENT_WATCH_POLL_MS, FILE_BYTES_MAX_CEILING,
 };
+use crate::net::tls::{host_of, ToolStream, ToolTls};
 use crate::protocol::reply::{read_reply, Reply, ReplyParser};
 
 /// One command a user asks for.
@@ -181,8 +182,8 @@ struct Connection {
     address: String,
     /// No command was sent on it yet.
     fresh: bool,
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
+    /// The stream (plain or TLS); writes go to `reader.get_mut()`.
+    reader: BufReader<ToolStream>,
     parser: ReplyParser,
 }
 
@@ -192,6 +193,8 @@ pub struct Session {
     /// The configured address to try next when no connection is open.
     next_address: usize,
     connection: Option<Connection>,
+    /// TLS for every connection (None: plain TCP).
+    tls: Option<ToolTls>,
 }
 
 impl Session {
@@ -208,7 +211,14 @@ impl Session {
             addresses: unique,
             next_address: 0,
             connection: None,
+            tls: None,
         }
+    }
+
+    /// Connect with TLS from now on (the client ports serve TLS).
+    pub fn with_tls(mut self, tls: Option<ToolTls>) -> Session {
+        self.tls = tls;
+        self
     }
 
     /// The address of the open connection, if any.
@@ -252,7 +262,7 @@ impl Session {
                         }
                     },
                 };
-                match connect(&address) {
+                match connect(&address, self.tls.as_ref()) {
                     Ok(connection) => self.connection = Some(connection),
                     Err(error) => {
                         last_problem = format!("{address}: {error}");
@@ -357,7 +367,7 @@ impl Session {
 }
 
 /// Opens a connection to `address` (HOST:PORT, resolved now).
-fn connect(address: &str) -> io::Result<Connection> {
+fn connect(address: &str, tls: Option<&ToolTls>) -> io::Result<Connection> {
     let targets: Vec<SocketAddr> = address.to_socket_addrs()?.collect();
     let mut last_error = io::Error::new(io::ErrorKind::NotFound, "resolves to no address");
     for target in targets {
@@ -370,12 +380,23 @@ fn connect(address: &str) -> io::Result<Connection> {
             }
             Ok(stream) => {
                 stream.set_nodelay(true)?;
-                let reader = BufReader::new(stream.try_clone()?);
+                let stream = match tls {
+                    Some(tls) => {
+                        stream.set_read_timeout(Some(Duration::from_millis(
+                            CLIENT_CONNECT_TIMEOUT_MS,
+                        )))?;
+                        let mut stream = tls.wrap(stream, host_of(address))?;
+                        // The handshake now: a certificate problem is a
+                        // connect failure, not a lost command.
+                        stream.flush()?;
+                        stream
+                    }
+                    None => ToolStream::Plain(stream),
+                };
                 return Ok(Connection {
                     address: address.to_string(),
                     fresh: true,
-                    writer: stream,
-                    reader,
+                    reader: BufReader::new(stream),
                     parser: ReplyParser::new().keeping_content(FILE_BYTES_MAX_CEILING),
                 });
             }
@@ -392,20 +413,25 @@ fn attempt(
     is_watch: bool,
     cancel: Option<&AtomicBool>,
 ) -> Result<Reply, AttemptError> {
-    if !is_open(&connection.writer) {
+    if !is_open(connection.reader.get_ref().socket()) {
         return Err(AttemptError::NotSent(
             "the connection was closed by the server".into(),
         ));
     }
     connection.fresh = false;
-    if let Err(error) = connection.writer.write_all(bytes) {
+    if let Err(error) = connection.reader.get_mut().write_all(bytes) {
         return Err(AttemptError::Lost(format!("sending failed: {error}")));
     }
     if is_watch {
         wait_readable(connection, cancel)?;
     }
     let timeout = Duration::from_millis(CLIENT_ANSWER_TIMEOUT_MS);
-    if let Err(error) = connection.writer.set_read_timeout(Some(timeout)) {
+    if let Err(error) = connection
+        .reader
+        .get_ref()
+        .socket()
+        .set_read_timeout(Some(timeout))
+    {
         return Err(AttemptError::Lost(format!("setting a timeout: {error}")));
     }
     read_reply(&mut connection.reader, &mut connection.parser).map_err(|error| {
@@ -440,7 +466,9 @@ fn wait_readable(
     let poll = Duration::from_millis(CLIENT_WATCH_POLL_MS);
     let lost = |error: io::Error| AttemptError::Lost(format!("waiting for the watch: {error}"));
     connection
-        .writer
+        .reader
+        .get_ref()
+        .socket()
         .set_read_timeout(Some(poll))
         .map_err(lost)?;
     let mut byte = [0u8; 1];
@@ -448,10 +476,12 @@ fn wait_readable(
         if cancel.is_some_and(|flag| flag.swap(false, Ordering::SeqCst)) {
             return Err(AttemptError::Cancelled);
         }
-        if !connection.reader.buffer().is_empty() {
+        if !connection.reader.buffer().is_empty()
+            || connection.reader.get_mut().has_buffered_input()
+        {
             return Ok(());
         }
-        match connection.writer.peek(&mut byte) {
+        match connection.reader.get_ref().socket().peek(&mut byte) {
             // Bytes, or the end of the stream (which read_reply reports).
             Ok(_) => return Ok(()),
             Err(error)

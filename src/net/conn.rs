@@ -19,8 +19,11 @@
 //!   when a read finds nothing, so 10,000 idle clients cost no buffer memory.
 //! - Reply bytes are `Bytes` handed over without a copy and written with
 //!   vectored writes.
+//! - On a TLS client port the stream is `Stream::Tls` (`net::tls`): output
+//!   rustls still holds counts as unflushed (`flush`, `is_finished`).
 
 use crate::limits;
+use crate::net::tls::Stream;
 use bytes::{Buf, Bytes, BytesMut};
 use mio::net::TcpStream;
 use std::collections::VecDeque;
@@ -34,7 +37,7 @@ const WRITE_SLICES_MAX: usize = 64;
 const READ_CHUNK_BYTES: usize = 16 << 10;
 
 pub struct Connection {
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// Unique for the life of the process; slab keys are reused, ids never.
     pub id: u64,
     pub read_buffer: BytesMut,
@@ -76,7 +79,7 @@ pub enum ReadStatus {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, id: u64) -> Connection {
+    pub fn new(stream: Stream, id: u64) -> Connection {
         Connection {
             stream,
             id,
@@ -106,7 +109,13 @@ impl Connection {
     pub fn read_available(&mut self) -> io::Result<ReadStatus> {
         let mut read_bytes = 0;
         while read_bytes < limits::CONN_READ_BYTES_PER_TURN_MAX {
-            match receive_into_spare_capacity(&self.stream, &mut self.read_buffer) {
+            let received = match &mut self.stream {
+                Stream::Plain(socket) => receive_into_spare_capacity(socket, &mut self.read_buffer),
+                Stream::Tls(_) => self
+                    .stream
+                    .read_into(&mut self.read_buffer, READ_CHUNK_BYTES),
+            };
+            match received {
                 Ok(0) => {
                     self.input_closed = true;
                     return Ok(ReadStatus::Closed);
@@ -191,6 +200,12 @@ impl Connection {
 
     /// Write queued replies until done or the socket would block.
     pub fn flush(&mut self) -> io::Result<()> {
+        if self.stream.has_pending_output() {
+            match self.stream.flush() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                other => other?,
+            }
+        }
         while !self.output.is_empty() {
             let slices: Vec<IoSlice<'_>> = self
                 .output
@@ -226,7 +241,7 @@ impl Connection {
     /// Nothing more will happen on this connection: close it. (The reactor
     /// drops a partial command left in the read buffer once input closed.)
     pub fn is_finished(&self) -> bool {
-        let drained = self.output.is_empty();
+        let drained = self.output.is_empty() && !self.stream.has_pending_output();
         drained && self.slots.is_empty() && (self.closing || self.input_closed)
     }
 }

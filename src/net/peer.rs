@@ -56,11 +56,14 @@
 //! token slot for its whole life, so tokens never move under mio. Which
 //! senders to accept is the caller's decision (`PeerGate`).
 //!
-//! Leaves out: encryption and authentication beyond the handshake checks:
-//! without TLS, anyone who can read a data dir or the network learns the
-//! cluster id, and a node that does not know its cluster yet (before the
-//! first election, or added but not yet contacted) trusts the first member
-//! that names one.
+//! TLS: with `PeerConfig::tls` every link is mutual TLS (`net::tls`): the
+//! dialer verifies the receiver as `node-<id>.raftfs`, the receiver accepts
+//! only certificates of the cluster CA and refuses a hello whose `from` is
+//! not the id its certificate names. Without it, links are plain TCP, and
+//! nothing is authenticated beyond the handshake checks: anyone who can read
+//! a data dir or the network learns the cluster id, and a node that does not
+//! know its cluster yet (before the first election, or added but not yet
+//! contacted) trusts the first member that names one.
 
 mod inbound;
 mod link;
@@ -68,6 +71,7 @@ mod queue;
 pub mod wire;
 
 use crate::limits;
+use crate::net::tls::{PeerTls, Stream};
 use crate::raft::{Envelope, NodeId};
 use bytes::{Bytes, BytesMut};
 use inbound::{Inbound, InboundContext, Verdict};
@@ -82,6 +86,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Tokens reserved from `token_base`: the listener, the links, the inbound
@@ -112,6 +117,8 @@ pub struct PeerConfig {
     pub queue_bytes_max: usize,
     /// See `PEER_WRITE_STALL_TIMEOUT_MS` (the default); at least one tick.
     pub write_stall_timeout_ms: u64,
+    /// Mutual TLS on every link (None: plain TCP).
+    pub tls: Option<Arc<PeerTls>>,
 }
 
 impl PeerConfig {
@@ -131,6 +138,7 @@ impl PeerConfig {
             members,
             queue_bytes_max: limits::PEER_QUEUE_BYTES_MAX,
             write_stall_timeout_ms: limits::PEER_WRITE_STALL_TIMEOUT_MS,
+            tls: None,
         }
     }
 }
@@ -310,6 +318,7 @@ pub struct Peers {
     read_scratch: Box<[u8]>,
     rng: Pcg64Mcg,
     stats: PeerStats,
+    tls: Option<Arc<PeerTls>>,
 }
 
 impl Peers {
@@ -413,6 +422,7 @@ impl Peers {
             encode_buffer: BytesMut::new(),
             frame_segments: Vec::new(),
             read_scratch: vec![0u8; READ_CHUNK_BYTES].into_boxed_slice(),
+            tls: config.tls.clone(),
             rng: Pcg64Mcg::seed_from_u64(
                 config.my_id ^ config.my_incarnation.rotate_left(32) ^ clock_seed,
             ),
@@ -459,6 +469,7 @@ impl Peers {
                     identity: &mut self.identity,
                     rng: &mut self.rng,
                     out,
+                    tls: self.tls.as_deref(),
                 });
             }
             self.after_identity_change(registry, now, Some(offset - 1), out);
@@ -521,6 +532,7 @@ impl Peers {
                 hello: &self.hello,
                 identity: &mut self.identity,
                 rng: &mut self.rng,
+                tls: self.tls.as_deref(),
                 out,
             });
         }
@@ -606,6 +618,7 @@ impl Peers {
                 identity: &mut self.identity,
                 rng: &mut self.rng,
                 out,
+                tls: self.tls.as_deref(),
             });
         }
         self.after_identity_change(registry, now, None, out);
@@ -622,6 +635,7 @@ impl Peers {
                 identity: &mut self.identity,
                 rng: &mut self.rng,
                 out,
+                tls: self.tls.as_deref(),
             });
         }
         let expired: Vec<usize> = self
@@ -799,10 +813,20 @@ impl Peers {
     fn register_inbound(
         &mut self,
         registry: &Registry,
-        mut stream: TcpStream,
+        stream: TcpStream,
         address: SocketAddr,
         now: Instant,
     ) {
+        let mut stream = match &self.tls {
+            Some(tls) => match tls.accept(stream) {
+                Ok(stream) => stream,
+                Err(error) => {
+                    log::warn!("peer connection from {address} closed: {error}");
+                    return;
+                }
+            },
+            None => Stream::Plain(stream),
+        };
         if self.inbound.len() >= limits::PEER_INBOUND_CONNECTIONS_MAX {
             // Evict the oldest connection that has not completed a
             // handshake: a stranger holding slots cannot lock a member out.
@@ -922,7 +946,7 @@ struct ReadOutcome {
 /// Bytes land in `scratch` first and are appended from there, so only the
 /// bytes read are copied and no per-call buffer is zero-filled.
 fn read_into(
-    stream: &mut TcpStream,
+    stream: &mut impl Read,
     buffer: &mut BytesMut,
     budget_bytes: usize,
     scratch: &mut [u8],

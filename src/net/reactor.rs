@@ -45,6 +45,7 @@ use crate::net::conn::{Connection, ReadStatus};
 use crate::net::http::{HttpServer, Route};
 use crate::net::member_log::MemberLog;
 use crate::net::peer::{PeerEvent, Peers};
+use crate::net::tls;
 use crate::protocol::{encode_reply, parse_next, Parsed, Reply, Request};
 use crate::raft::{NodeId, Role, Term};
 use crate::replica::{ClientRef, Now, Replica, Status};
@@ -158,6 +159,8 @@ pub struct Reactor {
     /// cluster.toml's peer addresses (for members the configuration in
     /// force names without one).
     file_peer_addresses: std::collections::BTreeMap<NodeId, std::net::SocketAddr>,
+    /// `[client_tls]`: every accepted client speaks TLS (None: plain).
+    client_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Encoded once: the answers the reactor gives without the replica.
@@ -238,6 +241,7 @@ impl Reactor {
             checksum_path: None,
             configuration_version_followed: u64::MAX,
             file_peer_addresses: std::collections::BTreeMap::new(),
+            client_tls: None,
         })
     }
 
@@ -265,6 +269,11 @@ impl Reactor {
     /// Where checksum requests write (the node's data dir).
     pub fn set_checksum_path(&mut self, path: PathBuf) {
         self.checksum_path = Some(path);
+    }
+
+    /// Serve only TLS on the client port, with `config` (`net::tls`).
+    pub fn set_client_tls(&mut self, config: Arc<rustls::ServerConfig>) {
+        self.client_tls = Some(config);
     }
 
     /// cluster.toml's peer addresses, used where the configuration in
@@ -533,6 +542,16 @@ impl Reactor {
                     if let Err(e) = stream.set_nodelay(true) {
                         log::debug!("set_nodelay: {e}");
                     }
+                    let stream = match &self.client_tls {
+                        Some(config) => match tls::accept_client(config, stream) {
+                            Ok(stream) => stream,
+                            Err(e) => {
+                                log::warn!("client connection closed: {e}");
+                                continue;
+                            }
+                        },
+                        None => tls::Stream::Plain(stream),
+                    };
                     self.metrics.connections_accepted += 1;
                     let entry = self.connections.vacant_entry();
                     let key = entry.key();

@@ -161,6 +161,9 @@ pub struct Cluster {
     /// Extra environment per node id, applied at each start.
     pub node_env: BTreeMap<u64, Vec<(String, String)>>,
     pub counts: FaultCounts,
+    /// TLS for the harness's status probes when the peer port is mutual
+    /// TLS (a test that sets `[peer_tls]` sets this too).
+    pub probe_tls: Option<raftfs::net::tls::ToolTls>,
 }
 
 impl Cluster {
@@ -187,6 +190,7 @@ impl Cluster {
             proxies: Vec::new(),
             node_env: BTreeMap::new(),
             counts: FaultCounts::default(),
+            probe_tls: None,
         };
         if cluster.options.proxied {
             for id in cluster.ids() {
@@ -501,8 +505,12 @@ impl Cluster {
     /// as "a follower".
     fn says_it_leads(&self, id: u64) -> bool {
         let address = SocketAddr::from(([127, 0, 0, 1], self.peer_port(id)));
-        raftfs::status::probe(address, Duration::from_millis(1500))
-            .is_ok_and(|report| report.role == "leader")
+        raftfs::status::probe_with(
+            address,
+            Duration::from_millis(1500),
+            self.probe_tls.as_ref(),
+        )
+        .is_ok_and(|report| report.role == "leader")
     }
 
     /// A client connected to the leader, waiting up to `timeout` for one.

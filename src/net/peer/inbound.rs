@@ -25,14 +25,17 @@
 //! `PEER_READ_BYTES_PER_TURN_MAX` bytes are read per call (fairness); the
 //! connection is then marked `read_pending` so the owner resumes it.
 //!
+//! With TLS the hello's `from` must also be the node id the sender's
+//! certificate names (`Stream::check_peer_identity`), else it is refused.
+//!
 //! Leaves out: the listener and token bookkeeping (`net::peer`).
 
 use super::wire::{self, HelloReply, WireError};
 use super::{read_into, Identity, PeerEvent, PeerGate, PeerStats, Refusal};
 use crate::limits;
+use crate::net::tls::Stream;
 use crate::raft::NodeId;
 use bytes::{Bytes, BytesMut};
-use mio::net::TcpStream;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::Instant;
@@ -81,7 +84,7 @@ pub(super) enum Verdict {
 }
 
 pub(super) struct Inbound {
-    pub stream: TcpStream,
+    pub stream: Stream,
     address: SocketAddr,
     /// When it was accepted (the oldest undecided one is evicted first).
     pub accepted_at: Instant,
@@ -94,7 +97,7 @@ pub(super) struct Inbound {
 }
 
 impl Inbound {
-    pub fn new(stream: TcpStream, address: SocketAddr, now: Instant, deadline: Instant) -> Self {
+    pub fn new(stream: Stream, address: SocketAddr, now: Instant, deadline: Instant) -> Self {
         Inbound {
             stream,
             address,
@@ -319,6 +322,8 @@ impl Inbound {
                  to cluster {mine:016x}",
                 hello.cluster_id
             )))
+        } else if let Err(reason) = self.stream.check_peer_identity(hello.from) {
+            Err(Refusal::retry(reason))
         } else {
             // Membership and incarnations are the gate's decision (the
             // configuration in force lives in the replica).

@@ -23,12 +23,17 @@
 //! closed and redialed: a host that vanished without a reset is noticed
 //! without waiting for TCP's own retransmission timeout.
 //!
+//! With TLS (`LinkContext::tls`) the connected socket is wrapped before the
+//! hello is written; the TLS handshake runs under the same deadline and
+//! verifies the receiver as `node-<id>.raftfs`.
+//!
 //! Leaves out: the listener and inbound connections (`inbound`), encoding.
 
 use super::queue::SendQueue;
 use super::wire::{self, Hello, HelloReply};
 use super::{read_into, Identity, LinkState, PeerEvent};
 use crate::limits;
+use crate::net::tls::{PeerTls, Stream};
 use crate::raft::NodeId;
 use bytes::{Bytes, BytesMut};
 use mio::net::TcpStream;
@@ -48,7 +53,7 @@ enum Phase {
         deadline: Instant,
     },
     Handshaking {
-        stream: TcpStream,
+        stream: Stream,
         deadline: Instant,
         hello: Bytes,
         hello_written_bytes: usize,
@@ -56,7 +61,7 @@ enum Phase {
     },
     /// `blocked_since`: when the last write stopped at `WouldBlock`.
     Up {
-        stream: TcpStream,
+        stream: Stream,
         write_blocked: bool,
         blocked_since: Instant,
     },
@@ -71,6 +76,8 @@ pub(super) struct LinkContext<'a> {
     pub identity: &'a mut Identity,
     pub rng: &'a mut Pcg64Mcg,
     pub out: &'a mut Vec<PeerEvent>,
+    /// Mutual TLS for the link (None: plain TCP).
+    pub tls: Option<&'a PeerTls>,
 }
 
 /// How long to wait before the next attempt after a failure.
@@ -231,6 +238,15 @@ impl Link {
             };
             // Nagle would hold small votes and heartbeats back.
             let _ = stream.set_nodelay(true);
+            let stream = match context.tls {
+                Some(tls) => match tls.dial(stream, self.peer) {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        return self.close(context, &error.to_string(), Retry::Backoff);
+                    }
+                },
+                None => Stream::Plain(stream),
+            };
             self.phase = Phase::Handshaking {
                 stream,
                 deadline,
@@ -384,9 +400,10 @@ impl Link {
     pub fn shut(&mut self, registry: &Registry) {
         let now = Instant::now();
         match std::mem::replace(&mut self.phase, Phase::Down { retry_at: now }) {
-            Phase::Connecting { mut stream, .. }
-            | Phase::Handshaking { mut stream, .. }
-            | Phase::Up { mut stream, .. } => {
+            Phase::Connecting { mut stream, .. } => {
+                let _ = registry.deregister(&mut stream);
+            }
+            Phase::Handshaking { mut stream, .. } | Phase::Up { mut stream, .. } => {
                 let _ = registry.deregister(&mut stream);
             }
             Phase::Down { .. } => {}
@@ -421,9 +438,10 @@ impl Link {
         let retry_at = context.now + Duration::from_millis(delay_ms);
         let was_up = matches!(self.phase, Phase::Up { .. });
         match std::mem::replace(&mut self.phase, Phase::Down { retry_at }) {
-            Phase::Connecting { mut stream, .. }
-            | Phase::Handshaking { mut stream, .. }
-            | Phase::Up { mut stream, .. } => {
+            Phase::Connecting { mut stream, .. } => {
+                let _ = context.registry.deregister(&mut stream);
+            }
+            Phase::Handshaking { mut stream, .. } | Phase::Up { mut stream, .. } => {
                 let _ = context.registry.deregister(&mut stream);
             }
             Phase::Down { .. } => {}
@@ -462,7 +480,7 @@ fn connect_outcome(stream: &TcpStream) -> io::Result<bool> {
 
 /// The receiver sends nothing after Accept: end of stream means it is gone,
 /// and any byte is a protocol error.
-fn check_silent(stream: &mut TcpStream) -> io::Result<()> {
+fn check_silent(stream: &mut Stream) -> io::Result<()> {
     let mut byte = [0u8; 1];
     loop {
         match stream.read(&mut byte) {

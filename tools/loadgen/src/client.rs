@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+use raftfs::net::tls::{Stream, ToolTls};
 use raftfs::protocol::reply::{Reply, ReplyParser};
 
 use crate::command::Operation;
@@ -52,6 +53,8 @@ pub struct Context<'a> {
     pub last_progress: Instant,
     /// The most recent connect error, for the "cannot connect" message.
     pub last_connect_error: Option<String>,
+    /// `--tls-ca`: every connection is TLS (None: plain).
+    pub tls: Option<&'a ToolTls>,
 }
 
 /// A command sent (or encoded for sending) and not yet answered.
@@ -69,7 +72,7 @@ struct InFlight {
 enum Link {
     Down { retry_at: Instant },
     Connecting { stream: TcpStream, since: Instant },
-    Up { stream: TcpStream },
+    Up { stream: Stream },
 }
 
 /// Whether reading from a connection may go on.
@@ -193,9 +196,15 @@ impl Client {
     /// Closes the connection, if any; the client stays down until `retry_at`.
     pub fn drop_link(&mut self, registry: &Registry, retry_at: Instant) {
         let old = std::mem::replace(&mut self.link, Link::Down { retry_at });
-        if let Link::Connecting { mut stream, .. } | Link::Up { mut stream } = old {
-            // Deregistering a socket that is about to be closed cannot matter if it fails.
-            let _ = registry.deregister(&mut stream);
+        // Deregistering a socket that is about to be closed cannot matter if it fails.
+        match old {
+            Link::Connecting { mut stream, .. } => {
+                let _ = registry.deregister(&mut stream);
+            }
+            Link::Up { mut stream } => {
+                let _ = registry.deregister(&mut stream);
+            }
+            Link::Down { .. } => {}
         }
         self.output.clear();
         self.output_position = 0;
@@ -303,6 +312,17 @@ impl Client {
         };
         // Latency matters more than packet count for a load generator.
         let _ = stream.set_nodelay(true);
+        let stream = match context.tls {
+            Some(tls) => match tls.wrap_nonblocking(stream) {
+                Ok(stream) => stream,
+                Err(error) => {
+                    context.last_connect_error =
+                        Some(format!("cannot start TLS to {}: {error}", self.address));
+                    return self.connect_failed(context, now);
+                }
+            },
+            None => Stream::Plain(stream),
+        };
         self.link = Link::Up { stream };
         self.connect_failures_in_a_row = 0;
         context.stats.connections_opened += 1;
@@ -352,6 +372,15 @@ impl Client {
         let Link::Up { stream } = &mut self.link else {
             return;
         };
+        // TLS: records rustls still holds go first (the handshake, or the
+        // end of the last write).
+        if stream.has_pending_output() {
+            match stream.flush() {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return self.connection_closed(context, now),
+            }
+        }
         while self.output_position < self.output.len() {
             match stream.write(&self.output[self.output_position..]) {
                 Ok(0) => return self.connection_closed(context, now),

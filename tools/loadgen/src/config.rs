@@ -407,6 +407,15 @@ pub struct Config {
     /// with exactly 16 bytes, `key-000000000042`, for any key below 10^12).
     #[arg(long = "key-digits", value_name = "N", default_value = "0", value_parser = parse_key_digits)]
     pub key_digits: usize,
+
+    /// Speak TLS to the client ports (a raftfs [client_tls] cluster),
+    /// verifying each node's certificate with this CA (PEM) by its IP.
+    #[arg(long = "tls-ca", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Loaded from `--tls-ca`.
+    #[arg(skip)]
+    pub tls: Option<raftfs::net::tls::ToolTls>,
 }
 
 impl Config {
@@ -417,6 +426,15 @@ impl Config {
         T: Into<std::ffi::OsString> + Clone,
     {
         let mut config = Config::try_parse_from(args)?;
+        if let Some(path) = &config.tls_ca {
+            let tls = raftfs::net::tls::ToolTls::load(path, None).map_err(|problem| {
+                clap::Error::raw(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("--tls-ca: {problem}\n"),
+                )
+            })?;
+            config.tls = Some(tls);
+        }
         if let Some(path) = &config.cluster_config {
             config.addresses = addresses_of_cluster(path).map_err(|problem| {
                 clap::Error::raw(

@@ -138,6 +138,7 @@ impl<'a> Worker<'a> {
             scratch,
             last_progress: Instant::now(),
             last_connect_error: None,
+            tls: config.tls.as_ref(),
         };
         let mut last_tick: Option<Instant> = None;
         // The first poll does not wait: events already pending (a peer that
