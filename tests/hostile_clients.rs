@@ -559,6 +559,8 @@ fn connections_past_the_maximum_are_refused() {
                 assert!(reply.starts_with("CONTENTS"), "{reply}");
                 held.push(client);
             }
+            // Let the well-behaved client measure a while with every slot held.
+            pause(Duration::from_secs(1));
             format!("{refused} connections past {MAX} refused ({lines} log line(s)); room again once 10 left")
         },
     );
