@@ -41,6 +41,10 @@ struct RawConfig {
     #[serde(default)]
     client_tls: Option<RawClientTls>,
     #[serde(default)]
+    max_client_connections: Option<u64>,
+    #[serde(default = "default_max_client_buffer_bytes")]
+    max_client_buffer_bytes: u64,
+    #[serde(default)]
     node: Vec<RawMember>,
 }
 
@@ -135,6 +139,38 @@ fn default_data_dir() -> PathBuf {
 fn default_snapshot_entries() -> u64 {
     100_000
 }
+fn default_max_client_buffer_bytes() -> u64 {
+    limits::CLIENT_BUFFER_BYTES_DEFAULT as u64
+}
+
+/// What a node allows its clients (`max_client_connections`,
+/// `max_client_buffer_bytes`; README "Client limits").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Client connections held at once.
+    pub connections_max: usize,
+    /// Whether the file set `connections_max` (a default above what the
+    /// open files limit allows is lowered quietly, a setting with a warning).
+    pub connections_max_explicit: bool,
+    /// Bytes held for all clients together before sockets stop being read.
+    pub buffer_bytes_max: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> ClientLimits {
+        ClientLimits {
+            connections_max: limits::CLIENT_CONNECTIONS_MAX_DEFAULT,
+            connections_max_explicit: false,
+            buffer_bytes_max: limits::CLIENT_BUFFER_BYTES_DEFAULT,
+        }
+    }
+}
+
+/// The smallest `max_client_buffer_bytes` allowed with `max_file_bytes`:
+/// room for a few of the largest commands and answers.
+pub fn client_buffer_bytes_min(max_file_bytes: usize) -> usize {
+    4 * (max_file_bytes + limits::LINE_BYTES_MAX + limits::READ_REPLY_HEADER_BYTES_MAX)
+}
 
 /// One member of the cluster as every node sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,6 +206,8 @@ pub struct ClusterConfig {
     pub peer_tls: Option<TlsFiles>,
     /// `[client_tls]`: the client port serves only TLS (None: plain TCP).
     pub client_tls: Option<TlsFiles>,
+    /// Client connection and memory limits.
+    pub client_limits: ClientLimits,
     /// Sorted by id.
     pub members: Vec<Member>,
 }
@@ -214,6 +252,27 @@ impl ClusterConfig {
                 "max_file_bytes = {} is above the ceiling of {}",
                 raw.max_file_bytes,
                 limits::FILE_BYTES_MAX_CEILING
+            )));
+        }
+        let connections_max = raw
+            .max_client_connections
+            .unwrap_or(limits::CLIENT_CONNECTIONS_MAX_DEFAULT as u64);
+        if connections_max == 0 || connections_max > limits::CLIENT_CONNECTIONS_MAX_CEILING as u64 {
+            return Err(Error::Config(format!(
+                "max_client_connections = {connections_max} must be between 1 and {}",
+                limits::CLIENT_CONNECTIONS_MAX_CEILING
+            )));
+        }
+        let buffer_bytes_min = client_buffer_bytes_min(raw.max_file_bytes as usize) as u64;
+        if raw.max_client_buffer_bytes < buffer_bytes_min
+            || raw.max_client_buffer_bytes > limits::CLIENT_BUFFER_BYTES_CEILING as u64
+        {
+            return Err(Error::Config(format!(
+                "max_client_buffer_bytes = {} must be between {buffer_bytes_min} (four of the largest \
+                 commands with max_file_bytes = {}) and {}",
+                raw.max_client_buffer_bytes,
+                raw.max_file_bytes,
+                limits::CLIENT_BUFFER_BYTES_CEILING
             )));
         }
         if raw.snapshot_entries == 0 {
@@ -299,6 +358,11 @@ impl ClusterConfig {
                 key: tls.key,
                 base: PathBuf::new(),
             }),
+            client_limits: ClientLimits {
+                connections_max: connections_max as usize,
+                connections_max_explicit: raw.max_client_connections.is_some(),
+                buffer_bytes_max: raw.max_client_buffer_bytes as usize,
+            },
             members,
         })
     }
@@ -472,6 +536,7 @@ mod tests {
         assert!(config.fsync);
         assert_eq!(config.max_file_bytes, 1 << 20);
         assert_eq!(config.snapshot_entries, 100_000);
+        assert_eq!(config.client_limits, ClientLimits::default());
         assert_eq!(config.members.len(), 3);
         assert_eq!(config.election_timeout_ticks(), (15, 30));
         assert_eq!(
@@ -499,6 +564,18 @@ mod tests {
             (three("heartbeat_ms = 500"), "heartbeat_ms"),
             (three("bogus = 1"), "unknown field"),
             (three("max_file_bytes = 999999999999"), "max_file_bytes"),
+            (
+                three("max_client_connections = 0"),
+                "max_client_connections",
+            ),
+            (
+                three("max_client_connections = 99999999"),
+                "max_client_connections",
+            ),
+            (
+                three("max_client_buffer_bytes = 1048576"),
+                "max_client_buffer_bytes",
+            ),
         ];
         for (text, expected) in cases {
             let error = ClusterConfig::parse(&text).unwrap_err().to_string();
@@ -542,6 +619,22 @@ mod tests {
             .to_string();
         assert!(error.contains("key"), "{error}");
         assert!(ClusterConfig::parse(&three("")).unwrap().peer_tls.is_none());
+    }
+
+    #[test]
+    fn client_limits_are_read() {
+        let config = ClusterConfig::parse(&three(
+            "max_client_connections = 500\nmax_client_buffer_bytes = 67108864",
+        ))
+        .unwrap();
+        assert_eq!(
+            config.client_limits,
+            ClientLimits {
+                connections_max: 500,
+                connections_max_explicit: true,
+                buffer_bytes_max: 64 << 20,
+            }
+        );
     }
 
     #[test]

@@ -83,9 +83,10 @@ pub const CONN_WRITE_QUEUE_BYTES_MAX: usize = 4 << 20;
 /// A client connection stops being read while this many of its commands wait
 /// for an answer.
 pub const CONN_PENDING_COMMANDS_MAX: usize = 4_096;
-/// A client connection stops being read while its unanswered reads have
-/// reserved this many bytes (each reserves `max_file_bytes` plus its header
-/// line): with the default 1 MiB files, 32 reads in flight per connection.
+/// A client connection stops being read while its unanswered commands have
+/// reserved this many bytes (a read or watch reserves `max_file_bytes` plus
+/// its header line, a write or cas its content): with the default 1 MiB
+/// files, 32 reads in flight per connection.
 pub const CONN_READ_RESERVED_BYTES_MAX: usize = 32 << 20;
 /// Bytes reserved for the `CONTENTS VERSION NUMBYTES EXPREMAINING\r\n` line
 /// and the content's `\r\n` of one read answer.
@@ -309,3 +310,52 @@ const _: () = assert!(
 const _: () = assert!(MEMBER_ADDRESS_BYTES_MAX <= u8::MAX as usize);
 const _: () = assert!(MEMBERS_MAX <= u8::MAX as usize);
 const _: () = assert!(REMOVED_MEMBERS_REMEMBERED_MAX <= u8::MAX as usize);
+
+// ---- Client connections and the memory held for them (src/net/conn.rs,
+// src/net/reactor.rs; config keys `max_client_connections` and
+// `max_client_buffer_bytes`) ----
+
+/// Default for `max_client_connections`: client connections held at once;
+/// past it a new connection is answered `ERR_INTERNAL` and closed.
+pub const CLIENT_CONNECTIONS_MAX_DEFAULT: usize = 20_000;
+/// Ceiling for the configurable `max_client_connections`.
+pub const CLIENT_CONNECTIONS_MAX_CEILING: usize = 1_000_000;
+/// Descriptors kept for everything but clients (listeners, peer links, WAL
+/// and snapshot files, HTTP): the node holds at most RLIMIT_NOFILE minus
+/// this many clients, whatever `max_client_connections` says.
+pub const CLIENT_FDS_RESERVED: u64 = 256;
+/// Default for `max_client_buffer_bytes`: the budget of bytes held for all
+/// clients together (unparsed input, unanswered commands' reservations,
+/// queued answers). Over it, client sockets are not read (see
+/// `CONN_INPUT_BYTES_OVER_BUDGET`).
+pub const CLIENT_BUFFER_BYTES_DEFAULT: usize = 256 << 20;
+/// Ceiling for the configurable `max_client_buffer_bytes`.
+pub const CLIENT_BUFFER_BYTES_CEILING: usize = 64 << 30;
+/// Over the budget, a connection with no command outstanding and no answer
+/// queued may still read this much input (so a client sending one small
+/// command at a time keeps being served while others hold the budget);
+/// the others are not read until the budget frees.
+pub const CONN_INPUT_BYTES_OVER_BUDGET: usize = 4 << 10;
+/// Bytes read from all client sockets in one reactor turn; the connections
+/// not read yet are read first next turn (a burst of large writes from many
+/// clients costs one turn a bounded copy, not hundreds of MB).
+pub const CLIENT_READ_BYTES_PER_TURN_MAX: usize = 4 << 20;
+/// Connections waiting for the budget that are resumed in one turn once it
+/// frees (the rest next turn, in arrival order).
+pub const BUDGET_RESUMES_PER_TURN_MAX: usize = 256;
+/// A connection whose queued answers reach `CONN_WRITE_QUEUE_BYTES_MAX` and
+/// whose socket then takes no byte for this long is closed (a client that
+/// does not read its answers), with a log line.
+pub const CONN_WRITE_STALL_TIMEOUT_MS: u64 = 10_000;
+/// How often the reactor looks for such connections (and re-checks its
+/// count of client bytes).
+pub const CONN_STALL_CHECK_INTERVAL_MS: u64 = 1_000;
+/// Refused connections and write-stall closes are logged at most once per
+/// this interval each, with the count since the last line.
+pub const CLIENT_LIMIT_LOG_INTERVAL_MS: u64 = 1_000;
+
+const _: () = assert!(CLIENT_CONNECTIONS_MAX_DEFAULT <= CLIENT_CONNECTIONS_MAX_CEILING);
+const _: () = assert!(CLIENT_BUFFER_BYTES_DEFAULT <= CLIENT_BUFFER_BYTES_CEILING);
+const _: () = assert!(CONN_INPUT_BYTES_OVER_BUDGET > LINE_BYTES_MAX + 2);
+const _: () = assert!(CLIENT_READ_BYTES_PER_TURN_MAX >= CONN_READ_BYTES_PER_TURN_MAX);
+const _: () = assert!(CONN_WRITE_STALL_TIMEOUT_MS >= 2 * CONN_STALL_CHECK_INTERVAL_MS);

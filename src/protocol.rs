@@ -239,6 +239,51 @@ fn parse_with_content(
     })))
 }
 
+/// A lower bound on the bytes `buf` must hold before the command at its
+/// front can be framed: more than `buf.len()` while [`parse_next`] would
+/// return `None` (a line still waiting for its newline needs at least one
+/// more byte; a well-framed `write`/`cas` needs its whole content and
+/// `\r\n`), at most `buf.len()` once it would return `Some`. The reactor
+/// uses it to drop, without reading it, the partial command of a client
+/// that hung up and cannot send the rest.
+pub fn bytes_needed(buf: &[u8], max_file_bytes: usize) -> usize {
+    let window_len = buf.len().min(LINE_WINDOW_BYTES);
+    let Some(newline_at) = memchr(b'\n', &buf[..window_len]) else {
+        let overlong = buf.len() >= LINE_WINDOW_BYTES
+            || (buf.len() > LINE_BYTES_MAX && buf[LINE_BYTES_MAX] != b'\r');
+        return if overlong { buf.len() } else { buf.len() + 1 };
+    };
+    let line_end = newline_at + 1;
+    let mut line_len = newline_at;
+    if line_len > 0 && buf[line_len - 1] == b'\r' {
+        line_len -= 1;
+    }
+    if line_len > LINE_BYTES_MAX {
+        return buf.len();
+    }
+    let fields = Fields::split(&buf[..line_len]);
+    let numbytes_index = match fields.get(buf, 0) {
+        Some(b"write") => 2,
+        Some(b"cas") => 3,
+        _ => return buf.len(),
+    };
+    match fields
+        .get(buf, numbytes_index)
+        .and_then(parse_decimal_u64)
+        .and_then(|numbytes| usize::try_from(numbytes).ok())
+    {
+        Some(len) if len <= max_file_bytes => {
+            let content_end = line_end.saturating_add(len);
+            // A bad terminator is framed (refused) as soon as it shows.
+            if buf.len() > content_end && buf[content_end] != b'\r' {
+                return buf.len();
+            }
+            content_end.saturating_add(2)
+        }
+        _ => buf.len(),
+    }
+}
+
 /// Splits the line (`line_end` bytes with its terminator) off the front of
 /// `buf` and returns the field at `field_range` in it, without copying: the
 /// split-off part is narrowed in place, so no extra reference count is taken.
@@ -423,6 +468,39 @@ fn put_decimal_u64(out: &mut BytesMut, mut value: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `bytes_needed` says "more" exactly when `parse_next` frames nothing,
+    /// on every prefix of well-formed and malformed inputs.
+    #[test]
+    fn bytes_needed_agrees_with_parse_next() {
+        let long_line = vec![b'r'; 600];
+        let inputs: [&[u8]; 9] = [
+            b"write a 5\r\nhelloXY",
+            b"write a 5\r\nhello\r\n",
+            b"cas a 3 4 9\r\nabcd\r\n",
+            b"read a\r\n",
+            b"write a 99999999999\r\nxx",
+            b"write a x 5\r\nhello\r\n",
+            b"bogus\n",
+            b"\r\n",
+            &long_line,
+        ];
+        for input in inputs {
+            for end in 0..=input.len() {
+                let prefix = &input[..end];
+                let needed = bytes_needed(prefix, 16);
+                let mut buf = BytesMut::from(prefix);
+                let framed = parse_next(&mut buf, 16);
+                assert_eq!(
+                    needed > prefix.len(),
+                    framed.is_none(),
+                    "{:?}: needed {needed}, framed {framed:?}",
+                    String::from_utf8_lossy(prefix)
+                );
+            }
+        }
+        assert_eq!(bytes_needed(b"write a 5\r\nhe", 16), 11 + 5 + 2);
+    }
 
     #[test]
     fn decimal_u64_bounds() {

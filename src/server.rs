@@ -153,6 +153,7 @@ pub fn start_node(config: &ClusterConfig, id: NodeId, data_dir: Option<&Path>) -
         stop_grace,
     )
     .map_err(|e| Error::io("starting the reactor", e))?;
+    reactor.set_client_limits(config.client_limits);
     if let Some(address) = member.metrics {
         if snapshot_token.is_none() && !address.ip().is_loopback() {
             log::warn!(

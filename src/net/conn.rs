@@ -9,16 +9,21 @@
 //! - Memory is bounded: the connection is not read (`wants_read` is false)
 //!   while its output queue holds more than `CONN_WRITE_QUEUE_BYTES_MAX` bytes,
 //!   more than `CONN_PENDING_COMMANDS_MAX` answers are outstanding, or its
-//!   unanswered reads have reserved more than `CONN_READ_RESERVED_BYTES_MAX`;
+//!   unanswered commands have reserved more than `CONN_READ_RESERVED_BYTES_MAX`;
 //!   unread input stays in the kernel's socket buffer, which is what pushes
-//!   back on the client. The read reservation matters because a read's answer
+//!   back on the client. The reservation matters because a read's answer
 //!   is a copy of the file made before the output queue is checked: without
 //!   it, thousands of pipelined reads of a large file (from a client that
 //!   reads no answers) would all be copied in one turn.
+//! - The read buffer never grows past the limit the reactor passes to
+//!   `read_available` (one largest command, or less while the node is over
+//!   its client budget); `held_bytes` is what the reactor counts against
+//!   that budget, and it changes only through this type's methods.
 //! - An idle connection holds no read buffer: an empty buffer is released
 //!   when a read finds nothing, so 10,000 idle clients cost no buffer memory.
 //! - Reply bytes are `Bytes` handed over without a copy and written with
-//!   vectored writes.
+//!   vectored writes. Socket reads go through `receive_into_spare_capacity`
+//!   (plain) or `Stream::read_into` (TLS) and writes through `flush` only.
 //! - On a TLS client port the stream is `Stream::Tls` (`net::tls`): output
 //!   rustls still holds counts as unflushed (`flush`, `is_finished`).
 
@@ -45,6 +50,10 @@ pub struct Connection {
     slots: VecDeque<Slot>,
     /// Sum of the `reserved_bytes` of the unanswered slots.
     reserved_bytes: usize,
+    /// The part of `reserved_bytes` counted against the node's client budget
+    /// (not a waiting watch's: it may wait for days, and its answer is
+    /// counted once it is queued).
+    budgeted_reserved_bytes: usize,
     head_seq: u64,
     next_seq: u64,
     output: VecDeque<Bytes>,
@@ -55,14 +64,29 @@ pub struct Connection {
     pub input_closed: bool,
     /// Reading stopped for backpressure; resume without waiting for an event.
     pub paused: bool,
+    /// Waiting in the reactor's queue for the client budget to free.
+    pub budget_waiting: bool,
+    /// Its read buffer is full at its limit while its own commands are
+    /// outstanding: read again once an answer comes.
+    pub held_back: bool,
+    /// On the reactor's list of connections serviced next turn.
+    pub scheduled: bool,
+    /// The peer closed its side or the socket failed (an event said so):
+    /// read it to its end whatever the client budget.
+    pub hung_up: bool,
+    /// When the socket last took bytes (or the queue last became non-empty).
+    last_drain: Instant,
 }
 
 /// One command's place in the reply order.
 struct Slot {
     /// The answer; `None` = not known yet.
     reply: Option<Bytes>,
-    /// Answer bytes reserved for it until it is answered (reads only).
+    /// Bytes reserved for it until it is answered: its answer's most (reads,
+    /// watches) or its content (writes).
     reserved_bytes: usize,
+    /// Whether `reserved_bytes` counts against the client budget.
+    budgeted: bool,
     /// The command's kind and when it was read, for the latency metric.
     timer: Option<(usize, Instant)>,
 }
@@ -76,6 +100,9 @@ pub enum ReadStatus {
     More,
     /// The peer closed its writing side.
     Closed,
+    /// The read buffer reached the caller's limit; input may be left in the
+    /// socket.
+    Limited,
 }
 
 impl Connection {
@@ -86,6 +113,7 @@ impl Connection {
             read_buffer: BytesMut::new(),
             slots: VecDeque::new(),
             reserved_bytes: 0,
+            budgeted_reserved_bytes: 0,
             head_seq: 0,
             next_seq: 0,
             output: VecDeque::new(),
@@ -93,7 +121,51 @@ impl Connection {
             closing: false,
             input_closed: false,
             paused: false,
+            budget_waiting: false,
+            held_back: false,
+            hung_up: false,
+            scheduled: false,
+            last_drain: Instant::now(),
         }
+    }
+
+    /// Bytes this connection holds against the node's client budget: unparsed
+    /// input, the reservations of unanswered commands, queued answers.
+    pub fn held_bytes(&self) -> usize {
+        self.read_buffer.len() + self.budgeted_reserved_bytes + self.output_bytes
+    }
+
+    /// Its answers have filled the output queue to `CONN_WRITE_QUEUE_BYTES_MAX`
+    /// and the socket has taken nothing for `stall`: a client that does not
+    /// read its answers.
+    pub fn write_stalled(&self, now: Instant, stall: std::time::Duration) -> bool {
+        self.output_bytes >= limits::CONN_WRITE_QUEUE_BYTES_MAX
+            && now.saturating_duration_since(self.last_drain) >= stall
+    }
+
+    /// Bytes the kernel holds for this socket that have not been read
+    /// (`FIONREAD`; 0 if it cannot tell). Behind TLS this counts encrypted
+    /// bytes, which only overstates the plaintext to come.
+    pub fn unread_bytes(&self) -> usize {
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int, to the local we pass.
+        let result = unsafe {
+            libc::ioctl(
+                self.stream.socket().as_raw_fd(),
+                libc::FIONREAD,
+                &mut unread,
+            )
+        };
+        if result == 0 {
+            usize::try_from(unread).unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
+    /// Queued answer bytes.
+    pub fn output_bytes(&self) -> usize {
+        self.output_bytes
     }
 
     /// Whether to read and parse more input from this client now.
@@ -105,15 +177,21 @@ impl Connection {
     }
 
     /// Read from the socket until it would block, the per-turn budget is
-    /// used, or the read buffer holds enough unparsed input.
-    pub fn read_available(&mut self) -> io::Result<ReadStatus> {
+    /// used, or the read buffer holds `limit` bytes of unparsed input.
+    pub fn read_available(&mut self, limit: usize) -> io::Result<ReadStatus> {
         let mut read_bytes = 0;
         while read_bytes < limits::CONN_READ_BYTES_PER_TURN_MAX {
+            let room = limit.saturating_sub(self.read_buffer.len());
+            if room == 0 {
+                return Ok(ReadStatus::Limited);
+            }
             let received = match &mut self.stream {
-                Stream::Plain(socket) => receive_into_spare_capacity(socket, &mut self.read_buffer),
+                Stream::Plain(socket) => {
+                    receive_into_spare_capacity(socket, &mut self.read_buffer, room)
+                }
                 Stream::Tls(_) => self
                     .stream
-                    .read_into(&mut self.read_buffer, READ_CHUNK_BYTES),
+                    .read_into(&mut self.read_buffer, READ_CHUNK_BYTES.min(room)),
             };
             match received {
                 Ok(0) => {
@@ -136,16 +214,21 @@ impl Connection {
     }
 
     /// Take a slot for the next command; its answer goes to `fill(seq, ..)`.
-    /// `reserved_bytes` is the most its answer may take (non-zero for reads,
-    /// whose answers carry a file), held against this connection's budget
-    /// until the answer is known.
-    pub fn take_slot(&mut self, reserved_bytes: usize) -> u64 {
+    /// `reserved_bytes` is what the command holds until it is answered (the
+    /// most a read's answer may take, a write's content), held against this
+    /// connection's limit until the answer is known, and against the node's
+    /// client budget too if `budgeted`.
+    pub fn take_slot(&mut self, reserved_bytes: usize, budgeted: bool) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.reserved_bytes += reserved_bytes;
+        if budgeted {
+            self.budgeted_reserved_bytes += reserved_bytes;
+        }
         self.slots.push_back(Slot {
             reply: None,
             reserved_bytes,
+            budgeted,
             timer: None,
         });
         seq
@@ -173,6 +256,9 @@ impl Connection {
             if slot.reply.is_none() {
                 slot.reply = Some(reply);
                 self.reserved_bytes -= slot.reserved_bytes;
+                if slot.budgeted {
+                    self.budgeted_reserved_bytes -= slot.reserved_bytes;
+                }
                 slot.reserved_bytes = 0;
                 timer = slot.timer.take();
             }
@@ -183,6 +269,9 @@ impl Connection {
             }) = self.slots.pop_front()
             {
                 self.head_seq += 1;
+                if self.output.is_empty() {
+                    self.last_drain = Instant::now();
+                }
                 self.output_bytes += reply.len();
                 self.output.push_back(reply);
             }
@@ -217,6 +306,7 @@ impl Connection {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(mut written) => {
                     self.output_bytes -= written;
+                    self.last_drain = Instant::now();
                     while written > 0 {
                         let Some(front) = self.output.front_mut() else {
                             break;
@@ -242,17 +332,24 @@ impl Connection {
     /// drops a partial command left in the read buffer once input closed.)
     pub fn is_finished(&self) -> bool {
         let drained = self.output.is_empty() && !self.stream.has_pending_output();
-        drained && self.slots.is_empty() && (self.closing || self.input_closed)
+        let input_done = self.input_closed && self.read_buffer.is_empty();
+        drained && self.slots.is_empty() && (self.closing || input_done)
     }
 }
 
-/// One `recv` straight into the buffer's spare capacity (at least
-/// `READ_CHUNK_BYTES`), without zero-filling it first: the profile showed the
-/// zero-fill of a 16 KiB chunk before every read costing a third of the
-/// leader's instructions per write.
-fn receive_into_spare_capacity(stream: &TcpStream, buffer: &mut BytesMut) -> io::Result<usize> {
-    buffer.reserve(READ_CHUNK_BYTES);
+/// One `recv` of at most `room` bytes straight into the buffer's spare
+/// capacity (at least `READ_CHUNK_BYTES` of it, or `room` if less), without
+/// zero-filling it first: the profile showed the zero-fill of a 16 KiB chunk
+/// before every read costing a third of the leader's instructions per write.
+fn receive_into_spare_capacity(
+    stream: &TcpStream,
+    buffer: &mut BytesMut,
+    room: usize,
+) -> io::Result<usize> {
+    buffer.reserve(READ_CHUNK_BYTES.min(room));
     let spare = buffer.spare_capacity_mut();
+    let usable = spare.len().min(room);
+    let spare = &mut spare[..usable];
     // SAFETY: recv(2) writes at most `spare.len()` bytes into `spare`, memory
     // this buffer owns and we borrow exclusively; nothing reads it before the
     // kernel has written it.

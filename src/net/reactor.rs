@@ -33,12 +33,30 @@
 //! `Fsm::checksum`). Replicas at the same applied index must show the same
 //! digest. No client command exists for this (SPEC §2 has none).
 //!
+//! Client limits (README "Client limits"): at most `max_client_connections`
+//! clients (capped by the open files limit at start); past it a new one is
+//! answered `ERR_INTERNAL` and closed, with one log line per burst. Every
+//! byte held for clients (unparsed input, unanswered reads' and writes'
+//! reservations, queued answers: `Connection::held_bytes`) is counted in
+//! `client_bytes`; at or over `max_client_buffer_bytes`, a connection is
+//! read only if it has nothing outstanding (at most
+//! `CONN_INPUT_BYTES_OVER_BUDGET`, one command), and the others wait in
+//! `budget_queue`, resumed in arrival order once the count falls under
+//! the budget (readiness is edge-triggered: no new event comes for input
+//! left in a socket). A client whose queued answers reach the per-connection
+//! cap and that then reads nothing for `CONN_WRITE_STALL_TIMEOUT_MS` is
+//! closed with a log line.
+//!
 //! Invariants (mio's rules): tokens come from a slab; spurious events are
 //! harmless (every handler tolerates `WouldBlock`); a broken connection is
 //! closed and the loop goes on; nothing in the loop blocks except `poll`
-//! (fsyncs run on the WAL's sync thread).
+//! (fsyncs run on the WAL's sync thread). `client_bytes` is the sum of
+//! `held_bytes` over the open connections: every change to a connection is
+//! accounted (`account`) before it can be closed.
 
+use crate::config::ClientLimits;
 use crate::error::{Error, Result};
+use crate::fsm::Command;
 use crate::limits;
 use crate::metrics::ReactorMetrics;
 use crate::net::conn::{Connection, ReadStatus};
@@ -54,6 +72,7 @@ use bytes::{Bytes, BytesMut};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
+use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -161,11 +180,51 @@ pub struct Reactor {
     file_peer_addresses: std::collections::BTreeMap<NodeId, std::net::SocketAddr>,
     /// `[client_tls]`: every accepted client speaks TLS (None: plain).
     client_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Client limits in force (`connections_max` already capped by the
+    /// open files limit).
+    client_limits: ClientLimits,
+    /// Bytes held for all clients: the sum of their `held_bytes`.
+    client_bytes: usize,
+    /// Connections (key, id) not read for the client budget, oldest first;
+    /// each is in it at most once (`Connection::budget_waiting`).
+    budget_queue: VecDeque<(usize, u64)>,
+    /// Bytes read from client sockets this turn
+    /// (`CLIENT_READ_BYTES_PER_TURN_MAX`).
+    turn_read_bytes: usize,
+    /// When to look next for clients that do not read their answers.
+    next_stall_check: Instant,
+    refused_log: RateLog,
+    stalled_log: RateLog,
 }
 
 /// Encoded once: the answers the reactor gives without the replica.
 struct StaticReplies {
     command_error: Bytes,
+    internal: Bytes,
+}
+
+/// One log line per `CLIENT_LIMIT_LOG_INTERVAL_MS` at most, counting the
+/// events in between.
+#[derive(Default)]
+struct RateLog {
+    last_line: Option<Instant>,
+    unlogged: u64,
+}
+
+impl RateLog {
+    /// Counts one event; returns how many to report if a line is due now.
+    fn event(&mut self, now: Instant) -> Option<u64> {
+        self.unlogged += 1;
+        let due = self.last_line.is_none_or(|last| {
+            now.saturating_duration_since(last)
+                >= Duration::from_millis(limits::CLIENT_LIMIT_LOG_INTERVAL_MS)
+        });
+        if !due {
+            return None;
+        }
+        self.last_line = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
 }
 
 impl Reactor {
@@ -199,6 +258,9 @@ impl Reactor {
         .map_err(io::Error::other)?;
         let mut buffer = BytesMut::new();
         encode_reply(&Reply::CmdErr, &mut buffer);
+        let command_error = buffer.split().freeze();
+        encode_reply(&Reply::Internal, &mut buffer);
+        let internal = buffer.freeze();
         let status = Arc::new(Mutex::new(replica.status()));
         let member_log = MemberLog::new(
             replica.id(),
@@ -230,7 +292,8 @@ impl Reactor {
             last_command_at: Instant::now(),
             leaving: None,
             static_replies: StaticReplies {
-                command_error: buffer.freeze(),
+                command_error,
+                internal,
             },
             http: None,
             http_requests: Vec::new(),
@@ -242,7 +305,55 @@ impl Reactor {
             configuration_version_followed: u64::MAX,
             file_peer_addresses: std::collections::BTreeMap::new(),
             client_tls: None,
+            client_limits: ClientLimits::default(),
+            client_bytes: 0,
+            turn_read_bytes: 0,
+            budget_queue: VecDeque::new(),
+            next_stall_check: Instant::now(),
+            refused_log: RateLog::default(),
+            stalled_log: RateLog::default(),
         })
+    }
+
+    /// Sets the client limits (cluster.toml's `max_client_connections` and
+    /// `max_client_buffer_bytes`). The connection cap is lowered to what the
+    /// process's open files limit allows (`RLIMIT_NOFILE` less
+    /// `CLIENT_FDS_RESERVED`): with one warning line if the file set it,
+    /// at debug if it is the default.
+    pub fn set_client_limits(&mut self, wanted: ClientLimits) {
+        let mut limits = wanted;
+        if let Some(open_files) = open_files_limit() {
+            let allowed = open_files
+                .saturating_sub(limits::CLIENT_FDS_RESERVED)
+                .max(1);
+            if limits.connections_max as u64 > allowed {
+                let line = format!(
+                    "max_client_connections = {} is above what the open files limit allows \
+                     (RLIMIT_NOFILE {open_files}, {} kept for the node): accepting at most {allowed} \
+                     clients (raise `ulimit -n` or LimitNOFILE= to allow more)",
+                    limits.connections_max,
+                    limits::CLIENT_FDS_RESERVED
+                );
+                if limits.connections_max_explicit {
+                    log::warn!("{line}");
+                } else {
+                    log::debug!("{line}");
+                }
+                limits.connections_max = allowed as usize;
+            }
+        }
+        self.client_limits = limits;
+    }
+
+    /// Whether the bytes held for clients are at or over the budget.
+    fn over_budget(&self) -> bool {
+        self.client_bytes >= self.client_limits.buffer_bytes_max
+    }
+
+    /// Counts the change of one connection's `held_bytes` from `before` to
+    /// `after`.
+    fn account(&mut self, before: usize, after: usize) {
+        self.client_bytes = self.client_bytes - before + after;
     }
 
     /// Serves `GET /metrics`, `/health`, `/livez`, `/readyz` and
@@ -344,8 +455,10 @@ impl Reactor {
         loop {
             let now = Instant::now();
             let timeout = next_tick.saturating_duration_since(now);
-            let busy =
-                !self.resume.is_empty() || self.peers.has_pending_reads() || self.accept_pending;
+            let busy = !self.resume.is_empty()
+                || self.peers.has_pending_reads()
+                || self.accept_pending
+                || (!self.budget_queue.is_empty() && !self.over_budget());
             let timeout = if busy { Duration::ZERO } else { timeout };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -356,6 +469,21 @@ impl Reactor {
             let replica_now = self.replica_now(now);
             self.turn_now = replica_now;
             self.storage.deliver_completions(&mut self.replica)?;
+            self.turn_read_bytes = 0;
+            // Connections left from last turn first, so a turn's events
+            // cannot starve them of the per-turn read share; once the share
+            // is used, the rest wait, in order, for the next turn.
+            let pending = std::mem::take(&mut self.resume);
+            for (index, &key) in pending.iter().enumerate() {
+                if self.turn_read_bytes >= limits::CLIENT_READ_BYTES_PER_TURN_MAX {
+                    self.resume.extend_from_slice(&pending[index..]);
+                    break;
+                }
+                if let Some(connection) = self.connections.get_mut(key) {
+                    connection.scheduled = false;
+                }
+                self.service_connection(key, now);
+            }
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_clients(),
@@ -372,6 +500,11 @@ impl Reactor {
                     }
                     token if token.0 >= CONNECTION_TOKEN_BASE => {
                         let key = token.0 - CONNECTION_TOKEN_BASE;
+                        if event.is_read_closed() || event.is_error() {
+                            if let Some(connection) = self.connections.get_mut(key) {
+                                connection.hung_up = true;
+                            }
+                        }
                         self.service_connection(key, now);
                     }
                     token if self.peers.owns(token) => self.handle_peer_event(event, now)?,
@@ -381,9 +514,7 @@ impl Reactor {
             if self.accept_pending {
                 self.accept_clients();
             }
-            for key in std::mem::take(&mut self.resume) {
-                self.service_connection(key, now);
-            }
+            self.resume_budget_waiting();
             if self.peers.has_pending_reads() {
                 self.resume_peer_reads(now)?;
             }
@@ -430,6 +561,11 @@ impl Reactor {
                 stop_deadline = Some(now + self.stop_grace);
                 self.replica.leave();
                 self.deliver(now)?;
+            }
+            if now >= self.next_stall_check {
+                self.next_stall_check =
+                    now + Duration::from_millis(limits::CONN_STALL_CHECK_INTERVAL_MS);
+                self.close_stalled_clients(now);
             }
             self.refresh_status();
             self.log_transitions();
@@ -538,6 +674,9 @@ impl Reactor {
         self.accept_pending = false;
         for _ in 0..limits::ACCEPTS_PER_TURN_MAX {
             match self.listener.accept() {
+                Ok((stream, _)) if self.connections.len() >= self.client_limits.connections_max => {
+                    self.refuse_client(stream);
+                }
                 Ok((stream, _)) => {
                     if let Err(e) = stream.set_nodelay(true) {
                         log::debug!("set_nodelay: {e}");
@@ -565,6 +704,7 @@ impl Reactor {
                         Interest::READABLE | Interest::WRITABLE,
                     ) {
                         Ok(()) => {
+                            connection.scheduled = true;
                             entry.insert(connection);
                             self.resume.push(key);
                         }
@@ -574,8 +714,13 @@ impl Reactor {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    // EMFILE and friends: stop accepting this turn, keep serving.
-                    log::warn!("accept failed: {e}");
+                    // EMFILE and friends: stop accepting this turn, keep
+                    // serving; the connection waits in the backlog.
+                    if let Some(count) = self.refused_log.event(Instant::now()) {
+                        log::warn!(
+                            "accepting a client failed ({count} time(s) since the last line): {e}"
+                        );
+                    }
                     return;
                 }
             }
@@ -583,53 +728,207 @@ impl Reactor {
         self.accept_pending = true;
     }
 
-    /// Read, frame and submit what a connection has; flush its replies.
-    fn service_connection(&mut self, key: usize, now: Instant) {
-        let Some(connection) = self.connections.get_mut(key) else {
-            return;
-        };
-        connection.paused = !connection.wants_read();
-        if connection.wants_read() && !connection.input_closed {
-            match connection.read_available() {
-                Ok(ReadStatus::More) => self.resume.push(key),
-                Ok(ReadStatus::Open | ReadStatus::Closed) => {}
-                Err(e) => {
-                    log::debug!("client connection {} read error: {e}", connection.id);
-                    self.close_connection(key);
-                    return;
+    /// Past `max_client_connections`: one try at `ERR_INTERNAL` (a fresh
+    /// socket takes it unless the client is gone), then close.
+    fn refuse_client(&mut self, stream: mio::net::TcpStream) {
+        use std::io::Write;
+        let mut stream = stream;
+        let _ = stream.write(&self.static_replies.internal);
+        if let Some(count) = self.refused_log.event(Instant::now()) {
+            log::warn!(
+                "{} client connections open (max_client_connections): refused {count} \
+                 connection(s) with ERR_INTERNAL since the last line",
+                self.connections.len()
+            );
+        }
+    }
+
+    /// Moves connections waiting for the client budget to `resume`, oldest
+    /// first, while the count is under the budget.
+    fn resume_budget_waiting(&mut self) {
+        let mut resumed = 0;
+        while resumed < limits::BUDGET_RESUMES_PER_TURN_MAX && !self.over_budget() {
+            let Some((key, id)) = self.budget_queue.pop_front() else {
+                return;
+            };
+            if let Some(connection) = self.connections.get_mut(key) {
+                if connection.id == id {
+                    connection.budget_waiting = false;
+                    schedule(&mut self.resume, connection, key);
+                    resumed += 1;
                 }
             }
         }
-        self.frame_commands(key, now);
+    }
+
+    /// Closes the clients that do not read their answers
+    /// (`Connection::write_stalled`), and re-checks `client_bytes`.
+    fn close_stalled_clients(&mut self, now: Instant) {
+        let stall = Duration::from_millis(limits::CONN_WRITE_STALL_TIMEOUT_MS);
+        let stalled: Vec<(usize, u64, usize)> = self
+            .connections
+            .iter()
+            .filter(|(_, connection)| connection.write_stalled(now, stall))
+            .map(|(key, connection)| (key, connection.id, connection.output_bytes()))
+            .collect();
+        for (key, id, queued) in stalled {
+            if let Some(count) = self.stalled_log.event(now) {
+                log::warn!(
+                    "closing client connection {id}: {queued} bytes of answers queued and none \
+                     read for {} ms ({count} such connection(s) closed since the last line)",
+                    limits::CONN_WRITE_STALL_TIMEOUT_MS
+                );
+            }
+            self.close_connection(key);
+        }
+        let counted: usize = self
+            .connections
+            .iter()
+            .map(|(_, connection)| connection.held_bytes())
+            .sum();
+        debug_assert_eq!(counted, self.client_bytes, "client bytes miscounted");
+        if counted != self.client_bytes {
+            log::warn!(
+                "client bytes counted {} but held {counted}: corrected",
+                self.client_bytes
+            );
+            self.client_bytes = counted;
+        }
+    }
+
+    /// Read, frame and submit what a connection has; flush its replies.
+    fn service_connection(&mut self, key: usize, now: Instant) {
+        let over_budget = self.over_budget();
+        let input_cap = self.input_bytes_max();
         let Some(connection) = self.connections.get_mut(key) else {
             return;
         };
-        if let Err(e) = connection.flush() {
-            log::debug!("client connection {} write error: {e}", connection.id);
-            self.close_connection(key);
-            return;
+        let before = connection.held_bytes();
+        // Answers first: room made in the output queue lets it read again.
+        let mut failed = connection.flush().err();
+        if connection.hung_up && !connection.input_closed {
+            // Whatever it sent is in the socket now: if that cannot complete
+            // the command at the front of its buffer, drop the rest unread
+            // instead of reading up to a whole command for nothing.
+            let needed =
+                crate::protocol::bytes_needed(&connection.read_buffer, self.max_file_bytes);
+            let have = connection.read_buffer.len();
+            if needed > have && have + connection.unread_bytes() < needed {
+                connection.input_closed = true;
+                connection.read_buffer = BytesMut::new();
+            }
         }
-        if connection.is_finished() {
+        let mut read = None;
+        // Over the client budget (unless it hung up: what is left is
+        // finite, and a partial command it ends with is dropped above), or
+        // once this turn has read its share, a connection reads at most one
+        // small command, and only with nothing outstanding: a client sending
+        // one small command at a time keeps its latency.
+        let turn_share_used = self.turn_read_bytes >= limits::CLIENT_READ_BYTES_PER_TURN_MAX;
+        let constrained = (over_budget && !connection.hung_up) || turn_share_used;
+        if failed.is_none() && connection.wants_read() && !connection.input_closed {
+            connection.paused = false;
+            connection.held_back = false;
+            let limit = if !constrained {
+                input_cap
+            } else if connection.outstanding() == 0 && !connection.has_output() {
+                limits::CONN_INPUT_BYTES_OVER_BUDGET
+            } else {
+                0
+            };
+            let buffered = connection.read_buffer.len();
+            match connection.read_available(limit) {
+                Ok(status) => read = Some((status, limit)),
+                Err(e) => failed = Some(e),
+            }
+            self.turn_read_bytes += connection.read_buffer.len().saturating_sub(buffered);
+        }
+        if failed.is_none() {
+            self.frame_commands(key, now, over_budget);
+        }
+        let Some(connection) = self.connections.get_mut(key) else {
+            return;
+        };
+        if failed.is_none() {
+            failed = connection.flush().err();
+        }
+        match read {
+            // Input may be left in the socket and no event will come for
+            // it (edge-triggered): read on next turn.
+            Some((ReadStatus::More, _)) => schedule(&mut self.resume, connection, key),
+            Some((ReadStatus::Limited, limit)) if connection.read_buffer.len() < limit => {
+                schedule(&mut self.resume, connection, key)
+            }
+            // Full at its limit: wait for the budget, or for an answer
+            // (`deliver` resumes it) if its own commands hold it back.
+            Some((ReadStatus::Limited, _)) if over_budget && !connection.hung_up => {
+                if !connection.budget_waiting {
+                    connection.budget_waiting = true;
+                    self.budget_queue.push_back((key, connection.id));
+                }
+            }
+            Some((ReadStatus::Limited, _)) if turn_share_used => {
+                schedule(&mut self.resume, connection, key)
+            }
+            Some((ReadStatus::Limited, _)) => connection.held_back = true,
+            Some((ReadStatus::Open | ReadStatus::Closed, _)) | None => {}
+        }
+        let after = connection.held_bytes();
+        let id = connection.id;
+        let finished = connection.is_finished();
+        // Paused for its own limits and drained meanwhile: parse what its
+        // buffer holds and read on next turn (no event will come for it).
+        let drained = connection.paused
+            && !connection.closing
+            && connection.wants_read()
+            && !(over_budget && connection.outstanding() > 0);
+        if drained {
+            connection.paused = false;
+            schedule(&mut self.resume, connection, key);
+        }
+        self.account(before, after);
+        if let Some(e) = failed {
+            log::debug!("client connection {id} error: {e}");
+            self.close_connection(key);
+        } else if finished {
             self.close_connection(key);
         }
     }
 
-    fn frame_commands(&mut self, key: usize, now: Instant) {
+    /// The most unparsed input one connection holds: one largest command.
+    fn input_bytes_max(&self) -> usize {
+        limits::LINE_BYTES_MAX + 2 + self.max_file_bytes + 2
+    }
+
+    /// Frames and submits the commands in a connection's buffer while it
+    /// may take more (one at a time, with nothing outstanding, while the
+    /// node is `over_budget`).
+    fn frame_commands(&mut self, key: usize, now: Instant, over_budget: bool) {
         let Some(connection) = self.connections.get_mut(key) else {
             return;
         };
-        while connection.wants_read() {
+        let mut incomplete = false;
+        while connection.wants_read() && !(over_budget && connection.outstanding() > 0) {
             let Some(parsed) = parse_next(&mut connection.read_buffer, self.max_file_bytes) else {
+                incomplete = true;
                 break;
             };
             self.last_command_at = now;
-            let reserved_bytes = match &parsed {
-                Parsed::Request(Request::Read { .. } | Request::Watch { .. }) => {
-                    self.max_file_bytes + limits::READ_REPLY_HEADER_BYTES_MAX
-                }
-                _ => 0,
+            let (reserved_bytes, budgeted) = match &parsed {
+                Parsed::Request(Request::Read { .. }) => (
+                    self.max_file_bytes + limits::READ_REPLY_HEADER_BYTES_MAX,
+                    true,
+                ),
+                Parsed::Request(Request::Watch { .. }) => (
+                    self.max_file_bytes + limits::READ_REPLY_HEADER_BYTES_MAX,
+                    false,
+                ),
+                Parsed::Request(Request::Command(
+                    Command::Write { content, .. } | Command::Cas { content, .. },
+                )) => (content.len(), true),
+                _ => (0, false),
             };
-            let seq = connection.take_slot(reserved_bytes);
+            let seq = connection.take_slot(reserved_bytes, budgeted);
             let client = ClientRef {
                 key,
                 conn_id: connection.id,
@@ -656,7 +955,7 @@ impl Reactor {
         if !connection.wants_read() {
             connection.paused = true;
         }
-        if connection.input_closed && connection.wants_read() {
+        if connection.input_closed && incomplete {
             // A partial command can never complete now.
             connection.read_buffer.clear();
         }
@@ -664,6 +963,7 @@ impl Reactor {
 
     fn close_connection(&mut self, key: usize) {
         if let Some(mut connection) = self.connections.try_remove(key) {
+            self.client_bytes -= connection.held_bytes();
             if let Err(e) = self.poll.registry().deregister(&mut connection.stream) {
                 log::debug!("deregister: {e}");
             }
@@ -692,11 +992,15 @@ impl Reactor {
             self.metrics.count_reply(&reply);
             if let Some(connection) = self.connections.get_mut(client.key) {
                 if connection.id == client.conn_id {
-                    if let Some((kind, read_at)) = connection.fill(client.seq, reply) {
+                    let before = connection.held_bytes();
+                    let timer = connection.fill(client.seq, reply);
+                    let after = connection.held_bytes();
+                    if let Some((kind, read_at)) = timer {
                         self.metrics
                             .record_request(kind, answered_at.saturating_duration_since(read_at));
                     }
                     self.touched.push(client.key);
+                    self.client_bytes = self.client_bytes - before + after;
                 }
             }
         }
@@ -706,7 +1010,14 @@ impl Reactor {
             let Some(connection) = self.connections.get_mut(key) else {
                 continue;
             };
-            if let Err(e) = connection.flush() {
+            let before = connection.held_bytes();
+            let flushed = connection.flush();
+            let after = connection.held_bytes();
+            self.account(before, after);
+            let Some(connection) = self.connections.get_mut(key) else {
+                continue;
+            };
+            if let Err(e) = flushed {
                 log::debug!("client connection {} write error: {e}", connection.id);
                 self.close_connection(key);
                 continue;
@@ -715,11 +1026,15 @@ impl Reactor {
                 self.close_connection(key);
                 continue;
             }
-            // A connection that was paused and has room again must be read
-            // without waiting for an event (edge-triggered readiness).
-            if connection.paused && !connection.closing && connection.wants_read() {
+            // A connection that was paused (or held to one command while
+            // over the budget) and has room again must be read without
+            // waiting for an event (edge-triggered readiness).
+            if (connection.paused || connection.budget_waiting || connection.held_back)
+                && !connection.closing
+                && connection.wants_read()
+            {
                 connection.paused = false;
-                self.resume.push(key);
+                schedule(&mut self.resume, connection, key);
             }
         }
         Ok(())
@@ -736,6 +1051,26 @@ impl Reactor {
             *status = self.replica.status();
         }
     }
+}
+
+/// Puts a connection on the list serviced next turn without waiting for an
+/// event (at most once: `Connection::scheduled`).
+fn schedule(resume: &mut Vec<usize>, connection: &mut Connection, key: usize) {
+    if !connection.scheduled {
+        connection.scheduled = true;
+        resume.push(key);
+    }
+}
+
+/// The process's soft limit on open files, if it can be read.
+fn open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    let result = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    (result == 0).then_some(limit.rlim_cur)
 }
 
 /// Test hook: milliseconds added to this node's wall clock (negative moves
