@@ -252,7 +252,7 @@ fn seeded_schedules() {
 /// failed, kept as a regression check. The membership seeds (72 on) were
 /// found before followers' mode joined the mix, so they now replay other
 /// membership schedules: still regression runs, no longer those exact ones.
-const NAMED_SEEDS: [(u64, &str); 23] = [
+const NAMED_SEEDS: [(u64, &str); 25] = [
     (604, "a probe command lost with its node's crash (harness)"),
     (
         1433,
@@ -329,6 +329,14 @@ const NAMED_SEEDS: [(u64, &str); 23] = [
     (
         6728,
         "a restarted follower holding one delayed chunk was never resent the rest",
+    ),
+    (
+        4552018912604080824,
+        "empty logs raised terms together and an empty learner deposed every leader (PreVote off)",
+    ),
+    (
+        4552018912604091360,
+        "a stale learner refused the replaced sole voter that led, for ever",
     ),
 ];
 
