@@ -252,7 +252,7 @@ fn seeded_schedules() {
 /// failed, kept as a regression check. The membership seeds (72 on) were
 /// found before followers' mode joined the mix, so they now replay other
 /// membership schedules: still regression runs, no longer those exact ones.
-const NAMED_SEEDS: [(u64, &str); 25] = [
+const NAMED_SEEDS: [(u64, &str); 26] = [
     (604, "a probe command lost with its node's crash (harness)"),
     (
         1433,
@@ -337,6 +337,10 @@ const NAMED_SEEDS: [(u64, &str); 25] = [
     (
         4552018912604091360,
         "a stale learner refused the replaced sole voter that led, for ever",
+    ),
+    (
+        18132229121564295066,
+        "the only copy of a voter's removal was on the removed voter, which never campaigned",
     ),
 ];
 

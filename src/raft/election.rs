@@ -16,8 +16,9 @@
 //!   can commit (§5.4.2, Figure 8) and reads can be served (§6.4); the
 //!   first leader of a log that holds no configuration appends the
 //!   bootstrap configuration instead, which serves as that entry.
-//! - Only voters of the configuration in force campaign, are asked, and are
-//!   counted; a candidate whose log is empty needs every voter
+//! - Only voters of the configuration in force campaign (and a voter whose
+//!   own removal is not committed yet, `Node::may_campaign`), are asked,
+//!   and are counted; a candidate whose log is empty needs every voter
 //!   (`membership`: a new node must not decide a cluster of its own).
 //!   Such a candidate, once a member holding a log refused it, runs a
 //!   PreVote first even with PreVote off, so it stops raising terms.

@@ -274,7 +274,7 @@ impl Node {
             Role::Follower | Role::PreCandidate | Role::Candidate => {
                 self.election_elapsed_ticks += 1;
                 if self.election_elapsed_ticks >= self.election_timeout_ticks {
-                    if self.is_voter() {
+                    if self.may_campaign() {
                         self.campaign(false);
                     } else {
                         // A learner, or a node not (or no longer) a member:
@@ -691,6 +691,23 @@ impl Node {
         self.configurations
             .current()
             .counts_as_voter(self.config.id, self.config.incarnation)
+    }
+    /// Whether this node runs elections: it votes in the configuration in
+    /// force, or that configuration, not yet committed, removes it while
+    /// the committed one counts it as a voter. Such a node may hold the
+    /// only copy of the entry that removes it (the leader that proposed it
+    /// lost it to a power loss), and the voters whose logs lack it cannot
+    /// win its vote: it must be elected to commit it, then it stops
+    /// (thesis §4.2.2, Figure 4.6; sim seed 18132229121564287368).
+    pub(super) fn may_campaign(&self) -> bool {
+        if self.is_voter() {
+            return true;
+        }
+        let (own, incarnation) = (self.config.id, self.config.incarnation);
+        let (_, committed) = self.configurations.at(self.commit_index);
+        self.configurations.current_index() > self.commit_index
+            && !self.configurations.current().contains(own)
+            && committed.counts_as_voter(own, incarnation)
     }
     /// The cluster's commit index as far as this node knows: its own, or the
     /// largest one a leader announced (which may be ahead while catching up).
