@@ -252,7 +252,7 @@ fn seeded_schedules() {
 /// failed, kept as a regression check. The membership seeds (72 on) were
 /// found before followers' mode joined the mix, so they now replay other
 /// membership schedules: still regression runs, no longer those exact ones.
-const NAMED_SEEDS: [(u64, &str); 24] = [
+const NAMED_SEEDS: [(u64, &str); 27] = [
     (604, "a probe command lost with its node's crash (harness)"),
     (
         1433,
@@ -333,6 +333,18 @@ const NAMED_SEEDS: [(u64, &str); 24] = [
     (
         4552018912604097780,
         "a voter holding one entry stayed a term behind two voters a power loss emptied",
+    ),
+    (
+        4552018912604080824,
+        "empty logs raised terms together and an empty learner deposed every leader (PreVote off)",
+    ),
+    (
+        4552018912604091360,
+        "a stale learner refused the replaced sole voter that led, for ever",
+    ),
+    (
+        18132229121564295066,
+        "the only copy of a voter's removal was on the removed voter, which never campaigned",
     ),
 ];
 

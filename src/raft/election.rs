@@ -16,9 +16,12 @@
 //!   can commit (§5.4.2, Figure 8) and reads can be served (§6.4); the
 //!   first leader of a log that holds no configuration appends the
 //!   bootstrap configuration instead, which serves as that entry.
-//! - Only voters of the configuration in force campaign, are asked, and are
-//!   counted; a candidate whose log is empty needs every voter
+//! - Only voters of the configuration in force campaign (and a voter whose
+//!   own removal is not committed yet, `Node::may_campaign`), are asked,
+//!   and are counted; a candidate whose log is empty needs every voter
 //!   (`membership`: a new node must not decide a cluster of its own).
+//!   Such a candidate, once a member holding a log refused it, runs a
+//!   PreVote first even with PreVote off, so it stops raising terms.
 
 use super::message::{Entry, Index, Message, NodeId, Term};
 use super::node::{Leader, Node, Role};
@@ -30,7 +33,16 @@ use std::collections::{BTreeMap, VecDeque};
 impl Node {
     /// The election timeout fired (or TimeoutNow arrived, `transfer`).
     pub(super) fn campaign(&mut self, transfer: bool) {
-        if self.config.pre_vote && !transfer {
+        // An empty log wins only a unanimous election, and a member holding
+        // a log refuses it (without taking its term, `Node::step`). Once
+        // refused so, it asks with PreVotes first even if PreVote is off:
+        // otherwise nodes waiting to be added raise their terms together
+        // every election timeout, and an empty learner they drag along
+        // deposes each leader that sends it the log (sim seed
+        // 4552018912604080824, PreVote off).
+        let pre_vote =
+            self.config.pre_vote || (self.refused_by_a_log && self.log.last_index() == 0);
+        if pre_vote && !transfer {
             self.become_pre_candidate();
         } else {
             self.become_candidate(transfer);

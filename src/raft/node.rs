@@ -196,6 +196,11 @@ pub struct Node {
     /// Bumped whenever the configuration in force changes (drivers compare
     /// it to refresh address tables).
     pub(super) configuration_version: u64,
+    /// Set when this node, its log empty, heard a vote refusal of an older
+    /// term: most likely a member holding a log, which refuses an empty log
+    /// without taking its term. From then on its campaigns, while its log
+    /// is empty, start with a PreVote even if PreVote is off (`election`).
+    pub(super) refused_by_a_log: bool,
 }
 
 impl Node {
@@ -257,6 +262,7 @@ impl Node {
             actions: Vec::new(),
             configurations,
             configuration_version: 0,
+            refused_by_a_log: false,
         };
         node.reset_election_timer();
         node
@@ -270,7 +276,7 @@ impl Node {
             Role::Follower | Role::PreCandidate | Role::Candidate => {
                 self.election_elapsed_ticks += 1;
                 if self.election_elapsed_ticks >= self.election_timeout_ticks {
-                    if self.is_voter() {
+                    if self.may_campaign() {
                         self.campaign(false);
                     } else {
                         // A learner, or a node not (or no longer) a member:
@@ -419,6 +425,9 @@ impl Node {
                 Message::RequestVote { .. } => {
                     self.send(from, Message::RequestVoteResponse { granted: false })
                 }
+                Message::RequestVoteResponse { granted: false } if self.log.last_index() == 0 => {
+                    self.refused_by_a_log = true;
+                }
                 Message::InstallSnapshot { snapshot, .. } => self.send(
                     from,
                     Message::InstallSnapshotResponse {
@@ -523,7 +532,17 @@ impl Node {
     /// counts no vote or acknowledgement that matters: an empty log wins
     /// only a unanimous first election), so it records a member's new
     /// incarnation instead of refusing it: a node waiting to be added must
-    /// follow a replaced member that leads.
+    /// follow a replaced member that leads. So does a node that is not a
+    /// voter of its configuration in force (a learner, or a node not or no
+    /// longer a member), when that configuration binds `from` to a data
+    /// dir or does not count it as a voter: such a node never campaigns
+    /// or leads, so it counts no vote or acknowledgement, and the binding,
+    /// not this record, keeps another data dir from counting as `from`
+    /// once it votes. Its log may be stale: it cannot tell a member
+    /// replaced since from an impostor, and refusing would cut it off from
+    /// a replaced leader for good when no other voter can tell it (sim
+    /// seed 4552018912604091360: a learner that missed the replacement of
+    /// the sole voter). The voters still refuse an impostor, which stops it.
     pub fn observe_incarnation(&mut self, from: NodeId, incarnation: u64) -> Result<(), StepError> {
         let (_, committed) = self.configurations.at(self.commit_index);
         let retiring = self
@@ -538,7 +557,7 @@ impl Node {
         }
         match self.hard_state.incarnations.get(&from) {
             Some(&recorded) if recorded == incarnation => Ok(()),
-            Some(_) if self.log.last_index() == 0 => {
+            Some(_) if self.log.last_index() == 0 || self.learns_incarnations(from) => {
                 self.hard_state.incarnations.insert(from, incarnation);
                 self.persist_hard_state();
                 Ok(())
@@ -554,6 +573,16 @@ impl Node {
                 Ok(())
             }
         }
+    }
+
+    /// Whether this node records a new incarnation of `from` instead of
+    /// refusing it although its log is not empty (see
+    /// `observe_incarnation`): it is no voter, and its configuration in
+    /// force binds voter `from` to a data dir or lists it as no voter.
+    fn learns_incarnations(&self, from: NodeId) -> bool {
+        let configuration = self.configurations.current();
+        !self.is_voter()
+            && (!configuration.is_voter(from) || configuration.bound_incarnation(from).is_some())
     }
 
     /// Append `data` as a new entry (leader only; refused during a transfer).
@@ -678,6 +707,23 @@ impl Node {
         self.configurations
             .current()
             .counts_as_voter(self.config.id, self.config.incarnation)
+    }
+    /// Whether this node runs elections: it votes in the configuration in
+    /// force, or that configuration, not yet committed, removes it while
+    /// the committed one counts it as a voter. Such a node may hold the
+    /// only copy of the entry that removes it (the leader that proposed it
+    /// lost it to a power loss), and the voters whose logs lack it cannot
+    /// win its vote: it must be elected to commit it, then it stops
+    /// (thesis §4.2.2, Figure 4.6; sim seed 18132229121564287368).
+    pub(super) fn may_campaign(&self) -> bool {
+        if self.is_voter() {
+            return true;
+        }
+        let (own, incarnation) = (self.config.id, self.config.incarnation);
+        let (_, committed) = self.configurations.at(self.commit_index);
+        self.configurations.current_index() > self.commit_index
+            && !self.configurations.current().contains(own)
+            && committed.counts_as_voter(own, incarnation)
     }
     /// The cluster's commit index as far as this node knows: its own, or the
     /// largest one a leader announced (which may be ahead while catching up).

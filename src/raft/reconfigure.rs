@@ -42,7 +42,9 @@ impl Node {
                 leader: self.leader_id,
             });
         };
-        if leader.transfer.is_some() {
+        if leader.transfer.is_some() || !self.is_voter() {
+            // A leader that is no voter commits its own removal and stops
+            // (`Node::may_campaign`): it proposes no change.
             return Err(ChangeError::NotLeader { leader: None });
         }
         let noop_index = leader.noop_index;

@@ -26,6 +26,9 @@
 //! cluster (a configuration from its log lists it): the refusing member has not yet learned that the
 //! id was removed and added again. It learns it from a leader; if this
 //! node leads, it hands leadership to another voter so one can tell it.
+//! A refusing member that is no voter (a learner with a stale log) records
+//! the new data dir instead (`raft::Node::observe_incarnation`), so a
+//! replaced sole voter still reaches it.
 
 use super::{Replica, REMOVED_REFUSAL_MARK};
 use crate::member::{MemberAnswer, MemberRequest};
