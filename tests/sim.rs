@@ -252,7 +252,7 @@ fn seeded_schedules() {
 /// failed, kept as a regression check. The membership seeds (72 on) were
 /// found before followers' mode joined the mix, so they now replay other
 /// membership schedules: still regression runs, no longer those exact ones.
-const NAMED_SEEDS: [(u64, &str); 27] = [
+const NAMED_SEEDS: [(u64, &str); 28] = [
     (604, "a probe command lost with its node's crash (harness)"),
     (
         1433,
@@ -345,6 +345,10 @@ const NAMED_SEEDS: [(u64, &str); 27] = [
     (
         18132229121564295066,
         "the only copy of a voter's removal was on the removed voter, which never campaigned",
+    ),
+    (
+        4552018912604112456,
+        "a spare whose cluster.toml listed only the bootstrap voters and itself bootstrapped a second cluster (sim operator)",
     ),
 ];
 

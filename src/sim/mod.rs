@@ -601,22 +601,23 @@ impl Sim {
     fn replica_config(&mut self, index: usize) -> ReplicaConfig {
         let knobs = &self.config.raft;
         let id = self.nodes[index].id;
-        // cluster.toml as the operator keeps it: at the first start the
-        // bootstrap voters (and a spare itself); afterwards every node's
-        // table, as the file grows with each node the operator starts (a
-        // replaced host restarts with the current file). A new data dir
-        // whose file listed only the bootstrap voters could, once every
-        // one of those was replaced, bootstrap a second cluster with the
-        // other new data dirs (seed 118): the unanimous first election
-        // needs every listed node, and a live member refuses it.
-        let listed = if self.started {
+        // cluster.toml as the operator keeps it: at the first start of a
+        // bootstrap voter, the bootstrap voters; a spare starts with the
+        // grown file, every node's table (DEPLOY.md: add the new nodes'
+        // tables on every host, then start them); afterwards every node
+        // restarts with that file. A new data dir whose file listed only
+        // the bootstrap voters could, once every one of those was
+        // replaced, bootstrap a second cluster with the other new data
+        // dirs (seed 118); a spare whose file listed only the bootstrap
+        // voters and itself (an even member count, which a real node
+        // refuses) did so with the replaced ones while the one member
+        // holding the log was down (soak seed 4552018912604112456): the
+        // unanimous first election needs every listed node, and a member
+        // holding a log refuses it.
+        let listed = if self.started || !self.bootstrap.contains(&id) {
             self.members.clone()
         } else {
-            let mut listed = self.bootstrap.clone();
-            if !listed.contains(&id) {
-                listed.push(id);
-            }
-            listed
+            self.bootstrap.clone()
         };
         ReplicaConfig {
             raft: crate::raft::Config {
