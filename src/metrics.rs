@@ -178,6 +178,9 @@ pub struct ReactorMetrics {
     /// `REQUEST_KINDS`.
     pub request_seconds: [Histogram; 4],
     pub connections_accepted: u64,
+    /// Times a client connection was made to wait for the client budget
+    /// (`max_client_buffer_bytes`).
+    pub budget_waits: u64,
     pub http_requests: u64,
     /// Leaderships this node has learned of: a known leader in a term it had
     /// not seen a leader in (etcd's `leader_changes_seen`).
@@ -193,6 +196,7 @@ impl Default for ReactorMetrics {
             errors: [0; 5],
             request_seconds: std::array::from_fn(|_| Histogram::new(&DURATION_BOUNDS_S)),
             connections_accepted: 0,
+            budget_waits: 0,
             http_requests: 0,
             leader_changes: 0,
             leader_counted_term: None,
@@ -254,6 +258,8 @@ pub struct NodeView<'a> {
     /// The node was asked to stop and is handing over or draining.
     pub stopping: bool,
     pub client_connections: usize,
+    /// Bytes held for all clients (what `max_client_buffer_bytes` bounds).
+    pub client_buffer_bytes: usize,
     pub peers: Vec<PeerView>,
     pub replica: &'a ReplicaMetrics,
     pub reactor: &'a ReactorMetrics,
@@ -502,6 +508,18 @@ pub fn render(view: &NodeView<'_>) -> String {
         "raftfs_client_connections_accepted_total",
         "Client connections accepted.",
         view.reactor.connections_accepted,
+    );
+    gauge(
+        &mut out,
+        "raftfs_client_buffer_bytes",
+        "Bytes held for clients: unparsed input, unanswered commands, queued answers (bounded by max_client_buffer_bytes).",
+        view.client_buffer_bytes as u64,
+    );
+    counter(
+        &mut out,
+        "raftfs_client_budget_waits_total",
+        "Times a client connection waited for the client budget (max_client_buffer_bytes) before being read.",
+        view.reactor.budget_waits,
     );
     counter(
         &mut out,
@@ -782,6 +800,7 @@ mod tests {
             membership: crate::replica::MembershipView::default(),
             stopping: false,
             client_connections: 0,
+            client_buffer_bytes: 0,
             peers: Vec::new(),
             replica: &replica,
             reactor: &reactor,

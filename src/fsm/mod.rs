@@ -221,6 +221,15 @@ impl Fsm {
         })
     }
 
+    /// The bytes stored for `name`, expired or not (0 if absent): what a read
+    /// of it arriving now is expected to answer (the client budget).
+    pub fn stored_len(&self, name: &[u8]) -> usize {
+        self.files
+            .find(name)
+            .and_then(|slot| self.files.get(slot))
+            .map_or(0, |file| file.content().len())
+    }
+
     /// Every name in the map, live or not yet expired away (for backups:
     /// judge each with `read`).
     pub fn names(&self) -> impl Iterator<Item = &[u8]> + '_ {

@@ -50,10 +50,12 @@ pub struct Connection {
     slots: VecDeque<Slot>,
     /// Sum of the `reserved_bytes` of the unanswered slots.
     reserved_bytes: usize,
-    /// The part of `reserved_bytes` counted against the node's client budget
-    /// (not a waiting watch's: it may wait for days, and its answer is
-    /// counted once it is queued).
-    budgeted_reserved_bytes: usize,
+    /// Sum of the `budget_bytes` of the unanswered slots: what they count
+    /// against the node's client budget.
+    budget_bytes: usize,
+    /// Bytes of answers known but waiting in their slots for an earlier
+    /// command's answer.
+    parked_bytes: usize,
     head_seq: u64,
     next_seq: u64,
     output: VecDeque<Bytes>,
@@ -82,11 +84,13 @@ pub struct Connection {
 struct Slot {
     /// The answer; `None` = not known yet.
     reply: Option<Bytes>,
-    /// Bytes reserved for it until it is answered: its answer's most (reads,
-    /// watches) or its content (writes).
+    /// Bytes reserved for it until it is answered against this
+    /// connection's limit: its answer's most (reads, watches) or its
+    /// content (writes).
     reserved_bytes: usize,
-    /// Whether `reserved_bytes` counts against the client budget.
-    budgeted: bool,
+    /// What it counts against the node's client budget until it is
+    /// answered (`take_slot`).
+    budget_bytes: usize,
     /// The command's kind and when it was read, for the latency metric.
     timer: Option<(usize, Instant)>,
 }
@@ -113,7 +117,8 @@ impl Connection {
             read_buffer: BytesMut::new(),
             slots: VecDeque::new(),
             reserved_bytes: 0,
-            budgeted_reserved_bytes: 0,
+            budget_bytes: 0,
+            parked_bytes: 0,
             head_seq: 0,
             next_seq: 0,
             output: VecDeque::new(),
@@ -130,9 +135,10 @@ impl Connection {
     }
 
     /// Bytes this connection holds against the node's client budget: unparsed
-    /// input, the reservations of unanswered commands, queued answers.
+    /// input, the budget shares of unanswered commands, answers waiting for
+    /// an earlier one, queued answers.
     pub fn held_bytes(&self) -> usize {
-        self.read_buffer.len() + self.budgeted_reserved_bytes + self.output_bytes
+        self.read_buffer.len() + self.budget_bytes + self.parked_bytes + self.output_bytes
     }
 
     /// Its answers have filled the output queue to `CONN_WRITE_QUEUE_BYTES_MAX`
@@ -214,21 +220,20 @@ impl Connection {
     }
 
     /// Take a slot for the next command; its answer goes to `fill(seq, ..)`.
-    /// `reserved_bytes` is what the command holds until it is answered (the
-    /// most a read's answer may take, a write's content), held against this
-    /// connection's limit until the answer is known, and against the node's
-    /// client budget too if `budgeted`.
-    pub fn take_slot(&mut self, reserved_bytes: usize, budgeted: bool) -> u64 {
+    /// Until the answer is known, `reserved_bytes` (the most a read's answer
+    /// may take, a write's content) is held against this connection's limit
+    /// and `budget_bytes` (what the command is expected to hold: a write's
+    /// content, a read's file as it is now) against the node's client
+    /// budget.
+    pub fn take_slot(&mut self, reserved_bytes: usize, budget_bytes: usize) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.reserved_bytes += reserved_bytes;
-        if budgeted {
-            self.budgeted_reserved_bytes += reserved_bytes;
-        }
+        self.budget_bytes += budget_bytes;
         self.slots.push_back(Slot {
             reply: None,
             reserved_bytes,
-            budgeted,
+            budget_bytes,
             timer: None,
         });
         seq
@@ -254,12 +259,12 @@ impl Connection {
         let mut timer = None;
         if let Some(slot) = self.slots.get_mut(position) {
             if slot.reply.is_none() {
+                self.parked_bytes += reply.len();
                 slot.reply = Some(reply);
                 self.reserved_bytes -= slot.reserved_bytes;
-                if slot.budgeted {
-                    self.budgeted_reserved_bytes -= slot.reserved_bytes;
-                }
+                self.budget_bytes -= slot.budget_bytes;
                 slot.reserved_bytes = 0;
+                slot.budget_bytes = 0;
                 timer = slot.timer.take();
             }
         }
@@ -268,6 +273,7 @@ impl Connection {
                 reply: Some(reply), ..
             }) = self.slots.pop_front()
             {
+                self.parked_bytes -= reply.len();
                 self.head_seq += 1;
                 if self.output.is_empty() {
                     self.last_drain = Instant::now();

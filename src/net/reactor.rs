@@ -37,7 +37,8 @@
 //! clients (capped by the open files limit at start); past it a new one is
 //! answered `ERR_INTERNAL` and closed, with one log line per burst. Every
 //! byte held for clients (unparsed input, unanswered reads' and writes'
-//! reservations, queued answers: `Connection::held_bytes`) is counted in
+//! shares — a read counts its file's size when it arrives, a write its
+//! content — and answers: `Connection::held_bytes`) is counted in
 //! `client_bytes`; at or over `max_client_buffer_bytes`, a connection is
 //! read only if it has nothing outstanding (at most
 //! `CONN_INPUT_BYTES_OVER_BUDGET`, one command), and the others wait in
@@ -865,6 +866,7 @@ impl Reactor {
                 if !connection.budget_waiting {
                     connection.budget_waiting = true;
                     self.budget_queue.push_back((key, connection.id));
+                    self.metrics.budget_waits += 1;
                 }
             }
             Some((ReadStatus::Limited, _)) if turn_share_used => {
@@ -872,6 +874,19 @@ impl Reactor {
             }
             Some((ReadStatus::Limited, _)) => connection.held_back = true,
             Some((ReadStatus::Open | ReadStatus::Closed, _)) | None => {}
+        }
+        // Framing stopped for the budget with input left in the buffer: no
+        // event will come for it, so it waits for an answer (`deliver`) or
+        // for the budget to free. (Missing this left pipelined commands
+        // unparsed for good: their clients timed out.)
+        if over_budget
+            && connection.outstanding() > 0
+            && !connection.read_buffer.is_empty()
+            && !connection.budget_waiting
+        {
+            connection.budget_waiting = true;
+            self.budget_queue.push_back((key, connection.id));
+            self.metrics.budget_waits += 1;
         }
         let after = connection.held_bytes();
         let id = connection.id;
@@ -914,21 +929,23 @@ impl Reactor {
                 break;
             };
             self.last_command_at = now;
-            let (reserved_bytes, budgeted) = match &parsed {
-                Parsed::Request(Request::Read { .. }) => (
-                    self.max_file_bytes + limits::READ_REPLY_HEADER_BYTES_MAX,
-                    true,
+            // Against this connection's limit a read reserves the largest
+            // answer; against the node's budget, its file as it is now (a
+            // file grown while the read waits is counted once answered).
+            // A watch may wait for days: its answer counts once queued.
+            let read_reserved = self.max_file_bytes + limits::READ_REPLY_HEADER_BYTES_MAX;
+            let (reserved_bytes, budget_bytes) = match &parsed {
+                Parsed::Request(Request::Read { name }) => (
+                    read_reserved,
+                    self.replica.fsm().stored_len(name) + limits::READ_REPLY_HEADER_BYTES_MAX,
                 ),
-                Parsed::Request(Request::Watch { .. }) => (
-                    self.max_file_bytes + limits::READ_REPLY_HEADER_BYTES_MAX,
-                    false,
-                ),
+                Parsed::Request(Request::Watch { .. }) => (read_reserved, 0),
                 Parsed::Request(Request::Command(
                     Command::Write { content, .. } | Command::Cas { content, .. },
-                )) => (content.len(), true),
-                _ => (0, false),
+                )) => (content.len(), content.len()),
+                _ => (0, 0),
             };
-            let seq = connection.take_slot(reserved_bytes, budgeted);
+            let seq = connection.take_slot(reserved_bytes, budget_bytes);
             let client = ClientRef {
                 key,
                 conn_id: connection.id,

@@ -44,6 +44,7 @@ impl Reactor {
             stopping: self.stop_flag.load(Ordering::SeqCst),
             status,
             client_connections: self.connections.len(),
+            client_buffer_bytes: self.client_bytes,
             peers,
             replica: &self.replica.metrics,
             reactor: &self.metrics,
