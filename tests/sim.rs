@@ -252,7 +252,7 @@ fn seeded_schedules() {
 /// failed, kept as a regression check. The membership seeds (72 on) were
 /// found before followers' mode joined the mix, so they now replay other
 /// membership schedules: still regression runs, no longer those exact ones.
-const NAMED_SEEDS: [(u64, &str); 28] = [
+const NAMED_SEEDS: [(u64, &str); 30] = [
     (604, "a probe command lost with its node's crash (harness)"),
     (
         1433,
@@ -349,6 +349,14 @@ const NAMED_SEEDS: [(u64, &str); 28] = [
     (
         4552018912604112456,
         "a spare whose cluster.toml listed only the bootstrap voters and itself bootstrapped a second cluster (sim operator)",
+    ),
+    (
+        8200918891022321866,
+        "learners caught up one entry per round trip (window 1) past a 3-ticks-per-entry budget (sim bound)",
+    ),
+    (
+        5832867549585122990,
+        "a new learner caught up one entry per round trip with slow fsyncs past the budget (sim bound)",
     ),
 ];
 

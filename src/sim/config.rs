@@ -140,7 +140,8 @@ pub struct SimConfig {
     /// ticks...
     pub liveness_ticks_max: u64,
     /// ... plus this many ticks per entry of the longest log (the backlog
-    /// a slow network must ship first).
+    /// a slow network must ship first), or more where the Raft knobs make
+    /// catching up slower than that (`catch_up_us_per_entry`).
     pub catch_up_ticks_per_entry: u64,
     /// Each node's tick period is `TICK_US` ± up to this many per mille.
     pub tick_skew_per_mille: u64,
@@ -169,6 +170,37 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
+    /// Simulated microseconds the liveness phase allows per entry of
+    /// backlog: `catch_up_ticks_per_entry`, or half again the mean time a
+    /// follower catching up takes per entry when the Raft knobs make that
+    /// slower. It gets at most `inflight_appends_max` appends per round
+    /// trip (two network delays and its fsync, slow ones included; the
+    /// liveness phase has no loss, duplication or long delay), each of at
+    /// most `append_bytes_max` bytes but at least one entry. With a window
+    /// of one append, batches of one entry, delays and fsyncs of up to 2
+    /// ticks, that is 3.3 ticks per entry on average, which no leader
+    /// honouring the knobs can beat (soak seeds 8200918891022321866 and
+    /// 5832867549585122990 took 3.37 and 3.55). A real node always runs 16
+    /// appends of up to 1 MiB (`server.rs`): the knobs are the simulator's.
+    pub fn catch_up_us_per_entry(&self) -> u64 {
+        let (delay_low, delay_high) = self.net.delay_us;
+        let (sync_low, sync_high) = self.disk.sync_us;
+        let slow = self.disk.slow_sync_probability.clamp(0.0, 1.0);
+        let sync_mean_us = (1.0 - slow) * (sync_low + sync_high.max(sync_low)) as f64 / 2.0
+            + slow * (sync_high + self.disk.slow_sync_us_max.max(sync_high)) as f64 / 2.0;
+        let round_trip_us = (delay_low + delay_high.max(delay_low)) as f64 + sync_mean_us;
+        // An entry is at most one batch of every command the clients can
+        // have outstanding (doubled for a forwarded batch whose client gave
+        // up and sent more), each with its name, header and value.
+        let commands = 2 * self.clients.clients * self.clients.pipeline_max;
+        let entry_bytes_max = 64 + commands * (64 + self.clients.value_bytes_max);
+        let entries_per_append = (self.raft.append_bytes_max / entry_bytes_max).max(1);
+        let entries_per_round_trip =
+            (self.raft.inflight_appends_max.max(1) * entries_per_append) as f64;
+        let knobs_us = (1.5 * round_trip_us / entries_per_round_trip).ceil() as u64;
+        (self.catch_up_ticks_per_entry * TICK_US).max(knobs_us)
+    }
+
     /// A fault-free cluster with a fast, reliable network and disks: for
     /// benchmarks and for tests that need steady progress.
     pub fn quiet(node_count: usize) -> SimConfig {
@@ -314,5 +346,31 @@ impl SimConfig {
             config.faults.membership = rng.gen_range(1..=4);
         }
         config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catch_up_budget_covers_a_stop_and_wait_window() {
+        // Soak seed 8200918891022321866's knobs: one append of one entry
+        // per round trip of 3.3 ticks on average.
+        let config = SimConfig::mixed(8_200_918_891_022_321_866, 20_000);
+        assert_eq!(config.raft.inflight_appends_max, 1);
+        let per_entry = config.catch_up_us_per_entry();
+        assert!(per_entry >= 5 * TICK_US, "{per_entry} us");
+        // The same network with a real node's window and batches: the
+        // fixed budget binds.
+        let mut real = config.clone();
+        real.raft.inflight_appends_max = crate::limits::INFLIGHT_APPENDS_MAX;
+        real.raft.append_bytes_max = crate::limits::APPEND_BYTES_MAX;
+        assert_eq!(real.catch_up_us_per_entry(), 3 * TICK_US);
+        // A window of one append holding many entries: the fixed budget too.
+        let mut one_big = config;
+        one_big.raft.append_bytes_max = crate::limits::APPEND_BYTES_MAX;
+        assert_eq!(one_big.catch_up_us_per_entry(), 3 * TICK_US);
+        assert_eq!(SimConfig::quiet(3).catch_up_us_per_entry(), 3 * TICK_US);
     }
 }

@@ -414,8 +414,7 @@ impl Sim {
             .max()
             .unwrap_or(0);
         let leader_deadline_us = self.now_us + self.config.liveness_ticks_max * TICK_US;
-        let deadline_us =
-            leader_deadline_us + self.config.catch_up_ticks_per_entry * backlog * TICK_US;
+        let deadline_us = leader_deadline_us + self.config.catch_up_us_per_entry() * backlog;
         let steps_max = self.step + LIVENESS_STEPS_MAX;
         loop {
             self.advance_liveness()
