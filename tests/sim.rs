@@ -252,7 +252,7 @@ fn seeded_schedules() {
 /// failed, kept as a regression check. The membership seeds (72 on) were
 /// found before followers' mode joined the mix, so they now replay other
 /// membership schedules: still regression runs, no longer those exact ones.
-const NAMED_SEEDS: [(u64, &str); 30] = [
+const NAMED_SEEDS: [(u64, &str); 32] = [
     (604, "a probe command lost with its node's crash (harness)"),
     (
         1433,
@@ -357,6 +357,14 @@ const NAMED_SEEDS: [(u64, &str); 30] = [
     (
         5832867549585122990,
         "a new learner caught up one entry per round trip with slow fsyncs past the budget (sim bound)",
+    ),
+    (
+        5832867549585118324,
+        "a new learner shipped 1,500 entries one per round trip past the budget (sim bound)",
+    ),
+    (
+        8200918891022322160,
+        "a new learner shipped 1,400 entries one per round trip past the budget (sim bound)",
     ),
 ];
 
