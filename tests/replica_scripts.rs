@@ -318,3 +318,36 @@ fn expiry_on_cluster_time_across_a_failover() {
     );
     golden("expiry_on_cluster_time_across_a_failover", &transcript);
 }
+
+/// A follower's write forwarded to a leader that takes it and is killed
+/// before answering: the follower cannot know its fate, and once it knows
+/// of another leader it answers `ERR_INTERNAL` within two election timeouts
+/// (the killed leader will never answer), not after the 5 s command
+/// timeout; the connection's next command is served by the new leader.
+/// (Before, every client of a follower with a write in flight waited the
+/// whole 5 s after a leader kill: tests/e2e.rs saw service not resume.)
+#[test]
+fn a_forwarded_write_whose_leader_is_killed() {
+    let mut script = Script::new(3, u64::MAX);
+    script.campaign(1, &[1, 2, 3]);
+    script.client(2, 20, "write a 1\r\nx\r\nread a\r\n");
+    script.deliver(filter::link(2, 1));
+    script.crash(1, false);
+    script.note("node 1 took node 2's forwarded write, then was killed");
+    script.campaign(3, &[2, 3]);
+    script.advance_ms(150, &[2, 3]);
+    script.deliver(filter::among(&[2, 3]));
+    script.note("150 ms after node 2 learned of node 3");
+    script.advance_ms(150, &[2, 3]);
+    script.deliver(filter::among(&[2, 3]));
+    script.note("300 ms after");
+    script.client(2, 20, "write a 1\r\ny\r\n");
+    script.deliver(filter::among(&[2, 3]));
+    let transcript = script.transcript();
+    let answers = answers_of(&transcript, 20);
+    assert_eq!(answers.len(), 3, "{transcript}");
+    assert!(answers[0].ends_with("ERR_INTERNAL"), "{transcript}");
+    assert!(answers[1].ends_with("ERR_FILE_NOT_FOUND"), "{transcript}");
+    assert!(answers[2].contains("OK "), "{transcript}");
+    golden("a_forwarded_write_whose_leader_is_killed", &transcript);
+}

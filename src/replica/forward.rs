@@ -30,8 +30,12 @@
 //! empty `ForwardAnswers`): it was proposed nowhere, so the follower routes
 //! its commands again, to the new leader — a rolling restart hands
 //! leadership over without failing a forwarded write. Otherwise, if no
-//! answer comes within `COMMAND_TIMEOUT_MS` of the commands' arrival, they
-//! get `ERR_INTERNAL` (fate unknown). A leader that steps down still
+//! answer comes within `COMMAND_TIMEOUT_MS` of the commands' arrival, or
+//! within two election timeouts (`2 × hold_while_leaderless_ms`) of this
+//! node learning of another leader, they get `ERR_INTERNAL` (fate unknown).
+//! A deposed leader that is alive hears of its successor within a heartbeat
+//! and answers then; one killed never answers, and its followers' clients
+//! waited the whole 5 s (an e2e leader kill left them all stuck). A leader that steps down still
 //! answers the batches it took, once their entries' fate is known.
 //! The `taken` memory lives as long as the process: that suffices because a
 //! peer link is a connection that dies with the receiving process (its send
@@ -463,11 +467,20 @@ impl Replica {
     /// old leader's read index are routed again (a read changes nothing, so
     /// asking again is safe). A batch forwarded to the old leader waits for
     /// its answer: the old leader answers what it took once the fate is
-    /// known, and refuses what it did not take.
+    /// known, and refuses what it did not take; if it has not within two
+    /// election timeouts (it may be dead), the batch's commands get
+    /// `ERR_INTERNAL` then (`expire_forwarded`).
     pub(super) fn maybe_leader_changed(&mut self, now: Now) {
         let Some(leader) = self.raft.leader_id() else {
             return;
         };
+        let grace_us = self.config.hold_while_leaderless_ms.saturating_mul(2_000);
+        let old_leader_deadline_us = now.monotonic_us.saturating_add(grace_us);
+        for batch in self.forwarding.forwarded.values_mut() {
+            if batch.leader != leader {
+                batch.deadline_us = batch.deadline_us.min(old_leader_deadline_us);
+            }
+        }
         let lost: Vec<u64> = self
             .forwarding
             .reads
