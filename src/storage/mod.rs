@@ -165,6 +165,9 @@ fn create_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How long a held data-dir lock is tried again before the refusal.
+const DATA_DIR_LOCK_WAIT_MS: u64 = 500;
+
 /// Takes the data dir's lock, or says who holds it.
 fn lock_dir(dir: &Path) -> Result<File> {
     let path = dir.join(LOCK_FILE_NAME);
@@ -183,19 +186,32 @@ fn lock_dir(dir: &Path) -> Result<File> {
                 e,
             )
         })?;
-    // SAFETY: flock on a descriptor this function owns; no memory involved.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if locked != 0 {
+    // A lock belongs to the open file, which a fork shares with the child
+    // until it execs: a process that closed its lock while another thread
+    // was spawning a program finds it still held for a moment (seen in
+    // tests that reopen a data dir in-process). So a held lock is tried
+    // again for `DATA_DIR_LOCK_WAIT_MS` before the refusal; another node
+    // holding it keeps it for longer than that.
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_millis(DATA_DIR_LOCK_WAIT_MS);
+    loop {
+        // SAFETY: flock on a descriptor this function owns; no memory involved.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if locked == 0 {
+            return Ok(file);
+        }
         let error = io::Error::last_os_error();
-        if error.kind() == io::ErrorKind::WouldBlock {
+        if error.kind() != io::ErrorKind::WouldBlock {
+            return Err(Error::io(format!("locking {}", path.display()), error));
+        }
+        if std::time::Instant::now() >= deadline {
             return Err(Error::Refused(format!(
                 "data dir {} is in use by another raftfs node",
                 dir.display()
             )));
         }
-        return Err(Error::io(format!("locking {}", path.display()), error));
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    Ok(file)
 }
 
 /// Removes what a crash left of unfinished segment or incarnation files.
