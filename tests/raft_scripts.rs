@@ -25,8 +25,10 @@
 //!   leader) proposes a membership change; `config IDS|all` — each node's
 //!   configuration in force, its index and whether it is committed
 //! - `drop all` — lose every queued message
-//! - `crash IDS`, `restart IDS`, `wipe ID` (crash + lose the disk + a new
-//!   incarnation)
+//! - `crash IDS [unsynced]`, `restart IDS`, `wipe ID` (crash + lose the
+//!   disk + a new incarnation); `unsynced`: the node's last hard-state
+//!   write is lost with it (a power loss before its fsync), entries and
+//!   snapshots stay
 //! - `status`, `log ID`
 //! - `compact ID` — snapshot node ID at its applied index and compact its log
 //!   (the harness's snapshot is the applied entry list, bincode-encoded)
@@ -50,6 +52,8 @@ use std::path::Path;
 #[derive(Default, Clone)]
 struct Disk {
     hard_state: HardState,
+    /// The hard state before the last write (`crash ID unsynced`).
+    hard_state_before: HardState,
     /// Entries after the snapshot.
     entries: Vec<Entry>,
     /// The snapshot: its meta and bytes (the applied entries through it).
@@ -335,7 +339,9 @@ impl Harness {
                             "persist term={} vote={:?} incarnations={:?}",
                             hard_state.term, hard_state.vote, hard_state.incarnations
                         );
-                        self.disks.entry(id).or_default().hard_state = hard_state;
+                        let disk = self.disks.entry(id).or_default();
+                        disk.hard_state_before =
+                            std::mem::replace(&mut disk.hard_state, hard_state);
                         text
                     }
                     Action::PersistEntries(entries) => {
@@ -761,8 +767,14 @@ impl Harness {
                 self.process(id, "");
             }
             "crash" => {
-                for id in args {
-                    self.nodes.insert(parse_id(id), None);
+                let unsynced = args.iter().any(|arg| arg == "unsynced");
+                for id in args.iter().filter(|arg| *arg != "unsynced") {
+                    let id = parse_id(id);
+                    self.nodes.insert(id, None);
+                    if unsynced {
+                        let disk = self.disks.entry(id).or_default();
+                        disk.hard_state = disk.hard_state_before.clone();
+                    }
                 }
             }
             "restart" => {

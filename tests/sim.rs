@@ -252,7 +252,7 @@ fn seeded_schedules() {
 /// failed, kept as a regression check. The membership seeds (72 on) were
 /// found before followers' mode joined the mix, so they now replay other
 /// membership schedules: still regression runs, no longer those exact ones.
-const NAMED_SEEDS: [(u64, &str); 32] = [
+const NAMED_SEEDS: [(u64, &str); 33] = [
     (604, "a probe command lost with its node's crash (harness)"),
     (
         1433,
@@ -365,6 +365,10 @@ const NAMED_SEEDS: [(u64, &str); 32] = [
     (
         8200918891022322160,
         "a new learner shipped 1,400 entries one per round trip past the budget (sim bound)",
+    ),
+    (
+        16874025226990815019,
+        "a voter whose forgetting of a removed data dir a power loss undid refused its re-added learner for good",
     ),
 ];
 

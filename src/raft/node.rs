@@ -265,6 +265,17 @@ impl Node {
             refused_by_a_log: false,
         };
         node.reset_election_timer();
+        if snapshot.index > 0 {
+            // The snapshot's configuration is committed, and its commit
+            // forgot the incarnations of the members it removed; that
+            // hard-state write may not have outlived the snapshot (a power
+            // loss after an installed snapshot became durable), and commit
+            // restarts past it here, so nothing would forget them again.
+            // A voter that kept the record refused the member's new data
+            // dir for good, as a leader too (sim seed 16874025226990815019:
+            // a re-added learner never got its snapshot).
+            node.on_commit_of_configurations(snapshot.index, snapshot.index);
+        }
         node
     }
 
