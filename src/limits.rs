@@ -189,14 +189,6 @@ pub const SNAPSHOT_LOG_BYTES_MAX: u64 = 64 << 20;
 /// (24.7k -> 30.3k writes/s), and a snapshot's disk writes are then at most
 /// half the log's.
 pub const SNAPSHOT_LOG_TO_SNAPSHOT_RATIO: u64 = 2;
-/// A snapshot of a map with at most this many files is written from a copy
-/// the reactor makes (about 1 ms per 10,000 files of 100 bytes on this
-/// machine class); larger maps are rebuilt by the helper from the previous
-/// snapshot and the log (see `snapshot::worker`).
-pub const SNAPSHOT_COPY_FILES_MAX: usize = 20_000;
-/// ... and at most this many bytes of names and contents (a copy of a few
-/// large files costs the reactor as much as many small ones).
-pub const SNAPSHOT_COPY_BYTES_MAX: u64 = 4 << 20;
 /// Snapshot files kept in a data dir: the newest, and one to fall back on
 /// if the newest is found damaged at start.
 pub const SNAPSHOTS_KEPT: usize = 2;

@@ -67,7 +67,8 @@ fn a_snapshot_file_of_another_format_is_refused_by_name() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("temp dir");
     let fsm = raftfs::fsm::Fsm::new();
-    let (_, path) = raftfs::snapshot::write_file(dir.path(), &fsm, 7, 2, false).expect("written");
+    let (_, path) =
+        raftfs::snapshot::write_file(dir.path(), fsm.freeze(), 7, 2, false).expect("written");
     let mut bytes = std::fs::read(&path).expect("read");
     bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
     // A newer build would write a valid trailer over its own header.

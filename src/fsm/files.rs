@@ -3,12 +3,16 @@
 //! `Fsm::apply` (mod.rs); this module only keeps the three structures in step.
 //!
 //! Storage. Each file's name and content are copied once, at apply, into
-//! one boxed slice owned by the arena (name length, name, content): a `Bytes` slice of
-//! the entry would pin a whole network read buffer (or log entry) for as long
-//! as the file lives, and two allocations per file would cost a second
-//! allocator header and rounding (measured by benches/memory.sh: 1M files of
-//! 16-byte names and 100-byte contents). A rewrite with content of the same
-//! size reuses the allocation.
+//! one shared slice (`triomphe::Arc<[u8]>`, whose header is one 8-byte
+//! count: name length, name, content) held by the
+//! arena: a `Bytes` slice of the entry would pin a whole network read
+//! buffer (or log entry) for as long as the file lives, and two allocations
+//! per file would cost a second allocator header and rounding (measured by
+//! benches/memory.sh: 1M files of 16-byte names and 100-byte contents). A
+//! rewrite with content of the same size reuses the allocation unless a
+//! frozen view (a snapshot being written) still holds it. The arena is
+//! `arena::Arena`, shared copy-on-write by chunks, so `freeze` hands a
+//! snapshot the files as they are now for one reference count per chunk.
 //!
 //! Name index without a second copy of the name. The index is a
 //! `hashbrown::HashTable<u32>` holding only the slot of each file (4 bytes
@@ -42,8 +46,11 @@ use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 use std::num::NonZeroU64;
 
+use triomphe::{Arc, UniqueArc};
+
 use hashbrown::HashTable;
-use slab::Slab;
+
+use super::arena::{Arena, Frozen};
 
 use crate::limits::FILES_MAX;
 
@@ -51,10 +58,11 @@ use crate::limits::FILES_MAX;
 #[derive(Clone, Debug)]
 pub struct File {
     /// The name's length (one byte, at most `NAME_BYTES_MAX`), the name,
-    /// then the content. Never empty. Keeping the length here rather than in
+    /// then the content. Never empty. Shared with frozen views; changed in
+    /// place only while no view holds it. Keeping the length here rather than in
     /// a field makes `File` 32 bytes instead of 40 (8 MB per 1M files); the
     /// allocation rounds up to the same 16-byte step in most cases.
-    bytes: Box<[u8]>,
+    bytes: Arc<[u8]>,
     version: u64,
     deadline_ms: Option<NonZeroU64>,
 }
@@ -64,12 +72,14 @@ const _: () = assert!(std::mem::size_of::<File>() == 32);
 
 /// Name length, `name`, then `content`, in one allocation.
 /// Precondition: `name.len() <= NAME_BYTES_MAX`.
-fn name_and_content(name: &[u8], content: &[u8]) -> Box<[u8]> {
-    let mut bytes = Vec::with_capacity(1 + name.len() + content.len());
-    bytes.push(name.len() as u8);
-    bytes.extend_from_slice(name);
-    bytes.extend_from_slice(content);
-    bytes.into_boxed_slice()
+fn name_and_content(name: &[u8], content: &[u8]) -> Arc<[u8]> {
+    let mut bytes =
+        UniqueArc::<[std::mem::MaybeUninit<u8>]>::new_uninit_slice(1 + name.len() + content.len());
+    bytes[0].write(name.len() as u8);
+    bytes[1..1 + name.len()].write_copy_of_slice(name);
+    bytes[1 + name.len()..].write_copy_of_slice(content);
+    // SAFETY: the three writes above initialised every byte of the slice.
+    unsafe { UniqueArc::assume_init_slice(bytes) }.shareable()
 }
 
 impl File {
@@ -129,7 +139,7 @@ impl NameHasher {
 /// The file map. See the module doc for its invariants.
 #[derive(Clone, Debug)]
 pub struct Files {
-    arena: Slab<File>,
+    arena: Arena<File>,
     /// The slot of every file, placed by the hash of its name.
     index: HashTable<u32>,
     name_hasher: NameHasher,
@@ -155,7 +165,7 @@ impl Files {
 
     fn with_name_hasher(name_hasher: NameHasher) -> Files {
         Files {
-            arena: Slab::new(),
+            arena: Arena::default(),
             index: HashTable::new(),
             name_hasher,
             expiry: BTreeSet::new(),
@@ -217,7 +227,9 @@ impl Files {
         debug_assert_eq!(hash, self.hash_name(name));
         let arena = &self.arena;
         self.index
-            .find(hash, |&slot| arena[slot as usize].name() == name)
+            .find(hash, |&slot| {
+                arena.get(slot as usize).map(File::name) == Some(name)
+            })
             .map(|&slot| slot as usize)
     }
 
@@ -228,6 +240,12 @@ impl Files {
     /// Every stored file, live or not, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = &File> + '_ {
         self.arena.iter().map(|(_, file)| file)
+    }
+
+    /// Every stored file as of now, live or not, for a helper thread to
+    /// read while this map goes on changing (see `arena`).
+    pub fn freeze(&self) -> Frozen<File> {
+        self.arena.freeze()
     }
 
     /// Stores a new file (copying name and content) and returns its slot.
@@ -276,7 +294,7 @@ impl Files {
             .expect("more than FILES_MAX files");
         let (arena, name_hasher) = (&self.arena, &self.name_hasher);
         self.index.insert_unique(hash, slot_u32, |&other| {
-            name_hasher.hash(arena[other as usize].name())
+            name_hasher.hash(arena.get(other as usize).map_or(&[], File::name))
         });
         if let Some(deadline_ms) = deadline_ms {
             self.expiry.insert((deadline_ms.get(), slot));
@@ -287,11 +305,13 @@ impl Files {
     /// Replaces the content, version and deadline of the file in `slot`.
     pub fn replace(&mut self, slot: usize, content: &[u8], version: u64, deadline_ms: Option<u64>) {
         let deadline_ms = deadline_ms.and_then(NonZeroU64::new);
-        let file = &mut self.arena[slot];
+        let file = self.arena.get_mut(slot).expect("replace of a free slot");
         let content_start = file.content_start();
-        if file.bytes.len() - content_start == content.len() {
-            // Same size (the common rewrite): reuse the allocation.
-            file.bytes[content_start..].copy_from_slice(content);
+        let same_size = file.bytes.len() - content_start == content.len();
+        if let Some(bytes) = Arc::get_mut(&mut file.bytes).filter(|_| same_size) {
+            // Same size (the common rewrite) and no frozen view holds the
+            // old bytes: reuse the allocation.
+            bytes[content_start..].copy_from_slice(content);
         } else {
             let bytes = name_and_content(file.name(), content);
             self.stored_bytes = self.stored_bytes - file.bytes.len() as u64 + bytes.len() as u64;
@@ -312,7 +332,7 @@ impl Files {
     /// Removes the file in `slot` from the arena, the index and the queue,
     /// freeing its bytes.
     pub fn remove(&mut self, slot: usize) -> File {
-        let file = self.arena.remove(slot);
+        let file = self.arena.remove(slot).expect("remove of a free slot");
         self.stored_bytes -= file.bytes.len() as u64;
         if let Some(deadline_ms) = file.deadline_ms {
             self.expiry.remove(&(deadline_ms.get(), slot));
@@ -350,7 +370,8 @@ impl Files {
 
     /// Panics if the arena, index and queue disagree (tests and debug checks).
     pub fn check_invariants(&self) {
-        let mut indexed = vec![false; self.arena.capacity()];
+        self.arena.check_invariants();
+        let mut indexed = vec![false; self.arena.slot_count()];
         for &slot in self.index.iter() {
             let slot = slot as usize;
             assert!(self.arena.contains(slot), "index points at a free slot");
@@ -370,7 +391,7 @@ impl Files {
                 .sum::<u64>(),
             "stored bytes miscounted"
         );
-        for (slot, file) in &self.arena {
+        for (slot, file) in self.arena.iter() {
             assert_eq!(
                 self.find(file.name()),
                 Some(slot),

@@ -32,14 +32,17 @@
 //! nothing else.
 //!
 //! Submodules: `command` (the batch codec inside log entries), `files` (the
-//! slab arena, name index, version counter and expiry queue), `snapshot` (the
-//! whole state as bytes, for log compaction and InstallSnapshot).
+//! arena of files, name index, version counter and expiry queue), `arena`
+//! (the slab arena shared copy-on-write by chunks, so `freeze` is cheap),
+//! `snapshot` (the whole state as bytes, for log compaction and
+//! InstallSnapshot, written from a frozen view).
 //!
 //! Left out: name validation and size limits (the protocol layer checks them
 //! before proposing; the codec bounds lengths again), reads' linearizability
 //! (the replica decides at which log position a read runs; `read` answers at
 //! the state applied so far), and any clock (callers pass cluster time).
 
+pub mod arena;
 pub mod command;
 pub mod files;
 pub mod snapshot;
@@ -53,6 +56,7 @@ pub use command::{
     BatchRef, Command, CommandRef, DecodeError,
 };
 use files::Files;
+pub use snapshot::FrozenFsm;
 
 /// What one command did, in the order the commands were in the entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +83,8 @@ pub struct FileView<'a> {
 }
 
 /// The file store every replica keeps in step. See the module doc.
-/// `Clone` is a deep copy (the snapshot path copies small maps).
+/// `Clone` shares the files' arena copy-on-write (`arena`) and copies the
+/// index and the expiry queue; a snapshot needs only `freeze`.
 #[derive(Clone, Debug, Default)]
 pub struct Fsm {
     files: Files,

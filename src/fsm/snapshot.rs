@@ -38,6 +38,7 @@ use std::io::{self, Read, Write};
 
 use bytes::Bytes;
 
+use super::arena::Frozen;
 use super::files::File;
 use super::{DecodeError, Fsm};
 use crate::limits::{FILE_BYTES_MAX_CEILING, NAME_BYTES_MAX};
@@ -58,53 +59,21 @@ fn encoded_file_len(file: &File) -> u64 {
 }
 
 impl Fsm {
+    /// The whole state as of now, for a helper thread to encode while this
+    /// map goes on changing: one reference count per arena chunk, no copy
+    /// of a file (src/fsm/arena.rs).
+    pub fn freeze(&self) -> FrozenFsm {
+        FrozenFsm {
+            files: self.files.freeze(),
+            version_counter: self.files.version_counter(),
+            cluster_time_ms: self.cluster_time_ms,
+            membership: self.membership.clone(),
+        }
+    }
+
     /// The whole state as one byte string (see the module doc).
     pub fn snapshot(&self) -> Bytes {
-        // The length is what the allocation is sized by, not data from outside.
-        let mut out = Vec::with_capacity(self.snapshot_len() as usize);
-        // Writing into a Vec cannot fail.
-        let _ = self.write_snapshot(&mut out);
-        debug_assert_eq!(out.len() as u64, self.snapshot_len());
-        Bytes::from(out)
-    }
-
-    /// The length of `snapshot()` in bytes, without encoding it.
-    pub fn snapshot_len(&self) -> u64 {
-        SNAPSHOT_HEADER_BYTES as u64
-            + self.membership.len() as u64
-            + self.files.iter().map(encoded_file_len).sum::<u64>()
-    }
-
-    /// Encodes the whole state into `out`, file by file: exactly
-    /// `snapshot_len()` bytes, the same as `snapshot()`.
-    pub fn write_snapshot<W: Write>(&self, out: &mut W) -> io::Result<()> {
-        let mut header = [0u8; 1 + 8 + 8 + 4];
-        header[0] = SNAPSHOT_FORMAT;
-        header[1..9].copy_from_slice(&self.files.version_counter().to_le_bytes());
-        header[9..17].copy_from_slice(&self.cluster_time_ms.to_le_bytes());
-        // Configuration entries are small (bounded by the member limits).
-        header[17..21].copy_from_slice(&(self.membership.len() as u32).to_le_bytes());
-        out.write_all(&header)?;
-        out.write_all(&self.membership)?;
-        out.write_all(&(self.files.len() as u64).to_le_bytes())?;
-        for file in self.files.iter() {
-            // Names and contents in the map came through the codec's bounds,
-            // so these casts cannot truncate.
-            let mut fixed = [0u8; 1 + NAME_BYTES_MAX + 8 + 8 + 4];
-            let name = file.name();
-            fixed[0] = name.len() as u8;
-            let mut at = 1 + name.len();
-            fixed[1..at].copy_from_slice(name);
-            fixed[at..at + 8].copy_from_slice(&file.version().to_le_bytes());
-            at += 8;
-            fixed[at..at + 8].copy_from_slice(&file.deadline_ms().unwrap_or(0).to_le_bytes());
-            at += 8;
-            fixed[at..at + 4].copy_from_slice(&(file.content().len() as u32).to_le_bytes());
-            at += 4;
-            out.write_all(&fixed[..at])?;
-            out.write_all(file.content())?;
-        }
-        Ok(())
+        self.freeze().snapshot()
     }
 
     /// Rebuilds a state machine from `snapshot()` bytes.
@@ -178,6 +147,66 @@ impl Fsm {
         // might, and apply's invariant is that none survives to the next command.
         fsm.files.expire_through(cluster_time_ms);
         Ok(fsm)
+    }
+}
+
+/// The state of an `Fsm` at one moment (`Fsm::freeze`); it never changes.
+#[derive(Clone, Debug)]
+pub struct FrozenFsm {
+    files: Frozen<File>,
+    version_counter: u64,
+    cluster_time_ms: u64,
+    membership: Bytes,
+}
+
+impl FrozenFsm {
+    /// The whole state as one byte string (see the module doc).
+    pub fn snapshot(&self) -> Bytes {
+        // The length is what the allocation is sized by, not data from outside.
+        let mut out = Vec::with_capacity(self.snapshot_len() as usize);
+        // Writing into a Vec cannot fail.
+        let _ = self.write_snapshot(&mut out);
+        debug_assert_eq!(out.len() as u64, self.snapshot_len());
+        Bytes::from(out)
+    }
+
+    /// The length of `snapshot()` in bytes, without encoding it.
+    pub fn snapshot_len(&self) -> u64 {
+        SNAPSHOT_HEADER_BYTES as u64
+            + self.membership.len() as u64
+            + self.files.iter().map(encoded_file_len).sum::<u64>()
+    }
+
+    /// Encodes the whole state into `out`, file by file: exactly
+    /// `snapshot_len()` bytes, the same as `snapshot()`.
+    pub fn write_snapshot<W: Write>(&self, out: &mut W) -> io::Result<()> {
+        let mut header = [0u8; 1 + 8 + 8 + 4];
+        header[0] = SNAPSHOT_FORMAT;
+        header[1..9].copy_from_slice(&self.version_counter.to_le_bytes());
+        header[9..17].copy_from_slice(&self.cluster_time_ms.to_le_bytes());
+        // Configuration entries are small (bounded by the member limits).
+        header[17..21].copy_from_slice(&(self.membership.len() as u32).to_le_bytes());
+        out.write_all(&header)?;
+        out.write_all(&self.membership)?;
+        out.write_all(&(self.files.len() as u64).to_le_bytes())?;
+        for file in self.files.iter() {
+            // Names and contents in the map came through the codec's bounds,
+            // so these casts cannot truncate.
+            let mut fixed = [0u8; 1 + NAME_BYTES_MAX + 8 + 8 + 4];
+            let name = file.name();
+            fixed[0] = name.len() as u8;
+            let mut at = 1 + name.len();
+            fixed[1..at].copy_from_slice(name);
+            fixed[at..at + 8].copy_from_slice(&file.version().to_le_bytes());
+            at += 8;
+            fixed[at..at + 8].copy_from_slice(&file.deadline_ms().unwrap_or(0).to_le_bytes());
+            at += 8;
+            fixed[at..at + 4].copy_from_slice(&(file.content().len() as u32).to_le_bytes());
+            at += 4;
+            out.write_all(&fixed[..at])?;
+            out.write_all(file.content())?;
+        }
+        Ok(())
     }
 }
 

@@ -7,9 +7,9 @@
 //! between `SNAPSHOT_LOG_BYTES_MIN` and `..._MAX`: writing a snapshot then
 //! costs the disk at most half the log it replaces, thesis §5.1.3, while
 //! the log in memory stays bounded) were applied since the last snapshot, a
-//! copy of the map (if small: `SNAPSHOT_COPY_*_MAX`) or else the committed
-//! entries since then go to the snapshot helper (`Storage::start_snapshot`),
-//! which writes the new snapshot file. When it is durable
+//! frozen view of the map (`Fsm::freeze`, copy-on-write) goes to the
+//! snapshot helper (`Storage::start_snapshot`), which writes the new
+//! snapshot file. When it is durable
 //! (`snapshot_done`), the core drops its log through that index
 //! (`Node::compact`), snapshot files beyond the newest `SNAPSHOTS_KEPT` are
 //! deleted, and so are WAL segments holding only entries the *older* kept
@@ -36,8 +36,7 @@ use super::storage::Storage;
 use super::Replica;
 use crate::error::Result;
 use crate::limits::{
-    SNAPSHOTS_KEPT, SNAPSHOT_COPY_BYTES_MAX, SNAPSHOT_COPY_FILES_MAX, SNAPSHOT_LOG_BYTES_MAX,
-    SNAPSHOT_LOG_BYTES_MIN, SNAPSHOT_LOG_TO_SNAPSHOT_RATIO,
+    SNAPSHOTS_KEPT, SNAPSHOT_LOG_BYTES_MAX, SNAPSHOT_LOG_BYTES_MIN, SNAPSHOT_LOG_TO_SNAPSHOT_RATIO,
 };
 use crate::raft::{Envelope, Index, Installed, Message, NodeId, SnapshotMeta};
 use crate::snapshot::transfer::Stored;
@@ -140,22 +139,12 @@ impl Replica {
             return Ok(());
         };
         snapshots.applied_bytes = 0;
-        // A small map is cheaper to copy than its writes are to replay.
-        let job = if self.fsm.len() <= SNAPSHOT_COPY_FILES_MAX
-            && self.fsm.stored_bytes() <= SNAPSHOT_COPY_BYTES_MAX
-        {
-            Job::Write {
-                fsm: Box::new(self.fsm.clone()),
-                index: applied,
-                term,
-            }
-        } else {
-            Job::Take {
-                base,
-                entries: self.raft.entries(base.index + 1, applied).to_vec(),
-                index: applied,
-                term,
-            }
+        // The map as of `applied`, frozen: the helper encodes it while the
+        // map goes on changing (src/fsm/arena.rs).
+        let job = Job::Write {
+            state: self.fsm.freeze(),
+            index: applied,
+            term,
         };
         if storage.start_snapshot(job) {
             self.snapshots.taking = Some(applied);

@@ -31,7 +31,7 @@ use crate::raft::{Entry, HardState, Index, NodeId, SnapshotMeta, Term};
 use crate::replica::{Boot, Storage};
 use crate::sim::invariants::Durable;
 use crate::snapshot::transfer::{Assembler, ReceivedFile, Stored};
-use crate::snapshot::worker::{build, Job};
+use crate::snapshot::worker::Job;
 use crate::snapshot::{self, SnapshotSource};
 use crate::storage::replay_records;
 use crate::storage::segment::Record;
@@ -61,8 +61,10 @@ pub struct SimDisk {
     synced_hard_state: HardState,
     synced_last_index: Index,
     snapshots: BTreeMap<(Index, Term), Bytes>,
-    /// Snapshot jobs in flight: their file, once complete (or why not).
-    jobs: BTreeMap<u64, std::result::Result<(SnapshotMeta, Bytes), String>>,
+    /// Snapshot jobs in flight. A job is encoded when it completes, as the
+    /// helper thread does while the replica goes on applying: the frozen
+    /// view must not see those later changes.
+    jobs: BTreeMap<u64, Job>,
     next_job_id: u64,
     receiving: Assembler<MemoryFile>,
     /// Files open for sending, per follower: an open file stays readable
@@ -186,8 +188,8 @@ impl SimDisk {
         &mut self,
         id: u64,
     ) -> Option<std::result::Result<SnapshotMeta, String>> {
-        let result = self.jobs.remove(&id)?;
-        Some(result.map(|(meta, bytes)| {
+        let job = self.jobs.remove(&id)?;
+        Some(Self::build_snapshot(job).map(|(meta, bytes)| {
             self.snapshots.insert((meta.index, meta.term), bytes);
             meta
         }))
@@ -212,29 +214,11 @@ impl SimDisk {
         self.snapshots.keys().copied()
     }
 
-    fn build_snapshot(&self, job: Job) -> std::result::Result<(SnapshotMeta, Bytes), String> {
-        let (fsm, index, term) = match job {
-            Job::Write { fsm, index, term } => (*fsm, index, term),
-            Job::Take {
-                base,
-                entries,
-                index,
-                term,
-            } => {
-                let fsm = if base.index == 0 {
-                    Fsm::new()
-                } else {
-                    let bytes = self
-                        .snapshots
-                        .get(&(base.index, base.term))
-                        .ok_or_else(|| format!("snapshot {} is gone", base.index))?;
-                    snapshot::decode(bytes)?.1
-                };
-                (build(fsm, base.index, &entries, index)?, index, term)
-            }
-            Job::Delete(_) => return Err("not a snapshot job".to_string()),
+    fn build_snapshot(job: Job) -> std::result::Result<(SnapshotMeta, Bytes), String> {
+        let Job::Write { state, index, term } = job else {
+            return Err("not a snapshot job".to_string());
         };
-        let bytes = snapshot::encode(&fsm, index, term);
+        let bytes = snapshot::encode(&state, index, term);
         let meta = SnapshotMeta {
             index,
             term,
@@ -347,8 +331,7 @@ impl Storage for SimDisk {
     fn start_snapshot(&mut self, job: Job) -> bool {
         let id = self.next_job_id;
         self.next_job_id += 1;
-        let result = self.build_snapshot(job);
-        self.jobs.insert(id, result);
+        self.jobs.insert(id, job);
         self.requests.push(DiskRequest::Snapshot(id));
         true
     }

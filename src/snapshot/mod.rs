@@ -43,7 +43,7 @@ pub mod transfer;
 pub mod worker;
 
 use crate::error::{Error, Result};
-use crate::fsm::Fsm;
+use crate::fsm::{FrozenFsm, Fsm};
 use crate::limits::SNAPSHOT_BYTES_MAX;
 use crate::raft::{Entry, Index, SnapshotMeta, Term};
 use bytes::Bytes;
@@ -197,7 +197,7 @@ pub fn load(path: &Path) -> Result<(SnapshotMeta, Fsm)> {
 /// The map is encoded straight into the file (no copy in memory).
 pub fn write_file(
     dir: &Path,
-    fsm: &Fsm,
+    fsm: FrozenFsm,
     index: Index,
     term: Term,
     fsync: bool,
@@ -211,7 +211,10 @@ pub fn write_file(
             .create(true)
             .truncate(true)
             .open(&temporary)?;
-        let (file, size_bytes) = write_to(file, fsm, index, term)?;
+        let (file, size_bytes) = write_to(file, &fsm, index, term)?;
+        // Encoded: the view's chunks and superseded contents are freed
+        // before the fsync, not after it.
+        drop(fsm);
         if fsync {
             file.sync_all()?;
         }
@@ -236,7 +239,7 @@ pub fn write_file(
 
 /// The whole snapshot file's bytes in memory (the simulator's disk keeps
 /// files so; a node never does, see the module doc).
-pub fn encode(fsm: &Fsm, index: Index, term: Term) -> Bytes {
+pub fn encode(fsm: &FrozenFsm, index: Index, term: Term) -> Bytes {
     let mut out = Vec::new();
     // Writing into a Vec cannot fail.
     match write_to(&mut out, fsm, index, term) {
@@ -247,7 +250,7 @@ pub fn encode(fsm: &Fsm, index: Index, term: Term) -> Bytes {
 
 /// Writes the snapshot file's layout (header, payload, checksum trailer)
 /// to `out`; returns `out` and the bytes written.
-fn write_to<W: Write>(out: W, fsm: &Fsm, index: Index, term: Term) -> io::Result<(W, u64)> {
+fn write_to<W: Write>(out: W, fsm: &FrozenFsm, index: Index, term: Term) -> io::Result<(W, u64)> {
     let payload_bytes = fsm.snapshot_len();
     // The checksum sits under the buffer, so it runs over 1 MiB blocks.
     let mut writer = BufWriter::with_capacity(
@@ -575,7 +578,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         // Bigger than one stream buffer, so refills are crossed.
         let fsm = filled(10_000);
-        let (meta, path) = write_file(dir.path(), &fsm, 9, 3, false).expect("written");
+        let (meta, path) = write_file(dir.path(), fsm.freeze(), 9, 3, false).expect("written");
         let on_disk = std::fs::read(&path).expect("read back");
         assert!(on_disk.len() > STREAM_BUFFER_BYTES);
         let payload = fsm.snapshot();
