@@ -11,9 +11,14 @@
 #   MEM_SIZE         content bytes per file (default 100)
 #   MEM_FSYNC        true|false (default false: fsync does not change memory)
 #   MEM_SUSTAIN_SECS seconds of sustained load (default 60)
+#   MEM_LOAD_KEYS    keys the sustained load spreads over (default 10000;
+#                    MEM_FILES = every file, the copy-on-write worst case:
+#                    each arena chunk is changed while a snapshot is written)
 #   MEM_SNAPSHOT_ENTRIES snapshot_entries of the cluster (default 100000, the
 #                    default; a snapshot also comes every 16-64 MiB of log, so a
 #                    1M fill takes several; a small fill needs a small value)
+#   MEM_RAFTFS       the raftfs binary to measure (default target/release/raftfs;
+#                    another build for a before/after)
 #   MEM_KEEP         set: keep the temp dir (node logs, loadgen output)
 #   MEM_BASE_PORT    first port (default 17500): clients P..P+4, peers
 #                    P+10..P+14, metrics P+20..P+24, all on 127.0.0.1
@@ -29,6 +34,7 @@ FILES=${MEM_FILES:-1000000}
 SIZE=${MEM_SIZE:-100}
 FSYNC=${MEM_FSYNC:-false}
 SUSTAIN_SECS=${MEM_SUSTAIN_SECS:-60}
+LOAD_KEYS=${MEM_LOAD_KEYS:-10000}
 BASE_PORT=${MEM_BASE_PORT:-17500}
 SNAPSHOT_ENTRIES=${MEM_SNAPSHOT_ENTRIES:-100000}
 NODES=5
@@ -36,7 +42,7 @@ NAME_BYTES=16 # "key-" + 12 digits
 KEY_DIGITS=12
 
 cargo build --release --workspace --quiet
-RAFTFS=target/release/raftfs
+RAFTFS=${MEM_RAFTFS:-target/release/raftfs}
 LOADGEN=target/release/loadgen
 
 WORK=$(mktemp -d -t raftfs-memory-XXXXXX)
@@ -166,10 +172,10 @@ for id in $(seq 1 $NODES); do
 done
 
 echo
-echo "## RSS under a sustained ${SUSTAIN_SECS} s write+read load (64 clients x 16 pipelined, 10,000 keys)"
+echo "## RSS under a sustained ${SUSTAIN_SECS} s write+read load (64 clients x 16 pipelined, $LOAD_KEYS keys)"
 echo
 "$LOADGEN" --addr "$ADDRESSES" --clients 64 --pipeline 16 --mix write=1,read=1 \
-    --duration "$SUSTAIN_SECS" --size "$SIZE" --keys 10000 --key-digits $KEY_DIGITS --no-prefill \
+    --duration "$SUSTAIN_SECS" --size "$SIZE" --keys "$LOAD_KEYS" --key-digits $KEY_DIGITS --no-prefill \
     --json >"$WORK/sustain.json" 2>"$WORK/sustain.log" &
 LOADGEN_PID=$!
 PIDS+=("$LOADGEN_PID")
